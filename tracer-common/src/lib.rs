@@ -1,0 +1,316 @@
+//! The ABI shared by the eBPF programs (`tracer-ebpf`) and the user side (`tracer`).
+//!
+//! Every type here crosses the kernel/user boundary as raw bytes, so each one is `#[repr(C)]`,
+//! `Copy`, free of `bool` and implicit padding, and pinned to its size by a compile-time check.
+//! Changing a layout means changing both sides in the same commit.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Names of the maps in the eBPF object; the user side looks them up by these names.
+pub mod map_names {
+    /// Thread-group ids to trace (value: [`super::TargetFlags`] bits).
+    pub const TARGETS: &str = "TARGETS";
+    /// Process names whose new processes become targets at their first connect.
+    pub const TARGET_COMMS: &str = "TARGET_COMMS";
+    /// Tracked upstream sockets: socket address -> [`super::ConnInfo`].
+    pub const CONNS: &str = "CONNS";
+    /// (tgid, fd) -> socket address, learned at connect; lets fd-based syscalls find the socket.
+    pub const FD_SOCKS: &str = "FD_SOCKS";
+    /// Thread id -> fd of a connect() in progress.
+    pub const PENDING_CONNECT: &str = "PENDING_CONNECT";
+    /// Thread id -> socket address of a read syscall in progress on a tracked socket.
+    pub const PENDING_READ: &str = "PENDING_READ";
+    /// Lifecycle events ring buffer ([`super::ConnEvent`] records).
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU counters indexed by [`super::Stat`].
+    pub const STATS: &str = "STATS";
+}
+
+/// Names of the globals the loader sets before loading (`EbpfLoader::override_global`).
+pub mod global_names {
+    /// Byte offset of `tcp_sock.rcv_nxt` in the running kernel (from its BTF).
+    pub const RCV_NXT_OFFSET: &str = "RCV_NXT_OFFSET";
+    /// Byte offset of `tcp_sock.copied_seq` in the running kernel (from its BTF).
+    pub const COPIED_SEQ_OFFSET: &str = "COPIED_SEQ_OFFSET";
+    /// Byte offset of `sock.sk_err` in the running kernel (from its BTF).
+    pub const SK_ERR_OFFSET: &str = "SK_ERR_OFFSET";
+    /// Non-zero when `TARGET_COMMS` holds names, so untargeted connects skip the comm lookup.
+    pub const FOLLOW_COMMS: &str = "FOLLOW_COMMS";
+}
+
+/// Field offsets of the tracepoint records the eBPF side reads, as
+/// `/sys/kernel/tracing/events/<group>/<event>/format` lists them. These layouts have been stable
+/// since Linux 4.16 (inet_sock_set_state) and 6.3 (sock_recv_length); the user side checks them
+/// against the running kernel's format files before loading, so a kernel that moved a field
+/// gets a clear error instead of wrong verdicts.
+pub mod tp_layout {
+    /// `sock/inet_sock_set_state`.
+    pub mod inet_sock_set_state {
+        pub const SKADDR: usize = 8;
+        pub const OLDSTATE: usize = 16;
+        pub const NEWSTATE: usize = 20;
+        pub const SPORT: usize = 24;
+        pub const DPORT: usize = 26;
+        pub const FAMILY: usize = 28;
+        pub const PROTOCOL: usize = 30;
+        pub const SADDR: usize = 32;
+        pub const DADDR: usize = 36;
+        pub const SADDR_V6: usize = 40;
+        pub const DADDR_V6: usize = 56;
+    }
+    /// `sock/sock_recv_length` (Linux 6.3+).
+    pub mod sock_recv_length {
+        pub const SK: usize = 8;
+        pub const RET: usize = 20;
+        pub const FLAGS: usize = 24;
+    }
+    /// `syscalls/sys_enter_{connect,close,read,readv,recvfrom,recvmsg}`: the fd argument.
+    pub const SYS_ENTER_FD: usize = 16;
+    /// `syscalls/sys_exit_*`: the return value.
+    pub const SYS_EXIT_RET: usize = 16;
+
+    /// (group, event, field, offset) for every field above, for the user side's check.
+    pub const CHECKS: &[(&str, &str, &str, usize)] = &[
+        ("sock", "inet_sock_set_state", "skaddr", inet_sock_set_state::SKADDR),
+        ("sock", "inet_sock_set_state", "oldstate", inet_sock_set_state::OLDSTATE),
+        ("sock", "inet_sock_set_state", "newstate", inet_sock_set_state::NEWSTATE),
+        ("sock", "inet_sock_set_state", "sport", inet_sock_set_state::SPORT),
+        ("sock", "inet_sock_set_state", "dport", inet_sock_set_state::DPORT),
+        ("sock", "inet_sock_set_state", "family", inet_sock_set_state::FAMILY),
+        ("sock", "inet_sock_set_state", "protocol", inet_sock_set_state::PROTOCOL),
+        ("sock", "inet_sock_set_state", "saddr", inet_sock_set_state::SADDR),
+        ("sock", "inet_sock_set_state", "daddr", inet_sock_set_state::DADDR),
+        ("sock", "inet_sock_set_state", "saddr_v6", inet_sock_set_state::SADDR_V6),
+        ("sock", "inet_sock_set_state", "daddr_v6", inet_sock_set_state::DADDR_V6),
+        ("sock", "sock_recv_length", "sk", sock_recv_length::SK),
+        ("sock", "sock_recv_length", "ret", sock_recv_length::RET),
+        ("sock", "sock_recv_length", "flags", sock_recv_length::FLAGS),
+        ("syscalls", "sys_enter_connect", "fd", SYS_ENTER_FD),
+        ("syscalls", "sys_enter_close", "fd", SYS_ENTER_FD),
+        ("syscalls", "sys_enter_read", "fd", SYS_ENTER_FD),
+        ("syscalls", "sys_enter_readv", "fd", SYS_ENTER_FD),
+        ("syscalls", "sys_enter_recvfrom", "fd", SYS_ENTER_FD),
+        ("syscalls", "sys_enter_recvmsg", "fd", SYS_ENTER_FD),
+        ("syscalls", "sys_exit_connect", "ret", SYS_EXIT_RET),
+        ("syscalls", "sys_exit_read", "ret", SYS_EXIT_RET),
+        ("syscalls", "sys_exit_readv", "ret", SYS_EXIT_RET),
+        ("syscalls", "sys_exit_recvfrom", "ret", SYS_EXIT_RET),
+        ("syscalls", "sys_exit_recvmsg", "ret", SYS_EXIT_RET),
+    ];
+}
+
+/// Bounds of the maps. Sized for 100k concurrent tracked connections with headroom.
+pub const MAX_TARGETS: u32 = 4096;
+pub const MAX_TARGET_COMMS: u32 = 64;
+pub const MAX_CONNS: u32 = 262_144;
+pub const MAX_FD_SOCKS: u32 = 262_144;
+/// One entry per thread blocked in connect() or read() on a tracked socket.
+pub const MAX_PENDING: u32 = 65_536;
+/// Ring buffer size in bytes (a power of two and a multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 4 << 20;
+
+/// Length of a task's comm, including the NUL (the kernel's TASK_COMM_LEN).
+pub const COMM_LEN: usize = 16;
+
+/// TCP states as the kernel numbers them (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const ESTABLISHED: u32 = 1;
+    pub const SYN_SENT: u32 = 2;
+    pub const SYN_RECV: u32 = 3;
+    pub const FIN_WAIT1: u32 = 4;
+    pub const FIN_WAIT2: u32 = 5;
+    pub const TIME_WAIT: u32 = 6;
+    pub const CLOSE: u32 = 7;
+    pub const CLOSE_WAIT: u32 = 8;
+    pub const LAST_ACK: u32 = 9;
+    pub const LISTEN: u32 = 10;
+    pub const CLOSING: u32 = 11;
+    pub const NEW_SYN_RECV: u32 = 12;
+}
+
+/// Address families (include/linux/socket.h).
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+/// IPPROTO_TCP (include/uapi/linux/in.h).
+pub const IPPROTO_TCP: u16 = 6;
+/// ECONNRESET (include/uapi/asm-generic/errno.h).
+pub const ECONNRESET: u32 = 104;
+/// MSG_PEEK (include/linux/socket.h): a peek consumes nothing, so it is not a read.
+pub const MSG_PEEK: i32 = 2;
+
+/// Value bits of the `TARGETS` map.
+pub struct TargetFlags;
+impl TargetFlags {
+    /// Added by the user side from `--pid` or a `/proc` scan.
+    pub const EXPLICIT: u32 = 1;
+    /// Added by the kernel side because its comm matched `TARGET_COMMS`.
+    pub const BY_COMM: u32 = 2;
+}
+
+/// Bits of [`ConnInfo::flags`].
+pub struct ConnFlags;
+impl ConnFlags {
+    /// The fd was learned at connect, so close() and read syscalls can be matched to the socket.
+    pub const FD_KNOWN: u32 = 1;
+    /// `unread_bytes` holds a sample (the loader passed the BTF offsets).
+    pub const UNREAD_SAMPLED: u32 = 2;
+    /// The process called close() on the fd.
+    pub const CLOSED_BY_PROCESS: u32 = 4;
+}
+
+/// Key of `FD_SOCKS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FdKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+const _: () = assert!(size_of::<FdKey>() == 8);
+
+/// Everything the kernel side knows about one tracked upstream socket (value of `CONNS`).
+///
+/// Times are `bpf_ktime_get_ns()` (CLOCK_MONOTONIC); 0 means "not yet". Addresses are in network
+/// byte order as the kernel stores them (IPv4 in the first four bytes); ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub tgid: u32,
+    /// The thread that called connect().
+    pub tid: u32,
+    /// The fd passed to connect(), or -1 when it was not seen.
+    pub fd: i32,
+    /// Current TCP state ([`tcp_state`]).
+    pub state: u32,
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad0: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+    pub connect_ns: u64,
+    pub established_ns: u64,
+    /// When the upstream's FIN arrived (the socket entered CLOSE_WAIT).
+    pub peer_fin_ns: u64,
+    /// When the process closed or shut down its side.
+    pub local_close_ns: u64,
+    /// When a read (recvmsg on this socket) last returned.
+    pub last_read_ns: u64,
+    /// When the oldest read syscall still in progress started (0: none in progress).
+    pub read_inflight_since_ns: u64,
+    pub bytes_read: u64,
+    pub reads: u64,
+    /// Return value of the last read: bytes, 0 at EOF, or -errno (-11 is EAGAIN).
+    pub last_read_ret: i64,
+    /// `rcv_nxt - copied_seq` at `unread_sampled_ns` (counts an unread FIN as 1).
+    pub unread_bytes: u32,
+    /// Read syscalls in progress on this socket (a reader blocked in the kernel is listening).
+    pub reads_inflight: u32,
+    pub unread_sampled_ns: u64,
+    /// [`ConnFlags`] bits.
+    pub flags: u32,
+    /// `sock.sk_err` when the socket reached TCP_CLOSE: ECONNRESET there means the connection
+    /// was reset (after a local close: response data kept arriving and nobody would read it).
+    pub sk_err_at_close: u32,
+}
+const _: () = assert!(size_of::<ConnInfo>() == 168);
+
+impl ConnInfo {
+    /// A zeroed record, for the kernel side to fill in place.
+    pub const fn zeroed() -> Self {
+        Self {
+            tgid: 0,
+            tid: 0,
+            fd: -1,
+            state: 0,
+            family: 0,
+            sport: 0,
+            dport: 0,
+            _pad0: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            comm: [0; COMM_LEN],
+            connect_ns: 0,
+            established_ns: 0,
+            peer_fin_ns: 0,
+            local_close_ns: 0,
+            last_read_ns: 0,
+            read_inflight_since_ns: 0,
+            bytes_read: 0,
+            reads: 0,
+            last_read_ret: 0,
+            unread_bytes: 0,
+            reads_inflight: 0,
+            unread_sampled_ns: 0,
+            flags: 0,
+            sk_err_at_close: 0,
+        }
+    }
+}
+
+/// Kinds of [`ConnEvent`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A target began a connect(): the socket is tracked from now on.
+    Connect = 1,
+    /// A tracked socket changed TCP state (not to CLOSE).
+    State = 2,
+    /// A tracked socket reached CLOSE; the kernel side forgot it.
+    Close = 3,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Connect),
+            2 => Some(Self::State),
+            3 => Some(Self::Close),
+            _ => None,
+        }
+    }
+}
+
+/// A lifecycle record in the `EVENTS` ring buffer: what happened, plus the socket's full
+/// record right after it happened (so user space never needs a racy map lookup for it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent {
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    pub old_state: u32,
+    pub new_state: u32,
+    /// tgid of the task running when the event fired (unrelated in softirq context).
+    pub ctx_tgid: u32,
+    /// The socket's kernel address: the key that ties events and map entries together.
+    pub sk: u64,
+    pub ts_ns: u64,
+    pub conn: ConnInfo,
+}
+const _: () = assert!(size_of::<ConnEvent>() == 200);
+
+/// Indexes of the per-CPU `STATS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Events dropped because the ring buffer was full.
+    RingbufDrops = 0,
+    /// Connects not tracked because `CONNS` was full.
+    ConnMapFull = 1,
+    /// Events written to the ring buffer.
+    EventsSent = 2,
+    /// Reads counted on tracked sockets.
+    ReadsSeen = 3,
+}
+pub const STAT_COUNT: u32 = 4;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are repr(C), Copy, contain only integers and byte arrays, and have
+    // no implicit padding (the size checks above would catch added padding), so every bit
+    // pattern is a valid value.
+    unsafe impl aya::Pod for super::FdKey {}
+    unsafe impl aya::Pod for super::ConnInfo {}
+    unsafe impl aya::Pod for super::ConnEvent {}
+}

@@ -1,0 +1,43 @@
+//! close(): the process let go of a tracked socket's fd.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use tracer_common::{tp_layout, ConnFlags, FdKey};
+
+use crate::{
+    maps::{CONNS, FD_SOCKS},
+    sock::{current_ids, is_target},
+};
+
+/// `syscalls/sys_enter_close`: marks the socket closed by the process before tcp_close runs,
+/// so the TCP_CLOSE that follows is known to be ours and not the upstream's reset.
+#[tracepoint]
+pub fn enter_close(ctx: TracePointContext) -> u32 {
+    try_enter_close(&ctx).unwrap_or(0)
+}
+
+fn try_enter_close(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (tgid, _) = current_ids();
+    if !is_target(tgid) {
+        return Ok(0);
+    }
+    // SAFETY: the fd field of this syscall record, via a probe read.
+    let fd: u64 = unsafe { ctx.read_at(tp_layout::SYS_ENTER_FD) }.map_err(i64::from)?;
+    let key = FdKey { tgid, fd: fd as u32 };
+    let Some(sk) = FD_SOCKS.get_ptr(&key) else {
+        return Ok(0);
+    };
+    // SAFETY: pointer from the lookup just made.
+    let sk = unsafe { *sk };
+    let _ = FD_SOCKS.remove(&key);
+    if let Some(conn) = CONNS.get_ptr_mut(&sk) {
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: `conn` points into the CONNS entry just looked up.
+        unsafe {
+            (*conn).flags |= ConnFlags::CLOSED_BY_PROCESS;
+            if (*conn).local_close_ns == 0 {
+                (*conn).local_close_ns = now;
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,62 @@
+//! connect(): remember which fd a target thread is connecting, so the socket that
+//! `inet_sock_set_state` reports next on the same thread can be tied to it.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_comm,
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{tp_layout, TargetFlags};
+
+use crate::{
+    maps::{PENDING_CONNECT, TARGETS, TARGET_COMMS},
+    sock::{current_ids, is_target},
+};
+
+/// Non-zero when user space asked to follow processes by name (`--comm`).
+#[unsafe(no_mangle)]
+static FOLLOW_COMMS: u32 = 0;
+
+/// `syscalls/sys_enter_connect` (syscall tracepoints: Linux 2.6.37).
+#[tracepoint]
+pub fn enter_connect(ctx: TracePointContext) -> u32 {
+    try_enter_connect(&ctx).unwrap_or(0)
+}
+
+fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (tgid, tid) = current_ids();
+    if !is_target(tgid) && !adopt_by_comm(tgid) {
+        return Ok(0);
+    }
+    // SAFETY: the offset is the fd field of this tracepoint's record (checked by user space
+    // against the format file); read_at bounds-checks through bpf_probe_read_kernel.
+    let fd: u64 = unsafe { ctx.read_at(tp_layout::SYS_ENTER_FD) }.map_err(i64::from)?;
+    PENDING_CONNECT.insert(&tid, &(fd as u32), 0).map_err(i64::from)?;
+    Ok(0)
+}
+
+/// A process whose name the user follows becomes a target at its first connect.
+#[inline(always)]
+fn adopt_by_comm(tgid: u32) -> bool {
+    // SAFETY: a valid, aligned u32 global; volatile so the loader's value is read.
+    if unsafe { core::ptr::read_volatile(&FOLLOW_COMMS) } == 0 {
+        return false;
+    }
+    let Ok(comm) = bpf_get_current_comm() else {
+        return false;
+    };
+    if TARGET_COMMS.get_ptr(&comm).is_none() {
+        return false;
+    }
+    TARGETS.insert(&tgid, &TargetFlags::BY_COMM, 0).is_ok()
+}
+
+/// `syscalls/sys_exit_connect`: the socket (if any) was tied to the fd while the call ran.
+#[tracepoint]
+pub fn exit_connect(_ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if is_target(tgid) {
+        let _ = PENDING_CONNECT.remove(&tid);
+    }
+    0
+}

@@ -1,0 +1,44 @@
+//! Every map of the eBPF side. All are bounded; maps whose entries can be orphaned (a missed
+//! close, a thread that died mid-syscall) are LRU so they can never fill up for good.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    ConnInfo, FdKey, EVENTS_RING_BYTES, MAX_CONNS, MAX_FD_SOCKS, MAX_PENDING, MAX_TARGETS,
+    MAX_TARGET_COMMS, STAT_COUNT, COMM_LEN,
+};
+
+/// tgid -> TargetFlags. Filled by user space (and by `connect` for followed comms).
+#[map]
+pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Process names to follow: a process with one of these comms becomes a target at its first
+/// connect, so a relay that restarts is traced from its first request.
+#[map]
+pub static TARGET_COMMS: HashMap<[u8; COMM_LEN], u8> =
+    HashMap::with_max_entries(MAX_TARGET_COMMS, 0);
+
+/// Socket address -> what we know about that upstream connection. Entries are removed when
+/// the socket reaches TCP_CLOSE (state.rs), the one cleanup path.
+#[map]
+pub static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+
+/// (tgid, fd) -> socket address, so fd-based syscalls (read, close) find the socket.
+#[map]
+pub static FD_SOCKS: LruHashMap<FdKey, u64> = LruHashMap::with_max_entries(MAX_FD_SOCKS, 0);
+
+/// Thread id -> fd of a connect() in progress.
+#[map]
+pub static PENDING_CONNECT: LruHashMap<u32, u32> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+/// Thread id -> socket of a read syscall in progress on a tracked socket.
+#[map]
+pub static PENDING_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);

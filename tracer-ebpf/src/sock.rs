@@ -1,0 +1,111 @@
+//! Helpers shared by the hook modules: target filtering, unread-byte sampling, events, stats.
+
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
+use tracer_common::{ConnEvent, ConnFlags, ConnInfo, EventKind, Stat};
+
+use crate::maps::{EVENTS, STATS, TARGETS};
+
+/// Byte offsets of `tcp_sock.rcv_nxt` and `tcp_sock.copied_seq`, read by user space from the
+/// running kernel's BTF and set before load. 0 means unknown: unread bytes are then not sampled.
+#[unsafe(no_mangle)]
+static RCV_NXT_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static COPIED_SEQ_OFFSET: u32 = 0;
+/// Byte offset of `sock.sk_err`, likewise.
+#[unsafe(no_mangle)]
+static SK_ERR_OFFSET: u32 = 0;
+
+/// (tgid, tid) of the current task.
+#[inline(always)]
+pub fn current_ids() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    ((id >> 32) as u32, id as u32)
+}
+
+/// True when the thread group is one we trace. This lookup is the whole cost an unrelated
+/// process pays on the syscall and read hooks.
+#[inline(always)]
+pub fn is_target(tgid: u32) -> bool {
+    TARGETS.get_ptr(&tgid).is_some()
+}
+
+#[inline(always)]
+pub fn count(stat: Stat) {
+    if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: a per-CPU slot is only touched by programs on this CPU, which do not preempt
+        // each other, so this plain increment cannot race.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn read_global(global: &u32) -> u32 {
+    // SAFETY: the global is a valid, aligned u32; the volatile read keeps the compiler from
+    // folding in the pre-load value 0 instead of what the loader wrote.
+    unsafe { core::ptr::read_volatile(global) }
+}
+
+/// Records `rcv_nxt - copied_seq` of the socket: bytes (and an unread FIN, counted as 1) that
+/// arrived and nothing read yet — what `ss` shows as Recv-Q.
+#[inline(always)]
+pub fn sample_unread(sk: u64, conn: *mut ConnInfo, now: u64) {
+    let rcv_nxt_off = read_global(&RCV_NXT_OFFSET);
+    let copied_seq_off = read_global(&COPIED_SEQ_OFFSET);
+    if rcv_nxt_off == 0 || copied_seq_off == 0 {
+        return;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad read returns an error and we
+    // keep the previous sample. `sk` is a live tcp_sock: these hooks run while the kernel
+    // holds it.
+    let rcv_nxt = unsafe { bpf_probe_read_kernel((sk + rcv_nxt_off as u64) as *const u32) };
+    let copied_seq = unsafe { bpf_probe_read_kernel((sk + copied_seq_off as u64) as *const u32) };
+    if let (Ok(rcv_nxt), Ok(copied_seq)) = (rcv_nxt, copied_seq) {
+        // SAFETY: `conn` points into a CONNS entry that the caller just looked up.
+        unsafe {
+            (*conn).unread_bytes = rcv_nxt.wrapping_sub(copied_seq);
+            (*conn).unread_sampled_ns = now;
+            (*conn).flags |= ConnFlags::UNREAD_SAMPLED;
+        }
+    }
+}
+
+/// Records the socket's pending error as it closes: tcp_reset() sets ECONNRESET just before
+/// moving the socket to TCP_CLOSE, whether the peer reset it or the kernel aborted it because
+/// data arrived after the process closed it.
+#[inline(always)]
+pub fn sample_sk_err(sk: u64, conn: *mut ConnInfo) {
+    let offset = read_global(&SK_ERR_OFFSET);
+    if offset == 0 {
+        return;
+    }
+    // SAFETY: a checked kernel read of a live socket's field; on error we keep 0.
+    if let Ok(err) = unsafe { bpf_probe_read_kernel((sk + offset as u64) as *const i32) } {
+        // SAFETY: `conn` points into a CONNS entry that the caller just looked up.
+        unsafe { (*conn).sk_err_at_close = err as u32 };
+    }
+}
+
+/// Sends a lifecycle event carrying a copy of the socket's record. A full ring buffer drops the
+/// event and counts it, so user space can report the loss and re-sync.
+#[inline(always)]
+pub fn emit(kind: EventKind, old_state: u32, new_state: u32, sk: u64, now: u64, conn: *const ConnInfo) {
+    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
+        count(Stat::RingbufDrops);
+        return;
+    };
+    let (ctx_tgid, _) = current_ids();
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved ring-buffer record of the right size that only we
+    // own until submit; `conn` points into a live CONNS entry.
+    unsafe {
+        (*event).kind = kind as u32;
+        (*event).old_state = old_state;
+        (*event).new_state = new_state;
+        (*event).ctx_tgid = ctx_tgid;
+        (*event).sk = sk;
+        (*event).ts_ns = now;
+        core::ptr::copy_nonoverlapping(conn, &mut (*event).conn, 1);
+    }
+    entry.submit(0);
+    count(Stat::EventsSent);
+}

@@ -1,0 +1,143 @@
+//! TCP state changes: a target's connect starts tracking (SYN_SENT), the upstream's FIN shows
+//! as CLOSE_WAIT, the process's close as FIN_WAIT1/LAST_ACK, and TCP_CLOSE ends tracking.
+//!
+//! State changes caused by incoming packets run in softirq context, where the current task
+//! is unrelated: those are matched by socket (`CONNS`), never by pid.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    tcp_state, tp_layout::inet_sock_set_state as tp, ConnFlags, ConnInfo, EventKind, FdKey, Stat,
+    AF_INET, AF_INET6, IPPROTO_TCP,
+};
+
+use crate::{
+    maps::{CONNS, FD_SOCKS, PENDING_CONNECT},
+    sock::{count, current_ids, emit, is_target, sample_sk_err, sample_unread},
+};
+
+/// `sock/inet_sock_set_state` (Linux 4.16).
+#[tracepoint]
+pub fn sock_set_state(ctx: TracePointContext) -> u32 {
+    try_sock_set_state(&ctx).unwrap_or(0)
+}
+
+fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
+    // SAFETY (all reads below): offsets are this tracepoint's fields (checked by user space
+    // against the format file); read_at goes through bpf_probe_read_kernel.
+    let protocol: u16 = unsafe { ctx.read_at(tp::PROTOCOL) }.map_err(i64::from)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(0);
+    }
+    let sk: u64 = unsafe { ctx.read_at(tp::SKADDR) }.map_err(i64::from)?;
+    let old_state: i32 = unsafe { ctx.read_at(tp::OLDSTATE) }.map_err(i64::from)?;
+    let new_state: i32 = unsafe { ctx.read_at(tp::NEWSTATE) }.map_err(i64::from)?;
+    let (old_state, new_state) = (old_state as u32, new_state as u32);
+
+    if new_state == tcp_state::SYN_SENT && old_state == tcp_state::CLOSE {
+        // connect() runs this in the connecting thread's context, so the pid is meaningful.
+        return start_tracking(ctx, sk);
+    }
+
+    let Some(conn) = CONNS.get_ptr_mut(&sk) else {
+        return Ok(0);
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    // tcp_v4_connect enters SYN_SENT before inet_hash_connect picks the source port, so the
+    // port is learned from the first change after it.
+    let sport: u16 = unsafe { ctx.read_at(tp::SPORT) }.map_err(i64::from)?;
+    // SAFETY: `conn` points into the CONNS entry just looked up; entries are only removed below
+    // on this socket's own TCP_CLOSE, which the kernel serialises under the socket lock.
+    unsafe {
+        if (*conn).sport == 0 {
+            (*conn).sport = sport;
+        }
+        (*conn).state = new_state;
+        match new_state {
+            tcp_state::ESTABLISHED => (*conn).established_ns = now,
+            tcp_state::CLOSE_WAIT => (*conn).peer_fin_ns = now,
+            tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => {
+                if (*conn).local_close_ns == 0 {
+                    (*conn).local_close_ns = now;
+                }
+            }
+            _ => {}
+        }
+    }
+    // At TCP_CLOSE from close() the receive queue was already purged but copied_seq was not
+    // advanced, so this sample still says how much response was thrown away.
+    sample_unread(sk, conn, now);
+
+    if new_state == tcp_state::CLOSE {
+        sample_sk_err(sk, conn);
+        emit(EventKind::Close, old_state, new_state, sk, now, conn);
+        // SAFETY: as above; we copy the key fields before removing the entry.
+        let (tgid, fd, flags) = unsafe { ((*conn).tgid, (*conn).fd, (*conn).flags) };
+        let _ = CONNS.remove(&sk);
+        if flags & ConnFlags::FD_KNOWN != 0 {
+            let key = FdKey { tgid, fd: fd as u32 };
+            // The fd may already belong to a newer socket; only drop our own mapping.
+            if let Some(mapped) = FD_SOCKS.get_ptr(&key) {
+                // SAFETY: pointer from the lookup just made.
+                if unsafe { *mapped } == sk {
+                    let _ = FD_SOCKS.remove(&key);
+                }
+            }
+        }
+    } else {
+        emit(EventKind::State, old_state, new_state, sk, now, conn);
+    }
+    Ok(0)
+}
+
+/// A target thread is connecting this socket: start tracking it.
+#[inline(always)]
+fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
+    let (tgid, tid) = current_ids();
+    if !is_target(tgid) {
+        return Ok(0);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut info = ConnInfo::zeroed();
+    info.tgid = tgid;
+    info.tid = tid;
+    info.state = tcp_state::SYN_SENT;
+    info.connect_ns = now;
+    info.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY (reads): tracepoint fields at offsets checked by user space, via probe reads.
+    let family: u16 = unsafe { ctx.read_at(tp::FAMILY) }.map_err(i64::from)?;
+    info.family = family;
+    info.sport = unsafe { ctx.read_at(tp::SPORT) }.map_err(i64::from)?;
+    info.dport = unsafe { ctx.read_at(tp::DPORT) }.map_err(i64::from)?;
+    if family == AF_INET {
+        let saddr: [u8; 4] = unsafe { ctx.read_at(tp::SADDR) }.map_err(i64::from)?;
+        let daddr: [u8; 4] = unsafe { ctx.read_at(tp::DADDR) }.map_err(i64::from)?;
+        info.saddr[..4].copy_from_slice(&saddr);
+        info.daddr[..4].copy_from_slice(&daddr);
+    } else if family == AF_INET6 {
+        info.saddr = unsafe { ctx.read_at(tp::SADDR_V6) }.map_err(i64::from)?;
+        info.daddr = unsafe { ctx.read_at(tp::DADDR_V6) }.map_err(i64::from)?;
+    } else {
+        return Ok(0);
+    }
+    if let Some(fd) = PENDING_CONNECT.get_ptr(&tid) {
+        // SAFETY: pointer from the lookup just made.
+        info.fd = unsafe { *fd } as i32;
+        info.flags |= ConnFlags::FD_KNOWN;
+    }
+    if CONNS.insert(&sk, &info, 0).is_err() {
+        count(Stat::ConnMapFull);
+        return Ok(0);
+    }
+    if info.flags & ConnFlags::FD_KNOWN != 0 {
+        let key = FdKey { tgid, fd: info.fd as u32 };
+        let _ = FD_SOCKS.insert(&key, &sk, 0);
+    }
+    if let Some(conn) = CONNS.get_ptr_mut(&sk) {
+        emit(EventKind::Connect, tcp_state::CLOSE, tcp_state::SYN_SENT, sk, now, conn);
+    }
+    Ok(0)
+}

@@ -1,0 +1,155 @@
+//! Turns the kernel side's raw records into the model's types.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anyhow::{anyhow, Result};
+use tracer_common::{ConnEvent, ConnFlags, ConnInfo, EventKind, AF_INET, ECONNRESET};
+
+use crate::model::{KernelConn, KernelEvent, KernelEventKind, RecvQ};
+
+fn addr(family: u16, bytes: &[u8; 16], port: u16) -> SocketAddr {
+    let ip = if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    };
+    SocketAddr::new(ip, port)
+}
+
+fn nonzero(ns: u64) -> Option<u64> {
+    (ns != 0).then_some(ns)
+}
+
+pub fn conn(info: &ConnInfo) -> KernelConn {
+    let comm_len = info.comm.iter().position(|&b| b == 0).unwrap_or(info.comm.len());
+    KernelConn {
+        pid: info.tgid,
+        tid: info.tid,
+        fd: (info.flags & ConnFlags::FD_KNOWN != 0).then_some(info.fd),
+        comm: String::from_utf8_lossy(&info.comm[..comm_len]).into_owned(),
+        local: addr(info.family, &info.saddr, info.sport),
+        remote: addr(info.family, &info.daddr, info.dport),
+        state: info.state,
+        connect_ns: info.connect_ns,
+        established_ns: nonzero(info.established_ns),
+        peer_fin_ns: nonzero(info.peer_fin_ns),
+        local_close_ns: nonzero(info.local_close_ns),
+        last_read_ns: nonzero(info.last_read_ns),
+        last_read_ret: info.last_read_ret,
+        reads: info.reads,
+        bytes_read: info.bytes_read,
+        reads_inflight: info.reads_inflight,
+        recv_q: (info.flags & ConnFlags::UNREAD_SAMPLED != 0).then_some(RecvQ {
+            bytes: info.unread_bytes,
+            at_ns: info.unread_sampled_ns,
+        }),
+        closed_by_process: info.flags & ConnFlags::CLOSED_BY_PROCESS != 0,
+        reset_at_close: info.sk_err_at_close == ECONNRESET,
+    }
+}
+
+/// Decodes one ring-buffer record.
+pub fn event(bytes: &[u8]) -> Result<KernelEvent> {
+    if bytes.len() < size_of::<ConnEvent>() {
+        return Err(anyhow!(
+            "short event record: {} bytes, expected {}",
+            bytes.len(),
+            size_of::<ConnEvent>()
+        ));
+    }
+    // SAFETY: the record is at least size_of::<ConnEvent>() bytes, ConnEvent is plain data
+    // (every bit pattern valid), and read_unaligned does not require alignment.
+    let raw: ConnEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let kind = match EventKind::from_u32(raw.kind) {
+        Some(EventKind::Connect) => KernelEventKind::Connect,
+        Some(EventKind::State) => KernelEventKind::State,
+        Some(EventKind::Close) => KernelEventKind::Close,
+        None => return Err(anyhow!("unknown event kind {}", raw.kind)),
+    };
+    Ok(KernelEvent {
+        kind,
+        old_state: raw.old_state,
+        ctx_pid: raw.ctx_tgid,
+        sk: raw.sk,
+        conn: conn(&raw.conn),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::{tcp_state, AF_INET6};
+
+    fn info() -> ConnInfo {
+        let mut i = ConnInfo::zeroed();
+        i.tgid = 42;
+        i.family = AF_INET;
+        i.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        i.daddr[..4].copy_from_slice(&[127, 0, 0, 12]);
+        i.sport = 40000;
+        i.dport = 18080;
+        i.comm[..5].copy_from_slice(b"relay");
+        i.state = tcp_state::CLOSE_WAIT;
+        i
+    }
+
+    #[test]
+    fn decodes_addresses_comm_and_optional_fields() {
+        let mut i = info();
+        i.fd = 7;
+        i.flags = ConnFlags::FD_KNOWN | ConnFlags::UNREAD_SAMPLED;
+        i.unread_bytes = 1;
+        i.unread_sampled_ns = 5;
+        let c = conn(&i);
+        assert_eq!(c.local.to_string(), "127.0.0.1:40000");
+        assert_eq!(c.remote.to_string(), "127.0.0.12:18080");
+        assert_eq!(c.comm, "relay");
+        assert_eq!(c.fd, Some(7));
+        assert_eq!(c.recv_q, Some(RecvQ { bytes: 1, at_ns: 5 }));
+        assert_eq!(c.established_ns, None);
+        assert!(!c.closed_by_process);
+    }
+
+    #[test]
+    fn fd_and_recv_q_are_absent_without_their_flags() {
+        let mut i = info();
+        i.fd = 7;
+        i.unread_bytes = 9;
+        let c = conn(&i);
+        assert_eq!(c.fd, None);
+        assert_eq!(c.recv_q, None);
+    }
+
+    #[test]
+    fn decodes_ipv6() {
+        let mut i = info();
+        i.family = AF_INET6;
+        i.daddr = std::net::Ipv6Addr::LOCALHOST.octets();
+        assert_eq!(conn(&i).remote.to_string(), "[::1]:18080");
+    }
+
+    #[test]
+    fn decodes_a_ring_record_and_rejects_bad_ones() {
+        let raw = ConnEvent {
+            kind: EventKind::Close as u32,
+            old_state: tcp_state::ESTABLISHED,
+            new_state: tcp_state::CLOSE,
+            ctx_tgid: 42,
+            sk: 0xffff_0000_1234_5678,
+            ts_ns: 99,
+            conn: info(),
+        };
+        // SAFETY (test): viewing a plain-data struct as its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw as *const ConnEvent).cast::<u8>(), size_of::<ConnEvent>())
+        };
+        let e = event(bytes).expect("decodes");
+        assert_eq!(e.kind, KernelEventKind::Close);
+        assert_eq!(e.sk, 0xffff_0000_1234_5678);
+        assert_eq!(e.conn.pid, 42);
+        assert!(event(&bytes[..100]).is_err());
+        let mut bad = bytes.to_vec();
+        bad[0] = 77;
+        assert!(event(&bad).is_err());
+    }
+}

@@ -1,0 +1,281 @@
+//! The collector: loads the eBPF side, follows the targets, and turns what the kernel reports
+//! into model inputs sent down one channel. It never touches the model or any output.
+
+pub mod btf;
+mod decode;
+mod loader;
+pub mod procfs;
+pub mod sockdiag;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    Ebpf,
+};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, watch},
+};
+use tracer_common::{map_names, tcp_state, ConnInfo, Stat, TargetFlags, COMM_LEN};
+
+pub use loader::check_privileges;
+
+use crate::model::{Input, KernelStats, Sample, SocketSample, Target};
+
+/// Which processes to trace.
+#[derive(Clone, Debug, Default)]
+pub struct TargetSpec {
+    pub pids: Vec<u32>,
+    /// Process names (as in /proc/PID/comm); processes started later are followed too.
+    pub comms: Vec<String>,
+}
+
+/// The kernel keeps 15 bytes of a process name (TASK_COMM_LEN 16 with the NUL).
+pub const MAX_COMM: usize = COMM_LEN - 1;
+
+pub struct Collector {
+    ebpf: Ebpf,
+    targets_map: BpfHashMap<MapData, u32, u32>,
+    conns: BpfHashMap<MapData, u64, ConnInfo>,
+    stats: PerCpuArray<MapData, u64>,
+    ring: AsyncFd<RingBuf<MapData>>,
+    spec: TargetSpec,
+    targets: BTreeMap<u32, Target>,
+    /// Start time of each target, so a reused pid is not taken for the process we traced.
+    started: BTreeMap<u32, u64>,
+    sample_every: Duration,
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no map {name} (build mismatch)"))
+}
+
+impl Collector {
+    /// Checks the host, loads and attaches the programs, and registers the targets. Must run
+    /// inside a tokio runtime (the ring buffer is polled through it).
+    pub fn start(spec: TargetSpec, sample_every: Duration) -> Result<Self> {
+        let mut ebpf = loader::load_and_attach(!spec.comms.is_empty())?;
+        let mut comm_map: BpfHashMap<MapData, [u8; COMM_LEN], u8> =
+            take_map(&mut ebpf, map_names::TARGET_COMMS)?.try_into()?;
+        for name in &spec.comms {
+            let mut key = [0u8; COMM_LEN];
+            let bytes = name.as_bytes();
+            let len = bytes.len().min(MAX_COMM);
+            key[..len].copy_from_slice(&bytes[..len]);
+            comm_map.insert(key, 1, 0).context("registering a --comm name")?;
+        }
+        let targets_map = take_map(&mut ebpf, map_names::TARGETS)?.try_into()?;
+        let conns = take_map(&mut ebpf, map_names::CONNS)?.try_into()?;
+        let stats = take_map(&mut ebpf, map_names::STATS)?.try_into()?;
+        let ring: RingBuf<MapData> = take_map(&mut ebpf, map_names::EVENTS)?.try_into()?;
+        // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as
+        // the RingBuf lives, and the AsyncFd owns the RingBuf.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow!("polling the event ring buffer: {}", e.into_parts().1))?;
+        let mut collector = Self {
+            ebpf,
+            targets_map,
+            conns,
+            stats,
+            ring,
+            spec,
+            targets: BTreeMap::new(),
+            started: BTreeMap::new(),
+            sample_every,
+        };
+        collector.refresh_targets()?;
+        Ok(collector)
+    }
+
+    /// Adds processes named by `--comm` that started since, and drops targets that exited.
+    /// Returns true when the set changed.
+    fn refresh_targets(&mut self) -> Result<bool> {
+        let mut wanted: Vec<u32> = self.spec.pids.clone();
+        for name in &self.spec.comms {
+            wanted.extend(procfs::pids_by_comm(name)?);
+        }
+        // The kernel side adopts processes by name at their first connect.
+        for item in self.targets_map.iter() {
+            let (pid, _) = item.context("reading the targets map")?;
+            wanted.push(pid);
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut changed = false;
+        for pid in wanted {
+            let start = procfs::start_time_ticks(pid).ok();
+            let reused = start.is_some() && self.started.get(&pid).is_some_and(|s| Some(*s) != start);
+            if start.is_none() || reused {
+                // Exited (or exited and its pid was reused): its connections went with it.
+                if self.targets.remove(&pid).is_some() || self.targets_map.get(&pid, 0).is_ok() {
+                    let _ = self.targets_map.remove(&pid);
+                    self.started.remove(&pid);
+                    changed = true;
+                }
+                if start.is_none() || !self.spec.pids.contains(&pid) {
+                    continue;
+                }
+            }
+            if !self.targets.contains_key(&pid) {
+                let comm = procfs::comm(pid).unwrap_or_default();
+                if self.targets_map.get(&pid, 0).is_err() {
+                    self.targets_map
+                        .insert(pid, TargetFlags::EXPLICIT, 0)
+                        .with_context(|| format!("adding pid {pid} to the targets map"))?;
+                }
+                self.targets.insert(pid, Target { pid, comm });
+                if let Some(start) = start {
+                    self.started.insert(pid, start);
+                }
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
+    fn kernel_stats(&self) -> Result<KernelStats> {
+        let sum = |stat: Stat| -> Result<u64> {
+            let values = self.stats.get(&(stat as u32), 0).context("reading the stats map")?;
+            Ok(values.iter().sum())
+        };
+        Ok(KernelStats {
+            events_sent: sum(Stat::EventsSent)?,
+            events_lost: sum(Stat::RingbufDrops)?,
+            conn_map_full: sum(Stat::ConnMapFull)?,
+            reads_seen: sum(Stat::ReadsSeen)?,
+        })
+    }
+
+    /// The targets' sockets first, then the kernel map: a socket the kernel tracks is then
+    /// always in the map sample too (see `Sample`).
+    fn sample(&self) -> Result<Sample> {
+        let mut sockets = Vec::new();
+        // Listeners tell accepted (inbound) connections apart; TIME_WAIT and other closing
+        // states, often the bulk of a busy host's sockets, are not needed.
+        let states = sockdiag::StateMask::CONNECTED
+            .with(tcp_state::SYN_SENT as u8)
+            .with(tcp_state::LISTEN as u8);
+        let all = sockdiag::dump_tcp(states)?;
+        let mut inode_owner = std::collections::HashMap::new();
+        for pid in self.targets.keys() {
+            // A target may exit between the scan and now; it is dropped at the next refresh.
+            if let Ok(inodes) = procfs::socket_inodes(*pid) {
+                for (inode, fd) in inodes {
+                    inode_owner.insert(inode, (*pid, fd));
+                }
+            }
+        }
+        for s in all {
+            if let Some((pid, fd)) = inode_owner.get(&s.inode).filter(|_| s.inode != 0) {
+                sockets.push(SocketSample {
+                    pid: *pid,
+                    fd: *fd,
+                    local: s.local,
+                    remote: s.remote,
+                    state: u32::from(s.state),
+                    recv_q: s.recv_q,
+                    inode: s.inode,
+                });
+            }
+        }
+        log::debug!(
+            "sample: {} target sockets of {} target inodes",
+            sockets.len(),
+            inode_owner.len()
+        );
+        let now_ns = monotonic_ns();
+        let mut kernel = Vec::new();
+        for item in self.conns.iter() {
+            match item {
+                Ok((sk, info)) => kernel.push((sk, decode::conn(&info))),
+                // An entry removed while we iterate: it will show as closed.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("reading the connection map"),
+            }
+        }
+        Ok(Sample { now_ns, kernel, sockets, stats: self.kernel_stats()? })
+    }
+
+    fn drain_ring(&mut self, out: &mut Vec<Input>) {
+        let ring = self.ring.get_mut();
+        while let Some(record) = ring.next() {
+            match decode::event(&record) {
+                Ok(event) => out.push(Input::Kernel(event)),
+                Err(e) => log::warn!("skipping a kernel event: {e:#}"),
+            }
+        }
+    }
+
+    async fn send_all(tx: &mpsc::Sender<Input>, inputs: &mut Vec<Input>) -> bool {
+        for input in inputs.drain(..) {
+            if tx.send(input).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn sample_and_send(&mut self, tx: &mpsc::Sender<Input>) -> Result<bool> {
+        if self.refresh_targets()? {
+            let targets = self.targets.values().cloned().collect();
+            if tx.send(Input::Targets(targets)).await.is_err() {
+                return Ok(false);
+            }
+        }
+        let sample = self.sample()?;
+        Ok(tx.send(Input::Sample(sample)).await.is_ok())
+    }
+
+    /// Sends model inputs until `stop` turns true (or the receiver goes away), then sends a
+    /// last drain and sample so the final snapshot is current. Detaches on return (drop).
+    pub async fn run(mut self, tx: mpsc::Sender<Input>, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let targets = self.targets.values().cloned().collect();
+        if tx.send(Input::Targets(targets)).await.is_err() {
+            return Ok(());
+        }
+        let mut tick = tokio::time::interval(self.sample_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard.context("waiting for kernel events")?;
+                    guard.clear_ready();
+                    drop(guard);
+                    self.drain_ring(&mut batch);
+                    if !Self::send_all(&tx, &mut batch).await {
+                        break;
+                    }
+                }
+                _ = tick.tick() => {
+                    if !self.sample_and_send(&tx).await? {
+                        break;
+                    }
+                }
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        self.drain_ring(&mut batch);
+                        if Self::send_all(&tx, &mut batch).await {
+                            self.sample_and_send(&tx).await?;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        // Keep the programs attached until here; dropping `ebpf` detaches everything.
+        drop(self.ebpf);
+        Ok(())
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns().
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the valid timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}

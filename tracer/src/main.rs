@@ -1,0 +1,38 @@
+//! tracer: finds leaked upstream HTTP connections inside a running Go relay, live, with eBPF.
+//!
+//! Data flows one way: collect (kernel, sock_diag, /proc) -> model (table, verdicts,
+//! aggregates) -> export (JSON) | ui (table). See docs/ARCHITECTURE.md.
+
+mod app;
+mod cli;
+mod collect;
+mod export;
+mod model;
+mod ui;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    // Diagnostics go to stderr; RUST_LOG=debug shows the collector's work.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tracer: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(app::main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = if e.is::<app::UsageError>() { 2 } else { 1 };
+            eprintln!("tracer: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}

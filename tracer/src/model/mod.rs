@@ -1,0 +1,173 @@
+//! The model: what we know about each upstream connection of the targets, the verdicts, and
+//! the per-host aggregates. Pure data and rules: no I/O, no clocks (times come in the inputs),
+//! so every rule is testable with synthetic inputs.
+
+pub mod classify;
+pub mod snapshot;
+pub mod table;
+
+use std::net::SocketAddr;
+
+pub use classify::Graces;
+pub use snapshot::Snapshot;
+pub use table::ConnTable;
+
+/// TCP state numbers as the kernel has them.
+pub use tracer_common::tcp_state;
+
+/// Everything the collector tells the model, in the order it happened.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A lifecycle event from the kernel side.
+    Kernel(KernelEvent),
+    /// A periodic look at the kernel's connection map and the targets' sockets.
+    Sample(Sample),
+    /// The set of traced processes changed (started, followed by name, exited).
+    Targets(Vec<Target>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelEventKind {
+    Connect,
+    State,
+    Close,
+}
+
+#[derive(Clone, Debug)]
+pub struct KernelEvent {
+    pub kind: KernelEventKind,
+    pub old_state: u32,
+    /// Process running when the event fired (unrelated for softirq-driven changes).
+    pub ctx_pid: u32,
+    /// The socket's kernel address: the identity of a traced connection.
+    pub sk: u64,
+    pub conn: KernelConn,
+}
+
+/// The kernel side's record of one socket, decoded. Times are CLOCK_MONOTONIC nanoseconds;
+/// `None` means it has not happened.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelConn {
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: Option<i32>,
+    pub comm: String,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: u32,
+    pub connect_ns: u64,
+    pub established_ns: Option<u64>,
+    pub peer_fin_ns: Option<u64>,
+    pub local_close_ns: Option<u64>,
+    pub last_read_ns: Option<u64>,
+    pub last_read_ret: i64,
+    pub reads: u64,
+    pub bytes_read: u64,
+    pub reads_inflight: u32,
+    /// `rcv_nxt - copied_seq` (an unread FIN counts 1) and when it was sampled.
+    pub recv_q: Option<RecvQ>,
+    pub closed_by_process: bool,
+    /// The socket was reset as it closed (sk_err ECONNRESET at TCP_CLOSE).
+    pub reset_at_close: bool,
+}
+
+/// A receive-queue sample: `rcv_nxt - copied_seq`, what `ss` shows as Recv-Q.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecvQ {
+    pub bytes: u32,
+    pub at_ns: u64,
+}
+
+/// A periodic observation. Sockets are read before the kernel map, so any socket of a
+/// target that the kernel tracks is guaranteed to be in `kernel` too.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    pub now_ns: u64,
+    /// Every entry of the kernel's connection map.
+    pub kernel: Vec<(u64, KernelConn)>,
+    /// Every TCP socket the targets hold (from sock_diag, matched to /proc/PID/fd).
+    pub sockets: Vec<SocketSample>,
+    pub stats: KernelStats,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketSample {
+    pub pid: u32,
+    pub fd: i32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: u32,
+    /// sock_diag's idiag_rqueue (= rcv_nxt - copied_seq for connected sockets).
+    pub recv_q: u32,
+    pub inode: u64,
+}
+
+/// Counters kept by the kernel side, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelStats {
+    pub events_sent: u64,
+    pub events_lost: u64,
+    pub conn_map_full: u64,
+    pub reads_seen: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Target {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// Bytes of response data waiting unread, given a raw `rcv_nxt - copied_seq` and the state.
+/// Once the upstream's FIN has arrived it is counted in rcv_nxt and consumed only after all
+/// data before it, so a non-zero queue in those states includes exactly one FIN.
+pub fn unread_data(recv_q: u32, state: u32) -> u32 {
+    let fin_received = matches!(
+        state,
+        tcp_state::CLOSE_WAIT | tcp_state::LAST_ACK | tcp_state::CLOSING
+    );
+    if fin_received {
+        recv_q.saturating_sub(1)
+    } else {
+        recv_q
+    }
+}
+
+/// ss-style name of a TCP state.
+pub fn state_name(state: u32) -> &'static str {
+    match state {
+        tcp_state::ESTABLISHED => "ESTABLISHED",
+        tcp_state::SYN_SENT => "SYN_SENT",
+        tcp_state::SYN_RECV => "SYN_RECV",
+        tcp_state::FIN_WAIT1 => "FIN_WAIT1",
+        tcp_state::FIN_WAIT2 => "FIN_WAIT2",
+        tcp_state::TIME_WAIT => "TIME_WAIT",
+        tcp_state::CLOSE => "CLOSE",
+        tcp_state::CLOSE_WAIT => "CLOSE_WAIT",
+        tcp_state::LAST_ACK => "LAST_ACK",
+        tcp_state::LISTEN => "LISTEN",
+        tcp_state::CLOSING => "CLOSING",
+        tcp_state::NEW_SYN_RECV => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unread_data_discounts_the_fin_only_after_it_arrived() {
+        assert_eq!(unread_data(1, tcp_state::CLOSE_WAIT), 0);
+        assert_eq!(unread_data(219, tcp_state::CLOSE_WAIT), 218);
+        assert_eq!(unread_data(0, tcp_state::CLOSE_WAIT), 0);
+        assert_eq!(unread_data(130_048, tcp_state::ESTABLISHED), 130_048);
+        assert_eq!(unread_data(1, tcp_state::ESTABLISHED), 1);
+    }
+
+    #[test]
+    fn state_names_match_ss() {
+        assert_eq!(state_name(tcp_state::CLOSE_WAIT), "CLOSE_WAIT");
+        assert_eq!(state_name(tcp_state::ESTABLISHED), "ESTABLISHED");
+        assert_eq!(state_name(99), "UNKNOWN");
+    }
+}

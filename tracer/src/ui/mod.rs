@@ -1,0 +1,3 @@
+//! Human-facing renderings of snapshots. Rendering reads the snapshot; it never changes the model.
+
+pub mod plain;

@@ -1,0 +1,108 @@
+//! The headless table: per-host counts and the leaked connections, redrawn in place on a
+//! terminal, appended as blocks otherwise (logs, pipes).
+
+use std::io::{IsTerminal, Write};
+
+use crate::model::{Graces, Snapshot};
+
+pub struct PlainTable<W: Write> {
+    out: W,
+    redraw: bool,
+}
+
+/// Most leaked connections listed under the hosts; the rest are counted.
+const MAX_LEAK_ROWS: usize = 20;
+
+impl PlainTable<std::io::Stdout> {
+    pub fn new(out: std::io::Stdout) -> Self {
+        let redraw = out.is_terminal();
+        Self { out, redraw }
+    }
+}
+
+impl<W: Write> PlainTable<W> {
+    pub fn write(&mut self, snapshot: &Snapshot, graces: &Graces, last: bool) -> std::io::Result<()> {
+        let text = render(snapshot, graces);
+        if self.redraw && !last {
+            // Home and clear, then draw: one write so the screen never shows half a table.
+            write!(self.out, "\x1b[H\x1b[2J{text}")?;
+        } else {
+            writeln!(self.out, "{text}")?;
+        }
+        self.out.flush()
+    }
+}
+
+fn trunc(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(width.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+pub fn render(snapshot: &Snapshot, graces: &Graces) -> String {
+    let mut s = String::new();
+    let pids: Vec<String> = snapshot
+        .targets
+        .iter()
+        .map(|t| if t.comm.is_empty() { t.pid.to_string() } else { format!("{} ({})", t.pid, t.comm) })
+        .collect();
+    s.push_str(&format!(
+        "tracer — targets: {}   open: {}   leaked: {}   events lost: {}\n",
+        if pids.is_empty() { "none yet".to_owned() } else { pids.join(", ") },
+        snapshot.open_total,
+        snapshot.leaked_total,
+        snapshot.kernel.events_lost,
+    ));
+    s.push_str(&format!(
+        "graces: close_wait {:?}, unread {:?}, abandoned {:?}\n\n",
+        graces.close_wait, graces.unread, graces.abandon
+    ));
+    s.push_str(&format!(
+        "{:<28} {:>6} {:>7} {:>10} {:>7} {:>9} {:>13} {:>7}\n",
+        "HOST", "OPEN", "LEAKED", "CLOSE_WAIT", "UNREAD", "ABANDONED", "CLOSED_UNREAD", "TOTAL"
+    ));
+    if snapshot.hosts.is_empty() {
+        s.push_str("(no upstream connections seen yet)\n");
+    }
+    for h in &snapshot.hosts {
+        s.push_str(&format!(
+            "{:<28} {:>6} {:>7} {:>10} {:>7} {:>9} {:>13} {:>7}\n",
+            trunc(&h.host, 28),
+            h.open,
+            h.leaked,
+            h.by_reason.close_wait,
+            h.by_reason.unread,
+            h.by_reason.abandoned,
+            h.closed_unread_total,
+            h.connections_total
+        ));
+    }
+    if !snapshot.leaks.is_empty() {
+        s.push_str(&format!(
+            "\n{:<8} {:>5} {:<23} {:<23} {:<12} {:<11} {:>8} {:>8} {:>9}\n",
+            "PID", "FD", "LOCAL", "REMOTE", "REASON", "STATE", "AGE", "IDLE", "UNREAD"
+        ));
+        for l in snapshot.leaks.iter().take(MAX_LEAK_ROWS) {
+            s.push_str(&format!(
+                "{:<8} {:>5} {:<23} {:<23} {:<12} {:<11} {:>7.1}s {:>7.1}s {:>9}\n",
+                l.pid,
+                l.fd.map_or_else(|| "?".to_owned(), |fd| fd.to_string()),
+                trunc(&l.local, 23),
+                trunc(&l.remote, 23),
+                l.reason.as_str(),
+                l.state,
+                l.age_s,
+                l.idle_s,
+                l.unread_bytes
+            ));
+        }
+        if snapshot.leaks.len() > MAX_LEAK_ROWS {
+            s.push_str(&format!("… and {} more leaked connections\n", snapshot.leaks.len() - MAX_LEAK_ROWS));
+        }
+    }
+    s
+}

@@ -1,0 +1,85 @@
+//! `cargo xtask test`: setup, unit and snapshot tests, build, then the end-to-end tests.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::build::{self, Artifacts};
+use crate::setup;
+use crate::util::{self, Progress};
+
+/// The package of end-to-end tests (tests/): they load real eBPF, so they need root.
+const E2E_PACKAGE: &str = "tracer-e2e";
+
+pub fn run(repeat: u32) -> Result<()> {
+    setup::ensure().context("test: step 1 of 4 (setup) failed")?;
+    unit_tests().context("test: step 2 of 4 (unit and snapshot tests) failed")?;
+    let artifacts = build::build().context("test: step 3 of 4 (build) failed")?;
+    end_to_end(&artifacts, repeat).context("test: step 4 of 4 (end-to-end tests) failed")?;
+    Ok(())
+}
+
+fn unit_tests() -> Result<()> {
+    let progress = Progress::start(
+        format!("test: cargo test --workspace --exclude {E2E_PACKAGE} --exclude tracer-ebpf"),
+        "about 2 minutes cold, seconds when cached",
+    );
+    let mut cargo = util::cargo();
+    cargo
+        .current_dir(util::workspace_root())
+        .args(["test", "--workspace", "--exclude", E2E_PACKAGE])
+        // The eBPF crate only builds for the BPF target (tracer/build.rs builds it through
+        // aya-build); --workspace would otherwise build it for the host.
+        .args(["--exclude", "tracer-ebpf"]);
+    util::run(&mut cargo)?;
+    progress.done();
+    Ok(())
+}
+
+fn end_to_end(artifacts: &Artifacts, repeat: u32) -> Result<()> {
+    if !util::is_root() {
+        if util::in_ci() {
+            bail!("the end-to-end tests load eBPF programs and need root, and CI=true forbids skipping them: run CI as root");
+        }
+        println!(
+            "test: skipping the end-to-end tests: they load eBPF programs and need root; run: sudo -E env \"PATH=$PATH\" cargo xtask test"
+        );
+        return Ok(());
+    }
+
+    let e2e = |extra: &[&str]| {
+        let mut cargo = util::cargo();
+        cargo
+            .current_dir(util::workspace_root())
+            .args(["test", "-p", E2E_PACKAGE])
+            .args(extra)
+            .env("TRACER_BIN", &artifacts.tracer)
+            .env("FIXTURE_BIN", &artifacts.fixture);
+        cargo
+    };
+
+    // Compile once up front, so a compile error reads as one and not as N failed runs.
+    util::run(&mut e2e(&["--no-run"])).context("the end-to-end tests do not compile")?;
+
+    let mut passed = 0;
+    for run in 1..=repeat {
+        println!(
+            "test: e2e run {run}/{repeat}: cargo test -p {E2E_PACKAGE} -- --test-threads=1 (under a minute)..."
+        );
+        let started = Instant::now();
+        let status = util::status(&mut e2e(&["--", "--test-threads=1"]))?;
+        let took = util::format_elapsed(started.elapsed());
+        if status.success() {
+            passed += 1;
+            println!("e2e run {run}/{repeat} passed ({took})");
+        } else {
+            let how = util::describe_status(status);
+            println!("e2e run {run}/{repeat} FAILED ({how}, {took})");
+        }
+    }
+    println!("e2e: {passed} of {repeat} runs passed");
+    if passed < repeat {
+        bail!("{} of {repeat} runs failed (output above)", repeat - passed);
+    }
+    Ok(())
+}
