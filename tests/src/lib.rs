@@ -1,1 +1,255 @@
+//! Harness for the end-to-end tests: runs the Go fixture (fake upstreams and a leaky relay)
+//! and the real tracer binary, and reads the tracer's JSON snapshots.
+//!
+//! The binaries come from `TRACER_BIN` and `FIXTURE_BIN` (set by `cargo xtask test`). The
+//! tests need root and real eBPF: under `CI=true` a missing prerequisite fails the test;
+//! elsewhere the test is skipped with the reason printed.
+#![allow(clippy::unwrap_used)] // test harness: a panic with a message is the failure report
 
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Whether this test can run here. Prints why not, or panics in CI.
+pub fn prerequisites_met() -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root (run: sudo -E cargo xtask test)".to_owned());
+    }
+    for var in ["TRACER_BIN", "FIXTURE_BIN"] {
+        match std::env::var(var) {
+            Ok(path) if PathBuf::from(&path).is_file() => {}
+            _ => missing.push(format!("{var} pointing at a built binary (run: cargo xtask test)")),
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!("end-to-end test needs {}", missing.join(" and "));
+    if in_ci() {
+        panic!("{reason}; under CI=true this is a failure, not a skip");
+    }
+    eprintln!("SKIPPED: {reason}");
+    false
+}
+
+pub fn tracer_bin() -> PathBuf {
+    PathBuf::from(std::env::var("TRACER_BIN").unwrap())
+}
+
+pub fn fixture_bin() -> PathBuf {
+    PathBuf::from(std::env::var("FIXTURE_BIN").unwrap())
+}
+
+/// A child process killed and reaped on drop, with its stdout lines on a channel.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr_lines: mpsc::Receiver<String>,
+}
+
+fn pump<R: std::io::Read + Send + 'static>(r: R) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name} ({cmd:?}): {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        Proc {
+            name: name.to_owned(),
+            stdin: child.stdin.take(),
+            child,
+            lines: pump(stdout),
+            stderr_lines: pump(stderr),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stderr_so_far(&self) -> String {
+        self.stderr_lines.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Waits for a stdout line equal to `want`.
+    pub fn expect_line(&mut self, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.trim() == want => return,
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "{} did not print {want:?} within {timeout:?}; its stderr:\n{}",
+            self.name,
+            self.stderr_so_far()
+        );
+    }
+
+    /// Waits for a stderr line containing `want`.
+    pub fn expect_stderr(&mut self, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) if line.contains(want) => return,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("{} did not print {want:?} on stderr within {timeout:?}; it printed:\n{}", self.name, seen.join("\n"));
+    }
+
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill with our own child's pid and a valid signal number.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for exit; returns (exit code, every stdout line, stderr).
+    pub fn wait(mut self, timeout: Duration) -> (Option<i32>, Vec<String>, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The pump threads end at EOF; give them a moment to hand over the last lines.
+                thread::sleep(Duration::from_millis(100));
+                let out: Vec<String> = self.lines.try_iter().collect();
+                let err = self.stderr_so_far();
+                return (status.code(), out, err);
+            }
+            if Instant::now() > deadline {
+                let err = self.stderr_so_far();
+                panic!("{} did not exit within {timeout:?}; stderr:\n{err}", self.name);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The fake providers on 127.0.0.11..18 at `port`.
+pub fn start_upstreams(port: u16) -> Proc {
+    let mut cmd = Command::new(fixture_bin());
+    cmd.args(["upstream", "-port", &port.to_string(), "-idle-timeout", "1s"]);
+    let mut p = Proc::spawn("fixture upstream", cmd);
+    p.expect_line("READY", Duration::from_secs(10));
+    p
+}
+
+/// The leaky relay: `rounds` rounds of every scenario, then it holds its connections.
+pub fn relay_command(port: u16, rounds: u32, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(fixture_bin());
+    cmd.args(["relay", "-port", &port.to_string(), "-rounds", &rounds.to_string()]);
+    cmd.args(["-interval", "200ms", "-hold", "5m"]);
+    cmd.args(extra);
+    cmd
+}
+
+/// Starts the tracer in JSON mode and waits until it has attached.
+pub fn start_tracer(args: &[String]) -> Proc {
+    let mut cmd = Command::new(tracer_bin());
+    cmd.arg("run").arg("--json").args(args);
+    let mut p = Proc::spawn("tracer", cmd);
+    p.expect_stderr("tracer: attached", Duration::from_secs(30));
+    p
+}
+
+/// Stops the tracer with SIGINT and returns its final snapshot.
+pub fn stop_tracer(tracer: Proc) -> Value {
+    tracer.signal(libc::SIGINT);
+    let (code, lines, err) = tracer.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "tracer exit status; stderr:\n{err}");
+    let last = lines.iter().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| {
+        panic!("the tracer printed no snapshot; stderr:\n{err}")
+    });
+    let v: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("bad JSON {last:?}: {e}"));
+    assert_eq!(v["type"], "snapshot");
+    v
+}
+
+/// The `hosts` entry for `ip`, if any.
+pub fn host<'a>(snapshot: &'a Value, ip: &str) -> Option<&'a Value> {
+    snapshot["hosts"].as_array()?.iter().find(|h| h["host"] == ip)
+}
+
+/// Reads a numeric field of a host entry (0 when the host is absent: nothing seen).
+pub fn count(snapshot: &Value, ip: &str, path: &[&str]) -> u64 {
+    let Some(mut v) = host(snapshot, ip) else { return 0 };
+    for key in path {
+        v = &v[*key];
+    }
+    v.as_u64().unwrap_or_else(|| panic!("{ip} {path:?} is not a number in {snapshot}"))
+}
+
+/// Recv-Q per local address of the relay's sockets to `ip`, as `ss` reports them.
+pub fn ss_recv_q(pid: u32, ip: &str) -> Vec<(String, u64)> {
+    // ss wants IPv6 addresses in brackets.
+    let dst = if ip.contains(':') { format!("[{ip}]") } else { ip.to_owned() };
+    let out = Command::new("ss")
+        .args(["-tnpH", "state", "all", "dst", &dst])
+        .output()
+        .unwrap_or_else(|e| panic!("running ss (apt-get install iproute2): {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rows = Vec::new();
+    for line in text.lines().filter(|l| l.contains(&format!("pid={pid},"))) {
+        // State Recv-Q Send-Q Local Peer Process
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() >= 5 {
+            rows.push((cols[3].to_owned(), cols[1].parse().unwrap()));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// Prints a compact per-host summary, so a failing run shows what the tracer saw.
+pub fn summary(snapshot: &Value) -> String {
+    let mut s = String::new();
+    for h in snapshot["hosts"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "{} open={} leaked={} {} closed_unread={} total={}\n",
+            h["host"], h["open"], h["leaked"], h["by_reason"], h["closed_unread_total"], h["connections_total"]
+        ));
+    }
+    s
+}

@@ -33,8 +33,8 @@ pub mod global_names {
     pub const RCV_NXT_OFFSET: &str = "RCV_NXT_OFFSET";
     /// Byte offset of `tcp_sock.copied_seq` in the running kernel (from its BTF).
     pub const COPIED_SEQ_OFFSET: &str = "COPIED_SEQ_OFFSET";
-    /// Byte offset of `sock.sk_err` in the running kernel (from its BTF).
-    pub const SK_ERR_OFFSET: &str = "SK_ERR_OFFSET";
+    /// Byte offset of `sock.sk_flags` in the running kernel (from its BTF).
+    pub const SK_FLAGS_OFFSET: &str = "SK_FLAGS_OFFSET";
     /// Non-zero when `TARGET_COMMS` holds names, so untargeted connects skip the comm lookup.
     pub const FOLLOW_COMMS: &str = "FOLLOW_COMMS";
 }
@@ -134,8 +134,9 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 /// IPPROTO_TCP (include/uapi/linux/in.h).
 pub const IPPROTO_TCP: u16 = 6;
-/// ECONNRESET (include/uapi/asm-generic/errno.h).
-pub const ECONNRESET: u32 = 104;
+/// Bit of `sock.sk_flags` that tcp_fin() sets when the peer's FIN arrives: SOCK_DONE, second
+/// in `enum sock_flags` (include/net/sock.h), where it has been since Linux 2.6.
+pub const SOCK_DONE_BIT: u64 = 1 << 1;
 /// MSG_PEEK (include/linux/socket.h): a peek consumes nothing, so it is not a read.
 pub const MSG_PEEK: i32 = 2;
 
@@ -157,6 +158,8 @@ impl ConnFlags {
     pub const UNREAD_SAMPLED: u32 = 2;
     /// The process called close() on the fd.
     pub const CLOSED_BY_PROCESS: u32 = 4;
+    /// The peer's FIN had arrived when the socket reached TCP_CLOSE (sampled at close only).
+    pub const PEER_FIN_AT_CLOSE: u32 = 8;
 }
 
 /// Key of `FD_SOCKS`.
@@ -210,9 +213,7 @@ pub struct ConnInfo {
     pub unread_sampled_ns: u64,
     /// [`ConnFlags`] bits.
     pub flags: u32,
-    /// `sock.sk_err` when the socket reached TCP_CLOSE: ECONNRESET there means the connection
-    /// was reset (after a local close: response data kept arriving and nobody would read it).
-    pub sk_err_at_close: u32,
+    pub _pad1: u32,
 }
 const _: () = assert!(size_of::<ConnInfo>() == 168);
 
@@ -244,7 +245,7 @@ impl ConnInfo {
             reads_inflight: 0,
             unread_sampled_ns: 0,
             flags: 0,
-            sk_err_at_close: 0,
+            _pad1: 0,
         }
     }
 }

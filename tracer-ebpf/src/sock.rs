@@ -1,7 +1,7 @@
 //! Helpers shared by the hook modules: target filtering, unread-byte sampling, events, stats.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
-use tracer_common::{ConnEvent, ConnFlags, ConnInfo, EventKind, Stat};
+use tracer_common::{ConnEvent, ConnFlags, ConnInfo, EventKind, Stat, SOCK_DONE_BIT};
 
 use crate::maps::{EVENTS, STATS, TARGETS};
 
@@ -11,9 +11,9 @@ use crate::maps::{EVENTS, STATS, TARGETS};
 static RCV_NXT_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static COPIED_SEQ_OFFSET: u32 = 0;
-/// Byte offset of `sock.sk_err`, likewise.
+/// Byte offset of `sock.sk_flags`, likewise.
 #[unsafe(no_mangle)]
-static SK_ERR_OFFSET: u32 = 0;
+static SK_FLAGS_OFFSET: u32 = 0;
 
 /// (tgid, tid) of the current task.
 #[inline(always)]
@@ -69,19 +69,21 @@ pub fn sample_unread(sk: u64, conn: *mut ConnInfo, now: u64) {
     }
 }
 
-/// Records the socket's pending error as it closes: tcp_reset() sets ECONNRESET just before
-/// moving the socket to TCP_CLOSE, whether the peer reset it or the kernel aborted it because
-/// data arrived after the process closed it.
+/// Records whether the peer's FIN had arrived when the socket closes. A socket the process
+/// closed first normally ends after the peer's FIN (FIN_WAIT2 -> TIME_WAIT); ending without it
+/// means the kernel aborted it, typically because response data kept arriving after close().
 #[inline(always)]
-pub fn sample_sk_err(sk: u64, conn: *mut ConnInfo) {
-    let offset = read_global(&SK_ERR_OFFSET);
+pub fn sample_peer_fin(sk: u64, conn: *mut ConnInfo) {
+    let offset = read_global(&SK_FLAGS_OFFSET);
     if offset == 0 {
         return;
     }
-    // SAFETY: a checked kernel read of a live socket's field; on error we keep 0.
-    if let Ok(err) = unsafe { bpf_probe_read_kernel((sk + offset as u64) as *const i32) } {
-        // SAFETY: `conn` points into a CONNS entry that the caller just looked up.
-        unsafe { (*conn).sk_err_at_close = err as u32 };
+    // SAFETY: a checked kernel read of a live socket's field; on error nothing is recorded.
+    if let Ok(flags) = unsafe { bpf_probe_read_kernel((sk + offset as u64) as *const u64) } {
+        if flags & SOCK_DONE_BIT != 0 {
+            // SAFETY: `conn` points into a CONNS entry that the caller just looked up.
+            unsafe { (*conn).flags |= ConnFlags::PEER_FIN_AT_CLOSE };
+        }
     }
 }
 

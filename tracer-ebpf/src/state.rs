@@ -4,6 +4,7 @@
 //! State changes caused by incoming packets run in softirq context, where the current task
 //! is unrelated: those are matched by socket (`CONNS`), never by pid.
 
+use aya_log_ebpf::warn;
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
     macros::tracepoint,
@@ -16,7 +17,7 @@ use tracer_common::{
 
 use crate::{
     maps::{CONNS, FD_SOCKS, PENDING_CONNECT},
-    sock::{count, current_ids, emit, is_target, sample_sk_err, sample_unread},
+    sock::{count, current_ids, emit, is_target, sample_peer_fin, sample_unread},
 };
 
 /// `sock/inet_sock_set_state` (Linux 4.16).
@@ -72,7 +73,7 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     sample_unread(sk, conn, now);
 
     if new_state == tcp_state::CLOSE {
-        sample_sk_err(sk, conn);
+        sample_peer_fin(sk, conn);
         emit(EventKind::Close, old_state, new_state, sk, now, conn);
         // SAFETY: as above; we copy the key fields before removing the entry.
         let (tgid, fd, flags) = unsafe { ((*conn).tgid, (*conn).fd, (*conn).flags) };
@@ -130,6 +131,7 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
     }
     if CONNS.insert(&sk, &info, 0).is_err() {
         count(Stat::ConnMapFull);
+        warn!(ctx, "tracer: cannot track a connection of pid {}: the connection map is full", tgid);
         return Ok(0);
     }
     if info.flags & ConnFlags::FD_KNOWN != 0 {

@@ -64,6 +64,12 @@ fn validate_targets(spec: &TargetSpec) -> Result<()> {
     Ok(())
 }
 
+fn describe_targets(spec: &TargetSpec) -> String {
+    let mut parts: Vec<String> = spec.pids.iter().map(|p| format!("pid {p}")).collect();
+    parts.extend(spec.comms.iter().map(|c| format!("processes named {c}")));
+    parts.join(", ")
+}
+
 async fn run(args: RunArgs) -> Result<()> {
     let spec = TargetSpec { pids: args.targets.pids.clone(), comms: args.targets.comms.clone() };
     validate_targets(&spec)?;
@@ -72,6 +78,8 @@ async fn run(args: RunArgs) -> Result<()> {
     // Verdict times are only as fine as the samples: sample at least every second.
     let sample_every = args.interval.min(Duration::from_secs(1));
     let collector = Collector::start(spec.clone(), sample_every)?;
+    // One line on stderr once the programs are attached (tests and scripts wait for it).
+    eprintln!("tracer: attached; tracing {}; stop with Ctrl-C", describe_targets(&spec));
 
     let (tx, mut rx) = mpsc::channel::<Input>(4096);
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{anyhow, Result};
-use tracer_common::{ConnEvent, ConnFlags, ConnInfo, EventKind, AF_INET, ECONNRESET};
+use tracer_common::{ConnEvent, ConnFlags, ConnInfo, EventKind, AF_INET};
 
 use crate::model::{KernelConn, KernelEvent, KernelEventKind, RecvQ};
 
@@ -44,7 +44,7 @@ pub fn conn(info: &ConnInfo) -> KernelConn {
             at_ns: info.unread_sampled_ns,
         }),
         closed_by_process: info.flags & ConnFlags::CLOSED_BY_PROCESS != 0,
-        reset_at_close: info.sk_err_at_close == ECONNRESET,
+        peer_fin_at_close: info.flags & ConnFlags::PEER_FIN_AT_CLOSE != 0,
     }
 }
 

@@ -129,14 +129,15 @@ pub fn load_and_attach(follow_comms: bool) -> Result<Ebpf> {
     let btf = KernelBtf::load(Path::new(BTF_PATH))?;
     let rcv_nxt = btf.member_offset("tcp_sock", "rcv_nxt")?;
     let copied_seq = btf.member_offset("tcp_sock", "copied_seq")?;
-    let sk_err = btf.member_offset("sock", "sk_err")?;
+    // `sk_flags` is a macro for `__sk_common.skc_flags` (include/net/sock.h).
+    let sk_flags = btf.member_offset("sock", "__sk_common")? + btf.member_offset("sock_common", "skc_flags")?;
     let follow = u32::from(follow_comms);
     raise_memlock_rlimit();
 
     let mut ebpf = EbpfLoader::new()
         .override_global(global_names::RCV_NXT_OFFSET, &rcv_nxt, true)
         .override_global(global_names::COPIED_SEQ_OFFSET, &copied_seq, true)
-        .override_global(global_names::SK_ERR_OFFSET, &sk_err, true)
+        .override_global(global_names::SK_FLAGS_OFFSET, &sk_flags, true)
         .override_global(global_names::FOLLOW_COMMS, &follow, true)
         .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
         .context("loading the eBPF programs into the kernel failed (the kernel's verifier or BPF support refused them)")?;

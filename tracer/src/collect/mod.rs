@@ -41,6 +41,8 @@ pub struct Collector {
     conns: BpfHashMap<MapData, u64, ConnInfo>,
     stats: PerCpuArray<MapData, u64>,
     ring: AsyncFd<RingBuf<MapData>>,
+    /// Log records from the eBPF side (aya-log), forwarded to our logger.
+    ebpf_log: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     spec: TargetSpec,
     targets: BTreeMap<u32, Target>,
     /// Start time of each target, so a reused pid is not taken for the process we traced.
@@ -75,12 +77,26 @@ impl Collector {
         // the RingBuf lives, and the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow!("polling the event ring buffer: {}", e.into_parts().1))?;
+        let ebpf_log = match aya_log::EbpfLogger::init(&mut ebpf) {
+            // SAFETY: the logger owns its ring buffer map fd for as long as it lives, and the
+            // AsyncFd owns the logger.
+            Ok(logger) => unsafe {
+                AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| log::warn!("eBPF log records will not be shown: {}", e.into_parts().1))
+            .ok(),
+            Err(e) => {
+                log::warn!("eBPF log records will not be shown: {e}");
+                None
+            }
+        };
         let mut collector = Self {
             ebpf,
             targets_map,
             conns,
             stats,
             ring,
+            ebpf_log,
             spec,
             targets: BTreeMap::new(),
             started: BTreeMap::new(),
@@ -203,7 +219,10 @@ impl Collector {
         let ring = self.ring.get_mut();
         while let Some(record) = ring.next() {
             match decode::event(&record) {
-                Ok(event) => out.push(Input::Kernel(event)),
+                Ok(event) => {
+                    log::trace!("kernel event: {event:?}");
+                    out.push(Input::Kernel(event));
+                }
                 Err(e) => log::warn!("skipping a kernel event: {e:#}"),
             }
         }
@@ -249,6 +268,16 @@ impl Collector {
                     if !Self::send_all(&tx, &mut batch).await {
                         break;
                     }
+                }
+                guard = async {
+                    match self.ebpf_log.as_mut() {
+                        Some(log) => log.readable_mut().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let mut guard = guard.context("waiting for eBPF log records")?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
                 }
                 _ = tick.tick() => {
                     if !self.sample_and_send(&tx).await? {

@@ -92,20 +92,22 @@ pub struct Ending {
     pub recv_q: u32,
     pub state_before: u32,
     pub closed_by_process: bool,
-    pub reset: bool,
+    /// The upstream's FIN had arrived by then.
+    pub peer_fin: bool,
 }
 
 /// True when the process closed a connection before reading its response to the end: either
 /// response bytes were still queued at close (the kernel discarded them and sent a reset), or
-/// more response data arrived after the close and the kernel reset the connection for it.
+/// the connection ended from FIN_WAIT without the upstream's FIN: more response data arrived
+/// after the close and the kernel aborted the connection for it.
 pub fn closed_unread(end: Ending) -> bool {
     if !end.closed_by_process {
         return false;
     }
     let queued = unread_data(end.recv_q, end.state_before) > 0;
-    let reset_after_close = end.reset
-        && matches!(end.state_before, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING);
-    queued || reset_after_close
+    let aborted_after_close =
+        !end.peer_fin && matches!(end.state_before, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2);
+    queued || aborted_after_close
 }
 
 #[cfg(test)]
@@ -239,8 +241,8 @@ mod tests {
         assert_eq!(judge(&c, 3600 * SEC, &Graces::default()), None);
     }
 
-    fn ending(recv_q: u32, state_before: u32, closed_by_process: bool, reset: bool) -> Ending {
-        Ending { recv_q, state_before, closed_by_process, reset }
+    fn ending(recv_q: u32, state_before: u32, closed_by_process: bool, peer_fin: bool) -> Ending {
+        Ending { recv_q, state_before, closed_by_process, peer_fin }
     }
 
     #[test]
@@ -248,15 +250,17 @@ mod tests {
         assert!(closed_unread(ending(130_048, tcp_state::ESTABLISHED, true, false)));
         assert!(!closed_unread(ending(130_048, tcp_state::ESTABLISHED, false, false)));
         assert!(!closed_unread(ending(0, tcp_state::ESTABLISHED, true, false)));
-        assert!(!closed_unread(ending(1, tcp_state::CLOSE_WAIT, true, false)));
-        assert!(closed_unread(ending(2, tcp_state::CLOSE_WAIT, true, false)));
+        assert!(!closed_unread(ending(1, tcp_state::CLOSE_WAIT, true, true)));
+        assert!(closed_unread(ending(2, tcp_state::CLOSE_WAIT, true, true)));
     }
 
     #[test]
-    fn a_reset_after_a_local_close_means_the_response_kept_coming() {
-        assert!(closed_unread(ending(0, tcp_state::FIN_WAIT1, true, true)));
-        assert!(closed_unread(ending(0, tcp_state::FIN_WAIT2, true, true)));
-        assert!(!closed_unread(ending(0, tcp_state::FIN_WAIT2, true, false)), "a normal close");
-        assert!(!closed_unread(ending(0, tcp_state::ESTABLISHED, false, true)), "the upstream reset it");
+    fn ending_from_fin_wait_without_the_upstreams_fin_means_the_response_kept_coming() {
+        assert!(closed_unread(ending(0, tcp_state::FIN_WAIT1, true, false)));
+        assert!(closed_unread(ending(0, tcp_state::FIN_WAIT2, true, false)));
+        assert!(!closed_unread(ending(0, tcp_state::FIN_WAIT2, true, true)), "a normal close");
+        assert!(!closed_unread(ending(0, tcp_state::CLOSING, true, true)), "simultaneous close");
+        assert!(!closed_unread(ending(0, tcp_state::FIN_WAIT1, false, false)), "not closed by us");
+        assert!(!closed_unread(ending(0, tcp_state::LAST_ACK, true, true)), "the upstream closed first");
     }
 }

@@ -5,6 +5,8 @@
 pub mod classify;
 pub mod snapshot;
 pub mod table;
+#[cfg(test)]
+mod testkit;
 
 use std::net::SocketAddr;
 
@@ -67,8 +69,8 @@ pub struct KernelConn {
     /// `rcv_nxt - copied_seq` (an unread FIN counts 1) and when it was sampled.
     pub recv_q: Option<RecvQ>,
     pub closed_by_process: bool,
-    /// The socket was reset as it closed (sk_err ECONNRESET at TCP_CLOSE).
-    pub reset_at_close: bool,
+    /// The peer's FIN had arrived when the socket reached TCP_CLOSE.
+    pub peer_fin_at_close: bool,
 }
 
 /// A receive-queue sample: `rcv_nxt - copied_seq`, what `ss` shows as Recv-Q.

@@ -165,3 +165,350 @@ impl Snapshot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::{
+        tcp_state::{CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT2, LAST_ACK},
+        testkit::*,
+        Input, KernelConn, Sample,
+    };
+
+    /// Distinct from the defaults, so a test fails if `take` does not use the ones it is given.
+    const GRACES: Graces = Graces {
+        close_wait: Duration::from_secs(2),
+        unread: Duration::from_secs(3),
+        abandon: Duration::from_secs(7),
+    };
+
+    /// Healthy: established at `connect_ns`, its last read returned EAGAIN.
+    fn pooled(port: u16, remote: &str, connect_ns: u64) -> KernelConn {
+        KernelConn {
+            last_read_ns: Some(connect_ns + SEC),
+            last_read_ret: -11,
+            reads: 2,
+            ..established(kconn(port, remote, connect_ns), connect_ns)
+        }
+    }
+
+    /// The upstream closed 1 ms after the connection was established; nothing was read since.
+    fn close_wait(port: u16, remote: &str, connect_ns: u64) -> KernelConn {
+        KernelConn {
+            state: CLOSE_WAIT,
+            peer_fin_ns: Some(connect_ns + MS),
+            recv_q: recv_q(1, connect_ns + MS),
+            ..established(kconn(port, remote, connect_ns), connect_ns)
+        }
+    }
+
+    fn host(
+        host: &str,
+        remotes: &[&str],
+        (open, leaked): (u64, u64),
+        by_reason: ByReason,
+        (closed_unread_total, connections_total): (u64, u64),
+        oldest_leak_age_s: Option<f64>,
+    ) -> HostSummary {
+        HostSummary {
+            host: host.into(),
+            remotes: remotes.iter().map(|r| r.to_string()).collect(),
+            open,
+            leaked,
+            by_reason,
+            closed_unread_total,
+            connections_total,
+            oldest_leak_age_s,
+        }
+    }
+
+    fn reasons(close_wait: u64, unread: u64, abandoned: u64) -> ByReason {
+        ByReason { close_wait, unread, abandoned }
+    }
+
+    fn leak_list(snapshot: &Snapshot) -> Vec<(&str, &str, LeakReason)> {
+        snapshot.leaks.iter().map(|l| (l.host.as_str(), l.local.as_str(), l.reason)).collect()
+    }
+
+    #[test]
+    fn hosts_aggregate_open_leaked_reasons_and_session_totals() {
+        let now = 100 * SEC;
+        let a_close_wait = KernelConn {
+            peer_fin_ns: Some(10 * SEC),
+            recv_q: recv_q(1, 10 * SEC),
+            ..close_wait(40001, "10.0.0.12:443", SEC)
+        };
+        let a_unread = KernelConn {
+            last_read_ns: Some(20 * SEC),
+            last_read_ret: 4096,
+            reads: 1,
+            bytes_read: 4096,
+            recv_q: recv_q(5000, 20 * SEC),
+            ..established(kconn(40002, "10.0.0.12:80", 3 * SEC), 3 * SEC)
+        };
+        // Older than both leaks: the oldest leak's age is not the oldest connection's.
+        let a_pooled = pooled(40003, "10.0.0.12:443", SEC / 2);
+        let c_abandoned = KernelConn {
+            last_read_ns: Some(50 * SEC),
+            last_read_ret: 295,
+            reads: 1,
+            bytes_read: 295,
+            ..established(kconn(40005, "10.0.0.30:443", 2 * SEC), 2 * SEC)
+        };
+        let a_closed_unread = KernelConn {
+            state: CLOSE,
+            closed_by_process: true,
+            recv_q: recv_q(300, 7 * SEC),
+            ..established(kconn(40004, "10.0.0.12:443", 6 * SEC), 6 * SEC)
+        };
+        let d_closed = KernelConn {
+            state: CLOSE,
+            local_close_ns: Some(8 * SEC),
+            peer_fin_at_close: true,
+            ..established(kconn(40006, "10.0.0.40:443", 6 * SEC), 6 * SEC)
+        };
+        let table = table_after([
+            sample(
+                now,
+                vec![(1, a_close_wait), (2, a_unread), (3, a_pooled), (5, c_abandoned)],
+                vec![socket(PID, 20, local(50001), "10.0.0.20:80", ESTABLISHED, 0)],
+            ),
+            close(4, ESTABLISHED, PID, a_closed_unread),
+            close(6, FIN_WAIT2, OTHER_PID, d_closed),
+        ]);
+        let snapshot = Snapshot::take(&table, now, &Graces::default());
+        assert_eq!(
+            snapshot.hosts,
+            vec![
+                host(
+                    "10.0.0.12",
+                    &["10.0.0.12:80", "10.0.0.12:443"],
+                    (3, 2),
+                    reasons(1, 1, 0),
+                    (1, 4),
+                    Some(99.0)
+                ),
+                host("10.0.0.30", &["10.0.0.30:443"], (1, 1), reasons(0, 0, 1), (0, 1), Some(98.0)),
+                host("10.0.0.20", &["10.0.0.20:80"], (1, 0), reasons(0, 0, 0), (0, 1), None),
+                host("10.0.0.40", &["10.0.0.40:443"], (0, 0), reasons(0, 0, 0), (0, 1), None),
+            ]
+        );
+        assert_eq!((snapshot.open_total, snapshot.leaked_total), (5, 3));
+        assert_eq!(
+            leak_list(&snapshot),
+            vec![
+                ("10.0.0.12", "10.1.0.5:40001", LeakReason::CloseWait),
+                ("10.0.0.12", "10.1.0.5:40002", LeakReason::Unread),
+                ("10.0.0.30", "10.1.0.5:40005", LeakReason::Abandoned),
+            ]
+        );
+    }
+
+    #[test]
+    fn hosts_sort_by_leaks_then_name_and_leaks_by_host_then_age_then_local() {
+        let table = table_after([sample(
+            60 * SEC,
+            vec![
+                (1, close_wait(40010, "10.0.0.8:443", SEC)),
+                (2, close_wait(40009, "10.0.0.8:443", SEC)),
+                (3, close_wait(40001, "10.0.0.8:443", 2 * SEC)),
+                (4, close_wait(40020, "10.0.0.9:443", SEC)),
+                (5, close_wait(40030, "10.0.0.10:443", SEC)),
+                (6, pooled(40040, "10.0.0.7:443", SEC)),
+            ],
+            vec![],
+        )]);
+        let snapshot = Snapshot::take(&table, 60 * SEC, &GRACES);
+        let order: Vec<_> = snapshot.hosts.iter().map(|h| (h.host.as_str(), h.leaked)).collect();
+        assert_eq!(
+            order,
+            vec![("10.0.0.8", 3), ("10.0.0.10", 1), ("10.0.0.9", 1), ("10.0.0.7", 0)]
+        );
+        assert_eq!(
+            leak_list(&snapshot),
+            vec![
+                ("10.0.0.10", "10.1.0.5:40030", LeakReason::CloseWait),
+                ("10.0.0.8", "10.1.0.5:40009", LeakReason::CloseWait),
+                ("10.0.0.8", "10.1.0.5:40010", LeakReason::CloseWait),
+                ("10.0.0.8", "10.1.0.5:40001", LeakReason::CloseWait),
+                ("10.0.0.9", "10.1.0.5:40020", LeakReason::CloseWait),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_leak_shows_its_connection_in_seconds_and_bytes() {
+        let leaking = KernelConn {
+            fd: Some(12),
+            state: CLOSE_WAIT,
+            peer_fin_ns: Some(3 * SEC),
+            last_read_ns: Some(2_345_678_901),
+            last_read_ret: -11,
+            reads: 3,
+            bytes_read: 4096,
+            recv_q: recv_q(219, 3 * SEC),
+            ..established(kconn(40001, "10.0.0.12:443", SEC), 1_200 * MS)
+        };
+        let now = 12_345_999_999;
+        let table = table_after([sample(now, vec![(1, leaking)], vec![])]);
+        let snapshot = Snapshot::take(&table, now, &GRACES);
+        assert_eq!(
+            snapshot.leaks,
+            vec![Leak {
+                pid: PID,
+                fd: Some(12),
+                comm: "relay".into(),
+                local: "10.1.0.5:40001".into(),
+                remote: "10.0.0.12:443".into(),
+                host: "10.0.0.12".into(),
+                state: "CLOSE_WAIT",
+                reason: LeakReason::CloseWait,
+                // 11.345999999 s and 10.000321098 s, to the millisecond.
+                age_s: 11.346,
+                idle_s: 10.0,
+                unread_bytes: 218,
+                recv_q: 219,
+                bytes_read: 4096,
+                reads: 3,
+                last_read_ret: Some(-11),
+                origin: Origin::Traced,
+            }]
+        );
+        assert_eq!(snapshot.hosts[0].oldest_leak_age_s, Some(11.346));
+    }
+
+    /// The reasons `take` finds at `now_ns`, with the totals that must agree with them.
+    fn verdicts(table: &ConnTable, now_ns: u64) -> Vec<LeakReason> {
+        let snapshot = Snapshot::take(table, now_ns, &GRACES);
+        assert_eq!(snapshot.leaked_total, snapshot.leaks.len() as u64);
+        assert_eq!(snapshot.open_total, 1);
+        snapshot.leaks.iter().map(|l| l.reason).collect()
+    }
+
+    #[test]
+    fn each_grace_applies_exactly_at_its_boundary() {
+        let fin = KernelConn {
+            state: CLOSE_WAIT,
+            peer_fin_ns: Some(10 * SEC),
+            recv_q: recv_q(1, 10 * SEC),
+            ..pooled(40001, "10.0.0.12:443", SEC)
+        };
+        let table = table_after([sample(10 * SEC, vec![(1, fin)], vec![])]);
+        assert_eq!(verdicts(&table, 12 * SEC - 1), vec![]);
+        assert_eq!(verdicts(&table, 12 * SEC), vec![LeakReason::CloseWait]);
+
+        let unread = KernelConn {
+            last_read_ns: Some(20 * SEC),
+            last_read_ret: 100,
+            reads: 1,
+            recv_q: recv_q(50, 20 * SEC),
+            ..established(kconn(40001, "10.0.0.12:443", SEC), SEC)
+        };
+        let table = table_after([sample(20 * SEC, vec![(1, unread)], vec![])]);
+        assert_eq!(verdicts(&table, 23 * SEC - 1), vec![]);
+        assert_eq!(verdicts(&table, 23 * SEC), vec![LeakReason::Unread]);
+
+        let abandoned = KernelConn {
+            last_read_ns: Some(20 * SEC),
+            last_read_ret: 295,
+            reads: 1,
+            recv_q: recv_q(0, 20 * SEC),
+            ..established(kconn(40001, "10.0.0.12:443", SEC), SEC)
+        };
+        let table = table_after([sample(20 * SEC, vec![(1, abandoned)], vec![])]);
+        assert_eq!(verdicts(&table, 27 * SEC - 1), vec![]);
+        assert_eq!(verdicts(&table, 27 * SEC), vec![LeakReason::Abandoned]);
+    }
+
+    #[test]
+    fn a_pre_existing_close_wait_is_judged_from_when_it_was_first_seen() {
+        let old = socket(PID, 20, local(50001), "10.0.0.20:80", CLOSE_WAIT, 1);
+        let table = table_after([sample(10 * SEC, vec![], vec![old])]);
+        assert_eq!(verdicts(&table, 12 * SEC - 1), vec![]);
+        assert_eq!(verdicts(&table, 12 * SEC), vec![LeakReason::CloseWait]);
+    }
+
+    #[test]
+    fn a_pre_existing_queue_that_shrinks_is_being_read() {
+        let queued = |q| socket(PID, 20, local(50001), "10.0.0.20:80", ESTABLISHED, q);
+        let mut table = table_after([sample(10 * SEC, vec![], vec![queued(500)])]);
+        assert_eq!(
+            verdicts(&table, 13 * SEC),
+            vec![LeakReason::Unread],
+            "never read since first seen"
+        );
+        table.apply(sample(12 * SEC, vec![], vec![queued(300)]));
+        assert_eq!(verdicts(&table, 15 * SEC - 1), vec![]);
+        let snapshot = Snapshot::take(&table, 15 * SEC, &GRACES);
+        assert_eq!(leak_list(&snapshot), vec![("10.0.0.20", "10.1.0.5:50001", LeakReason::Unread)]);
+        let leak = &snapshot.leaks[0];
+        assert_eq!(
+            (
+                leak.origin,
+                leak.fd,
+                leak.comm.as_str(),
+                leak.age_s,
+                leak.idle_s,
+                leak.unread_bytes,
+                leak.last_read_ret
+            ),
+            (Origin::PreExisting, Some(20), "relay-7", 5.0, 3.0, 300, None)
+        );
+    }
+
+    #[test]
+    fn pre_existing_connections_are_never_judged_abandoned() {
+        let queued = |q| socket(PID, 20, local(50001), "10.0.0.20:80", ESTABLISHED, q);
+        let table = table_after([
+            sample(10 * SEC, vec![], vec![queued(500)]),
+            sample(11 * SEC, vec![], vec![queued(0)]),
+        ]);
+        assert_eq!(verdicts(&table, 11 * SEC + 3600 * SEC), vec![]);
+    }
+
+    #[test]
+    fn connections_the_process_closed_are_neither_open_nor_leaked() {
+        let closing = KernelConn {
+            state: FIN_WAIT2,
+            local_close_ns: Some(2 * SEC),
+            last_read_ret: 295,
+            reads: 1,
+            last_read_ns: Some(SEC),
+            ..established(kconn(40001, "10.0.0.12:443", SEC), SEC)
+        };
+        let last_ack = KernelConn {
+            state: LAST_ACK,
+            local_close_ns: Some(3 * SEC),
+            ..close_wait(40002, "10.0.0.12:443", SEC)
+        };
+        let table = table_after([sample(4 * SEC, vec![(1, closing), (2, last_ack)], vec![])]);
+        let snapshot = Snapshot::take(&table, 3600 * SEC, &GRACES);
+        assert_eq!(
+            snapshot.hosts,
+            vec![host("10.0.0.12", &["10.0.0.12:443"], (0, 0), reasons(0, 0, 0), (0, 2), None)]
+        );
+        assert_eq!((snapshot.open_total, snapshot.leaked_total, snapshot.leaks.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn the_snapshot_carries_the_targets_and_kernel_counters() {
+        let stats =
+            KernelStats { events_sent: 40, events_lost: 1, conn_map_full: 0, reads_seen: 7 };
+        let table =
+            table_after([Input::Sample(Sample { now_ns: SEC, stats, ..Sample::default() })]);
+        let snapshot = Snapshot::take(&table, SEC, &GRACES);
+        assert_eq!(
+            snapshot,
+            Snapshot {
+                targets: vec![Target { pid: PID, comm: "relay-7".into() }],
+                hosts: vec![],
+                leaks: vec![],
+                open_total: 0,
+                leaked_total: 0,
+                kernel: stats,
+            }
+        );
+    }
+}

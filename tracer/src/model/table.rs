@@ -212,6 +212,10 @@ pub struct ConnTable {
     /// Sockets closed by TCP while their Connect event may still be queued: late events for
     /// them must not resurrect the connection.
     closed_sockets: HashSet<u64>,
+    /// Targets that exited. The kernel keeps closing their sockets after they are gone
+    /// (FIN_WAIT*, up to tcp_fin_timeout), so map entries and events of theirs still come;
+    /// those must neither bring their connections back nor count them again.
+    exited_pids: HashSet<u32>,
 }
 
 impl ConnTable {
@@ -258,7 +262,9 @@ impl ConnTable {
         let key = ConnKey::Socket(event.sk);
         match event.kind {
             KernelEventKind::Connect | KernelEventKind::State => {
-                if self.closed_sockets.contains(&event.sk) {
+                if self.closed_sockets.contains(&event.sk)
+                    || self.exited_pids.contains(&event.conn.pid)
+                {
                     return;
                 }
                 match self.conns.get_mut(&key) {
@@ -267,7 +273,9 @@ impl ConnTable {
                 }
             }
             KernelEventKind::Close => {
-                if self.conns.remove(&key).is_none() {
+                if self.conns.remove(&key).is_none()
+                    && !self.exited_pids.contains(&event.conn.pid)
+                {
                     // Opened and closed between two looks, or its Connect event was lost.
                     self.host_mut(event.conn.remote).connections_total += 1;
                 }
@@ -287,7 +295,7 @@ impl ConnTable {
                     recv_q: event.conn.recv_q.map_or(0, |q| q.bytes),
                     state_before: event.old_state,
                     closed_by_process: by_process,
-                    reset: event.conn.reset_at_close,
+                    peer_fin: event.conn.peer_fin_at_close,
                 };
                 if classify::closed_unread(ending) {
                     self.host_mut(event.conn.remote).closed_unread_total += 1;
@@ -305,6 +313,9 @@ impl ConnTable {
         // was lost, and forget ones the kernel dropped (their Close event was lost).
         let mut in_kernel = HashSet::with_capacity(sample.kernel.len());
         for (sk, conn) in &sample.kernel {
+            if self.exited_pids.contains(&conn.pid) {
+                continue;
+            }
             in_kernel.insert(*sk);
             // A live entry at a recently closed address is a new socket.
             self.closed_sockets.remove(sk);
@@ -378,6 +389,13 @@ impl ConnTable {
 
     fn apply_targets(&mut self, targets: Vec<Target>) {
         let alive: HashSet<u32> = targets.iter().map(|t| t.pid).collect();
+        if self.exited_pids.len() > 65_536 {
+            self.exited_pids.clear();
+        }
+        self.exited_pids
+            .extend(self.targets.iter().map(|t| t.pid).filter(|pid| !alive.contains(pid)));
+        // A pid listed again is a new process that got the number.
+        self.exited_pids.retain(|pid| !alive.contains(pid));
         // Connections of a process that exited went with it.
         self.conns.retain(|_, c| alive.contains(&c.pid));
         self.targets = targets;
@@ -406,5 +424,571 @@ fn note_read_from_samples(conn: &mut UpstreamConn, previous: Option<RecvQ>, now_
         if cur.bytes < prev.bytes {
             conn.last_read_ns = Some(now_ns);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testkit::*;
+    use tcp_state::{
+        CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_SENT,
+    };
+
+    const UP: &str = "10.0.0.12:443";
+    const UP_HOST: &str = "10.0.0.12";
+    const OLD: &str = "10.0.0.20:80";
+    const OLD_HOST: &str = "10.0.0.20";
+
+    fn only(table: &ConnTable) -> &UpstreamConn {
+        let conns: Vec<_> = table.conns().collect();
+        assert_eq!(conns.len(), 1, "expected exactly one connection: {conns:#?}");
+        conns[0]
+    }
+
+    fn conn_at(table: &ConnTable, local: SocketAddr) -> &UpstreamConn {
+        table
+            .conns()
+            .find(|c| c.local == local)
+            .unwrap_or_else(|| panic!("no connection from {local}"))
+    }
+
+    fn locals(table: &ConnTable) -> Vec<SocketAddr> {
+        let mut locals: Vec<_> = table.conns().map(|c| c.local).collect();
+        locals.sort();
+        locals
+    }
+
+    fn totals(table: &ConnTable, host: &str) -> HostTotals {
+        let ip: IpAddr = host.parse().expect("an IP address");
+        table.hosts().get(&ip).cloned().unwrap_or_else(|| panic!("no totals for {host}"))
+    }
+
+    fn host(remotes: &[&str], connections_total: u64, closed_unread_total: u64) -> HostTotals {
+        HostTotals {
+            remotes: remotes.iter().map(|r| addr(r)).collect(),
+            connections_total,
+            closed_unread_total,
+        }
+    }
+
+    /// UP, connected at 1 s, established at 2 s, source port 40001.
+    fn up() -> KernelConn {
+        established(kconn(40001, UP, SEC), 2 * SEC)
+    }
+
+    // ---- kernel events ----
+
+    #[test]
+    fn connect_established_close_counts_one_connection_and_forgets_it() {
+        let mut table = table_after([connect(1, kconn(0, UP, SEC))]);
+        assert_eq!(only(&table).state, SYN_SENT);
+        assert_eq!(only(&table).local, local(0));
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
+
+        table.apply(state(1, SYN_SENT, up()));
+        let c = only(&table);
+        assert_eq!(
+            (c.state, c.local, c.opened_ns, c.established_ns, c.is_open()),
+            (ESTABLISHED, local(40001), SEC, Some(2 * SEC), true)
+        );
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
+
+        let closed = KernelConn {
+            state: CLOSE,
+            closed_by_process: true,
+            local_close_ns: Some(3 * SEC),
+            peer_fin_at_close: true,
+            ..up()
+        };
+        table.apply(close(1, FIN_WAIT2, OTHER_PID, closed));
+        assert_eq!(table.conns().count(), 0);
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
+        assert_eq!(table.hosts().len(), 1);
+    }
+
+    #[test]
+    fn a_close_for_a_socket_never_seen_still_counts_a_connection() {
+        let closed = KernelConn { state: CLOSE, peer_fin_at_close: true, ..up() };
+        let table = table_after([close(9, FIN_WAIT2, OTHER_PID, closed)]);
+        assert_eq!(table.conns().count(), 0);
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
+    }
+
+    #[test]
+    fn late_events_for_a_closed_socket_do_not_resurrect_it() {
+        let closed = KernelConn { state: CLOSE, ..up() };
+        let mut table =
+            table_after([connect(1, kconn(0, UP, SEC)), close(1, ESTABLISHED, OTHER_PID, closed)]);
+        table.apply(state(1, SYN_SENT, up()));
+        table.apply(connect(1, kconn(0, UP, SEC)));
+        assert_eq!(table.conns().count(), 0);
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
+    }
+
+    #[test]
+    fn a_live_kernel_entry_at_a_closed_address_is_a_new_socket() {
+        let closed = KernelConn { state: CLOSE, ..up() };
+        let mut table =
+            table_after([connect(1, kconn(0, UP, SEC)), close(1, ESTABLISHED, OTHER_PID, closed)]);
+        let reused = established(kconn(40002, UP, 5 * SEC), 6 * SEC);
+        table.apply(sample(7 * SEC, vec![(1, reused)], vec![]));
+        assert_eq!(only(&table).local, local(40002));
+        assert_eq!(only(&table).opened_ns, 5 * SEC);
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 2, 0));
+        // Its events are its own again.
+        let read = KernelConn { reads: 1, ..established(kconn(40002, UP, 5 * SEC), 6 * SEC) };
+        table.apply(state(1, ESTABLISHED, read));
+        assert_eq!(only(&table).reads, 1);
+    }
+
+    #[test]
+    fn the_kernel_record_is_the_newest_truth_for_what_it_tracks() {
+        let mut table = table_after([connect(1, kconn(0, UP, SEC))]);
+        let base = UpstreamConn {
+            origin: Origin::Traced,
+            pid: PID,
+            fd: None,
+            comm: "relay".into(),
+            local: local(0),
+            remote: addr(UP),
+            state: SYN_SENT,
+            opened_ns: SEC,
+            established_ns: None,
+            peer_fin_ns: None,
+            local_close_ns: None,
+            last_read_ns: None,
+            last_read_ret: None,
+            reads: 0,
+            bytes_read: 0,
+            reads_inflight: 0,
+            recv_q: None,
+            missing_samples: 0,
+        };
+        assert_eq!(only(&table), &base, "no read seen: no last read return value");
+
+        let reading = KernelConn {
+            fd: Some(12),
+            last_read_ns: Some(3 * SEC),
+            last_read_ret: 4096,
+            reads: 2,
+            bytes_read: 8192,
+            reads_inflight: 1,
+            recv_q: recv_q(100, 3 * SEC),
+            ..up()
+        };
+        table.apply(state(1, SYN_SENT, reading.clone()));
+        let read = UpstreamConn {
+            fd: Some(12),
+            local: local(40001),
+            state: ESTABLISHED,
+            established_ns: Some(2 * SEC),
+            last_read_ns: Some(3 * SEC),
+            last_read_ret: Some(4096),
+            reads: 2,
+            bytes_read: 8192,
+            reads_inflight: 1,
+            recv_q: recv_q(100, 3 * SEC),
+            ..base.clone()
+        };
+        assert_eq!(only(&table), &read);
+
+        // A record without the fd or the source port keeps them; an older queue sample loses.
+        let partial =
+            KernelConn { fd: None, local: local(0), recv_q: recv_q(50, 2 * SEC), ..reading };
+        table.apply(state(1, ESTABLISHED, partial));
+        assert_eq!(only(&table), &read);
+
+        let fin = KernelConn {
+            state: CLOSE_WAIT,
+            peer_fin_ns: Some(4 * SEC),
+            reads_inflight: 0,
+            recv_q: recv_q(1, 4 * SEC),
+            ..up()
+        };
+        table.apply(state(1, ESTABLISHED, fin));
+        let c = only(&table);
+        assert_eq!(
+            (c.state, c.peer_fin_ns, c.recv_q, c.fd, c.reads_inflight, c.last_read_ret),
+            (CLOSE_WAIT, Some(4 * SEC), recv_q(1, 4 * SEC), Some(12), 0, None)
+        );
+    }
+
+    // ---- closed_unread ----
+
+    /// The totals of UP's host after a traced connection ends with `closing`.
+    fn closed_unread_after(old_state: u32, ctx_pid: u32, closing: KernelConn) -> u64 {
+        let closing = KernelConn { state: CLOSE, ..closing };
+        let table =
+            table_after([connect(1, kconn(0, UP, SEC)), close(1, old_state, ctx_pid, closing)]);
+        assert_eq!(table.conns().count(), 0);
+        let t = totals(&table, UP_HOST);
+        assert_eq!(t.connections_total, 1);
+        t.closed_unread_total
+    }
+
+    #[test]
+    fn a_process_close_with_response_bytes_unread_counts_closed_unread() {
+        // close() seen by the kernel side.
+        let flagged =
+            KernelConn { closed_by_process: true, recv_q: recv_q(130_048, 5 * SEC), ..up() };
+        assert_eq!(closed_unread_after(ESTABLISHED, PID, flagged), 1);
+        // TCP_CLOSE straight from ESTABLISHED or CLOSE_WAIT in the process's own context (its
+        // sockets closed as it exits): the process closed it.
+        let in_context = KernelConn { recv_q: recv_q(5, 5 * SEC), ..up() };
+        assert_eq!(closed_unread_after(ESTABLISHED, PID, in_context), 1);
+        let in_context = KernelConn { recv_q: recv_q(2, 5 * SEC), ..up() };
+        assert_eq!(closed_unread_after(CLOSE_WAIT, PID, in_context), 1, "one byte beyond the FIN");
+        // A local close time alone marks it too.
+        let local_close =
+            KernelConn { local_close_ns: Some(4 * SEC), recv_q: recv_q(300, 5 * SEC), ..up() };
+        assert_eq!(closed_unread_after(ESTABLISHED, OTHER_PID, local_close), 1);
+    }
+
+    #[test]
+    fn a_process_close_with_only_the_fin_unread_is_clean() {
+        let fin_only = KernelConn { closed_by_process: true, recv_q: recv_q(1, 5 * SEC), ..up() };
+        assert_eq!(closed_unread_after(CLOSE_WAIT, PID, fin_only), 0);
+        let fin_only = KernelConn { recv_q: recv_q(1, 5 * SEC), ..up() };
+        assert_eq!(closed_unread_after(CLOSE_WAIT, PID, fin_only), 0);
+        let drained = KernelConn { closed_by_process: true, recv_q: recv_q(0, 5 * SEC), ..up() };
+        assert_eq!(closed_unread_after(ESTABLISHED, PID, drained), 0);
+        let no_sample = KernelConn { closed_by_process: true, recv_q: None, ..up() };
+        assert_eq!(closed_unread_after(ESTABLISHED, PID, no_sample), 0);
+    }
+
+    #[test]
+    fn an_upstream_abort_is_not_closed_unread() {
+        let aborted = KernelConn { recv_q: recv_q(5000, 5 * SEC), ..up() };
+        assert_eq!(closed_unread_after(ESTABLISHED, OTHER_PID, aborted.clone()), 0);
+        assert_eq!(closed_unread_after(CLOSE_WAIT, OTHER_PID, aborted), 0);
+        // The process's context vouches only for closes from ESTABLISHED or CLOSE_WAIT.
+        assert_eq!(closed_unread_after(FIN_WAIT2, PID, up()), 0);
+    }
+
+    #[test]
+    fn ending_from_fin_wait_without_the_upstreams_fin_after_a_local_close_counts() {
+        let aborted =
+            KernelConn { local_close_ns: Some(4 * SEC), peer_fin_at_close: false, ..up() };
+        assert_eq!(closed_unread_after(FIN_WAIT1, OTHER_PID, aborted.clone()), 1);
+        assert_eq!(closed_unread_after(FIN_WAIT2, OTHER_PID, aborted.clone()), 1);
+        let flagged = KernelConn { closed_by_process: true, peer_fin_at_close: false, ..up() };
+        assert_eq!(closed_unread_after(FIN_WAIT1, OTHER_PID, flagged), 1);
+        let normal = KernelConn { peer_fin_at_close: true, ..aborted };
+        assert_eq!(closed_unread_after(FIN_WAIT2, OTHER_PID, normal.clone()), 0, "a normal close");
+        assert_eq!(
+            closed_unread_after(LAST_ACK, OTHER_PID, normal),
+            0,
+            "the upstream closed first"
+        );
+    }
+
+    #[test]
+    fn closed_unread_counts_for_a_socket_never_seen() {
+        let closing = KernelConn {
+            state: CLOSE,
+            closed_by_process: true,
+            recv_q: recv_q(700, 5 * SEC),
+            ..up()
+        };
+        let table = table_after([close(3, ESTABLISHED, PID, closing)]);
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 1));
+    }
+
+    // ---- samples of the kernel map ----
+
+    #[test]
+    fn a_sample_adopts_a_kernel_entry_before_its_connect_event() {
+        let mut table = table_after([sample(3 * SEC, vec![(1, up())], vec![])]);
+        let c = only(&table);
+        assert_eq!(
+            (c.origin, c.state, c.local, c.opened_ns, c.established_ns),
+            (Origin::Traced, ESTABLISHED, local(40001), SEC, Some(2 * SEC))
+        );
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
+        // The queued events follow.
+        table.apply(connect(1, kconn(0, UP, SEC)));
+        table.apply(state(1, SYN_SENT, up()));
+        assert_eq!(only(&table).state, ESTABLISHED);
+        assert_eq!(only(&table).local, local(40001));
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
+        // And the next sample finds it again: still one.
+        table.apply(sample(4 * SEC, vec![(1, up())], vec![]));
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
+        assert_eq!(table.conns().count(), 1);
+    }
+
+    #[test]
+    fn a_socket_missing_from_two_consecutive_samples_is_dropped() {
+        let mut table = table_after([connect(1, kconn(0, UP, SEC)), state(1, SYN_SENT, up())]);
+        table.apply(sample(3 * SEC, vec![], vec![]));
+        assert_eq!(only(&table).missing_samples, 1, "one missing sample is tolerated");
+        table.apply(sample(4 * SEC, vec![(1, up())], vec![]));
+        assert_eq!(only(&table).missing_samples, 0, "seen again: the count starts over");
+        table.apply(sample(5 * SEC, vec![], vec![]));
+        assert_eq!(table.conns().count(), 1);
+        table.apply(sample(6 * SEC, vec![], vec![]));
+        assert_eq!(table.conns().count(), 0);
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
+    }
+
+    #[test]
+    fn sock_diag_recv_q_replaces_only_an_older_kernel_sample() {
+        let sock = |q| socket(PID, 12, local(40001), UP, ESTABLISHED, q);
+        let older = KernelConn { recv_q: recv_q(100, 5 * SEC), ..up() };
+        let mut table = table_after([sample(6 * SEC, vec![(1, older)], vec![sock(300)])]);
+        assert_eq!(only(&table).recv_q, recv_q(300, 6 * SEC));
+
+        // The map is read after the clock: its sample can be newer than the socket's.
+        let newer = KernelConn { recv_q: recv_q(400, 7 * SEC + 1), ..up() };
+        table.apply(sample(7 * SEC, vec![(1, newer)], vec![sock(500)]));
+        assert_eq!(only(&table).recv_q, recv_q(400, 7 * SEC + 1));
+
+        let same_time = KernelConn { recv_q: recv_q(10, 8 * SEC), ..up() };
+        table.apply(sample(8 * SEC, vec![(1, same_time)], vec![sock(20)]));
+        assert_eq!(only(&table).recv_q, recv_q(20, 8 * SEC));
+        assert_eq!(
+            only(&table).last_read_ns,
+            None,
+            "a traced connection's reads come from the kernel"
+        );
+    }
+
+    #[test]
+    fn socket_samples_leave_a_traced_connections_state_and_reads_to_the_kernel() {
+        let sock = |state, q| socket(PID, 12, local(40001), UP, state, q);
+        let mut table =
+            table_after([sample(6 * SEC, vec![(1, up())], vec![sock(ESTABLISHED, 300)])]);
+        table.apply(sample(7 * SEC, vec![(1, up())], vec![sock(CLOSE_WAIT, 50)]));
+        let c = only(&table);
+        assert_eq!(
+            (c.state, c.peer_fin_ns, c.last_read_ns, c.recv_q),
+            (ESTABLISHED, None, None, recv_q(50, 7 * SEC))
+        );
+    }
+
+    #[test]
+    fn the_socket_sample_fills_an_unknown_fd() {
+        let mut table = table_after([sample(
+            3 * SEC,
+            vec![(1, up())],
+            vec![socket(PID, 12, local(40001), UP, ESTABLISHED, 0)],
+        )]);
+        assert_eq!(only(&table).fd, Some(12));
+        table.apply(sample(
+            4 * SEC,
+            vec![(1, up())],
+            vec![socket(PID, 13, local(40001), UP, ESTABLISHED, 0)],
+        ));
+        assert_eq!(only(&table).fd, Some(12), "a known fd is kept");
+        let known = KernelConn { fd: Some(15), ..up() };
+        table.apply(sample(
+            5 * SEC,
+            vec![(1, known)],
+            vec![socket(PID, 13, local(40001), UP, ESTABLISHED, 0)],
+        ));
+        assert_eq!(only(&table).fd, Some(15), "the kernel's fd wins");
+    }
+
+    #[test]
+    fn a_sample_brings_the_kernel_counters() {
+        let stats =
+            KernelStats { events_sent: 10, events_lost: 2, conn_map_full: 1, reads_seen: 99 };
+        let table =
+            table_after([Input::Sample(Sample { now_ns: SEC, stats, ..Sample::default() })]);
+        assert_eq!(table.stats(), stats);
+    }
+
+    // ---- pre-existing connections ----
+
+    #[test]
+    fn first_sample_sockets_without_a_kernel_entry_are_pre_existing() {
+        let table = table_after([sample(
+            10 * SEC,
+            vec![(1, up())],
+            vec![
+                socket(PID, 12, local(40001), UP, ESTABLISHED, 0),
+                socket(PID, 20, local(50001), OLD, ESTABLISHED, 17),
+                socket(PID, 21, local(50002), OLD, CLOSE_WAIT, 1),
+                socket(PID, 22, local(50003), OLD, SYN_SENT, 0),
+                socket(PID, 23, local(50004), OLD, FIN_WAIT1, 0),
+            ],
+        )]);
+        assert_eq!(locals(&table), vec![local(40001), local(50001), local(50002)]);
+        assert_eq!(conn_at(&table, local(40001)).origin, Origin::Traced);
+        let established = UpstreamConn {
+            origin: Origin::PreExisting,
+            pid: PID,
+            fd: Some(20),
+            comm: "relay-7".into(),
+            local: local(50001),
+            remote: addr(OLD),
+            state: ESTABLISHED,
+            opened_ns: 10 * SEC,
+            established_ns: Some(10 * SEC),
+            peer_fin_ns: None,
+            local_close_ns: None,
+            last_read_ns: None,
+            last_read_ret: None,
+            reads: 0,
+            bytes_read: 0,
+            reads_inflight: 0,
+            recv_q: recv_q(17, 10 * SEC),
+            missing_samples: 0,
+        };
+        assert_eq!(conn_at(&table, local(50001)), &established);
+        let close_wait = UpstreamConn {
+            fd: Some(21),
+            local: local(50002),
+            state: CLOSE_WAIT,
+            peer_fin_ns: Some(10 * SEC),
+            recv_q: recv_q(1, 10 * SEC),
+            ..established
+        };
+        assert_eq!(conn_at(&table, local(50002)), &close_wait);
+        assert_eq!(totals(&table, OLD_HOST), host(&[OLD], 2, 0));
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
+    }
+
+    #[test]
+    fn sockets_first_seen_after_the_first_sample_are_not_pre_existing() {
+        let table = table_after([
+            sample(SEC, vec![], vec![]),
+            sample(2 * SEC, vec![], vec![socket(PID, 20, local(50001), OLD, ESTABLISHED, 0)]),
+        ]);
+        assert_eq!(table.conns().count(), 0);
+        assert!(table.hosts().is_empty());
+    }
+
+    #[test]
+    fn listeners_and_connections_accepted_from_them_are_never_upstream() {
+        let table = table_after([sample(
+            SEC,
+            vec![],
+            vec![
+                socket(PID, 3, local(8080), "0.0.0.0:0", LISTEN, 0),
+                socket(PID, 9, local(8080), "10.9.9.9:51000", ESTABLISHED, 40),
+                socket(PID, 10, local(8080), "10.9.9.9:51001", CLOSE_WAIT, 1),
+                socket(PID, 20, local(50001), OLD, ESTABLISHED, 0),
+            ],
+        )]);
+        assert_eq!(locals(&table), vec![local(50001)]);
+        assert_eq!(
+            table.hosts().keys().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+            vec![OLD_HOST]
+        );
+    }
+
+    #[test]
+    fn a_pre_existing_connection_gone_from_a_later_sample_leaves_the_table() {
+        let old = socket(PID, 20, local(50001), OLD, ESTABLISHED, 0);
+        let other = socket(PID, 21, local(50002), OLD, ESTABLISHED, 0);
+        let mut table = table_after([sample(SEC, vec![], vec![old.clone(), other])]);
+        assert_eq!(table.conns().count(), 2);
+        table.apply(sample(2 * SEC, vec![], vec![old]));
+        assert_eq!(locals(&table), vec![local(50001)]);
+        table.apply(sample(3 * SEC, vec![], vec![]));
+        assert_eq!(table.conns().count(), 0);
+        assert_eq!(totals(&table, OLD_HOST), host(&[OLD], 2, 0));
+    }
+
+    #[test]
+    fn close_wait_first_seen_later_dates_the_fin_at_that_sample() {
+        let at = |state| socket(PID, 20, local(50001), OLD, state, 1);
+        let mut table = table_after([sample(10 * SEC, vec![], vec![at(ESTABLISHED)])]);
+        assert_eq!(only(&table).peer_fin_ns, None);
+        table.apply(sample(12 * SEC, vec![], vec![at(CLOSE_WAIT)]));
+        let c = only(&table);
+        assert_eq!(
+            (c.state, c.peer_fin_ns, c.established_ns, c.local_close_ns, c.is_open()),
+            (CLOSE_WAIT, Some(12 * SEC), Some(10 * SEC), None, true)
+        );
+        table.apply(sample(13 * SEC, vec![], vec![at(CLOSE_WAIT)]));
+        assert_eq!(only(&table).peer_fin_ns, Some(12 * SEC));
+    }
+
+    #[test]
+    fn a_pre_existing_connection_leaving_established_was_closed_by_the_process() {
+        let at = |state| socket(PID, 20, local(50001), OLD, state, 0);
+        let mut table = table_after([
+            sample(10 * SEC, vec![], vec![at(ESTABLISHED)]),
+            sample(12 * SEC, vec![], vec![at(FIN_WAIT1)]),
+        ]);
+        let c = only(&table);
+        assert_eq!((c.state, c.local_close_ns, c.is_open()), (FIN_WAIT1, Some(12 * SEC), false));
+        table.apply(sample(13 * SEC, vec![], vec![at(FIN_WAIT2)]));
+        assert_eq!((only(&table).state, only(&table).local_close_ns), (FIN_WAIT2, Some(12 * SEC)));
+    }
+
+    #[test]
+    fn a_shrinking_receive_queue_is_a_read() {
+        let queued = |q| socket(PID, 20, local(50001), OLD, ESTABLISHED, q);
+        let mut table = table_after([sample(10 * SEC, vec![], vec![queued(500)])]);
+        table.apply(sample(11 * SEC, vec![], vec![queued(500)]));
+        assert_eq!(only(&table).last_read_ns, None, "same queue: no read");
+        table.apply(sample(12 * SEC, vec![], vec![queued(800)]));
+        assert_eq!(only(&table).last_read_ns, None, "a growing queue: no read");
+        table.apply(sample(13 * SEC, vec![], vec![queued(799)]));
+        assert_eq!(only(&table).last_read_ns, Some(13 * SEC));
+        table.apply(sample(14 * SEC, vec![], vec![queued(799)]));
+        assert_eq!(only(&table).last_read_ns, Some(13 * SEC));
+        assert_eq!(only(&table).recv_q, recv_q(799, 14 * SEC));
+        assert_eq!(only(&table).last_read_ret, None, "what a read returned is unknown");
+    }
+
+    // ---- targets ----
+
+    #[test]
+    fn targets_drop_connections_of_pids_no_longer_listed() {
+        let of_8 = KernelConn { pid: 8, ..established(kconn(40002, UP, SEC), 2 * SEC) };
+        let mut table = ConnTable::new();
+        for input in [
+            targets(&[PID, 8]),
+            connect(1, up()),
+            connect(2, of_8.clone()),
+            sample(
+                3 * SEC,
+                vec![(1, up()), (2, of_8)],
+                vec![
+                    socket(PID, 20, local(50001), OLD, ESTABLISHED, 0),
+                    socket(8, 20, local(50002), OLD, ESTABLISHED, 0),
+                ],
+            ),
+        ] {
+            table.apply(input);
+        }
+        assert_eq!(table.conns().count(), 4);
+        table.apply(targets(&[8]));
+        assert_eq!(locals(&table), vec![local(40002), local(50002)]);
+        assert!(table.conns().all(|c| c.pid == 8));
+        assert_eq!(table.targets(), &[Target { pid: 8, comm: "relay-8".into() }]);
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 2, 0));
+        assert_eq!(totals(&table, OLD_HOST), host(&[OLD], 2, 0));
+    }
+
+    #[test]
+    fn the_closing_sockets_of_an_exited_target_are_not_counted_again() {
+        // The process exits: the kernel closes its sockets (FIN_WAIT1) and keeps them, and
+        // their records, until TCP is done with them, long after the process is gone.
+        let closing = KernelConn { state: FIN_WAIT1, local_close_ns: Some(5 * SEC), ..up() };
+        let mut table =
+            table_after([connect(1, kconn(0, UP, SEC)), state(1, SYN_SENT, up()), targets(&[])]);
+        assert_eq!(table.conns().count(), 0);
+        table.apply(sample(6 * SEC, vec![(1, closing.clone())], vec![]));
+        table.apply(state(1, FIN_WAIT1, KernelConn { state: FIN_WAIT2, ..closing.clone() }));
+        assert_eq!(table.conns().count(), 0, "no connection of an exited process comes back");
+        table.apply(close(
+            1,
+            FIN_WAIT2,
+            OTHER_PID,
+            KernelConn { state: CLOSE, peer_fin_at_close: true, ..closing },
+        ));
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
+
+        // Its pid reused by a new target is traced afresh.
+        table.apply(targets(&[PID]));
+        table.apply(connect(2, kconn(0, UP, 8 * SEC)));
+        assert_eq!(only(&table).opened_ns, 8 * SEC);
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 2, 0));
     }
 }
