@@ -115,6 +115,11 @@ impl Proc {
         );
     }
 
+    /// The next stdout line, if one comes within `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
     /// Waits for a stderr line containing `want`.
     pub fn expect_stderr(&mut self, want: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;

@@ -37,6 +37,9 @@ pub mod global_names {
     pub const SK_FLAGS_OFFSET: &str = "SK_FLAGS_OFFSET";
     /// Non-zero when `TARGET_COMMS` holds names, so untargeted connects skip the comm lookup.
     pub const FOLLOW_COMMS: &str = "FOLLOW_COMMS";
+    /// Non-zero when reads are counted at the read syscalls' exits instead of by
+    /// `sock/sock_recv_length` (kernels before 6.3, or forced for tests).
+    pub const READS_FROM_SYSCALLS: &str = "READS_FROM_SYSCALLS";
 }
 
 /// Field offsets of the tracepoint records the eBPF side reads, as
@@ -67,8 +70,15 @@ pub mod tp_layout {
     }
     /// `syscalls/sys_enter_{connect,close,read,readv,recvfrom,recvmsg}`: the fd argument.
     pub const SYS_ENTER_FD: usize = 16;
+    /// `syscalls/sys_enter_{write,sendto}`: the buffer and its length; `sys_enter_writev`:
+    /// the iovec array and its length; `sys_enter_sendmsg`: the user_msghdr.
+    pub const SYS_ENTER_BUF: usize = 24;
+    pub const SYS_ENTER_LEN: usize = 32;
     /// `syscalls/sys_exit_*`: the return value.
     pub const SYS_EXIT_RET: usize = 16;
+    /// `syscalls/sys_enter_recvfrom` and `sys_enter_recvmsg`: the flags argument (for MSG_PEEK).
+    pub const SYS_ENTER_RECVFROM_FLAGS: usize = 40;
+    pub const SYS_ENTER_RECVMSG_FLAGS: usize = 32;
 
     /// (group, event, field, offset) for every field above, for the user side's check.
     pub const CHECKS: &[(&str, &str, &str, usize)] = &[
@@ -92,6 +102,19 @@ pub mod tp_layout {
         ("syscalls", "sys_enter_readv", "fd", SYS_ENTER_FD),
         ("syscalls", "sys_enter_recvfrom", "fd", SYS_ENTER_FD),
         ("syscalls", "sys_enter_recvmsg", "fd", SYS_ENTER_FD),
+        ("syscalls", "sys_enter_recvfrom", "flags", SYS_ENTER_RECVFROM_FLAGS),
+        ("syscalls", "sys_enter_recvmsg", "flags", SYS_ENTER_RECVMSG_FLAGS),
+        ("syscalls", "sys_enter_write", "fd", SYS_ENTER_FD),
+        ("syscalls", "sys_enter_write", "buf", SYS_ENTER_BUF),
+        ("syscalls", "sys_enter_write", "count", SYS_ENTER_LEN),
+        ("syscalls", "sys_enter_sendto", "fd", SYS_ENTER_FD),
+        ("syscalls", "sys_enter_sendto", "buff", SYS_ENTER_BUF),
+        ("syscalls", "sys_enter_sendto", "len", SYS_ENTER_LEN),
+        ("syscalls", "sys_enter_writev", "fd", SYS_ENTER_FD),
+        ("syscalls", "sys_enter_writev", "vec", SYS_ENTER_BUF),
+        ("syscalls", "sys_enter_writev", "vlen", SYS_ENTER_LEN),
+        ("syscalls", "sys_enter_sendmsg", "fd", SYS_ENTER_FD),
+        ("syscalls", "sys_enter_sendmsg", "msg", SYS_ENTER_BUF),
         ("syscalls", "sys_exit_connect", "ret", SYS_EXIT_RET),
         ("syscalls", "sys_exit_read", "ret", SYS_EXIT_RET),
         ("syscalls", "sys_exit_readv", "ret", SYS_EXIT_RET),
@@ -188,7 +211,9 @@ pub struct ConnInfo {
     pub family: u16,
     pub sport: u16,
     pub dport: u16,
-    pub _pad0: u16,
+    /// Writes whose first bytes were handed to user space for naming (at most
+    /// [`FIRST_BYTES_WRITES`]).
+    pub captured_writes: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub comm: [u8; COMM_LEN],
@@ -213,7 +238,8 @@ pub struct ConnInfo {
     pub unread_sampled_ns: u64,
     /// [`ConnFlags`] bits.
     pub flags: u32,
-    pub _pad1: u32,
+    /// Bytes handed to user space for naming so far (at most [`FIRST_BYTES_MAX`]).
+    pub captured_bytes: u32,
 }
 const _: () = assert!(size_of::<ConnInfo>() == 168);
 
@@ -228,7 +254,7 @@ impl ConnInfo {
             family: 0,
             sport: 0,
             dport: 0,
-            _pad0: 0,
+            captured_writes: 0,
             saddr: [0; 16],
             daddr: [0; 16],
             comm: [0; COMM_LEN],
@@ -245,7 +271,7 @@ impl ConnInfo {
             reads_inflight: 0,
             unread_sampled_ns: 0,
             flags: 0,
-            _pad1: 0,
+            captured_bytes: 0,
         }
     }
 }
@@ -260,6 +286,8 @@ pub enum EventKind {
     State = 2,
     /// A tracked socket reached CLOSE; the kernel side forgot it.
     Close = 3,
+    /// The first bytes the process wrote on a tracked socket ([`FirstBytesEvent`]).
+    FirstBytes = 4,
 }
 
 impl EventKind {
@@ -268,6 +296,7 @@ impl EventKind {
             1 => Some(Self::Connect),
             2 => Some(Self::State),
             3 => Some(Self::Close),
+            4 => Some(Self::FirstBytes),
             _ => None,
         }
     }
@@ -291,6 +320,27 @@ pub struct ConnEvent {
 }
 const _: () = assert!(size_of::<ConnEvent>() == 200);
 
+/// How much of what a process sends on a new connection is copied for naming it: the TLS
+/// ClientHello (server_name) or the HTTP/1.x request head (Host). User space parses the name
+/// and drops the bytes at once; nothing else of the payload is ever copied.
+pub const FIRST_BYTES_MAX: usize = 1024;
+/// Only the first writes of a connection are looked at.
+pub const FIRST_BYTES_WRITES: u16 = 2;
+
+/// A prefix of one write on a tracked socket, for naming the connection (`EVENTS` record with
+/// kind [`EventKind::FirstBytes`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FirstBytesEvent {
+    /// [`EventKind::FirstBytes`].
+    pub kind: u32,
+    /// Valid bytes in `data`.
+    pub len: u32,
+    pub sk: u64,
+    pub data: [u8; FIRST_BYTES_MAX],
+}
+const _: () = assert!(size_of::<FirstBytesEvent>() == 16 + FIRST_BYTES_MAX);
+
 /// Indexes of the per-CPU `STATS` array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -303,8 +353,10 @@ pub enum Stat {
     EventsSent = 2,
     /// Reads counted on tracked sockets.
     ReadsSeen = 3,
+    /// First-bytes records dropped because the ring buffer was full.
+    FirstBytesDrops = 4,
 }
-pub const STAT_COUNT: u32 = 4;
+pub const STAT_COUNT: u32 = 5;
 
 #[cfg(feature = "user")]
 mod user {
@@ -314,4 +366,5 @@ mod user {
     unsafe impl aya::Pod for super::FdKey {}
     unsafe impl aya::Pod for super::ConnInfo {}
     unsafe impl aya::Pod for super::ConnEvent {}
+    unsafe impl aya::Pod for super::FirstBytesEvent {}
 }

@@ -5,7 +5,7 @@ use tracer_common::{tp_layout, ConnFlags, FdKey};
 
 use crate::{
     maps::{CONNS, FD_SOCKS},
-    sock::{current_ids, is_target},
+    sock::{field, current_ids, is_target},
 };
 
 /// `syscalls/sys_enter_close`: marks the socket closed by the process before tcp_close runs,
@@ -20,8 +20,7 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<u32, i64> {
     if !is_target(tgid) {
         return Ok(0);
     }
-    // SAFETY: the fd field of this syscall record, via a probe read.
-    let fd: u64 = unsafe { ctx.read_at(tp_layout::SYS_ENTER_FD) }.map_err(i64::from)?;
+    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
     let key = FdKey { tgid, fd: fd as u32 };
     let Some(sk) = FD_SOCKS.get_ptr(&key) else {
         return Ok(0);

@@ -10,7 +10,7 @@ use tracer_common::{tp_layout, TargetFlags};
 
 use crate::{
     maps::{PENDING_CONNECT, TARGETS, TARGET_COMMS},
-    sock::{current_ids, is_target},
+    sock::{field, current_ids, is_target},
 };
 
 /// Non-zero when user space asked to follow processes by name (`--comm`).
@@ -28,9 +28,7 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, i64> {
     if !is_target(tgid) && !adopt_by_comm(tgid) {
         return Ok(0);
     }
-    // SAFETY: the offset is the fd field of this tracepoint's record (checked by user space
-    // against the format file); read_at bounds-checks through bpf_probe_read_kernel.
-    let fd: u64 = unsafe { ctx.read_at(tp_layout::SYS_ENTER_FD) }.map_err(i64::from)?;
+    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
     PENDING_CONNECT.insert(&tid, &(fd as u32), 0).map_err(i64::from)?;
     Ok(0)
 }

@@ -12,6 +12,7 @@ mod maps;
 mod read;
 mod sock;
 mod state;
+mod write;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,14 +1,33 @@
 //! Reads on tracked sockets. A pooled or waiting Go connection's last read returned EAGAIN (a
 //! goroutine waits on it); a leaked one's last read returned data and nothing reads again.
 //! Counters stay in `CONNS`: no ring-buffer event per read.
+//!
+//! Two ways to see a read's result, chosen per kernel by the loader:
+//! - `sock/sock_recv_length` (Linux 6.3+): every recvmsg on a socket, whatever called it;
+//! - the read syscalls' exits (any kernel with syscall tracepoints): the fd is mapped to the
+//!   socket at entry (`FD_SOCKS`), and the return value at exit is what sock_recv_length would
+//!   have reported for the same read. Reads that do not go through read, readv, recvfrom or
+//!   recvmsg (io_uring, splice, recvmmsg) are not seen there; Go's net package uses read(2).
+//!
+//! The syscall pair runs on every kernel anyway: it counts the reads in progress.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{tp_layout, FdKey, Stat, MSG_PEEK};
+use tracer_common::{tp_layout, ConnInfo, FdKey, Stat, MSG_PEEK};
 
 use crate::{
     maps::{CONNS, FD_SOCKS, PENDING_READ},
     sock::{count, current_ids, is_target, sample_unread},
 };
+
+/// Non-zero when the loader did not attach `sock_recv` (a kernel before 6.3, or forced):
+/// `exit_read` then counts each read from the syscall's return value.
+#[unsafe(no_mangle)]
+static READS_FROM_SYSCALLS: u32 = 0;
+
+/// Bit 0 of a `PENDING_READ` value: the read in progress is a MSG_PEEK, which consumes
+/// nothing and so is not counted as a read. Free because socket addresses are slab objects
+/// aligned to at least 8 bytes.
+const PEEK_TAG: u64 = 1;
 
 /// `sock/sock_recv_length` (Linux 6.3): every recvmsg on a socket, with its return value.
 #[tracepoint]
@@ -32,12 +51,20 @@ fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
     if flags & MSG_PEEK != 0 {
         return Ok(0);
     }
+    record_read(sk, conn, i64::from(ret));
+    Ok(0)
+}
+
+/// Counts one read that returned `ret` (bytes, 0 at EOF, or -errno) on a tracked socket.
+#[inline(always)]
+fn record_read(sk: u64, conn: *mut ConnInfo, ret: i64) {
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: `conn` points into the CONNS entry just looked up. Reads of one socket come from
-    // one goroutine at a time in Go; a rare concurrent reader can only skew a counter.
+    // SAFETY: `conn` points into the CONNS entry the caller just looked up. Reads of one
+    // socket come from one goroutine at a time in Go; a rare concurrent reader can only skew a
+    // counter.
     unsafe {
         (*conn).reads += 1;
-        (*conn).last_read_ret = ret as i64;
+        (*conn).last_read_ret = ret;
         (*conn).last_read_ns = now;
         if ret > 0 {
             (*conn).bytes_read += ret as u64;
@@ -45,18 +72,32 @@ fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     sample_unread(sk, conn, now);
     count(Stat::ReadsSeen);
-    Ok(0)
 }
 
-/// `syscalls/sys_enter_{read,readv,recvfrom,recvmsg}`: a read syscall starts on a target's fd.
-/// Marks the socket as having a reader in the kernel: a thread blocked in read() is listening,
-/// so its connection is not abandoned however long the upstream stays silent.
+/// `syscalls/sys_enter_{read,readv}` (syscall tracepoints: Linux 2.6.37): a read syscall starts
+/// on a target's fd. Marks the socket as having a reader in the kernel: a thread blocked in
+/// read() is listening, so its connection is not abandoned however long the upstream stays
+/// silent.
 #[tracepoint]
 pub fn enter_read(ctx: TracePointContext) -> u32 {
-    try_enter_read(&ctx).unwrap_or(0)
+    try_enter_read(&ctx, None).unwrap_or(0)
 }
 
-fn try_enter_read(ctx: &TracePointContext) -> Result<u32, i64> {
+/// `syscalls/sys_enter_recvfrom`: as `enter_read`, and a MSG_PEEK is remembered.
+#[tracepoint]
+pub fn enter_recvfrom(ctx: TracePointContext) -> u32 {
+    try_enter_read(&ctx, Some(tp_layout::SYS_ENTER_RECVFROM_FLAGS)).unwrap_or(0)
+}
+
+/// `syscalls/sys_enter_recvmsg`: as `enter_read`, and a MSG_PEEK is remembered.
+#[tracepoint]
+pub fn enter_recvmsg(ctx: TracePointContext) -> u32 {
+    try_enter_read(&ctx, Some(tp_layout::SYS_ENTER_RECVMSG_FLAGS)).unwrap_or(0)
+}
+
+/// `flags_at`: offset of the syscall's flags argument, for the calls that have one.
+#[inline(always)]
+fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
     if !is_target(tgid) {
         return Ok(0);
@@ -72,6 +113,14 @@ fn try_enter_read(ctx: &TracePointContext) -> Result<u32, i64> {
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
+    let mut pending = sk;
+    if let Some(offset) = flags_at {
+        // SAFETY: the flags field of this syscall record (checked by user space), probe read.
+        let flags: u64 = unsafe { ctx.read_at(offset) }.map_err(i64::from)?;
+        if flags & MSG_PEEK as u64 != 0 {
+            pending |= PEEK_TAG;
+        }
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: `conn` points into the CONNS entry just looked up.
     unsafe {
@@ -80,33 +129,47 @@ fn try_enter_read(ctx: &TracePointContext) -> Result<u32, i64> {
         }
         (*conn).reads_inflight += 1;
     }
-    PENDING_READ.insert(&tid, &sk, 0).map_err(i64::from)?;
+    PENDING_READ.insert(&tid, &pending, 0).map_err(i64::from)?;
     Ok(0)
 }
 
-/// `syscalls/sys_exit_{read,readv,recvfrom,recvmsg}`: the read syscall returned.
+/// `syscalls/sys_exit_{read,readv,recvfrom,recvmsg}`: the read syscall returned. Without
+/// `sock_recv_length` this is where the read itself is counted.
 #[tracepoint]
-pub fn exit_read(_ctx: TracePointContext) -> u32 {
+pub fn exit_read(ctx: TracePointContext) -> u32 {
+    try_exit_read(&ctx).unwrap_or(0)
+}
+
+fn try_exit_read(ctx: &TracePointContext) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
     if !is_target(tgid) {
-        return 0;
+        return Ok(0);
     }
-    let Some(sk) = PENDING_READ.get_ptr(&tid) else {
-        return 0;
+    let Some(pending) = PENDING_READ.get_ptr(&tid) else {
+        return Ok(0);
     };
     // SAFETY: pointer from the lookup just made.
-    let sk = unsafe { *sk };
+    let pending = unsafe { *pending };
     let _ = PENDING_READ.remove(&tid);
-    if let Some(conn) = CONNS.get_ptr_mut(&sk) {
-        // SAFETY: `conn` points into the CONNS entry just looked up.
-        unsafe {
-            if (*conn).reads_inflight > 0 {
-                (*conn).reads_inflight -= 1;
-            }
-            if (*conn).reads_inflight == 0 {
-                (*conn).read_inflight_since_ns = 0;
-            }
+    let sk = pending & !PEEK_TAG;
+    let Some(conn) = CONNS.get_ptr_mut(&sk) else {
+        return Ok(0);
+    };
+    // SAFETY: `conn` points into the CONNS entry just looked up.
+    unsafe {
+        if (*conn).reads_inflight > 0 {
+            (*conn).reads_inflight -= 1;
+        }
+        if (*conn).reads_inflight == 0 {
+            (*conn).read_inflight_since_ns = 0;
         }
     }
-    0
+    // SAFETY: a valid, aligned u32 global; volatile so the loader's value is read.
+    let from_syscalls = unsafe { core::ptr::read_volatile(&READS_FROM_SYSCALLS) } != 0;
+    if from_syscalls && pending & PEEK_TAG == 0 {
+        // SAFETY: the ret field of sys_exit records (checked by user space), via a probe read.
+        let ret: i64 = unsafe { ctx.read_at(tp_layout::SYS_EXIT_RET) }.map_err(i64::from)?;
+        record_read(sk, conn, ret);
+    }
+    Ok(0)
 }

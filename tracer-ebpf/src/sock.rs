@@ -1,6 +1,10 @@
 //! Helpers shared by the hook modules: target filtering, unread-byte sampling, events, stats.
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    programs::TracePointContext,
+    EbpfContext as _,
+};
 use tracer_common::{ConnEvent, ConnFlags, ConnInfo, EventKind, Stat, SOCK_DONE_BIT};
 
 use crate::maps::{EVENTS, STATS, TARGETS};
@@ -14,6 +18,36 @@ static COPIED_SEQ_OFFSET: u32 = 0;
 /// Byte offset of `sock.sk_flags`, likewise.
 #[unsafe(no_mangle)]
 static SK_FLAGS_OFFSET: u32 = 0;
+
+/// Reads a field of the tracepoint record the program was called with. A tracepoint
+/// program's context is that record, which the verifier lets it load from directly: no helper
+/// call per field (aya's `read_at` makes one), which matters on hooks that fire for every
+/// socket on the host.
+#[inline(always)]
+pub fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: `offset` is a field of this tracepoint's record (user space checks every offset
+    // against the running kernel's format files before load) and T is that field's type, so
+    // the load stays inside the record; the verifier rejects the program otherwise.
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(offset) as *const T) }
+}
+
+/// A 16-byte address field, as two 8-byte loads: the verifier only accepts loads at a
+/// constant offset from the unmodified context pointer, which a byte-array copy would not be.
+#[inline(always)]
+pub fn field16(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
+    let lo: u64 = field(ctx, offset);
+    let hi: u64 = field(ctx, offset + 8);
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&lo.to_ne_bytes());
+    out[8..].copy_from_slice(&hi.to_ne_bytes());
+    out
+}
+
+/// A 4-byte address field, as one 4-byte load (see `field16`).
+#[inline(always)]
+pub fn field4(ctx: &TracePointContext, offset: usize) -> [u8; 4] {
+    field::<u32>(ctx, offset).to_ne_bytes()
+}
 
 /// (tgid, tid) of the current task.
 #[inline(always)]

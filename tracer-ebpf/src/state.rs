@@ -17,7 +17,7 @@ use tracer_common::{
 
 use crate::{
     maps::{CONNS, FD_SOCKS, PENDING_CONNECT},
-    sock::{count, current_ids, emit, is_target, sample_peer_fin, sample_unread},
+    sock::{field, field16, field4, count, current_ids, emit, is_target, sample_peer_fin, sample_unread},
 };
 
 /// `sock/inet_sock_set_state` (Linux 4.16).
@@ -27,15 +27,13 @@ pub fn sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
-    // SAFETY (all reads below): offsets are this tracepoint's fields (checked by user space
-    // against the format file); read_at goes through bpf_probe_read_kernel.
-    let protocol: u16 = unsafe { ctx.read_at(tp::PROTOCOL) }.map_err(i64::from)?;
+    let protocol: u16 = field(ctx, tp::PROTOCOL);
     if protocol != IPPROTO_TCP {
         return Ok(0);
     }
-    let sk: u64 = unsafe { ctx.read_at(tp::SKADDR) }.map_err(i64::from)?;
-    let old_state: i32 = unsafe { ctx.read_at(tp::OLDSTATE) }.map_err(i64::from)?;
-    let new_state: i32 = unsafe { ctx.read_at(tp::NEWSTATE) }.map_err(i64::from)?;
+    let sk: u64 = field(ctx, tp::SKADDR);
+    let old_state: i32 = field(ctx, tp::OLDSTATE);
+    let new_state: i32 = field(ctx, tp::NEWSTATE);
     let (old_state, new_state) = (old_state as u32, new_state as u32);
 
     if new_state == tcp_state::SYN_SENT && old_state == tcp_state::CLOSE {
@@ -49,7 +47,7 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     let now = unsafe { bpf_ktime_get_ns() };
     // tcp_v4_connect enters SYN_SENT before inet_hash_connect picks the source port, so the
     // port is learned from the first change after it.
-    let sport: u16 = unsafe { ctx.read_at(tp::SPORT) }.map_err(i64::from)?;
+    let sport: u16 = field(ctx, tp::SPORT);
     // SAFETY: `conn` points into the CONNS entry just looked up; entries are only removed below
     // on this socket's own TCP_CLOSE, which the kernel serialises under the socket lock.
     unsafe {
@@ -108,19 +106,18 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
     info.state = tcp_state::SYN_SENT;
     info.connect_ns = now;
     info.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    // SAFETY (reads): tracepoint fields at offsets checked by user space, via probe reads.
-    let family: u16 = unsafe { ctx.read_at(tp::FAMILY) }.map_err(i64::from)?;
+    let family: u16 = field(ctx, tp::FAMILY);
     info.family = family;
-    info.sport = unsafe { ctx.read_at(tp::SPORT) }.map_err(i64::from)?;
-    info.dport = unsafe { ctx.read_at(tp::DPORT) }.map_err(i64::from)?;
+    info.sport = field(ctx, tp::SPORT);
+    info.dport = field(ctx, tp::DPORT);
     if family == AF_INET {
-        let saddr: [u8; 4] = unsafe { ctx.read_at(tp::SADDR) }.map_err(i64::from)?;
-        let daddr: [u8; 4] = unsafe { ctx.read_at(tp::DADDR) }.map_err(i64::from)?;
+        let saddr = field4(ctx, tp::SADDR);
+        let daddr = field4(ctx, tp::DADDR);
         info.saddr[..4].copy_from_slice(&saddr);
         info.daddr[..4].copy_from_slice(&daddr);
     } else if family == AF_INET6 {
-        info.saddr = unsafe { ctx.read_at(tp::SADDR_V6) }.map_err(i64::from)?;
-        info.daddr = unsafe { ctx.read_at(tp::DADDR_V6) }.map_err(i64::from)?;
+        info.saddr = field16(ctx, tp::SADDR_V6);
+        info.daddr = field16(ctx, tp::DADDR_V6);
     } else {
         return Ok(0);
     }

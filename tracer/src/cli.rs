@@ -1,8 +1,8 @@
 //! Command line: clap derive; doc comments are the help text.
 
-use std::time::Duration;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::Graces;
 
@@ -10,18 +10,92 @@ use crate::model::Graces;
 ///
 /// tracer follows every TCP connection the target process opens and judges each open one:
 /// closed by the upstream but never closed here (close_wait), response bytes left unread
-/// (unread), or reading abandoned mid-response (abandoned). Needs root.
+/// (unread), or reading abandoned mid-response (abandoned). Needs root (except replay).
+///
+/// `tracer --pid PID` (no command) opens the terminal UI when stdout is a terminal, and
+/// prints the table of `tracer run` otherwise.
 #[derive(Debug, Parser)]
-#[command(name = "tracer", version, propagate_version = true)]
+#[command(
+    name = "tracer",
+    version,
+    propagate_version = true,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    arg_required_else_help = true
+)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// Targets when no command is given (as for `watch`).
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    #[command(flatten)]
+    pub graces: GraceArgs,
+    #[command(flatten)]
+    pub naming: NamingArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Trace the targets and print per-host leak counts (a table, or JSON lines with --json).
     Run(RunArgs),
+    /// Trace the targets in a terminal UI: hosts, their connections, why each one is leaked,
+    /// and the trend over time (? shows the keys).
+    Watch(WatchArgs),
+    /// Trace the targets and write what the tracer sees to a file, for `tracer replay`
+    /// (socket addresses, states, counters and times; never payload bytes).
+    Record(RecordArgs),
+    /// Play a recording back in the terminal UI (or as JSON lines with --json). No root needed.
+    Replay(ReplayArgs),
+    /// Trace the targets for a while (--for), print one snapshot (JSON, CSV or Prometheus
+    /// text) and exit: for cron jobs and scripts.
+    Snapshot(SnapshotArgs),
+}
+
+/// How connections are named by provider.
+#[derive(Debug, Args, Clone, Default)]
+pub struct NamingArgs {
+    /// A TOML file of providers that adds to or replaces entries of the built-in catalogue
+    /// ([[provider]] name = "..." hosts = ["api.example.com", "*.example.net"]).
+    #[arg(long, value_name = "FILE")]
+    pub providers: Option<PathBuf>,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Args, Clone)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics; a port alone ("9464") binds 127.0.0.1.
+    #[arg(long, value_name = "ADDR", value_parser = crate::export::metrics_server::parse_metrics_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Hosts that get their own metric series (most leaked first); the others add up under
+    /// host="other" per provider, so label cardinality stays bounded.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub metrics_top_hosts: u32,
+}
+
+/// Formats of `tracer snapshot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SnapshotFormat {
+    Json,
+    Csv,
+    Prometheus,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    #[command(flatten)]
+    pub graces: GraceArgs,
+    #[command(flatten)]
+    pub naming: NamingArgs,
+    /// How long to observe before printing (leaks younger than their grace are not counted:
+    /// connections open before tracing start count from the start).
+    #[arg(long = "for", value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub observe_for: Duration,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: SnapshotFormat,
 }
 
 /// Which processes to trace: at least one --pid or --comm.
@@ -76,6 +150,105 @@ pub struct RunArgs {
     /// Stop after this long, printing a final snapshot (default: run until Ctrl-C or SIGTERM).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// With --json: write the lines to FILE instead of stdout, rotating it by size (for log
+    /// shippers).
+    #[arg(long, value_name = "FILE", requires = "json")]
+    pub output: Option<PathBuf>,
+    /// With --output: rotate when the file would grow past this size (e.g. 512K, 100M, 1G).
+    #[arg(long, value_name = "SIZE", default_value = "100M", value_parser = crate::export::rotate::parse_size, requires = "output")]
+    pub output_max_size: u64,
+    /// With --output: rotated files to keep (FILE.1 ... FILE.N); 0 truncates FILE in place.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u16).range(0..=1000), requires = "output")]
+    pub output_keep: u16,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub naming: NamingArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    #[command(flatten)]
+    pub graces: GraceArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub naming: NamingArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// File to write the recording to (replaced if it exists).
+    #[arg(long, short, value_name = "FILE")]
+    pub out: std::path::PathBuf,
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    /// Graces stored in the recording: replay judges with them unless told otherwise.
+    #[command(flatten)]
+    pub graces: GraceArgs,
+    /// Stop after this long (default: record until Ctrl-C or SIGTERM).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub naming: NamingArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A recording made by `tracer record --out FILE`.
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+    /// Print one JSON snapshot per --interval of recorded time, as `tracer run --json` does,
+    /// instead of opening the UI.
+    #[arg(long)]
+    pub json: bool,
+    /// Recorded seconds per second: 1 plays at the recorded pace, 10 ten times faster.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_speed, conflicts_with = "fast")]
+    pub speed: f64,
+    /// Play as fast as possible.
+    #[arg(long)]
+    pub fast: bool,
+    /// With --json: recorded time between two snapshots.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_interval)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub graces: GraceOverrides,
+}
+
+/// Graces for a replay; each defaults to the one the recording was made with.
+#[derive(Debug, Args, Clone, Default)]
+pub struct GraceOverrides {
+    /// How long CLOSE_WAIT may last before it is a leak [default: as recorded].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub close_wait_grace: Option<Duration>,
+    /// How long response bytes may sit unread with no read [default: as recorded].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub unread_grace: Option<Duration>,
+    /// How long after a read that returned data with no read since [default: as recorded].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub abandon_grace: Option<Duration>,
+}
+
+impl GraceOverrides {
+    pub fn over(&self, recorded: Graces) -> Graces {
+        Graces {
+            close_wait: self.close_wait_grace.unwrap_or(recorded.close_wait),
+            unread: self.unread_grace.unwrap_or(recorded.unread),
+            abandon: self.abandon_grace.unwrap_or(recorded.abandon),
+        }
+    }
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    let speed: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number (use e.g. 1, 2.5 or 10)"))?;
+    if !(0.01..=10_000.0).contains(&speed) {
+        return Err("must be between 0.01 and 10000 (use --fast for as fast as possible)".into());
+    }
+    Ok(speed)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -122,9 +295,20 @@ mod tests {
     #[test]
     fn run_needs_a_target_and_parses_durations() {
         assert!(Cli::try_parse_from(["tracer", "run"]).is_err());
-        let cli = Cli::try_parse_from(["tracer", "run", "--pid", "12", "--pid", "13", "--abandon-grace", "3s"])
-            .expect("parses");
-        let Command::Run(run) = cli.command;
+        let cli = Cli::try_parse_from([
+            "tracer",
+            "run",
+            "--pid",
+            "12",
+            "--pid",
+            "13",
+            "--abandon-grace",
+            "3s",
+        ])
+        .expect("parses");
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("not run: {cli:?}")
+        };
         assert_eq!(run.targets.pids, vec![12, 13]);
         assert_eq!(run.graces.abandon_grace, Duration::from_secs(3));
         assert_eq!(run.graces.close_wait_grace, Duration::from_secs(5));
@@ -140,9 +324,99 @@ mod tests {
             &["tracer", "run", "--pid", "1", "--unread-grace", "soon"],
             &["tracer", "run", "--pid", "1", "--duration", "0s"],
             &["tracer", "run", "--comm", "a-very-long-process-name"],
+            &["tracer", "watch"],
+            &["tracer", "watch", "--pid", "1", "--json"],
+            &["tracer", "record", "--pid", "1"],
+            &["tracer", "record", "--out", "x.rec"],
+            &["tracer", "replay"],
+            &["tracer", "replay", "x.rec", "--speed", "0"],
+            &["tracer", "replay", "x.rec", "--speed", "fast"],
+            &["tracer", "replay", "x.rec", "--speed", "2", "--fast"],
+            &["tracer", "--close-wait-grace", "1s"],
+            &["tracer", "--pid", "1", "run", "--pid", "2"],
         ] {
             let err = Cli::try_parse_from(args).expect_err("rejected");
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn watch_record_and_replay_take_the_flags_of_run() {
+        let cli =
+            Cli::try_parse_from(["tracer", "watch", "--comm", "relay", "--unread-grace", "3s"])
+                .expect("parses");
+        let Some(Command::Watch(w)) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(
+            (w.targets.comms, w.graces.unread_grace),
+            (vec!["relay".to_owned()], Duration::from_secs(3))
+        );
+
+        let cli = Cli::try_parse_from([
+            "tracer",
+            "record",
+            "--out",
+            "a.rec",
+            "--pid",
+            "9",
+            "--duration",
+            "1m",
+        ])
+        .expect("parses");
+        let Some(Command::Record(r)) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(
+            (r.out.to_str(), r.targets.pids, r.duration),
+            (Some("a.rec"), vec![9], Some(Duration::from_secs(60)))
+        );
+
+        let cli = Cli::try_parse_from([
+            "tracer",
+            "replay",
+            "a.rec",
+            "--json",
+            "--fast",
+            "--abandon-grace",
+            "7s",
+        ])
+        .expect("parses");
+        let Some(Command::Replay(p)) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert!(p.json && p.fast);
+        let recorded = Graces {
+            close_wait: Duration::from_secs(2),
+            ..Graces::default()
+        };
+        assert_eq!(
+            p.graces.over(recorded),
+            Graces {
+                close_wait: Duration::from_secs(2),
+                unread: Duration::from_secs(10),
+                abandon: Duration::from_secs(7)
+            }
+        );
+        let cli =
+            Cli::try_parse_from(["tracer", "replay", "a.rec", "--speed", "2.5"]).expect("parses");
+        let Some(Command::Replay(p)) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!((p.speed, p.fast, p.json), (2.5, false, false));
+    }
+
+    #[test]
+    fn targets_without_a_command_are_the_default_session() {
+        let cli = Cli::try_parse_from(["tracer", "--pid", "42", "--close-wait-grace", "1s"])
+            .expect("parses");
+        assert!(cli.command.is_none());
+        assert_eq!(
+            (cli.targets.pids, cli.graces.close_wait_grace),
+            (vec![42], Duration::from_secs(1))
+        );
+        // Nothing at all: the help, as a usage error.
+        let err = Cli::try_parse_from(["tracer"]).expect_err("help");
+        assert_eq!(err.exit_code(), 2);
     }
 }

@@ -1,13 +1,16 @@
 //! tracer: finds leaked upstream HTTP connections inside a running Go relay, live, with eBPF.
 //!
-//! Data flows one way: collect (kernel, sock_diag, /proc) -> model (table, verdicts,
-//! aggregates) -> export (JSON) | ui (table). See docs/ARCHITECTURE.md.
+//! Data flows one way: collect (kernel, sock_diag, /proc) or record (a recording being
+//! replayed) -> model (table, verdicts, aggregates) -> export (JSON) | ui (table, terminal UI)
+//! | record (writing a recording). See docs/ARCHITECTURE.md.
 
 mod app;
 mod cli;
 mod collect;
 mod export;
 mod model;
+mod naming;
+mod record;
 mod ui;
 
 use std::process::ExitCode;
@@ -16,10 +19,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    // Diagnostics go to stderr; RUST_LOG=debug shows the collector's work.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_target(false)
-        .init();
+    // Diagnostics go to stderr (held back while the terminal UI is on screen); RUST_LOG=debug
+    // shows the collector's work.
+    ui::log::init();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -1,5 +1,6 @@
 //! `cargo xtask demo`: the tracer on the bundled Go fixture, a relay that leaks connections to
-//! fake providers in known ways.
+//! fake providers in known ways. In a terminal it opens the tracer's terminal UI (`tracer
+//! watch`); otherwise, or with --duration, it prints the headless table (`tracer run`).
 //!
 //! Process layout: the fixtures run in their own process group, so the terminal's Ctrl-C
 //! reaches only xtask and the tracer (the foreground group). The tracer prints its final
@@ -38,11 +39,12 @@ pub fn run(duration: Option<Duration>) -> Result<()> {
     }
     setup::ensure().context("demo")?;
     let artifacts = build::build().context("demo")?;
+    let interactive = io::stdout().is_terminal() && duration.is_none();
     let duration = duration.or_else(|| (!io::stdout().is_terminal()).then_some(DEFAULT_DURATION));
-    demo(&artifacts, duration).context("demo")
+    demo(&artifacts, duration, interactive).context("demo")
 }
 
-fn demo(artifacts: &Artifacts, duration: Option<Duration>) -> Result<()> {
+fn demo(artifacts: &Artifacts, duration: Option<Duration>, interactive: bool) -> Result<()> {
     // From here on a Ctrl-C must not kill xtask before it has stopped the fixtures.
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&interrupted);
@@ -64,6 +66,7 @@ fn demo(artifacts: &Artifacts, duration: Option<Duration>) -> Result<()> {
     }
     let how_long = match duration {
         Some(duration) => format!("for {}", util::format_duration(duration)),
+        None if interactive => "in the terminal UI until q".to_string(),
         None => "until Ctrl-C".to_string(),
     };
     println!(
@@ -74,8 +77,11 @@ fn demo(artifacts: &Artifacts, duration: Option<Duration>) -> Result<()> {
     );
 
     let mut tracer = Command::new(&artifacts.tracer);
+    // The UI for a person at a terminal: the hosts page lists the leaking hosts first, Enter
+    // shows a host's connections and then why one is leaked.
     tracer
-        .args(["run", "--pid", &relay.child.id().to_string()])
+        .arg(if interactive { "watch" } else { "run" })
+        .args(["--pid", &relay.child.id().to_string()])
         .args(["--abandon-grace", ABANDON_GRACE]);
     if let Some(duration) = duration {
         tracer.args(["--duration", &util::format_duration(duration)]);

@@ -3,8 +3,10 @@
 //! The eBPF crate itself is built by tracer/build.rs (aya-build); xtask only prepares the host,
 //! runs builds and tests, and drives the demo.
 
+mod bench;
 mod build;
 mod demo;
+mod kernels;
 mod setup;
 mod test;
 mod util;
@@ -34,17 +36,42 @@ enum Command {
     },
     /// Build the tracer (release, with its eBPF programs) and the Go fixture.
     Build,
-    /// Run setup, the unit and snapshot tests, the build, then the end-to-end tests (root).
+    /// Run setup, the unit and snapshot tests, the build, the end-to-end tests (root), then the
+    /// kernel matrix (test-kernels).
     Test {
         /// Run the end-to-end tests this many times and report the pass rate.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
         repeat: u32,
+        /// Leave out the kernel matrix (a few minutes under qemu) for a quicker local run.
+        #[arg(long)]
+        no_kernels: bool,
     },
-    /// Run the tracer on the bundled Go fixture (a relay leaking connections to fake providers).
-    /// Needs root.
+    /// Boot Debian's 6.1 and 6.12 kernels under qemu (software emulation) and run the
+    /// end-to-end verdict tests inside each; prints the hooks the tracer chose per kernel.
+    TestKernels {
+        /// Only this kernel series: 6.1 or 6.12.
+        #[arg(long)]
+        kernel: Option<String>,
+    },
+    /// Run the tracer on the bundled Go fixture (a relay leaking connections to fake providers):
+    /// its terminal UI in a terminal, the headless table otherwise. Needs root.
+    /// Measure the tracer's overhead on the fixture relay under load (wrk), with and without
+    /// the tracer, plus kernel cost per program run and the tracer's CPU and memory. Writes
+    /// bench/RESULTS.md. Needs root; takes about (6 x duration + 30s) x runs x 2 modes.
+    Bench {
+        /// Length of each load run.
+        #[arg(long, default_value = "20s", value_parser = util::parse_duration)]
+        duration: Duration,
+        /// Runs of each configuration (alternating); medians are reported.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+        runs: u32,
+        /// Concurrent wrk connections.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        connections: u32,
+    },
     Demo {
-        /// How long to trace, like 30s, 2m or 1m30s. Without it the demo runs until Ctrl-C in a
-        /// terminal, and for 30s when stdout is not a terminal.
+        /// How long to trace (headless table), like 30s, 2m or 1m30s. Without it the demo opens
+        /// the terminal UI in a terminal (q quits), and traces for 30s when stdout is not one.
         #[arg(long, value_parser = util::parse_duration)]
         duration: Option<Duration>,
     },
@@ -59,8 +86,12 @@ fn main() -> ExitCode {
             setup::Mode::Install
         }),
         Command::Build => build::build().map(|artifacts| artifacts.print()),
-        Command::Test { repeat } => test::run(repeat),
+        Command::Test { repeat, no_kernels } => test::run(repeat, !no_kernels),
+        Command::TestKernels { kernel } => kernels::run(kernel.as_deref()),
         Command::Demo { duration } => demo::run(duration),
+        Command::Bench { duration, runs, connections } => {
+            bench::run(bench::Options { duration, runs, connections })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -45,7 +45,8 @@ pub fn ensure() -> Result<()> {
 }
 
 /// Packages for building bpf-linker (LLVM with Polly, zstd, zlib), the Go fixtures, and tools
-/// the demo and tests use (ss, bpftool, tmux).
+/// the demo and tests use (ss, bpftool, tmux; promtool and the prometheus server for the
+/// metrics export tests).
 fn debian_packages() -> Vec<String> {
     vec![
         format!("llvm-{LLVM_MAJOR}-dev"),
@@ -56,6 +57,11 @@ fn debian_packages() -> Vec<String> {
         "iproute2".into(),
         "bpftool".into(),
         "tmux".into(),
+        "prometheus".into(),
+        // The kernel matrix (test-kernels): guests under software emulation, and their
+        // initramfs (busybox's cpio builds it; its applets are the guests' userland).
+        "qemu-system-x86".into(),
+        "busybox-static".into(),
     ]
 }
 

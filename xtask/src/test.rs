@@ -1,21 +1,33 @@
-//! `cargo xtask test`: setup, unit and snapshot tests, build, then the end-to-end tests.
+//! `cargo xtask test`: setup, unit and snapshot tests, build, the end-to-end tests, then the
+//! kernel matrix (the verdict tests inside other kernels under qemu; see kernels.rs).
 
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
 use crate::build::{self, Artifacts};
+use crate::kernels;
 use crate::setup;
 use crate::util::{self, Progress};
 
 /// The package of end-to-end tests (tests/): they load real eBPF, so they need root.
 const E2E_PACKAGE: &str = "tracer-e2e";
 
-pub fn run(repeat: u32) -> Result<()> {
-    setup::ensure().context("test: step 1 of 4 (setup) failed")?;
-    unit_tests().context("test: step 2 of 4 (unit and snapshot tests) failed")?;
-    let artifacts = build::build().context("test: step 3 of 4 (build) failed")?;
-    end_to_end(&artifacts, repeat).context("test: step 4 of 4 (end-to-end tests) failed")?;
+pub fn run(repeat: u32, with_kernels: bool) -> Result<()> {
+    setup::ensure().context("test: step 1 of 5 (setup) failed")?;
+    unit_tests().context("test: step 2 of 5 (unit and snapshot tests) failed")?;
+    let artifacts = build::build().context("test: step 3 of 5 (build) failed")?;
+    end_to_end(&artifacts, repeat).context("test: step 4 of 5 (end-to-end tests) failed")?;
+    if !with_kernels {
+        if util::in_ci() {
+            bail!("--no-kernels under CI=true: CI must run the kernel matrix");
+        }
+        println!("test: skipping step 5 of 5 (kernel matrix): --no-kernels");
+        return Ok(());
+    }
+    let started = Instant::now();
+    kernels::matrix(&artifacts, None).context("test: step 5 of 5 (kernel matrix under qemu) failed")?;
+    println!("test: kernel matrix done in {}", util::format_elapsed(started.elapsed()));
     Ok(())
 }
 

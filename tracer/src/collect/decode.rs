@@ -3,7 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{anyhow, Result};
-use tracer_common::{ConnEvent, ConnFlags, ConnInfo, EventKind, AF_INET};
+use tracer_common::{
+    ConnEvent, ConnFlags, ConnInfo, EventKind, FirstBytesEvent, AF_INET, FIRST_BYTES_MAX,
+};
 
 use crate::model::{KernelConn, KernelEvent, KernelEventKind, RecvQ};
 
@@ -48,7 +50,36 @@ pub fn conn(info: &ConnInfo) -> KernelConn {
     }
 }
 
-/// Decodes one ring-buffer record.
+/// One ring-buffer record. (Decoded and consumed one at a time: not worth a Box.)
+#[allow(clippy::large_enum_variant)]
+pub enum Record<'a> {
+    Conn(KernelEvent),
+    /// A prefix of what the process wrote on socket `sk`: for naming only, never kept.
+    FirstBytes { sk: u64, bytes: &'a [u8] },
+}
+
+/// Decodes one ring-buffer record of either kind.
+pub fn record(bytes: &[u8]) -> Result<Record<'_>> {
+    let kind = bytes
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_ne_bytes)
+        .ok_or_else(|| anyhow!("empty event record"))?;
+    if kind != EventKind::FirstBytes as u32 {
+        return event(bytes).map(Record::Conn);
+    }
+    if bytes.len() < size_of::<FirstBytesEvent>() {
+        return Err(anyhow!("short first-bytes record: {} bytes", bytes.len()));
+    }
+    let len = u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    let sk = u64::from_ne_bytes(
+        <[u8; 8]>::try_from(&bytes[8..16]).map_err(|_| anyhow!("bad first-bytes record"))?,
+    );
+    let data = &bytes[16..16 + FIRST_BYTES_MAX];
+    Ok(Record::FirstBytes { sk, bytes: &data[..len.min(FIRST_BYTES_MAX)] })
+}
+
+/// Decodes one connection lifecycle record.
 pub fn event(bytes: &[u8]) -> Result<KernelEvent> {
     if bytes.len() < size_of::<ConnEvent>() {
         return Err(anyhow!(
@@ -64,7 +95,7 @@ pub fn event(bytes: &[u8]) -> Result<KernelEvent> {
         Some(EventKind::Connect) => KernelEventKind::Connect,
         Some(EventKind::State) => KernelEventKind::State,
         Some(EventKind::Close) => KernelEventKind::Close,
-        None => return Err(anyhow!("unknown event kind {}", raw.kind)),
+        Some(EventKind::FirstBytes) | None => return Err(anyhow!("unknown event kind {}", raw.kind)),
     };
     Ok(KernelEvent {
         kind,

@@ -4,10 +4,11 @@
 pub mod btf;
 mod decode;
 mod loader;
+mod names;
 pub mod procfs;
 pub mod sockdiag;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
@@ -20,9 +21,15 @@ use tokio::{
 };
 use tracer_common::{map_names, tcp_state, ConnInfo, Stat, TargetFlags, COMM_LEN};
 
-pub use loader::check_privileges;
+pub use loader::{check_privileges, HookChoice};
 
-use crate::model::{Input, KernelStats, Sample, SocketSample, Target};
+use crate::{
+    model::{Input, KernelStats, Sample, SocketSample, Target},
+    naming::{
+        catalogue::Catalogue,
+        resolver::{AddressBook, RefreshPolicy},
+    },
+};
 
 /// Which processes to trace.
 #[derive(Clone, Debug, Default)]
@@ -44,10 +51,13 @@ pub struct Collector {
     /// Log records from the eBPF side (aya-log), forwarded to our logger.
     ebpf_log: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     spec: TargetSpec,
+    namer: names::Namer,
     targets: BTreeMap<u32, Target>,
     /// Start time of each target, so a reused pid is not taken for the process we traced.
     started: BTreeMap<u32, u64>,
     sample_every: Duration,
+    /// The kernel hook chosen for each role on this machine.
+    hooks: Vec<HookChoice>,
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
@@ -59,7 +69,9 @@ impl Collector {
     /// Checks the host, loads and attaches the programs, and registers the targets. Must run
     /// inside a tokio runtime (the ring buffer is polled through it).
     pub fn start(spec: TargetSpec, sample_every: Duration) -> Result<Self> {
-        let mut ebpf = loader::load_and_attach(!spec.comms.is_empty())?;
+        let (mut ebpf, hooks) = loader::load_and_attach(!spec.comms.is_empty())?;
+        // Which kernel path serves each role differs by kernel: say it once (tests read it).
+        eprintln!("tracer: hooks: {}", loader::describe_hooks(&hooks));
         let mut comm_map: BpfHashMap<MapData, [u8; COMM_LEN], u8> =
             take_map(&mut ebpf, map_names::TARGET_COMMS)?.try_into()?;
         for name in &spec.comms {
@@ -98,12 +110,35 @@ impl Collector {
             ring,
             ebpf_log,
             spec,
+            namer: Self::namer(Arc::new(Catalogue::builtin())),
             targets: BTreeMap::new(),
             started: BTreeMap::new(),
             sample_every,
+            hooks,
         };
         collector.refresh_targets()?;
         Ok(collector)
+    }
+
+    /// The kernel hook chosen for each role (connect, state, read, close, first_write).
+    // For the TUI header, the JSON snapshot and `tracer check` (issue 7), not wired in yet.
+    #[allow(dead_code)]
+    pub fn hooks(&self) -> &[HookChoice] {
+        &self.hooks
+    }
+
+    /// Names connections with `catalogue` (the built-in one unless this is called).
+    pub fn with_catalogue(mut self, catalogue: Arc<Catalogue>) -> Self {
+        self.namer = Self::namer(catalogue);
+        self
+    }
+
+    fn namer(catalogue: Arc<Catalogue>) -> names::Namer {
+        // Resolving runs on its own thread; without it, unnamed connections keep their address.
+        let book = AddressBook::spawn(catalogue.resolvable_hosts(), RefreshPolicy::default())
+            .map_err(|e| log::warn!("cannot start resolving provider hostnames: {e}"))
+            .ok();
+        names::Namer::new(catalogue, book)
     }
 
     /// Adds processes named by `--comm` that started since, and drops targets that exited.
@@ -122,7 +157,7 @@ impl Collector {
         wanted.dedup();
         let mut changed = false;
         for pid in wanted {
-            let start = procfs::start_time_ticks(pid).ok();
+            let start = if procfs::exists(pid) { procfs::start_time_ticks(pid).ok() } else { None };
             let reused = start.is_some() && self.started.get(&pid).is_some_and(|s| Some(*s) != start);
             if start.is_none() || reused {
                 // Exited (or exited and its pid was reused): its connections went with it.
@@ -218,10 +253,20 @@ impl Collector {
     fn drain_ring(&mut self, out: &mut Vec<Input>) {
         let ring = self.ring.get_mut();
         while let Some(record) = ring.next() {
-            match decode::event(&record) {
-                Ok(event) => {
+            match decode::record(&record) {
+                Ok(decode::Record::Conn(event)) => {
                     log::trace!("kernel event: {event:?}");
+                    if event.kind == crate::model::KernelEventKind::Close {
+                        self.namer.forget(event.sk);
+                    }
                     out.push(Input::Kernel(event));
+                }
+                Ok(decode::Record::FirstBytes { sk, bytes }) => {
+                    // The bytes are parsed here and dropped; only the name goes on.
+                    if let Some(name) = self.namer.first_bytes(sk, bytes) {
+                        log::debug!("socket {sk:#x} is {} ({:?})", name.host, name.source);
+                        out.push(Input::Named { sk, name });
+                    }
                 }
                 Err(e) => log::warn!("skipping a kernel event: {e:#}"),
             }
@@ -245,6 +290,17 @@ impl Collector {
             }
         }
         let sample = self.sample()?;
+        let addresses: std::collections::HashSet<std::net::IpAddr> = sample
+            .kernel
+            .iter()
+            .map(|(_, c)| c.remote.ip())
+            .chain(sample.sockets.iter().map(|s| s.remote.ip()))
+            .collect();
+        if let Some(names) = self.namer.address_names(&addresses) {
+            if tx.send(Input::AddressNames(names)).await.is_err() {
+                return Ok(false);
+            }
+        }
         Ok(tx.send(Input::Sample(sample)).await.is_ok())
     }
 

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 
@@ -83,10 +82,23 @@ pub fn start_time_ticks(pid: u32) -> Result<u64> {
     parse_start_time(&stat).with_context(|| format!("parsing {path}"))
 }
 
-/// True when the process exists.
+/// True when the process exists and is not a zombie: a process that exited but was not yet
+/// reaped by its parent holds no sockets any more.
 pub fn exists(pid: u32) -> bool {
     // /proc/0 does not exist, but keep pid 0 from ever meaning "the caller".
-    pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+    if pid == 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => process_state(&stat) != Some('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Field 3 of /proc/PID/stat, the process state (R, S, D, Z, ...).
+fn process_state(stat: &str) -> Option<char> {
+    let close = stat.rfind(')')?;
+    stat[close + 1..].trim_start().chars().next()
 }
 
 fn parse_socket_link(target: &str) -> Option<u64> {
@@ -286,5 +298,23 @@ mod tests {
             e.to_string(),
             "cannot read /proc/1234/fd: permission denied (run tracer as root)"
         );
+    }
+
+    #[test]
+    fn zombies_do_not_exist() {
+        assert_eq!(process_state("42 (a) b) Z 1 2 3"), Some('Z'));
+        assert_eq!(process_state("42 (relay) S 1 2 3"), Some('S'));
+        assert_eq!(process_state("garbage"), None);
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: a zombie once it has exited.
+        for _ in 0..100 {
+            if !exists(pid) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!exists(pid), "an exited, unreaped child counts as gone");
+        child.wait().unwrap();
     }
 }

@@ -4,7 +4,6 @@ use std::io::Write;
 
 use anyhow::Result;
 use serde::Serialize;
-use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use crate::model::Snapshot;
 
@@ -27,12 +26,18 @@ impl<W: Write> JsonLines<W> {
         Self { out }
     }
 
-    pub fn write(&mut self, snapshot: &Snapshot) -> Result<()> {
-        let time = OffsetDateTime::now_utc().format(&Rfc3339)?;
-        self.write_at(snapshot, time)
+    /// The writer underneath (every line is flushed to it as it is written).
+    #[cfg(test)]
+    pub fn into_inner(self) -> W {
+        self.out
     }
 
-    fn write_at(&mut self, snapshot: &Snapshot, time: String) -> Result<()> {
+    pub fn write(&mut self, snapshot: &Snapshot) -> Result<()> {
+        self.write_at(snapshot, super::now_rfc3339()?)
+    }
+
+    /// Writes `snapshot` stamped with `time` (RFC 3339).
+    pub fn write_at(&mut self, snapshot: &Snapshot, time: String) -> Result<()> {
         let line = Line {
             kind: "snapshot",
             time,

@@ -6,9 +6,9 @@ pub mod classify;
 pub mod snapshot;
 pub mod table;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 pub use classify::Graces;
 pub use snapshot::Snapshot;
@@ -18,7 +18,7 @@ pub use table::ConnTable;
 pub use tracer_common::tcp_state;
 
 /// Everything the collector tells the model, in the order it happened.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Input {
     /// A lifecycle event from the kernel side.
     Kernel(KernelEvent),
@@ -26,16 +26,42 @@ pub enum Input {
     Sample(Sample),
     /// The set of traced processes changed (started, followed by name, exited).
     Targets(Vec<Target>),
+    /// The name a traced socket's first bytes carried (TLS SNI or HTTP Host).
+    Named { sk: u64, name: ConnName },
+    /// Hostnames the provider catalogue's names resolved to, per address: the fallback name
+    /// of connections whose first bytes were not seen. Replaces the previous set.
+    AddressNames(Vec<(IpAddr, ConnName)>),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a connection's name came from, most trusted first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NameSource {
+    /// The server_name of its TLS ClientHello.
+    Sni,
+    /// The Host header of its first HTTP/1.x request.
+    HttpHost,
+    /// Its address was one the catalogue's hostnames resolved to.
+    Dns,
+}
+
+/// The upstream's name and provider, never anything else of what was sent.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnName {
+    pub host: String,
+    /// The catalogue's provider for `host` ("openai", "anthropic", ...).
+    pub provider: Option<String>,
+    pub source: NameSource,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KernelEventKind {
     Connect,
     State,
     Close,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KernelEvent {
     pub kind: KernelEventKind,
     pub old_state: u32,
@@ -48,7 +74,7 @@ pub struct KernelEvent {
 
 /// The kernel side's record of one socket, decoded. Times are CLOCK_MONOTONIC nanoseconds;
 /// `None` means it has not happened.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KernelConn {
     pub pid: u32,
     pub tid: u32,
@@ -74,7 +100,7 @@ pub struct KernelConn {
 }
 
 /// A receive-queue sample: `rcv_nxt - copied_seq`, what `ss` shows as Recv-Q.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecvQ {
     pub bytes: u32,
     pub at_ns: u64,
@@ -82,7 +108,7 @@ pub struct RecvQ {
 
 /// A periodic observation. Sockets are read before the kernel map, so any socket of a
 /// target that the kernel tracks is guaranteed to be in `kernel` too.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sample {
     pub now_ns: u64,
     /// Every entry of the kernel's connection map.
@@ -92,7 +118,7 @@ pub struct Sample {
     pub stats: KernelStats,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SocketSample {
     pub pid: u32,
     pub fd: i32,
@@ -105,7 +131,7 @@ pub struct SocketSample {
 }
 
 /// Counters kept by the kernel side, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelStats {
     pub events_sent: u64,
     pub events_lost: u64,
@@ -113,7 +139,7 @@ pub struct KernelStats {
     pub reads_seen: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Target {
     pub pid: u32,
     pub comm: String,

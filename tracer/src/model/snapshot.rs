@@ -1,7 +1,7 @@
 //! Aggregates at one instant: per-host counts and the list of leaked connections. This is
 //! what every output (table, JSON, later TUI and metrics) renders.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::collections::BTreeMap;
 
 use super::{
     classify::{judge, Graces, LeakReason},
@@ -29,8 +29,11 @@ impl ByReason {
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct HostSummary {
-    /// The upstream's name; its IP address until hostname mapping exists.
+    /// The upstream's hostname (TLS SNI, HTTP Host, or the catalogue name its address
+    /// resolved from), else its IP address.
     pub host: String,
+    /// The provider the catalogue gives for `host` ("openai", "anthropic", ...).
+    pub provider: Option<String>,
     /// Every ip:port of this host seen in the session.
     pub remotes: Vec<String>,
     pub open: u64,
@@ -44,6 +47,18 @@ pub struct HostSummary {
     pub oldest_leak_age_s: Option<f64>,
 }
 
+/// A provider's hosts added up ("openai": api.openai.com and its Azure deployments, ...).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ProviderSummary {
+    pub provider: String,
+    pub hosts: Vec<String>,
+    pub open: u64,
+    pub leaked: u64,
+    pub by_reason: ByReason,
+    pub closed_unread_total: u64,
+    pub connections_total: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Leak {
     pub pid: u32,
@@ -52,6 +67,7 @@ pub struct Leak {
     pub local: String,
     pub remote: String,
     pub host: String,
+    pub provider: Option<String>,
     pub state: &'static str,
     pub reason: LeakReason,
     /// Seconds since connect (or since first seen, for pre-existing connections).
@@ -75,6 +91,8 @@ pub struct Snapshot {
     #[serde(rename = "target_processes")]
     pub targets: Vec<Target>,
     pub hosts: Vec<HostSummary>,
+    /// Hosts with a known provider, added up per provider (most leaks first).
+    pub providers: Vec<ProviderSummary>,
     pub leaks: Vec<Leak>,
     /// Connections open right now across all hosts.
     pub open_total: u64,
@@ -87,6 +105,28 @@ fn secs(ns: u64) -> f64 {
     (ns as f64 / 1e9 * 1000.0).round() / 1000.0
 }
 
+fn providers_of(hosts: &[HostSummary]) -> Vec<ProviderSummary> {
+    let mut by_name: BTreeMap<&str, ProviderSummary> = BTreeMap::new();
+    for h in hosts {
+        let Some(name) = h.provider.as_deref() else { continue };
+        let p = by_name.entry(name).or_insert_with(|| ProviderSummary {
+            provider: name.to_owned(),
+            ..ProviderSummary::default()
+        });
+        p.hosts.push(h.host.clone());
+        p.open += h.open;
+        p.leaked += h.leaked;
+        p.by_reason.close_wait += h.by_reason.close_wait;
+        p.by_reason.unread += h.by_reason.unread;
+        p.by_reason.abandoned += h.by_reason.abandoned;
+        p.closed_unread_total += h.closed_unread_total;
+        p.connections_total += h.connections_total;
+    }
+    let mut providers: Vec<ProviderSummary> = by_name.into_values().collect();
+    providers.sort_by(|a, b| b.leaked.cmp(&a.leaked).then_with(|| a.provider.cmp(&b.provider)));
+    providers
+}
+
 fn leak_of(conn: &UpstreamConn, reason: LeakReason, now_ns: u64) -> Leak {
     Leak {
         pid: conn.pid,
@@ -94,7 +134,8 @@ fn leak_of(conn: &UpstreamConn, reason: LeakReason, now_ns: u64) -> Leak {
         comm: conn.comm.clone(),
         local: conn.local.to_string(),
         remote: conn.remote.to_string(),
-        host: conn.remote.ip().to_string(),
+        host: conn.host.clone(),
+        provider: conn.provider.clone(),
         state: state_name(conn.state),
         reason,
         age_s: secs(now_ns.saturating_sub(conn.opened_ns)),
@@ -117,10 +158,10 @@ impl Snapshot {
             by_reason: ByReason,
             oldest_leak_ns: Option<u64>,
         }
-        let mut live: BTreeMap<IpAddr, Live> = BTreeMap::new();
+        let mut live: BTreeMap<&str, Live> = BTreeMap::new();
         let mut leaks = Vec::new();
         for conn in table.conns().filter(|c| c.is_open()) {
-            let host = live.entry(conn.remote.ip()).or_default();
+            let host = live.entry(conn.host.as_str()).or_default();
             host.open += 1;
             if let Some(reason) = judge(conn, now_ns, graces) {
                 host.by_reason.add(reason);
@@ -132,11 +173,12 @@ impl Snapshot {
         let mut hosts: Vec<HostSummary> = table
             .hosts()
             .iter()
-            .map(|(ip, totals)| {
-                let l = live.remove(ip).unwrap_or_default();
+            .map(|(name, totals)| {
+                let l = live.remove(name.as_str()).unwrap_or_default();
                 let leaked = l.by_reason.close_wait + l.by_reason.unread + l.by_reason.abandoned;
                 HostSummary {
-                    host: ip.to_string(),
+                    host: name.clone(),
+                    provider: totals.provider.clone(),
                     remotes: totals.remotes.iter().map(|r| r.to_string()).collect(),
                     open: l.open,
                     leaked,
@@ -155,8 +197,10 @@ impl Snapshot {
                 .then(b.age_s.total_cmp(&a.age_s))
                 .then(a.local.cmp(&b.local))
         });
+        let providers = providers_of(&hosts);
         Snapshot {
             targets: table.targets().to_vec(),
+            providers,
             open_total: hosts.iter().map(|h| h.open).sum(),
             leaked_total: hosts.iter().map(|h| h.leaked).sum(),
             hosts,
@@ -214,6 +258,7 @@ mod tests {
     ) -> HostSummary {
         HostSummary {
             host: host.into(),
+            provider: None,
             remotes: remotes.iter().map(|r| r.to_string()).collect(),
             open,
             leaked,
@@ -363,6 +408,7 @@ mod tests {
                 local: "10.1.0.5:40001".into(),
                 remote: "10.0.0.12:443".into(),
                 host: "10.0.0.12".into(),
+                provider: None,
                 state: "CLOSE_WAIT",
                 reason: LeakReason::CloseWait,
                 // 11.345999999 s and 10.000321098 s, to the millisecond.
@@ -504,11 +550,31 @@ mod tests {
             Snapshot {
                 targets: vec![Target { pid: PID, comm: "relay-7".into() }],
                 hosts: vec![],
+                providers: vec![],
                 leaks: vec![],
                 open_total: 0,
                 leaked_total: 0,
                 kernel: stats,
             }
         );
+    }
+
+    #[test]
+    fn hosts_of_a_provider_add_up_and_unknown_ones_stay_out() {
+        let mut a = host("api.openai.com", &[], (3, 2), ByReason { close_wait: 2, unread: 0, abandoned: 0 }, (1, 9), None);
+        a.provider = Some("openai".into());
+        let mut b = host("x.openai.azure.com", &[], (1, 1), ByReason { close_wait: 0, unread: 1, abandoned: 0 }, (0, 4), None);
+        b.provider = Some("openai".into());
+        let mut c = host("api.anthropic.com", &[], (5, 0), ByReason::default(), (2, 5), None);
+        c.provider = Some("anthropic".into());
+        let d = host("10.0.0.1", &[], (7, 7), ByReason { close_wait: 7, unread: 0, abandoned: 0 }, (0, 7), None);
+        let providers = providers_of(&[a, b, c, d]);
+        assert_eq!(providers.len(), 2);
+        let openai = &providers[0];
+        assert_eq!(openai.provider, "openai");
+        assert_eq!(openai.hosts, vec!["api.openai.com", "x.openai.azure.com"]);
+        assert_eq!((openai.open, openai.leaked, openai.closed_unread_total, openai.connections_total), (4, 3, 1, 13));
+        assert_eq!(openai.by_reason, ByReason { close_wait: 2, unread: 1, abandoned: 0 });
+        assert_eq!((providers[1].provider.as_str(), providers[1].leaked), ("anthropic", 0));
     }
 }

@@ -7,8 +7,8 @@ use std::{
 };
 
 use super::{
-    classify, tcp_state, unread_data, Input, KernelConn, KernelEvent, KernelEventKind, KernelStats,
-    RecvQ, Sample, SocketSample, Target,
+    classify, tcp_state, unread_data, ConnName, Input, KernelConn, KernelEvent, KernelEventKind,
+    KernelStats, RecvQ, Sample, SocketSample, Target,
 };
 
 /// How a connection came to be in the table.
@@ -40,6 +40,12 @@ pub struct UpstreamConn {
     pub comm: String,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// The name its own first bytes carried (TLS SNI or HTTP Host), if they were seen.
+    pub name: Option<ConnName>,
+    /// The host it is counted under: its own name, else the name its address resolved from,
+    /// else the address itself.
+    pub host: String,
+    pub provider: Option<String>,
     pub state: u32,
     /// connect() time, or when first seen for a pre-existing connection.
     pub opened_ns: u64,
@@ -101,6 +107,9 @@ impl UpstreamConn {
             comm: conn.comm.clone(),
             local: conn.local,
             remote: conn.remote,
+            name: None,
+            host: conn.remote.ip().to_string(),
+            provider: None,
             state: conn.state,
             opened_ns: conn.connect_ns,
             established_ns: None,
@@ -150,6 +159,9 @@ impl UpstreamConn {
             comm,
             local: s.local,
             remote: s.remote,
+            name: None,
+            host: s.remote.ip().to_string(),
+            provider: None,
             state: s.state,
             opened_ns: now_ns,
             established_ns: (s.state == tcp_state::ESTABLISHED
@@ -177,6 +189,9 @@ impl UpstreamConn {
             comm: "relay".into(),
             local: addr,
             remote: SocketAddr::from(([127, 0, 0, 12], 443)),
+            name: None,
+            host: "127.0.0.12".into(),
+            provider: None,
             state: tcp_state::ESTABLISHED,
             opened_ns: 0,
             established_ns: None,
@@ -196,6 +211,7 @@ impl UpstreamConn {
 /// Totals per upstream host over the whole session, including connections already gone.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostTotals {
+    pub provider: Option<String>,
     pub remotes: BTreeSet<SocketAddr>,
     pub connections_total: u64,
     pub closed_unread_total: u64,
@@ -205,7 +221,12 @@ pub struct HostTotals {
 #[derive(Debug, Default)]
 pub struct ConnTable {
     conns: HashMap<ConnKey, UpstreamConn>,
-    hosts: BTreeMap<IpAddr, HostTotals>,
+    /// Keyed by host name (or address, for connections not named).
+    hosts: BTreeMap<String, HostTotals>,
+    /// Fallback names per address, from resolving the catalogue's hostnames.
+    address_names: HashMap<IpAddr, ConnName>,
+    /// Names of sockets not (yet) in the table, for when they arrive.
+    early_names: HashMap<u64, ConnName>,
     targets: Vec<Target>,
     stats: KernelStats,
     samples_seen: u64,
@@ -216,6 +237,10 @@ pub struct ConnTable {
     /// (FIN_WAIT*, up to tcp_fin_timeout), so map entries and events of theirs still come;
     /// those must neither bring their connections back nor count them again.
     exited_pids: HashSet<u32>,
+    /// Connected sockets of targets that no kernel record explains, with the number of
+    /// consecutive samples that showed them: adopted as pre-existing at the second, so a
+    /// traced socket closing between the socket dump and the map read is never adopted.
+    unexplained: HashMap<(SocketAddr, SocketAddr), u8>,
 }
 
 impl ConnTable {
@@ -228,6 +253,8 @@ impl ConnTable {
             Input::Kernel(event) => self.apply_event(&event),
             Input::Sample(sample) => self.apply_sample(&sample),
             Input::Targets(targets) => self.apply_targets(targets),
+            Input::Named { sk, name } => self.apply_name(sk, name),
+            Input::AddressNames(names) => self.apply_address_names(names),
         }
     }
 
@@ -235,7 +262,7 @@ impl ConnTable {
         self.conns.values()
     }
 
-    pub fn hosts(&self) -> &BTreeMap<IpAddr, HostTotals> {
+    pub fn hosts(&self) -> &BTreeMap<String, HostTotals> {
         &self.hosts
     }
 
@@ -247,21 +274,89 @@ impl ConnTable {
         self.stats
     }
 
-    fn host_mut(&mut self, remote: SocketAddr) -> &mut HostTotals {
-        let host = self.hosts.entry(remote.ip()).or_default();
-        host.remotes.insert(remote);
-        host
+    /// The host and provider a connection counts under (see `UpstreamConn::host`).
+    fn label(&self, name: Option<&ConnName>, remote: SocketAddr) -> (String, Option<String>) {
+        match name.or_else(|| self.address_names.get(&remote.ip())) {
+            Some(n) => (n.host.clone(), n.provider.clone()),
+            None => (remote.ip().to_string(), None),
+        }
     }
 
-    fn track_new(&mut self, key: ConnKey, conn: UpstreamConn) {
-        self.host_mut(conn.remote).connections_total += 1;
+    fn host_mut(&mut self, host: &str, provider: Option<String>, remote: SocketAddr) -> &mut HostTotals {
+        let totals = self.hosts.entry(host.to_owned()).or_default();
+        if provider.is_some() {
+            totals.provider = provider;
+        }
+        totals.remotes.insert(remote);
+        totals
+    }
+
+    fn track_new(&mut self, key: ConnKey, mut conn: UpstreamConn) {
+        if let ConnKey::Socket(sk) = key {
+            if let Some(name) = self.early_names.remove(&sk) {
+                conn.name = Some(name);
+            }
+        }
+        (conn.host, conn.provider) = self.label(conn.name.as_ref(), conn.remote);
+        self.host_mut(&conn.host.clone(), conn.provider.clone(), conn.remote).connections_total += 1;
         self.conns.insert(key, conn);
+    }
+
+    /// Moves a connection (and its count) to the host its best name now says.
+    fn relabel(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get(&key) else { return };
+        let (host, provider) = self.label(conn.name.as_ref(), conn.remote);
+        if host == conn.host {
+            return;
+        }
+        let (old, remote) = (conn.host.clone(), conn.remote);
+        if let Some(totals) = self.hosts.get_mut(&old) {
+            totals.connections_total = totals.connections_total.saturating_sub(1);
+            if totals.connections_total == 0 && totals.closed_unread_total == 0 {
+                self.hosts.remove(&old);
+            }
+        }
+        self.host_mut(&host, provider.clone(), remote).connections_total += 1;
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn.host = host;
+            conn.provider = provider;
+        }
+    }
+
+    fn apply_name(&mut self, sk: u64, name: ConnName) {
+        let key = ConnKey::Socket(sk);
+        let Some(conn) = self.conns.get_mut(&key) else {
+            // Its Connect event was lost: the connection comes with the next sample.
+            if self.early_names.len() >= 4096 {
+                self.early_names.clear();
+            }
+            self.early_names.insert(sk, name);
+            return;
+        };
+        if conn.name.as_ref().is_some_and(|n| n.source <= name.source) {
+            return;
+        }
+        conn.name = Some(name);
+        self.relabel(key);
+    }
+
+    fn apply_address_names(&mut self, names: Vec<(IpAddr, ConnName)>) {
+        self.address_names = names.into_iter().collect();
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.relabel(key);
+        }
     }
 
     fn apply_event(&mut self, event: &KernelEvent) {
         let key = ConnKey::Socket(event.sk);
         match event.kind {
             KernelEventKind::Connect | KernelEventKind::State => {
+                if event.kind == KernelEventKind::Connect {
+                    // One socket's events are ordered, so a Connect at a closed socket's
+                    // address is a new socket that reuses the memory.
+                    self.closed_sockets.remove(&event.sk);
+                }
                 if self.closed_sockets.contains(&event.sk)
                     || self.exited_pids.contains(&event.conn.pid)
                 {
@@ -273,12 +368,19 @@ impl ConnTable {
                 }
             }
             KernelEventKind::Close => {
-                if self.conns.remove(&key).is_none()
-                    && !self.exited_pids.contains(&event.conn.pid)
-                {
-                    // Opened and closed between two looks, or its Connect event was lost.
-                    self.host_mut(event.conn.remote).connections_total += 1;
-                }
+                self.early_names.remove(&event.sk);
+                let remote = event.conn.remote;
+                let (host, provider) = match self.conns.remove(&key) {
+                    Some(conn) => (conn.host, conn.provider),
+                    None => {
+                        let (host, provider) = self.label(None, remote);
+                        if !self.exited_pids.contains(&event.conn.pid) {
+                            // Opened and closed between two looks, or its Connect event was lost.
+                            self.host_mut(&host, provider.clone(), remote).connections_total += 1;
+                        }
+                        (host, provider)
+                    }
+                };
                 // Kernel addresses are reused by new sockets; remember only recent closes.
                 if self.closed_sockets.len() > 65_536 {
                     self.closed_sockets.clear();
@@ -298,7 +400,7 @@ impl ConnTable {
                     peer_fin: event.conn.peer_fin_at_close,
                 };
                 if classify::closed_unread(ending) {
-                    self.host_mut(event.conn.remote).closed_unread_total += 1;
+                    self.host_mut(&host, provider, remote).closed_unread_total += 1;
                 }
             }
         }
@@ -346,6 +448,7 @@ impl ConnTable {
             .map(|(key, c)| ((c.local, c.remote), *key))
             .collect();
         let mut seen_tuples = HashSet::new();
+        let mut unexplained = HashMap::new();
         for s in &sample.sockets {
             if s.state == tcp_state::LISTEN || listening.contains(&(s.pid, s.local.port())) {
                 // A listener, or a connection accepted from one: inbound, not upstream.
@@ -366,8 +469,14 @@ impl ConnTable {
                         }
                     }
                 }
-                None if first_sample && is_connected(s.state) => {
-                    // Open before we attached: judge it from socket samples from now on.
+                None if is_connected(s.state) => {
+                    // Open before we attached (or before its process became a target, or its
+                    // kernel record was lost): judge it from socket samples from now on.
+                    let seen = self.unexplained.get(&(s.local, s.remote)).copied().unwrap_or(0) + 1;
+                    if !first_sample && seen < 2 {
+                        unexplained.insert((s.local, s.remote), seen);
+                        continue;
+                    }
                     let comm = self
                         .targets
                         .iter()
@@ -380,9 +489,19 @@ impl ConnTable {
                 None => {}
             }
         }
-        // A pre-existing connection gone from the socket table was closed.
-        self.conns.retain(|key, _| match key {
-            ConnKey::Tuple(local, remote) => seen_tuples.contains(&(*local, *remote)),
+        self.unexplained = unexplained;
+        // A pre-existing connection gone from the socket table was closed. A socket dump is
+        // not atomic (sockets that come and go while it runs can hide others), so it takes
+        // two samples in a row without it.
+        self.conns.retain(|key, conn| match key {
+            ConnKey::Tuple(local, remote) if seen_tuples.contains(&(*local, *remote)) => {
+                conn.missing_samples = 0;
+                true
+            }
+            ConnKey::Tuple(..) => {
+                conn.missing_samples += 1;
+                conn.missing_samples < 2
+            }
             ConnKey::Socket(_) => true,
         });
     }
@@ -460,12 +579,12 @@ mod tests {
     }
 
     fn totals(table: &ConnTable, host: &str) -> HostTotals {
-        let ip: IpAddr = host.parse().expect("an IP address");
-        table.hosts().get(&ip).cloned().unwrap_or_else(|| panic!("no totals for {host}"))
+        table.hosts().get(host).cloned().unwrap_or_else(|| panic!("no totals for {host}"))
     }
 
     fn host(remotes: &[&str], connections_total: u64, closed_unread_total: u64) -> HostTotals {
         HostTotals {
+            provider: None,
             remotes: remotes.iter().map(|r| addr(r)).collect(),
             connections_total,
             closed_unread_total,
@@ -521,9 +640,38 @@ mod tests {
         let mut table =
             table_after([connect(1, kconn(0, UP, SEC)), close(1, ESTABLISHED, OTHER_PID, closed)]);
         table.apply(state(1, SYN_SENT, up()));
-        table.apply(connect(1, kconn(0, UP, SEC)));
         assert_eq!(table.conns().count(), 0);
         assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
+    }
+
+    #[test]
+    fn a_connect_at_a_recently_closed_address_is_a_new_socket() {
+        // The kernel reuses a freed socket's memory at once: the ring buffer orders one
+        // socket's events, so a Connect after a Close is always a new socket.
+        let closed = KernelConn { state: CLOSE, ..up() };
+        let mut table =
+            table_after([connect(1, kconn(0, UP, SEC)), close(1, ESTABLISHED, OTHER_PID, closed)]);
+        table.apply(connect(1, kconn(0, UP, 5 * SEC)));
+        assert_eq!(only(&table).opened_ns, 5 * SEC);
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 2, 0));
+        table.apply(Input::Named {
+            sk: 1,
+            name: ConnName { host: "api.openai.com".into(), provider: None, source: crate::model::NameSource::Sni },
+        });
+        assert_eq!(only(&table).host, "api.openai.com");
+    }
+
+    #[test]
+    fn a_name_that_comes_before_its_connection_is_kept_for_it() {
+        let mut table = table_after([]);
+        table.apply(Input::Named {
+            sk: 3,
+            name: ConnName { host: "api.anthropic.com".into(), provider: Some("anthropic".into()), source: crate::model::NameSource::Sni },
+        });
+        table.apply(sample(2 * SEC, vec![(3, established(kconn(40003, UP, SEC), SEC))], vec![]));
+        assert_eq!(only(&table).host, "api.anthropic.com");
+        assert!(table.hosts().get(UP_HOST).is_none());
+        assert_eq!(totals(&table, "api.anthropic.com").connections_total, 1);
     }
 
     #[test]
@@ -552,6 +700,9 @@ mod tests {
             comm: "relay".into(),
             local: local(0),
             remote: addr(UP),
+            name: None,
+            host: UP_HOST.into(),
+            provider: None,
             state: SYN_SENT,
             opened_ns: SEC,
             established_ns: None,
@@ -823,6 +974,9 @@ mod tests {
             comm: "relay-7".into(),
             local: local(50001),
             remote: addr(OLD),
+            name: None,
+            host: OLD_HOST.into(),
+            provider: None,
             state: ESTABLISHED,
             opened_ns: 10 * SEC,
             established_ns: Some(10 * SEC),
@@ -851,13 +1005,24 @@ mod tests {
     }
 
     #[test]
-    fn sockets_first_seen_after_the_first_sample_are_not_pre_existing() {
-        let table = table_after([
+    fn a_socket_no_kernel_record_explains_is_adopted_at_its_second_sample() {
+        let unexplained = socket(PID, 20, local(50001), OLD, ESTABLISHED, 0);
+        let mut table = table_after([
             sample(SEC, vec![], vec![]),
-            sample(2 * SEC, vec![], vec![socket(PID, 20, local(50001), OLD, ESTABLISHED, 0)]),
+            sample(2 * SEC, vec![], vec![unexplained.clone()]),
         ]);
+        // Once is not enough: a traced socket closing between the socket dump and the map
+        // read looks like this for one sample.
         assert_eq!(table.conns().count(), 0);
         assert!(table.hosts().is_empty());
+        table.apply(sample(3 * SEC, vec![], vec![]));
+        table.apply(sample(4 * SEC, vec![], vec![unexplained.clone()]));
+        assert_eq!(table.conns().count(), 0, "the count restarts when it is not seen");
+        table.apply(sample(5 * SEC, vec![], vec![unexplained]));
+        assert_eq!(locals(&table), vec![local(50001)]);
+        assert_eq!(only(&table).origin, Origin::PreExisting);
+        assert_eq!(only(&table).opened_ns, 5 * SEC);
+        assert_eq!(totals(&table, OLD_HOST), host(&[OLD], 1, 0));
     }
 
     #[test]
@@ -885,9 +1050,13 @@ mod tests {
         let other = socket(PID, 21, local(50002), OLD, ESTABLISHED, 0);
         let mut table = table_after([sample(SEC, vec![], vec![old.clone(), other])]);
         assert_eq!(table.conns().count(), 2);
-        table.apply(sample(2 * SEC, vec![], vec![old]));
-        assert_eq!(locals(&table), vec![local(50001)]);
-        table.apply(sample(3 * SEC, vec![], vec![]));
+        table.apply(sample(2 * SEC, vec![], vec![old.clone()]));
+        assert_eq!(table.conns().count(), 2, "one missing sample is tolerated (dumps are not atomic)");
+        table.apply(sample(3 * SEC, vec![], vec![old]));
+        assert_eq!(locals(&table), vec![local(50001)], "gone two samples in a row");
+        table.apply(sample(4 * SEC, vec![], vec![]));
+        assert_eq!(table.conns().count(), 1);
+        table.apply(sample(5 * SEC, vec![], vec![]));
         assert_eq!(table.conns().count(), 0);
         assert_eq!(totals(&table, OLD_HOST), host(&[OLD], 2, 0));
     }
@@ -990,5 +1159,59 @@ mod tests {
         table.apply(connect(2, kconn(0, UP, 8 * SEC)));
         assert_eq!(only(&table).opened_ns, 8 * SEC);
         assert_eq!(totals(&table, UP_HOST), host(&[UP], 2, 0));
+    }
+
+    use crate::model::NameSource;
+
+    fn named(host: &str, provider: Option<&str>, source: NameSource) -> ConnName {
+        ConnName { host: host.into(), provider: provider.map(Into::into), source }
+    }
+
+    #[test]
+    fn a_connection_named_by_its_first_bytes_moves_to_that_host_with_its_count() {
+        let conn = established(kconn(40001, UP, SEC), 2 * SEC);
+        let mut table = table_after([connect(1, conn.clone())]);
+        assert_eq!(totals(&table, UP_HOST).connections_total, 1);
+        table.apply(Input::Named { sk: 1, name: named("api.openai.com", Some("openai"), NameSource::Sni) });
+        assert!(table.hosts().get(UP_HOST).is_none(), "the address entry is gone once empty");
+        let t = totals(&table, "api.openai.com");
+        assert_eq!((t.connections_total, t.provider.as_deref()), (1, Some("openai")));
+        assert_eq!(t.remotes.iter().map(ToString::to_string).collect::<Vec<_>>(), vec![UP.to_string()]);
+        // Closing counts closed_unread under the name, not the address.
+        let closing = KernelConn { recv_q: recv_q(5000, 3 * SEC), closed_by_process: true, ..conn };
+        table.apply(close(1, ESTABLISHED, PID, closing));
+        let t = totals(&table, "api.openai.com");
+        assert_eq!((t.connections_total, t.closed_unread_total), (1, 1));
+        assert!(table.hosts().get(UP_HOST).is_none());
+    }
+
+    #[test]
+    fn an_address_name_is_a_fallback_that_first_bytes_override() {
+        let ip: IpAddr = UP_HOST.parse().expect("ip");
+        let mut table = table_after([
+            connect(1, established(kconn(40001, UP, SEC), 2 * SEC)),
+            connect(2, established(kconn(40002, UP, SEC), 2 * SEC)),
+        ]);
+        table.apply(Input::AddressNames(vec![(ip, named("api.anthropic.com", Some("anthropic"), NameSource::Dns))]));
+        assert_eq!(totals(&table, "api.anthropic.com").connections_total, 2);
+        // Its own SNI wins over the address book for connection 2 (a CDN address can front several).
+        table.apply(Input::Named { sk: 2, name: named("api.openai.com", Some("openai"), NameSource::Sni) });
+        assert_eq!(totals(&table, "api.anthropic.com").connections_total, 1);
+        assert_eq!(totals(&table, "api.openai.com").connections_total, 1);
+        // A weaker name never replaces a stronger one.
+        table.apply(Input::Named { sk: 2, name: named("other.example", None, NameSource::Dns) });
+        assert_eq!(totals(&table, "api.openai.com").connections_total, 1);
+        // The address book forgets the address: connection 1 goes back to its address.
+        table.apply(Input::AddressNames(vec![]));
+        assert_eq!(totals(&table, UP_HOST).connections_total, 1);
+        assert!(table.hosts().get("api.anthropic.com").is_none());
+        assert_eq!(totals(&table, "api.openai.com").connections_total, 1);
+    }
+
+    #[test]
+    fn a_name_for_an_unknown_socket_is_ignored() {
+        let mut table = table_after([]);
+        table.apply(Input::Named { sk: 99, name: named("api.openai.com", None, NameSource::Sni) });
+        assert!(table.hosts().is_empty());
     }
 }

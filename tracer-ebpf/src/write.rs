@@ -1,0 +1,153 @@
+//! The first bytes a target writes on a tracked socket: the TLS ClientHello or the HTTP/1.x
+//! request head, from which user space takes the server name (SNI) or the Host header and
+//! drops the rest at once. At most FIRST_BYTES_WRITES writes and FIRST_BYTES_MAX bytes per
+//! connection are copied, once; every later write costs two map lookups and nothing else.
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated as gen},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use core::ffi::c_void;
+use tracer_common::{
+    tp_layout, EventKind, FdKey, FirstBytesEvent, Stat, FIRST_BYTES_MAX, FIRST_BYTES_WRITES,
+};
+
+use crate::{
+    maps::{CONNS, EVENTS, FD_SOCKS},
+    sock::{field, count, current_ids, is_target},
+};
+
+/// `struct iovec` (include/uapi/linux/uio.h).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+/// Offset of `msg_iov` in `struct user_msghdr` (include/linux/socket.h): after the name
+/// pointer and the int name length, padded to 8.
+const MSGHDR_IOV: u64 = 16;
+
+/// `syscalls/sys_enter_write` and `syscalls/sys_enter_sendto`: (fd, buf, len).
+#[tracepoint]
+pub fn enter_write(ctx: TracePointContext) -> u32 {
+    try_enter_write(&ctx).unwrap_or(0)
+}
+
+fn try_enter_write(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (tgid, _) = current_ids();
+    if !is_target(tgid) {
+        return Ok(0);
+    }
+    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
+    let buf: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
+    let len: u64 = field(ctx, tp_layout::SYS_ENTER_LEN);
+    capture(tgid, fd, buf, len)
+}
+
+/// `syscalls/sys_enter_writev`: (fd, iovec array, count); the first iovec is looked at.
+#[tracepoint]
+pub fn enter_writev(ctx: TracePointContext) -> u32 {
+    try_enter_writev(&ctx).unwrap_or(0)
+}
+
+fn try_enter_writev(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (tgid, _) = current_ids();
+    if !is_target(tgid) {
+        return Ok(0);
+    }
+    // SAFETY (user reads below): the iovec is user memory, read with bpf_probe_read_user,
+    // which fails cleanly on a bad pointer.
+    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
+    let vec: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
+    let vlen: u64 = field(ctx, tp_layout::SYS_ENTER_LEN);
+    if vlen == 0 || !is_tracked(tgid, fd) {
+        return Ok(0);
+    }
+    let iov: Iovec = unsafe { bpf_probe_read_user(vec as *const Iovec) }.map_err(i64::from)?;
+    capture(tgid, fd, iov.base, iov.len)
+}
+
+/// `syscalls/sys_enter_sendmsg`: (fd, user_msghdr); the first iovec is looked at.
+#[tracepoint]
+pub fn enter_sendmsg(ctx: TracePointContext) -> u32 {
+    try_enter_sendmsg(&ctx).unwrap_or(0)
+}
+
+fn try_enter_sendmsg(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (tgid, _) = current_ids();
+    if !is_target(tgid) {
+        return Ok(0);
+    }
+    // SAFETY (user reads below): the msghdr and iovec are user memory, read with
+    // bpf_probe_read_user, which fails cleanly on a bad pointer.
+    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
+    let msg: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
+    if !is_tracked(tgid, fd) {
+        return Ok(0);
+    }
+    let iov_ptr: u64 =
+        unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) }.map_err(i64::from)?;
+    let iov: Iovec = unsafe { bpf_probe_read_user(iov_ptr as *const Iovec) }.map_err(i64::from)?;
+    capture(tgid, fd, iov.base, iov.len)
+}
+
+#[inline(always)]
+fn is_tracked(tgid: u32, fd: u64) -> bool {
+    FD_SOCKS.get_ptr(&FdKey { tgid, fd: fd as u32 }).is_some()
+}
+
+#[inline(always)]
+fn capture(tgid: u32, fd: u64, buf: u64, len: u64) -> Result<u32, i64> {
+    let Some(sk) = FD_SOCKS.get_ptr(&FdKey { tgid, fd: fd as u32 }) else {
+        return Ok(0);
+    };
+    // SAFETY: pointer from the lookup just made.
+    let sk = unsafe { *sk };
+    let Some(conn) = CONNS.get_ptr_mut(&sk) else {
+        return Ok(0);
+    };
+    // SAFETY: `conn` points into the CONNS entry just looked up.
+    let (writes, taken) = unsafe { ((*conn).captured_writes, (*conn).captured_bytes as u64) };
+    if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 || len == 0 {
+        return Ok(0);
+    }
+    let room = FIRST_BYTES_MAX as u64 - taken;
+    let n = if len < room { len } else { room };
+    // Restated so the verifier sees the bound on the size it checks against the record. The
+    // volatile read keeps LLVM from dropping the check as redundant: verifiers before Linux
+    // 6.7 learn nothing from comparing two unknown registers (`len < room`), only from a
+    // comparison with a constant ("R2 min value is negative" on 6.1 otherwise).
+    // SAFETY: a read of a local through a valid reference.
+    let mut n = unsafe { core::ptr::read_volatile(&n) };
+    if n > FIRST_BYTES_MAX as u64 {
+        n = FIRST_BYTES_MAX as u64;
+    }
+    let Some(mut entry) = EVENTS.reserve::<FirstBytesEvent>(0) else {
+        count(Stat::FirstBytesDrops);
+        return Ok(0);
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` is a reserved record we own until submit; the copy size is at most the
+    // size of `data`; bpf_probe_read_user fails cleanly (and zero-fills) on a bad pointer.
+    let copied = unsafe {
+        (*event).kind = EventKind::FirstBytes as u32;
+        (*event).sk = sk;
+        let ret = gen::bpf_probe_read_user(
+            (*event).data.as_mut_ptr() as *mut c_void,
+            n as u32,
+            buf as *const c_void,
+        );
+        (*event).len = if ret == 0 { n as u32 } else { 0 };
+        (*event).len
+    };
+    entry.submit(0);
+    // SAFETY: as above.
+    unsafe {
+        (*conn).captured_writes = writes + 1;
+        (*conn).captured_bytes += copied;
+    }
+    Ok(0)
+}

@@ -1,0 +1,998 @@
+//! Prometheus text exposition (format 0.0.4) of a snapshot and of the session's counters.
+//!
+//! Every name has the `tracer_` prefix and a base unit; counters end in `_total`. Label
+//! cardinality is bounded: the `top_hosts` hosts with the most leaked, then open, connections
+//! get their own series, the rest are summed per provider under `host="other"` (providers come
+//! from the naming catalogue, so there are few; hosts it does not name are `unknown`). Sums by
+//! provider are therefore exact whatever N is.
+//!
+//! Gauges are recomputed from each snapshot. Counters are accumulated here from the per-host
+//! increase between renders, so a series only ever goes up, whichever label its host gets over
+//! time (a host that moves in or out of the top N never makes "other" go down, which
+//! Prometheus would read as a counter reset).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use ::prometheus::{
+    core::{Collector, GenericCounterVec, GenericGaugeVec},
+    Encoder as _, Opts, Registry, TextEncoder,
+};
+use anyhow::{Context as _, Result};
+
+use super::{provider_of, UNKNOWN_PROVIDER};
+use crate::model::{
+    classify::LeakReason,
+    snapshot::{HostSummary, Leak},
+    Snapshot,
+};
+
+/// Hosts with their own series unless configured otherwise.
+pub const DEFAULT_TOP_HOSTS: usize = 20;
+/// The `host` label of the series that sum, per provider, the hosts outside the top N.
+pub const OTHER: &str = "other";
+/// What `/metrics` answers with: the text format 0.0.4.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+const PREFIX: &str = "tracer";
+const REASONS: [LeakReason; 3] = [LeakReason::CloseWait, LeakReason::Unread, LeakReason::Abandoned];
+
+/// The tracer's own CPU and memory, as [`read_process_stats`](super::metrics_server::read_process_stats)
+/// reads them from /proc/self.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcessStats {
+    /// User plus system CPU time since the tracer started.
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+}
+
+/// What the exposition shows beyond the snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Health {
+    /// CLOCK_MONOTONIC nanoseconds at which the snapshot was taken: events per second are
+    /// measured between two renders.
+    pub now_ns: u64,
+    /// Connections the model holds (open or closing), against the kernel map's capacity.
+    pub tracked_sockets: u64,
+    /// `None` when /proc/self could not be read: the process series are left out.
+    pub process: Option<ProcessStats>,
+}
+
+/// Identity of a connection while it is open: the same pid, local and remote address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub pid: u32,
+    pub local: String,
+    pub remote: String,
+}
+
+impl ConnId {
+    fn of(leak: &Leak) -> Self {
+        ConnId { pid: leak.pid, local: leak.local.clone(), remote: leak.remote.clone() }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sighting {
+    /// The connection's age when last seen leaked: it only grows for the same connection.
+    age_s: f64,
+    /// The `observe` call that last saw it.
+    generation: u64,
+}
+
+/// Counts each leaked connection once, the first time a snapshot shows it leaked, however many
+/// snapshots show it after that (also when it stops being leaked for a while and leaks again).
+///
+/// Bounded: past `capacity` remembered connections, those not seen leaked for the longest
+/// time are forgotten (a quarter at once, so the cost is amortized); one of them that is seen
+/// leaked again is counted again.
+#[derive(Debug)]
+pub struct LeakCounter {
+    counted: HashMap<ConnId, Sighting>,
+    capacity: usize,
+    generation: u64,
+}
+
+impl Default for LeakCounter {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_CAPACITY)
+    }
+}
+
+impl LeakCounter {
+    /// About 10 MB at most, far more than one relay's open connections.
+    pub const DEFAULT_CAPACITY: usize = 65_536;
+
+    pub fn new(capacity: usize) -> Self {
+        LeakCounter { counted: HashMap::new(), capacity: capacity.max(1), generation: 0 }
+    }
+
+    /// The leaks in `leaks` that were not counted before.
+    pub fn observe<'a>(&mut self, leaks: &'a [Leak]) -> Vec<&'a Leak> {
+        self.generation += 1;
+        let mut new = Vec::new();
+        for leak in leaks {
+            let seen = Sighting { age_s: leak.age_s, generation: self.generation };
+            match self.counted.insert(ConnId::of(leak), seen) {
+                // Ages are rounded to the millisecond. A younger connection with the same
+                // addresses is a new one that reuses the ephemeral port.
+                Some(before) if leak.age_s + 0.001 >= before.age_s => {}
+                _ => new.push(leak),
+            }
+        }
+        if self.counted.len() > self.capacity {
+            self.forget_oldest();
+        }
+        new
+    }
+
+    #[cfg(test)]
+    /// How many connections are remembered.
+    pub fn remembered(&self) -> usize {
+        self.counted.len()
+    }
+
+    fn forget_oldest(&mut self) {
+        let target = self.capacity - self.capacity / 4;
+        let excess = self.counted.len().saturating_sub(target);
+        if excess == 0 {
+            return;
+        }
+        let mut generations: Vec<u64> = self.counted.values().map(|s| s.generation).collect();
+        let (_, cutoff, _) = generations.select_nth_unstable(excess - 1);
+        let cutoff = *cutoff;
+        let current = self.generation;
+        // Connections leaked right now are never forgotten: they would count again next time.
+        self.counted.retain(|_, s| s.generation > cutoff || s.generation == current);
+    }
+}
+
+/// The `host` and `provider` labels of one series.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct HostLabels {
+    host: String,
+    provider: String,
+}
+
+impl HostLabels {
+    fn other(provider: &str) -> Self {
+        HostLabels { host: OTHER.into(), provider: provider.into() }
+    }
+}
+
+/// Session totals of one host when last rendered.
+#[derive(Clone, Copy, Debug, Default)]
+struct SeenTotals {
+    connections: u64,
+    closed_unread: u64,
+}
+
+/// Renders snapshots as Prometheus text, keeping the counters of the session between renders.
+#[derive(Debug)]
+pub struct PrometheusExporter {
+    top_hosts: usize,
+    leaks: LeakCounter,
+    /// Hosts that have their own counter series: at most `top_hosts`, never fewer (a counter
+    /// series must not vanish). The others count under "other" of their provider.
+    counted_hosts: HashSet<String>,
+    seen: HashMap<String, SeenTotals>,
+    opened: BTreeMap<HostLabels, u64>,
+    closed_unread: BTreeMap<HostLabels, u64>,
+    leaks_detected: BTreeMap<(HostLabels, LeakReason), u64>,
+    /// events_sent and the time of the previous render, for events per second.
+    last_events: Option<(u64, u64)>,
+}
+
+impl Default for PrometheusExporter {
+    fn default() -> Self {
+        Self::new(DEFAULT_TOP_HOSTS)
+    }
+}
+
+impl PrometheusExporter {
+    /// `top_hosts` hosts get their own series (at least 1); the rest are summed as "other",
+    /// per provider.
+    pub fn new(top_hosts: usize) -> Self {
+        PrometheusExporter {
+            top_hosts: top_hosts.max(1),
+            leaks: LeakCounter::default(),
+            counted_hosts: HashSet::new(),
+            seen: HashMap::new(),
+            opened: BTreeMap::new(),
+            closed_unread: BTreeMap::new(),
+            leaks_detected: BTreeMap::new(),
+            last_events: None,
+        }
+    }
+
+    /// The exposition of `snapshot`, counting what is new since the previous call.
+    pub fn render(&mut self, snapshot: &Snapshot, health: &Health) -> Result<String> {
+        let ranked = rank(&snapshot.hosts);
+        let (top, rest) = ranked.split_at(ranked.len().min(self.top_hosts));
+        self.count(snapshot, top);
+        let events_per_second = self.events_per_second(snapshot.kernel.events_sent, health.now_ns);
+
+        let out = Exposition::new()?;
+        let mut open = Vec::new();
+        let mut leaked = Vec::new();
+        let mut add_gauges = |labels: &HostLabels, hosts: &[&HostSummary]| {
+            open.push((vec![labels.host.clone(), labels.provider.clone()], sum(hosts, |h| h.open)));
+            for reason in REASONS {
+                let n = sum(hosts, |h| by_reason(h, reason));
+                leaked.push((labels_with_reason(labels, reason), n));
+            }
+        };
+        for host in top {
+            add_gauges(&labels_of(host), std::slice::from_ref(host));
+        }
+        let mut rest_by_provider: BTreeMap<&str, Vec<&HostSummary>> = BTreeMap::new();
+        for host in rest {
+            rest_by_provider.entry(provider_of(host)).or_default().push(host);
+        }
+        for (provider, hosts) in rest_by_provider {
+            add_gauges(&HostLabels::other(provider), &hosts);
+        }
+        out.int_gauge(
+            "upstream_connections_open",
+            "Open upstream connections of the traced processes.",
+            &["host", "provider"],
+            open,
+        )?;
+        out.int_gauge(
+            "upstream_connections_leaked",
+            "Open upstream connections judged leaked, by reason (close_wait, unread, abandoned).",
+            &["host", "provider", "reason"],
+            leaked,
+        )?;
+        out.counter(
+            "upstream_connections_opened_total",
+            "Upstream connections seen in the session: opened, or open when tracing started.",
+            &["host", "provider"],
+            self.opened.iter().map(|(l, n)| (vec![l.host.clone(), l.provider.clone()], *n)),
+        )?;
+        out.counter(
+            "upstream_connections_closed_unread_total",
+            "Upstream connections the process closed before reading the response to its end.",
+            &["host", "provider"],
+            self.closed_unread.iter().map(|(l, n)| (vec![l.host.clone(), l.provider.clone()], *n)),
+        )?;
+        out.counter(
+            "upstream_leaks_detected_total",
+            "Upstream connections that became leaked, each counted once, by first reason.",
+            &["host", "provider", "reason"],
+            self.leaks_detected.iter().map(|((l, r), n)| (labels_with_reason(l, *r), *n)),
+        )?;
+
+        let kernel = &snapshot.kernel;
+        out.counter(
+            "events_total",
+            "Events the kernel side sent.",
+            &[],
+            [(vec![], kernel.events_sent)],
+        )?;
+        out.counter(
+            "events_lost_total",
+            "Events the kernel side dropped because the ring buffer was full.",
+            &[],
+            [(vec![], kernel.events_lost)],
+        )?;
+        out.counter(
+            "conn_map_full_total",
+            "Connections not tracked because the kernel's connection map was full.",
+            &[],
+            [(vec![], kernel.conn_map_full)],
+        )?;
+        out.counter(
+            "socket_reads_total",
+            "Reads of tracked sockets seen by the kernel side.",
+            &[],
+            [(vec![], kernel.reads_seen)],
+        )?;
+        out.gauge(
+            "events_per_second",
+            "Events the kernel side sent per second, between the last two renders.",
+            events_per_second,
+        )?;
+        out.int_gauge(
+            "tracked_sockets",
+            "Connections the tracer holds (open or closing).",
+            &[],
+            [(vec![], health.tracked_sockets)],
+        )?;
+        out.int_gauge(
+            "conn_map_capacity",
+            "Entries the kernel's connection map holds at most.",
+            &[],
+            [(vec![], u64::from(tracer_common::MAX_CONNS))],
+        )?;
+        out.int_gauge(
+            "target_processes",
+            "Processes being traced.",
+            &[],
+            [(vec![], snapshot.targets.len() as u64)],
+        )?;
+        if let Some(process) = health.process {
+            out.float_counter(
+                "process_cpu_seconds_total",
+                "CPU time (user and system) the tracer has used.",
+                process.cpu_seconds,
+            )?;
+            out.int_gauge(
+                "process_resident_memory_bytes",
+                "Resident memory of the tracer.",
+                &[],
+                [(vec![], process.resident_bytes)],
+            )?;
+        }
+        out.int_gauge(
+            "build_info",
+            "Always 1; the tracer's version as a label.",
+            &["version"],
+            [(vec![env!("CARGO_PKG_VERSION").to_string()], 1)],
+        )?;
+        out.finish()
+    }
+
+    /// Adds what each host and leak brings since the previous render to the counters.
+    fn count(&mut self, snapshot: &Snapshot, top: &[&HostSummary]) {
+        for host in top {
+            if self.counted_hosts.len() >= self.top_hosts {
+                break;
+            }
+            if self.counted_hosts.insert(host.host.clone()) {
+                // The host's series exist from now on, at zero until something counts.
+                let labels = labels_of(host);
+                self.opened.entry(labels.clone()).or_default();
+                self.closed_unread.entry(labels.clone()).or_default();
+                for reason in REASONS {
+                    self.leaks_detected.entry((labels.clone(), reason)).or_default();
+                }
+            }
+        }
+        let mut label_of_host: HashMap<&str, HostLabels> = HashMap::new();
+        for host in &snapshot.hosts {
+            let labels = if self.counted_hosts.contains(&host.host) {
+                labels_of(host)
+            } else {
+                HostLabels::other(provider_of(host))
+            };
+            let seen = self.seen.entry(host.host.clone()).or_default();
+            // A total that went down means the model started over: count from there.
+            let opened = host.connections_total.saturating_sub(seen.connections);
+            let closed_unread = host.closed_unread_total.saturating_sub(seen.closed_unread);
+            *seen = SeenTotals {
+                connections: host.connections_total,
+                closed_unread: host.closed_unread_total,
+            };
+            if opened > 0 || labels.host != OTHER {
+                *self.opened.entry(labels.clone()).or_default() += opened;
+            }
+            if closed_unread > 0 || labels.host != OTHER {
+                *self.closed_unread.entry(labels.clone()).or_default() += closed_unread;
+            }
+            label_of_host.insert(&host.host, labels);
+        }
+        for leak in self.leaks.observe(&snapshot.leaks) {
+            let labels = match label_of_host.get(leak.host.as_str()) {
+                Some(labels) => labels.clone(),
+                // Not in the snapshot's hosts: cannot happen with Snapshot::take.
+                None => HostLabels::other(leak.provider.as_deref().unwrap_or(UNKNOWN_PROVIDER)),
+            };
+            *self.leaks_detected.entry((labels, leak.reason)).or_default() += 1;
+        }
+    }
+
+    fn events_per_second(&mut self, events_sent: u64, now_ns: u64) -> f64 {
+        let rate = match self.last_events {
+            Some((events, at_ns)) if now_ns > at_ns => {
+                events_sent.saturating_sub(events) as f64 / ((now_ns - at_ns) as f64 / 1e9)
+            }
+            // The first render has nothing to measure against.
+            _ => 0.0,
+        };
+        self.last_events = Some((events_sent, now_ns));
+        rate
+    }
+}
+
+/// Most leaked first, then most open, then by name (stable between renders).
+fn rank(hosts: &[HostSummary]) -> Vec<&HostSummary> {
+    let mut ranked: Vec<&HostSummary> = hosts.iter().collect();
+    ranked.sort_by(|a, b| {
+        b.leaked.cmp(&a.leaked).then(b.open.cmp(&a.open)).then_with(|| a.host.cmp(&b.host))
+    });
+    ranked
+}
+
+fn labels_of(host: &HostSummary) -> HostLabels {
+    HostLabels { host: host.host.clone(), provider: provider_of(host).to_string() }
+}
+
+fn labels_with_reason(labels: &HostLabels, reason: LeakReason) -> Vec<String> {
+    vec![labels.host.clone(), labels.provider.clone(), reason.as_str().to_string()]
+}
+
+fn by_reason(host: &HostSummary, reason: LeakReason) -> u64 {
+    match reason {
+        LeakReason::CloseWait => host.by_reason.close_wait,
+        LeakReason::Unread => host.by_reason.unread,
+        LeakReason::Abandoned => host.by_reason.abandoned,
+    }
+}
+
+fn sum(hosts: &[&HostSummary], figure: impl Fn(&HostSummary) -> u64) -> u64 {
+    hosts.iter().map(|h| figure(h)).sum()
+}
+
+/// One render's metric families. A fresh registry each time: the series are exactly this
+/// snapshot's (a host that left the top N leaves no stale gauge behind), and the registry
+/// sorts families by name and series by label values, so the text is deterministic.
+struct Exposition {
+    registry: Registry,
+}
+
+impl Exposition {
+    fn new() -> Result<Self> {
+        let registry = Registry::new_custom(Some(PREFIX.into()), None)
+            .context("creating the metrics registry")?;
+        Ok(Exposition { registry })
+    }
+
+    fn register(&self, collector: impl Collector + 'static, name: &str) -> Result<()> {
+        self.registry
+            .register(Box::new(collector))
+            .with_context(|| format!("registering metric {PREFIX}_{name}"))
+    }
+
+    fn int_gauge(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        series: impl IntoIterator<Item = (Vec<String>, u64)>,
+    ) -> Result<()> {
+        let vec: GenericGaugeVec<::prometheus::core::AtomicI64> =
+            GenericGaugeVec::new(Opts::new(name, help), labels)
+                .with_context(|| format!("defining metric {PREFIX}_{name}"))?;
+        for (values, n) in series {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            vec.get_metric_with_label_values(&values)
+                .with_context(|| format!("labelling metric {PREFIX}_{name}"))?
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.register(vec, name)
+    }
+
+    fn counter(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        series: impl IntoIterator<Item = (Vec<String>, u64)>,
+    ) -> Result<()> {
+        let vec: GenericCounterVec<::prometheus::core::AtomicU64> =
+            GenericCounterVec::new(Opts::new(name, help), labels)
+                .with_context(|| format!("defining metric {PREFIX}_{name}"))?;
+        for (values, n) in series {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            vec.get_metric_with_label_values(&values)
+                .with_context(|| format!("labelling metric {PREFIX}_{name}"))?
+                .inc_by(n);
+        }
+        self.register(vec, name)
+    }
+
+    fn gauge(&self, name: &str, help: &str, value: f64) -> Result<()> {
+        let gauge = ::prometheus::Gauge::new(name, help)
+            .with_context(|| format!("defining metric {PREFIX}_{name}"))?;
+        gauge.set(value);
+        self.register(gauge, name)
+    }
+
+    fn float_counter(&self, name: &str, help: &str, value: f64) -> Result<()> {
+        let counter = ::prometheus::Counter::new(name, help)
+            .with_context(|| format!("defining metric {PREFIX}_{name}"))?;
+        // A counter refuses negative increments; /proc never gives one.
+        counter.inc_by(value.max(0.0));
+        self.register(counter, name)
+    }
+
+    fn finish(self) -> Result<String> {
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut text)
+            .context("encoding the metrics")?;
+        String::from_utf8(text).context("the metrics text is not UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write as _,
+        path::{Path, PathBuf},
+        process::{Command, Stdio},
+    };
+
+    use super::*;
+    use crate::export::testdata::*;
+
+    const HEALTH: Health = Health { now_ns: 5_000_000_000, tracked_sockets: 8, process: None };
+
+    /// The sample lines (no comments) of `text` whose metric name is `name` exactly.
+    fn samples<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .collect()
+    }
+
+    /// The value of the one sample `series` (name and labels, as written).
+    fn value(text: &str, series: &str) -> f64 {
+        let found: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).collect();
+        match found.as_slice() {
+            [v] => v.parse().unwrap_or_else(|e| panic!("{series}: {v:?} is not a number: {e}")),
+            _ => panic!("{series}: expected one sample, found {found:?} in\n{text}"),
+        }
+    }
+
+    #[test]
+    fn a_small_snapshot_renders_exactly() {
+        let snapshot = snapshot(
+            vec![host("10.0.0.12", 3, (1, 0, 0), 2, 5)],
+            vec![leak("10.0.0.12", 40001, LeakReason::CloseWait, 15.9)],
+        );
+        let text = PrometheusExporter::default().render(&snapshot, &HEALTH).expect("renders");
+        let expected = r#"# HELP tracer_build_info Always 1; the tracer's version as a label.
+# TYPE tracer_build_info gauge
+tracer_build_info{version="0.1.0"} 1
+# HELP tracer_conn_map_capacity Entries the kernel's connection map holds at most.
+# TYPE tracer_conn_map_capacity gauge
+tracer_conn_map_capacity 262144
+# HELP tracer_conn_map_full_total Connections not tracked because the kernel's connection map was full.
+# TYPE tracer_conn_map_full_total counter
+tracer_conn_map_full_total 0
+# HELP tracer_events_lost_total Events the kernel side dropped because the ring buffer was full.
+# TYPE tracer_events_lost_total counter
+tracer_events_lost_total 2
+# HELP tracer_events_per_second Events the kernel side sent per second, between the last two renders.
+# TYPE tracer_events_per_second gauge
+tracer_events_per_second 0
+# HELP tracer_events_total Events the kernel side sent.
+# TYPE tracer_events_total counter
+tracer_events_total 120
+# HELP tracer_socket_reads_total Reads of tracked sockets seen by the kernel side.
+# TYPE tracer_socket_reads_total counter
+tracer_socket_reads_total 80
+# HELP tracer_target_processes Processes being traced.
+# TYPE tracer_target_processes gauge
+tracer_target_processes 1
+# HELP tracer_tracked_sockets Connections the tracer holds (open or closing).
+# TYPE tracer_tracked_sockets gauge
+tracer_tracked_sockets 8
+# HELP tracer_upstream_connections_closed_unread_total Upstream connections the process closed before reading the response to its end.
+# TYPE tracer_upstream_connections_closed_unread_total counter
+tracer_upstream_connections_closed_unread_total{host="10.0.0.12",provider="unknown"} 2
+# HELP tracer_upstream_connections_leaked Open upstream connections judged leaked, by reason (close_wait, unread, abandoned).
+# TYPE tracer_upstream_connections_leaked gauge
+tracer_upstream_connections_leaked{host="10.0.0.12",provider="unknown",reason="abandoned"} 0
+tracer_upstream_connections_leaked{host="10.0.0.12",provider="unknown",reason="close_wait"} 1
+tracer_upstream_connections_leaked{host="10.0.0.12",provider="unknown",reason="unread"} 0
+# HELP tracer_upstream_connections_open Open upstream connections of the traced processes.
+# TYPE tracer_upstream_connections_open gauge
+tracer_upstream_connections_open{host="10.0.0.12",provider="unknown"} 3
+# HELP tracer_upstream_connections_opened_total Upstream connections seen in the session: opened, or open when tracing started.
+# TYPE tracer_upstream_connections_opened_total counter
+tracer_upstream_connections_opened_total{host="10.0.0.12",provider="unknown"} 5
+# HELP tracer_upstream_leaks_detected_total Upstream connections that became leaked, each counted once, by first reason.
+# TYPE tracer_upstream_leaks_detected_total counter
+tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason="abandoned"} 0
+tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason="close_wait"} 1
+tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason="unread"} 0
+"#;
+        assert_eq!(text, expected.replace("0.1.0", env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn process_figures_appear_when_read() {
+        let health = Health {
+            process: Some(ProcessStats { cpu_seconds: 1.25, resident_bytes: 12_582_912 }),
+            ..HEALTH
+        };
+        let text = PrometheusExporter::default().render(&two_hosts(), &health).expect("renders");
+        assert_eq!(value(&text, "tracer_process_cpu_seconds_total"), 1.25);
+        assert_eq!(value(&text, "tracer_process_resident_memory_bytes"), 12_582_912.0);
+        let text = PrometheusExporter::default().render(&two_hosts(), &HEALTH).expect("renders");
+        assert!(!text.contains("tracer_process_"), "no /proc figures, no series:\n{text}");
+    }
+
+    #[test]
+    fn hosts_beyond_the_top_n_are_summed_as_other() {
+        let snapshot = snapshot(
+            vec![
+                host("10.0.0.1", 9, (0, 0, 0), 0, 9),
+                host("10.0.0.2", 1, (1, 0, 0), 0, 2),
+                host("10.0.0.3", 4, (0, 0, 0), 1, 6),
+                host("10.0.0.4", 2, (0, 2, 1), 0, 3),
+                host("10.0.0.5", 0, (0, 0, 0), 5, 7),
+            ],
+            vec![],
+        );
+        // Most leaked first (.4 with 3, .2 with 1), then most open: .1 is third, so "other"
+        // sums .3 and .5.
+        let text = PrometheusExporter::new(3).render(&snapshot, &HEALTH).expect("renders");
+        assert_eq!(
+            samples(&text, "tracer_upstream_connections_open"),
+            vec![
+                r#"tracer_upstream_connections_open{host="10.0.0.1",provider="unknown"} 9"#,
+                r#"tracer_upstream_connections_open{host="10.0.0.2",provider="unknown"} 1"#,
+                r#"tracer_upstream_connections_open{host="10.0.0.4",provider="unknown"} 2"#,
+                r#"tracer_upstream_connections_open{host="other",provider="unknown"} 4"#,
+            ]
+        );
+        let leaked = samples(&text, "tracer_upstream_connections_leaked");
+        assert_eq!(leaked.len(), 4 * 3, "three reasons for each of three hosts and other");
+        let series = |host: &str, reason: &str| {
+            value(
+                &text,
+                &format!(
+                    r#"tracer_upstream_connections_leaked{{host="{host}",provider="unknown",reason="{reason}"}}"#
+                ),
+            )
+        };
+        assert_eq!(series("10.0.0.4", "unread"), 2.0);
+        assert_eq!(series("10.0.0.4", "abandoned"), 1.0);
+        assert_eq!(series("10.0.0.2", "close_wait"), 1.0);
+        assert_eq!(series("other", "close_wait"), 0.0);
+        assert_eq!(
+            samples(&text, "tracer_upstream_connections_closed_unread_total"),
+            vec![
+                r#"tracer_upstream_connections_closed_unread_total{host="10.0.0.1",provider="unknown"} 0"#,
+                r#"tracer_upstream_connections_closed_unread_total{host="10.0.0.2",provider="unknown"} 0"#,
+                r#"tracer_upstream_connections_closed_unread_total{host="10.0.0.4",provider="unknown"} 0"#,
+                r#"tracer_upstream_connections_closed_unread_total{host="other",provider="unknown"} 6"#,
+            ]
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"tracer_upstream_connections_opened_total{host="other",provider="unknown"}"#
+            ),
+            13.0
+        );
+    }
+
+    #[test]
+    fn hosts_beyond_the_top_n_are_summed_per_provider() {
+        let snapshot = snapshot(
+            vec![
+                of_provider(host("api.openai.com", 4, (3, 0, 0), 0, 4), "openai"),
+                of_provider(host("eu.api.openai.com", 2, (1, 0, 0), 0, 2), "openai"),
+                of_provider(host("api.anthropic.com", 1, (0, 1, 0), 0, 1), "anthropic"),
+                host("10.0.0.9", 5, (0, 0, 0), 0, 5),
+                of_provider(host("us.api.openai.com", 1, (0, 0, 1), 0, 1), "openai"),
+            ],
+            vec![],
+        );
+        let text = PrometheusExporter::new(1).render(&snapshot, &HEALTH).expect("renders");
+        assert_eq!(
+            samples(&text, "tracer_upstream_connections_open"),
+            vec![
+                r#"tracer_upstream_connections_open{host="api.openai.com",provider="openai"} 4"#,
+                r#"tracer_upstream_connections_open{host="other",provider="anthropic"} 1"#,
+                r#"tracer_upstream_connections_open{host="other",provider="openai"} 3"#,
+                r#"tracer_upstream_connections_open{host="other",provider="unknown"} 5"#,
+            ]
+        );
+        // Per provider, the sums are exact whatever the top N.
+        let leaked_of = |provider: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with("tracer_upstream_connections_leaked{"))
+                .filter(|l| l.contains(&format!(r#"provider="{provider}""#)))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        assert_eq!(
+            (leaked_of("openai"), leaked_of("anthropic"), leaked_of("unknown")),
+            (5.0, 1.0, 0.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"tracer_upstream_connections_opened_total{host="other",provider="openai"}"#
+            ),
+            3.0
+        );
+    }
+
+    #[test]
+    fn with_few_hosts_there_is_no_other() {
+        let text = PrometheusExporter::new(2).render(&two_hosts(), &HEALTH).expect("renders");
+        assert!(!text.contains(r#"host="other""#), "{text}");
+    }
+
+    #[test]
+    fn each_leaked_connection_is_counted_once_across_snapshots() {
+        let detected = |text: &str, reason: &str| {
+            value(
+                text,
+                &format!(
+                    r#"tracer_upstream_leaks_detected_total{{host="10.0.0.12",provider="unknown",reason="{reason}"}}"#
+                ),
+            )
+        };
+        let a = |age| leak("10.0.0.12", 40001, LeakReason::CloseWait, age);
+        let b = |age| leak("10.0.0.12", 40002, LeakReason::Unread, age);
+        let at = |leaks: Vec<Leak>| {
+            let (cw, un) = (
+                leaks.iter().filter(|l| l.reason == LeakReason::CloseWait).count() as u64,
+                leaks.iter().filter(|l| l.reason == LeakReason::Unread).count() as u64,
+            );
+            snapshot(vec![host("10.0.0.12", 2, (cw, un, 0), 0, 2)], leaks)
+        };
+        let mut exporter = PrometheusExporter::default();
+        let mut render = |s: Snapshot| exporter.render(&s, &HEALTH).expect("renders");
+
+        let text = render(at(vec![a(10.0)]));
+        assert_eq!((detected(&text, "close_wait"), detected(&text, "unread")), (1.0, 0.0));
+        let text = render(at(vec![a(12.0), b(11.0)]));
+        assert_eq!((detected(&text, "close_wait"), detected(&text, "unread")), (1.0, 1.0));
+        // a stops being leaked (read again), then leaks again: still the same connection.
+        let text = render(at(vec![b(13.0)]));
+        assert_eq!((detected(&text, "close_wait"), detected(&text, "unread")), (1.0, 1.0));
+        let text = render(at(vec![a(16.0), b(15.0)]));
+        assert_eq!((detected(&text, "close_wait"), detected(&text, "unread")), (1.0, 1.0));
+        // Younger than when last seen: a new connection that reuses the local port.
+        let text = render(at(vec![a(6.0), b(17.0)]));
+        assert_eq!((detected(&text, "close_wait"), detected(&text, "unread")), (2.0, 1.0));
+        // The gauge follows the snapshot, the counter does not go down when leaks close.
+        let text = render(at(vec![]));
+        assert_eq!((detected(&text, "close_wait"), detected(&text, "unread")), (2.0, 1.0));
+        assert_eq!(
+            value(
+                &text,
+                r#"tracer_upstream_connections_leaked{host="10.0.0.12",provider="unknown",reason="close_wait"}"#
+            ),
+            0.0
+        );
+    }
+
+    #[test]
+    fn the_leak_counter_is_bounded_and_keeps_current_leaks() {
+        let mut counter = LeakCounter::new(8);
+        for round in 0..10u16 {
+            let leaks: Vec<Leak> = (0..4)
+                .map(|i| leak("10.0.0.12", 40000 + round * 4 + i, LeakReason::CloseWait, 20.0))
+                .collect();
+            assert_eq!(counter.observe(&leaks).len(), 4, "round {round}: all new");
+            assert!(counter.remembered() <= 8, "round {round}: {}", counter.remembered());
+            assert_eq!(counter.observe(&leaks).len(), 0, "round {round}: seen just now");
+        }
+        // More leaks at once than the capacity: none is forgotten while it is leaked.
+        let many: Vec<Leak> =
+            (0..20).map(|i| leak("10.0.0.13", 50000 + i, LeakReason::Unread, 20.0)).collect();
+        assert_eq!(counter.observe(&many).len(), 20);
+        assert_eq!(counter.observe(&many).len(), 0);
+    }
+
+    #[test]
+    fn counters_never_go_down_when_hosts_change_rank() {
+        // One host gets its own series: first .1 (the only leaking one), then .2 leaks more.
+        let mut exporter = PrometheusExporter::new(1);
+        let first = snapshot(
+            vec![host("10.0.0.1", 1, (1, 0, 0), 1, 3), host("10.0.0.2", 0, (0, 0, 0), 2, 4)],
+            vec![leak("10.0.0.1", 40001, LeakReason::CloseWait, 10.0)],
+        );
+        let text = exporter.render(&first, &HEALTH).expect("renders");
+        let opened = |text: &str, host: &str, provider: &str| {
+            value(
+                text,
+                &format!(
+                    r#"tracer_upstream_connections_opened_total{{host="{host}",provider="{provider}"}}"#
+                ),
+            )
+        };
+        assert_eq!(
+            (opened(&text, "10.0.0.1", "unknown"), opened(&text, "other", "unknown")),
+            (3.0, 4.0)
+        );
+
+        let second = snapshot(
+            vec![host("10.0.0.2", 3, (0, 3, 0), 2, 7), host("10.0.0.1", 0, (0, 0, 0), 1, 3)],
+            vec![
+                leak("10.0.0.2", 40002, LeakReason::Unread, 10.0),
+                leak("10.0.0.2", 40003, LeakReason::Unread, 10.0),
+                leak("10.0.0.2", 40004, LeakReason::Unread, 10.0),
+            ],
+        );
+        let text = exporter.render(&second, &HEALTH).expect("renders");
+        // The gauges follow the new ranking ...
+        assert_eq!(
+            samples(&text, "tracer_upstream_connections_open"),
+            vec![
+                r#"tracer_upstream_connections_open{host="10.0.0.2",provider="unknown"} 3"#,
+                r#"tracer_upstream_connections_open{host="other",provider="unknown"} 0"#,
+            ]
+        );
+        // ... the counters keep their series, and .2's increase goes on under "other".
+        assert_eq!(
+            (opened(&text, "10.0.0.1", "unknown"), opened(&text, "other", "unknown")),
+            (3.0, 7.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"tracer_upstream_leaks_detected_total{host="other",provider="unknown",reason="unread"}"#
+            ),
+            3.0
+        );
+        assert!(!text.contains(r#"tracer_upstream_connections_opened_total{host="10.0.0.2""#));
+    }
+
+    #[test]
+    fn events_per_second_are_measured_between_renders() {
+        let mut exporter = PrometheusExporter::default();
+        let mut snapshot = two_hosts();
+        let text = exporter.render(&snapshot, &HEALTH).expect("renders");
+        assert_eq!(value(&text, "tracer_events_per_second"), 0.0, "nothing to compare with");
+        snapshot.kernel.events_sent += 500;
+        let later = Health { now_ns: HEALTH.now_ns + 2_000_000_000, ..HEALTH };
+        let text = exporter.render(&snapshot, &later).expect("renders");
+        assert_eq!(value(&text, "tracer_events_per_second"), 250.0);
+        assert_eq!(value(&text, "tracer_events_total"), 620.0);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let snapshot = snapshot(vec![host("we\"ird\\host\nname", 1, (0, 0, 0), 0, 1)], vec![]);
+        let text = PrometheusExporter::default().render(&snapshot, &HEALTH).expect("renders");
+        assert!(
+            text.contains(r#"tracer_upstream_connections_open{host="we\"ird\\host\nname",provider="unknown"} 1"#),
+            "{text}"
+        );
+    }
+
+    fn repo_file(path: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    }
+
+    /// A rendering with every family and label shape: top N, other, process figures.
+    fn full_rendering() -> String {
+        let mut exporter = PrometheusExporter::new(2);
+        let mut snapshot = two_hosts();
+        snapshot.hosts.push(host("2001:db8::7", 1, (0, 0, 1), 1, 2));
+        snapshot.leaks.push(leak("2001:db8::7", 40009, LeakReason::Abandoned, 31.0));
+        let health = Health {
+            process: Some(ProcessStats { cpu_seconds: 0.75, resident_bytes: 9 << 20 }),
+            ..HEALTH
+        };
+        exporter.render(&snapshot, &health).expect("renders")
+    }
+
+    fn promtool(args: &[&str], stdin: Option<&str>) -> Option<(bool, String)> {
+        let promtool = required_tool("promtool", "prometheus")?;
+        let mut child = Command::new(&promtool)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool.display()));
+        let mut input = child.stdin.take().expect("stdin is piped");
+        input.write_all(stdin.unwrap_or_default().as_bytes()).expect("writes to promtool");
+        drop(input);
+        let output = child.wait_with_output().expect("promtool finishes");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Some((output.status.success(), said))
+    }
+
+    #[test]
+    fn promtool_accepts_the_exposition() {
+        let text = full_rendering();
+        let Some((ok, said)) = promtool(&["check", "metrics"], Some(&text)) else { return };
+        assert!(ok && said.trim().is_empty(), "promtool check metrics: {said}\n{text}");
+    }
+
+    #[test]
+    fn promtool_rejects_a_broken_exposition() {
+        // The check above can fail: a counter without _total and without HELP is reported.
+        let broken = "# TYPE tracer_things counter\ntracer_things 1\n";
+        let Some((ok, said)) = promtool(&["check", "metrics"], Some(broken)) else { return };
+        assert!(!ok, "promtool accepted {broken:?}: {said}");
+    }
+
+    #[test]
+    fn promtool_accepts_the_alert_rules_and_their_tests() {
+        let rules = repo_file("monitoring/alerts.yml");
+        let rules = rules.to_str().expect("UTF-8 path");
+        let Some((ok, said)) = promtool(&["check", "rules", rules], None) else { return };
+        assert!(ok, "promtool check rules {rules}: {said}");
+        let tests = repo_file("monitoring/alerts.test.yml");
+        let tests = tests.to_str().expect("UTF-8 path");
+        let Some((ok, said)) = promtool(&["test", "rules", tests], None) else { return };
+        assert!(ok, "promtool test rules {tests}: {said}");
+    }
+
+    fn dashboard() -> serde_json::Value {
+        let path = repo_file("monitoring/grafana-dashboard.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()))
+    }
+
+    #[test]
+    fn promtool_parses_every_dashboard_query() {
+        let panels = dashboard()["panels"].as_array().cloned().unwrap_or_default();
+        let queries: Vec<String> = panels
+            .iter()
+            .filter_map(|p| p["targets"].as_array())
+            .flatten()
+            .filter_map(|t| t["expr"].as_str())
+            // Grafana's variables, as Grafana would fill them in.
+            .map(|e| e.replace("$__rate_interval", "1m").replace("$instance", ".*"))
+            .collect();
+        assert!(queries.len() >= 10, "the dashboard has {} queries", queries.len());
+        // Each query as a recording rule: `promtool check rules` parses its PromQL. (JSON is
+        // YAML.)
+        let rules: Vec<serde_json::Value> = queries
+            .iter()
+            .enumerate()
+            .map(
+                |(i, q)| serde_json::json!({ "record": format!("dashboard_query_{i}"), "expr": q }),
+            )
+            .collect();
+        let file = serde_json::json!({ "groups": [{ "name": "dashboard", "rules": rules }] });
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("dashboard-queries.yml");
+        std::fs::write(&path, file.to_string()).expect("writes the rules");
+        let path = path.to_str().expect("UTF-8 path");
+        let Some((ok, said)) = promtool(&["check", "rules", path], None) else { return };
+        assert!(ok, "a dashboard query does not parse: {said}\n{queries:#?}");
+    }
+
+    /// Every tracer_ metric the rules and the dashboard query, with its suffixes removed the
+    /// way PromQL functions never add them.
+    fn queried_metrics(text: &str) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("tracer_") {
+            let name: String =
+                rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            rest = &rest[at + name.len()..];
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn the_rules_and_dashboard_query_only_metrics_we_export() {
+        let exported: Vec<String> = full_rendering()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .map(str::to_string)
+            .collect();
+        for file in ["monitoring/alerts.yml", "monitoring/grafana-dashboard.json"] {
+            let text = std::fs::read_to_string(repo_file(file))
+                .unwrap_or_else(|e| panic!("cannot read {file}: {e}"));
+            let queried = queried_metrics(&text);
+            assert!(!queried.is_empty(), "{file} queries no tracer_ metric");
+            for name in queried {
+                // Alert and recording rule names are not metrics.
+                if name.starts_with("tracer_") && !name.starts_with("tracer_rule") {
+                    assert!(
+                        exported.contains(&name),
+                        "{file} queries {name}, which is not exported"
+                    );
+                }
+            }
+        }
+        assert!(dashboard()["panels"].as_array().is_some_and(|p| p.len() >= 4), "panels");
+    }
+}

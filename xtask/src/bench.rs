@@ -1,0 +1,418 @@
+//! `cargo xtask bench`: what the tracer costs the relay, measured, not assumed.
+//!
+//! (a) the fixture relay (as an HTTP proxy in front of a fake provider) under wrk, runs
+//!     alternating without and with the tracer attached to it; (b) kernel cost per program run
+//!     from kernel.bpf_stats_enabled; (c) the same load with the tracer attached to another
+//!     process (the relay untracked); (d) the tracer's own CPU per 100k lifecycle events and
+//!     memory per 10k tracked connections. Results go to bench/RESULTS.md and bench/results.json.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::{build, setup, util};
+
+const UPSTREAM_PORT: u16 = 18310;
+const PROXY_ADDR: &str = "127.0.0.1:18311";
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+pub struct Options {
+    pub duration: Duration,
+    pub runs: u32,
+    pub connections: u32,
+}
+
+/// A child killed and reaped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_ready(cmd: &mut Command, what: &str) -> Result<Proc> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("{what}: no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    match lines.next() {
+        Some(Ok(line)) if line.trim() == "READY" => Ok(Proc(child)),
+        _ => {
+            let _ = child.kill();
+            bail!("{what} did not start (is port {UPSTREAM_PORT} or {PROXY_ADDR} in use? see: ss -ltnp)")
+        }
+    }
+}
+
+/// A tracer attached to `pid`, with its JSON snapshots going to a file.
+struct Tracer {
+    proc: Proc,
+    out: PathBuf,
+}
+
+impl Tracer {
+    fn start(tracer: &Path, pid: u32, out: PathBuf) -> Result<Tracer> {
+        let file = fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+        let mut child = Command::new(tracer)
+            .args(["run", "--json", "--interval", "5s", "--pid", &pid.to_string()])
+            .stdout(file)
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the tracer")?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("tracer: no stderr"))?;
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("tracer: attached") => break,
+                Some(Ok(_)) => continue,
+                _ => {
+                    let _ = child.kill();
+                    bail!("the tracer did not attach (run it by hand to see why)")
+                }
+            }
+        }
+        // Keep draining stderr so the tracer never blocks on a full pipe.
+        thread::spawn(move || for _ in lines {});
+        Ok(Tracer { proc: Proc(child), out })
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.0.id()
+    }
+
+    /// Stops it (SIGINT) and returns its last snapshot.
+    fn stop(mut self) -> Result<Value> {
+        // SAFETY: kill with our child's pid and a valid signal.
+        unsafe { libc::kill(self.proc.0.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.proc.0.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("the tracer did not stop within 20s of SIGINT");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let text = fs::read_to_string(&self.out)?;
+        let last = text.lines().rev().find(|l| l.starts_with('{')).ok_or_else(|| anyhow!("no snapshot"))?;
+        Ok(serde_json::from_str(last)?)
+    }
+}
+
+/// (utime + stime) in seconds and VmRSS in bytes of a process.
+fn cpu_and_rss(pid: u32) -> Result<(f64, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).ok_or_else(|| anyhow!("bad stat"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the state (field 3).
+    let ticks: u64 = fields.get(11).zip(fields.get(12)).map_or(Ok(0), |(u, s)| {
+        Ok::<u64, anyhow::Error>(u.parse::<u64>()? + s.parse::<u64>()?)
+    })?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok((ticks as f64 / hz, rss_kb * 1024))
+}
+
+/// run_time_ns and run_cnt per program name, for the programs with these ids.
+fn bpf_prog_stats(ids: &[u64]) -> Result<BTreeMap<String, (u64, u64)>> {
+    let out = util::stdout_of(Command::new("bpftool").args(["-j", "prog", "show"]))?;
+    let v: Value = serde_json::from_str(&out).context("parsing bpftool's JSON")?;
+    let mut stats = BTreeMap::new();
+    for p in v.as_array().into_iter().flatten() {
+        if ids.contains(&p["id"].as_u64().unwrap_or(0)) {
+            let name = p["name"].as_str().unwrap_or("?").to_owned();
+            let entry = stats.entry(name).or_insert((0, 0));
+            entry.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+            entry.1 += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok(stats)
+}
+
+fn prog_ids() -> Result<Vec<u64>> {
+    let out = util::stdout_of(Command::new("bpftool").args(["-j", "prog", "show"]))?;
+    let v: Value = serde_json::from_str(&out)?;
+    Ok(v.as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).collect())
+}
+
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn parse_latency(text: &str, pct: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(pct).map(str::trim))
+        .map_or(f64::NAN, |v| {
+            let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
+            let n: f64 = num.parse().unwrap_or(f64::NAN);
+            match unit {
+                "us" => n / 1000.0,
+                "ms" => n,
+                "s" => n * 1000.0,
+                _ => f64::NAN,
+            }
+        })
+}
+
+fn wrk(opts: &Options) -> Result<WrkResult> {
+    let out = util::stdout_of(Command::new("wrk").args([
+        "-t2",
+        &format!("-c{}", opts.connections),
+        &format!("-d{}s", opts.duration.as_secs()),
+        "--latency",
+        &format!("http://{PROXY_ADDR}/"),
+    ]))?;
+    let rps = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("wrk printed no Requests/sec:\n{out}"))?;
+    if out.contains("Non-2xx") {
+        bail!("the proxy answered errors under load:\n{out}");
+    }
+    Ok(WrkResult { rps, p50_ms: parse_latency(&out, "50%"), p99_ms: parse_latency(&out, "99%") })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    }
+}
+
+fn spread(v: &[f64]) -> (f64, f64) {
+    v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x)))
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    format!("{cpus} CPUs ({cpu}), kernel {}", kernel.trim())
+}
+
+/// One load mode: which proxy flags, and the measured series.
+struct Mode {
+    name: &'static str,
+    proxy_args: &'static [&'static str],
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    if !util::is_root() {
+        bail!("the benchmark loads eBPF programs and needs root: run: sudo -E env \"PATH=$PATH\" cargo xtask bench");
+    }
+    setup::ensure().context("bench")?;
+    if util::find_on_path("wrk").is_none() {
+        bail!("wrk is missing: run: apt-get install wrk (or cargo xtask setup)");
+    }
+    let artifacts = build::build().context("bench")?;
+    let root = util::workspace_root();
+    let out_dir = root.join("bench");
+    fs::create_dir_all(&out_dir)?;
+    let scratch = std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id()));
+    fs::create_dir_all(&scratch)?;
+    let stats_before = fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
+
+    let _upstream = spawn_ready(
+        Command::new(&artifacts.fixture).args(["upstream", "-port", &UPSTREAM_PORT.to_string(), "-idle-timeout", "30s"]),
+        "the fake provider",
+    )?;
+    let modes = [
+        Mode { name: "keep-alive (pooled upstream connections)", proxy_args: &[] },
+        Mode { name: "new connection per request (connect/close heavy)", proxy_args: &["-new-conn"] },
+    ];
+    let mut report = String::new();
+    let mut raw = Vec::new();
+    writeln!(report, "# tracer overhead benchmark\n")?;
+    writeln!(report, "Machine: {}. Command: `cargo xtask bench --duration {}s --runs {} --connections {}`.", machine(), opts.duration.as_secs(), opts.runs, opts.connections)?;
+    writeln!(report, "Load: wrk -t2 -c{} against the fixture relay running as an HTTP proxy (`fixture proxy`), which makes one upstream request per request to a fake provider on loopback. wrk, the relay, the provider and the tracer share the machine's CPUs.\n", opts.connections)?;
+
+    for mode in &modes {
+        let mut proxy_cmd = Command::new(&artifacts.fixture);
+        proxy_cmd.args(["proxy", "-listen", PROXY_ADDR, "-port", &UPSTREAM_PORT.to_string()]).args(mode.proxy_args);
+        let proxy = spawn_ready(&mut proxy_cmd, "the relay proxy")?;
+        let proxy_pid = proxy.0.id();
+        // Warm-up: pools, page cache, CPU frequency.
+        let _ = wrk(&Options { duration: Duration::from_secs(3), ..opts_copy(&opts) })?;
+
+        let (mut base, mut traced, mut elsewhere) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut base_p99, mut traced_p99) = (Vec::new(), Vec::new());
+        let (mut base_p50, mut traced_p50) = (Vec::new(), Vec::new());
+        let mut prog_totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut cpu_per_100k = Vec::new();
+        for run in 1..=opts.runs {
+            println!("bench: {} — run {run}/{}: without the tracer", mode.name, opts.runs);
+            let r = wrk(&opts)?;
+            base.push(r.rps);
+            base_p50.push(r.p50_ms);
+            base_p99.push(r.p99_ms);
+
+            println!("bench: {} — run {run}/{}: tracer attached to the relay", mode.name, opts.runs);
+            let before_ids = prog_ids()?;
+            let tracer = Tracer::start(&artifacts.tracer, proxy_pid, scratch.join(format!("traced-{run}.json")))?;
+            let ours: Vec<u64> = prog_ids()?.into_iter().filter(|id| !before_ids.contains(id)).collect();
+            fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+            let stats0 = bpf_prog_stats(&ours)?;
+            let (cpu0, _) = cpu_and_rss(tracer.pid())?;
+            let r = wrk(&opts)?;
+            let (cpu1, _) = cpu_and_rss(tracer.pid())?;
+            let stats1 = bpf_prog_stats(&ours)?;
+            fs::write(BPF_STATS, "0").context("disabling kernel.bpf_stats_enabled")?;
+            let snapshot = tracer.stop()?;
+            traced.push(r.rps);
+            traced_p50.push(r.p50_ms);
+            traced_p99.push(r.p99_ms);
+            for (name, (t1, c1)) in &stats1 {
+                let (t0, c0) = stats0.get(name).copied().unwrap_or((0, 0));
+                let e = prog_totals.entry(name.clone()).or_insert((0, 0));
+                e.0 += t1 - t0;
+                e.1 += c1 - c0;
+            }
+            let events = snapshot["kernel"]["events_sent"].as_u64().unwrap_or(0);
+            if events > 0 {
+                cpu_per_100k.push((cpu1 - cpu0) / events as f64 * 100_000.0);
+            }
+
+            println!("bench: {} — run {run}/{}: tracer attached to another process", mode.name, opts.runs);
+            let mut idle = Proc(Command::new("sleep").arg("3600").spawn()?);
+            let tracer = Tracer::start(&artifacts.tracer, idle.0.id(), scratch.join(format!("elsewhere-{run}.json")))?;
+            let r = wrk(&opts)?;
+            tracer.stop()?;
+            let _ = idle.0.kill();
+            elsewhere.push(r.rps);
+        }
+        drop(proxy);
+
+        let (mb, mt, me) = (median(&mut base.clone()), median(&mut traced.clone()), median(&mut elsewhere.clone()));
+        writeln!(report, "## {}\n", mode.name)?;
+        writeln!(report, "| configuration | median req/s | min–max req/s | median p50 / p99 latency | change vs without |")?;
+        writeln!(report, "| --- | --- | --- | --- | --- |")?;
+        let row = |label: &str, v: &[f64], lat: Option<(&[f64], &[f64])>, m: f64| {
+            let (lo, hi) = spread(v);
+            format!(
+                "| {label} | {m:.0} | {lo:.0}–{hi:.0} | {} | {:+.1}% |\n",
+                lat.map_or("—".to_owned(), |(p50, p99)| format!(
+                    "{:.2} / {:.2} ms",
+                    median(&mut p50.to_vec()),
+                    median(&mut p99.to_vec())
+                )),
+                (m / mb - 1.0) * 100.0
+            )
+        };
+        report.push_str(&row("without the tracer", &base, Some((&base_p50, &base_p99)), mb));
+        report.push_str(&row("tracer attached to the relay", &traced, Some((&traced_p50, &traced_p99)), mt));
+        report.push_str(&row("tracer attached elsewhere (relay untracked)", &elsewhere, None, me));
+        writeln!(report, "\nKernel cost per program run (kernel.bpf_stats_enabled, summed over the traced runs):\n")?;
+        writeln!(report, "| program | runs | mean ns per run |")?;
+        writeln!(report, "| --- | --- | --- |")?;
+        for (name, (ns, cnt)) in &prog_totals {
+            let mean = if *cnt > 0 { *ns as f64 / *cnt as f64 } else { 0.0 };
+            writeln!(report, "| {name} | {cnt} | {mean:.0} |")?;
+        }
+        let cpu = median(&mut cpu_per_100k.clone());
+        writeln!(report, "\nTracer CPU per 100k lifecycle events: {cpu:.3} CPU-seconds (median of {} runs).\n", cpu_per_100k.len())?;
+        raw.push(json!({
+            "mode": mode.name, "without": base, "traced": traced, "elsewhere": elsewhere,
+            "p99_without_ms": base_p99, "p99_traced_ms": traced_p99,
+            "programs": prog_totals.iter().map(|(k, (ns, cnt))| json!({"name": k, "run_time_ns": ns, "run_cnt": cnt})).collect::<Vec<_>>(),
+            "cpu_s_per_100k_events": cpu_per_100k,
+        }));
+    }
+
+    // (d) memory per 10k tracked connections: a relay that leaks 10k connections.
+    println!("bench: memory with 10k leaked connections");
+    let relay = Proc(
+        Command::new(&artifacts.fixture)
+            .args(["relay", "-port", &UPSTREAM_PORT.to_string(), "-only", "status", "-rounds", "10000", "-interval", "0", "-start-on-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let tracer = Tracer::start(&artifacts.tracer, relay.0.id(), scratch.join("memory.json"))?;
+    thread::sleep(Duration::from_secs(2));
+    let (_, rss0) = cpu_and_rss(tracer.pid())?;
+    let mut relay = relay;
+    {
+        use std::io::Write as _;
+        let stdin = relay.0.stdin.as_mut().ok_or_else(|| anyhow!("relay: no stdin"))?;
+        writeln!(stdin, "go")?;
+    }
+    let stdout = relay.0.stdout.take().ok_or_else(|| anyhow!("relay: no stdout"))?;
+    let done = BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.trim() == "ROUNDS DONE");
+    if !done {
+        bail!("the leaking relay did not finish its rounds");
+    }
+    thread::sleep(Duration::from_secs(6));
+    let (_, rss1) = cpu_and_rss(tracer.pid())?;
+    let snapshot = tracer.stop()?;
+    let open = snapshot["open_total"].as_u64().unwrap_or(0);
+    drop(relay);
+    let per_10k = if open > 0 { (rss1.saturating_sub(rss0)) as f64 / open as f64 * 10_000.0 / 1_048_576.0 } else { f64::NAN };
+    writeln!(report, "## Memory\n\nTracer resident memory: {:.1} MiB idle, {:.1} MiB with {open} tracked connections: {per_10k:.2} MiB per 10k tracked connections.\n", rss0 as f64 / 1_048_576.0, rss1 as f64 / 1_048_576.0)?;
+    raw.push(json!({"memory": {"rss_idle": rss0, "rss_loaded": rss1, "tracked": open}}));
+
+    let _ = fs::write(BPF_STATS, stats_before.trim());
+    let _ = fs::remove_dir_all(&scratch);
+    fs::write(out_dir.join("RESULTS.md"), &report)?;
+    fs::write(out_dir.join("results.json"), serde_json::to_string_pretty(&raw)?)?;
+    println!("{report}");
+    println!("bench: wrote bench/RESULTS.md and bench/results.json");
+    Ok(())
+}
+
+fn opts_copy(o: &Options) -> Options {
+    Options { duration: o.duration, runs: o.runs, connections: o.connections }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_latency_lines_in_any_unit() {
+        let out = "  Latency Distribution\n     50%  412.00us\n     75%    1.20ms\n     99%    2.5s\n";
+        assert!((parse_latency(out, "50%") - 0.412).abs() < 1e-9);
+        assert!((parse_latency(out, "75%") - 1.2).abs() < 1e-9);
+        assert!((parse_latency(out, "99%") - 2500.0).abs() < 1e-9);
+        assert!(parse_latency(out, "90%").is_nan());
+    }
+
+    #[test]
+    fn medians_and_spreads() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&mut []).is_nan());
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), (1.0, 3.0));
+    }
+}
