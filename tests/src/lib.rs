@@ -190,6 +190,27 @@ pub fn relay_command(port: u16, rounds: u32, extra: &[&str]) -> Command {
     cmd
 }
 
+/// Short graces so a test is quick (the defaults are 5s, 10s and 30s), a 1s interval, and
+/// `--pid pid`: the arguments every fixture test gives the tracer.
+pub fn quick_args(pid: u32) -> Vec<String> {
+    [
+        "--close-wait-grace", "2s", "--unread-grace", "3s", "--abandon-grace", "4s",
+        "--interval", "1s", "--pid", &pid.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The fake providers on `port` and a relay waiting on its stdin for "go" (so the tracer can
+/// attach before the first request).
+pub fn upstreams_and_waiting_relay(port: u16, rounds: u32) -> (Proc, Proc) {
+    let upstreams = start_upstreams(port);
+    let mut relay = Proc::spawn("relay", relay_command(port, rounds, &["-start-on-stdin"]));
+    relay.expect_line("WAITING", Duration::from_secs(10));
+    (upstreams, relay)
+}
+
 /// Starts the tracer in JSON mode and waits until it has attached.
 pub fn start_tracer(args: &[String]) -> Proc {
     let mut cmd = Command::new(tracer_bin());

@@ -83,16 +83,8 @@ fn syscall_read_path_gives_the_same_verdicts() {
         return;
     }
     let port = 18221;
-    let _upstreams = start_upstreams(port);
-    let mut relay = Proc::spawn("relay", relay_command(port, ROUNDS as u32, &["-start-on-stdin"]));
-    relay.expect_line("WAITING", Duration::from_secs(10));
-    let args: Vec<String> = [
-        "--close-wait-grace", "2s", "--unread-grace", "3s", "--abandon-grace", "4s", "--interval", "1s",
-        "--pid", &relay.pid().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let (_upstreams, mut relay) = upstreams_and_waiting_relay(port, ROUNDS as u32);
+    let args = quick_args(relay.pid());
     let tracer = start_tracer_reading_from_syscalls(&args);
     relay.send_line("go");
     relay.expect_line("ROUNDS DONE", Duration::from_secs(60));

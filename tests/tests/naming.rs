@@ -21,16 +21,8 @@ fn tls_connections_are_named_by_sni_and_provider_and_no_payload_is_ever_written(
         return;
     }
     let port = 18205;
-    let _upstreams = start_upstreams(port);
-    let mut relay = Proc::spawn("relay", relay_command(port, ROUNDS as u32, &["-start-on-stdin"]));
-    relay.expect_line("WAITING", Duration::from_secs(10));
-    let args: Vec<String> = [
-        "--close-wait-grace", "2s", "--unread-grace", "3s", "--abandon-grace", "4s", "--interval", "1s",
-        "--pid", &relay.pid().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let (_upstreams, mut relay) = upstreams_and_waiting_relay(port, ROUNDS as u32);
+    let args = quick_args(relay.pid());
     // Most verbose logging: the secret must not show up there either.
     std::env::set_var("RUST_LOG", "trace");
     let tracer = start_tracer(&args);

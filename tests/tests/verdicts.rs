@@ -89,12 +89,8 @@ fn fixture_verdicts_are_exact_and_untargeted_processes_are_ignored() {
         return;
     }
     let port = 18201;
-    let _upstreams = start_upstreams(port);
-    let mut relay = Proc::spawn("relay", relay_command(port, ROUNDS as u32, &["-start-on-stdin"]));
-    relay.expect_line("WAITING", Duration::from_secs(10));
-    let mut args = grace_args();
-    args.extend(["--pid".to_owned(), relay.pid().to_string()]);
-    let tracer = start_tracer(&args);
+    let (_upstreams, mut relay) = upstreams_and_waiting_relay(port, ROUNDS as u32);
+    let tracer = start_tracer(&quick_args(relay.pid()));
     // An unrelated, busy client of another upstream: must not show up at all.
     let busy = Proc::spawn(
         "busy client",

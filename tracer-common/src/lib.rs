@@ -133,6 +133,13 @@ pub const MAX_PENDING: u32 = 65_536;
 /// Ring buffer size in bytes (a power of two and a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 4 << 20;
 
+/// Unread bytes in the ring buffer above which a submit wakes the reader at once; below it
+/// the reader is not woken per event (a wakeup costs more than the event) and drains the ring
+/// on its own short timer instead (see `RING_DRAIN_EVERY_MS`).
+pub const RING_WAKEUP_BYTES: u64 = (EVENTS_RING_BYTES / 8) as u64;
+/// How often user space drains the ring buffer without being woken.
+pub const RING_DRAIN_EVERY_MS: u64 = 50;
+
 /// Length of a task's comm, including the NUL (the kernel's TASK_COMM_LEN).
 pub const COMM_LEN: usize = 16;
 

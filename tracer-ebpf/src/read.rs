@@ -16,7 +16,7 @@ use tracer_common::{tp_layout, ConnInfo, FdKey, Stat, MSG_PEEK};
 
 use crate::{
     maps::{CONNS, FD_SOCKS, PENDING_READ},
-    sock::{count, current_ids, is_target, sample_unread},
+    sock::{count, current_ids, field, is_target, sample_unread},
 };
 
 /// Non-zero when the loader did not attach `sock_recv` (a kernel before 6.3, or forced):
@@ -41,13 +41,12 @@ fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     use tp_layout::sock_recv_length as tp;
-    // SAFETY (reads): tracepoint fields at offsets checked by user space, via probe reads.
-    let sk: u64 = unsafe { ctx.read_at(tp::SK) }.map_err(i64::from)?;
+    let sk: u64 = field(ctx, tp::SK);
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
-    let ret: i32 = unsafe { ctx.read_at(tp::RET) }.map_err(i64::from)?;
-    let flags: i32 = unsafe { ctx.read_at(tp::FLAGS) }.map_err(i64::from)?;
+    let ret: i32 = field(ctx, tp::RET);
+    let flags: i32 = field(ctx, tp::FLAGS);
     if flags & MSG_PEEK != 0 {
         return Ok(0);
     }
@@ -102,8 +101,7 @@ fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u3
     if !is_target(tgid) {
         return Ok(0);
     }
-    // SAFETY: the fd field of these syscall records, via a probe read.
-    let fd: u64 = unsafe { ctx.read_at(tp_layout::SYS_ENTER_FD) }.map_err(i64::from)?;
+    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
     let key = FdKey { tgid, fd: fd as u32 };
     let Some(sk) = FD_SOCKS.get_ptr(&key) else {
         return Ok(0);
@@ -115,7 +113,9 @@ fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u3
     };
     let mut pending = sk;
     if let Some(offset) = flags_at {
-        // SAFETY: the flags field of this syscall record (checked by user space), probe read.
+        // SAFETY: the flags field of this syscall record (checked by user space). The offset
+        // differs per program, so this goes through a probe read rather than a direct context
+        // load (the verifier wants a constant offset there).
         let flags: u64 = unsafe { ctx.read_at(offset) }.map_err(i64::from)?;
         if flags & MSG_PEEK as u64 != 0 {
             pending |= PEEK_TAG;
@@ -167,8 +167,7 @@ fn try_exit_read(ctx: &TracePointContext) -> Result<u32, i64> {
     // SAFETY: a valid, aligned u32 global; volatile so the loader's value is read.
     let from_syscalls = unsafe { core::ptr::read_volatile(&READS_FROM_SYSCALLS) } != 0;
     if from_syscalls && pending & PEEK_TAG == 0 {
-        // SAFETY: the ret field of sys_exit records (checked by user space), via a probe read.
-        let ret: i64 = unsafe { ctx.read_at(tp_layout::SYS_EXIT_RET) }.map_err(i64::from)?;
+        let ret: i64 = field(ctx, tp_layout::SYS_EXIT_RET);
         record_read(sk, conn, ret);
     }
     Ok(0)

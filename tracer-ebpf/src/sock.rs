@@ -5,7 +5,7 @@ use aya_ebpf::{
     programs::TracePointContext,
     EbpfContext as _,
 };
-use tracer_common::{ConnEvent, ConnFlags, ConnInfo, EventKind, Stat, SOCK_DONE_BIT};
+use tracer_common::{ConnEvent, ConnFlags, ConnInfo, EventKind, Stat, RING_WAKEUP_BYTES, SOCK_DONE_BIT};
 
 use crate::maps::{EVENTS, STATS, TARGETS};
 
@@ -142,6 +142,18 @@ pub fn emit(kind: EventKind, old_state: u32, new_state: u32, sk: u64, now: u64, 
         (*event).ts_ns = now;
         core::ptr::copy_nonoverlapping(conn, &mut (*event).conn, 1);
     }
-    entry.submit(0);
+    entry.submit(wakeup_flag());
     count(Stat::EventsSent);
+}
+
+/// Wakes the reader only once the ring buffer fills up; otherwise it drains on its timer.
+/// Waking it per event would cost a task wakeup on every connect, state change and close.
+#[inline(always)]
+pub fn wakeup_flag() -> u64 {
+    // BPF_RB_AVAIL_DATA = 0, BPF_RB_NO_WAKEUP = 1, BPF_RB_FORCE_WAKEUP = 2 (uapi/linux/bpf.h).
+    if EVENTS.query(0) > RING_WAKEUP_BYTES {
+        2
+    } else {
+        1
+    }
 }

@@ -15,7 +15,7 @@ use tracer_common::{
 
 use crate::{
     maps::{CONNS, EVENTS, FD_SOCKS},
-    sock::{field, count, current_ids, is_target},
+    sock::{count, current_ids, field, is_target, wakeup_flag},
 };
 
 /// `struct iovec` (include/uapi/linux/uio.h).
@@ -143,7 +143,7 @@ fn capture(tgid: u32, fd: u64, buf: u64, len: u64) -> Result<u32, i64> {
         (*event).len = if ret == 0 { n as u32 } else { 0 };
         (*event).len
     };
-    entry.submit(0);
+    entry.submit(wakeup_flag());
     // SAFETY: as above.
     unsafe {
         (*conn).captured_writes = writes + 1;

@@ -71,6 +71,7 @@ pub async fn main(cli: Cli) -> Result<()> {
         Some(Command::Record(args)) => record(args).await,
         Some(Command::Replay(args)) => replay(args).await,
         Some(Command::Snapshot(args)) => snapshot(args).await,
+        Some(Command::Check) => check(),
         // `tracer --pid X`: the UI for a person at a terminal, the table for pipes and logs.
         None if std::io::stdout().is_terminal() => {
             watch(WatchArgs {
@@ -315,6 +316,24 @@ async fn run(args: RunArgs) -> Result<()> {
         &graces,
         true,
     )?;
+    Ok(())
+}
+
+/// `tracer check`: one ✓ or ✗ line per requirement, the fix under each ✗.
+fn check() -> Result<()> {
+    let lines = collect::check_host();
+    let mut out = std::io::stdout().lock();
+    for line in &lines {
+        writeln!(out, "{} {}", if line.ok { "✓" } else { "✗" }, line.what)?;
+        if let Some(fix) = &line.fix {
+            writeln!(out, "    fix: {fix}")?;
+        }
+    }
+    let failed = lines.iter().filter(|l| !l.ok).count();
+    if failed > 0 {
+        anyhow::bail!("this host cannot run the tracer: {failed} problem(s) above, each with its fix");
+    }
+    writeln!(out, "tracer can trace on this host")?;
     Ok(())
 }
 

@@ -50,6 +50,10 @@ pub enum Command {
     /// Trace the targets for a while (--for), print one snapshot (JSON, CSV or Prometheus
     /// text) and exit: for cron jobs and scripts.
     Snapshot(SnapshotArgs),
+    /// Check that this host can run the tracer: kernel, BTF, tracefs, each hook, privileges,
+    /// memory accounting. One line each, with the fix for each problem; exit 1 if tracing
+    /// cannot work.
+    Check,
 }
 
 /// How connections are named by provider.

@@ -270,6 +270,7 @@ pub fn run(opts: Options) -> Result<()> {
         let (mut base_p50, mut traced_p50) = (Vec::new(), Vec::new());
         let mut prog_totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut cpu_per_100k = Vec::new();
+        let mut cpu_share = Vec::new();
         for run in 1..=opts.runs {
             println!("bench: {} — run {run}/{}: without the tracer", mode.name, opts.runs);
             let r = wrk(&opts)?;
@@ -299,7 +300,9 @@ pub fn run(opts: Options) -> Result<()> {
                 e.1 += c1 - c0;
             }
             let events = snapshot["kernel"]["events_sent"].as_u64().unwrap_or(0);
-            if events > 0 {
+            cpu_share.push((cpu1 - cpu0) / opts.duration.as_secs_f64() * 100.0);
+            // With few events the figure is the per-second sampling, not the events: skip it.
+            if events >= 10_000 {
                 cpu_per_100k.push((cpu1 - cpu0) / events as f64 * 100_000.0);
             }
 
@@ -339,13 +342,20 @@ pub fn run(opts: Options) -> Result<()> {
             let mean = if *cnt > 0 { *ns as f64 / *cnt as f64 } else { 0.0 };
             writeln!(report, "| {name} | {cnt} | {mean:.0} |")?;
         }
-        let cpu = median(&mut cpu_per_100k.clone());
-        writeln!(report, "\nTracer CPU per 100k lifecycle events: {cpu:.3} CPU-seconds (median of {} runs).\n", cpu_per_100k.len())?;
+        let share = median(&mut cpu_share.clone());
+        writeln!(report, "\nTracer user-space CPU while traced: {share:.1}% of one CPU (median).")?;
+        if cpu_per_100k.is_empty() {
+            writeln!(report, "Too few lifecycle events (under 10k a run) for a per-event CPU figure.\n")?;
+        } else {
+            let cpu = median(&mut cpu_per_100k.clone());
+            writeln!(report, "Tracer CPU per 100k lifecycle events: {cpu:.3} CPU-seconds (median of {} runs).\n", cpu_per_100k.len())?;
+        }
         raw.push(json!({
             "mode": mode.name, "without": base, "traced": traced, "elsewhere": elsewhere,
             "p99_without_ms": base_p99, "p99_traced_ms": traced_p99,
             "programs": prog_totals.iter().map(|(k, (ns, cnt))| json!({"name": k, "run_time_ns": ns, "run_cnt": cnt})).collect::<Vec<_>>(),
             "cpu_s_per_100k_events": cpu_per_100k,
+            "tracer_cpu_percent": cpu_share,
         }));
     }
 

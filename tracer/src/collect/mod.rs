@@ -19,9 +19,11 @@ use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, watch},
 };
-use tracer_common::{map_names, tcp_state, ConnInfo, Stat, TargetFlags, COMM_LEN};
+use tracer_common::{
+    map_names, tcp_state, ConnInfo, Stat, TargetFlags, COMM_LEN, RING_DRAIN_EVERY_MS,
+};
 
-pub use loader::{check_privileges, HookChoice};
+pub use loader::{check_host, check_privileges, HookChoice};
 
 use crate::{
     model::{Input, KernelStats, Sample, SocketSample, Target},
@@ -118,13 +120,6 @@ impl Collector {
         };
         collector.refresh_targets()?;
         Ok(collector)
-    }
-
-    /// The kernel hook chosen for each role (connect, state, read, close, first_write).
-    // For the TUI header, the JSON snapshot and `tracer check` (issue 7), not wired in yet.
-    #[allow(dead_code)]
-    pub fn hooks(&self) -> &[HookChoice] {
-        &self.hooks
     }
 
     /// Names connections with `catalogue` (the built-in one unless this is called).
@@ -307,12 +302,16 @@ impl Collector {
     /// Sends model inputs until `stop` turns true (or the receiver goes away), then sends a
     /// last drain and sample so the final snapshot is current. Detaches on return (drop).
     pub async fn run(mut self, tx: mpsc::Sender<Input>, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let hooks = self.hooks.iter().map(|h| (h.role.to_owned(), h.hook.clone())).collect();
         let targets = self.targets.values().cloned().collect();
-        if tx.send(Input::Targets(targets)).await.is_err() {
+        if tx.send(Input::Hooks(hooks)).await.is_err() || tx.send(Input::Targets(targets)).await.is_err() {
             return Ok(());
         }
         let mut tick = tokio::time::interval(self.sample_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The kernel side wakes us only when the ring fills up; drain it on a timer too.
+        let mut drain = tokio::time::interval(Duration::from_millis(RING_DRAIN_EVERY_MS));
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut batch = Vec::new();
         loop {
             tokio::select! {
@@ -335,7 +334,18 @@ impl Collector {
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
+                _ = drain.tick() => {
+                    self.drain_ring(&mut batch);
+                    if !Self::send_all(&tx, &mut batch).await {
+                        break;
+                    }
+                }
                 _ = tick.tick() => {
+                    // Events before the sample: the model sees them in the order they happened.
+                    self.drain_ring(&mut batch);
+                    if !Self::send_all(&tx, &mut batch).await {
+                        break;
+                    }
                     if !self.sample_and_send(&tx).await? {
                         break;
                     }

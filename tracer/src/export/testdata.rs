@@ -74,6 +74,7 @@ pub fn snapshot(hosts: Vec<HostSummary>, leaks: Vec<Leak>) -> Snapshot {
         providers: vec![],
         leaks,
         kernel: KernelStats { events_sent: 120, events_lost: 2, conn_map_full: 0, reads_seen: 80 },
+        hooks: Default::default(),
     }
 }
 

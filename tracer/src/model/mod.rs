@@ -28,6 +28,8 @@ pub enum Input {
     Targets(Vec<Target>),
     /// The name a traced socket's first bytes carried (TLS SNI or HTTP Host).
     Named { sk: u64, name: ConnName },
+    /// The kernel hook the collector chose for each role ("read" -> "sock/sock_recv_length").
+    Hooks(Vec<(String, String)>),
     /// Hostnames the provider catalogue's names resolved to, per address: the fallback name
     /// of connections whose first bytes were not seen. Replaces the previous set.
     AddressNames(Vec<(IpAddr, ConnName)>),

@@ -98,6 +98,8 @@ pub struct Snapshot {
     pub open_total: u64,
     pub leaked_total: u64,
     pub kernel: KernelStats,
+    /// The kernel hook used for each role (connect, state, read, close, first_write).
+    pub hooks: BTreeMap<String, String>,
 }
 
 fn secs(ns: u64) -> f64 {
@@ -206,6 +208,7 @@ impl Snapshot {
             hosts,
             leaks,
             kernel: table.stats(),
+            hooks: table.hooks().clone(),
         }
     }
 }
@@ -555,6 +558,7 @@ mod tests {
                 open_total: 0,
                 leaked_total: 0,
                 kernel: stats,
+                hooks: Default::default(),
             }
         );
     }

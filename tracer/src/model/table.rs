@@ -227,6 +227,8 @@ pub struct ConnTable {
     address_names: HashMap<IpAddr, ConnName>,
     /// Names of sockets not (yet) in the table, for when they arrive.
     early_names: HashMap<u64, ConnName>,
+    /// The kernel hook used for each role.
+    hooks: BTreeMap<String, String>,
     targets: Vec<Target>,
     stats: KernelStats,
     samples_seen: u64,
@@ -255,6 +257,7 @@ impl ConnTable {
             Input::Targets(targets) => self.apply_targets(targets),
             Input::Named { sk, name } => self.apply_name(sk, name),
             Input::AddressNames(names) => self.apply_address_names(names),
+            Input::Hooks(hooks) => self.hooks = hooks.into_iter().collect(),
         }
     }
 
@@ -264,6 +267,10 @@ impl ConnTable {
 
     pub fn hosts(&self) -> &BTreeMap<String, HostTotals> {
         &self.hosts
+    }
+
+    pub fn hooks(&self) -> &BTreeMap<String, String> {
+        &self.hooks
     }
 
     pub fn targets(&self) -> &[Target] {

@@ -102,6 +102,7 @@ fn recordable(input: &Input) -> bool {
         // Hostnames and provider names only: the first bytes they came from never reach the
         // model (the collector parses and drops them).
         Input::Named { .. } | Input::AddressNames(_) => true,
+        Input::Hooks(_) => true,
     }
 }
 

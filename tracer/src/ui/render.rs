@@ -198,6 +198,11 @@ fn draw_header(frame: &mut Frame, area: Rect, s: &Screen) {
             ),
             DIM,
         ),
+        // The one hook that differs between kernels (6.3+ or the syscall fallback).
+        Span::styled(
+            snap.hooks.get("read").map_or_else(String::new, |hook| format!(" · reads: {hook}")),
+            DIM,
+        ),
     ]);
     frame.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
 }
