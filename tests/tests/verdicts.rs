@@ -191,5 +191,5 @@ fn bad_targets_get_one_clear_line_and_the_right_exit_status() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("needs root"), "{err}");
+    assert!(err.contains("run it with sudo"), "{err}");
 }

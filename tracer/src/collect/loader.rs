@@ -362,7 +362,6 @@ fn version_of(release: &str) -> Option<(u32, u32)> {
 pub fn check_host() -> Vec<CheckLine> {
     // Capability numbers from include/uapi/linux/capability.h.
     const CAP_SYS_ADMIN: u64 = 1 << 21;
-    const CAP_PERFMON: u64 = 1 << 38;
     const CAP_BPF: u64 = 1 << 39;
     let mut lines = Vec::new();
     let release = kernel_release();
@@ -374,12 +373,13 @@ pub fn check_host() -> Vec<CheckLine> {
         )),
     }
     let caps = effective_capabilities();
-    if caps & (CAP_BPF | CAP_PERFMON | CAP_SYS_ADMIN) == CAP_BPF | CAP_PERFMON | CAP_SYS_ADMIN {
-        lines.push(CheckLine::pass("privileges: CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN"));
+    let missing = missing_capabilities();
+    if missing.is_empty() {
+        lines.push(CheckLine::pass("privileges: CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE"));
     } else {
         lines.push(CheckLine::fail(
-            "privileges: missing CAP_BPF, CAP_PERFMON or CAP_SYS_ADMIN",
-            "run tracer as root (sudo tracer ...)",
+            format!("privileges: missing {}", missing.join(", ")),
+            "run tracer as root (sudo tracer ...), or grant those capabilities",
         ));
     }
     let tracefs = tracefs_root();
@@ -477,10 +477,33 @@ pub fn check_host() -> Vec<CheckLine> {
     lines
 }
 
+/// The capabilities tracer needs without root, with why (numbers from
+/// include/uapi/linux/capability.h).
+pub const NEEDED_CAPABILITIES: &[(u32, &str, &str)] = &[
+    (39, "CAP_BPF", "load the programs and create the maps"),
+    (38, "CAP_PERFMON", "attach to tracepoints and read kernel memory from the programs"),
+    (2, "CAP_DAC_READ_SEARCH", "read the tracepoint ids and formats in tracefs"),
+    (19, "CAP_SYS_PTRACE", "read another user's /proc/PID/fd to find its sockets"),
+];
+
+/// The needed capabilities this process lacks (none for root).
+pub fn missing_capabilities() -> Vec<&'static str> {
+    let caps = effective_capabilities();
+    NEEDED_CAPABILITIES
+        .iter()
+        .filter(|(bit, _, _)| caps & (1u64 << bit) == 0)
+        .map(|(_, name, _)| *name)
+        .collect()
+}
+
 pub fn check_privileges() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("tracer loads eBPF programs and needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); run it with sudo")
+    let missing = missing_capabilities();
+    if !missing.is_empty() {
+        bail!(
+            "tracer loads eBPF programs and lacks {}: run it with sudo, or grant CAP_BPF, \
+             CAP_PERFMON, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE (see README: Requirements)",
+            missing.join(", ")
+        )
     }
     Ok(())
 }
