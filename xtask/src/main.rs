@@ -5,6 +5,7 @@
 
 mod bench;
 mod build;
+mod dist;
 mod demo;
 mod kernels;
 mod setup;
@@ -69,6 +70,9 @@ enum Command {
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10000))]
         connections: u32,
     },
+    /// Build a static (musl) release binary of the tracer, for hosts without a Rust toolchain:
+    /// target/dist/tracer-VERSION-x86_64-linux-musl.
+    Dist,
     Demo {
         /// How long to trace (headless table), like 30s, 2m or 1m30s. Without it the demo opens
         /// the terminal UI in a terminal (q quits), and traces for 30s when stdout is not one.
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::Test { repeat, no_kernels } => test::run(repeat, !no_kernels),
         Command::TestKernels { kernel } => kernels::run(kernel.as_deref()),
         Command::Demo { duration } => demo::run(duration),
+        Command::Dist => dist::run(),
         Command::Bench { duration, runs, connections } => {
             bench::run(bench::Options { duration, runs, connections })
         }
