@@ -6,7 +6,8 @@ fn main() -> anyhow::Result<()> {
     // One place names the eBPF toolchain: xtask setup installs the same one.
     let nightly = include_str!("../tracer-ebpf/NIGHTLY").trim();
     println!("cargo:rerun-if-changed=../tracer-ebpf/NIGHTLY");
-    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR is not set")?;
+    let manifest_dir =
+        std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR is not set")?;
     let root_dir = std::path::Path::new(&manifest_dir).join("../tracer-ebpf");
     let root_dir = root_dir
         .to_str()

@@ -31,7 +31,9 @@ pub fn prerequisites_met() -> bool {
     for var in ["TRACER_BIN", "FIXTURE_BIN"] {
         match std::env::var(var) {
             Ok(path) if PathBuf::from(&path).is_file() => {}
-            _ => missing.push(format!("{var} pointing at a built binary (run: cargo xtask test)")),
+            _ => missing.push(format!(
+                "{var} pointing at a built binary (run: cargo xtask test)"
+            )),
         }
     }
     if missing.is_empty() {
@@ -77,8 +79,12 @@ fn pump<R: std::io::Read + Send + 'static>(r: R) -> mpsc::Receiver<String> {
 
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name} ({cmd:?}): {e}"));
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name} ({cmd:?}): {e}"));
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         Proc {
@@ -131,7 +137,11 @@ impl Proc {
                 Err(_) => break,
             }
         }
-        panic!("{} did not print {want:?} on stderr within {timeout:?}; it printed:\n{}", self.name, seen.join("\n"));
+        panic!(
+            "{} did not print {want:?} on stderr within {timeout:?}; it printed:\n{}",
+            self.name,
+            seen.join("\n")
+        );
     }
 
     pub fn send_line(&mut self, line: &str) {
@@ -158,7 +168,10 @@ impl Proc {
             }
             if Instant::now() > deadline {
                 let err = self.stderr_so_far();
-                panic!("{} did not exit within {timeout:?}; stderr:\n{err}", self.name);
+                panic!(
+                    "{} did not exit within {timeout:?}; stderr:\n{err}",
+                    self.name
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -175,7 +188,13 @@ impl Drop for Proc {
 /// The fake providers on 127.0.0.11..18 at `port`.
 pub fn start_upstreams(port: u16) -> Proc {
     let mut cmd = Command::new(fixture_bin());
-    cmd.args(["upstream", "-port", &port.to_string(), "-idle-timeout", "1s"]);
+    cmd.args([
+        "upstream",
+        "-port",
+        &port.to_string(),
+        "-idle-timeout",
+        "1s",
+    ]);
     let mut p = Proc::spawn("fixture upstream", cmd);
     p.expect_line("READY", Duration::from_secs(10));
     p
@@ -184,7 +203,13 @@ pub fn start_upstreams(port: u16) -> Proc {
 /// The leaky relay: `rounds` rounds of every scenario, then it holds its connections.
 pub fn relay_command(port: u16, rounds: u32, extra: &[&str]) -> Command {
     let mut cmd = Command::new(fixture_bin());
-    cmd.args(["relay", "-port", &port.to_string(), "-rounds", &rounds.to_string()]);
+    cmd.args([
+        "relay",
+        "-port",
+        &port.to_string(),
+        "-rounds",
+        &rounds.to_string(),
+    ]);
     cmd.args(["-interval", "200ms", "-hold", "5m"]);
     cmd.args(extra);
     cmd
@@ -194,8 +219,16 @@ pub fn relay_command(port: u16, rounds: u32, extra: &[&str]) -> Command {
 /// `--pid pid`: the arguments every fixture test gives the tracer.
 pub fn quick_args(pid: u32) -> Vec<String> {
     [
-        "--close-wait-grace", "2s", "--unread-grace", "3s", "--abandon-grace", "4s",
-        "--interval", "1s", "--pid", &pid.to_string(),
+        "--close-wait-grace",
+        "2s",
+        "--unread-grace",
+        "3s",
+        "--abandon-grace",
+        "4s",
+        "--interval",
+        "1s",
+        "--pid",
+        &pid.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -225,9 +258,11 @@ pub fn stop_tracer(tracer: Proc) -> Value {
     tracer.signal(libc::SIGINT);
     let (code, lines, err) = tracer.wait(Duration::from_secs(20));
     assert_eq!(code, Some(0), "tracer exit status; stderr:\n{err}");
-    let last = lines.iter().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| {
-        panic!("the tracer printed no snapshot; stderr:\n{err}")
-    });
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("the tracer printed no snapshot; stderr:\n{err}"));
     let v: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("bad JSON {last:?}: {e}"));
     assert_eq!(v["type"], "snapshot");
     v
@@ -235,22 +270,32 @@ pub fn stop_tracer(tracer: Proc) -> Value {
 
 /// The `hosts` entry for `ip`, if any.
 pub fn host<'a>(snapshot: &'a Value, ip: &str) -> Option<&'a Value> {
-    snapshot["hosts"].as_array()?.iter().find(|h| h["host"] == ip)
+    snapshot["hosts"]
+        .as_array()?
+        .iter()
+        .find(|h| h["host"] == ip)
 }
 
 /// Reads a numeric field of a host entry (0 when the host is absent: nothing seen).
 pub fn count(snapshot: &Value, ip: &str, path: &[&str]) -> u64 {
-    let Some(mut v) = host(snapshot, ip) else { return 0 };
+    let Some(mut v) = host(snapshot, ip) else {
+        return 0;
+    };
     for key in path {
         v = &v[*key];
     }
-    v.as_u64().unwrap_or_else(|| panic!("{ip} {path:?} is not a number in {snapshot}"))
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{ip} {path:?} is not a number in {snapshot}"))
 }
 
 /// Recv-Q per local address of the relay's sockets to `ip`, as `ss` reports them.
 pub fn ss_recv_q(pid: u32, ip: &str) -> Vec<(String, u64)> {
     // ss wants IPv6 addresses in brackets.
-    let dst = if ip.contains(':') { format!("[{ip}]") } else { ip.to_owned() };
+    let dst = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_owned()
+    };
     let out = Command::new("ss")
         .args(["-tnpH", "state", "all", "dst", &dst])
         .output()
@@ -274,7 +319,12 @@ pub fn summary(snapshot: &Value) -> String {
     for h in snapshot["hosts"].as_array().into_iter().flatten() {
         s.push_str(&format!(
             "{} open={} leaked={} {} closed_unread={} total={}\n",
-            h["host"], h["open"], h["leaked"], h["by_reason"], h["closed_unread_total"], h["connections_total"]
+            h["host"],
+            h["open"],
+            h["leaked"],
+            h["by_reason"],
+            h["closed_unread_total"],
+            h["connections_total"]
         ));
     }
     s

@@ -12,10 +12,18 @@ fn check_passes_as_root_and_names_every_hook() {
     }
     let out = Command::new(tracer_bin()).arg("check").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!text.contains('✗'), "{text}");
     for role in ["connect", "state", "read", "close", "first_write"] {
-        assert!(text.contains(&format!("✓ {role} hook: ")), "{role} missing:\n{text}");
+        assert!(
+            text.contains(&format!("✓ {role} hook: ")),
+            "{role} missing:\n{text}"
+        );
     }
     assert!(text.contains("✓ BTF at /sys/kernel/btf/vmlinux"), "{text}");
     assert!(text.contains("tracer can trace on this host"), "{text}");

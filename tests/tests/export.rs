@@ -17,14 +17,28 @@ use tracer_e2e::*;
 const ROUNDS: u64 = 3;
 
 fn grace_args() -> Vec<String> {
-    ["--close-wait-grace", "2s", "--unread-grace", "3s", "--abandon-grace", "4s"].iter().map(|s| s.to_string()).collect()
+    [
+        "--close-wait-grace",
+        "2s",
+        "--unread-grace",
+        "3s",
+        "--abandon-grace",
+        "4s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// A plain HTTP GET on loopback; returns (status line, body).
 fn http_get(addr: &str, path: &str) -> Option<(String, String)> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut reply = String::new();
     stream.read_to_string(&mut reply).ok()?;
     let (head, body) = reply.split_once("\r\n\r\n")?;
@@ -34,7 +48,9 @@ fn http_get(addr: &str, path: &str) -> Option<(String, String)> {
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -62,7 +78,12 @@ fn leaked_by_host_json(s: &Value) -> BTreeMap<String, u64> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| (h["host"].as_str().unwrap().to_owned(), h["leaked"].as_u64().unwrap()))
+        .map(|h| {
+            (
+                h["host"].as_str().unwrap().to_owned(),
+                h["leaked"].as_u64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -97,9 +118,15 @@ fn start_prometheus(scrape: &str, web: &str) -> Prometheus {
     .unwrap();
     let mut cmd = Command::new(binary);
     cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address={web}"));
-    Prometheus { _proc: Proc::spawn("prometheus", cmd), dir }
+    Prometheus {
+        _proc: Proc::spawn("prometheus", cmd),
+        dir,
+    }
 }
 
 #[test]
@@ -111,10 +138,23 @@ fn a_real_prometheus_scrapes_the_leaking_hosts_with_the_counts_of_the_json_snaps
     let metrics = "127.0.0.1:19464";
     let web = "127.0.0.1:19465";
     let _upstreams = start_upstreams(port);
-    let mut relay = Proc::spawn("relay", relay_command(port, ROUNDS as u32, &["-start-on-stdin"]));
+    let mut relay = Proc::spawn(
+        "relay",
+        relay_command(port, ROUNDS as u32, &["-start-on-stdin"]),
+    );
     relay.expect_line("WAITING", Duration::from_secs(10));
     let mut args = grace_args();
-    args.extend(["--interval", "1s", "--metrics-addr", metrics, "--pid", &relay.pid().to_string()].map(String::from));
+    args.extend(
+        [
+            "--interval",
+            "1s",
+            "--metrics-addr",
+            metrics,
+            "--pid",
+            &relay.pid().to_string(),
+        ]
+        .map(String::from),
+    );
     let mut tracer = start_tracer(&args);
     relay.send_line("go");
     relay.expect_line("ROUNDS DONE", Duration::from_secs(60));
@@ -123,8 +163,14 @@ fn a_real_prometheus_scrapes_the_leaking_hosts_with_the_counts_of_the_json_snaps
     // The endpoint itself.
     let (status, body) = http_get(metrics, "/metrics").expect("the tracer serves /metrics");
     assert!(status.contains("200"), "{status}");
-    assert!(body.contains("# TYPE tracer_upstream_connections_leaked gauge"), "{body}");
-    assert!(!body.contains("sk-tracer-fixture-SECRET"), "payload in the metrics");
+    assert!(
+        body.contains("# TYPE tracer_upstream_connections_leaked gauge"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("sk-tracer-fixture-SECRET"),
+        "payload in the metrics"
+    );
 
     let _prometheus = start_prometheus(metrics, web);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -134,7 +180,10 @@ fn a_real_prometheus_scrapes_the_leaking_hosts_with_the_counts_of_the_json_snaps
                 break answer;
             }
         }
-        assert!(Instant::now() < deadline, "Prometheus never answered with the fixture's leaks");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never answered with the fixture's leaks"
+        );
         thread::sleep(Duration::from_millis(500));
     };
     // The same instant, as the tracer's own JSON snapshot says it.
@@ -148,8 +197,19 @@ fn a_real_prometheus_scrapes_the_leaking_hosts_with_the_counts_of_the_json_snaps
         }
     }
     let json = leaked_by_host_json(&snapshot);
-    for host in ["127.0.0.12", "127.0.0.13", "127.0.0.16", "::1", "api.openai.com", "api.anthropic.com"] {
-        assert_eq!(by_host.get(host), json.get(host), "{host}: Prometheus {by_host:?} vs JSON {json:?}");
+    for host in [
+        "127.0.0.12",
+        "127.0.0.13",
+        "127.0.0.16",
+        "::1",
+        "api.openai.com",
+        "api.anthropic.com",
+    ] {
+        assert_eq!(
+            by_host.get(host),
+            json.get(host),
+            "{host}: Prometheus {by_host:?} vs JSON {json:?}"
+        );
         assert_eq!(by_host.get(host), Some(&ROUNDS), "{host}: {by_host:?}");
     }
     let _ = stop_tracer(tracer);
@@ -158,9 +218,20 @@ fn a_real_prometheus_scrapes_the_leaking_hosts_with_the_counts_of_the_json_snaps
 /// Runs `tracer snapshot` on `pid` and returns its stdout.
 fn snapshot_of(pid: u32, format: &str) -> String {
     let mut cmd = Command::new(tracer_bin());
-    cmd.arg("snapshot").args(grace_args()).args(["--for", "5s", "--format", format, "--pid", &pid.to_string()]);
+    cmd.arg("snapshot").args(grace_args()).args([
+        "--for",
+        "5s",
+        "--format",
+        format,
+        "--pid",
+        &pid.to_string(),
+    ]);
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "snapshot --format {format}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "snapshot --format {format}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -177,7 +248,12 @@ fn snapshots_in_json_csv_and_prometheus_agree_and_json_output_files_rotate() {
 
     let json: Value = serde_json::from_str(snapshot_of(relay.pid(), "json").trim()).unwrap();
     let from_json = leaked_by_host_json(&json);
-    assert_eq!(from_json.get("127.0.0.12"), Some(&ROUNDS), "{}", summary(&json));
+    assert_eq!(
+        from_json.get("127.0.0.12"),
+        Some(&ROUNDS),
+        "{}",
+        summary(&json)
+    );
 
     let csv = snapshot_of(relay.pid(), "csv");
     let mut lines = csv.lines();
@@ -189,20 +265,35 @@ fn snapshots_in_json_csv_and_prometheus_agree_and_json_output_files_rotate() {
     let from_csv: BTreeMap<String, u64> = lines
         .map(|l| {
             let cols: Vec<&str> = l.split(',').collect();
-            (cols[host_col].trim_matches('"').to_owned(), cols[leaked_col].parse().unwrap())
+            (
+                cols[host_col].trim_matches('"').to_owned(),
+                cols[leaked_col].parse().unwrap(),
+            )
         })
         .collect();
     assert_eq!(from_csv, from_json, "CSV vs JSON");
 
     let prom = snapshot_of(relay.pid(), "prometheus");
     let mut from_prom: BTreeMap<String, u64> = BTreeMap::new();
-    for line in prom.lines().filter(|l| l.starts_with("tracer_upstream_connections_leaked{")) {
-        let host = line.split("host=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    for line in prom
+        .lines()
+        .filter(|l| l.starts_with("tracer_upstream_connections_leaked{"))
+    {
+        let host = line
+            .split("host=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned();
         let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         *from_prom.entry(host).or_default() += value as u64;
     }
-    let json_nonzero: BTreeMap<String, u64> = from_json.into_iter().filter(|(_, v)| *v > 0).collect();
-    let prom_nonzero: BTreeMap<String, u64> = from_prom.into_iter().filter(|(_, v)| *v > 0).collect();
+    let json_nonzero: BTreeMap<String, u64> =
+        from_json.into_iter().filter(|(_, v)| *v > 0).collect();
+    let prom_nonzero: BTreeMap<String, u64> =
+        from_prom.into_iter().filter(|(_, v)| *v > 0).collect();
     assert_eq!(prom_nonzero, json_nonzero, "Prometheus vs JSON");
 
     // run --json --output FILE rotates by size and never splits a line.
@@ -210,25 +301,57 @@ fn snapshots_in_json_csv_and_prometheus_agree_and_json_output_files_rotate() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("snapshots.jsonl");
     let out = Command::new(tracer_bin())
-        .args(["run", "--json", "--interval", "200ms", "--duration", "3s", "--output-max-size", "4K", "--output-keep", "2"])
+        .args([
+            "run",
+            "--json",
+            "--interval",
+            "200ms",
+            "--duration",
+            "3s",
+            "--output-max-size",
+            "4K",
+            "--output-keep",
+            "2",
+        ])
         .arg("--output")
         .arg(&file)
         .args(["--pid", &relay.pid().to_string()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stdout.is_empty(), "with --output, nothing goes to stdout");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "with --output, nothing goes to stdout"
+    );
     let mut lines = 0;
-    for path in [file.clone(), dir.join("snapshots.jsonl.1"), dir.join("snapshots.jsonl.2")] {
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(text.len() <= 4096 || text.lines().count() == 1, "{} is {} bytes", path.display(), text.len());
+    for path in [
+        file.clone(),
+        dir.join("snapshots.jsonl.1"),
+        dir.join("snapshots.jsonl.2"),
+    ] {
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            text.len() <= 4096 || text.lines().count() == 1,
+            "{} is {} bytes",
+            path.display(),
+            text.len()
+        );
         for line in text.lines() {
-            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("split line in {}: {e}", path.display()));
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("split line in {}: {e}", path.display()));
             assert_eq!(v["type"], "snapshot");
             lines += 1;
         }
     }
-    assert!(!dir.join("snapshots.jsonl.3").exists(), "keeps 2 rotated files");
+    assert!(
+        !dir.join("snapshots.jsonl.3").exists(),
+        "keeps 2 rotated files"
+    );
     assert!(lines >= 3, "{lines} snapshots written");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,13 +13,24 @@ fn bpf_ids(kind: &str) -> HashSet<u64> {
         .args(["-j", kind, "show"])
         .output()
         .unwrap_or_else(|e| panic!("running bpftool (apt-get install bpftool): {e}"));
-    assert!(out.status.success(), "bpftool {kind} show failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bpftool {kind} show failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array().unwrap().iter().map(|p| p["id"].as_u64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect()
 }
 
 fn prog_names(ids: &HashSet<u64>) -> HashSet<String> {
-    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().unwrap();
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v.as_array()
         .unwrap()
@@ -34,17 +45,33 @@ fn every_exit_path_leaves_no_program_or_map_loaded() {
     if !prerequisites_met() {
         return;
     }
-    for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM"), (libc::SIGKILL, "SIGKILL")] {
+    for (signal, name) in [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGKILL, "SIGKILL"),
+    ] {
         let (progs_before, maps_before) = (bpf_ids("prog"), bpf_ids("map"));
         // A name nothing has: the tracer attaches and waits.
         let tracer = start_tracer(&["--comm".to_owned(), "no-such-relay".to_owned()]);
         let ours: HashSet<u64> = bpf_ids("prog").difference(&progs_before).copied().collect();
         let our_maps: HashSet<u64> = bpf_ids("map").difference(&maps_before).copied().collect();
         let names = prog_names(&ours);
-        for expected in ["sock_set_state", "sock_recv", "enter_connect", "enter_close", "enter_write"] {
-            assert!(names.contains(expected), "{name}: {expected} not loaded; ours: {names:?}");
+        for expected in [
+            "sock_set_state",
+            "sock_recv",
+            "enter_connect",
+            "enter_close",
+            "enter_write",
+        ] {
+            assert!(
+                names.contains(expected),
+                "{name}: {expected} not loaded; ours: {names:?}"
+            );
         }
-        assert!(our_maps.len() >= 8, "{name}: expected our maps to be loaded, got {our_maps:?}");
+        assert!(
+            our_maps.len() >= 8,
+            "{name}: expected our maps to be loaded, got {our_maps:?}"
+        );
         tracer.signal(signal);
         let (code, _, err) = tracer.wait(Duration::from_secs(20));
         if signal == libc::SIGKILL {
@@ -56,32 +83,54 @@ fn every_exit_path_leaves_no_program_or_map_loaded() {
         let mut left = (HashSet::new(), HashSet::new());
         for _ in 0..50 {
             left = (
-                bpf_ids("prog").intersection(&ours).copied().collect::<HashSet<_>>(),
-                bpf_ids("map").intersection(&our_maps).copied().collect::<HashSet<_>>(),
+                bpf_ids("prog")
+                    .intersection(&ours)
+                    .copied()
+                    .collect::<HashSet<_>>(),
+                bpf_ids("map")
+                    .intersection(&our_maps)
+                    .copied()
+                    .collect::<HashSet<_>>(),
             );
             if left.0.is_empty() && left.1.is_empty() {
                 break;
             }
             thread::sleep(Duration::from_millis(100));
         }
-        assert!(left.0.is_empty(), "{name}: programs still loaded: {:?}", prog_names(&left.0));
+        assert!(
+            left.0.is_empty(),
+            "{name}: programs still loaded: {:?}",
+            prog_names(&left.0)
+        );
         assert!(left.1.is_empty(), "{name}: maps still loaded: {:?}", left.1);
     }
 }
 
 /// Reads snapshots until one satisfies `want` (or panics after `timeout`).
-fn wait_for_snapshot(tracer: &mut Proc, timeout: Duration, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+fn wait_for_snapshot(
+    tracer: &mut Proc,
+    timeout: Duration,
+    what: &str,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = std::time::Instant::now() + timeout;
     let mut last = Value::Null;
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-        let Some(line) = tracer.next_line(left) else { break };
-        let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+        let Some(line) = tracer.next_line(left) else {
+            break;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
         if want(&v) {
             return v;
         }
         last = v;
     }
-    panic!("no snapshot with {what} within {timeout:?}; the last one:\n{}", summary(&last));
+    panic!(
+        "no snapshot with {what} within {timeout:?}; the last one:\n{}",
+        summary(&last)
+    );
 }
 
 #[test]
@@ -100,43 +149,73 @@ fn a_named_target_that_exits_leaves_the_table_and_its_restart_is_followed() {
         cmd.args(relay_command(port, 2, &[]).get_args());
         cmd
     };
-    let mut args: Vec<String> = ["--close-wait-grace", "2s", "--unread-grace", "3s", "--abandon-grace", "4s", "--interval", "500ms"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "--close-wait-grace",
+        "2s",
+        "--unread-grace",
+        "3s",
+        "--abandon-grace",
+        "4s",
+        "--interval",
+        "500ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.extend(["--comm".to_owned(), "restartrelay".to_owned()]);
     let mut tracer = start_tracer(&args);
 
     let mut first = Proc::spawn("restartrelay", relay_cmd());
     first.expect_line("ROUNDS DONE", Duration::from_secs(60));
     let first_pid = first.pid();
-    let s = wait_for_snapshot(&mut tracer, Duration::from_secs(20), "2 status leaks of the first process", |s| {
-        count(s, "127.0.0.12", &["by_reason", "close_wait"]) == 2
-    });
+    let s = wait_for_snapshot(
+        &mut tracer,
+        Duration::from_secs(20),
+        "2 status leaks of the first process",
+        |s| count(s, "127.0.0.12", &["by_reason", "close_wait"]) == 2,
+    );
     assert_eq!(s["targets"], serde_json::json!([first_pid]));
 
     // The relay dies: its connections go with it, and the tracer keeps waiting for the name.
     first.signal(libc::SIGKILL);
     let _ = first.wait(Duration::from_secs(10));
-    let s = wait_for_snapshot(&mut tracer, Duration::from_secs(20), "no targets and nothing open", |s| {
-        s["targets"] == serde_json::json!([]) && s["open_total"] == 0
-    });
+    let s = wait_for_snapshot(
+        &mut tracer,
+        Duration::from_secs(20),
+        "no targets and nothing open",
+        |s| s["targets"] == serde_json::json!([]) && s["open_total"] == 0,
+    );
     assert_eq!(s["leaked_total"], 0, "{}", summary(&s));
 
     // It restarts under the same name: followed from its first connection, counted afresh.
     let mut second = Proc::spawn("restartrelay", relay_cmd());
     second.expect_line("ROUNDS DONE", Duration::from_secs(60));
     let second_pid = second.pid();
-    let s = wait_for_snapshot(&mut tracer, Duration::from_secs(20), "2 status leaks of the restarted process", |s| {
-        s["targets"] == serde_json::json!([second_pid]) && count(s, "127.0.0.12", &["by_reason", "close_wait"]) == 2
-    });
+    let s = wait_for_snapshot(
+        &mut tracer,
+        Duration::from_secs(20),
+        "2 status leaks of the restarted process",
+        |s| {
+            s["targets"] == serde_json::json!([second_pid])
+                && count(s, "127.0.0.12", &["by_reason", "close_wait"]) == 2
+        },
+    );
     assert!(
-        s["leaks"].as_array().unwrap().iter().all(|l| l["pid"] == second_pid),
+        s["leaks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["pid"] == second_pid),
         "leaks of the dead process remain: {}",
         s["leaks"]
     );
     let final_snapshot = stop_tracer(tracer);
-    assert_eq!(count(&final_snapshot, "127.0.0.12", &["connections_total"]), 4, "{}", summary(&final_snapshot));
+    assert_eq!(
+        count(&final_snapshot, "127.0.0.12", &["connections_total"]),
+        4,
+        "{}",
+        summary(&final_snapshot)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -156,5 +235,8 @@ fn tracing_stops_when_every_pid_target_has_exited() {
     let (code, lines, err) = tracer.wait(Duration::from_secs(15));
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("every target process has exited"), "{err}");
-    assert!(lines.iter().any(|l| l.starts_with('{')), "a final snapshot is printed");
+    assert!(
+        lines.iter().any(|l| l.starts_with('{')),
+        "a final snapshot is printed"
+    );
 }

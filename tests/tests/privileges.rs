@@ -37,11 +37,32 @@ fn the_documented_capabilities_are_enough() {
     tracer.signal(libc::SIGINT);
     let (code, lines, err) = tracer.wait(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{err}");
-    let s: Value = serde_json::from_str(lines.iter().rev().find(|l| l.starts_with('{')).unwrap()).unwrap();
-    assert_eq!(count(&s, "127.0.0.12", &["by_reason", "close_wait"]), ROUNDS, "{}", summary(&s));
-    assert_eq!(count(&s, "127.0.0.13", &["by_reason", "unread"]), ROUNDS, "{}", summary(&s));
-    assert_eq!(count(&s, "127.0.0.16", &["by_reason", "abandoned"]), ROUNDS, "{}", summary(&s));
-    assert_eq!(count(&s, "api.openai.com", &["by_reason", "close_wait"]), ROUNDS, "{}", summary(&s));
+    let s: Value =
+        serde_json::from_str(lines.iter().rev().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    assert_eq!(
+        count(&s, "127.0.0.12", &["by_reason", "close_wait"]),
+        ROUNDS,
+        "{}",
+        summary(&s)
+    );
+    assert_eq!(
+        count(&s, "127.0.0.13", &["by_reason", "unread"]),
+        ROUNDS,
+        "{}",
+        summary(&s)
+    );
+    assert_eq!(
+        count(&s, "127.0.0.16", &["by_reason", "abandoned"]),
+        ROUNDS,
+        "{}",
+        summary(&s)
+    );
+    assert_eq!(
+        count(&s, "api.openai.com", &["by_reason", "close_wait"]),
+        ROUNDS,
+        "{}",
+        summary(&s)
+    );
 }
 
 #[test]
@@ -49,7 +70,10 @@ fn a_missing_capability_is_named() {
     if !prerequisites_met() {
         return;
     }
-    let out = as_nobody_with("+perfmon,+dac_read_search,+sys_ptrace").args(["run", "--pid", "1"]).output().unwrap();
+    let out = as_nobody_with("+perfmon,+dac_read_search,+sys_ptrace")
+        .args(["run", "--pid", "1"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("lacks CAP_BPF"), "{err}");

@@ -10,10 +10,19 @@ const ROUNDS: u64 = 3;
 
 /// Short graces so the test is quick; the defaults are 5s, 10s and 30s.
 fn grace_args() -> Vec<String> {
-    ["--close-wait-grace", "2s", "--unread-grace", "3s", "--abandon-grace", "4s", "--interval", "1s"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "--close-wait-grace",
+        "2s",
+        "--unread-grace",
+        "3s",
+        "--abandon-grace",
+        "4s",
+        "--interval",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// Long enough after the last round for every grace to pass (the upstream's idle timeout
@@ -24,27 +33,59 @@ fn assert_fixture_verdicts(s: &serde_json::Value, pre_existing: bool) {
     let ctx = summary(s);
     // 127.0.0.12 and ::1: early return on a non-200 status, body never closed -> CLOSE_WAIT.
     for ip in ["127.0.0.12", "::1"] {
-        assert_eq!(count(s, ip, &["leaked"]), ROUNDS, "status leaks to {ip}\n{ctx}");
+        assert_eq!(
+            count(s, ip, &["leaked"]),
+            ROUNDS,
+            "status leaks to {ip}\n{ctx}"
+        );
         assert_eq!(count(s, ip, &["by_reason", "close_wait"]), ROUNDS, "{ctx}");
     }
     // 127.0.0.13: 1 MiB body never read nor closed -> unread bytes.
-    assert_eq!(count(s, "127.0.0.13", &["leaked"]), ROUNDS, "large-body leaks\n{ctx}");
-    assert_eq!(count(s, "127.0.0.13", &["by_reason", "unread"]), ROUNDS, "{ctx}");
+    assert_eq!(
+        count(s, "127.0.0.13", &["leaked"]),
+        ROUNDS,
+        "large-body leaks\n{ctx}"
+    );
+    assert_eq!(
+        count(s, "127.0.0.13", &["by_reason", "unread"]),
+        ROUNDS,
+        "{ctx}"
+    );
     if pre_existing {
         // No read history for connections opened before the tracer: never `abandoned`.
         assert_eq!(count(s, "127.0.0.16", &["leaked"]), 0, "{ctx}");
     } else {
         // 127.0.0.16: SSE stream read partly, then abandoned.
-        assert_eq!(count(s, "127.0.0.16", &["leaked"]), ROUNDS, "abandoned streams\n{ctx}");
-        assert_eq!(count(s, "127.0.0.16", &["by_reason", "abandoned"]), ROUNDS, "{ctx}");
+        assert_eq!(
+            count(s, "127.0.0.16", &["leaked"]),
+            ROUNDS,
+            "abandoned streams\n{ctx}"
+        );
+        assert_eq!(
+            count(s, "127.0.0.16", &["by_reason", "abandoned"]),
+            ROUNDS,
+            "{ctx}"
+        );
         // 127.0.0.14: closed without reading -> not leaked, counted as closed_unread.
-        assert_eq!(count(s, "127.0.0.14", &["closed_unread_total"]), ROUNDS, "{ctx}");
-        assert_eq!(count(s, "127.0.0.14", &["connections_total"]), ROUNDS, "{ctx}");
+        assert_eq!(
+            count(s, "127.0.0.14", &["closed_unread_total"]),
+            ROUNDS,
+            "{ctx}"
+        );
+        assert_eq!(
+            count(s, "127.0.0.14", &["connections_total"]),
+            ROUNDS,
+            "{ctx}"
+        );
         // 127.0.0.11 (read and close) was used.
         assert!(count(s, "127.0.0.11", &["connections_total"]) >= 1, "{ctx}");
     }
     for healthy in ["127.0.0.11", "127.0.0.14", "127.0.0.15", "127.0.0.17"] {
-        assert_eq!(count(s, healthy, &["leaked"]), 0, "{healthy} must not leak\n{ctx}");
+        assert_eq!(
+            count(s, healthy, &["leaked"]),
+            0,
+            "{healthy} must not leak\n{ctx}"
+        );
     }
     // The long SSE stream is open and actively read.
     assert_eq!(count(s, "127.0.0.17", &["open"]), 1, "{ctx}");
@@ -54,7 +95,19 @@ fn assert_fixture_verdicts(s: &serde_json::Value, pre_existing: bool) {
     let expected = if pre_existing { 5 * ROUNDS } else { 6 * ROUNDS };
     assert_eq!(leaks.len() as u64, expected, "{ctx}");
     for leak in leaks {
-        for field in ["pid", "fd", "local", "remote", "host", "state", "reason", "age_s", "idle_s", "unread_bytes", "bytes_read"] {
+        for field in [
+            "pid",
+            "fd",
+            "local",
+            "remote",
+            "host",
+            "state",
+            "reason",
+            "age_s",
+            "idle_s",
+            "unread_bytes",
+            "bytes_read",
+        ] {
             assert!(!leak[field].is_null(), "leak without {field}: {leak}");
         }
     }
@@ -64,7 +117,11 @@ fn assert_fixture_verdicts(s: &serde_json::Value, pre_existing: bool) {
 fn assert_unread_matches_ss(s: &serde_json::Value, relay_pid: u32) {
     for ip in ["127.0.0.12", "::1", "127.0.0.13"] {
         let ss = ss_recv_q(relay_pid, ip);
-        assert_eq!(ss.len() as u64, ROUNDS, "ss sees the relay's sockets to {ip}: {ss:?}");
+        assert_eq!(
+            ss.len() as u64,
+            ROUNDS,
+            "ss sees the relay's sockets to {ip}: {ss:?}"
+        );
         for (local, recv_q) in ss {
             let leak = s["leaks"]
                 .as_array()
@@ -72,14 +129,25 @@ fn assert_unread_matches_ss(s: &serde_json::Value, relay_pid: u32) {
                 .iter()
                 .find(|l| l["local"] == local.as_str() && l["host"] == ip)
                 .unwrap_or_else(|| panic!("no leak for {local} -> {ip} in {}", s["leaks"]));
-            assert_eq!(leak["recv_q"].as_u64().unwrap(), recv_q, "Recv-Q of {local}: {leak}");
+            assert_eq!(
+                leak["recv_q"].as_u64().unwrap(),
+                recv_q,
+                "Recv-Q of {local}: {leak}"
+            );
             let fin = u64::from(leak["state"] == "CLOSE_WAIT");
-            assert_eq!(leak["unread_bytes"].as_u64().unwrap(), recv_q - fin, "{leak}");
+            assert_eq!(
+                leak["unread_bytes"].as_u64().unwrap(),
+                recv_q - fin,
+                "{leak}"
+            );
         }
     }
     // The large bodies really are stuck in the kernel: well over one 4 KiB read each.
     for (_, recv_q) in ss_recv_q(relay_pid, "127.0.0.13") {
-        assert!(recv_q > 50_000, "expected a large unread queue, got {recv_q}");
+        assert!(
+            recv_q > 50_000,
+            "expected a large unread queue, got {recv_q}"
+        );
     }
 }
 
@@ -100,20 +168,37 @@ fn fixture_verdicts_are_exact_and_untargeted_processes_are_ignored() {
     relay.expect_line("ROUNDS DONE", Duration::from_secs(60));
     thread::sleep(SETTLE);
     let relay_pid = relay.pid();
-    let ss_before = (ss_recv_q(relay_pid, "127.0.0.12"), ss_recv_q(relay_pid, "127.0.0.13"));
+    let ss_before = (
+        ss_recv_q(relay_pid, "127.0.0.12"),
+        ss_recv_q(relay_pid, "127.0.0.13"),
+    );
     let s = stop_tracer(tracer);
     drop(busy);
 
     assert_eq!(s["targets"], serde_json::json!([relay_pid]));
     assert_fixture_verdicts(&s, false);
-    assert!(host(&s, "127.0.0.18").is_none(), "the untargeted busy client was tracked:\n{}", summary(&s));
+    assert!(
+        host(&s, "127.0.0.18").is_none(),
+        "the untargeted busy client was tracked:\n{}",
+        summary(&s)
+    );
     for leak in s["leaks"].as_array().unwrap() {
-        assert_eq!(leak["pid"].as_u64().unwrap(), u64::from(relay_pid), "{leak}");
+        assert_eq!(
+            leak["pid"].as_u64().unwrap(),
+            u64::from(relay_pid),
+            "{leak}"
+        );
         assert_eq!(leak["origin"], "traced", "{leak}");
         assert!(leak["fd"].as_i64().unwrap() > 2, "{leak}");
     }
     // Nothing read the leaked sockets since, so the queues are as they were.
-    assert_eq!(ss_before, (ss_recv_q(relay_pid, "127.0.0.12"), ss_recv_q(relay_pid, "127.0.0.13")));
+    assert_eq!(
+        ss_before,
+        (
+            ss_recv_q(relay_pid, "127.0.0.12"),
+            ss_recv_q(relay_pid, "127.0.0.13")
+        )
+    );
     assert_unread_matches_ss(&s, relay_pid);
 }
 
@@ -164,7 +249,12 @@ fn processes_named_by_comm_are_followed_from_their_start() {
     thread::sleep(SETTLE);
     let s = stop_tracer(tracer);
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(s["targets"], serde_json::json!([relay.pid()]), "{}", s["target_processes"]);
+    assert_eq!(
+        s["targets"],
+        serde_json::json!([relay.pid()]),
+        "{}",
+        s["target_processes"]
+    );
     assert_fixture_verdicts(&s, false);
 }
 
@@ -174,7 +264,10 @@ fn bad_targets_get_one_clear_line_and_the_right_exit_status() {
         return;
     }
     // A pid that does not exist: usage error, exit 2.
-    let out = Command::new(tracer_bin()).args(["run", "--pid", "999999999"]).output().unwrap();
+    let out = Command::new(tracer_bin())
+        .args(["run", "--pid", "999999999"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("no process with pid 999999999"), "{err}");

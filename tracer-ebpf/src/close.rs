@@ -5,7 +5,7 @@ use tracer_common::{tp_layout, ConnFlags, FdKey};
 
 use crate::{
     maps::{CONNS, FD_SOCKS},
-    sock::{field, current_ids, is_target},
+    sock::{current_ids, field, is_target},
 };
 
 /// `syscalls/sys_enter_close`: marks the socket closed by the process before tcp_close runs,
@@ -21,7 +21,10 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
-    let key = FdKey { tgid, fd: fd as u32 };
+    let key = FdKey {
+        tgid,
+        fd: fd as u32,
+    };
     let Some(sk) = FD_SOCKS.get_ptr(&key) else {
         return Ok(0);
     };

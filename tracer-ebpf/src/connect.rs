@@ -1,16 +1,12 @@
 //! connect(): remember which fd a target thread is connecting, so the socket that
 //! `inet_sock_set_state` reports next on the same thread can be tied to it.
 
-use aya_ebpf::{
-    helpers::bpf_get_current_comm,
-    macros::tracepoint,
-    programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{tp_layout, TargetFlags};
 
 use crate::{
     maps::{PENDING_CONNECT, TARGETS, TARGET_COMMS},
-    sock::{field, current_ids, is_target},
+    sock::{current_ids, field, is_target},
 };
 
 /// Non-zero when user space asked to follow processes by name (`--comm`).
@@ -29,7 +25,9 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
-    PENDING_CONNECT.insert(&tid, &(fd as u32), 0).map_err(i64::from)?;
+    PENDING_CONNECT
+        .insert(&tid, &(fd as u32), 0)
+        .map_err(i64::from)?;
     Ok(0)
 }
 

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    ConnInfo, FdKey, EVENTS_RING_BYTES, MAX_CONNS, MAX_FD_SOCKS, MAX_PENDING, MAX_TARGETS,
-    MAX_TARGET_COMMS, STAT_COUNT, COMM_LEN,
+    ConnInfo, FdKey, COMM_LEN, EVENTS_RING_BYTES, MAX_CONNS, MAX_FD_SOCKS, MAX_PENDING,
+    MAX_TARGETS, MAX_TARGET_COMMS, STAT_COUNT,
 };
 
 /// tgid -> TargetFlags. Filled by user space (and by `connect` for followed comms).

@@ -102,7 +102,10 @@ fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u3
         return Ok(0);
     }
     let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
-    let key = FdKey { tgid, fd: fd as u32 };
+    let key = FdKey {
+        tgid,
+        fd: fd as u32,
+    };
     let Some(sk) = FD_SOCKS.get_ptr(&key) else {
         return Ok(0);
     };

@@ -5,7 +5,9 @@ use aya_ebpf::{
     programs::TracePointContext,
     EbpfContext as _,
 };
-use tracer_common::{ConnEvent, ConnFlags, ConnInfo, EventKind, Stat, RING_WAKEUP_BYTES, SOCK_DONE_BIT};
+use tracer_common::{
+    ConnEvent, ConnFlags, ConnInfo, EventKind, Stat, RING_WAKEUP_BYTES, SOCK_DONE_BIT,
+};
 
 use crate::maps::{EVENTS, STATS, TARGETS};
 
@@ -124,7 +126,14 @@ pub fn sample_peer_fin(sk: u64, conn: *mut ConnInfo) {
 /// Sends a lifecycle event carrying a copy of the socket's record. A full ring buffer drops the
 /// event and counts it, so user space can report the loss and re-sync.
 #[inline(always)]
-pub fn emit(kind: EventKind, old_state: u32, new_state: u32, sk: u64, now: u64, conn: *const ConnInfo) {
+pub fn emit(
+    kind: EventKind,
+    old_state: u32,
+    new_state: u32,
+    sk: u64,
+    now: u64,
+    conn: *const ConnInfo,
+) {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         count(Stat::RingbufDrops);
         return;

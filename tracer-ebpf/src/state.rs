@@ -4,12 +4,12 @@
 //! State changes caused by incoming packets run in softirq context, where the current task
 //! is unrelated: those are matched by socket (`CONNS`), never by pid.
 
-use aya_log_ebpf::warn;
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
+use aya_log_ebpf::warn;
 use tracer_common::{
     tcp_state, tp_layout::inet_sock_set_state as tp, ConnFlags, ConnInfo, EventKind, FdKey, Stat,
     AF_INET, AF_INET6, IPPROTO_TCP,
@@ -17,7 +17,9 @@ use tracer_common::{
 
 use crate::{
     maps::{CONNS, FD_SOCKS, PENDING_CONNECT},
-    sock::{field, field16, field4, count, current_ids, emit, is_target, sample_peer_fin, sample_unread},
+    sock::{
+        count, current_ids, emit, field, field16, field4, is_target, sample_peer_fin, sample_unread,
+    },
 };
 
 /// `sock/inet_sock_set_state` (Linux 4.16).
@@ -77,7 +79,10 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         let (tgid, fd, flags) = unsafe { ((*conn).tgid, (*conn).fd, (*conn).flags) };
         let _ = CONNS.remove(&sk);
         if flags & ConnFlags::FD_KNOWN != 0 {
-            let key = FdKey { tgid, fd: fd as u32 };
+            let key = FdKey {
+                tgid,
+                fd: fd as u32,
+            };
             // The fd may already belong to a newer socket; only drop our own mapping.
             if let Some(mapped) = FD_SOCKS.get_ptr(&key) {
                 // SAFETY: pointer from the lookup just made.
@@ -128,15 +133,28 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
     }
     if CONNS.insert(&sk, &info, 0).is_err() {
         count(Stat::ConnMapFull);
-        warn!(ctx, "tracer: cannot track a connection of pid {}: the connection map is full", tgid);
+        warn!(
+            ctx,
+            "tracer: cannot track a connection of pid {}: the connection map is full", tgid
+        );
         return Ok(0);
     }
     if info.flags & ConnFlags::FD_KNOWN != 0 {
-        let key = FdKey { tgid, fd: info.fd as u32 };
+        let key = FdKey {
+            tgid,
+            fd: info.fd as u32,
+        };
         let _ = FD_SOCKS.insert(&key, &sk, 0);
     }
     if let Some(conn) = CONNS.get_ptr_mut(&sk) {
-        emit(EventKind::Connect, tcp_state::CLOSE, tcp_state::SYN_SENT, sk, now, conn);
+        emit(
+            EventKind::Connect,
+            tcp_state::CLOSE,
+            tcp_state::SYN_SENT,
+            sk,
+            now,
+            conn,
+        );
     }
     Ok(0)
 }

@@ -96,12 +96,20 @@ fn try_enter_sendmsg(ctx: &TracePointContext) -> Result<u32, i64> {
 
 #[inline(always)]
 fn is_tracked(tgid: u32, fd: u64) -> bool {
-    FD_SOCKS.get_ptr(&FdKey { tgid, fd: fd as u32 }).is_some()
+    FD_SOCKS
+        .get_ptr(&FdKey {
+            tgid,
+            fd: fd as u32,
+        })
+        .is_some()
 }
 
 #[inline(always)]
 fn capture(tgid: u32, fd: u64, buf: u64, len: u64) -> Result<u32, i64> {
-    let Some(sk) = FD_SOCKS.get_ptr(&FdKey { tgid, fd: fd as u32 }) else {
+    let Some(sk) = FD_SOCKS.get_ptr(&FdKey {
+        tgid,
+        fd: fd as u32,
+    }) else {
         return Ok(0);
     };
     // SAFETY: pointer from the lookup just made.

@@ -33,8 +33,8 @@ use crate::{
         prometheus::{Health, PrometheusExporter},
         rotate::RotatingFile,
     },
-    naming::catalogue::{Catalogue, ProvidersFileError},
     model::{ConnTable, Graces, Input, Snapshot},
+    naming::catalogue::{Catalogue, ProvidersFileError},
     record::{
         self,
         player::{Player, Speed},
@@ -77,7 +77,10 @@ pub async fn main(cli: Cli) -> Result<()> {
             watch(WatchArgs {
                 targets: cli.targets,
                 graces: cli.graces,
-                metrics: MetricsArgs { metrics_addr: None, metrics_top_hosts: 20 },
+                metrics: MetricsArgs {
+                    metrics_addr: None,
+                    metrics_top_hosts: 20,
+                },
                 naming: cli.naming,
             })
             .await
@@ -92,7 +95,10 @@ pub async fn main(cli: Cli) -> Result<()> {
                 output: None,
                 output_max_size: 0,
                 output_keep: 0,
-                metrics: MetricsArgs { metrics_addr: None, metrics_top_hosts: 20 },
+                metrics: MetricsArgs {
+                    metrics_addr: None,
+                    metrics_top_hosts: 20,
+                },
                 naming: cli.naming,
             })
             .await
@@ -112,9 +118,9 @@ impl Output {
     fn write(&mut self, snapshot: &Snapshot, graces: &Graces, last: bool) -> Result<()> {
         match self {
             Output::Json(out) => out.write(snapshot).context("writing to stdout"),
-            Output::JsonFile(out, path) => {
-                out.write(snapshot).with_context(|| format!("writing to {}", path.display()))
-            }
+            Output::JsonFile(out, path) => out
+                .write(snapshot)
+                .with_context(|| format!("writing to {}", path.display())),
             Output::Table(out) => out
                 .write(snapshot, graces, last)
                 .map_err(anyhow::Error::from)
@@ -130,15 +136,17 @@ fn catalogue(naming: &NamingArgs) -> Result<Catalogue> {
     let Some(path) = &naming.providers else {
         return Ok(builtin);
     };
-    builtin.with_file(path).map_err(|e| match e.downcast_ref::<ProvidersFileError>() {
-        Some(mistake) => UsageError(mistake.to_string()).into(),
-        None if !path.exists() => UsageError(format!(
-            "no providers file at {} (check the path given to --providers)",
-            path.display()
-        ))
-        .into(),
-        None => e,
-    })
+    builtin
+        .with_file(path)
+        .map_err(|e| match e.downcast_ref::<ProvidersFileError>() {
+            Some(mistake) => UsageError(mistake.to_string()).into(),
+            None if !path.exists() => UsageError(format!(
+                "no providers file at {} (check the path given to --providers)",
+                path.display()
+            ))
+            .into(),
+            None => e,
+        })
 }
 
 /// The Prometheus endpoint, fed a rendering of each snapshot.
@@ -155,7 +163,10 @@ impl Metrics {
         };
         let server = MetricsServer::bind(addr)?;
         eprintln!("tracer: metrics at http://{}/metrics", server.local_addr());
-        Ok(Some(Self { server, exporter: PrometheusExporter::new(args.metrics_top_hosts as usize) }))
+        Ok(Some(Self {
+            server,
+            exporter: PrometheusExporter::new(args.metrics_top_hosts as usize),
+        }))
     }
 
     fn publish(&mut self, table: &ConnTable, now_ns: u64, graces: &Graces) -> Result<()> {
@@ -165,7 +176,8 @@ impl Metrics {
             tracked_sockets: table.conns().count() as u64,
             process: read_process_stats().map_err(|e| log::debug!("{e:#}")).ok(),
         };
-        self.server.publish(self.exporter.render(&snapshot, &health)?);
+        self.server
+            .publish(self.exporter.render(&snapshot, &health)?);
         Ok(())
     }
 }
@@ -250,18 +262,27 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut output = None;
     // An output file is created after the checks (no file for a typo in --pid) and before
     // loading (a bad path fails fast).
-    let mut live = Live::start(&args.targets, &args.naming, args.interval.min(SAMPLE_EVERY), || {
-        output = Some(match &args.output {
-            Some(path) => {
-                let file = RotatingFile::open(path, args.output_max_size, usize::from(args.output_keep))
+    let mut live = Live::start(
+        &args.targets,
+        &args.naming,
+        args.interval.min(SAMPLE_EVERY),
+        || {
+            output = Some(match &args.output {
+                Some(path) => {
+                    let file = RotatingFile::open(
+                        path,
+                        args.output_max_size,
+                        usize::from(args.output_keep),
+                    )
                     .map_err(|e| UsageError(format!("{e:#}")))?;
-                Output::JsonFile(JsonLines::new(file), path.clone())
-            }
-            None if args.json => Output::Json(JsonLines::new(std::io::stdout())),
-            None => Output::Table(PlainTable::new(std::io::stdout())),
-        });
-        Ok(())
-    })
+                    Output::JsonFile(JsonLines::new(file), path.clone())
+                }
+                None if args.json => Output::Json(JsonLines::new(std::io::stdout())),
+                None => Output::Table(PlainTable::new(std::io::stdout())),
+            });
+            Ok(())
+        },
+    )
     .await?;
     let mut output = output.context("the output was not set up")?;
     // One line on stderr once the programs are attached (tests and scripts wait for it).
@@ -331,7 +352,9 @@ fn check() -> Result<()> {
     }
     let failed = lines.iter().filter(|l| !l.ok).count();
     if failed > 0 {
-        anyhow::bail!("this host cannot run the tracer: {failed} problem(s) above, each with its fix");
+        anyhow::bail!(
+            "this host cannot run the tracer: {failed} problem(s) above, each with its fix"
+        );
     }
     writeln!(out, "tracer can trace on this host")?;
     Ok(())
@@ -351,7 +374,11 @@ async fn snapshot(args: SnapshotArgs) -> Result<()> {
     let started_ns = monotonic_ns();
     // A first rendering, thrown away, so rates cover the observed window.
     if args.format == SnapshotFormat::Prometheus {
-        let health = Health { now_ns: started_ns, tracked_sockets: 0, process: None };
+        let health = Health {
+            now_ns: started_ns,
+            tracked_sockets: 0,
+            process: None,
+        };
         exporter.render(&Snapshot::take(&table, started_ns, &graces), &health)?;
     }
     let deadline = sleep_until(Instant::now() + args.observe_for);
@@ -387,7 +414,10 @@ async fn snapshot(args: SnapshotArgs) -> Result<()> {
                 process: read_process_stats().ok(),
             };
             let text = exporter.render(&snapshot, &health)?;
-            stdout.lock().write_all(text.as_bytes()).map_err(anyhow::Error::from)
+            stdout
+                .lock()
+                .write_all(text.as_bytes())
+                .map_err(anyhow::Error::from)
         }
     }
     .context("writing to stdout")

@@ -22,7 +22,10 @@ fn main() -> ExitCode {
     // Diagnostics go to stderr (held back while the terminal UI is on screen); RUST_LOG=debug
     // shows the collector's work.
     ui::log::init();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("tracer: cannot start the async runtime: {e}");

@@ -48,7 +48,10 @@ fn spawn_ready(cmd: &mut Command, what: &str) -> Result<Proc> {
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {what}"))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("{what}: no stdout"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("{what}: no stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
     match lines.next() {
         Some(Ok(line)) if line.trim() == "READY" => Ok(Proc(child)),
@@ -69,12 +72,22 @@ impl Tracer {
     fn start(tracer: &Path, pid: u32, out: PathBuf) -> Result<Tracer> {
         let file = fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
         let mut child = Command::new(tracer)
-            .args(["run", "--json", "--interval", "5s", "--pid", &pid.to_string()])
+            .args([
+                "run",
+                "--json",
+                "--interval",
+                "5s",
+                "--pid",
+                &pid.to_string(),
+            ])
             .stdout(file)
             .stderr(Stdio::piped())
             .spawn()
             .context("starting the tracer")?;
-        let stderr = child.stderr.take().ok_or_else(|| anyhow!("tracer: no stderr"))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow!("tracer: no stderr"))?;
         let mut lines = BufReader::new(stderr).lines();
         loop {
             match lines.next() {
@@ -88,7 +101,10 @@ impl Tracer {
         }
         // Keep draining stderr so the tracer never blocks on a full pipe.
         thread::spawn(move || for _ in lines {});
-        Ok(Tracer { proc: Proc(child), out })
+        Ok(Tracer {
+            proc: Proc(child),
+            out,
+        })
     }
 
     fn pid(&self) -> u32 {
@@ -107,7 +123,11 @@ impl Tracer {
             thread::sleep(Duration::from_millis(50));
         }
         let text = fs::read_to_string(&self.out)?;
-        let last = text.lines().rev().find(|l| l.starts_with('{')).ok_or_else(|| anyhow!("no snapshot"))?;
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .ok_or_else(|| anyhow!("no snapshot"))?;
         Ok(serde_json::from_str(last)?)
     }
 }
@@ -115,7 +135,10 @@ impl Tracer {
 /// (utime + stime) in seconds and VmRSS in bytes of a process.
 fn cpu_and_rss(pid: u32) -> Result<(f64, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).ok_or_else(|| anyhow!("bad stat"))?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("bad stat"))?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // Fields 14 and 15 (utime, stime) are the 12th and 13th after the state (field 3).
     let ticks: u64 = fields.get(11).zip(fields.get(12)).map_or(Ok(0), |(u, s)| {
@@ -152,7 +175,11 @@ fn bpf_prog_stats(ids: &[u64]) -> Result<BTreeMap<String, (u64, u64)>> {
 fn prog_ids() -> Result<Vec<u64>> {
     let out = util::stdout_of(Command::new("bpftool").args(["-j", "prog", "show"]))?;
     let v: Value = serde_json::from_str(&out)?;
-    Ok(v.as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).collect())
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_u64())
+        .collect())
 }
 
 struct WrkResult {
@@ -192,7 +219,11 @@ fn wrk(opts: &Options) -> Result<WrkResult> {
     if out.contains("Non-2xx") {
         bail!("the proxy answered errors under load:\n{out}");
     }
-    Ok(WrkResult { rps, p50_ms: parse_latency(&out, "50%"), p99_ms: parse_latency(&out, "99%") })
+    Ok(WrkResult {
+        rps,
+        p50_ms: parse_latency(&out, "50%"),
+        p99_ms: parse_latency(&out, "99%"),
+    })
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -207,13 +238,21 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn spread(v: &[f64]) -> (f64, f64) {
-    v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x)))
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        })
 }
 
 fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     // SAFETY: sysconf has no preconditions.
@@ -244,26 +283,56 @@ pub fn run(opts: Options) -> Result<()> {
     let stats_before = fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
 
     let _upstream = spawn_ready(
-        Command::new(&artifacts.fixture).args(["upstream", "-port", &UPSTREAM_PORT.to_string(), "-idle-timeout", "30s"]),
+        Command::new(&artifacts.fixture).args([
+            "upstream",
+            "-port",
+            &UPSTREAM_PORT.to_string(),
+            "-idle-timeout",
+            "30s",
+        ]),
         "the fake provider",
     )?;
     let modes = [
-        Mode { name: "keep-alive (pooled upstream connections)", proxy_args: &[] },
-        Mode { name: "new connection per request (connect/close heavy)", proxy_args: &["-new-conn"] },
+        Mode {
+            name: "keep-alive (pooled upstream connections)",
+            proxy_args: &[],
+        },
+        Mode {
+            name: "new connection per request (connect/close heavy)",
+            proxy_args: &["-new-conn"],
+        },
     ];
     let mut report = String::new();
     let mut raw = Vec::new();
     writeln!(report, "# tracer overhead benchmark\n")?;
-    writeln!(report, "Machine: {}. Command: `cargo xtask bench --duration {}s --runs {} --connections {}`.", machine(), opts.duration.as_secs(), opts.runs, opts.connections)?;
+    writeln!(
+        report,
+        "Machine: {}. Command: `cargo xtask bench --duration {}s --runs {} --connections {}`.",
+        machine(),
+        opts.duration.as_secs(),
+        opts.runs,
+        opts.connections
+    )?;
     writeln!(report, "Load: wrk -t2 -c{} against the fixture relay running as an HTTP proxy (`fixture proxy`), which makes one upstream request per request to a fake provider on loopback. wrk, the relay, the provider and the tracer share the machine's CPUs.\n", opts.connections)?;
 
     for mode in &modes {
         let mut proxy_cmd = Command::new(&artifacts.fixture);
-        proxy_cmd.args(["proxy", "-listen", PROXY_ADDR, "-port", &UPSTREAM_PORT.to_string()]).args(mode.proxy_args);
+        proxy_cmd
+            .args([
+                "proxy",
+                "-listen",
+                PROXY_ADDR,
+                "-port",
+                &UPSTREAM_PORT.to_string(),
+            ])
+            .args(mode.proxy_args);
         let proxy = spawn_ready(&mut proxy_cmd, "the relay proxy")?;
         let proxy_pid = proxy.0.id();
         // Warm-up: pools, page cache, CPU frequency.
-        let _ = wrk(&Options { duration: Duration::from_secs(3), ..opts_copy(&opts) })?;
+        let _ = wrk(&Options {
+            duration: Duration::from_secs(3),
+            ..opts_copy(&opts)
+        })?;
 
         let (mut base, mut traced, mut elsewhere) = (Vec::new(), Vec::new(), Vec::new());
         let (mut base_p99, mut traced_p99) = (Vec::new(), Vec::new());
@@ -272,16 +341,29 @@ pub fn run(opts: Options) -> Result<()> {
         let mut cpu_per_100k = Vec::new();
         let mut cpu_share = Vec::new();
         for run in 1..=opts.runs {
-            println!("bench: {} — run {run}/{}: without the tracer", mode.name, opts.runs);
+            println!(
+                "bench: {} — run {run}/{}: without the tracer",
+                mode.name, opts.runs
+            );
             let r = wrk(&opts)?;
             base.push(r.rps);
             base_p50.push(r.p50_ms);
             base_p99.push(r.p99_ms);
 
-            println!("bench: {} — run {run}/{}: tracer attached to the relay", mode.name, opts.runs);
+            println!(
+                "bench: {} — run {run}/{}: tracer attached to the relay",
+                mode.name, opts.runs
+            );
             let before_ids = prog_ids()?;
-            let tracer = Tracer::start(&artifacts.tracer, proxy_pid, scratch.join(format!("traced-{run}.json")))?;
-            let ours: Vec<u64> = prog_ids()?.into_iter().filter(|id| !before_ids.contains(id)).collect();
+            let tracer = Tracer::start(
+                &artifacts.tracer,
+                proxy_pid,
+                scratch.join(format!("traced-{run}.json")),
+            )?;
+            let ours: Vec<u64> = prog_ids()?
+                .into_iter()
+                .filter(|id| !before_ids.contains(id))
+                .collect();
             fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
             let stats0 = bpf_prog_stats(&ours)?;
             let (cpu0, _) = cpu_and_rss(tracer.pid())?;
@@ -306,9 +388,16 @@ pub fn run(opts: Options) -> Result<()> {
                 cpu_per_100k.push((cpu1 - cpu0) / events as f64 * 100_000.0);
             }
 
-            println!("bench: {} — run {run}/{}: tracer attached to another process", mode.name, opts.runs);
+            println!(
+                "bench: {} — run {run}/{}: tracer attached to another process",
+                mode.name, opts.runs
+            );
             let mut idle = Proc(Command::new("sleep").arg("3600").spawn()?);
-            let tracer = Tracer::start(&artifacts.tracer, idle.0.id(), scratch.join(format!("elsewhere-{run}.json")))?;
+            let tracer = Tracer::start(
+                &artifacts.tracer,
+                idle.0.id(),
+                scratch.join(format!("elsewhere-{run}.json")),
+            )?;
             let r = wrk(&opts)?;
             tracer.stop()?;
             let _ = idle.0.kill();
@@ -316,7 +405,11 @@ pub fn run(opts: Options) -> Result<()> {
         }
         drop(proxy);
 
-        let (mb, mt, me) = (median(&mut base.clone()), median(&mut traced.clone()), median(&mut elsewhere.clone()));
+        let (mb, mt, me) = (
+            median(&mut base.clone()),
+            median(&mut traced.clone()),
+            median(&mut elsewhere.clone()),
+        );
         writeln!(report, "## {}\n", mode.name)?;
         writeln!(report, "| configuration | median req/s | min–max req/s | median p50 / p99 latency | change vs without |")?;
         writeln!(report, "| --- | --- | --- | --- | --- |")?;
@@ -332,23 +425,52 @@ pub fn run(opts: Options) -> Result<()> {
                 (m / mb - 1.0) * 100.0
             )
         };
-        report.push_str(&row("without the tracer", &base, Some((&base_p50, &base_p99)), mb));
-        report.push_str(&row("tracer attached to the relay", &traced, Some((&traced_p50, &traced_p99)), mt));
-        report.push_str(&row("tracer attached elsewhere (relay untracked)", &elsewhere, None, me));
+        report.push_str(&row(
+            "without the tracer",
+            &base,
+            Some((&base_p50, &base_p99)),
+            mb,
+        ));
+        report.push_str(&row(
+            "tracer attached to the relay",
+            &traced,
+            Some((&traced_p50, &traced_p99)),
+            mt,
+        ));
+        report.push_str(&row(
+            "tracer attached elsewhere (relay untracked)",
+            &elsewhere,
+            None,
+            me,
+        ));
         writeln!(report, "\nKernel cost per program run (kernel.bpf_stats_enabled, summed over the traced runs):\n")?;
         writeln!(report, "| program | runs | mean ns per run |")?;
         writeln!(report, "| --- | --- | --- |")?;
         for (name, (ns, cnt)) in &prog_totals {
-            let mean = if *cnt > 0 { *ns as f64 / *cnt as f64 } else { 0.0 };
+            let mean = if *cnt > 0 {
+                *ns as f64 / *cnt as f64
+            } else {
+                0.0
+            };
             writeln!(report, "| {name} | {cnt} | {mean:.0} |")?;
         }
         let share = median(&mut cpu_share.clone());
-        writeln!(report, "\nTracer user-space CPU while traced: {share:.1}% of one CPU (median).")?;
+        writeln!(
+            report,
+            "\nTracer user-space CPU while traced: {share:.1}% of one CPU (median)."
+        )?;
         if cpu_per_100k.is_empty() {
-            writeln!(report, "Too few lifecycle events (under 10k a run) for a per-event CPU figure.\n")?;
+            writeln!(
+                report,
+                "Too few lifecycle events (under 10k a run) for a per-event CPU figure.\n"
+            )?;
         } else {
             let cpu = median(&mut cpu_per_100k.clone());
-            writeln!(report, "Tracer CPU per 100k lifecycle events: {cpu:.3} CPU-seconds (median of {} runs).\n", cpu_per_100k.len())?;
+            writeln!(
+                report,
+                "Tracer CPU per 100k lifecycle events: {cpu:.3} CPU-seconds (median of {} runs).\n",
+                cpu_per_100k.len()
+            )?;
         }
         raw.push(json!({
             "mode": mode.name, "without": base, "traced": traced, "elsewhere": elsewhere,
@@ -363,7 +485,18 @@ pub fn run(opts: Options) -> Result<()> {
     println!("bench: memory with 10k leaked connections");
     let relay = Proc(
         Command::new(&artifacts.fixture)
-            .args(["relay", "-port", &UPSTREAM_PORT.to_string(), "-only", "status", "-rounds", "10000", "-interval", "0", "-start-on-stdin"])
+            .args([
+                "relay",
+                "-port",
+                &UPSTREAM_PORT.to_string(),
+                "-only",
+                "status",
+                "-rounds",
+                "10000",
+                "-interval",
+                "0",
+                "-start-on-stdin",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -375,11 +508,22 @@ pub fn run(opts: Options) -> Result<()> {
     let mut relay = relay;
     {
         use std::io::Write as _;
-        let stdin = relay.0.stdin.as_mut().ok_or_else(|| anyhow!("relay: no stdin"))?;
+        let stdin = relay
+            .0
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("relay: no stdin"))?;
         writeln!(stdin, "go")?;
     }
-    let stdout = relay.0.stdout.take().ok_or_else(|| anyhow!("relay: no stdout"))?;
-    let done = BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.trim() == "ROUNDS DONE");
+    let stdout = relay
+        .0
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("relay: no stdout"))?;
+    let done = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.trim() == "ROUNDS DONE");
     if !done {
         bail!("the leaking relay did not finish its rounds");
     }
@@ -388,21 +532,32 @@ pub fn run(opts: Options) -> Result<()> {
     let snapshot = tracer.stop()?;
     let open = snapshot["open_total"].as_u64().unwrap_or(0);
     drop(relay);
-    let per_10k = if open > 0 { (rss1.saturating_sub(rss0)) as f64 / open as f64 * 10_000.0 / 1_048_576.0 } else { f64::NAN };
+    let per_10k = if open > 0 {
+        (rss1.saturating_sub(rss0)) as f64 / open as f64 * 10_000.0 / 1_048_576.0
+    } else {
+        f64::NAN
+    };
     writeln!(report, "## Memory\n\nTracer resident memory: {:.1} MiB idle, {:.1} MiB with {open} tracked connections: {per_10k:.2} MiB per 10k tracked connections.\n", rss0 as f64 / 1_048_576.0, rss1 as f64 / 1_048_576.0)?;
     raw.push(json!({"memory": {"rss_idle": rss0, "rss_loaded": rss1, "tracked": open}}));
 
     let _ = fs::write(BPF_STATS, stats_before.trim());
     let _ = fs::remove_dir_all(&scratch);
     fs::write(out_dir.join("RESULTS.md"), &report)?;
-    fs::write(out_dir.join("results.json"), serde_json::to_string_pretty(&raw)?)?;
+    fs::write(
+        out_dir.join("results.json"),
+        serde_json::to_string_pretty(&raw)?,
+    )?;
     println!("{report}");
     println!("bench: wrote bench/RESULTS.md and bench/results.json");
     Ok(())
 }
 
 fn opts_copy(o: &Options) -> Options {
-    Options { duration: o.duration, runs: o.runs, connections: o.connections }
+    Options {
+        duration: o.duration,
+        runs: o.runs,
+        connections: o.connections,
+    }
 }
 
 #[cfg(test)]
@@ -411,7 +566,8 @@ mod tests {
 
     #[test]
     fn reads_wrk_latency_lines_in_any_unit() {
-        let out = "  Latency Distribution\n     50%  412.00us\n     75%    1.20ms\n     99%    2.5s\n";
+        let out =
+            "  Latency Distribution\n     50%  412.00us\n     75%    1.20ms\n     99%    2.5s\n";
         assert!((parse_latency(out, "50%") - 0.412).abs() < 1e-9);
         assert!((parse_latency(out, "75%") - 1.2).abs() < 1e-9);
         assert!((parse_latency(out, "99%") - 2500.0).abs() < 1e-9);

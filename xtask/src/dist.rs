@@ -14,9 +14,11 @@ pub fn run() -> Result<()> {
     let installed = util::stdout_of(Command::new("rustup").args(["target", "list", "--installed"]))
         .context("dist: asking rustup for the installed targets")?;
     if !installed.lines().any(|l| l.trim() == TARGET) {
-        let progress = util::Progress::start(format!("dist: rustup target add {TARGET}"), "a few seconds");
-        util::run(Command::new("rustup").args(["target", "add", TARGET]))
-            .with_context(|| format!("dist: cannot add the {TARGET} target; run: rustup target add {TARGET}"))?;
+        let progress =
+            util::Progress::start(format!("dist: rustup target add {TARGET}"), "a few seconds");
+        util::run(Command::new("rustup").args(["target", "add", TARGET])).with_context(|| {
+            format!("dist: cannot add the {TARGET} target; run: rustup target add {TARGET}")
+        })?;
         progress.done();
     }
     let root = util::workspace_root();
@@ -25,7 +27,9 @@ pub fn run() -> Result<()> {
         "about 90s the first time",
     );
     let mut cargo = util::cargo();
-    cargo.current_dir(&root).args(["build", "--release", "--target", TARGET, "-p", "tracer"]);
+    cargo
+        .current_dir(&root)
+        .args(["build", "--release", "--target", TARGET, "-p", "tracer"]);
     if let Some(cargo_bin) = util::cargo_bin_dir() {
         cargo.env("PATH", util::path_with(&[cargo_bin])?);
     }
@@ -37,12 +41,21 @@ pub fn run() -> Result<()> {
     // ldd says so for a static executable (and fails with "not a dynamic executable" on some
     // versions): either way, no shared library is needed.
     let ldd = util::capture(Command::new("ldd").arg(&built)).context("dist: running ldd")?;
-    let said = format!("{}{}", String::from_utf8_lossy(&ldd.stdout), String::from_utf8_lossy(&ldd.stderr));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ldd.stdout),
+        String::from_utf8_lossy(&ldd.stderr)
+    );
     if !(said.contains("statically linked") || said.contains("not a dynamic executable")) {
         bail!("dist: {} is not static; ldd says:\n{said}", built.display());
     }
-    let version = util::stdout_of(Command::new(&built).arg("--version")).context("dist: the binary does not run")?;
-    let version = version.split_whitespace().last().unwrap_or("unknown").to_owned();
+    let version = util::stdout_of(Command::new(&built).arg("--version"))
+        .context("dist: the binary does not run")?;
+    let version = version
+        .split_whitespace()
+        .last()
+        .unwrap_or("unknown")
+        .to_owned();
     let dist = target_dir.join("dist");
     fs::create_dir_all(&dist)?;
     let out = dist.join(format!("tracer-{version}-x86_64-linux-musl"));
@@ -53,12 +66,22 @@ pub fn run() -> Result<()> {
         let _ = fs::remove_dir_all(&jail);
         fs::create_dir_all(&jail)?;
         fs::copy(&built, jail.join("tracer"))?;
-        let alone = util::stdout_of(Command::new("chroot").arg(&jail).args(["/tracer", "--version"]));
+        let alone = util::stdout_of(
+            Command::new("chroot")
+                .arg(&jail)
+                .args(["/tracer", "--version"]),
+        );
         let _ = fs::remove_dir_all(&jail);
-        let alone = alone.context("dist: the binary does not run in an empty root (it needs files from the host)")?;
+        let alone = alone.context(
+            "dist: the binary does not run in an empty root (it needs files from the host)",
+        )?;
         println!("dist: runs alone in an empty root: {}", alone.trim());
     }
     let size = fs::metadata(&out)?.len();
-    println!("dist: {} ({:.1} MiB, statically linked; copy it to the host and run it as root)", out.display(), size as f64 / 1_048_576.0);
+    println!(
+        "dist: {} ({:.1} MiB, statically linked; copy it to the host and run it as root)",
+        out.display(),
+        size as f64 / 1_048_576.0
+    );
     Ok(())
 }

@@ -98,15 +98,23 @@ enum Verdict {
 
 /// Boots every kernel (or the one labelled `only`) and runs the guest tests in each.
 pub fn matrix(artifacts: &Artifacts, only: Option<&str>) -> Result<()> {
-    let series: Vec<&Series> = SERIES.iter().filter(|s| only.is_none_or(|o| o == s.label)).collect();
+    let series: Vec<&Series> = SERIES
+        .iter()
+        .filter(|s| only.is_none_or(|o| o == s.label))
+        .collect();
     if series.is_empty() {
         let labels: Vec<&str> = SERIES.iter().map(|s| s.label).collect();
-        bail!("no kernel series {:?}; choose one of {}", only.unwrap_or(""), labels.join(", "));
+        bail!(
+            "no kernel series {:?}; choose one of {}",
+            only.unwrap_or(""),
+            labels.join(", ")
+        );
     }
     let tools = Tools::find()?;
     let root = util::workspace_root();
     let kernels_dir = build::target_dir(&root)?.join("kernels");
-    fs::create_dir_all(&kernels_dir).with_context(|| format!("cannot create {}", kernels_dir.display()))?;
+    fs::create_dir_all(&kernels_dir)
+        .with_context(|| format!("cannot create {}", kernels_dir.display()))?;
     let test_binaries = guest_test_binaries(&root)?;
     let staging = kernels_dir.join("guest-root");
     stage_guest_root(&staging, &tools, artifacts, &test_binaries)?;
@@ -139,7 +147,11 @@ pub fn matrix(artifacts: &Artifacts, only: Option<&str>) -> Result<()> {
     let mut failed = Vec::new();
     for o in &outcomes {
         let took = match (o.boot, o.tests) {
-            (Some(b), Some(t)) => format!("boot {}, tests {}", util::format_elapsed(b), util::format_elapsed(t)),
+            (Some(b), Some(t)) => format!(
+                "boot {}, tests {}",
+                util::format_elapsed(b),
+                util::format_elapsed(t)
+            ),
             (Some(b), None) => format!("boot {}", util::format_elapsed(b)),
             _ => String::new(),
         };
@@ -147,22 +159,37 @@ pub fn matrix(artifacts: &Artifacts, only: Option<&str>) -> Result<()> {
         match &o.verdict {
             Verdict::Pass => println!("  {:<22} PASS  {took}  {hooks}", o.release),
             Verdict::Fail(why) => {
-                println!("  {:<22} FAIL  {took}  {why} (serial log: {})", o.release, o.log.display());
+                println!(
+                    "  {:<22} FAIL  {took}  {why} (serial log: {})",
+                    o.release,
+                    o.log.display()
+                );
                 failed.push(o.label);
             }
             Verdict::Skipped(why) => println!("  {:<22} SKIPPED  {why}", o.release),
         }
     }
-    let ran = outcomes.iter().filter(|o| !matches!(o.verdict, Verdict::Skipped(_))).count();
-    println!("test-kernels: {} of {ran} kernels passed", ran - failed.len());
+    let ran = outcomes
+        .iter()
+        .filter(|o| !matches!(o.verdict, Verdict::Skipped(_)))
+        .count();
+    println!(
+        "test-kernels: {} of {ran} kernels passed",
+        ran - failed.len()
+    );
     if !failed.is_empty() {
-        bail!("the guest tests failed on kernel {} (output above)", failed.join(" and "));
+        bail!(
+            "the guest tests failed on kernel {} (output above)",
+            failed.join(" and ")
+        );
     }
     Ok(())
 }
 
 fn host_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// The host tools the matrix needs.
@@ -206,8 +233,11 @@ fn guest_test_binaries(root: &Path) -> Result<Vec<(&'static str, PathBuf)>> {
     for (target, _) in GUEST_SUITES {
         cargo.args(["--test", target]);
     }
-    cargo.args(["--no-run", "--message-format=json"]).stderr(Stdio::inherit());
-    let text = util::stdout_of(&mut cargo).context("building the end-to-end tests for the guests")?;
+    cargo
+        .args(["--no-run", "--message-format=json"])
+        .stderr(Stdio::inherit());
+    let text =
+        util::stdout_of(&mut cargo).context("building the end-to-end tests for the guests")?;
     GUEST_SUITES
         .iter()
         .map(|(target, _)| {
@@ -234,7 +264,8 @@ fn executable_of(messages: &str, target: &str) -> Option<PathBuf> {
 
 /// The shared libraries `ldd` lists for `binary` (none for a static binary).
 fn ldd(binary: &Path) -> Result<Vec<PathBuf>> {
-    let output = util::capture(Command::new("ldd").arg(binary)).context("running ldd (part of libc-bin)")?;
+    let output =
+        util::capture(Command::new("ldd").arg(binary)).context("running ldd (part of libc-bin)")?;
     // ldd exits 1 for "not a dynamic executable".
     Ok(parse_ldd(&String::from_utf8_lossy(&output.stdout)))
 }
@@ -260,7 +291,8 @@ fn install(root: &Path, from: &Path, to: &str) -> Result<()> {
     if let Some(dir) = dest.parent() {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    fs::copy(from, &dest).with_context(|| format!("cannot copy {} to {}", from.display(), dest.display()))?;
+    fs::copy(from, &dest)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), dest.display()))?;
     Ok(())
 }
 
@@ -272,10 +304,23 @@ fn stage_guest_root(
     test_binaries: &[(&str, PathBuf)],
 ) -> Result<()> {
     if staging.exists() {
-        fs::remove_dir_all(staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+        fs::remove_dir_all(staging)
+            .with_context(|| format!("cannot remove {}", staging.display()))?;
     }
-    for dir in ["bin", "usr/bin", "proc", "sys", "dev", "tmp", "run", "root", "etc", "lib/modules"] {
-        fs::create_dir_all(staging.join(dir)).with_context(|| format!("cannot create {}", staging.display()))?;
+    for dir in [
+        "bin",
+        "usr/bin",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "root",
+        "etc",
+        "lib/modules",
+    ] {
+        fs::create_dir_all(staging.join(dir))
+            .with_context(|| format!("cannot create {}", staging.display()))?;
     }
     install(staging, &tools.busybox, "/bin/busybox")?;
     let mut binaries = vec![
@@ -283,7 +328,11 @@ fn stage_guest_root(
         (artifacts.fixture.clone(), "/usr/bin/fixture".to_owned()),
         (tools.ss.clone(), "/usr/bin/ss".to_owned()),
     ];
-    binaries.extend(test_binaries.iter().map(|(target, path)| (path.clone(), guest_test_path(target))));
+    binaries.extend(
+        test_binaries
+            .iter()
+            .map(|(target, path)| (path.clone(), guest_test_path(target))),
+    );
     let mut libraries = BTreeSet::new();
     for (from, to) in &binaries {
         install(staging, from, to)?;
@@ -294,8 +343,11 @@ fn stage_guest_root(
         install(staging, library, &to)?;
     }
     // Loopback names for anything that looks them up.
-    fs::write(staging.join("etc/hosts"), "127.0.0.1 localhost\n::1 localhost\n")
-        .context("writing the guest's /etc/hosts")?;
+    fs::write(
+        staging.join("etc/hosts"),
+        "127.0.0.1 localhost\n::1 localhost\n",
+    )
+    .context("writing the guest's /etc/hosts")?;
     let init = staging.join("init");
     fs::write(&init, guest_init()).context("writing the guest's /init")?;
     set_executable(&init)?;
@@ -310,7 +362,10 @@ fn set_executable(path: &Path) -> Result<()> {
 
 /// The guest's /init: mount what the tracer needs, run the tests, print the result, power off.
 fn guest_init() -> String {
-    let modules: Vec<String> = MODULES.iter().map(|m| format!("/lib/modules/{m}.ko")).collect();
+    let modules: Vec<String> = MODULES
+        .iter()
+        .map(|m| format!("/lib/modules/{m}.ko"))
+        .collect();
     let suites: Vec<String> = GUEST_SUITES
         .iter()
         .map(|(target, filters)| {
@@ -381,9 +436,18 @@ impl Kernel {
         let config = self.config();
         let has = |option: &str| config.lines().any(|l| l == format!("{option}=y"));
         [
-            ("CONFIG_DEBUG_INFO_BTF", "built without BTF (CONFIG_DEBUG_INFO_BTF)"),
-            ("CONFIG_BPF_SYSCALL", "built without BPF (CONFIG_BPF_SYSCALL)"),
-            ("CONFIG_FTRACE_SYSCALLS", "built without syscall tracepoints (CONFIG_FTRACE_SYSCALLS)"),
+            (
+                "CONFIG_DEBUG_INFO_BTF",
+                "built without BTF (CONFIG_DEBUG_INFO_BTF)",
+            ),
+            (
+                "CONFIG_BPF_SYSCALL",
+                "built without BPF (CONFIG_BPF_SYSCALL)",
+            ),
+            (
+                "CONFIG_FTRACE_SYSCALLS",
+                "built without syscall tracepoints (CONFIG_FTRACE_SYSCALLS)",
+            ),
         ]
         .iter()
         .find(|(option, _)| !has(option))
@@ -393,7 +457,9 @@ impl Kernel {
 
 /// The number in a package name of `series`, e.g. 56 in linux-image-6.1.0-56-amd64.
 fn package_number(series: &Series, name: &str) -> Option<u64> {
-    let middle = name.strip_prefix(series.prefix)?.strip_suffix(series.suffix)?;
+    let middle = name
+        .strip_prefix(series.prefix)?
+        .strip_suffix(series.suffix)?;
     if middle.is_empty() || !middle.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -402,13 +468,17 @@ fn package_number(series: &Series, name: &str) -> Option<u64> {
 
 /// The newest package of `series` among `names`.
 fn newest<'a>(series: &Series, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    names.filter_map(|n| package_number(series, n).map(|v| (v, n))).max().map(|(_, n)| n)
+    names
+        .filter_map(|n| package_number(series, n).map(|v| (v, n)))
+        .max()
+        .map(|(_, n)| n)
 }
 
 /// A kernel of `series` unpacked earlier (the newest one), else the newest Debian package,
 /// downloaded and unpacked now.
 fn cached_or_download(series: &Series, kernels_dir: &Path, tools: &Tools) -> Result<Kernel> {
-    let entries = fs::read_dir(kernels_dir).with_context(|| format!("cannot list {}", kernels_dir.display()))?;
+    let entries = fs::read_dir(kernels_dir)
+        .with_context(|| format!("cannot list {}", kernels_dir.display()))?;
     let cached: Vec<String> = entries
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join(READY).is_file())
@@ -417,9 +487,16 @@ fn cached_or_download(series: &Series, kernels_dir: &Path, tools: &Tools) -> Res
     if let Some(package) = newest(series, cached.iter().map(String::as_str)) {
         return load_kernel(package, &kernels_dir.join(package));
     }
-    let text = util::stdout_of(Command::new("apt-cache").args(["search", "--names-only", &format!("^{}", series.prefix.replace('.', "\\."))]))
-        .context("looking up Debian's kernel packages")?;
-    let names: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let text = util::stdout_of(Command::new("apt-cache").args([
+        "search",
+        "--names-only",
+        &format!("^{}", series.prefix.replace('.', "\\.")),
+    ]))
+    .context("looking up Debian's kernel packages")?;
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     let Some(package) = newest(series, names.into_iter()) else {
         bail!(
             "apt-cache knows no {}N{} package; run: apt-get update (the kernel matrix takes Debian 12's kernels from its archive)",
@@ -434,7 +511,11 @@ fn cached_or_download(series: &Series, kernels_dir: &Path, tools: &Tools) -> Res
 fn load_kernel(package: &str, dir: &Path) -> Result<Kernel> {
     let release = fs::read_to_string(dir.join("release"))
         .with_context(|| format!("{} is incomplete; remove it and run again", dir.display()))?;
-    Ok(Kernel { package: package.to_owned(), release: release.trim().to_owned(), dir: dir.to_path_buf() })
+    Ok(Kernel {
+        package: package.to_owned(),
+        release: release.trim().to_owned(),
+        dir: dir.to_path_buf(),
+    })
 }
 
 /// apt-get download + dpkg -x, keeping only what the guests need (the image, its config and
@@ -448,22 +529,40 @@ fn download(package: &str, kernels_dir: &Path, tools: &Tools) -> Result<()> {
         }
     }
     fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let progress = Progress::start(format!("test-kernels: apt-get download {package}"), "about 100 MB, once; cached in target/kernels");
-    util::run(Command::new("apt-get").current_dir(&work).args(["download", package]))
-        .with_context(|| format!("downloading {package} (if the archive moved on, run: apt-get update)"))?;
+    let progress = Progress::start(
+        format!("test-kernels: apt-get download {package}"),
+        "about 100 MB, once; cached in target/kernels",
+    );
+    util::run(
+        Command::new("apt-get")
+            .current_dir(&work)
+            .args(["download", package]),
+    )
+    .with_context(|| {
+        format!("downloading {package} (if the archive moved on, run: apt-get update)")
+    })?;
     let deb = fs::read_dir(&work)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or_else(|| anyhow!("apt-get download {package} left no .deb in {}", work.display()))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "apt-get download {package} left no .deb in {}",
+                work.display()
+            )
+        })?;
     let unpacked = work.join("root");
-    util::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&unpacked)).with_context(|| format!("unpacking {}", deb.display()))?;
+    util::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&unpacked))
+        .with_context(|| format!("unpacking {}", deb.display()))?;
 
     let boot = unpacked.join("boot");
     let find_boot = |prefix: &str| -> Result<PathBuf> {
         fs::read_dir(&boot)
             .with_context(|| format!("{package} has no /boot"))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
             .ok_or_else(|| anyhow!("{package} has no /boot/{prefix}*"))
     };
     let vmlinuz = find_boot("vmlinuz-")?;
@@ -473,10 +572,14 @@ fn download(package: &str, kernels_dir: &Path, tools: &Tools) -> Result<()> {
         .and_then(|n| n.strip_prefix("vmlinuz-"))
         .ok_or_else(|| anyhow!("cannot read the kernel release from {}", vmlinuz.display()))?
         .to_owned();
-    fs::create_dir_all(dest.join("modules")).with_context(|| format!("cannot create {}", dest.display()))?;
+    fs::create_dir_all(dest.join("modules"))
+        .with_context(|| format!("cannot create {}", dest.display()))?;
     fs::copy(&vmlinuz, dest.join("vmlinuz")).context("keeping the kernel image")?;
     fs::copy(find_boot("config-")?, dest.join("config")).context("keeping the kernel config")?;
-    let ipv4 = unpacked.join("lib/modules").join(&release).join("kernel/net/ipv4");
+    let ipv4 = unpacked
+        .join("lib/modules")
+        .join(&release)
+        .join("kernel/net/ipv4");
     for module in MODULES {
         let plain = ipv4.join(format!("{module}.ko"));
         let xz = ipv4.join(format!("{module}.ko.xz"));
@@ -485,11 +588,20 @@ fn download(package: &str, kernels_dir: &Path, tools: &Tools) -> Result<()> {
             fs::copy(&plain, &out).with_context(|| format!("keeping {}", plain.display()))?;
         } else if xz.is_file() {
             // busybox's insmod loads plain modules only.
-            let file = File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
-            util::run(Command::new(&tools.busybox).args(["xz", "-dc"]).arg(&xz).stdout(file))
-                .with_context(|| format!("decompressing {}", xz.display()))?;
+            let file =
+                File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            util::run(
+                Command::new(&tools.busybox)
+                    .args(["xz", "-dc"])
+                    .arg(&xz)
+                    .stdout(file),
+            )
+            .with_context(|| format!("decompressing {}", xz.display()))?;
         } else {
-            bail!("{package} has no {module} module in {}; the guests need it for sock_diag", ipv4.display());
+            bail!(
+                "{package} has no {module} module in {}; the guests need it for sock_diag",
+                ipv4.display()
+            );
         }
     }
     fs::write(dest.join("release"), &release).context("recording the kernel release")?;
@@ -503,12 +615,17 @@ fn download(package: &str, kernels_dir: &Path, tools: &Tools) -> Result<()> {
 /// host may have no cpio).
 fn build_initramfs(staging: &Path, kernel: &Kernel, tools: &Tools) -> Result<PathBuf> {
     let modules_dir = staging.join("lib/modules");
-    fs::remove_dir_all(&modules_dir).with_context(|| format!("cannot remove {}", modules_dir.display()))?;
-    fs::create_dir_all(&modules_dir).with_context(|| format!("cannot create {}", modules_dir.display()))?;
+    fs::remove_dir_all(&modules_dir)
+        .with_context(|| format!("cannot remove {}", modules_dir.display()))?;
+    fs::create_dir_all(&modules_dir)
+        .with_context(|| format!("cannot create {}", modules_dir.display()))?;
     for module in MODULES {
         let name = format!("{module}.ko");
-        fs::copy(kernel.dir.join("modules").join(&name), modules_dir.join(&name))
-            .with_context(|| format!("copying {name} of {}", kernel.release))?;
+        fs::copy(
+            kernel.dir.join("modules").join(&name),
+            modules_dir.join(&name),
+        )
+        .with_context(|| format!("copying {name} of {}", kernel.release))?;
     }
     let out = kernel.dir.join("initramfs.cpio");
     let file = File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -533,28 +650,48 @@ fn build_initramfs(staging: &Path, kernel: &Kernel, tools: &Tools) -> Result<Pat
 /// Boots `kernel` with `initrd`, streams its console, and reads the result.
 fn boot(label: &'static str, kernel: &Kernel, initrd: &Path, tools: &Tools) -> Result<Outcome> {
     let log_path = kernel.dir.join("serial.log");
-    let mut log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    let mut log =
+        File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
     let mut qemu = Command::new(&tools.qemu);
-    qemu.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
-        .arg("-kernel")
-        .arg(kernel.vmlinuz())
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    qemu.args([
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+        "-nographic",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(kernel.vmlinuz())
+    .arg("-initrd")
+    .arg(initrd)
+    .args(["-append", "console=ttyS0 quiet panic=-1"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     println!(
         "test-kernels: booting {} under qemu (software emulation; boot and tests take a few minutes, at most {})...",
         kernel.release,
         util::format_elapsed(BOOT_TIMEOUT)
     );
     let started = Instant::now();
-    let mut child = qemu.spawn().with_context(|| format!("cannot start {}", util::command_line(&qemu)))?;
+    let mut child = qemu
+        .spawn()
+        .with_context(|| format!("cannot start {}", util::command_line(&qemu)))?;
     let (tx, rx) = mpsc::channel::<String>();
     for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -598,7 +735,8 @@ fn boot(label: &'static str, kernel: &Kernel, initrd: &Path, tools: &Tools) -> R
                     } else if event.starts_with("PASS ") {
                         outcome.verdict = Verdict::Pass;
                     } else if event.starts_with("FAIL ") {
-                        outcome.verdict = Verdict::Fail(format!("the guest tests failed ({event})"));
+                        outcome.verdict =
+                            Verdict::Fail(format!("the guest tests failed ({event})"));
                     }
                     if event.starts_with("PASS ") || event.starts_with("FAIL ") {
                         outcome.tests = up_at.map(|t| t.elapsed());
@@ -621,7 +759,10 @@ fn boot(label: &'static str, kernel: &Kernel, initrd: &Path, tools: &Tools) -> R
     }
     let status = child.wait().context("waiting for qemu")?;
     if !timed_out && !status.success() && matches!(outcome.verdict, Verdict::Pass) {
-        outcome.verdict = Verdict::Fail(format!("qemu exited with {}", util::describe_status(status)));
+        outcome.verdict = Verdict::Fail(format!(
+            "qemu exited with {}",
+            util::describe_status(status)
+        ));
     }
     println!(
         "test-kernels: {} {} after {}",
@@ -671,14 +812,23 @@ mod tests {
             "linux-image-6.12.99+deb12-amd64",
             "linux-image-6.12.120+deb12-rt-amd64",
         ];
-        assert_eq!(newest(&SERIES[0], names.into_iter()), Some("linux-image-6.1.0-56-amd64"));
-        assert_eq!(newest(&SERIES[1], names.into_iter()), Some("linux-image-6.12.117+deb12-amd64"));
+        assert_eq!(
+            newest(&SERIES[0], names.into_iter()),
+            Some("linux-image-6.1.0-56-amd64")
+        );
+        assert_eq!(
+            newest(&SERIES[1], names.into_iter()),
+            Some("linux-image-6.12.117+deb12-amd64")
+        );
         assert_eq!(newest(&SERIES[0], ["linux-image-amd64"].into_iter()), None);
     }
 
     #[test]
     fn strips_terminal_control_sequences() {
-        assert_eq!(printable("\u{1b}c\u{1b}[?7l\u{1b}[2JTRACER-GUEST: up\r"), "TRACER-GUEST: up");
+        assert_eq!(
+            printable("\u{1b}c\u{1b}[?7l\u{1b}[2JTRACER-GUEST: up\r"),
+            "TRACER-GUEST: up"
+        );
         assert_eq!(printable("plain\tline"), "plain\tline");
     }
 
@@ -702,7 +852,10 @@ mod tests {
         let messages = r#"{"reason":"compiler-artifact","target":{"name":"tracer_e2e","kind":["lib"]},"executable":null}
 {"reason":"compiler-artifact","target":{"name":"verdicts","kind":["test"]},"executable":"/t/debug/deps/verdicts-abc"}
 {"reason":"build-finished","success":true}"#;
-        assert_eq!(executable_of(messages, "verdicts"), Some(PathBuf::from("/t/debug/deps/verdicts-abc")));
+        assert_eq!(
+            executable_of(messages, "verdicts"),
+            Some(PathBuf::from("/t/debug/deps/verdicts-abc"))
+        );
         assert_eq!(executable_of(messages, "naming"), None);
     }
 

@@ -5,8 +5,8 @@
 
 mod bench;
 mod build;
-mod dist;
 mod demo;
+mod dist;
 mod kernels;
 mod setup;
 mod test;
@@ -94,9 +94,15 @@ fn main() -> ExitCode {
         Command::TestKernels { kernel } => kernels::run(kernel.as_deref()),
         Command::Demo { duration } => demo::run(duration),
         Command::Dist => dist::run(),
-        Command::Bench { duration, runs, connections } => {
-            bench::run(bench::Options { duration, runs, connections })
-        }
+        Command::Bench {
+            duration,
+            runs,
+            connections,
+        } => bench::run(bench::Options {
+            duration,
+            runs,
+            connections,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,8 +26,12 @@ pub fn run(repeat: u32, with_kernels: bool) -> Result<()> {
         return Ok(());
     }
     let started = Instant::now();
-    kernels::matrix(&artifacts, None).context("test: step 5 of 5 (kernel matrix under qemu) failed")?;
-    println!("test: kernel matrix done in {}", util::format_elapsed(started.elapsed()));
+    kernels::matrix(&artifacts, None)
+        .context("test: step 5 of 5 (kernel matrix under qemu) failed")?;
+    println!(
+        "test: kernel matrix done in {}",
+        util::format_elapsed(started.elapsed())
+    );
     Ok(())
 }
 

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-
 /// A parsed BTF file, loaded once for many lookups.
 pub struct KernelBtf {
     path: PathBuf,

@@ -23,7 +23,11 @@ fn nonzero(ns: u64) -> Option<u64> {
 }
 
 pub fn conn(info: &ConnInfo) -> KernelConn {
-    let comm_len = info.comm.iter().position(|&b| b == 0).unwrap_or(info.comm.len());
+    let comm_len = info
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(info.comm.len());
     KernelConn {
         pid: info.tgid,
         tid: info.tid,
@@ -55,7 +59,10 @@ pub fn conn(info: &ConnInfo) -> KernelConn {
 pub enum Record<'a> {
     Conn(KernelEvent),
     /// A prefix of what the process wrote on socket `sk`: for naming only, never kept.
-    FirstBytes { sk: u64, bytes: &'a [u8] },
+    FirstBytes {
+        sk: u64,
+        bytes: &'a [u8],
+    },
 }
 
 /// Decodes one ring-buffer record of either kind.
@@ -76,7 +83,10 @@ pub fn record(bytes: &[u8]) -> Result<Record<'_>> {
         <[u8; 8]>::try_from(&bytes[8..16]).map_err(|_| anyhow!("bad first-bytes record"))?,
     );
     let data = &bytes[16..16 + FIRST_BYTES_MAX];
-    Ok(Record::FirstBytes { sk, bytes: &data[..len.min(FIRST_BYTES_MAX)] })
+    Ok(Record::FirstBytes {
+        sk,
+        bytes: &data[..len.min(FIRST_BYTES_MAX)],
+    })
 }
 
 /// Decodes one connection lifecycle record.
@@ -95,7 +105,9 @@ pub fn event(bytes: &[u8]) -> Result<KernelEvent> {
         Some(EventKind::Connect) => KernelEventKind::Connect,
         Some(EventKind::State) => KernelEventKind::State,
         Some(EventKind::Close) => KernelEventKind::Close,
-        Some(EventKind::FirstBytes) | None => return Err(anyhow!("unknown event kind {}", raw.kind)),
+        Some(EventKind::FirstBytes) | None => {
+            return Err(anyhow!("unknown event kind {}", raw.kind))
+        }
     };
     Ok(KernelEvent {
         kind,
@@ -172,7 +184,10 @@ mod tests {
         };
         // SAFETY (test): viewing a plain-data struct as its bytes.
         let bytes = unsafe {
-            std::slice::from_raw_parts((&raw as *const ConnEvent).cast::<u8>(), size_of::<ConnEvent>())
+            std::slice::from_raw_parts(
+                (&raw as *const ConnEvent).cast::<u8>(),
+                size_of::<ConnEvent>(),
+            )
         };
         let e = event(bytes).expect("decodes");
         assert_eq!(e.kind, KernelEventKind::Close);

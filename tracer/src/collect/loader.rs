@@ -29,7 +29,13 @@ type Attachment = (&'static str, &'static [(&'static str, &'static str)]);
 /// The read syscalls: they map (tgid, fd) to the socket at entry and count reads in progress
 /// (a thread blocked in read() is listening); on the syscall path they also count each read.
 const SYSCALL_READS: &[Attachment] = &[
-    ("enter_read", &[("syscalls", "sys_enter_read"), ("syscalls", "sys_enter_readv")]),
+    (
+        "enter_read",
+        &[
+            ("syscalls", "sys_enter_read"),
+            ("syscalls", "sys_enter_readv"),
+        ],
+    ),
     ("enter_recvfrom", &[("syscalls", "sys_enter_recvfrom")]),
     ("enter_recvmsg", &[("syscalls", "sys_enter_recvmsg")]),
     (
@@ -98,7 +104,10 @@ const ROLES: &[Role] = &[
             HookPath {
                 key: "sock_recv_length",
                 hook: "sock/sock_recv_length",
-                attachments: &[&[("sock_recv", &[("sock", "sock_recv_length")])], SYSCALL_READS],
+                attachments: &[
+                    &[("sock_recv", &[("sock", "sock_recv_length")])],
+                    SYSCALL_READS,
+                ],
                 needs: "the sock/sock_recv_length tracepoint (Linux 6.3 or newer)",
                 reads_from_syscalls: false,
             },
@@ -127,7 +136,13 @@ const ROLES: &[Role] = &[
             key: "syscalls",
             hook: "syscalls/sys_enter_write",
             attachments: &[&[
-                ("enter_write", &[("syscalls", "sys_enter_write"), ("syscalls", "sys_enter_sendto")]),
+                (
+                    "enter_write",
+                    &[
+                        ("syscalls", "sys_enter_write"),
+                        ("syscalls", "sys_enter_sendto"),
+                    ],
+                ),
                 ("enter_writev", &[("syscalls", "sys_enter_writev")]),
                 ("enter_sendmsg", &[("syscalls", "sys_enter_sendmsg")]),
             ]],
@@ -148,7 +163,11 @@ pub struct HookChoice {
 
 /// `connect=syscalls/sys_enter_connect state=sock/inet_sock_set_state read=...`.
 pub fn describe_hooks(hooks: &[HookChoice]) -> String {
-    hooks.iter().map(|h| format!("{}={}", h.role, h.hook)).collect::<Vec<_>>().join(" ")
+    hooks
+        .iter()
+        .map(|h| format!("{}={}", h.role, h.hook))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn tracefs_root() -> Result<PathBuf> {
@@ -176,7 +195,9 @@ fn format_offset(format: &str, field: &str) -> Option<usize> {
         if name != field {
             return None;
         }
-        let offset = line.split(';').find_map(|part| part.trim().strip_prefix("offset:"))?;
+        let offset = line
+            .split(';')
+            .find_map(|part| part.trim().strip_prefix("offset:"))?;
         offset.trim().parse().ok()
     })
 }
@@ -187,7 +208,12 @@ enum Absent {
     /// A tracepoint it attaches to has no format file (group/event).
     Missing(String),
     /// A field the eBPF side reads is elsewhere (or gone) in this kernel's record.
-    Layout { tracepoint: String, field: &'static str, expected: usize, actual: Option<usize> },
+    Layout {
+        tracepoint: String,
+        field: &'static str,
+        expected: usize,
+        actual: Option<usize>,
+    },
 }
 
 /// Checks that every tracepoint of `path` exists and has the layout the eBPF side reads.
@@ -198,7 +224,9 @@ fn probe(path: &HookPath, format: &dyn Fn(&str, &str) -> Option<String>) -> Resu
             let Some(text) = format(group, event) else {
                 return Err(Absent::Missing(format!("{group}/{event}")));
             };
-            let fields = tp_layout::CHECKS.iter().filter(|(g, e, _, _)| g == group && e == event);
+            let fields = tp_layout::CHECKS
+                .iter()
+                .filter(|(g, e, _, _)| g == group && e == event);
             for (_, _, field, expected) in fields {
                 let actual = format_offset(&text, field);
                 if actual != Some(*expected) {
@@ -223,10 +251,18 @@ fn absent_error(role: &Role, path: &HookPath, why: Absent, release: &str) -> any
             role.name,
             path.needs
         ),
-        Absent::Layout { tracepoint, field, expected, actual } => anyhow!(
+        Absent::Layout {
+            tracepoint,
+            field,
+            expected,
+            actual,
+        } => anyhow!(
             "the {tracepoint} tracepoint of this kernel ({release}) has field {field} at {}, \
              tracer expects offset {expected}; this kernel is not supported yet (please report it)",
-            actual.map_or_else(|| "no offset (the field is gone)".to_owned(), |a| format!("offset {a}"))
+            actual.map_or_else(
+                || "no offset (the field is gone)".to_owned(),
+                |a| format!("offset {a}")
+            )
         ),
     }
 }
@@ -244,7 +280,10 @@ fn choose<'a>(
         if let (Some(key), "read") = (forced_read, role.name) {
             let Some(path) = role.paths.iter().find(|p| p.key == key) else {
                 let keys: Vec<&str> = role.paths.iter().map(|p| p.key).collect();
-                bail!("{READ_HOOK_ENV}={key} is not a read hook; use one of {} or unset it", keys.join(", "));
+                bail!(
+                    "{READ_HOOK_ENV}={key} is not a read hook; use one of {} or unset it",
+                    keys.join(", ")
+                );
             };
             probe(path, format).map_err(|why| absent_error(role, path, why, release))?;
             log::info!("read hook forced by {READ_HOOK_ENV}={key}: {}", path.hook);
@@ -279,7 +318,10 @@ fn choose<'a>(
         match (found, last_absent) {
             (Some(path), _) => chosen.push((role, path)),
             (None, Some((path, why))) => return Err(absent_error(role, path, why, release)),
-            (None, None) => bail!("tracer knows no hook for its {} role (build mismatch)", role.name),
+            (None, None) => bail!(
+                "tracer knows no hook for its {} role (build mismatch)",
+                role.name
+            ),
         }
     }
     Ok(chosen)
@@ -287,7 +329,10 @@ fn choose<'a>(
 
 /// The read hook a test asked for through `TRACER_READ_HOOK`, if any.
 fn forced_read_hook() -> Option<String> {
-    std::env::var(READ_HOOK_ENV).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty() && v != "auto")
+    std::env::var(READ_HOOK_ENV)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty() && v != "auto")
 }
 
 /// Fails with one line when the kernel lacks what every hook path needs: BTF for the socket
@@ -314,7 +359,10 @@ fn check_kernel_features(release: &str) -> Result<()> {
 /// Lets the load work on kernels that still charge BPF memory to RLIMIT_MEMLOCK (before 5.11);
 /// newer kernels account it to the memory cgroup and ignore the limit, so failing is fine.
 fn raise_memlock_rlimit() {
-    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit with a valid pointer to an initialised struct.
     let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
     if ret != 0 {
@@ -334,11 +382,19 @@ pub struct CheckLine {
 
 impl CheckLine {
     fn pass(what: impl Into<String>) -> Self {
-        Self { ok: true, what: what.into(), fix: None }
+        Self {
+            ok: true,
+            what: what.into(),
+            fix: None,
+        }
     }
 
     fn fail(what: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { ok: false, what: what.into(), fix: Some(fix.into()) }
+        Self {
+            ok: false,
+            what: what.into(),
+            fix: Some(fix.into()),
+        }
     }
 }
 
@@ -346,7 +402,10 @@ impl CheckLine {
 fn effective_capabilities() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_owned())))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_owned()))
+        })
         .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
         .unwrap_or(0)
 }
@@ -366,7 +425,9 @@ pub fn check_host() -> Vec<CheckLine> {
     let mut lines = Vec::new();
     let release = kernel_release();
     match version_of(&release) {
-        Some(v) if v >= (5, 8) => lines.push(CheckLine::pass(format!("kernel {release} (5.8 or newer)"))),
+        Some(v) if v >= (5, 8) => {
+            lines.push(CheckLine::pass(format!("kernel {release} (5.8 or newer)")))
+        }
         _ => lines.push(CheckLine::fail(
             format!("kernel {release}: older than 5.8 (no BPF ring buffer)"),
             "run tracer on Linux 5.8 or newer with BTF",
@@ -375,7 +436,9 @@ pub fn check_host() -> Vec<CheckLine> {
     let caps = effective_capabilities();
     let missing = missing_capabilities();
     if missing.is_empty() {
-        lines.push(CheckLine::pass("privileges: CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE"));
+        lines.push(CheckLine::pass(
+            "privileges: CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE",
+        ));
     } else {
         lines.push(CheckLine::fail(
             format!("privileges: missing {}", missing.join(", ")),
@@ -384,12 +447,17 @@ pub fn check_host() -> Vec<CheckLine> {
     }
     let tracefs = tracefs_root();
     match &tracefs {
-        Ok(root) => lines.push(CheckLine::pass(format!("tracefs mounted at {}", root.display()))),
+        Ok(root) => lines.push(CheckLine::pass(format!(
+            "tracefs mounted at {}",
+            root.display()
+        ))),
         Err(_) => match std::fs::read_dir("/sys/kernel/tracing") {
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => lines.push(CheckLine::fail(
-                "tracefs at /sys/kernel/tracing cannot be read (permission denied)",
-                "run tracer as root (sudo tracer ...)",
-            )),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                lines.push(CheckLine::fail(
+                    "tracefs at /sys/kernel/tracing cannot be read (permission denied)",
+                    "run tracer as root (sudo tracer ...)",
+                ))
+            }
             _ => lines.push(CheckLine::fail(
                 "tracefs is not mounted",
                 "mount -t tracefs nodev /sys/kernel/tracing",
@@ -419,8 +487,14 @@ pub fn check_host() -> Vec<CheckLine> {
     if caps & CAP_BPF != 0 || caps & CAP_SYS_ADMIN != 0 {
         match aya::sys::is_map_supported(MapType::RingBuf) {
             Ok(true) => lines.push(CheckLine::pass("BPF ring buffer")),
-            Ok(false) => lines.push(CheckLine::fail("no BPF ring buffer", "run tracer on Linux 5.8 or newer")),
-            Err(e) => lines.push(CheckLine::fail(format!("BPF ring buffer: cannot probe ({e})"), "run tracer as root")),
+            Ok(false) => lines.push(CheckLine::fail(
+                "no BPF ring buffer",
+                "run tracer on Linux 5.8 or newer",
+            )),
+            Err(e) => lines.push(CheckLine::fail(
+                format!("BPF ring buffer: cannot probe ({e})"),
+                "run tracer as root",
+            )),
         }
     }
     if let Ok(root) = &tracefs {
@@ -439,18 +513,29 @@ pub fn check_host() -> Vec<CheckLine> {
                     Err(why) => absent.push((path, why)),
                 }
             }
-            let skipped: Vec<String> = absent.iter().map(|(p, _)| format!("{} absent", p.hook)).collect();
+            let skipped: Vec<String> = absent
+                .iter()
+                .map(|(p, _)| format!("{} absent", p.hook))
+                .collect();
             match chosen {
                 Some(path) => lines.push(CheckLine::pass(format!(
                     "{} hook: {}{}",
                     role.name,
                     path.hook,
-                    if skipped.is_empty() { String::new() } else { format!(" ({})", skipped.join(", ")) }
+                    if skipped.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", skipped.join(", "))
+                    }
                 ))),
                 None => {
-                    let (path, why) = absent.pop().map_or((None, None), |(p, w)| (Some(p), Some(w)));
+                    let (path, why) = absent
+                        .pop()
+                        .map_or((None, None), |(p, w)| (Some(p), Some(w)));
                     let what = match (path, why) {
-                        (Some(path), Some(why)) => format!("{:#}", absent_error(role, path, why, &release)),
+                        (Some(path), Some(why)) => {
+                            format!("{:#}", absent_error(role, path, why, &release))
+                        }
                         _ => format!("no {} hook known", role.name),
                     };
                     lines.push(CheckLine::fail(what, "run tracer on a kernel that has this tracepoint (see README: Requirements)"));
@@ -459,13 +544,20 @@ pub fn check_host() -> Vec<CheckLine> {
         }
     }
     match version_of(&release) {
-        Some(v) if v >= (5, 11) => lines.push(CheckLine::pass("BPF memory is charged to the memory cgroup (5.11+): RLIMIT_MEMLOCK does not matter")),
+        Some(v) if v >= (5, 11) => lines.push(CheckLine::pass(
+            "BPF memory is charged to the memory cgroup (5.11+): RLIMIT_MEMLOCK does not matter",
+        )),
         _ => {
-            let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
             // SAFETY: getrlimit writes into the valid struct we pass.
             let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
             if ok && (limit.rlim_max == libc::RLIM_INFINITY || caps & CAP_SYS_ADMIN != 0) {
-                lines.push(CheckLine::pass("RLIMIT_MEMLOCK can be raised for the BPF maps"));
+                lines.push(CheckLine::pass(
+                    "RLIMIT_MEMLOCK can be raised for the BPF maps",
+                ));
             } else {
                 lines.push(CheckLine::fail(
                     "RLIMIT_MEMLOCK is limited and this kernel charges BPF maps to it",
@@ -481,9 +573,21 @@ pub fn check_host() -> Vec<CheckLine> {
 /// include/uapi/linux/capability.h).
 pub const NEEDED_CAPABILITIES: &[(u32, &str, &str)] = &[
     (39, "CAP_BPF", "load the programs and create the maps"),
-    (38, "CAP_PERFMON", "attach to tracepoints and read kernel memory from the programs"),
-    (2, "CAP_DAC_READ_SEARCH", "read the tracepoint ids and formats in tracefs"),
-    (19, "CAP_SYS_PTRACE", "read another user's /proc/PID/fd to find its sockets"),
+    (
+        38,
+        "CAP_PERFMON",
+        "attach to tracepoints and read kernel memory from the programs",
+    ),
+    (
+        2,
+        "CAP_DAC_READ_SEARCH",
+        "read the tracepoint ids and formats in tracefs",
+    ),
+    (
+        19,
+        "CAP_SYS_PTRACE",
+        "read another user's /proc/PID/fd to find its sockets",
+    ),
 ];
 
 /// The needed capabilities this process lacks (none for root).
@@ -518,7 +622,14 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>)> {
     raise_memlock_rlimit();
     check_kernel_features(&release)?;
     let format = |group: &str, event: &str| {
-        std::fs::read_to_string(tracefs.join("events").join(group).join(event).join("format")).ok()
+        std::fs::read_to_string(
+            tracefs
+                .join("events")
+                .join(group)
+                .join(event)
+                .join("format"),
+        )
+        .ok()
     };
     let chosen = choose(ROLES, forced_read_hook().as_deref(), &format, &release)?;
     let reads_from_syscalls = u32::from(chosen.iter().any(|(_, path)| path.reads_from_syscalls));
@@ -526,7 +637,8 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>)> {
     let rcv_nxt = btf.member_offset("tcp_sock", "rcv_nxt")?;
     let copied_seq = btf.member_offset("tcp_sock", "copied_seq")?;
     // `sk_flags` is a macro for `__sk_common.skc_flags` (include/net/sock.h).
-    let sk_flags = btf.member_offset("sock", "__sk_common")? + btf.member_offset("sock_common", "skc_flags")?;
+    let sk_flags = btf.member_offset("sock", "__sk_common")?
+        + btf.member_offset("sock_common", "skc_flags")?;
     let follow = u32::from(follow_comms);
 
     let mut ebpf = EbpfLoader::new()
@@ -549,17 +661,24 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>)> {
             attached.push(program);
             let prog: &mut TracePoint = ebpf
                 .program_mut(program)
-                .ok_or_else(|| anyhow!("the eBPF object has no program {program} (build mismatch)"))?
+                .ok_or_else(|| {
+                    anyhow!("the eBPF object has no program {program} (build mismatch)")
+                })?
                 .try_into()
                 .with_context(|| format!("{program} is not a tracepoint program"))?;
-            prog.load().with_context(|| format!("the kernel ({release}) refused the {program} program"))?;
+            prog.load()
+                .with_context(|| format!("the kernel ({release}) refused the {program} program"))?;
             for (group, event) in *tracepoints {
-                prog.attach(group, event)
-                    .with_context(|| format!("attaching {program} to the {group}/{event} tracepoint"))?;
+                prog.attach(group, event).with_context(|| {
+                    format!("attaching {program} to the {group}/{event} tracepoint")
+                })?;
             }
         }
         log::info!("{} hook: {}", role.name, path.hook);
-        hooks.push(HookChoice { role: role.name, hook: path.hook.to_owned() });
+        hooks.push(HookChoice {
+            role: role.name,
+            hook: path.hook.to_owned(),
+        });
     }
     Ok((ebpf, hooks))
 }
@@ -589,8 +708,13 @@ format:
     /// A format file with every field tracer reads for (group, event) at its expected offset.
     fn good_format(group: &str, event: &str) -> String {
         let mut text = format!("name: {event}\nformat:\n");
-        for (_, _, field, offset) in tp_layout::CHECKS.iter().filter(|(g, e, _, _)| *g == group && *e == event) {
-            text.push_str(&format!("\tfield:long {field};\toffset:{offset};\tsize:8;\tsigned:0;\n"));
+        for (_, _, field, offset) in tp_layout::CHECKS
+            .iter()
+            .filter(|(g, e, _, _)| *g == group && *e == event)
+        {
+            text.push_str(&format!(
+                "\tfield:long {field};\toffset:{offset};\tsize:8;\tsigned:0;\n"
+            ));
         }
         text
     }
@@ -601,7 +725,11 @@ format:
     }
 
     fn hooks_of(chosen: &[(&Role, &HookPath)]) -> String {
-        chosen.iter().map(|(r, p)| format!("{}={}", r.name, p.hook)).collect::<Vec<_>>().join(" ")
+        chosen
+            .iter()
+            .map(|(r, p)| format!("{}={}", r.name, p.hook))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     #[test]
@@ -622,8 +750,12 @@ format:
         assert_eq!(read.hook, "syscalls/sys_exit_read");
         assert!(read.reads_from_syscalls);
         // The read syscall programs are attached in both cases; sock_recv only with its hook.
-        let programs: Vec<&str> =
-            read.attachments.iter().flat_map(|set| set.iter()).map(|(p, _)| *p).collect();
+        let programs: Vec<&str> = read
+            .attachments
+            .iter()
+            .flat_map(|set| set.iter())
+            .map(|(p, _)| *p)
+            .collect();
         assert!(programs.contains(&"exit_read") && !programs.contains(&"sock_recv"));
     }
 
@@ -631,35 +763,61 @@ format:
     fn a_moved_field_falls_back_to_the_syscalls_rather_than_misreading() {
         let format = |group: &str, event: &str| {
             let text = good_format(group, event);
-            Some(if event == "sock_recv_length" { text.replace("offset:20;", "offset:24;") } else { text })
+            Some(if event == "sock_recv_length" {
+                text.replace("offset:20;", "offset:24;")
+            } else {
+                text
+            })
         };
         let chosen = choose(ROLES, None, &format, "7.0").unwrap();
-        assert_eq!(chosen.iter().find(|(r, _)| r.name == "read").unwrap().1.key, "syscalls");
+        assert_eq!(
+            chosen.iter().find(|(r, _)| r.name == "read").unwrap().1.key,
+            "syscalls"
+        );
     }
 
     #[test]
     fn the_read_hook_can_be_forced() {
         let chosen = choose(ROLES, Some("syscalls"), &kernel_without(&[]), "6.18").unwrap();
-        assert!(chosen.iter().any(|(r, p)| r.name == "read" && p.reads_from_syscalls));
-        let err = choose(ROLES, Some("sock_recv_length"), &kernel_without(&["sock_recv_length"]), "6.1.0")
+        assert!(chosen
+            .iter()
+            .any(|(r, p)| r.name == "read" && p.reads_from_syscalls));
+        let err = choose(
+            ROLES,
+            Some("sock_recv_length"),
+            &kernel_without(&["sock_recv_length"]),
+            "6.1.0",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("has no sock/sock_recv_length") && err.contains("Linux 6.3"),
+            "{err}"
+        );
+        let err = choose(ROLES, Some("kprobe"), &kernel_without(&[]), "6.18")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("has no sock/sock_recv_length") && err.contains("Linux 6.3"), "{err}");
-        let err = choose(ROLES, Some("kprobe"), &kernel_without(&[]), "6.18").unwrap_err().to_string();
         assert_eq!(err, "TRACER_READ_HOOK=kprobe is not a read hook; use one of sock_recv_length, syscalls or unset it");
     }
 
     #[test]
     fn a_missing_required_hook_is_one_line_naming_the_kernel_it_needs() {
-        let err = choose(ROLES, None, &kernel_without(&["inet_sock_set_state"]), "4.14.0")
-            .unwrap_err()
-            .to_string();
+        let err = choose(
+            ROLES,
+            None,
+            &kernel_without(&["inet_sock_set_state"]),
+            "4.14.0",
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             err,
             "this kernel (4.14.0) has no sock/inet_sock_set_state tracepoint, which tracer's state \
              hook needs: the sock/inet_sock_set_state tracepoint (Linux 4.16 or newer)"
         );
-        let err = choose(ROLES, None, &kernel_without(&["sys_enter_connect"]), "5.10").unwrap_err().to_string();
+        let err = choose(ROLES, None, &kernel_without(&["sys_enter_connect"]), "5.10")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("CONFIG_FTRACE_SYSCALLS"), "{err}");
         assert_eq!(err.lines().count(), 1);
     }
@@ -667,10 +825,19 @@ format:
     #[test]
     fn describes_the_hooks_on_one_line() {
         let hooks = [
-            HookChoice { role: "connect", hook: "syscalls/sys_enter_connect".into() },
-            HookChoice { role: "read", hook: "syscalls/sys_exit_read".into() },
+            HookChoice {
+                role: "connect",
+                hook: "syscalls/sys_enter_connect".into(),
+            },
+            HookChoice {
+                role: "read",
+                hook: "syscalls/sys_exit_read".into(),
+            },
         ];
-        assert_eq!(describe_hooks(&hooks), "connect=syscalls/sys_enter_connect read=syscalls/sys_exit_read");
+        assert_eq!(
+            describe_hooks(&hooks),
+            "connect=syscalls/sys_enter_connect read=syscalls/sys_exit_read"
+        );
     }
 
     #[test]

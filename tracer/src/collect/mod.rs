@@ -81,7 +81,9 @@ impl Collector {
             let bytes = name.as_bytes();
             let len = bytes.len().min(MAX_COMM);
             key[..len].copy_from_slice(&bytes[..len]);
-            comm_map.insert(key, 1, 0).context("registering a --comm name")?;
+            comm_map
+                .insert(key, 1, 0)
+                .context("registering a --comm name")?;
         }
         let targets_map = take_map(&mut ebpf, map_names::TARGETS)?.try_into()?;
         let conns = take_map(&mut ebpf, map_names::CONNS)?.try_into()?;
@@ -91,19 +93,20 @@ impl Collector {
         // the RingBuf lives, and the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow!("polling the event ring buffer: {}", e.into_parts().1))?;
-        let ebpf_log = match aya_log::EbpfLogger::init(&mut ebpf) {
-            // SAFETY: the logger owns its ring buffer map fd for as long as it lives, and the
-            // AsyncFd owns the logger.
-            Ok(logger) => unsafe {
-                AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-            }
-            .map_err(|e| log::warn!("eBPF log records will not be shown: {}", e.into_parts().1))
-            .ok(),
-            Err(e) => {
-                log::warn!("eBPF log records will not be shown: {e}");
-                None
-            }
-        };
+        let ebpf_log =
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                // SAFETY: the logger owns its ring buffer map fd for as long as it lives, and the
+                // AsyncFd owns the logger.
+                Ok(logger) => unsafe {
+                    AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+                }
+                .map_err(|e| log::warn!("eBPF log records will not be shown: {}", e.into_parts().1))
+                .ok(),
+                Err(e) => {
+                    log::warn!("eBPF log records will not be shown: {e}");
+                    None
+                }
+            };
         let mut collector = Self {
             ebpf,
             targets_map,
@@ -152,8 +155,13 @@ impl Collector {
         wanted.dedup();
         let mut changed = false;
         for pid in wanted {
-            let start = if procfs::exists(pid) { procfs::start_time_ticks(pid).ok() } else { None };
-            let reused = start.is_some() && self.started.get(&pid).is_some_and(|s| Some(*s) != start);
+            let start = if procfs::exists(pid) {
+                procfs::start_time_ticks(pid).ok()
+            } else {
+                None
+            };
+            let reused =
+                start.is_some() && self.started.get(&pid).is_some_and(|s| Some(*s) != start);
             if start.is_none() || reused {
                 // Exited (or exited and its pid was reused): its connections went with it.
                 if self.targets.remove(&pid).is_some() || self.targets_map.get(&pid, 0).is_ok() {
@@ -184,7 +192,10 @@ impl Collector {
 
     fn kernel_stats(&self) -> Result<KernelStats> {
         let sum = |stat: Stat| -> Result<u64> {
-            let values = self.stats.get(&(stat as u32), 0).context("reading the stats map")?;
+            let values = self
+                .stats
+                .get(&(stat as u32), 0)
+                .context("reading the stats map")?;
             Ok(values.iter().sum())
         };
         Ok(KernelStats {
@@ -242,7 +253,12 @@ impl Collector {
                 Err(e) => return Err(e).context("reading the connection map"),
             }
         }
-        Ok(Sample { now_ns, kernel, sockets, stats: self.kernel_stats()? })
+        Ok(Sample {
+            now_ns,
+            kernel,
+            sockets,
+            stats: self.kernel_stats()?,
+        })
     }
 
     fn drain_ring(&mut self, out: &mut Vec<Input>) {
@@ -301,10 +317,20 @@ impl Collector {
 
     /// Sends model inputs until `stop` turns true (or the receiver goes away), then sends a
     /// last drain and sample so the final snapshot is current. Detaches on return (drop).
-    pub async fn run(mut self, tx: mpsc::Sender<Input>, mut stop: watch::Receiver<bool>) -> Result<()> {
-        let hooks = self.hooks.iter().map(|h| (h.role.to_owned(), h.hook.clone())).collect();
+    pub async fn run(
+        mut self,
+        tx: mpsc::Sender<Input>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<()> {
+        let hooks = self
+            .hooks
+            .iter()
+            .map(|h| (h.role.to_owned(), h.hook.clone()))
+            .collect();
         let targets = self.targets.values().cloned().collect();
-        if tx.send(Input::Hooks(hooks)).await.is_err() || tx.send(Input::Targets(targets)).await.is_err() {
+        if tx.send(Input::Hooks(hooks)).await.is_err()
+            || tx.send(Input::Targets(targets)).await.is_err()
+        {
             return Ok(());
         }
         let mut tick = tokio::time::interval(self.sample_every);
@@ -369,8 +395,13 @@ impl Collector {
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns().
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the valid timespec we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }

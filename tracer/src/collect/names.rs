@@ -26,12 +26,21 @@ pub struct Namer {
 
 impl Namer {
     pub fn new(catalogue: Arc<Catalogue>, addresses: Option<AddressBook>) -> Self {
-        Self { catalogue, pending: HashMap::new(), addresses, last_address_names: Vec::new() }
+        Self {
+            catalogue,
+            pending: HashMap::new(),
+            addresses,
+            last_address_names: Vec::new(),
+        }
     }
 
     fn name(&self, host: String, source: NameSource) -> ConnName {
         let provider = self.catalogue.provider_of(&host).map(str::to_owned);
-        ConnName { host, provider, source }
+        ConnName {
+            host,
+            provider,
+            source,
+        }
     }
 
     /// Takes the next captured write of socket `sk`; returns its name once known.
@@ -67,11 +76,17 @@ impl Namer {
     }
 
     /// Fallback names for `addresses`, when they changed since the last call.
-    pub fn address_names(&mut self, addresses: &HashSet<IpAddr>) -> Option<Vec<(IpAddr, ConnName)>> {
+    pub fn address_names(
+        &mut self,
+        addresses: &HashSet<IpAddr>,
+    ) -> Option<Vec<(IpAddr, ConnName)>> {
         let book = self.addresses.as_ref()?;
         let mut names: Vec<(IpAddr, ConnName)> = addresses
             .iter()
-            .filter_map(|ip| book.lookup(*ip).map(|host| (*ip, self.name(host, NameSource::Dns))))
+            .filter_map(|ip| {
+                book.lookup(*ip)
+                    .map(|host| (*ip, self.name(host, NameSource::Dns)))
+            })
             .collect();
         names.sort_by_key(|(ip, _)| *ip);
         if names == self.last_address_names {
@@ -105,10 +120,18 @@ mod tests {
     #[test]
     fn a_request_head_split_over_two_writes_is_joined_then_dropped() {
         let mut n = namer();
-        assert_eq!(n.first_bytes(7, b"GET /v1/models HTTP/1.1\r\nUser-Agent: x\r\n"), None);
+        assert_eq!(
+            n.first_bytes(7, b"GET /v1/models HTTP/1.1\r\nUser-Agent: x\r\n"),
+            None
+        );
         assert_eq!(n.pending.len(), 1);
-        let name = n.first_bytes(7, b"Host: api.openai.com:443\r\n\r\n").expect("named");
-        assert_eq!((name.host.as_str(), name.provider.as_deref()), ("api.openai.com", Some("openai")));
+        let name = n
+            .first_bytes(7, b"Host: api.openai.com:443\r\n\r\n")
+            .expect("named");
+        assert_eq!(
+            (name.host.as_str(), name.provider.as_deref()),
+            ("api.openai.com", Some("openai"))
+        );
         assert!(n.pending.is_empty());
     }
 
@@ -126,7 +149,12 @@ mod tests {
     #[test]
     fn an_unknown_host_is_named_without_a_provider() {
         let mut n = namer();
-        let name = n.first_bytes(9, b"GET / HTTP/1.1\r\nHost: internal.example\r\n\r\n").expect("named");
-        assert_eq!((name.host.as_str(), name.provider), ("internal.example", None));
+        let name = n
+            .first_bytes(9, b"GET / HTTP/1.1\r\nHost: internal.example\r\n\r\n")
+            .expect("named");
+        assert_eq!(
+            (name.host.as_str(), name.provider),
+            ("internal.example", None)
+        );
     }
 }

@@ -337,7 +337,9 @@ mod tests {
         assert!(listening
             .iter()
             .any(|s| s.local == listen_addr && s.state == (tcp_state::LISTEN as u8)));
-        assert!(listening.iter().all(|s| s.state == (tcp_state::LISTEN as u8)));
+        assert!(listening
+            .iter()
+            .all(|s| s.state == (tcp_state::LISTEN as u8)));
         assert!(!listening.iter().any(|s| s.local == client_local));
 
         let connected = dump_tcp(StateMask::CONNECTED).unwrap();

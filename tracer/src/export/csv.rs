@@ -65,8 +65,13 @@ pub struct CsvSnapshots<W: Write> {
 impl<W: Write> CsvSnapshots<W> {
     pub fn new(out: W) -> Self {
         // The header is ours to write: csv writes it only with a first row.
-        let out = ::csv::WriterBuilder::new().has_headers(false).from_writer(out);
-        CsvSnapshots { out, header_written: false }
+        let out = ::csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(out);
+        CsvSnapshots {
+            out,
+            header_written: false,
+        }
     }
 
     /// Writes the rows of `snapshot`, stamped with the current time.
@@ -78,7 +83,9 @@ impl<W: Write> CsvSnapshots<W> {
     /// order (most leaks first), and flushes.
     pub fn write_at(&mut self, snapshot: &Snapshot, time: &str) -> Result<()> {
         if !self.header_written {
-            self.out.write_record(HEADER).context("writing the CSV header")?;
+            self.out
+                .write_record(HEADER)
+                .context("writing the CSV header")?;
             self.header_written = true;
         }
         for host in &snapshot.hosts {
@@ -93,7 +100,9 @@ impl<W: Write> CsvSnapshots<W> {
     #[cfg(test)]
     /// The writer underneath, everything written flushed to it.
     pub fn into_inner(self) -> Result<W> {
-        self.out.into_inner().map_err(|e| anyhow::anyhow!("flushing CSV rows: {}", e.error()))
+        self.out
+            .into_inner()
+            .map_err(|e| anyhow::anyhow!("flushing CSV rows: {}", e.error()))
     }
 }
 
@@ -136,10 +145,17 @@ mod tests {
 
     /// Hosts with names that need quoting in CSV, besides the usual ones.
     fn awkward_snapshot() -> Snapshot {
-        let Snapshot { mut hosts, mut leaks, .. } = two_hosts();
+        let Snapshot {
+            mut hosts,
+            mut leaks,
+            ..
+        } = two_hosts();
         hosts.push(host("2001:db8::7", 1, (0, 0, 1), 1, 2));
         leaks.push(leak("2001:db8::7", 40009, LeakReason::Abandoned, 31.0));
-        hosts.push(of_provider(host("api,\"quoted\"\nhost", 4, (0, 0, 0), 0, 11), "open,ai"));
+        hosts.push(of_provider(
+            host("api,\"quoted\"\nhost", 4, (0, 0, 0), 0, 11),
+            "open,ai",
+        ));
         snapshot(hosts, leaks)
     }
 
@@ -167,7 +183,11 @@ mod tests {
         let empty = snapshot(vec![], vec![]);
         assert_eq!(write(&[&empty]), format!("{}\n", HEADER.join(",")));
         let text = write(&[&two_hosts(), &empty, &two_hosts()]);
-        assert_eq!(text.lines().filter(|l| l.starts_with("time,")).count(), 1, "{text}");
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("time,")).count(),
+            1,
+            "{text}"
+        );
         assert_eq!(text.lines().count(), 1 + 2 + 2);
     }
 
@@ -176,11 +196,17 @@ mod tests {
         let snapshot = awkward_snapshot();
         let text = write(&[&snapshot]);
         let mut reader = ::csv::Reader::from_reader(text.as_bytes());
-        let header: Vec<String> =
-            reader.headers().expect("a header").iter().map(str::to_string).collect();
+        let header: Vec<String> = reader
+            .headers()
+            .expect("a header")
+            .iter()
+            .map(str::to_string)
+            .collect();
         assert_eq!(header, HEADER);
-        let rows: Vec<HostRow> =
-            reader.deserialize().collect::<Result<_, _>>().expect("rows parse back");
+        let rows: Vec<HostRow> = reader
+            .deserialize()
+            .collect::<Result<_, _>>()
+            .expect("rows parse back");
         assert_eq!(
             rows.iter().map(row_figures).collect::<Vec<_>>(),
             snapshot.hosts.iter().map(figures).collect::<Vec<_>>()
@@ -190,8 +216,14 @@ mod tests {
             rows.iter().map(|r| r.provider.as_str()).collect::<Vec<_>>(),
             ["unknown", "unknown", "unknown", "open,ai"]
         );
-        assert_eq!(rows.iter().map(|r| r.leaked).sum::<u64>(), snapshot.leaked_total);
-        assert_eq!(rows.iter().map(|r| r.open).sum::<u64>(), snapshot.open_total);
+        assert_eq!(
+            rows.iter().map(|r| r.leaked).sum::<u64>(),
+            snapshot.leaked_total
+        );
+        assert_eq!(
+            rows.iter().map(|r| r.open).sum::<u64>(),
+            snapshot.open_total
+        );
     }
 
     /// The JSON line's figures, read back with serde_json.
@@ -258,7 +290,11 @@ mod tests {
         out.write_at(&snapshot, TIME.into()).expect("writes");
         let text = String::from_utf8(out.into_inner()).expect("UTF-8");
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "one line per snapshot, however awkward the names: {text}");
+        assert_eq!(
+            lines.len(),
+            2,
+            "one line per snapshot, however awkward the names: {text}"
+        );
         let line: JsonLine = serde_json::from_str(lines[0]).expect("the line parses back");
         let expected = JsonLine {
             time: TIME.into(),
@@ -325,16 +361,20 @@ mod tests {
         out.write_at(&snapshot, TIME.into()).expect("writes");
         let json: JsonLine =
             serde_json::from_slice(&out.into_inner()).expect("the line parses back");
-        let metrics =
-            PrometheusExporter::default().render(&snapshot, &Health::default()).expect("renders");
+        let metrics = PrometheusExporter::default()
+            .render(&snapshot, &Health::default())
+            .expect("renders");
         for (row, host) in rows.iter().zip(&json.hosts) {
             assert_eq!((&row.host, row.leaked), (&host.host, host.leaked));
             let prometheus: u64 = metrics
                 .lines()
                 .filter(|l| l.starts_with("tracer_upstream_connections_leaked{"))
                 .filter(|l| {
-                    let escaped =
-                        row.host.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                    let escaped = row
+                        .host
+                        .replace('\\', "\\\\")
+                        .replace('"', "\\\"")
+                        .replace('\n', "\\n");
                     l.contains(&format!("{{host=\"{escaped}\","))
                 })
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())

@@ -59,10 +59,14 @@ mod tests {
     #[test]
     fn a_snapshot_line_has_the_documented_shape() {
         let mut table = ConnTable::new();
-        table.apply(crate::model::Input::Targets(vec![Target { pid: 7, comm: "relay".into() }]));
+        table.apply(crate::model::Input::Targets(vec![Target {
+            pid: 7,
+            comm: "relay".into(),
+        }]));
         let snapshot = Snapshot::take(&table, 0, &Graces::default());
         let mut out = JsonLines::new(Vec::new());
-        out.write_at(&snapshot, "2026-11-26T00:00:00Z".into()).expect("writes");
+        out.write_at(&snapshot, "2026-11-26T00:00:00Z".into())
+            .expect("writes");
         let text = String::from_utf8(out.out).expect("utf8");
         assert!(text.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");

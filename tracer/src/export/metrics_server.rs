@@ -64,7 +64,11 @@ impl MetricsServer {
             .with_context(|| format!("registering the metrics listener on {addr}"))?;
         let (latest, texts) = watch::channel(Bytes::new());
         let task = tokio::spawn(serve(listener, texts));
-        Ok(MetricsServer { local_addr, latest, task })
+        Ok(MetricsServer {
+            local_addr,
+            latest,
+            task,
+        })
     }
 
     /// The address actually bound (the port chosen, when 0 was asked for).
@@ -156,9 +160,13 @@ fn respond(request: &Request<Incoming>, texts: &watch::Receiver<Bytes>) -> Respo
     };
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     if status == StatusCode::METHOD_NOT_ALLOWED {
-        response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
     response
 }
@@ -167,7 +175,10 @@ fn respond(request: &Request<Incoming>, texts: &watch::Receiver<Bytes>) -> Respo
 /// `[::1]:9464`. For the command line's value parsers.
 pub fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
     let text = text.trim();
-    let port = text.strip_prefix(':').or_else(|| text.strip_prefix("localhost:")).unwrap_or(text);
+    let port = text
+        .strip_prefix(':')
+        .or_else(|| text.strip_prefix("localhost:"))
+        .unwrap_or(text);
     if let Ok(port) = port.parse::<u16>() {
         return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
     }
@@ -201,7 +212,10 @@ fn clock_ticks_per_second() -> u64 {
 /// utime + stime (fields 14 and 15 of proc_pid_stat(5), in clock ticks) in seconds. The fields
 /// are counted after the command name, which is in parentheses and may hold spaces.
 fn cpu_seconds(stat: &str, ticks_per_second: u64) -> Result<f64> {
-    let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).context("no ')' after comm")?;
+    let after_comm = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("no ')' after comm")?;
     // After the comm comes field 3 (state): utime is field 14, so the 12th from here.
     let mut fields = after_comm.split_whitespace().skip(11);
     let mut ticks = |name: &str| -> Result<u64> {
@@ -217,8 +231,10 @@ fn cpu_seconds(stat: &str, ticks_per_second: u64) -> Result<f64> {
 
 /// VmRSS of proc_pid_status(5), which the kernel gives in kB (KiB).
 fn resident_bytes(status: &str) -> Result<u64> {
-    let line =
-        status.lines().find_map(|line| line.strip_prefix("VmRSS:")).context("no VmRSS line")?;
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .context("no VmRSS line")?;
     let kib: u64 = line
         .trim()
         .trim_end_matches("kB")
@@ -258,7 +274,10 @@ mod tests {
 
     impl Reply {
         fn header(&self, name: &str) -> Option<&str> {
-            self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
         }
     }
 
@@ -277,15 +296,20 @@ mod tests {
             .await
             .unwrap_or_else(|_| panic!("{method} {path}: no full answer within 10 s"));
         let text = String::from_utf8(raw).expect("UTF-8 answer");
-        let (head, body) =
-            text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head: {text:?}"));
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no head: {text:?}"));
         let mut lines = head.lines();
         let status_line = lines.next().unwrap_or_default().to_string();
         let headers = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
             .collect();
-        Reply { status_line, headers, body: body.to_string() }
+        Reply {
+            status_line,
+            headers,
+            body: body.to_string(),
+        }
     }
 
     fn local() -> SocketAddr {
@@ -299,7 +323,10 @@ mod tests {
         assert_ne!(addr.port(), 0);
 
         let reply = request(addr, "GET", "/metrics").await;
-        assert_eq!((reply.status_line.as_str(), reply.body.as_str()), ("HTTP/1.1 200 OK", ""));
+        assert_eq!(
+            (reply.status_line.as_str(), reply.body.as_str()),
+            ("HTTP/1.1 200 OK", "")
+        );
 
         let text = PrometheusExporter::default()
             .render(&two_hosts(), &Health::default())
@@ -307,14 +334,26 @@ mod tests {
         server.publish(text.clone());
         let reply = request(addr, "GET", "/metrics").await;
         assert_eq!(reply.status_line, "HTTP/1.1 200 OK");
-        assert_eq!(reply.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
-        assert_eq!(reply.header("content-length"), Some(text.len().to_string().as_str()));
+        assert_eq!(
+            reply.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        assert_eq!(
+            reply.header("content-length"),
+            Some(text.len().to_string().as_str())
+        );
         assert_eq!(reply.body, text);
 
         server.publish("tracer_build_info 1\n".into());
-        assert_eq!(request(addr, "GET", "/metrics").await.body, "tracer_build_info 1\n");
+        assert_eq!(
+            request(addr, "GET", "/metrics").await.body,
+            "tracer_build_info 1\n"
+        );
         let head = request(addr, "HEAD", "/metrics").await;
-        assert_eq!((head.status_line.as_str(), head.body.as_str()), ("HTTP/1.1 200 OK", ""));
+        assert_eq!(
+            (head.status_line.as_str(), head.body.as_str()),
+            ("HTTP/1.1 200 OK", "")
+        );
     }
 
     #[tokio::test]
@@ -325,7 +364,11 @@ mod tests {
         for path in ["/", "/metrics/", "/favicon.ico", "/metricsx"] {
             let reply = request(addr, "GET", path).await;
             assert_eq!(reply.status_line, "HTTP/1.1 404 Not Found", "GET {path}");
-            assert!(!reply.body.contains("tracer_build_info"), "GET {path}: {}", reply.body);
+            assert!(
+                !reply.body.contains("tracer_build_info"),
+                "GET {path}: {}",
+                reply.body
+            );
         }
         let reply = request(addr, "POST", "/metrics").await;
         assert_eq!(reply.status_line, "HTTP/1.1 405 Method Not Allowed");
@@ -340,7 +383,10 @@ mod tests {
         // The aborted task closes the listener the next time the runtime runs it.
         let deadline = Instant::now() + Duration::from_secs(5);
         while TcpStream::connect(addr).await.is_ok() {
-            assert!(Instant::now() < deadline, "still listening on {addr} 5 s after the drop");
+            assert!(
+                Instant::now() < deadline,
+                "still listening on {addr} 5 s after the drop"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -352,8 +398,14 @@ mod tests {
         let e = MetricsServer::bind(addr).expect_err("the address is taken");
         let message = format!("{e:#}");
         assert!(!message.contains('\n'), "{message}");
-        assert!(message.starts_with(&format!("cannot serve metrics on {addr}: ")), "{message}");
-        assert!(message.contains("pick another port with --metrics-addr"), "{message}");
+        assert!(
+            message.starts_with(&format!("cannot serve metrics on {addr}: ")),
+            "{message}"
+        );
+        assert!(
+            message.contains("pick another port with --metrics-addr"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -378,9 +430,16 @@ mod tests {
         ok("10.1.2.3:80", "10.1.2.3:80");
         ok("[::1]:9464", "[::1]:9464");
         ok("[::]:9464", "[::]:9464");
-        for bad in
-            ["", "x", "65536", ":", "127.0.0.1", "::1:9464", "host.example:9464", "1.2.3.4:x"]
-        {
+        for bad in [
+            "",
+            "x",
+            "65536",
+            ":",
+            "127.0.0.1",
+            "::1:9464",
+            "host.example:9464",
+            "1.2.3.4:x",
+        ] {
             let e = parse_metrics_addr(bad).expect_err(bad);
             assert!(e.contains("expected PORT"), "{bad:?}: {e}");
         }
@@ -443,7 +502,9 @@ mod tests {
                 let answer: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
                 if let Some([series]) = answer["data"]["result"].as_array().map(Vec::as_slice) {
                     let value = series["value"][1].as_str().unwrap_or_default();
-                    return value.parse().unwrap_or_else(|e| panic!("{query}: {value:?}: {e}"));
+                    return value
+                        .parse()
+                        .unwrap_or_else(|e| panic!("{query}: {value:?}: {e}"));
                 }
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -453,7 +514,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_real_prometheus_scrapes_the_endpoint() {
-        let Some(binary) = required_tool("prometheus", "prometheus") else { return };
+        let Some(binary) = required_tool("prometheus", "prometheus") else {
+            return;
+        };
         let server = MetricsServer::bind(local()).expect("binds");
         server.publish(
             PrometheusExporter::default()
@@ -476,7 +539,10 @@ mod tests {
         let prometheus = PrometheusServer {
             child: Command::new(&binary)
                 .arg(format!("--config.file={}", config.display()))
-                .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
                 .arg(format!("--web.listen-address={web}"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -501,6 +567,10 @@ mod tests {
         };
         let (close_wait, total, up) = outcome.await;
         let log = fs::read_to_string(&prometheus.log).unwrap_or_default();
-        assert_eq!((close_wait, total, up), (2.0, 3.0, 1.0), "prometheus log:\n{log}");
+        assert_eq!(
+            (close_wait, total, up),
+            (2.0, 3.0, 1.0),
+            "prometheus log:\n{log}"
+        );
     }
 }

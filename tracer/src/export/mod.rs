@@ -1,8 +1,8 @@
 //! Machine-readable outputs of snapshots. Only aggregates and socket metadata are written:
 //! never payload bytes.
 
-pub mod json;
 pub mod csv;
+pub mod json;
 pub mod metrics_server;
 pub mod prometheus;
 pub mod rotate;
@@ -24,5 +24,7 @@ pub fn provider_of(host: &HostSummary) -> &str {
 
 /// The wall-clock time a snapshot is written at, as RFC 3339 in UTC.
 pub fn now_rfc3339() -> Result<String> {
-    OffsetDateTime::now_utc().format(&Rfc3339).context("formatting the current time")
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .context("formatting the current time")
 }

@@ -34,7 +34,11 @@ pub const OTHER: &str = "other";
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const PREFIX: &str = "tracer";
-const REASONS: [LeakReason; 3] = [LeakReason::CloseWait, LeakReason::Unread, LeakReason::Abandoned];
+const REASONS: [LeakReason; 3] = [
+    LeakReason::CloseWait,
+    LeakReason::Unread,
+    LeakReason::Abandoned,
+];
 
 /// The tracer's own CPU and memory, as [`read_process_stats`](super::metrics_server::read_process_stats)
 /// reads them from /proc/self.
@@ -67,7 +71,11 @@ pub struct ConnId {
 
 impl ConnId {
     fn of(leak: &Leak) -> Self {
-        ConnId { pid: leak.pid, local: leak.local.clone(), remote: leak.remote.clone() }
+        ConnId {
+            pid: leak.pid,
+            local: leak.local.clone(),
+            remote: leak.remote.clone(),
+        }
     }
 }
 
@@ -103,7 +111,11 @@ impl LeakCounter {
     pub const DEFAULT_CAPACITY: usize = 65_536;
 
     pub fn new(capacity: usize) -> Self {
-        LeakCounter { counted: HashMap::new(), capacity: capacity.max(1), generation: 0 }
+        LeakCounter {
+            counted: HashMap::new(),
+            capacity: capacity.max(1),
+            generation: 0,
+        }
     }
 
     /// The leaks in `leaks` that were not counted before.
@@ -111,7 +123,10 @@ impl LeakCounter {
         self.generation += 1;
         let mut new = Vec::new();
         for leak in leaks {
-            let seen = Sighting { age_s: leak.age_s, generation: self.generation };
+            let seen = Sighting {
+                age_s: leak.age_s,
+                generation: self.generation,
+            };
             match self.counted.insert(ConnId::of(leak), seen) {
                 // Ages are rounded to the millisecond. A younger connection with the same
                 // addresses is a new one that reuses the ephemeral port.
@@ -142,7 +157,8 @@ impl LeakCounter {
         let cutoff = *cutoff;
         let current = self.generation;
         // Connections leaked right now are never forgotten: they would count again next time.
-        self.counted.retain(|_, s| s.generation > cutoff || s.generation == current);
+        self.counted
+            .retain(|_, s| s.generation > cutoff || s.generation == current);
     }
 }
 
@@ -155,7 +171,10 @@ struct HostLabels {
 
 impl HostLabels {
     fn other(provider: &str) -> Self {
-        HostLabels { host: OTHER.into(), provider: provider.into() }
+        HostLabels {
+            host: OTHER.into(),
+            provider: provider.into(),
+        }
     }
 }
 
@@ -215,7 +234,10 @@ impl PrometheusExporter {
         let mut open = Vec::new();
         let mut leaked = Vec::new();
         let mut add_gauges = |labels: &HostLabels, hosts: &[&HostSummary]| {
-            open.push((vec![labels.host.clone(), labels.provider.clone()], sum(hosts, |h| h.open)));
+            open.push((
+                vec![labels.host.clone(), labels.provider.clone()],
+                sum(hosts, |h| h.open),
+            ));
             for reason in REASONS {
                 let n = sum(hosts, |h| by_reason(h, reason));
                 leaked.push((labels_with_reason(labels, reason), n));
@@ -226,7 +248,10 @@ impl PrometheusExporter {
         }
         let mut rest_by_provider: BTreeMap<&str, Vec<&HostSummary>> = BTreeMap::new();
         for host in rest {
-            rest_by_provider.entry(provider_of(host)).or_default().push(host);
+            rest_by_provider
+                .entry(provider_of(host))
+                .or_default()
+                .push(host);
         }
         for (provider, hosts) in rest_by_provider {
             add_gauges(&HostLabels::other(provider), &hosts);
@@ -247,19 +272,25 @@ impl PrometheusExporter {
             "upstream_connections_opened_total",
             "Upstream connections seen in the session: opened, or open when tracing started.",
             &["host", "provider"],
-            self.opened.iter().map(|(l, n)| (vec![l.host.clone(), l.provider.clone()], *n)),
+            self.opened
+                .iter()
+                .map(|(l, n)| (vec![l.host.clone(), l.provider.clone()], *n)),
         )?;
         out.counter(
             "upstream_connections_closed_unread_total",
             "Upstream connections the process closed before reading the response to its end.",
             &["host", "provider"],
-            self.closed_unread.iter().map(|(l, n)| (vec![l.host.clone(), l.provider.clone()], *n)),
+            self.closed_unread
+                .iter()
+                .map(|(l, n)| (vec![l.host.clone(), l.provider.clone()], *n)),
         )?;
         out.counter(
             "upstream_leaks_detected_total",
             "Upstream connections that became leaked, each counted once, by first reason.",
             &["host", "provider", "reason"],
-            self.leaks_detected.iter().map(|((l, r), n)| (labels_with_reason(l, *r), *n)),
+            self.leaks_detected
+                .iter()
+                .map(|((l, r), n)| (labels_with_reason(l, *r), *n)),
         )?;
 
         let kernel = &snapshot.kernel;
@@ -344,7 +375,9 @@ impl PrometheusExporter {
                 self.opened.entry(labels.clone()).or_default();
                 self.closed_unread.entry(labels.clone()).or_default();
                 for reason in REASONS {
-                    self.leaks_detected.entry((labels.clone(), reason)).or_default();
+                    self.leaks_detected
+                        .entry((labels.clone(), reason))
+                        .or_default();
                 }
             }
         }
@@ -377,7 +410,10 @@ impl PrometheusExporter {
                 // Not in the snapshot's hosts: cannot happen with Snapshot::take.
                 None => HostLabels::other(leak.provider.as_deref().unwrap_or(UNKNOWN_PROVIDER)),
             };
-            *self.leaks_detected.entry((labels, leak.reason)).or_default() += 1;
+            *self
+                .leaks_detected
+                .entry((labels, leak.reason))
+                .or_default() += 1;
         }
     }
 
@@ -398,17 +434,27 @@ impl PrometheusExporter {
 fn rank(hosts: &[HostSummary]) -> Vec<&HostSummary> {
     let mut ranked: Vec<&HostSummary> = hosts.iter().collect();
     ranked.sort_by(|a, b| {
-        b.leaked.cmp(&a.leaked).then(b.open.cmp(&a.open)).then_with(|| a.host.cmp(&b.host))
+        b.leaked
+            .cmp(&a.leaked)
+            .then(b.open.cmp(&a.open))
+            .then_with(|| a.host.cmp(&b.host))
     });
     ranked
 }
 
 fn labels_of(host: &HostSummary) -> HostLabels {
-    HostLabels { host: host.host.clone(), provider: provider_of(host).to_string() }
+    HostLabels {
+        host: host.host.clone(),
+        provider: provider_of(host).to_string(),
+    }
 }
 
 fn labels_with_reason(labels: &HostLabels, reason: LeakReason) -> Vec<String> {
-    vec![labels.host.clone(), labels.provider.clone(), reason.as_str().to_string()]
+    vec![
+        labels.host.clone(),
+        labels.provider.clone(),
+        reason.as_str().to_string(),
+    ]
 }
 
 fn by_reason(host: &HostSummary, reason: LeakReason) -> u64 {
@@ -516,7 +562,11 @@ mod tests {
     use super::*;
     use crate::export::testdata::*;
 
-    const HEALTH: Health = Health { now_ns: 5_000_000_000, tracked_sockets: 8, process: None };
+    const HEALTH: Health = Health {
+        now_ns: 5_000_000_000,
+        tracked_sockets: 8,
+        process: None,
+    };
 
     /// The sample lines (no comments) of `text` whose metric name is `name` exactly.
     fn samples<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
@@ -528,10 +578,14 @@ mod tests {
 
     /// The value of the one sample `series` (name and labels, as written).
     fn value(text: &str, series: &str) -> f64 {
-        let found: Vec<&str> =
-            text.lines().filter_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).collect();
+        let found: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .collect();
         match found.as_slice() {
-            [v] => v.parse().unwrap_or_else(|e| panic!("{series}: {v:?} is not a number: {e}")),
+            [v] => v
+                .parse()
+                .unwrap_or_else(|e| panic!("{series}: {v:?} is not a number: {e}")),
             _ => panic!("{series}: expected one sample, found {found:?} in\n{text}"),
         }
     }
@@ -542,7 +596,9 @@ mod tests {
             vec![host("10.0.0.12", 3, (1, 0, 0), 2, 5)],
             vec![leak("10.0.0.12", 40001, LeakReason::CloseWait, 15.9)],
         );
-        let text = PrometheusExporter::default().render(&snapshot, &HEALTH).expect("renders");
+        let text = PrometheusExporter::default()
+            .render(&snapshot, &HEALTH)
+            .expect("renders");
         let expected = r#"# HELP tracer_build_info Always 1; the tracer's version as a label.
 # TYPE tracer_build_info gauge
 tracer_build_info{version="0.1.0"} 1
@@ -596,14 +652,27 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
     #[test]
     fn process_figures_appear_when_read() {
         let health = Health {
-            process: Some(ProcessStats { cpu_seconds: 1.25, resident_bytes: 12_582_912 }),
+            process: Some(ProcessStats {
+                cpu_seconds: 1.25,
+                resident_bytes: 12_582_912,
+            }),
             ..HEALTH
         };
-        let text = PrometheusExporter::default().render(&two_hosts(), &health).expect("renders");
+        let text = PrometheusExporter::default()
+            .render(&two_hosts(), &health)
+            .expect("renders");
         assert_eq!(value(&text, "tracer_process_cpu_seconds_total"), 1.25);
-        assert_eq!(value(&text, "tracer_process_resident_memory_bytes"), 12_582_912.0);
-        let text = PrometheusExporter::default().render(&two_hosts(), &HEALTH).expect("renders");
-        assert!(!text.contains("tracer_process_"), "no /proc figures, no series:\n{text}");
+        assert_eq!(
+            value(&text, "tracer_process_resident_memory_bytes"),
+            12_582_912.0
+        );
+        let text = PrometheusExporter::default()
+            .render(&two_hosts(), &HEALTH)
+            .expect("renders");
+        assert!(
+            !text.contains("tracer_process_"),
+            "no /proc figures, no series:\n{text}"
+        );
     }
 
     #[test]
@@ -620,7 +689,9 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
         );
         // Most leaked first (.4 with 3, .2 with 1), then most open: .1 is third, so "other"
         // sums .3 and .5.
-        let text = PrometheusExporter::new(3).render(&snapshot, &HEALTH).expect("renders");
+        let text = PrometheusExporter::new(3)
+            .render(&snapshot, &HEALTH)
+            .expect("renders");
         assert_eq!(
             samples(&text, "tracer_upstream_connections_open"),
             vec![
@@ -631,7 +702,11 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
             ]
         );
         let leaked = samples(&text, "tracer_upstream_connections_leaked");
-        assert_eq!(leaked.len(), 4 * 3, "three reasons for each of three hosts and other");
+        assert_eq!(
+            leaked.len(),
+            4 * 3,
+            "three reasons for each of three hosts and other"
+        );
         let series = |host: &str, reason: &str| {
             value(
                 &text,
@@ -674,7 +749,9 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
             ],
             vec![],
         );
-        let text = PrometheusExporter::new(1).render(&snapshot, &HEALTH).expect("renders");
+        let text = PrometheusExporter::new(1)
+            .render(&snapshot, &HEALTH)
+            .expect("renders");
         assert_eq!(
             samples(&text, "tracer_upstream_connections_open"),
             vec![
@@ -693,7 +770,11 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
                 .sum()
         };
         assert_eq!(
-            (leaked_of("openai"), leaked_of("anthropic"), leaked_of("unknown")),
+            (
+                leaked_of("openai"),
+                leaked_of("anthropic"),
+                leaked_of("unknown")
+            ),
             (5.0, 1.0, 0.0)
         );
         assert_eq!(
@@ -707,7 +788,9 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
 
     #[test]
     fn with_few_hosts_there_is_no_other() {
-        let text = PrometheusExporter::new(2).render(&two_hosts(), &HEALTH).expect("renders");
+        let text = PrometheusExporter::new(2)
+            .render(&two_hosts(), &HEALTH)
+            .expect("renders");
         assert!(!text.contains(r#"host="other""#), "{text}");
     }
 
@@ -725,8 +808,14 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
         let b = |age| leak("10.0.0.12", 40002, LeakReason::Unread, age);
         let at = |leaks: Vec<Leak>| {
             let (cw, un) = (
-                leaks.iter().filter(|l| l.reason == LeakReason::CloseWait).count() as u64,
-                leaks.iter().filter(|l| l.reason == LeakReason::Unread).count() as u64,
+                leaks
+                    .iter()
+                    .filter(|l| l.reason == LeakReason::CloseWait)
+                    .count() as u64,
+                leaks
+                    .iter()
+                    .filter(|l| l.reason == LeakReason::Unread)
+                    .count() as u64,
             );
             snapshot(vec![host("10.0.0.12", 2, (cw, un, 0), 0, 2)], leaks)
         };
@@ -734,20 +823,38 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
         let mut render = |s: Snapshot| exporter.render(&s, &HEALTH).expect("renders");
 
         let text = render(at(vec![a(10.0)]));
-        assert_eq!((detected(&text, "close_wait"), detected(&text, "unread")), (1.0, 0.0));
+        assert_eq!(
+            (detected(&text, "close_wait"), detected(&text, "unread")),
+            (1.0, 0.0)
+        );
         let text = render(at(vec![a(12.0), b(11.0)]));
-        assert_eq!((detected(&text, "close_wait"), detected(&text, "unread")), (1.0, 1.0));
+        assert_eq!(
+            (detected(&text, "close_wait"), detected(&text, "unread")),
+            (1.0, 1.0)
+        );
         // a stops being leaked (read again), then leaks again: still the same connection.
         let text = render(at(vec![b(13.0)]));
-        assert_eq!((detected(&text, "close_wait"), detected(&text, "unread")), (1.0, 1.0));
+        assert_eq!(
+            (detected(&text, "close_wait"), detected(&text, "unread")),
+            (1.0, 1.0)
+        );
         let text = render(at(vec![a(16.0), b(15.0)]));
-        assert_eq!((detected(&text, "close_wait"), detected(&text, "unread")), (1.0, 1.0));
+        assert_eq!(
+            (detected(&text, "close_wait"), detected(&text, "unread")),
+            (1.0, 1.0)
+        );
         // Younger than when last seen: a new connection that reuses the local port.
         let text = render(at(vec![a(6.0), b(17.0)]));
-        assert_eq!((detected(&text, "close_wait"), detected(&text, "unread")), (2.0, 1.0));
+        assert_eq!(
+            (detected(&text, "close_wait"), detected(&text, "unread")),
+            (2.0, 1.0)
+        );
         // The gauge follows the snapshot, the counter does not go down when leaks close.
         let text = render(at(vec![]));
-        assert_eq!((detected(&text, "close_wait"), detected(&text, "unread")), (2.0, 1.0));
+        assert_eq!(
+            (detected(&text, "close_wait"), detected(&text, "unread")),
+            (2.0, 1.0)
+        );
         assert_eq!(
             value(
                 &text,
@@ -762,15 +869,31 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
         let mut counter = LeakCounter::new(8);
         for round in 0..10u16 {
             let leaks: Vec<Leak> = (0..4)
-                .map(|i| leak("10.0.0.12", 40000 + round * 4 + i, LeakReason::CloseWait, 20.0))
+                .map(|i| {
+                    leak(
+                        "10.0.0.12",
+                        40000 + round * 4 + i,
+                        LeakReason::CloseWait,
+                        20.0,
+                    )
+                })
                 .collect();
             assert_eq!(counter.observe(&leaks).len(), 4, "round {round}: all new");
-            assert!(counter.remembered() <= 8, "round {round}: {}", counter.remembered());
-            assert_eq!(counter.observe(&leaks).len(), 0, "round {round}: seen just now");
+            assert!(
+                counter.remembered() <= 8,
+                "round {round}: {}",
+                counter.remembered()
+            );
+            assert_eq!(
+                counter.observe(&leaks).len(),
+                0,
+                "round {round}: seen just now"
+            );
         }
         // More leaks at once than the capacity: none is forgotten while it is leaked.
-        let many: Vec<Leak> =
-            (0..20).map(|i| leak("10.0.0.13", 50000 + i, LeakReason::Unread, 20.0)).collect();
+        let many: Vec<Leak> = (0..20)
+            .map(|i| leak("10.0.0.13", 50000 + i, LeakReason::Unread, 20.0))
+            .collect();
         assert_eq!(counter.observe(&many).len(), 20);
         assert_eq!(counter.observe(&many).len(), 0);
     }
@@ -780,7 +903,10 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
         // One host gets its own series: first .1 (the only leaking one), then .2 leaks more.
         let mut exporter = PrometheusExporter::new(1);
         let first = snapshot(
-            vec![host("10.0.0.1", 1, (1, 0, 0), 1, 3), host("10.0.0.2", 0, (0, 0, 0), 2, 4)],
+            vec![
+                host("10.0.0.1", 1, (1, 0, 0), 1, 3),
+                host("10.0.0.2", 0, (0, 0, 0), 2, 4),
+            ],
             vec![leak("10.0.0.1", 40001, LeakReason::CloseWait, 10.0)],
         );
         let text = exporter.render(&first, &HEALTH).expect("renders");
@@ -793,12 +919,18 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
             )
         };
         assert_eq!(
-            (opened(&text, "10.0.0.1", "unknown"), opened(&text, "other", "unknown")),
+            (
+                opened(&text, "10.0.0.1", "unknown"),
+                opened(&text, "other", "unknown")
+            ),
             (3.0, 4.0)
         );
 
         let second = snapshot(
-            vec![host("10.0.0.2", 3, (0, 3, 0), 2, 7), host("10.0.0.1", 0, (0, 0, 0), 1, 3)],
+            vec![
+                host("10.0.0.2", 3, (0, 3, 0), 2, 7),
+                host("10.0.0.1", 0, (0, 0, 0), 1, 3),
+            ],
             vec![
                 leak("10.0.0.2", 40002, LeakReason::Unread, 10.0),
                 leak("10.0.0.2", 40003, LeakReason::Unread, 10.0),
@@ -816,7 +948,10 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
         );
         // ... the counters keep their series, and .2's increase goes on under "other".
         assert_eq!(
-            (opened(&text, "10.0.0.1", "unknown"), opened(&text, "other", "unknown")),
+            (
+                opened(&text, "10.0.0.1", "unknown"),
+                opened(&text, "other", "unknown")
+            ),
             (3.0, 7.0)
         );
         assert_eq!(
@@ -834,9 +969,16 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
         let mut exporter = PrometheusExporter::default();
         let mut snapshot = two_hosts();
         let text = exporter.render(&snapshot, &HEALTH).expect("renders");
-        assert_eq!(value(&text, "tracer_events_per_second"), 0.0, "nothing to compare with");
+        assert_eq!(
+            value(&text, "tracer_events_per_second"),
+            0.0,
+            "nothing to compare with"
+        );
         snapshot.kernel.events_sent += 500;
-        let later = Health { now_ns: HEALTH.now_ns + 2_000_000_000, ..HEALTH };
+        let later = Health {
+            now_ns: HEALTH.now_ns + 2_000_000_000,
+            ..HEALTH
+        };
         let text = exporter.render(&snapshot, &later).expect("renders");
         assert_eq!(value(&text, "tracer_events_per_second"), 250.0);
         assert_eq!(value(&text, "tracer_events_total"), 620.0);
@@ -844,8 +986,13 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
 
     #[test]
     fn label_values_are_escaped() {
-        let snapshot = snapshot(vec![host("we\"ird\\host\nname", 1, (0, 0, 0), 0, 1)], vec![]);
-        let text = PrometheusExporter::default().render(&snapshot, &HEALTH).expect("renders");
+        let snapshot = snapshot(
+            vec![host("we\"ird\\host\nname", 1, (0, 0, 0), 0, 1)],
+            vec![],
+        );
+        let text = PrometheusExporter::default()
+            .render(&snapshot, &HEALTH)
+            .expect("renders");
         assert!(
             text.contains(r#"tracer_upstream_connections_open{host="we\"ird\\host\nname",provider="unknown"} 1"#),
             "{text}"
@@ -861,9 +1008,14 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
         let mut exporter = PrometheusExporter::new(2);
         let mut snapshot = two_hosts();
         snapshot.hosts.push(host("2001:db8::7", 1, (0, 0, 1), 1, 2));
-        snapshot.leaks.push(leak("2001:db8::7", 40009, LeakReason::Abandoned, 31.0));
+        snapshot
+            .leaks
+            .push(leak("2001:db8::7", 40009, LeakReason::Abandoned, 31.0));
         let health = Health {
-            process: Some(ProcessStats { cpu_seconds: 0.75, resident_bytes: 9 << 20 }),
+            process: Some(ProcessStats {
+                cpu_seconds: 0.75,
+                resident_bytes: 9 << 20,
+            }),
             ..HEALTH
         };
         exporter.render(&snapshot, &health).expect("renders")
@@ -879,7 +1031,9 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool.display()));
         let mut input = child.stdin.take().expect("stdin is piped");
-        input.write_all(stdin.unwrap_or_default().as_bytes()).expect("writes to promtool");
+        input
+            .write_all(stdin.unwrap_or_default().as_bytes())
+            .expect("writes to promtool");
         drop(input);
         let output = child.wait_with_output().expect("promtool finishes");
         let said = format!(
@@ -893,15 +1047,22 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
     #[test]
     fn promtool_accepts_the_exposition() {
         let text = full_rendering();
-        let Some((ok, said)) = promtool(&["check", "metrics"], Some(&text)) else { return };
-        assert!(ok && said.trim().is_empty(), "promtool check metrics: {said}\n{text}");
+        let Some((ok, said)) = promtool(&["check", "metrics"], Some(&text)) else {
+            return;
+        };
+        assert!(
+            ok && said.trim().is_empty(),
+            "promtool check metrics: {said}\n{text}"
+        );
     }
 
     #[test]
     fn promtool_rejects_a_broken_exposition() {
         // The check above can fail: a counter without _total and without HELP is reported.
         let broken = "# TYPE tracer_things counter\ntracer_things 1\n";
-        let Some((ok, said)) = promtool(&["check", "metrics"], Some(broken)) else { return };
+        let Some((ok, said)) = promtool(&["check", "metrics"], Some(broken)) else {
+            return;
+        };
         assert!(!ok, "promtool accepted {broken:?}: {said}");
     }
 
@@ -909,11 +1070,15 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
     fn promtool_accepts_the_alert_rules_and_their_tests() {
         let rules = repo_file("monitoring/alerts.yml");
         let rules = rules.to_str().expect("UTF-8 path");
-        let Some((ok, said)) = promtool(&["check", "rules", rules], None) else { return };
+        let Some((ok, said)) = promtool(&["check", "rules", rules], None) else {
+            return;
+        };
         assert!(ok, "promtool check rules {rules}: {said}");
         let tests = repo_file("monitoring/alerts.test.yml");
         let tests = tests.to_str().expect("UTF-8 path");
-        let Some((ok, said)) = promtool(&["test", "rules", tests], None) else { return };
+        let Some((ok, said)) = promtool(&["test", "rules", tests], None) else {
+            return;
+        };
         assert!(ok, "promtool test rules {tests}: {said}");
     }
 
@@ -926,16 +1091,26 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
 
     #[test]
     fn promtool_parses_every_dashboard_query() {
-        let panels = dashboard()["panels"].as_array().cloned().unwrap_or_default();
+        let panels = dashboard()["panels"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let queries: Vec<String> = panels
             .iter()
             .filter_map(|p| p["targets"].as_array())
             .flatten()
             .filter_map(|t| t["expr"].as_str())
             // Grafana's variables, as Grafana would fill them in.
-            .map(|e| e.replace("$__rate_interval", "1m").replace("$instance", ".*"))
+            .map(|e| {
+                e.replace("$__rate_interval", "1m")
+                    .replace("$instance", ".*")
+            })
             .collect();
-        assert!(queries.len() >= 10, "the dashboard has {} queries", queries.len());
+        assert!(
+            queries.len() >= 10,
+            "the dashboard has {} queries",
+            queries.len()
+        );
         // Each query as a recording rule: `promtool check rules` parses its PromQL. (JSON is
         // YAML.)
         let rules: Vec<serde_json::Value> = queries
@@ -950,7 +1125,9 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
         let path = dir.path().join("dashboard-queries.yml");
         std::fs::write(&path, file.to_string()).expect("writes the rules");
         let path = path.to_str().expect("UTF-8 path");
-        let Some((ok, said)) = promtool(&["check", "rules", path], None) else { return };
+        let Some((ok, said)) = promtool(&["check", "rules", path], None) else {
+            return;
+        };
         assert!(ok, "a dashboard query does not parse: {said}\n{queries:#?}");
     }
 
@@ -960,8 +1137,10 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
         let mut names: Vec<String> = Vec::new();
         let mut rest = text;
         while let Some(at) = rest.find("tracer_") {
-            let name: String =
-                rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
             rest = &rest[at + name.len()..];
             if !names.contains(&name) {
                 names.push(name);
@@ -993,6 +1172,11 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
                 }
             }
         }
-        assert!(dashboard()["panels"].as_array().is_some_and(|p| p.len() >= 4), "panels");
+        assert!(
+            dashboard()["panels"]
+                .as_array()
+                .is_some_and(|p| p.len() >= 4),
+            "panels"
+        );
     }
 }

@@ -30,7 +30,10 @@ impl RotatingFile {
     pub fn open(path: impl Into<PathBuf>, max_bytes: u64, keep: usize) -> Result<Self> {
         let path = path.into();
         if max_bytes == 0 {
-            bail!("the rotation size for {} must be at least 1 byte", path.display());
+            bail!(
+                "the rotation size for {} must be at least 1 byte",
+                path.display()
+            );
         }
         let file = open_append(&path)
             .with_context(|| format!("cannot open {} to write snapshots", path.display()))?;
@@ -38,7 +41,14 @@ impl RotatingFile {
             .metadata()
             .with_context(|| format!("cannot read the size of {}", path.display()))?
             .len();
-        Ok(RotatingFile { path, max_bytes, keep, file, size, pending: Vec::new() })
+        Ok(RotatingFile {
+            path,
+            max_bytes,
+            keep,
+            file,
+            size,
+            pending: Vec::new(),
+        })
     }
 
     /// FILE.n
@@ -53,14 +63,18 @@ impl RotatingFile {
         if self.size > 0 && self.size + len > self.max_bytes {
             self.rotate()?;
         }
-        self.file.write_all(line).map_err(|e| annotate(e, "writing to", &self.path))?;
+        self.file
+            .write_all(line)
+            .map_err(|e| annotate(e, "writing to", &self.path))?;
         self.size += len;
         Ok(())
     }
 
     fn rotate(&mut self) -> io::Result<()> {
         if self.keep == 0 {
-            self.file.set_len(0).map_err(|e| annotate(e, "truncating", &self.path))?;
+            self.file
+                .set_len(0)
+                .map_err(|e| annotate(e, "truncating", &self.path))?;
             self.size = 0;
             return Ok(());
         }
@@ -134,7 +148,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let invalid =
         || format!("invalid size {text:?}: expected bytes or a number with K, M or G, e.g. 100M");
     let trimmed = text.trim();
-    let digits_end = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(digits_end);
     let number: u64 = number.parse().map_err(|_| invalid())?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -144,8 +160,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(invalid()),
     };
-    let bytes =
-        number.checked_mul(multiplier).ok_or_else(|| format!("size {text:?} is too large"))?;
+    let bytes = number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("size {text:?} is too large"))?;
     if bytes == 0 {
         return Err(format!("size {text:?} must be at least 1 byte"));
     }
@@ -178,7 +195,8 @@ mod tests {
         let mut file = RotatingFile::open(&path, 10, 2).expect("opens");
         // 4 bytes a line: two fit in 10 bytes, a third would make 12.
         for n in 0..7 {
-            file.write_all(format!("ln{n}\n").as_bytes()).expect("writes");
+            file.write_all(format!("ln{n}\n").as_bytes())
+                .expect("writes");
         }
         file.flush().expect("flushes");
         assert_eq!(
@@ -197,7 +215,10 @@ mod tests {
         let path = dir.path().join("out");
         let mut file = RotatingFile::open(&path, 8, 1).expect("opens");
         file.write_all(b"abc\ndef\n").expect("writes");
-        assert_eq!((read(&path).as_str(), file.rotated_path(1).exists()), ("abc\ndef\n", false));
+        assert_eq!(
+            (read(&path).as_str(), file.rotated_path(1).exists()),
+            ("abc\ndef\n", false)
+        );
         file.write_all(b"g\n").expect("writes");
         assert_eq!(read(&path), "g\n");
         assert_eq!(read(&file.rotated_path(1)), "abc\ndef\n");
@@ -215,7 +236,11 @@ mod tests {
         }
         file.flush().expect("flushes");
         assert_eq!(read(&file.rotated_path(2)), lines[0]);
-        assert_eq!(read(&file.rotated_path(1)), lines[1], "alone in its file, whole");
+        assert_eq!(
+            read(&file.rotated_path(1)),
+            lines[1],
+            "alone in its file, whole"
+        );
         assert_eq!(read(&path), lines[2]);
     }
 
@@ -240,7 +265,11 @@ mod tests {
         fs::write(&path, "old1\nold2\n").expect("writes");
         let mut file = RotatingFile::open(&path, 12, 1).expect("opens");
         file.write_all(b"new1\n").expect("writes");
-        assert_eq!(read(&path), "new1\n", "10 bytes were there: 15 would pass 12");
+        assert_eq!(
+            read(&path),
+            "new1\n",
+            "10 bytes were there: 15 would pass 12"
+        );
         assert_eq!(read(&file.rotated_path(1)), "old1\nold2\n");
     }
 
@@ -260,13 +289,16 @@ mod tests {
         let path = dir.path().join("snapshots.jsonl");
         let snapshot = two_hosts();
         let mut sizer = JsonLines::new(Vec::new());
-        sizer.write_at(&snapshot, "2026-11-26T00:00:00Z".into()).expect("writes");
+        sizer
+            .write_at(&snapshot, "2026-11-26T00:00:00Z".into())
+            .expect("writes");
         let line_len = sizer.into_inner().len() as u64;
         // Room for two lines and a half.
         let file = RotatingFile::open(&path, line_len * 5 / 2, 2).expect("opens");
         let mut out = JsonLines::new(file);
         for _ in 0..5 {
-            out.write_at(&snapshot, "2026-11-26T00:00:00Z".into()).expect("writes");
+            out.write_at(&snapshot, "2026-11-26T00:00:00Z".into())
+                .expect("writes");
         }
         drop(out);
         let file_lines = |p: &Path| {
@@ -281,7 +313,11 @@ mod tests {
         let rotated = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
         // Five lines, two to a file: the newest file has the fifth.
         assert_eq!(
-            (file_lines(&rotated(2)), file_lines(&rotated(1)), file_lines(&path)),
+            (
+                file_lines(&rotated(2)),
+                file_lines(&rotated(1)),
+                file_lines(&path)
+            ),
             (2, 2, 1)
         );
     }
@@ -291,7 +327,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("no-such-dir/out");
         let e = RotatingFile::open(&path, 100, 1).expect_err("cannot open");
-        assert!(format!("{e:#}").contains(&path.display().to_string()), "{e:#}");
+        assert!(
+            format!("{e:#}").contains(&path.display().to_string()),
+            "{e:#}"
+        );
         let e = RotatingFile::open(dir.path().join("out"), 0, 1).expect_err("zero size");
         assert!(format!("{e:#}").contains("at least 1 byte"), "{e:#}");
     }

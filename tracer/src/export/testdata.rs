@@ -29,7 +29,11 @@ pub fn host(
         remotes: vec![format!("{name}:443")],
         open,
         leaked,
-        by_reason: ByReason { close_wait, unread, abandoned },
+        by_reason: ByReason {
+            close_wait,
+            unread,
+            abandoned,
+        },
         closed_unread_total,
         connections_total,
         oldest_leak_age_s: (leaked > 0).then_some(42.5),
@@ -38,7 +42,10 @@ pub fn host(
 
 /// `host` as the naming catalogue names it: part of `provider`.
 pub fn of_provider(host: HostSummary, provider: &str) -> HostSummary {
-    HostSummary { provider: Some(provider.into()), ..host }
+    HostSummary {
+        provider: Some(provider.into()),
+        ..host
+    }
 }
 
 /// A leaked connection of `PID` from local port `port` to `host`:443.
@@ -51,11 +58,19 @@ pub fn leak(host: &str, port: u16, reason: LeakReason, age_s: f64) -> Leak {
         remote: format!("{host}:443"),
         host: host.into(),
         provider: None,
-        state: if reason == LeakReason::CloseWait { "CLOSE_WAIT" } else { "ESTABLISHED" },
+        state: if reason == LeakReason::CloseWait {
+            "CLOSE_WAIT"
+        } else {
+            "ESTABLISHED"
+        },
         reason,
         age_s,
         idle_s: age_s - 1.0,
-        unread_bytes: if reason == LeakReason::Unread { 4096 } else { 0 },
+        unread_bytes: if reason == LeakReason::Unread {
+            4096
+        } else {
+            0
+        },
         recv_q: 1,
         bytes_read: 325,
         reads: 2,
@@ -67,13 +82,21 @@ pub fn leak(host: &str, port: u16, reason: LeakReason, age_s: f64) -> Leak {
 /// A snapshot of `PID` with these hosts and leaks; totals summed from the hosts.
 pub fn snapshot(hosts: Vec<HostSummary>, leaks: Vec<Leak>) -> Snapshot {
     Snapshot {
-        targets: vec![Target { pid: PID, comm: "relay".into() }],
+        targets: vec![Target {
+            pid: PID,
+            comm: "relay".into(),
+        }],
         open_total: hosts.iter().map(|h| h.open).sum(),
         leaked_total: hosts.iter().map(|h| h.leaked).sum(),
         hosts,
         providers: vec![],
         leaks,
-        kernel: KernelStats { events_sent: 120, events_lost: 2, conn_map_full: 0, reads_seen: 80 },
+        kernel: KernelStats {
+            events_sent: 120,
+            events_lost: 2,
+            conn_map_full: 0,
+            reads_seen: 80,
+        },
         hooks: Default::default(),
     }
 }
@@ -81,7 +104,10 @@ pub fn snapshot(hosts: Vec<HostSummary>, leaks: Vec<Leak>) -> Snapshot {
 /// Two hosts: one leaking in every way, one healthy, with the leaks that agree with them.
 pub fn two_hosts() -> Snapshot {
     snapshot(
-        vec![host("10.0.0.12", 5, (2, 1, 0), 3, 9), host("10.0.0.11", 2, (0, 0, 0), 0, 4)],
+        vec![
+            host("10.0.0.12", 5, (2, 1, 0), 3, 9),
+            host("10.0.0.11", 2, (0, 0, 0), 0, 4),
+        ],
         vec![
             leak("10.0.0.12", 40001, LeakReason::CloseWait, 15.9),
             leak("10.0.0.12", 40002, LeakReason::CloseWait, 12.0),

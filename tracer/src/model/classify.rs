@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::{tcp_state, table::UpstreamConn, unread_data};
+use super::{table::UpstreamConn, tcp_state, unread_data};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,8 +105,11 @@ pub fn closed_unread(end: Ending) -> bool {
         return false;
     }
     let queued = unread_data(end.recv_q, end.state_before) > 0;
-    let aborted_after_close =
-        !end.peer_fin && matches!(end.state_before, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2);
+    let aborted_after_close = !end.peer_fin
+        && matches!(
+            end.state_before,
+            tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2
+        );
     queued || aborted_after_close
 }
 
@@ -151,12 +154,18 @@ mod tests {
         c.state = tcp_state::CLOSE_WAIT;
         c.peer_fin_ns = Some(0);
         c.set_recv_q(5000, 0);
-        assert_eq!(judge(&c, 60 * SEC, &Graces::default()), Some(LeakReason::CloseWait));
+        assert_eq!(
+            judge(&c, 60 * SEC, &Graces::default()),
+            Some(LeakReason::CloseWait)
+        );
     }
 
     #[test]
     fn close_wait_inside_its_grace_can_still_be_unread() {
-        let g = Graces { close_wait: Duration::from_secs(100), ..Graces::default() };
+        let g = Graces {
+            close_wait: Duration::from_secs(100),
+            ..Graces::default()
+        };
         let mut c = established(0);
         c.state = tcp_state::CLOSE_WAIT;
         c.peer_fin_ns = Some(50 * SEC);
@@ -166,7 +175,10 @@ mod tests {
 
     #[test]
     fn a_lone_unread_fin_is_not_unread_data() {
-        let g = Graces { close_wait: Duration::from_secs(100), ..Graces::default() };
+        let g = Graces {
+            close_wait: Duration::from_secs(100),
+            ..Graces::default()
+        };
         let mut c = established(0);
         c.state = tcp_state::CLOSE_WAIT;
         c.peer_fin_ns = Some(50 * SEC);
@@ -191,7 +203,10 @@ mod tests {
         let mut c = established(5 * SEC);
         c.set_recv_q(10, 6 * SEC);
         assert_eq!(judge(&c, 15 * SEC - 1, &Graces::default()), None);
-        assert_eq!(judge(&c, 15 * SEC, &Graces::default()), Some(LeakReason::Unread));
+        assert_eq!(
+            judge(&c, 15 * SEC, &Graces::default()),
+            Some(LeakReason::Unread)
+        );
     }
 
     #[test]
@@ -242,14 +257,34 @@ mod tests {
     }
 
     fn ending(recv_q: u32, state_before: u32, closed_by_process: bool, peer_fin: bool) -> Ending {
-        Ending { recv_q, state_before, closed_by_process, peer_fin }
+        Ending {
+            recv_q,
+            state_before,
+            closed_by_process,
+            peer_fin,
+        }
     }
 
     #[test]
     fn closed_unread_needs_data_beyond_the_fin_and_a_local_close() {
-        assert!(closed_unread(ending(130_048, tcp_state::ESTABLISHED, true, false)));
-        assert!(!closed_unread(ending(130_048, tcp_state::ESTABLISHED, false, false)));
-        assert!(!closed_unread(ending(0, tcp_state::ESTABLISHED, true, false)));
+        assert!(closed_unread(ending(
+            130_048,
+            tcp_state::ESTABLISHED,
+            true,
+            false
+        )));
+        assert!(!closed_unread(ending(
+            130_048,
+            tcp_state::ESTABLISHED,
+            false,
+            false
+        )));
+        assert!(!closed_unread(ending(
+            0,
+            tcp_state::ESTABLISHED,
+            true,
+            false
+        )));
         assert!(!closed_unread(ending(1, tcp_state::CLOSE_WAIT, true, true)));
         assert!(closed_unread(ending(2, tcp_state::CLOSE_WAIT, true, true)));
     }
@@ -258,9 +293,21 @@ mod tests {
     fn ending_from_fin_wait_without_the_upstreams_fin_means_the_response_kept_coming() {
         assert!(closed_unread(ending(0, tcp_state::FIN_WAIT1, true, false)));
         assert!(closed_unread(ending(0, tcp_state::FIN_WAIT2, true, false)));
-        assert!(!closed_unread(ending(0, tcp_state::FIN_WAIT2, true, true)), "a normal close");
-        assert!(!closed_unread(ending(0, tcp_state::CLOSING, true, true)), "simultaneous close");
-        assert!(!closed_unread(ending(0, tcp_state::FIN_WAIT1, false, false)), "not closed by us");
-        assert!(!closed_unread(ending(0, tcp_state::LAST_ACK, true, true)), "the upstream closed first");
+        assert!(
+            !closed_unread(ending(0, tcp_state::FIN_WAIT2, true, true)),
+            "a normal close"
+        );
+        assert!(
+            !closed_unread(ending(0, tcp_state::CLOSING, true, true)),
+            "simultaneous close"
+        );
+        assert!(
+            !closed_unread(ending(0, tcp_state::FIN_WAIT1, false, false)),
+            "not closed by us"
+        );
+        assert!(
+            !closed_unread(ending(0, tcp_state::LAST_ACK, true, true)),
+            "the upstream closed first"
+        );
     }
 }

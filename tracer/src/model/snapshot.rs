@@ -110,7 +110,9 @@ fn secs(ns: u64) -> f64 {
 fn providers_of(hosts: &[HostSummary]) -> Vec<ProviderSummary> {
     let mut by_name: BTreeMap<&str, ProviderSummary> = BTreeMap::new();
     for h in hosts {
-        let Some(name) = h.provider.as_deref() else { continue };
+        let Some(name) = h.provider.as_deref() else {
+            continue;
+        };
         let p = by_name.entry(name).or_insert_with(|| ProviderSummary {
             provider: name.to_owned(),
             ..ProviderSummary::default()
@@ -125,7 +127,11 @@ fn providers_of(hosts: &[HostSummary]) -> Vec<ProviderSummary> {
         p.connections_total += h.connections_total;
     }
     let mut providers: Vec<ProviderSummary> = by_name.into_values().collect();
-    providers.sort_by(|a, b| b.leaked.cmp(&a.leaked).then_with(|| a.provider.cmp(&b.provider)));
+    providers.sort_by(|a, b| {
+        b.leaked
+            .cmp(&a.leaked)
+            .then_with(|| a.provider.cmp(&b.provider))
+    });
     providers
 }
 
@@ -273,11 +279,19 @@ mod tests {
     }
 
     fn reasons(close_wait: u64, unread: u64, abandoned: u64) -> ByReason {
-        ByReason { close_wait, unread, abandoned }
+        ByReason {
+            close_wait,
+            unread,
+            abandoned,
+        }
     }
 
     fn leak_list(snapshot: &Snapshot) -> Vec<(&str, &str, LeakReason)> {
-        snapshot.leaks.iter().map(|l| (l.host.as_str(), l.local.as_str(), l.reason)).collect()
+        snapshot
+            .leaks
+            .iter()
+            .map(|l| (l.host.as_str(), l.local.as_str(), l.reason))
+            .collect()
     }
 
     #[test]
@@ -320,8 +334,20 @@ mod tests {
         let table = table_after([
             sample(
                 now,
-                vec![(1, a_close_wait), (2, a_unread), (3, a_pooled), (5, c_abandoned)],
-                vec![socket(PID, 20, local(50001), "10.0.0.20:80", ESTABLISHED, 0)],
+                vec![
+                    (1, a_close_wait),
+                    (2, a_unread),
+                    (3, a_pooled),
+                    (5, c_abandoned),
+                ],
+                vec![socket(
+                    PID,
+                    20,
+                    local(50001),
+                    "10.0.0.20:80",
+                    ESTABLISHED,
+                    0,
+                )],
             ),
             close(4, ESTABLISHED, PID, a_closed_unread),
             close(6, FIN_WAIT2, OTHER_PID, d_closed),
@@ -338,9 +364,30 @@ mod tests {
                     (1, 4),
                     Some(99.0)
                 ),
-                host("10.0.0.30", &["10.0.0.30:443"], (1, 1), reasons(0, 0, 1), (0, 1), Some(98.0)),
-                host("10.0.0.20", &["10.0.0.20:80"], (1, 0), reasons(0, 0, 0), (0, 1), None),
-                host("10.0.0.40", &["10.0.0.40:443"], (0, 0), reasons(0, 0, 0), (0, 1), None),
+                host(
+                    "10.0.0.30",
+                    &["10.0.0.30:443"],
+                    (1, 1),
+                    reasons(0, 0, 1),
+                    (0, 1),
+                    Some(98.0)
+                ),
+                host(
+                    "10.0.0.20",
+                    &["10.0.0.20:80"],
+                    (1, 0),
+                    reasons(0, 0, 0),
+                    (0, 1),
+                    None
+                ),
+                host(
+                    "10.0.0.40",
+                    &["10.0.0.40:443"],
+                    (0, 0),
+                    reasons(0, 0, 0),
+                    (0, 1),
+                    None
+                ),
             ]
         );
         assert_eq!((snapshot.open_total, snapshot.leaked_total), (5, 3));
@@ -369,10 +416,19 @@ mod tests {
             vec![],
         )]);
         let snapshot = Snapshot::take(&table, 60 * SEC, &GRACES);
-        let order: Vec<_> = snapshot.hosts.iter().map(|h| (h.host.as_str(), h.leaked)).collect();
+        let order: Vec<_> = snapshot
+            .hosts
+            .iter()
+            .map(|h| (h.host.as_str(), h.leaked))
+            .collect();
         assert_eq!(
             order,
-            vec![("10.0.0.8", 3), ("10.0.0.10", 1), ("10.0.0.9", 1), ("10.0.0.7", 0)]
+            vec![
+                ("10.0.0.8", 3),
+                ("10.0.0.10", 1),
+                ("10.0.0.9", 1),
+                ("10.0.0.7", 0)
+            ]
         );
         assert_eq!(
             leak_list(&snapshot),
@@ -491,7 +547,10 @@ mod tests {
         table.apply(sample(12 * SEC, vec![], vec![queued(300)]));
         assert_eq!(verdicts(&table, 15 * SEC - 1), vec![]);
         let snapshot = Snapshot::take(&table, 15 * SEC, &GRACES);
-        assert_eq!(leak_list(&snapshot), vec![("10.0.0.20", "10.1.0.5:50001", LeakReason::Unread)]);
+        assert_eq!(
+            leak_list(&snapshot),
+            vec![("10.0.0.20", "10.1.0.5:50001", LeakReason::Unread)]
+        );
         let leak = &snapshot.leaks[0];
         assert_eq!(
             (
@@ -503,7 +562,15 @@ mod tests {
                 leak.unread_bytes,
                 leak.last_read_ret
             ),
-            (Origin::PreExisting, Some(20), "relay-7", 5.0, 3.0, 300, None)
+            (
+                Origin::PreExisting,
+                Some(20),
+                "relay-7",
+                5.0,
+                3.0,
+                300,
+                None
+            )
         );
     }
 
@@ -536,22 +603,46 @@ mod tests {
         let snapshot = Snapshot::take(&table, 3600 * SEC, &GRACES);
         assert_eq!(
             snapshot.hosts,
-            vec![host("10.0.0.12", &["10.0.0.12:443"], (0, 0), reasons(0, 0, 0), (0, 2), None)]
+            vec![host(
+                "10.0.0.12",
+                &["10.0.0.12:443"],
+                (0, 0),
+                reasons(0, 0, 0),
+                (0, 2),
+                None
+            )]
         );
-        assert_eq!((snapshot.open_total, snapshot.leaked_total, snapshot.leaks.len()), (0, 0, 0));
+        assert_eq!(
+            (
+                snapshot.open_total,
+                snapshot.leaked_total,
+                snapshot.leaks.len()
+            ),
+            (0, 0, 0)
+        );
     }
 
     #[test]
     fn the_snapshot_carries_the_targets_and_kernel_counters() {
-        let stats =
-            KernelStats { events_sent: 40, events_lost: 1, conn_map_full: 0, reads_seen: 7 };
-        let table =
-            table_after([Input::Sample(Sample { now_ns: SEC, stats, ..Sample::default() })]);
+        let stats = KernelStats {
+            events_sent: 40,
+            events_lost: 1,
+            conn_map_full: 0,
+            reads_seen: 7,
+        };
+        let table = table_after([Input::Sample(Sample {
+            now_ns: SEC,
+            stats,
+            ..Sample::default()
+        })]);
         let snapshot = Snapshot::take(&table, SEC, &GRACES);
         assert_eq!(
             snapshot,
             Snapshot {
-                targets: vec![Target { pid: PID, comm: "relay-7".into() }],
+                targets: vec![Target {
+                    pid: PID,
+                    comm: "relay-7".into()
+                }],
                 hosts: vec![],
                 providers: vec![],
                 leaks: vec![],
@@ -565,20 +656,78 @@ mod tests {
 
     #[test]
     fn hosts_of_a_provider_add_up_and_unknown_ones_stay_out() {
-        let mut a = host("api.openai.com", &[], (3, 2), ByReason { close_wait: 2, unread: 0, abandoned: 0 }, (1, 9), None);
+        let mut a = host(
+            "api.openai.com",
+            &[],
+            (3, 2),
+            ByReason {
+                close_wait: 2,
+                unread: 0,
+                abandoned: 0,
+            },
+            (1, 9),
+            None,
+        );
         a.provider = Some("openai".into());
-        let mut b = host("x.openai.azure.com", &[], (1, 1), ByReason { close_wait: 0, unread: 1, abandoned: 0 }, (0, 4), None);
+        let mut b = host(
+            "x.openai.azure.com",
+            &[],
+            (1, 1),
+            ByReason {
+                close_wait: 0,
+                unread: 1,
+                abandoned: 0,
+            },
+            (0, 4),
+            None,
+        );
         b.provider = Some("openai".into());
-        let mut c = host("api.anthropic.com", &[], (5, 0), ByReason::default(), (2, 5), None);
+        let mut c = host(
+            "api.anthropic.com",
+            &[],
+            (5, 0),
+            ByReason::default(),
+            (2, 5),
+            None,
+        );
         c.provider = Some("anthropic".into());
-        let d = host("10.0.0.1", &[], (7, 7), ByReason { close_wait: 7, unread: 0, abandoned: 0 }, (0, 7), None);
+        let d = host(
+            "10.0.0.1",
+            &[],
+            (7, 7),
+            ByReason {
+                close_wait: 7,
+                unread: 0,
+                abandoned: 0,
+            },
+            (0, 7),
+            None,
+        );
         let providers = providers_of(&[a, b, c, d]);
         assert_eq!(providers.len(), 2);
         let openai = &providers[0];
         assert_eq!(openai.provider, "openai");
         assert_eq!(openai.hosts, vec!["api.openai.com", "x.openai.azure.com"]);
-        assert_eq!((openai.open, openai.leaked, openai.closed_unread_total, openai.connections_total), (4, 3, 1, 13));
-        assert_eq!(openai.by_reason, ByReason { close_wait: 2, unread: 1, abandoned: 0 });
-        assert_eq!((providers[1].provider.as_str(), providers[1].leaked), ("anthropic", 0));
+        assert_eq!(
+            (
+                openai.open,
+                openai.leaked,
+                openai.closed_unread_total,
+                openai.connections_total
+            ),
+            (4, 3, 1, 13)
+        );
+        assert_eq!(
+            openai.by_reason,
+            ByReason {
+                close_wait: 2,
+                unread: 1,
+                abandoned: 0
+            }
+        );
+        assert_eq!(
+            (providers[1].provider.as_str(), providers[1].leaked),
+            ("anthropic", 0)
+        );
     }
 }

@@ -164,8 +164,7 @@ impl UpstreamConn {
             provider: None,
             state: s.state,
             opened_ns: now_ns,
-            established_ns: (s.state == tcp_state::ESTABLISHED
-                || s.state == tcp_state::CLOSE_WAIT)
+            established_ns: (s.state == tcp_state::ESTABLISHED || s.state == tcp_state::CLOSE_WAIT)
                 .then_some(now_ns),
             peer_fin_ns: (s.state == tcp_state::CLOSE_WAIT).then_some(now_ns),
             local_close_ns: None,
@@ -174,7 +173,10 @@ impl UpstreamConn {
             reads: 0,
             bytes_read: 0,
             reads_inflight: 0,
-            recv_q: Some(RecvQ { bytes: s.recv_q, at_ns: now_ns }),
+            recv_q: Some(RecvQ {
+                bytes: s.recv_q,
+                at_ns: now_ns,
+            }),
             missing_samples: 0,
         }
     }
@@ -289,7 +291,12 @@ impl ConnTable {
         }
     }
 
-    fn host_mut(&mut self, host: &str, provider: Option<String>, remote: SocketAddr) -> &mut HostTotals {
+    fn host_mut(
+        &mut self,
+        host: &str,
+        provider: Option<String>,
+        remote: SocketAddr,
+    ) -> &mut HostTotals {
         let totals = self.hosts.entry(host.to_owned()).or_default();
         if provider.is_some() {
             totals.provider = provider;
@@ -305,13 +312,16 @@ impl ConnTable {
             }
         }
         (conn.host, conn.provider) = self.label(conn.name.as_ref(), conn.remote);
-        self.host_mut(&conn.host.clone(), conn.provider.clone(), conn.remote).connections_total += 1;
+        self.host_mut(&conn.host.clone(), conn.provider.clone(), conn.remote)
+            .connections_total += 1;
         self.conns.insert(key, conn);
     }
 
     /// Moves a connection (and its count) to the host its best name now says.
     fn relabel(&mut self, key: ConnKey) {
-        let Some(conn) = self.conns.get(&key) else { return };
+        let Some(conn) = self.conns.get(&key) else {
+            return;
+        };
         let (host, provider) = self.label(conn.name.as_ref(), conn.remote);
         if host == conn.host {
             return;
@@ -323,7 +333,8 @@ impl ConnTable {
                 self.hosts.remove(&old);
             }
         }
-        self.host_mut(&host, provider.clone(), remote).connections_total += 1;
+        self.host_mut(&host, provider.clone(), remote)
+            .connections_total += 1;
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.host = host;
             conn.provider = provider;
@@ -383,7 +394,8 @@ impl ConnTable {
                         let (host, provider) = self.label(None, remote);
                         if !self.exited_pids.contains(&event.conn.pid) {
                             // Opened and closed between two looks, or its Connect event was lost.
-                            self.host_mut(&host, provider.clone(), remote).connections_total += 1;
+                            self.host_mut(&host, provider.clone(), remote)
+                                .connections_total += 1;
                         }
                         (host, provider)
                     }
@@ -479,7 +491,12 @@ impl ConnTable {
                 None if is_connected(s.state) => {
                     // Open before we attached (or before its process became a target, or its
                     // kernel record was lost): judge it from socket samples from now on.
-                    let seen = self.unexplained.get(&(s.local, s.remote)).copied().unwrap_or(0) + 1;
+                    let seen = self
+                        .unexplained
+                        .get(&(s.local, s.remote))
+                        .copied()
+                        .unwrap_or(0)
+                        + 1;
                     if !first_sample && seen < 2 {
                         unexplained.insert((s.local, s.remote), seen);
                         continue;
@@ -518,8 +535,12 @@ impl ConnTable {
         if self.exited_pids.len() > 65_536 {
             self.exited_pids.clear();
         }
-        self.exited_pids
-            .extend(self.targets.iter().map(|t| t.pid).filter(|pid| !alive.contains(pid)));
+        self.exited_pids.extend(
+            self.targets
+                .iter()
+                .map(|t| t.pid)
+                .filter(|pid| !alive.contains(pid)),
+        );
         // A pid listed again is a new process that got the number.
         self.exited_pids.retain(|pid| !alive.contains(pid));
         // Connections of a process that exited went with it.
@@ -537,7 +558,9 @@ fn update_pre_existing(conn: &mut UpstreamConn, s: &SocketSample, now_ns: u64) {
     if s.state == tcp_state::CLOSE_WAIT && conn.peer_fin_ns.is_none() {
         conn.peer_fin_ns = Some(now_ns);
     }
-    if !matches!(s.state, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT) && conn.local_close_ns.is_none() {
+    if !matches!(s.state, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT)
+        && conn.local_close_ns.is_none()
+    {
         // FIN_WAIT*, LAST_ACK, CLOSING: the process closed its side.
         conn.local_close_ns = Some(now_ns);
     }
@@ -568,7 +591,11 @@ mod tests {
 
     fn only(table: &ConnTable) -> &UpstreamConn {
         let conns: Vec<_> = table.conns().collect();
-        assert_eq!(conns.len(), 1, "expected exactly one connection: {conns:#?}");
+        assert_eq!(
+            conns.len(),
+            1,
+            "expected exactly one connection: {conns:#?}"
+        );
         conns[0]
     }
 
@@ -586,7 +613,11 @@ mod tests {
     }
 
     fn totals(table: &ConnTable, host: &str) -> HostTotals {
-        table.hosts().get(host).cloned().unwrap_or_else(|| panic!("no totals for {host}"))
+        table
+            .hosts()
+            .get(host)
+            .cloned()
+            .unwrap_or_else(|| panic!("no totals for {host}"))
     }
 
     fn host(remotes: &[&str], connections_total: u64, closed_unread_total: u64) -> HostTotals {
@@ -635,7 +666,11 @@ mod tests {
 
     #[test]
     fn a_close_for_a_socket_never_seen_still_counts_a_connection() {
-        let closed = KernelConn { state: CLOSE, peer_fin_at_close: true, ..up() };
+        let closed = KernelConn {
+            state: CLOSE,
+            peer_fin_at_close: true,
+            ..up()
+        };
         let table = table_after([close(9, FIN_WAIT2, OTHER_PID, closed)]);
         assert_eq!(table.conns().count(), 0);
         assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
@@ -643,9 +678,14 @@ mod tests {
 
     #[test]
     fn late_events_for_a_closed_socket_do_not_resurrect_it() {
-        let closed = KernelConn { state: CLOSE, ..up() };
-        let mut table =
-            table_after([connect(1, kconn(0, UP, SEC)), close(1, ESTABLISHED, OTHER_PID, closed)]);
+        let closed = KernelConn {
+            state: CLOSE,
+            ..up()
+        };
+        let mut table = table_after([
+            connect(1, kconn(0, UP, SEC)),
+            close(1, ESTABLISHED, OTHER_PID, closed),
+        ]);
         table.apply(state(1, SYN_SENT, up()));
         assert_eq!(table.conns().count(), 0);
         assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
@@ -655,15 +695,24 @@ mod tests {
     fn a_connect_at_a_recently_closed_address_is_a_new_socket() {
         // The kernel reuses a freed socket's memory at once: the ring buffer orders one
         // socket's events, so a Connect after a Close is always a new socket.
-        let closed = KernelConn { state: CLOSE, ..up() };
-        let mut table =
-            table_after([connect(1, kconn(0, UP, SEC)), close(1, ESTABLISHED, OTHER_PID, closed)]);
+        let closed = KernelConn {
+            state: CLOSE,
+            ..up()
+        };
+        let mut table = table_after([
+            connect(1, kconn(0, UP, SEC)),
+            close(1, ESTABLISHED, OTHER_PID, closed),
+        ]);
         table.apply(connect(1, kconn(0, UP, 5 * SEC)));
         assert_eq!(only(&table).opened_ns, 5 * SEC);
         assert_eq!(totals(&table, UP_HOST), host(&[UP], 2, 0));
         table.apply(Input::Named {
             sk: 1,
-            name: ConnName { host: "api.openai.com".into(), provider: None, source: crate::model::NameSource::Sni },
+            name: ConnName {
+                host: "api.openai.com".into(),
+                provider: None,
+                source: crate::model::NameSource::Sni,
+            },
         });
         assert_eq!(only(&table).host, "api.openai.com");
     }
@@ -673,9 +722,17 @@ mod tests {
         let mut table = table_after([]);
         table.apply(Input::Named {
             sk: 3,
-            name: ConnName { host: "api.anthropic.com".into(), provider: Some("anthropic".into()), source: crate::model::NameSource::Sni },
+            name: ConnName {
+                host: "api.anthropic.com".into(),
+                provider: Some("anthropic".into()),
+                source: crate::model::NameSource::Sni,
+            },
         });
-        table.apply(sample(2 * SEC, vec![(3, established(kconn(40003, UP, SEC), SEC))], vec![]));
+        table.apply(sample(
+            2 * SEC,
+            vec![(3, established(kconn(40003, UP, SEC), SEC))],
+            vec![],
+        ));
         assert_eq!(only(&table).host, "api.anthropic.com");
         assert!(table.hosts().get(UP_HOST).is_none());
         assert_eq!(totals(&table, "api.anthropic.com").connections_total, 1);
@@ -683,16 +740,24 @@ mod tests {
 
     #[test]
     fn a_live_kernel_entry_at_a_closed_address_is_a_new_socket() {
-        let closed = KernelConn { state: CLOSE, ..up() };
-        let mut table =
-            table_after([connect(1, kconn(0, UP, SEC)), close(1, ESTABLISHED, OTHER_PID, closed)]);
+        let closed = KernelConn {
+            state: CLOSE,
+            ..up()
+        };
+        let mut table = table_after([
+            connect(1, kconn(0, UP, SEC)),
+            close(1, ESTABLISHED, OTHER_PID, closed),
+        ]);
         let reused = established(kconn(40002, UP, 5 * SEC), 6 * SEC);
         table.apply(sample(7 * SEC, vec![(1, reused)], vec![]));
         assert_eq!(only(&table).local, local(40002));
         assert_eq!(only(&table).opened_ns, 5 * SEC);
         assert_eq!(totals(&table, UP_HOST), host(&[UP], 2, 0));
         // Its events are its own again.
-        let read = KernelConn { reads: 1, ..established(kconn(40002, UP, 5 * SEC), 6 * SEC) };
+        let read = KernelConn {
+            reads: 1,
+            ..established(kconn(40002, UP, 5 * SEC), 6 * SEC)
+        };
         table.apply(state(1, ESTABLISHED, read));
         assert_eq!(only(&table).reads, 1);
     }
@@ -723,7 +788,11 @@ mod tests {
             recv_q: None,
             missing_samples: 0,
         };
-        assert_eq!(only(&table), &base, "no read seen: no last read return value");
+        assert_eq!(
+            only(&table),
+            &base,
+            "no read seen: no last read return value"
+        );
 
         let reading = KernelConn {
             fd: Some(12),
@@ -752,8 +821,12 @@ mod tests {
         assert_eq!(only(&table), &read);
 
         // A record without the fd or the source port keeps them; an older queue sample loses.
-        let partial =
-            KernelConn { fd: None, local: local(0), recv_q: recv_q(50, 2 * SEC), ..reading };
+        let partial = KernelConn {
+            fd: None,
+            local: local(0),
+            recv_q: recv_q(50, 2 * SEC),
+            ..reading
+        };
         table.apply(state(1, ESTABLISHED, partial));
         assert_eq!(only(&table), &read);
 
@@ -767,8 +840,22 @@ mod tests {
         table.apply(state(1, ESTABLISHED, fin));
         let c = only(&table);
         assert_eq!(
-            (c.state, c.peer_fin_ns, c.recv_q, c.fd, c.reads_inflight, c.last_read_ret),
-            (CLOSE_WAIT, Some(4 * SEC), recv_q(1, 4 * SEC), Some(12), 0, None)
+            (
+                c.state,
+                c.peer_fin_ns,
+                c.recv_q,
+                c.fd,
+                c.reads_inflight,
+                c.last_read_ret
+            ),
+            (
+                CLOSE_WAIT,
+                Some(4 * SEC),
+                recv_q(1, 4 * SEC),
+                Some(12),
+                0,
+                None
+            )
         );
     }
 
@@ -776,9 +863,14 @@ mod tests {
 
     /// The totals of UP's host after a traced connection ends with `closing`.
     fn closed_unread_after(old_state: u32, ctx_pid: u32, closing: KernelConn) -> u64 {
-        let closing = KernelConn { state: CLOSE, ..closing };
-        let table =
-            table_after([connect(1, kconn(0, UP, SEC)), close(1, old_state, ctx_pid, closing)]);
+        let closing = KernelConn {
+            state: CLOSE,
+            ..closing
+        };
+        let table = table_after([
+            connect(1, kconn(0, UP, SEC)),
+            close(1, old_state, ctx_pid, closing),
+        ]);
         assert_eq!(table.conns().count(), 0);
         let t = totals(&table, UP_HOST);
         assert_eq!(t.connections_total, 1);
@@ -788,37 +880,74 @@ mod tests {
     #[test]
     fn a_process_close_with_response_bytes_unread_counts_closed_unread() {
         // close() seen by the kernel side.
-        let flagged =
-            KernelConn { closed_by_process: true, recv_q: recv_q(130_048, 5 * SEC), ..up() };
+        let flagged = KernelConn {
+            closed_by_process: true,
+            recv_q: recv_q(130_048, 5 * SEC),
+            ..up()
+        };
         assert_eq!(closed_unread_after(ESTABLISHED, PID, flagged), 1);
         // TCP_CLOSE straight from ESTABLISHED or CLOSE_WAIT in the process's own context (its
         // sockets closed as it exits): the process closed it.
-        let in_context = KernelConn { recv_q: recv_q(5, 5 * SEC), ..up() };
+        let in_context = KernelConn {
+            recv_q: recv_q(5, 5 * SEC),
+            ..up()
+        };
         assert_eq!(closed_unread_after(ESTABLISHED, PID, in_context), 1);
-        let in_context = KernelConn { recv_q: recv_q(2, 5 * SEC), ..up() };
-        assert_eq!(closed_unread_after(CLOSE_WAIT, PID, in_context), 1, "one byte beyond the FIN");
+        let in_context = KernelConn {
+            recv_q: recv_q(2, 5 * SEC),
+            ..up()
+        };
+        assert_eq!(
+            closed_unread_after(CLOSE_WAIT, PID, in_context),
+            1,
+            "one byte beyond the FIN"
+        );
         // A local close time alone marks it too.
-        let local_close =
-            KernelConn { local_close_ns: Some(4 * SEC), recv_q: recv_q(300, 5 * SEC), ..up() };
+        let local_close = KernelConn {
+            local_close_ns: Some(4 * SEC),
+            recv_q: recv_q(300, 5 * SEC),
+            ..up()
+        };
         assert_eq!(closed_unread_after(ESTABLISHED, OTHER_PID, local_close), 1);
     }
 
     #[test]
     fn a_process_close_with_only_the_fin_unread_is_clean() {
-        let fin_only = KernelConn { closed_by_process: true, recv_q: recv_q(1, 5 * SEC), ..up() };
+        let fin_only = KernelConn {
+            closed_by_process: true,
+            recv_q: recv_q(1, 5 * SEC),
+            ..up()
+        };
         assert_eq!(closed_unread_after(CLOSE_WAIT, PID, fin_only), 0);
-        let fin_only = KernelConn { recv_q: recv_q(1, 5 * SEC), ..up() };
+        let fin_only = KernelConn {
+            recv_q: recv_q(1, 5 * SEC),
+            ..up()
+        };
         assert_eq!(closed_unread_after(CLOSE_WAIT, PID, fin_only), 0);
-        let drained = KernelConn { closed_by_process: true, recv_q: recv_q(0, 5 * SEC), ..up() };
+        let drained = KernelConn {
+            closed_by_process: true,
+            recv_q: recv_q(0, 5 * SEC),
+            ..up()
+        };
         assert_eq!(closed_unread_after(ESTABLISHED, PID, drained), 0);
-        let no_sample = KernelConn { closed_by_process: true, recv_q: None, ..up() };
+        let no_sample = KernelConn {
+            closed_by_process: true,
+            recv_q: None,
+            ..up()
+        };
         assert_eq!(closed_unread_after(ESTABLISHED, PID, no_sample), 0);
     }
 
     #[test]
     fn an_upstream_abort_is_not_closed_unread() {
-        let aborted = KernelConn { recv_q: recv_q(5000, 5 * SEC), ..up() };
-        assert_eq!(closed_unread_after(ESTABLISHED, OTHER_PID, aborted.clone()), 0);
+        let aborted = KernelConn {
+            recv_q: recv_q(5000, 5 * SEC),
+            ..up()
+        };
+        assert_eq!(
+            closed_unread_after(ESTABLISHED, OTHER_PID, aborted.clone()),
+            0
+        );
         assert_eq!(closed_unread_after(CLOSE_WAIT, OTHER_PID, aborted), 0);
         // The process's context vouches only for closes from ESTABLISHED or CLOSE_WAIT.
         assert_eq!(closed_unread_after(FIN_WAIT2, PID, up()), 0);
@@ -826,14 +955,34 @@ mod tests {
 
     #[test]
     fn ending_from_fin_wait_without_the_upstreams_fin_after_a_local_close_counts() {
-        let aborted =
-            KernelConn { local_close_ns: Some(4 * SEC), peer_fin_at_close: false, ..up() };
-        assert_eq!(closed_unread_after(FIN_WAIT1, OTHER_PID, aborted.clone()), 1);
-        assert_eq!(closed_unread_after(FIN_WAIT2, OTHER_PID, aborted.clone()), 1);
-        let flagged = KernelConn { closed_by_process: true, peer_fin_at_close: false, ..up() };
+        let aborted = KernelConn {
+            local_close_ns: Some(4 * SEC),
+            peer_fin_at_close: false,
+            ..up()
+        };
+        assert_eq!(
+            closed_unread_after(FIN_WAIT1, OTHER_PID, aborted.clone()),
+            1
+        );
+        assert_eq!(
+            closed_unread_after(FIN_WAIT2, OTHER_PID, aborted.clone()),
+            1
+        );
+        let flagged = KernelConn {
+            closed_by_process: true,
+            peer_fin_at_close: false,
+            ..up()
+        };
         assert_eq!(closed_unread_after(FIN_WAIT1, OTHER_PID, flagged), 1);
-        let normal = KernelConn { peer_fin_at_close: true, ..aborted };
-        assert_eq!(closed_unread_after(FIN_WAIT2, OTHER_PID, normal.clone()), 0, "a normal close");
+        let normal = KernelConn {
+            peer_fin_at_close: true,
+            ..aborted
+        };
+        assert_eq!(
+            closed_unread_after(FIN_WAIT2, OTHER_PID, normal.clone()),
+            0,
+            "a normal close"
+        );
         assert_eq!(
             closed_unread_after(LAST_ACK, OTHER_PID, normal),
             0,
@@ -861,7 +1010,13 @@ mod tests {
         let c = only(&table);
         assert_eq!(
             (c.origin, c.state, c.local, c.opened_ns, c.established_ns),
-            (Origin::Traced, ESTABLISHED, local(40001), SEC, Some(2 * SEC))
+            (
+                Origin::Traced,
+                ESTABLISHED,
+                local(40001),
+                SEC,
+                Some(2 * SEC)
+            )
         );
         assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
         // The queued events follow.
@@ -880,9 +1035,17 @@ mod tests {
     fn a_socket_missing_from_two_consecutive_samples_is_dropped() {
         let mut table = table_after([connect(1, kconn(0, UP, SEC)), state(1, SYN_SENT, up())]);
         table.apply(sample(3 * SEC, vec![], vec![]));
-        assert_eq!(only(&table).missing_samples, 1, "one missing sample is tolerated");
+        assert_eq!(
+            only(&table).missing_samples,
+            1,
+            "one missing sample is tolerated"
+        );
         table.apply(sample(4 * SEC, vec![(1, up())], vec![]));
-        assert_eq!(only(&table).missing_samples, 0, "seen again: the count starts over");
+        assert_eq!(
+            only(&table).missing_samples,
+            0,
+            "seen again: the count starts over"
+        );
         table.apply(sample(5 * SEC, vec![], vec![]));
         assert_eq!(table.conns().count(), 1);
         table.apply(sample(6 * SEC, vec![], vec![]));
@@ -893,16 +1056,25 @@ mod tests {
     #[test]
     fn sock_diag_recv_q_replaces_only_an_older_kernel_sample() {
         let sock = |q| socket(PID, 12, local(40001), UP, ESTABLISHED, q);
-        let older = KernelConn { recv_q: recv_q(100, 5 * SEC), ..up() };
+        let older = KernelConn {
+            recv_q: recv_q(100, 5 * SEC),
+            ..up()
+        };
         let mut table = table_after([sample(6 * SEC, vec![(1, older)], vec![sock(300)])]);
         assert_eq!(only(&table).recv_q, recv_q(300, 6 * SEC));
 
         // The map is read after the clock: its sample can be newer than the socket's.
-        let newer = KernelConn { recv_q: recv_q(400, 7 * SEC + 1), ..up() };
+        let newer = KernelConn {
+            recv_q: recv_q(400, 7 * SEC + 1),
+            ..up()
+        };
         table.apply(sample(7 * SEC, vec![(1, newer)], vec![sock(500)]));
         assert_eq!(only(&table).recv_q, recv_q(400, 7 * SEC + 1));
 
-        let same_time = KernelConn { recv_q: recv_q(10, 8 * SEC), ..up() };
+        let same_time = KernelConn {
+            recv_q: recv_q(10, 8 * SEC),
+            ..up()
+        };
         table.apply(sample(8 * SEC, vec![(1, same_time)], vec![sock(20)]));
         assert_eq!(only(&table).recv_q, recv_q(20, 8 * SEC));
         assert_eq!(
@@ -915,8 +1087,11 @@ mod tests {
     #[test]
     fn socket_samples_leave_a_traced_connections_state_and_reads_to_the_kernel() {
         let sock = |state, q| socket(PID, 12, local(40001), UP, state, q);
-        let mut table =
-            table_after([sample(6 * SEC, vec![(1, up())], vec![sock(ESTABLISHED, 300)])]);
+        let mut table = table_after([sample(
+            6 * SEC,
+            vec![(1, up())],
+            vec![sock(ESTABLISHED, 300)],
+        )]);
         table.apply(sample(7 * SEC, vec![(1, up())], vec![sock(CLOSE_WAIT, 50)]));
         let c = only(&table);
         assert_eq!(
@@ -939,7 +1114,10 @@ mod tests {
             vec![socket(PID, 13, local(40001), UP, ESTABLISHED, 0)],
         ));
         assert_eq!(only(&table).fd, Some(12), "a known fd is kept");
-        let known = KernelConn { fd: Some(15), ..up() };
+        let known = KernelConn {
+            fd: Some(15),
+            ..up()
+        };
         table.apply(sample(
             5 * SEC,
             vec![(1, known)],
@@ -950,10 +1128,17 @@ mod tests {
 
     #[test]
     fn a_sample_brings_the_kernel_counters() {
-        let stats =
-            KernelStats { events_sent: 10, events_lost: 2, conn_map_full: 1, reads_seen: 99 };
-        let table =
-            table_after([Input::Sample(Sample { now_ns: SEC, stats, ..Sample::default() })]);
+        let stats = KernelStats {
+            events_sent: 10,
+            events_lost: 2,
+            conn_map_full: 1,
+            reads_seen: 99,
+        };
+        let table = table_after([Input::Sample(Sample {
+            now_ns: SEC,
+            stats,
+            ..Sample::default()
+        })]);
         assert_eq!(table.stats(), stats);
     }
 
@@ -972,7 +1157,10 @@ mod tests {
                 socket(PID, 23, local(50004), OLD, FIN_WAIT1, 0),
             ],
         )]);
-        assert_eq!(locals(&table), vec![local(40001), local(50001), local(50002)]);
+        assert_eq!(
+            locals(&table),
+            vec![local(40001), local(50001), local(50002)]
+        );
         assert_eq!(conn_at(&table, local(40001)).origin, Origin::Traced);
         let established = UpstreamConn {
             origin: Origin::PreExisting,
@@ -1024,7 +1212,11 @@ mod tests {
         assert!(table.hosts().is_empty());
         table.apply(sample(3 * SEC, vec![], vec![]));
         table.apply(sample(4 * SEC, vec![], vec![unexplained.clone()]));
-        assert_eq!(table.conns().count(), 0, "the count restarts when it is not seen");
+        assert_eq!(
+            table.conns().count(),
+            0,
+            "the count restarts when it is not seen"
+        );
         table.apply(sample(5 * SEC, vec![], vec![unexplained]));
         assert_eq!(locals(&table), vec![local(50001)]);
         assert_eq!(only(&table).origin, Origin::PreExisting);
@@ -1046,7 +1238,11 @@ mod tests {
         )]);
         assert_eq!(locals(&table), vec![local(50001)]);
         assert_eq!(
-            table.hosts().keys().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+            table
+                .hosts()
+                .keys()
+                .map(|ip| ip.to_string())
+                .collect::<Vec<_>>(),
             vec![OLD_HOST]
         );
     }
@@ -1058,9 +1254,17 @@ mod tests {
         let mut table = table_after([sample(SEC, vec![], vec![old.clone(), other])]);
         assert_eq!(table.conns().count(), 2);
         table.apply(sample(2 * SEC, vec![], vec![old.clone()]));
-        assert_eq!(table.conns().count(), 2, "one missing sample is tolerated (dumps are not atomic)");
+        assert_eq!(
+            table.conns().count(),
+            2,
+            "one missing sample is tolerated (dumps are not atomic)"
+        );
         table.apply(sample(3 * SEC, vec![], vec![old]));
-        assert_eq!(locals(&table), vec![local(50001)], "gone two samples in a row");
+        assert_eq!(
+            locals(&table),
+            vec![local(50001)],
+            "gone two samples in a row"
+        );
         table.apply(sample(4 * SEC, vec![], vec![]));
         assert_eq!(table.conns().count(), 1);
         table.apply(sample(5 * SEC, vec![], vec![]));
@@ -1076,7 +1280,13 @@ mod tests {
         table.apply(sample(12 * SEC, vec![], vec![at(CLOSE_WAIT)]));
         let c = only(&table);
         assert_eq!(
-            (c.state, c.peer_fin_ns, c.established_ns, c.local_close_ns, c.is_open()),
+            (
+                c.state,
+                c.peer_fin_ns,
+                c.established_ns,
+                c.local_close_ns,
+                c.is_open()
+            ),
             (CLOSE_WAIT, Some(12 * SEC), Some(10 * SEC), None, true)
         );
         table.apply(sample(13 * SEC, vec![], vec![at(CLOSE_WAIT)]));
@@ -1091,9 +1301,15 @@ mod tests {
             sample(12 * SEC, vec![], vec![at(FIN_WAIT1)]),
         ]);
         let c = only(&table);
-        assert_eq!((c.state, c.local_close_ns, c.is_open()), (FIN_WAIT1, Some(12 * SEC), false));
+        assert_eq!(
+            (c.state, c.local_close_ns, c.is_open()),
+            (FIN_WAIT1, Some(12 * SEC), false)
+        );
         table.apply(sample(13 * SEC, vec![], vec![at(FIN_WAIT2)]));
-        assert_eq!((only(&table).state, only(&table).local_close_ns), (FIN_WAIT2, Some(12 * SEC)));
+        assert_eq!(
+            (only(&table).state, only(&table).local_close_ns),
+            (FIN_WAIT2, Some(12 * SEC))
+        );
     }
 
     #[test]
@@ -1109,14 +1325,21 @@ mod tests {
         table.apply(sample(14 * SEC, vec![], vec![queued(799)]));
         assert_eq!(only(&table).last_read_ns, Some(13 * SEC));
         assert_eq!(only(&table).recv_q, recv_q(799, 14 * SEC));
-        assert_eq!(only(&table).last_read_ret, None, "what a read returned is unknown");
+        assert_eq!(
+            only(&table).last_read_ret,
+            None,
+            "what a read returned is unknown"
+        );
     }
 
     // ---- targets ----
 
     #[test]
     fn targets_drop_connections_of_pids_no_longer_listed() {
-        let of_8 = KernelConn { pid: 8, ..established(kconn(40002, UP, SEC), 2 * SEC) };
+        let of_8 = KernelConn {
+            pid: 8,
+            ..established(kconn(40002, UP, SEC), 2 * SEC)
+        };
         let mut table = ConnTable::new();
         for input in [
             targets(&[PID, 8]),
@@ -1137,7 +1360,13 @@ mod tests {
         table.apply(targets(&[8]));
         assert_eq!(locals(&table), vec![local(40002), local(50002)]);
         assert!(table.conns().all(|c| c.pid == 8));
-        assert_eq!(table.targets(), &[Target { pid: 8, comm: "relay-8".into() }]);
+        assert_eq!(
+            table.targets(),
+            &[Target {
+                pid: 8,
+                comm: "relay-8".into()
+            }]
+        );
         assert_eq!(totals(&table, UP_HOST), host(&[UP], 2, 0));
         assert_eq!(totals(&table, OLD_HOST), host(&[OLD], 2, 0));
     }
@@ -1146,18 +1375,40 @@ mod tests {
     fn the_closing_sockets_of_an_exited_target_are_not_counted_again() {
         // The process exits: the kernel closes its sockets (FIN_WAIT1) and keeps them, and
         // their records, until TCP is done with them, long after the process is gone.
-        let closing = KernelConn { state: FIN_WAIT1, local_close_ns: Some(5 * SEC), ..up() };
-        let mut table =
-            table_after([connect(1, kconn(0, UP, SEC)), state(1, SYN_SENT, up()), targets(&[])]);
+        let closing = KernelConn {
+            state: FIN_WAIT1,
+            local_close_ns: Some(5 * SEC),
+            ..up()
+        };
+        let mut table = table_after([
+            connect(1, kconn(0, UP, SEC)),
+            state(1, SYN_SENT, up()),
+            targets(&[]),
+        ]);
         assert_eq!(table.conns().count(), 0);
         table.apply(sample(6 * SEC, vec![(1, closing.clone())], vec![]));
-        table.apply(state(1, FIN_WAIT1, KernelConn { state: FIN_WAIT2, ..closing.clone() }));
-        assert_eq!(table.conns().count(), 0, "no connection of an exited process comes back");
+        table.apply(state(
+            1,
+            FIN_WAIT1,
+            KernelConn {
+                state: FIN_WAIT2,
+                ..closing.clone()
+            },
+        ));
+        assert_eq!(
+            table.conns().count(),
+            0,
+            "no connection of an exited process comes back"
+        );
         table.apply(close(
             1,
             FIN_WAIT2,
             OTHER_PID,
-            KernelConn { state: CLOSE, peer_fin_at_close: true, ..closing },
+            KernelConn {
+                state: CLOSE,
+                peer_fin_at_close: true,
+                ..closing
+            },
         ));
         assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
 
@@ -1171,7 +1422,11 @@ mod tests {
     use crate::model::NameSource;
 
     fn named(host: &str, provider: Option<&str>, source: NameSource) -> ConnName {
-        ConnName { host: host.into(), provider: provider.map(Into::into), source }
+        ConnName {
+            host: host.into(),
+            provider: provider.map(Into::into),
+            source,
+        }
     }
 
     #[test]
@@ -1179,13 +1434,32 @@ mod tests {
         let conn = established(kconn(40001, UP, SEC), 2 * SEC);
         let mut table = table_after([connect(1, conn.clone())]);
         assert_eq!(totals(&table, UP_HOST).connections_total, 1);
-        table.apply(Input::Named { sk: 1, name: named("api.openai.com", Some("openai"), NameSource::Sni) });
-        assert!(table.hosts().get(UP_HOST).is_none(), "the address entry is gone once empty");
+        table.apply(Input::Named {
+            sk: 1,
+            name: named("api.openai.com", Some("openai"), NameSource::Sni),
+        });
+        assert!(
+            table.hosts().get(UP_HOST).is_none(),
+            "the address entry is gone once empty"
+        );
         let t = totals(&table, "api.openai.com");
-        assert_eq!((t.connections_total, t.provider.as_deref()), (1, Some("openai")));
-        assert_eq!(t.remotes.iter().map(ToString::to_string).collect::<Vec<_>>(), vec![UP.to_string()]);
+        assert_eq!(
+            (t.connections_total, t.provider.as_deref()),
+            (1, Some("openai"))
+        );
+        assert_eq!(
+            t.remotes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec![UP.to_string()]
+        );
         // Closing counts closed_unread under the name, not the address.
-        let closing = KernelConn { recv_q: recv_q(5000, 3 * SEC), closed_by_process: true, ..conn };
+        let closing = KernelConn {
+            recv_q: recv_q(5000, 3 * SEC),
+            closed_by_process: true,
+            ..conn
+        };
         table.apply(close(1, ESTABLISHED, PID, closing));
         let t = totals(&table, "api.openai.com");
         assert_eq!((t.connections_total, t.closed_unread_total), (1, 1));
@@ -1199,14 +1473,23 @@ mod tests {
             connect(1, established(kconn(40001, UP, SEC), 2 * SEC)),
             connect(2, established(kconn(40002, UP, SEC), 2 * SEC)),
         ]);
-        table.apply(Input::AddressNames(vec![(ip, named("api.anthropic.com", Some("anthropic"), NameSource::Dns))]));
+        table.apply(Input::AddressNames(vec![(
+            ip,
+            named("api.anthropic.com", Some("anthropic"), NameSource::Dns),
+        )]));
         assert_eq!(totals(&table, "api.anthropic.com").connections_total, 2);
         // Its own SNI wins over the address book for connection 2 (a CDN address can front several).
-        table.apply(Input::Named { sk: 2, name: named("api.openai.com", Some("openai"), NameSource::Sni) });
+        table.apply(Input::Named {
+            sk: 2,
+            name: named("api.openai.com", Some("openai"), NameSource::Sni),
+        });
         assert_eq!(totals(&table, "api.anthropic.com").connections_total, 1);
         assert_eq!(totals(&table, "api.openai.com").connections_total, 1);
         // A weaker name never replaces a stronger one.
-        table.apply(Input::Named { sk: 2, name: named("other.example", None, NameSource::Dns) });
+        table.apply(Input::Named {
+            sk: 2,
+            name: named("other.example", None, NameSource::Dns),
+        });
         assert_eq!(totals(&table, "api.openai.com").connections_total, 1);
         // The address book forgets the address: connection 1 goes back to its address.
         table.apply(Input::AddressNames(vec![]));
@@ -1218,7 +1501,10 @@ mod tests {
     #[test]
     fn a_name_for_an_unknown_socket_is_ignored() {
         let mut table = table_after([]);
-        table.apply(Input::Named { sk: 99, name: named("api.openai.com", None, NameSource::Sni) });
+        table.apply(Input::Named {
+            sk: 99,
+            name: named("api.openai.com", None, NameSource::Sni),
+        });
         assert!(table.hosts().is_empty());
     }
 }

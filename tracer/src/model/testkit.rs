@@ -16,7 +16,8 @@ pub const PID: u32 = 7;
 pub const OTHER_PID: u32 = 4242;
 
 pub fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s} is not a socket address: {e}"))
+    s.parse()
+        .unwrap_or_else(|e| panic!("{s} is not a socket address: {e}"))
 }
 
 /// The relay's side of a connection: its address and an ephemeral port.
@@ -52,7 +53,11 @@ pub fn kconn(local_port: u16, remote: &str, connect_ns: u64) -> KernelConn {
 
 /// The same record once the handshake completed at `at_ns`.
 pub fn established(conn: KernelConn, at_ns: u64) -> KernelConn {
-    KernelConn { state: tcp_state::ESTABLISHED, established_ns: Some(at_ns), ..conn }
+    KernelConn {
+        state: tcp_state::ESTABLISHED,
+        established_ns: Some(at_ns),
+        ..conn
+    }
 }
 
 pub fn recv_q(bytes: u32, at_ns: u64) -> Option<RecvQ> {
@@ -60,13 +65,25 @@ pub fn recv_q(bytes: u32, at_ns: u64) -> Option<RecvQ> {
 }
 
 fn event(kind: KernelEventKind, sk: u64, old_state: u32, ctx_pid: u32, conn: KernelConn) -> Input {
-    Input::Kernel(KernelEvent { kind, old_state, ctx_pid, sk, conn })
+    Input::Kernel(KernelEvent {
+        kind,
+        old_state,
+        ctx_pid,
+        sk,
+        conn,
+    })
 }
 
 /// The Connect event (SYN_SENT from CLOSE, in the connecting thread).
 pub fn connect(sk: u64, conn: KernelConn) -> Input {
     let ctx_pid = conn.pid;
-    event(KernelEventKind::Connect, sk, tcp_state::CLOSE, ctx_pid, conn)
+    event(
+        KernelEventKind::Connect,
+        sk,
+        tcp_state::CLOSE,
+        ctx_pid,
+        conn,
+    )
 }
 
 /// A State event driven by a packet (softirq: the running process is unrelated).
@@ -88,15 +105,35 @@ pub fn socket(
     state: u32,
     recv_q: u32,
 ) -> SocketSample {
-    SocketSample { pid, fd, local, remote: addr(remote), state, recv_q, inode: 9000 + fd as u64 }
+    SocketSample {
+        pid,
+        fd,
+        local,
+        remote: addr(remote),
+        state,
+        recv_q,
+        inode: 9000 + fd as u64,
+    }
 }
 
 pub fn sample(now_ns: u64, kernel: Vec<(u64, KernelConn)>, sockets: Vec<SocketSample>) -> Input {
-    Input::Sample(Sample { now_ns, kernel, sockets, stats: KernelStats::default() })
+    Input::Sample(Sample {
+        now_ns,
+        kernel,
+        sockets,
+        stats: KernelStats::default(),
+    })
 }
 
 pub fn targets(pids: &[u32]) -> Input {
-    Input::Targets(pids.iter().map(|&pid| Target { pid, comm: format!("relay-{pid}") }).collect())
+    Input::Targets(
+        pids.iter()
+            .map(|&pid| Target {
+                pid,
+                comm: format!("relay-{pid}"),
+            })
+            .collect(),
+    )
 }
 
 /// A table tracing `PID` that has seen `inputs`, in order.

@@ -47,11 +47,18 @@ const BUILTIN: &[(&str, &[&str])] = &[
     ("openai", &["api.openai.com", "chatgpt.com"]),
     (
         "azure-openai",
-        &["*.openai.azure.com", "*.cognitiveservices.azure.com", "*.services.ai.azure.com"],
+        &[
+            "*.openai.azure.com",
+            "*.cognitiveservices.azure.com",
+            "*.services.ai.azure.com",
+        ],
     ),
     ("anthropic", &["api.anthropic.com"]),
     ("gemini", &["generativelanguage.googleapis.com"]),
-    ("vertex-ai", &["aiplatform.googleapis.com", "*-aiplatform.googleapis.com"]),
+    (
+        "vertex-ai",
+        &["aiplatform.googleapis.com", "*-aiplatform.googleapis.com"],
+    ),
     (
         "aws-bedrock",
         &[
@@ -66,12 +73,30 @@ const BUILTIN: &[(&str, &[&str])] = &[
     ("groq", &["api.groq.com"]),
     ("openrouter", &["openrouter.ai"]),
     ("together", &["api.together.xyz", "api.together.ai"]),
-    ("moonshot", &["api.moonshot.cn", "api.moonshot.ai", "api.kimi.com"]),
+    (
+        "moonshot",
+        &["api.moonshot.cn", "api.moonshot.ai", "api.kimi.com"],
+    ),
     ("zhipu", &["open.bigmodel.cn", "api.z.ai"]),
-    ("baidu-qianfan", &["qianfan.baidubce.com", "aip.baidubce.com"]),
-    ("alibaba-dashscope", &["dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com"]),
-    ("tencent-hunyuan", &["hunyuan.tencentcloudapi.com", "api.hunyuan.cloud.tencent.com"]),
-    ("minimax", &["api.minimax.chat", "api.minimaxi.com", "api.minimax.io"]),
+    (
+        "baidu-qianfan",
+        &["qianfan.baidubce.com", "aip.baidubce.com"],
+    ),
+    (
+        "alibaba-dashscope",
+        &["dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com"],
+    ),
+    (
+        "tencent-hunyuan",
+        &[
+            "hunyuan.tencentcloudapi.com",
+            "api.hunyuan.cloud.tencent.com",
+        ],
+    ),
+    (
+        "minimax",
+        &["api.minimax.chat", "api.minimaxi.com", "api.minimax.io"],
+    ),
     (
         "kling",
         &[
@@ -88,11 +113,23 @@ const BUILTIN: &[(&str, &[&str])] = &[
     ("cohere", &["api.cohere.ai", "api.cohere.com"]),
     ("perplexity", &["api.perplexity.ai"]),
     ("fireworks", &["api.fireworks.ai"]),
-    ("siliconflow", &["api.siliconflow.cn", "api.siliconflow.com"]),
-    ("volcengine-ark", &["ark.cn-beijing.volces.com", "ark.*.volces.com"]),
+    (
+        "siliconflow",
+        &["api.siliconflow.cn", "api.siliconflow.com"],
+    ),
+    (
+        "volcengine-ark",
+        &["ark.cn-beijing.volces.com", "ark.*.volces.com"],
+    ),
     ("volcengine-visual", &["visual.volcengineapi.com"]),
-    ("byteplus-ark", &["ark.ap-southeast.bytepluses.com", "ark.*.bytepluses.com"]),
-    ("xunfei-spark", &["spark-api.xf-yun.com", "spark-api-open.xf-yun.com"]),
+    (
+        "byteplus-ark",
+        &["ark.ap-southeast.bytepluses.com", "ark.*.bytepluses.com"],
+    ),
+    (
+        "xunfei-spark",
+        &["spark-api.xf-yun.com", "spark-api-open.xf-yun.com"],
+    ),
     ("360-zhinao", &["api.360.cn", "ai.360.cn"]),
     ("lingyiwanwu", &["api.lingyiwanwu.com", "api.01.ai"]),
     ("baichuan", &["api.baichuan-ai.com"]),
@@ -107,7 +144,10 @@ const BUILTIN: &[(&str, &[&str])] = &[
     ("moka-ai", &["api.moka.ai"]),
     ("modelscope", &["api-inference.modelscope.cn"]),
     ("nvidia-nim", &["integrate.api.nvidia.com"]),
-    ("huggingface", &["router.huggingface.co", "api-inference.huggingface.co"]),
+    (
+        "huggingface",
+        &["router.huggingface.co", "api-inference.huggingface.co"],
+    ),
     ("cerebras", &["api.cerebras.ai"]),
     ("deepinfra", &["api.deepinfra.com"]),
     ("sambanova", &["api.sambanova.ai"]),
@@ -150,7 +190,10 @@ impl Catalogue {
                 name: (*name).to_owned(),
                 // Every built-in pattern parses (a test checks); one that did not would only
                 // be missing, never a wrong answer.
-                patterns: hosts.iter().filter_map(|host| Pattern::parse(host).ok()).collect(),
+                patterns: hosts
+                    .iter()
+                    .filter_map(|host| Pattern::parse(host).ok())
+                    .collect(),
                 from_file: false,
             })
             .collect();
@@ -181,7 +224,11 @@ impl Catalogue {
             .filter(|(pattern, _)| pattern.matches(&labels))
             .max_by_key(|(pattern, index)| {
                 let provider = &self.providers[*index];
-                (pattern.literal_len(), provider.from_file, Reverse(provider.name.as_str()))
+                (
+                    pattern.literal_len(),
+                    provider.from_file,
+                    Reverse(provider.name.as_str()),
+                )
             })
             .map(|(_, index)| self.providers[*index].name.as_str())
     }
@@ -212,7 +259,11 @@ impl Catalogue {
                 }
             }
         }
-        Catalogue { providers, exact, wildcards }
+        Catalogue {
+            providers,
+            exact,
+            wildcards,
+        }
     }
 
     fn with_toml(self, source: &str, path: &Path) -> Result<Self, ProvidersFileError> {
@@ -254,7 +305,10 @@ impl Catalogue {
                     let message = if *owner == name {
                         format!("host {:?} is listed twice", pattern.text)
                     } else {
-                        format!("host {:?} is already listed for provider {owner:?}", pattern.text)
+                        format!(
+                            "host {:?} is already listed for provider {owner:?}",
+                            pattern.text
+                        )
                     };
                     return Err(error(Some(host_span), message));
                 }
@@ -262,7 +316,11 @@ impl Catalogue {
                 patterns.push(pattern);
             }
 
-            let replacement = Provider { name, patterns, from_file: true };
+            let replacement = Provider {
+                name,
+                patterns,
+                from_file: true,
+            };
             match providers.iter_mut().find(|p| p.name == replacement.name) {
                 Some(existing) => *existing = replacement,
                 None => providers.push(replacement),
@@ -289,7 +347,9 @@ struct ProviderEntry {
 
 fn is_provider_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// A mistake in the providers file, where it is.
@@ -315,7 +375,12 @@ impl fmt::Display for ProvidersFileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
             Some((line, column)) => {
-                write!(f, "{}:{line}:{column}: {}", self.path.display(), self.message)
+                write!(
+                    f,
+                    "{}:{line}:{column}: {}",
+                    self.path.display(),
+                    self.message
+                )
             }
             None => write!(f, "{}: {}", self.path.display(), self.message),
         }
@@ -366,7 +431,9 @@ impl Pattern {
         }
         let text = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
         if text.len() > MAX_HOSTNAME_LEN {
-            return Err(format!("{raw:?} is longer than {MAX_HOSTNAME_LEN} characters"));
+            return Err(format!(
+                "{raw:?} is longer than {MAX_HOSTNAME_LEN} characters"
+            ));
         }
         let all: Vec<&str> = text.split('.').collect();
         for label in &all {
@@ -376,15 +443,18 @@ impl Pattern {
             if label.len() > 63 {
                 return Err(format!("{raw:?} has a label longer than 63 characters"));
             }
-            if let Some(bad) =
-                label.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '*')))
+            if let Some(bad) = label
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '*')))
             {
                 return Err(format!(
                     "{raw:?} has the character {bad:?}, not allowed in a hostname"
                 ));
             }
             if label.matches('*').count() > 1 {
-                return Err(format!("{raw:?} has more than one '*' in the label {label:?}"));
+                return Err(format!(
+                    "{raw:?} has more than one '*' in the label {label:?}"
+                ));
             }
         }
         let literal_tail = all.len() >= 2 && all[all.len() - 2..].iter().all(|l| !l.contains('*'));
@@ -400,13 +470,18 @@ impl Pattern {
         let labels = rest
             .iter()
             .map(|label| match label.split_once('*') {
-                Some((prefix, suffix)) => {
-                    Label::Glob { prefix: prefix.to_owned(), suffix: suffix.to_owned() }
-                }
+                Some((prefix, suffix)) => Label::Glob {
+                    prefix: prefix.to_owned(),
+                    suffix: suffix.to_owned(),
+                },
                 None => Label::Literal((*label).to_owned()),
             })
             .collect();
-        Ok(Pattern { text, any_subdomains, labels })
+        Ok(Pattern {
+            text,
+            any_subdomains,
+            labels,
+        })
     }
 
     fn is_literal(&self) -> bool {
@@ -431,14 +506,17 @@ impl Pattern {
             }
             host
         };
-        self.labels.iter().zip(tail).all(|(label, host_label)| match label {
-            Label::Literal(literal) => literal == host_label,
-            Label::Glob { prefix, suffix } => {
-                host_label.len() > prefix.len() + suffix.len()
-                    && host_label.starts_with(prefix.as_str())
-                    && host_label.ends_with(suffix.as_str())
-            }
-        })
+        self.labels
+            .iter()
+            .zip(tail)
+            .all(|(label, host_label)| match label {
+                Label::Literal(literal) => literal == host_label,
+                Label::Glob { prefix, suffix } => {
+                    host_label.len() > prefix.len() + suffix.len()
+                        && host_label.starts_with(prefix.as_str())
+                        && host_label.ends_with(suffix.as_str())
+                }
+            })
     }
 }
 

@@ -7,8 +7,9 @@ use super::{normalize_hostname, Named};
 
 /// Methods a relay sends upstream. HTTP/2's connection preface starts with "PRI", which is not
 /// here, so an h2c connection is `NotRecognized`.
-const METHODS: [&[u8]; 9] =
-    [b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS", b"CONNECT", b"TRACE"];
+const METHODS: [&[u8]; 9] = [
+    b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS", b"CONNECT", b"TRACE",
+];
 const VERSIONS: [&[u8]; 2] = [b"HTTP/1.1", b"HTTP/1.0"];
 
 pub(super) fn parse(prefix: &[u8]) -> Named {
@@ -64,7 +65,10 @@ fn target_authority<'a>(method: &[u8], target: &'a [u8]) -> Option<&'a [u8]> {
         return None;
     }
     let rest = &target[scheme_end + 3..];
-    let end = rest.iter().position(|&b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
     let authority = &rest[..end];
     // userinfo@host: the host is after the last '@'.
     Some(authority.rsplit(|&b| b == b'@').next().unwrap_or(authority))

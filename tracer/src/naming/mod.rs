@@ -61,7 +61,9 @@ fn normalize_hostname(raw: &[u8]) -> Option<String> {
     }
     let labels_ok = name.split(|&b| b == b'.').all(|label| {
         (1..=MAX_LABEL_LEN).contains(&label.len())
-            && label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && label
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && !label.starts_with(b"-")
             && !label.ends_with(b"-")
     });

@@ -88,33 +88,37 @@ impl AddressBook {
         let table = Arc::new(RwLock::new(AddressTable::new()));
         let (stop, stopped) = mpsc::channel::<()>();
         let published = Arc::clone(&table);
-        thread::Builder::new().name("tracer-resolve".to_owned()).spawn(move || {
-            let mut schedule = Schedule::new(hosts, policy, Instant::now());
-            loop {
-                for index in schedule.due(Instant::now()) {
-                    let answer = resolve(&schedule.hosts[index].name);
-                    let now = Instant::now();
-                    schedule.record(index, answer, now);
-                    // Publish after each host: the first names are useful before the round ends.
-                    let fresh = schedule.table(now);
-                    *published.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        thread::Builder::new()
+            .name("tracer-resolve".to_owned())
+            .spawn(move || {
+                let mut schedule = Schedule::new(hosts, policy, Instant::now());
+                loop {
+                    for index in schedule.due(Instant::now()) {
+                        let answer = resolve(&schedule.hosts[index].name);
+                        let now = Instant::now();
+                        schedule.record(index, answer, now);
+                        // Publish after each host: the first names are useful before the round ends.
+                        let fresh = schedule.table(now);
+                        *published.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+                    }
+                    let wait = schedule.next_due().map_or(policy.max_refresh, |due| {
+                        due.saturating_duration_since(Instant::now())
+                    });
+                    match stopped.recv_timeout(wait) {
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    }
                 }
-                let wait = schedule.next_due().map_or(policy.max_refresh, |due| {
-                    due.saturating_duration_since(Instant::now())
-                });
-                match stopped.recv_timeout(wait) {
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-                }
-            }
-        })?;
+            })?;
         Ok(AddressBook { table, _stop: stop })
     }
 
     /// The hostname `ip` was resolved from; the alphabetically first if several were.
     pub fn lookup(&self, ip: IpAddr) -> Option<String> {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        table.get(&canonical(ip)).and_then(|hosts| hosts.first().cloned())
+        table
+            .get(&canonical(ip))
+            .and_then(|hosts| hosts.first().cloned())
     }
 
     /// Every hostname `ip` was resolved from, sorted.
@@ -126,8 +130,14 @@ impl AddressBook {
 
 /// getaddrinfo through std; the port is required by the API and unused.
 fn system_resolve(host: &str) -> io::Result<Resolution> {
-    let addresses = (host, 443).to_socket_addrs()?.map(|addr| addr.ip()).collect();
-    Ok(Resolution { addresses, ttl: None })
+    let addresses = (host, 443)
+        .to_socket_addrs()?
+        .map(|addr| addr.ip())
+        .collect();
+    Ok(Resolution {
+        addresses,
+        ttl: None,
+    })
 }
 
 /// A socket connected to an IPv4 address through an IPv6 socket shows ::ffff:a.b.c.d.
@@ -159,14 +169,20 @@ impl Schedule {
         let names: BTreeSet<String> = hosts.into_iter().collect();
         let hosts = names
             .into_iter()
-            .map(|name| HostRecord { name, next_due: now, addresses: HashMap::new() })
+            .map(|name| HostRecord {
+                name,
+                next_due: now,
+                addresses: HashMap::new(),
+            })
             .collect();
         Schedule { policy, hosts }
     }
 
     /// Indexes of the hosts to resolve now.
     fn due(&self, now: Instant) -> Vec<usize> {
-        (0..self.hosts.len()).filter(|&i| self.hosts[i].next_due <= now).collect()
+        (0..self.hosts.len())
+            .filter(|&i| self.hosts[i].next_due <= now)
+            .collect()
     }
 
     fn next_due(&self) -> Option<Instant> {

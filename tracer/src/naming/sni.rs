@@ -199,7 +199,11 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn new(data: &'a [u8]) -> Self {
-        Cursor { data, pos: 0, limit: usize::MAX }
+        Cursor {
+            data,
+            pos: 0,
+            limit: usize::MAX,
+        }
     }
 
     fn at_declared_end(&self) -> bool {
@@ -230,7 +234,11 @@ impl<'a> Cursor<'a> {
     /// A cursor over the next `len` bytes (declared, maybe not at hand); moves past them.
     fn nested(&mut self, len: usize) -> Result<Cursor<'a>, Stop> {
         let end = self.end_of(len)?;
-        let inner = Cursor { data: self.data, pos: self.pos, limit: end };
+        let inner = Cursor {
+            data: self.data,
+            pos: self.pos,
+            limit: end,
+        };
         self.pos = end;
         Ok(inner)
     }

@@ -36,7 +36,9 @@ fn rustls_client_hello(server_name: &str, configure: impl FnOnce(&mut ClientConf
         ClientConnection::new(Arc::new(config), name).expect("a client connection");
     let mut flight = Vec::new();
     while connection.wants_write() {
-        connection.write_tls(&mut flight).expect("write_tls into a Vec");
+        connection
+            .write_tls(&mut flight)
+            .expect("write_tls into a Vec");
     }
     flight
 }
@@ -125,7 +127,11 @@ fn records(handshake: &[u8], fragment_sizes: &[usize]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut rest = handshake;
     for (i, &size) in fragment_sizes.iter().enumerate() {
-        let size = if i + 1 == fragment_sizes.len() { rest.len() } else { size.min(rest.len()) };
+        let size = if i + 1 == fragment_sizes.len() {
+            rest.len()
+        } else {
+            size.min(rest.len())
+        };
         let (fragment, tail) = rest.split_at(size);
         out.extend([0x16, 0x03, 0x01]);
         out.extend(u16_bytes(fragment.len()));
@@ -150,10 +156,18 @@ fn assert_every_truncation(flight: &[u8], expected: &Named) -> usize {
         .find(|&cut| name_from_first_bytes(&flight[..cut]) == *expected)
         .unwrap_or_else(|| panic!("{expected:?} never appears"));
     for cut in 0..first_named {
-        assert_eq!(name_from_first_bytes(&flight[..cut]), Named::NeedMore, "cut at {cut}");
+        assert_eq!(
+            name_from_first_bytes(&flight[..cut]),
+            Named::NeedMore,
+            "cut at {cut}"
+        );
     }
     for cut in first_named..=flight.len() {
-        assert_eq!(name_from_first_bytes(&flight[..cut]), *expected, "cut at {cut}");
+        assert_eq!(
+            name_from_first_bytes(&flight[..cut]),
+            *expected,
+            "cut at {cut}"
+        );
     }
     let seen = match expected {
         Named::Sni(_) => handshake_payload(&flight[..first_named]),
@@ -194,7 +208,9 @@ fn rustls_client_hello_variants_name_the_server() {
     let name = ServerName::try_from("api.deepseek.com").expect("a valid server name");
     let mut connection = ClientConnection::new(Arc::new(config), name).expect("a connection");
     let mut flight = Vec::new();
-    connection.write_tls(&mut flight).expect("write_tls into a Vec");
+    connection
+        .write_tls(&mut flight)
+        .expect("write_tls into a Vec");
     assert_eq!(name_from_first_bytes(&flight), sni("api.deepseek.com"));
 }
 
@@ -235,7 +251,10 @@ fn rustls_client_hello_for_an_ip_address_is_not_recognized() {
 
 #[test]
 fn go_client_hello_capture_names_the_server() {
-    assert_eq!(name_from_first_bytes(GO_CLIENT_HELLO), sni("api.anthropic.com"));
+    assert_eq!(
+        name_from_first_bytes(GO_CLIENT_HELLO),
+        sni("api.anthropic.com")
+    );
     assert_every_truncation(GO_CLIENT_HELLO, &sni("api.anthropic.com"));
 }
 
@@ -244,11 +263,17 @@ fn go_client_hello_made_now_names_the_server() {
     // Regenerates a capture with the Go toolchain (stdlib only, offline). Go is installed by
     // `cargo xtask setup`; without it, skip outside CI.
     if Command::new("go").arg("version").output().is_err() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "go is not installed under CI");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "go is not installed under CI"
+        );
         eprintln!("skipped: go is not on PATH (cargo xtask setup installs it)");
         return;
     }
-    let program = concat!(env!("CARGO_MANIFEST_DIR"), "/src/naming/testdata/go_client_hello");
+    let program = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/naming/testdata/go_client_hello"
+    );
     let output_dir = tempfile::tempdir().expect("a temporary directory");
     let output = output_dir.path().join("hello.bin");
     let mut go = Command::new("go");
@@ -262,7 +287,11 @@ fn go_client_hello_made_now_names_the_server() {
         go.env("GOCACHE", output_dir.path().join("gocache"));
     }
     let run = go.output().expect("go runs");
-    assert!(run.status.success(), "go run failed: {}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "go run failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let flight = std::fs::read(&output).expect("the program wrote its capture");
     assert_eq!(name_from_first_bytes(&flight), sni("api.x.ai"));
     assert_every_truncation(&flight, &sni("api.x.ai"));
@@ -275,7 +304,11 @@ fn go_client_hello_made_now_names_the_server() {
 fn grease_and_many_extensions_with_server_name_late() {
     let hello = client_hello(&chrome_like_extensions(b"api.mistral.ai", 1216));
     let flight = one_record(&hello);
-    assert!(flight.len() > 1400, "a post-quantum sized ClientHello: {}", flight.len());
+    assert!(
+        flight.len() > 1400,
+        "a post-quantum sized ClientHello: {}",
+        flight.len()
+    );
     assert_eq!(
         name_from_first_bytes(&flight[..1024]),
         Named::NeedMore,
@@ -287,13 +320,20 @@ fn grease_and_many_extensions_with_server_name_late() {
     let hello = client_hello(&chrome_like_extensions(b"api.mistral.ai", 32));
     let flight = one_record(&hello);
     let named_at = assert_every_truncation(&flight, &sni("api.mistral.ai"));
-    assert!(named_at < 1024 && named_at < flight.len(), "named at {named_at} of {}", flight.len());
+    assert!(
+        named_at < 1024 && named_at < flight.len(),
+        "named at {named_at} of {}",
+        flight.len()
+    );
 }
 
 #[test]
 fn server_name_before_a_large_key_share_is_found_in_a_1_kib_prefix() {
     let mut extensions = chrome_like_extensions(b"api.groq.com", 1216);
-    let at = extensions.iter().position(|(kind, _)| *kind == 0).expect("server_name");
+    let at = extensions
+        .iter()
+        .position(|(kind, _)| *kind == 0)
+        .expect("server_name");
     let server_name = extensions.remove(at);
     extensions.insert(1, server_name);
     let flight = one_record(&client_hello(&extensions));
@@ -306,7 +346,11 @@ fn client_hello_split_across_two_records_at_every_point() {
     let hello = client_hello(&chrome_like_extensions(b"dashscope.aliyuncs.com", 32));
     for split in 1..hello.len() {
         let flight = records(&hello, &[split, hello.len() - split]);
-        assert_eq!(name_from_first_bytes(&flight), sni("dashscope.aliyuncs.com"), "split {split}");
+        assert_eq!(
+            name_from_first_bytes(&flight),
+            sni("dashscope.aliyuncs.com"),
+            "split {split}"
+        );
     }
     // One split point, every truncation of the result.
     let flight = records(&hello, &[100, hello.len() - 100]);
@@ -351,7 +395,10 @@ fn server_name_is_lowercased_and_other_name_types_skipped() {
 #[test]
 fn client_hellos_without_a_usable_name_are_not_recognized() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("no server_name", client_hello(&[(0x000a, vec![0, 2, 0, 0x1d]), (0x0017, vec![])])),
+        (
+            "no server_name",
+            client_hello(&[(0x000a, vec![0, 2, 0, 0x1d]), (0x0017, vec![])]),
+        ),
         ("no extensions at all", {
             let mut hello = client_hello(&[]);
             hello.truncate(hello.len() - 2); // drop the empty extensions block
@@ -361,12 +408,30 @@ fn client_hellos_without_a_usable_name_are_not_recognized() {
             hello
         }),
         ("empty name", client_hello(&[server_name_extension(b"")])),
-        ("trailing dot", client_hello(&[server_name_extension(b"api.openai.com.")])),
-        ("a space", client_hello(&[server_name_extension(b"api openai.com")])),
-        ("a slash", client_hello(&[server_name_extension(b"api.openai.com/v1")])),
-        ("NUL", client_hello(&[server_name_extension(b"api.openai.com\0evil.com")])),
-        ("empty label", client_hello(&[server_name_extension(b"api..com")])),
-        ("label of 64", client_hello(&[server_name_extension(&[b'a'; 64])])),
+        (
+            "trailing dot",
+            client_hello(&[server_name_extension(b"api.openai.com.")]),
+        ),
+        (
+            "a space",
+            client_hello(&[server_name_extension(b"api openai.com")]),
+        ),
+        (
+            "a slash",
+            client_hello(&[server_name_extension(b"api.openai.com/v1")]),
+        ),
+        (
+            "NUL",
+            client_hello(&[server_name_extension(b"api.openai.com\0evil.com")]),
+        ),
+        (
+            "empty label",
+            client_hello(&[server_name_extension(b"api..com")]),
+        ),
+        (
+            "label of 64",
+            client_hello(&[server_name_extension(&[b'a'; 64])]),
+        ),
         ("server hello", {
             let mut hello = client_hello(&[server_name_extension(b"api.openai.com")]);
             hello[0] = 2;
@@ -374,7 +439,11 @@ fn client_hellos_without_a_usable_name_are_not_recognized() {
         }),
     ];
     for (what, hello) in cases {
-        assert_eq!(name_from_first_bytes(&one_record(&hello)), Named::NotRecognized, "{what}");
+        assert_eq!(
+            name_from_first_bytes(&one_record(&hello)),
+            Named::NotRecognized,
+            "{what}"
+        );
     }
 }
 
@@ -382,7 +451,10 @@ fn client_hellos_without_a_usable_name_are_not_recognized() {
 fn lying_lengths_are_not_recognized() {
     let hello = client_hello(&[server_name_extension(b"api.openai.com")]);
     let flight = one_record(&hello);
-    let name_at = flight.windows(14).position(|w| w == b"api.openai.com").expect("the name");
+    let name_at = flight
+        .windows(14)
+        .position(|w| w == b"api.openai.com")
+        .expect("the name");
     // The server_name's own length (the 2 bytes before the name) claims more than its list.
     let mut long_name = flight.clone();
     long_name[name_at - 1] += 1;
@@ -413,20 +485,33 @@ fn bad_record_headers_are_not_recognized() {
     };
     assert_eq!(with(1, 2), Named::NotRecognized, "major version 2");
     assert_eq!(with(2, 9), Named::NotRecognized, "minor version 9");
-    assert_eq!(with(3, 0x41), Named::NotRecognized, "record longer than 2^14");
+    assert_eq!(
+        with(3, 0x41),
+        Named::NotRecognized,
+        "record longer than 2^14"
+    );
     let empty_record = [0x16, 0x03, 0x01, 0x00, 0x00];
     assert_eq!(name_from_first_bytes(&empty_record), Named::NotRecognized);
     assert_eq!(name_from_first_bytes(&[0x16]), Named::NeedMore);
     assert_eq!(name_from_first_bytes(&[0x16, 0x03]), Named::NeedMore);
-    assert_eq!(name_from_first_bytes(&[0x16, 0x03, 0x01, 0x40]), Named::NeedMore);
-    assert_eq!(name_from_first_bytes(&[0x16, 0x03, 0x01, 0x41]), Named::NotRecognized);
+    assert_eq!(
+        name_from_first_bytes(&[0x16, 0x03, 0x01, 0x40]),
+        Named::NeedMore
+    );
+    assert_eq!(
+        name_from_first_bytes(&[0x16, 0x03, 0x01, 0x41]),
+        Named::NotRecognized
+    );
 }
 
 #[test]
 fn non_tls_bytes_are_not_recognized() {
     let cases: &[(&str, &[u8])] = &[
         // An SSLv2-format ClientHello: two-byte length with the high bit set, then type 1.
-        ("sslv2 hello", b"\x80\x2e\x01\x03\x01\x00\x15\x00\x00\x00\x10\x07\x00\xc0\x05\x00\x80"),
+        (
+            "sslv2 hello",
+            b"\x80\x2e\x01\x03\x01\x00\x15\x00\x00\x00\x10\x07\x00\xc0\x05\x00\x80",
+        ),
         ("ssh banner", b"SSH-2.0-OpenSSH_9.6\r\n"),
         ("tls alert", b"\x15\x03\x03\x00\x02\x02\x28"),
         ("application data", b"\x17\x03\x03\x00\x05hello"),
@@ -444,7 +529,10 @@ fn every_single_byte_corruption_gives_the_name_or_none() {
     // 256 values at every position, with the name whole in one record or straddling two: a
     // corrupted length must never pass for a shorter or longer name.
     let hello = client_hello(&chrome_like_extensions(b"api.openai.com", 32));
-    let name_at = hello.windows(14).position(|w| w == b"api.openai.com").expect("the name");
+    let name_at = hello
+        .windows(14)
+        .position(|w| w == b"api.openai.com")
+        .expect("the name");
     for split in [hello.len(), name_at + 5] {
         let flight = records(&hello, &[split, hello.len()]);
         for at in 0..flight.len() {
@@ -465,20 +553,43 @@ fn every_single_byte_corruption_gives_the_name_or_none() {
 #[test]
 fn host_header_in_any_case_with_or_without_port() {
     let cases: &[(&[u8], &str)] = &[
-        (b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n", "api.openai.com"),
+        (
+            b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n",
+            "api.openai.com",
+        ),
         (
             b"POST /v1/messages HTTP/1.1\r\nhost: api.anthropic.com\r\nContent-Length: 2\r\n\r\n{}",
             "api.anthropic.com",
         ),
-        (b"POST / HTTP/1.1\r\nHOST:API.Mistral.AI\r\n\r\n", "api.mistral.ai"),
-        (b"GET / HTTP/1.1\r\nHoSt: \t 127.0.0.12:18080 \r\n\r\n", "127.0.0.12"),
-        (b"GET / HTTP/1.1\r\nHost: api.groq.com:\r\n\r\n", "api.groq.com"),
-        (b"GET / HTTP/1.1\r\nHost: api.groq.com.:8080\r\n\r\n", "api.groq.com"),
+        (
+            b"POST / HTTP/1.1\r\nHOST:API.Mistral.AI\r\n\r\n",
+            "api.mistral.ai",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHoSt: \t 127.0.0.12:18080 \r\n\r\n",
+            "127.0.0.12",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: api.groq.com:\r\n\r\n",
+            "api.groq.com",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: api.groq.com.:8080\r\n\r\n",
+            "api.groq.com",
+        ),
         (b"GET / HTTP/1.0\r\nHost: api.x.ai\r\n\r\n", "api.x.ai"),
-        (b"DELETE /v1/files/1 HTTP/1.1\nHost: api.openai.com\n\n", "api.openai.com"),
+        (
+            b"DELETE /v1/files/1 HTTP/1.1\nHost: api.openai.com\n\n",
+            "api.openai.com",
+        ),
     ];
     for (request, host) in cases {
-        assert_eq!(name_from_first_bytes(request), http_host(host), "{}", request.escape_ascii());
+        assert_eq!(
+            name_from_first_bytes(request),
+            http_host(host),
+            "{}",
+            request.escape_ascii()
+        );
     }
 }
 
@@ -491,24 +602,41 @@ fn host_after_other_headers_including_a_bearer_key() {
         Content-Type: application/json\r\n\
         Host: api.deepseek.com\r\n\
         Accept-Encoding: gzip\r\n\r\n";
-    assert_eq!(name_from_first_bytes(request), http_host("api.deepseek.com"));
+    assert_eq!(
+        name_from_first_bytes(request),
+        http_host("api.deepseek.com")
+    );
     assert_every_truncation(request, &http_host("api.deepseek.com"));
 }
 
 #[test]
 fn absolute_form_and_connect_targets_name_the_host() {
     let cases: &[(&[u8], &str)] = &[
-        (b"GET http://api.openai.com/v1/models HTTP/1.1\r\n\r\n", "api.openai.com"),
-        (b"GET HTTP://user:pw@API.openai.com:8080?q=1 HTTP/1.1\r\n", "api.openai.com"),
+        (
+            b"GET http://api.openai.com/v1/models HTTP/1.1\r\n\r\n",
+            "api.openai.com",
+        ),
+        (
+            b"GET HTTP://user:pw@API.openai.com:8080?q=1 HTTP/1.1\r\n",
+            "api.openai.com",
+        ),
         // The target's authority wins over Host (RFC 9112 section 3.2.2).
-        (b"GET https://api.x.ai/v1 HTTP/1.1\r\nHost: other.example\r\n\r\n", "api.x.ai"),
+        (
+            b"GET https://api.x.ai/v1 HTTP/1.1\r\nHost: other.example\r\n\r\n",
+            "api.x.ai",
+        ),
         (
             b"CONNECT api.anthropic.com:443 HTTP/1.1\r\nHost: api.anthropic.com:443\r\n\r\n",
             "api.anthropic.com",
         ),
     ];
     for (request, host) in cases {
-        assert_eq!(name_from_first_bytes(request), http_host(host), "{}", request.escape_ascii());
+        assert_eq!(
+            name_from_first_bytes(request),
+            http_host(host),
+            "{}",
+            request.escape_ascii()
+        );
     }
 }
 
@@ -517,23 +645,54 @@ fn requests_without_a_usable_host_are_not_recognized() {
     let cases: &[(&str, &[u8])] = &[
         ("no Host", b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n"),
         ("HTTP/1.0 without Host", b"GET / HTTP/1.0\r\n\r\n"),
-        ("IPv6 literal", b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n"),
-        ("space before colon", b"GET / HTTP/1.1\r\nHost : api.openai.com\r\n\r\n"),
-        ("folded header", b"GET / HTTP/1.1\r\n Host: api.openai.com\r\n\r\n"),
-        ("not a hostname", b"GET / HTTP/1.1\r\nHost: api openai.com\r\n\r\n"),
-        ("bad port", b"GET / HTTP/1.1\r\nHost: api.openai.com:https\r\n\r\n"),
+        (
+            "IPv6 literal",
+            b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+        ),
+        (
+            "space before colon",
+            b"GET / HTTP/1.1\r\nHost : api.openai.com\r\n\r\n",
+        ),
+        (
+            "folded header",
+            b"GET / HTTP/1.1\r\n Host: api.openai.com\r\n\r\n",
+        ),
+        (
+            "not a hostname",
+            b"GET / HTTP/1.1\r\nHost: api openai.com\r\n\r\n",
+        ),
+        (
+            "bad port",
+            b"GET / HTTP/1.1\r\nHost: api.openai.com:https\r\n\r\n",
+        ),
         ("empty Host", b"GET / HTTP/1.1\r\nHost: \r\n\r\n"),
-        ("control byte", b"GET / HTTP/1.1\r\nX-A: \x01\r\nHost: api.openai.com\r\n\r\n"),
-        ("lowercase method", b"get / HTTP/1.1\r\nHost: api.openai.com\r\n\r\n"),
-        ("unknown method", b"BREW / HTTP/1.1\r\nHost: api.openai.com\r\n\r\n"),
+        (
+            "control byte",
+            b"GET / HTTP/1.1\r\nX-A: \x01\r\nHost: api.openai.com\r\n\r\n",
+        ),
+        (
+            "lowercase method",
+            b"get / HTTP/1.1\r\nHost: api.openai.com\r\n\r\n",
+        ),
+        (
+            "unknown method",
+            b"BREW / HTTP/1.1\r\nHost: api.openai.com\r\n\r\n",
+        ),
         ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
         ("HTTP/2 preface start", b"PR"),
-        ("HTTP/2.0 version", b"GET / HTTP/2.0\r\nHost: api.openai.com\r\n\r\n"),
+        (
+            "HTTP/2.0 version",
+            b"GET / HTTP/2.0\r\nHost: api.openai.com\r\n\r\n",
+        ),
         ("no version", b"GET /\r\nHost: api.openai.com\r\n\r\n"),
         ("ftp target", b"GET ftp://api.openai.com/ HTTP/1.1\r\n\r\n"),
     ];
     for (what, request) in cases {
-        assert_eq!(name_from_first_bytes(request), Named::NotRecognized, "{what}");
+        assert_eq!(
+            name_from_first_bytes(request),
+            Named::NotRecognized,
+            "{what}"
+        );
     }
 }
 
@@ -562,10 +721,23 @@ fn a_host_header_cut_at_the_1_kib_boundary_is_need_more() {
 
 #[test]
 fn beginnings_of_requests_need_more() {
-    for prefix in
-        [&b""[..], b"G", b"GE", b"GET", b"GET ", b"P", b"PO", b"POST /v1", b"OPTIONS * HTTP/1.1\r"]
-    {
-        assert_eq!(name_from_first_bytes(prefix), Named::NeedMore, "{}", prefix.escape_ascii());
+    for prefix in [
+        &b""[..],
+        b"G",
+        b"GE",
+        b"GET",
+        b"GET ",
+        b"P",
+        b"PO",
+        b"POST /v1",
+        b"OPTIONS * HTTP/1.1\r",
+    ] {
+        assert_eq!(
+            name_from_first_bytes(prefix),
+            Named::NeedMore,
+            "{}",
+            prefix.escape_ascii()
+        );
     }
 }
 
@@ -616,7 +788,11 @@ fn mutate(mut bytes: Vec<u8>, overwrites: &[(usize, u8)], keep: usize) -> Vec<u8
 }
 
 fn proptest_config() -> ProptestConfig {
-    ProptestConfig { cases: 4096, failure_persistence: None, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases: 4096,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 proptest! {

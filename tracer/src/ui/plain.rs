@@ -21,7 +21,12 @@ impl PlainTable<std::io::Stdout> {
 }
 
 impl<W: Write> PlainTable<W> {
-    pub fn write(&mut self, snapshot: &Snapshot, graces: &Graces, last: bool) -> std::io::Result<()> {
+    pub fn write(
+        &mut self,
+        snapshot: &Snapshot,
+        graces: &Graces,
+        last: bool,
+    ) -> std::io::Result<()> {
         let text = render(snapshot, graces);
         if self.redraw && !last {
             // Home and clear, then draw: one write so the screen never shows half a table.
@@ -48,11 +53,21 @@ pub fn render(snapshot: &Snapshot, graces: &Graces) -> String {
     let pids: Vec<String> = snapshot
         .targets
         .iter()
-        .map(|t| if t.comm.is_empty() { t.pid.to_string() } else { format!("{} ({})", t.pid, t.comm) })
+        .map(|t| {
+            if t.comm.is_empty() {
+                t.pid.to_string()
+            } else {
+                format!("{} ({})", t.pid, t.comm)
+            }
+        })
         .collect();
     s.push_str(&format!(
         "tracer — targets: {}   open: {}   leaked: {}   events lost: {}\n",
-        if pids.is_empty() { "none yet".to_owned() } else { pids.join(", ") },
+        if pids.is_empty() {
+            "none yet".to_owned()
+        } else {
+            pids.join(", ")
+        },
         snapshot.open_total,
         snapshot.leaked_total,
         snapshot.kernel.events_lost,
@@ -101,7 +116,10 @@ pub fn render(snapshot: &Snapshot, graces: &Graces) -> String {
             ));
         }
         if snapshot.leaks.len() > MAX_LEAK_ROWS {
-            s.push_str(&format!("… and {} more leaked connections\n", snapshot.leaks.len() - MAX_LEAK_ROWS));
+            s.push_str(&format!(
+                "… and {} more leaked connections\n",
+                snapshot.leaks.len() - MAX_LEAK_ROWS
+            ));
         }
     }
     s

@@ -200,7 +200,9 @@ fn draw_header(frame: &mut Frame, area: Rect, s: &Screen) {
         ),
         // The one hook that differs between kernels (6.3+ or the syscall fallback).
         Span::styled(
-            snap.hooks.get("read").map_or_else(String::new, |hook| format!(" · reads: {hook}")),
+            snap.hooks
+                .get("read")
+                .map_or_else(String::new, |hook| format!(" · reads: {hook}")),
             DIM,
         ),
     ]);

@@ -75,7 +75,11 @@ pub enum Outcome {
 pub type Observer<'a> = &'a mut dyn FnMut(&ConnTable, u64) -> Result<()>;
 
 /// Takes over the terminal, runs the UI until quit, and gives the terminal back.
-pub async fn run<S: Source>(source: S, session: Session, observer: Option<Observer<'_>>) -> Result<Outcome> {
+pub async fn run<S: Source>(
+    source: S,
+    session: Session,
+    observer: Option<Observer<'_>>,
+) -> Result<Outcome> {
     let mut guard = TerminalGuard::enter().context("cannot set up the terminal for the UI")?;
     log::capture();
     let outcome = event_loop(&mut guard, source, session, observer).await;

@@ -21,7 +21,10 @@ fn every_builtin_pattern_parses_and_no_host_is_listed_twice() {
         assert!(super::is_provider_name(name), "{name}");
         for host in *hosts {
             let pattern = Pattern::parse(host).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(pattern.text, *host, "built-in patterns are written lowercase");
+            assert_eq!(
+                pattern.text, *host,
+                "built-in patterns are written lowercase"
+            );
             if let Some(other) = seen.insert(*host, *name) {
                 panic!("{host} is listed for {other} and {name}");
             }
@@ -83,16 +86,28 @@ fn builtin_names_the_common_providers() {
 fn wildcards_match_as_documented() {
     let catalogue = Catalogue::builtin();
     // A leading "*." is one or more labels, never none.
-    assert_eq!(catalogue.provider_of("a.b.openai.azure.com"), Some("azure-openai"));
+    assert_eq!(
+        catalogue.provider_of("a.b.openai.azure.com"),
+        Some("azure-openai")
+    );
     assert_eq!(catalogue.provider_of("openai.azure.com"), None);
     assert_eq!(catalogue.provider_of("evilopenai.azure.com"), None);
     // "*-aiplatform" needs at least one character before the dash, in the same label.
     assert_eq!(catalogue.provider_of("-aiplatform.googleapis.com"), None);
-    assert_eq!(catalogue.provider_of("x.us-aiplatform.googleapis.com"), None);
-    assert_eq!(catalogue.provider_of("europe-west4-aiplatform.googleapis.com"), Some("vertex-ai"));
+    assert_eq!(
+        catalogue.provider_of("x.us-aiplatform.googleapis.com"),
+        None
+    );
+    assert_eq!(
+        catalogue.provider_of("europe-west4-aiplatform.googleapis.com"),
+        Some("vertex-ai")
+    );
     // A middle "*" is exactly one label.
     assert_eq!(catalogue.provider_of("bedrock-runtime.amazonaws.com"), None);
-    assert_eq!(catalogue.provider_of("bedrock-runtime.a.b.amazonaws.com"), None);
+    assert_eq!(
+        catalogue.provider_of("bedrock-runtime.a.b.amazonaws.com"),
+        None
+    );
     assert_eq!(
         catalogue.provider_of("bedrock-runtime-fips.us-gov-west-1.amazonaws.com"),
         Some("aws-bedrock")
@@ -110,7 +125,10 @@ fn matching_ignores_case_and_a_trailing_dot() {
     let catalogue = Catalogue::builtin();
     assert_eq!(catalogue.provider_of("API.OpenAI.COM"), Some("openai"));
     assert_eq!(catalogue.provider_of("api.openai.com."), Some("openai"));
-    assert_eq!(catalogue.provider_of("MyRes.OpenAI.Azure.Com."), Some("azure-openai"));
+    assert_eq!(
+        catalogue.provider_of("MyRes.OpenAI.Azure.Com."),
+        Some("azure-openai")
+    );
     let catalogue = with_toml("[[provider]]\nname = \"corp\"\nhosts = [\"LLM.Corp.Example.\"]\n")
         .expect("valid");
     assert_eq!(catalogue.provider_of("llm.corp.example"), Some("corp"));
@@ -131,9 +149,18 @@ hosts = ["bedrock-runtime.us-east-1.amazonaws.com"]
     )
     .expect("valid");
     // Exact beats every wildcard; more literal characters beat fewer.
-    assert_eq!(catalogue.provider_of("generativelanguage.googleapis.com"), Some("gemini"));
-    assert_eq!(catalogue.provider_of("us-east5-aiplatform.googleapis.com"), Some("vertex-ai"));
-    assert_eq!(catalogue.provider_of("storage.googleapis.com"), Some("google-any"));
+    assert_eq!(
+        catalogue.provider_of("generativelanguage.googleapis.com"),
+        Some("gemini")
+    );
+    assert_eq!(
+        catalogue.provider_of("us-east5-aiplatform.googleapis.com"),
+        Some("vertex-ai")
+    );
+    assert_eq!(
+        catalogue.provider_of("storage.googleapis.com"),
+        Some("google-any")
+    );
     assert_eq!(
         catalogue.provider_of("bedrock-runtime.us-east-1.amazonaws.com"),
         Some("bedrock-east")
@@ -169,19 +196,33 @@ hosts = ["api.anthropic.com"]
 "#
     )
     .expect("write the file");
-    let catalogue = Catalogue::builtin().with_file(file.path()).expect("a valid file");
+    let catalogue = Catalogue::builtin()
+        .with_file(file.path())
+        .expect("a valid file");
     // Replaced: the built-in hosts of "openai" are gone, the new ones are in.
     assert_eq!(catalogue.provider_of("api.openai.com"), None);
-    assert_eq!(catalogue.provider_of("openai-gw.corp.example"), Some("openai"));
+    assert_eq!(
+        catalogue.provider_of("openai-gw.corp.example"),
+        Some("openai")
+    );
     // The same wildcard as the built-in azure-openai: the file's entry wins.
     assert_eq!(catalogue.provider_of("x.openai.azure.com"), Some("openai"));
     // Added.
-    assert_eq!(catalogue.provider_of("llm.corp.example"), Some("internal-llm"));
-    assert_eq!(catalogue.provider_of("a.inference.corp.example"), Some("internal-llm"));
+    assert_eq!(
+        catalogue.provider_of("llm.corp.example"),
+        Some("internal-llm")
+    );
+    assert_eq!(
+        catalogue.provider_of("a.inference.corp.example"),
+        Some("internal-llm")
+    );
     // Removed.
     assert_eq!(catalogue.provider_of("api.coze.com"), None);
     // The same host as a built-in provider under a new name: the file wins.
-    assert_eq!(catalogue.provider_of("api.anthropic.com"), Some("my-anthropic"));
+    assert_eq!(
+        catalogue.provider_of("api.anthropic.com"),
+        Some("my-anthropic")
+    );
     // Untouched.
     assert_eq!(catalogue.provider_of("api.deepseek.com"), Some("deepseek"));
 
@@ -195,16 +236,22 @@ hosts = ["api.anthropic.com"]
 #[test]
 fn an_empty_file_changes_nothing() {
     let catalogue = with_toml("# nothing here\n").expect("valid");
-    assert_eq!(catalogue.resolvable_hosts(), Catalogue::builtin().resolvable_hosts());
+    assert_eq!(
+        catalogue.resolvable_hosts(),
+        Catalogue::builtin().resolvable_hosts()
+    );
 }
 
 #[test]
 fn resolvable_hosts_are_the_literal_ones_sorted() {
     let hosts = Catalogue::builtin().resolvable_hosts();
     assert!(hosts.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
-    for expected in
-        ["api.openai.com", "api.anthropic.com", "api.klingai.com", "aiplatform.googleapis.com"]
-    {
+    for expected in [
+        "api.openai.com",
+        "api.anthropic.com",
+        "api.klingai.com",
+        "aiplatform.googleapis.com",
+    ] {
         assert!(hosts.contains(&expected.to_owned()), "{expected}");
     }
     assert!(!hosts.iter().any(|h| h.contains('*')));
@@ -212,8 +259,14 @@ fn resolvable_hosts_are_the_literal_ones_sorted() {
 
 fn assert_reported(source: &str, location: &str, word: &str) {
     let message = error_of(source);
-    assert!(message.starts_with(location), "{message:?} does not start with {location:?}");
-    assert!(message.contains(word), "{message:?} does not mention {word:?}");
+    assert!(
+        message.starts_with(location),
+        "{message:?} does not start with {location:?}"
+    );
+    assert!(
+        message.contains(word),
+        "{message:?} does not mention {word:?}"
+    );
     assert!(!message.contains('\n'), "one line: {message:?}");
 }
 
@@ -221,15 +274,47 @@ fn assert_reported(source: &str, location: &str, word: &str) {
 fn mistakes_in_the_file_structure_are_reported_with_line_and_column() {
     let cases = [
         // (source, expected "file:line:col:" start, a word of the message)
-        ("[[provider]]\nname = \"a\"\nhostz = [\"x.example\"]\n", "providers.toml:3:1:", "hostz"),
-        ("[[providers]]\nname = \"a\"\n", "providers.toml:1:", "providers"),
-        ("[[provider]]\nname = \"a\"\nhosts = \"x.example\"\n", "providers.toml:3:9:", "sequence"),
-        ("[[provider]]\nname = 7\nhosts = []\n", "providers.toml:2:8:", "string"),
-        ("[[provider]]\nname = \"a\"\n", "providers.toml:1:1:", "hosts"),
+        (
+            "[[provider]]\nname = \"a\"\nhostz = [\"x.example\"]\n",
+            "providers.toml:3:1:",
+            "hostz",
+        ),
+        (
+            "[[providers]]\nname = \"a\"\n",
+            "providers.toml:1:",
+            "providers",
+        ),
+        (
+            "[[provider]]\nname = \"a\"\nhosts = \"x.example\"\n",
+            "providers.toml:3:9:",
+            "sequence",
+        ),
+        (
+            "[[provider]]\nname = 7\nhosts = []\n",
+            "providers.toml:2:8:",
+            "string",
+        ),
+        (
+            "[[provider]]\nname = \"a\"\n",
+            "providers.toml:1:1:",
+            "hosts",
+        ),
         ("[[provider]\nname = \"a\"\n", "providers.toml:1:", ""),
-        ("[[provider]]\nname = \"\"\nhosts = []\n", "providers.toml:2:8:", "provider name"),
-        ("[[provider]]\nname = \"a b\"\nhosts = []\n", "providers.toml:2:8:", "provider name"),
-        ("[[provider]]\nname = \"é\"\nhosts = []\n", "providers.toml:2:8:", "provider name"),
+        (
+            "[[provider]]\nname = \"\"\nhosts = []\n",
+            "providers.toml:2:8:",
+            "provider name",
+        ),
+        (
+            "[[provider]]\nname = \"a b\"\nhosts = []\n",
+            "providers.toml:2:8:",
+            "provider name",
+        ),
+        (
+            "[[provider]]\nname = \"é\"\nhosts = []\n",
+            "providers.toml:2:8:",
+            "provider name",
+        ),
         (
             "[[provider]]\nname = \"a\"\nhosts = []\n\n[[provider]]\nname = \"a\"\nhosts = []\n",
             "providers.toml:6:8:",
@@ -278,11 +363,19 @@ fn columns_count_characters_not_bytes() {
 #[test]
 fn with_file_names_the_file_and_returns_a_typed_error() {
     let mut file = tempfile::NamedTempFile::new().expect("a temporary file");
-    file.write_all(b"[[provider]]\nname = \"a\"\nhosts = [\"bad host\"]\n").expect("write");
-    let error = Catalogue::builtin().with_file(file.path()).expect_err("a mistake");
-    let typed = error.downcast_ref::<ProvidersFileError>().expect("a ProvidersFileError");
+    file.write_all(b"[[provider]]\nname = \"a\"\nhosts = [\"bad host\"]\n")
+        .expect("write");
+    let error = Catalogue::builtin()
+        .with_file(file.path())
+        .expect_err("a mistake");
+    let typed = error
+        .downcast_ref::<ProvidersFileError>()
+        .expect("a ProvidersFileError");
     assert_eq!(typed.position, Some((3, 10)));
-    assert_eq!(error.to_string(), format!("{}:3:10: {}", file.path().display(), typed.message));
+    assert_eq!(
+        error.to_string(),
+        format!("{}:3:10: {}", file.path().display(), typed.message)
+    );
 
     let missing = Catalogue::builtin().with_file(Path::new("/nonexistent/providers.toml"));
     let message = format!("{:#}", missing.expect_err("no such file"));

@@ -19,11 +19,19 @@ fn answer(addresses: &[&str], ttl: Option<u64>) -> io::Result<Resolution> {
 }
 
 fn names(schedule: &Schedule, now: Instant, address: &str) -> Vec<String> {
-    schedule.table(now).get(&ip(address)).cloned().unwrap_or_default()
+    schedule
+        .table(now)
+        .get(&ip(address))
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn index_of(schedule: &Schedule, name: &str) -> usize {
-    schedule.hosts.iter().position(|h| h.name == name).expect("a scheduled host")
+    schedule
+        .hosts
+        .iter()
+        .position(|h| h.name == name)
+        .expect("a scheduled host")
 }
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -32,8 +40,11 @@ const SECOND: Duration = Duration::from_secs(1);
 fn every_host_is_due_at_once_then_follows_its_ttl() {
     let policy = RefreshPolicy::default();
     let t0 = Instant::now();
-    let mut schedule =
-        Schedule::new(vec!["b.example".into(), "a.example".into(), "a.example".into()], policy, t0);
+    let mut schedule = Schedule::new(
+        vec!["b.example".into(), "a.example".into(), "a.example".into()],
+        policy,
+        t0,
+    );
     assert_eq!(schedule.hosts.len(), 2, "duplicates resolved once");
     assert_eq!(schedule.due(t0).len(), 2);
 
@@ -56,14 +67,29 @@ fn ttls_are_clamped_and_failures_retried() {
     let t0 = Instant::now();
     let mut schedule = Schedule::new(vec!["a.example".into()], policy, t0);
     schedule.record(0, answer(&["192.0.2.1"], Some(0)), t0);
-    assert_eq!(schedule.next_due(), Some(t0 + policy.min_refresh), "TTL 0 is raised");
+    assert_eq!(
+        schedule.next_due(),
+        Some(t0 + policy.min_refresh),
+        "TTL 0 is raised"
+    );
     schedule.record(0, answer(&["192.0.2.1"], Some(7 * 24 * 3600)), t0);
-    assert_eq!(schedule.next_due(), Some(t0 + policy.max_refresh), "a week is lowered");
+    assert_eq!(
+        schedule.next_due(),
+        Some(t0 + policy.max_refresh),
+        "a week is lowered"
+    );
 
     let later = t0 + 10 * SECOND;
     schedule.record(0, Err(io::Error::other("SERVFAIL")), later);
-    assert_eq!(schedule.next_due(), Some(later + policy.retry_after_failure));
-    assert_eq!(names(&schedule, later, "192.0.2.1"), ["a.example"], "a failure forgets nothing");
+    assert_eq!(
+        schedule.next_due(),
+        Some(later + policy.retry_after_failure)
+    );
+    assert_eq!(
+        names(&schedule, later, "192.0.2.1"),
+        ["a.example"],
+        "a failure forgets nothing"
+    );
 }
 
 #[test]
@@ -81,7 +107,10 @@ fn addresses_outlive_the_answers_that_had_them_for_a_while() {
     let expiry = t0 + policy.keep_addresses_for;
     assert_eq!(names(&schedule, expiry, "192.0.2.1"), ["api.example"]);
     assert!(names(&schedule, expiry + SECOND, "192.0.2.1").is_empty());
-    assert_eq!(names(&schedule, expiry + SECOND, "192.0.2.2"), ["api.example"]);
+    assert_eq!(
+        names(&schedule, expiry + SECOND, "192.0.2.2"),
+        ["api.example"]
+    );
 }
 
 #[test]
@@ -91,29 +120,50 @@ fn a_host_remembers_a_bounded_number_of_addresses() {
     for i in 0..300u32 {
         let address = IpAddr::V4(Ipv4Addr::from(0xc000_0200 + i));
         let at = t0 + Duration::from_secs(u64::from(i));
-        schedule.record(0, Ok(Resolution { addresses: vec![address], ttl: None }), at);
+        schedule.record(
+            0,
+            Ok(Resolution {
+                addresses: vec![address],
+                ttl: None,
+            }),
+            at,
+        );
     }
     let table = schedule.table(t0 + 300 * SECOND);
     assert_eq!(table.len(), super::MAX_ADDRESSES_PER_HOST);
-    assert!(!table.contains_key(&ip("192.0.2.0")), "the oldest went first");
+    assert!(
+        !table.contains_key(&ip("192.0.2.0")),
+        "the oldest went first"
+    );
     assert!(table.contains_key(&IpAddr::V4(Ipv4Addr::from(0xc000_0200 + 299))));
 }
 
 #[test]
 fn a_shared_address_lists_every_host_alphabetically() {
     let t0 = Instant::now();
-    let hosts = vec!["api.openai.com".into(), "api.anthropic.com".into(), "api.x.ai".into()];
+    let hosts = vec![
+        "api.openai.com".into(),
+        "api.anthropic.com".into(),
+        "api.x.ai".into(),
+    ];
     let mut schedule = Schedule::new(hosts, RefreshPolicy::default(), t0);
     for name in ["api.x.ai", "api.openai.com", "api.anthropic.com"] {
         let index = index_of(&schedule, name);
-        let own = if name == "api.x.ai" { "198.51.100.9" } else { "198.51.100.7" };
+        let own = if name == "api.x.ai" {
+            "198.51.100.9"
+        } else {
+            "198.51.100.7"
+        };
         schedule.record(index, answer(&["203.0.113.1", own], None), t0);
     }
     assert_eq!(
         names(&schedule, t0, "203.0.113.1"),
         ["api.anthropic.com", "api.openai.com", "api.x.ai"]
     );
-    assert_eq!(names(&schedule, t0, "198.51.100.7"), ["api.anthropic.com", "api.openai.com"]);
+    assert_eq!(
+        names(&schedule, t0, "198.51.100.7"),
+        ["api.anthropic.com", "api.openai.com"]
+    );
     assert_eq!(names(&schedule, t0, "198.51.100.9"), ["api.x.ai"]);
 }
 
@@ -133,7 +183,11 @@ fn the_book_resolves_in_the_background_and_answers_lookups() {
         ("api.anthropic.com", vec!["203.0.113.1", "203.0.113.2"]),
     ]);
     let book = AddressBook::spawn_with_resolver(
-        vec!["api.openai.com".into(), "api.anthropic.com".into(), "gone.example".into()],
+        vec![
+            "api.openai.com".into(),
+            "api.anthropic.com".into(),
+            "gone.example".into(),
+        ],
         RefreshPolicy::default(),
         move |host: &str| match answers.get(host) {
             Some(addresses) => answer(addresses, Some(300)),
@@ -144,11 +198,23 @@ fn the_book_resolves_in_the_background_and_answers_lookups() {
 
     eventually("both hosts", || book.lookup(ip("203.0.113.2")).is_some());
     eventually("both hosts", || book.lookup(ip("2001:db8::1")).is_some());
-    assert_eq!(book.lookup(ip("203.0.113.2")).as_deref(), Some("api.anthropic.com"));
-    assert_eq!(book.lookup(ip("2001:db8::1")).as_deref(), Some("api.openai.com"));
+    assert_eq!(
+        book.lookup(ip("203.0.113.2")).as_deref(),
+        Some("api.anthropic.com")
+    );
+    assert_eq!(
+        book.lookup(ip("2001:db8::1")).as_deref(),
+        Some("api.openai.com")
+    );
     // Shared by two hosts: the alphabetically first, every time; hosts_of lists both.
-    assert_eq!(book.lookup(ip("203.0.113.1")).as_deref(), Some("api.anthropic.com"));
-    assert_eq!(book.hosts_of(ip("203.0.113.1")), ["api.anthropic.com", "api.openai.com"]);
+    assert_eq!(
+        book.lookup(ip("203.0.113.1")).as_deref(),
+        Some("api.anthropic.com")
+    );
+    assert_eq!(
+        book.hosts_of(ip("203.0.113.1")),
+        ["api.anthropic.com", "api.openai.com"]
+    );
     // An IPv4 address seen through an IPv6 socket.
     let mapped = IpAddr::V6(Ipv4Addr::new(203, 0, 113, 2).to_ipv6_mapped());
     assert_eq!(book.lookup(mapped).as_deref(), Some("api.anthropic.com"));
@@ -174,7 +240,10 @@ fn spawning_and_lookups_do_not_wait_for_a_slow_resolver() {
     )
     .expect("the resolver thread starts");
     assert_eq!(book.lookup(ip("192.0.2.7")), None);
-    assert!(started.elapsed() < Duration::from_secs(1), "spawn and lookup did not block");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "spawn and lookup did not block"
+    );
     release.send(()).expect("the resolver waits");
     eventually("the slow answer", || book.lookup(ip("192.0.2.7")).is_some());
 }
@@ -183,8 +252,10 @@ fn spawning_and_lookups_do_not_wait_for_a_slow_resolver() {
 fn the_book_resolves_again_after_the_ttl() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
-    let policy =
-        RefreshPolicy { min_refresh: Duration::from_millis(20), ..RefreshPolicy::default() };
+    let policy = RefreshPolicy {
+        min_refresh: Duration::from_millis(20),
+        ..RefreshPolicy::default()
+    };
     // Each answer moves the host to a new address, with a TTL of 0 (raised to 20 ms).
     let book = AddressBook::spawn_with_resolver(
         vec!["rotating.example".into()],
@@ -201,30 +272,42 @@ fn the_book_resolves_again_after_the_ttl() {
     .expect("the resolver thread starts");
     eventually("three resolutions", || calls.load(Ordering::SeqCst) >= 3);
     // Earlier answers are remembered too.
-    eventually("the third address", || book.lookup(ip("192.0.2.2")).is_some());
-    assert_eq!(book.lookup(ip("192.0.2.0")).as_deref(), Some("rotating.example"));
+    eventually("the third address", || {
+        book.lookup(ip("192.0.2.2")).is_some()
+    });
+    assert_eq!(
+        book.lookup(ip("192.0.2.0")).as_deref(),
+        Some("rotating.example")
+    );
 
     // Dropping the book stops the worker.
     drop(book);
     std::thread::sleep(Duration::from_millis(50));
     let after_drop = calls.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(100));
-    assert!(calls.load(Ordering::SeqCst) <= after_drop + 1, "the worker stopped");
+    assert!(
+        calls.load(Ordering::SeqCst) <= after_drop + 1,
+        "the worker stopped"
+    );
 }
 
 #[test]
 fn without_a_ttl_the_fixed_refresh_applies() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
-    let policy =
-        RefreshPolicy { default_refresh: Duration::from_secs(3600), ..RefreshPolicy::default() };
+    let policy = RefreshPolicy {
+        default_refresh: Duration::from_secs(3600),
+        ..RefreshPolicy::default()
+    };
     let book =
         AddressBook::spawn_with_resolver(vec!["fixed.example".into()], policy, move |_: &str| {
             counted.fetch_add(1, Ordering::SeqCst);
             answer(&["192.0.2.5"], None)
         })
         .expect("the resolver thread starts");
-    eventually("the first answer", || book.lookup(ip("192.0.2.5")).is_some());
+    eventually("the first answer", || {
+        book.lookup(ip("192.0.2.5")).is_some()
+    });
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(calls.load(Ordering::SeqCst), 1, "not again before the hour");
 }
@@ -237,6 +320,8 @@ fn the_system_resolver_answers_from_the_hosts_file() {
     eventually("localhost", || {
         book.lookup(ip("127.0.0.1")).is_some() || book.lookup(ip("::1")).is_some()
     });
-    let named = [ip("127.0.0.1"), ip("::1")].into_iter().filter_map(|a| book.lookup(a));
+    let named = [ip("127.0.0.1"), ip("::1")]
+        .into_iter()
+        .filter_map(|a| book.lookup(a));
     assert!(named.into_iter().all(|host| host == "localhost"));
 }
