@@ -99,19 +99,28 @@ impl UpstreamConn {
         }
     }
 
-    fn from_kernel(conn: &KernelConn) -> Self {
-        let mut c = Self {
-            origin: Origin::Traced,
-            pid: conn.pid,
-            fd: conn.fd,
-            comm: conn.comm.clone(),
-            local: conn.local,
-            remote: conn.remote,
+    /// A connection with nothing observed yet but who it is and when it was first seen.
+    fn base(
+        origin: Origin,
+        pid: u32,
+        fd: Option<i32>,
+        comm: String,
+        (local, remote): (SocketAddr, SocketAddr),
+        state: u32,
+        opened_ns: u64,
+    ) -> Self {
+        Self {
+            origin,
+            pid,
+            fd,
+            comm,
+            local,
+            remote,
             name: None,
-            host: conn.remote.ip().to_string(),
+            host: remote.ip().to_string(),
             provider: None,
-            state: conn.state,
-            opened_ns: conn.connect_ns,
+            state,
+            opened_ns,
             established_ns: None,
             peer_fin_ns: None,
             local_close_ns: None,
@@ -122,7 +131,19 @@ impl UpstreamConn {
             reads_inflight: 0,
             recv_q: None,
             missing_samples: 0,
-        };
+        }
+    }
+
+    fn from_kernel(conn: &KernelConn) -> Self {
+        let mut c = Self::base(
+            Origin::Traced,
+            conn.pid,
+            conn.fd,
+            conn.comm.clone(),
+            (conn.local, conn.remote),
+            conn.state,
+            conn.connect_ns,
+        );
         c.update_from_kernel(conn);
         c
     }
@@ -152,61 +173,39 @@ impl UpstreamConn {
     }
 
     fn from_socket(s: &SocketSample, now_ns: u64, comm: String) -> Self {
-        Self {
-            origin: Origin::PreExisting,
-            pid: s.pid,
-            fd: Some(s.fd),
+        let mut c = Self::base(
+            Origin::PreExisting,
+            s.pid,
+            Some(s.fd),
             comm,
-            local: s.local,
-            remote: s.remote,
-            name: None,
-            host: s.remote.ip().to_string(),
-            provider: None,
-            state: s.state,
-            opened_ns: now_ns,
-            established_ns: (s.state == tcp_state::ESTABLISHED || s.state == tcp_state::CLOSE_WAIT)
-                .then_some(now_ns),
-            peer_fin_ns: (s.state == tcp_state::CLOSE_WAIT).then_some(now_ns),
-            local_close_ns: None,
-            last_read_ns: None,
-            last_read_ret: None,
-            reads: 0,
-            bytes_read: 0,
-            reads_inflight: 0,
-            recv_q: Some(RecvQ {
-                bytes: s.recv_q,
-                at_ns: now_ns,
-            }),
-            missing_samples: 0,
-        }
+            (s.local, s.remote),
+            s.state,
+            now_ns,
+        );
+        c.established_ns = (s.state == tcp_state::ESTABLISHED || s.state == tcp_state::CLOSE_WAIT)
+            .then_some(now_ns);
+        c.peer_fin_ns = (s.state == tcp_state::CLOSE_WAIT).then_some(now_ns);
+        c.recv_q = Some(RecvQ {
+            bytes: s.recv_q,
+            at_ns: now_ns,
+        });
+        c
     }
 
     #[cfg(test)]
     pub fn for_test(origin: Origin) -> Self {
-        let addr = SocketAddr::from(([127, 0, 0, 1], 40000));
-        Self {
+        Self::base(
             origin,
-            pid: 1,
-            fd: Some(3),
-            comm: "relay".into(),
-            local: addr,
-            remote: SocketAddr::from(([127, 0, 0, 12], 443)),
-            name: None,
-            host: "127.0.0.12".into(),
-            provider: None,
-            state: tcp_state::ESTABLISHED,
-            opened_ns: 0,
-            established_ns: None,
-            peer_fin_ns: None,
-            local_close_ns: None,
-            last_read_ns: None,
-            last_read_ret: None,
-            reads: 0,
-            bytes_read: 0,
-            reads_inflight: 0,
-            recv_q: None,
-            missing_samples: 0,
-        }
+            1,
+            Some(3),
+            "relay".into(),
+            (
+                SocketAddr::from(([127, 0, 0, 1], 40000)),
+                SocketAddr::from(([127, 0, 0, 12], 443)),
+            ),
+            tcp_state::ESTABLISHED,
+            0,
+        )
     }
 }
 
@@ -708,11 +707,7 @@ mod tests {
         assert_eq!(totals(&table, UP_HOST), host(&[UP], 2, 0));
         table.apply(Input::Named {
             sk: 1,
-            name: ConnName {
-                host: "api.openai.com".into(),
-                provider: None,
-                source: crate::model::NameSource::Sni,
-            },
+            name: named("api.openai.com", None, NameSource::Sni),
         });
         assert_eq!(only(&table).host, "api.openai.com");
     }
@@ -722,11 +717,7 @@ mod tests {
         let mut table = table_after([]);
         table.apply(Input::Named {
             sk: 3,
-            name: ConnName {
-                host: "api.anthropic.com".into(),
-                provider: Some("anthropic".into()),
-                source: crate::model::NameSource::Sni,
-            },
+            name: named("api.anthropic.com", Some("anthropic"), NameSource::Sni),
         });
         table.apply(sample(
             2 * SEC,
