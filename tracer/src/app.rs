@@ -246,6 +246,19 @@ impl Live {
         !self.spec.comms.is_empty()
     }
 
+    /// Applies `input` to `table`; true when it says every target process exited and there
+    /// is nothing left to wait for (when following by name, a new process of that name may
+    /// still come).
+    fn apply_until_all_exited(&self, table: &mut ConnTable, input: Input) -> bool {
+        let targets_changed = matches!(input, Input::Targets(_));
+        table.apply(input);
+        let done = targets_changed && !self.follows_by_name() && table.targets().is_empty();
+        if done {
+            eprintln!("tracer: every target process has exited; stopping");
+        }
+        done
+    }
+
     /// Lets the collector send its last events and sample, hands each to `last`, and reports
     /// the collector's error if it failed.
     async fn stop(mut self, mut last: impl FnMut(Input) -> Result<()>) -> Result<()> {
@@ -297,16 +310,12 @@ async fn run(args: RunArgs) -> Result<()> {
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let follow_by_name = live.follows_by_name();
 
     loop {
         tokio::select! {
             input = live.rx.recv() => match input {
                 Some(input) => {
-                    let stop = matches!(input, Input::Targets(_));
-                    table.apply(input);
-                    if stop && !follow_by_name && table.targets().is_empty() {
-                        eprintln!("tracer: every target process has exited; stopping");
+                    if live.apply_until_all_exited(&mut table, input) {
                         break;
                     }
                 }
@@ -543,7 +552,6 @@ async fn record(args: RecordArgs) -> Result<()> {
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let follow_by_name = live.follows_by_name();
     loop {
         tokio::select! {
             input = live.rx.recv() => match input {
@@ -553,12 +561,8 @@ async fn record(args: RecordArgs) -> Result<()> {
                         // About once a second: a killed recorder loses at most that much.
                         writer.flush().map_err(writing)?;
                     }
-                    let targets_changed = matches!(input, Input::Targets(_));
                     // The recorder keeps the table only to notice that every target exited.
-                    table.apply(input);
-                    // Not when following by name: a new process of that name may come.
-                    if targets_changed && !follow_by_name && table.targets().is_empty() {
-                        eprintln!("tracer: every target process has exited; stopping");
+                    if live.apply_until_all_exited(&mut table, input) {
                         break;
                     }
                 }
