@@ -239,7 +239,7 @@ impl PrometheusExporter {
                 sum(hosts, |h| h.open),
             ));
             for reason in REASONS {
-                let n = sum(hosts, |h| by_reason(h, reason));
+                let n = sum(hosts, |h| h.by_reason.get(reason));
                 leaked.push((labels_with_reason(labels, reason), n));
             }
         };
@@ -455,14 +455,6 @@ fn labels_with_reason(labels: &HostLabels, reason: LeakReason) -> Vec<String> {
         labels.provider.clone(),
         reason.as_str().to_string(),
     ]
-}
-
-fn by_reason(host: &HostSummary, reason: LeakReason) -> u64 {
-    match reason {
-        LeakReason::CloseWait => host.by_reason.close_wait,
-        LeakReason::Unread => host.by_reason.unread,
-        LeakReason::Abandoned => host.by_reason.abandoned,
-    }
 }
 
 fn sum(hosts: &[&HostSummary], figure: impl Fn(&HostSummary) -> u64) -> u64 {

@@ -18,6 +18,21 @@ pub struct ByReason {
 }
 
 impl ByReason {
+    /// Leaked connections with `reason`.
+    pub fn get(&self, reason: LeakReason) -> u64 {
+        match reason {
+            LeakReason::CloseWait => self.close_wait,
+            LeakReason::Unread => self.unread,
+            LeakReason::Abandoned => self.abandoned,
+        }
+    }
+
+    fn merge(&mut self, other: &ByReason) {
+        self.close_wait += other.close_wait;
+        self.unread += other.unread;
+        self.abandoned += other.abandoned;
+    }
+
     fn add(&mut self, reason: LeakReason) {
         match reason {
             LeakReason::CloseWait => self.close_wait += 1,
@@ -120,9 +135,7 @@ fn providers_of(hosts: &[HostSummary]) -> Vec<ProviderSummary> {
         p.hosts.push(h.host.clone());
         p.open += h.open;
         p.leaked += h.leaked;
-        p.by_reason.close_wait += h.by_reason.close_wait;
-        p.by_reason.unread += h.by_reason.unread;
-        p.by_reason.abandoned += h.by_reason.abandoned;
+        p.by_reason.merge(&h.by_reason);
         p.closed_unread_total += h.closed_unread_total;
         p.connections_total += h.connections_total;
     }

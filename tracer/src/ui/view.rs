@@ -98,9 +98,7 @@ impl View {
             .filter(|h| match ui.reason_filter {
                 ReasonFilter::All => true,
                 ReasonFilter::Leaked => h.leaked > 0,
-                ReasonFilter::Only(LeakReason::CloseWait) => h.by_reason.close_wait > 0,
-                ReasonFilter::Only(LeakReason::Unread) => h.by_reason.unread > 0,
-                ReasonFilter::Only(LeakReason::Abandoned) => h.by_reason.abandoned > 0,
+                ReasonFilter::Only(reason) => h.by_reason.get(reason) > 0,
             })
             .collect();
         let by_name = |a: &&HostSummary, b: &&HostSummary| a.host.cmp(&b.host);
