@@ -1,6 +1,7 @@
 //! The collector: loads the eBPF side, follows the targets, and turns what the kernel reports
 //! into model inputs sent down one channel. It never touches the model or any output.
 
+mod batch;
 pub mod btf;
 mod decode;
 mod loader;
@@ -8,11 +9,16 @@ mod names;
 pub mod procfs;
 pub mod sockdiag;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, BorrowedFd},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
     Ebpf,
 };
 use tokio::{
@@ -41,13 +47,23 @@ pub struct TargetSpec {
     pub comms: Vec<String>,
 }
 
+/// Socket-table scans take at most 1/SCAN_COST_SHARE of one CPU (see `Collector::scan_due`).
+const SCAN_COST_SHARE: u32 = 20;
+/// Sample ticks are not exact: a scan due "in a second" should not slip to the tick after.
+const SCAN_SLACK: Duration = Duration::from_millis(100);
+
 /// The kernel keeps 15 bytes of a process name (TASK_COMM_LEN 16 with the NUL).
 pub const MAX_COMM: usize = COMM_LEN - 1;
 
 pub struct Collector {
     ebpf: Ebpf,
     targets_map: BpfHashMap<MapData, u32, u32>,
-    conns: BpfHashMap<MapData, u64, ConnInfo>,
+    /// The kernel's connection map (`CONNS`), read whole at every sample.
+    conns: Map,
+    /// False once the kernel refused a batch lookup: the map is then read entry by entry.
+    batch_reads: bool,
+    /// When the socket table was last scanned and how long that took (see `scan_due`).
+    last_scan: Option<(Instant, Duration)>,
     stats: PerCpuArray<MapData, u64>,
     ring: AsyncFd<RingBuf<MapData>>,
     /// Log records from the eBPF side (aya-log), forwarded to our logger.
@@ -86,7 +102,12 @@ impl Collector {
                 .context("registering a --comm name")?;
         }
         let targets_map = take_map(&mut ebpf, map_names::TARGETS)?.try_into()?;
-        let conns = take_map(&mut ebpf, map_names::CONNS)?.try_into()?;
+        let conns = take_map(&mut ebpf, map_names::CONNS)?;
+        if conns_fd(&conns).is_none() {
+            return Err(anyhow!(
+                "the eBPF map CONNS is not a hash map (build mismatch)"
+            ));
+        }
         let stats = take_map(&mut ebpf, map_names::STATS)?.try_into()?;
         let ring: RingBuf<MapData> = take_map(&mut ebpf, map_names::EVENTS)?.try_into()?;
         // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as
@@ -111,6 +132,8 @@ impl Collector {
             ebpf,
             targets_map,
             conns,
+            batch_reads: true,
+            last_scan: None,
             stats,
             ring,
             ebpf_log,
@@ -206,9 +229,22 @@ impl Collector {
         })
     }
 
-    /// The targets' sockets first, then the kernel map: a socket the kernel tracks is then
-    /// always in the map sample too (see `Sample`).
-    fn sample(&self) -> Result<Sample> {
+    /// True when the socket table should be scanned for this sample. A scan dumps every TCP
+    /// socket on the host and reads every fd of every target, so its cost grows with the host
+    /// (100k connections: hundreds of milliseconds). Scans are spaced so they take at most
+    /// 1/`SCAN_COST_SHARE` of one CPU; the kernel map, which is what tracked connections are
+    /// judged from, is still read at every sample.
+    fn scan_due(&self) -> bool {
+        match self.last_scan {
+            None => true,
+            Some((at, cost)) => {
+                at.elapsed() + SCAN_SLACK >= self.sample_every.max(cost * SCAN_COST_SHARE)
+            }
+        }
+    }
+
+    /// Every TCP socket the targets hold, from sock_diag matched to their fds.
+    fn scan_sockets(&self) -> Result<Vec<SocketSample>> {
         let mut sockets = Vec::new();
         // Listeners tell accepted (inbound) connections apart; TIME_WAIT and other closing
         // states, often the bulk of a busy host's sockets, are not needed.
@@ -239,13 +275,41 @@ impl Collector {
             }
         }
         log::debug!(
-            "sample: {} target sockets of {} target inodes",
+            "scan: {} target sockets of {} target inodes",
             sockets.len(),
             inode_owner.len()
         );
-        let now_ns = monotonic_ns();
+        Ok(sockets)
+    }
+
+    /// Every entry of the kernel's connection map.
+    fn read_conns(&mut self) -> Result<Vec<(u64, crate::model::KernelConn)>> {
+        let mut raw: Vec<(u64, ConnInfo)> = Vec::new();
+        if self.batch_reads {
+            if let Some(fd) = conns_fd(&self.conns) {
+                match batch::lookup_all(fd, &mut raw) {
+                    Ok(()) => {
+                        return Ok(raw
+                            .iter()
+                            .map(|(sk, info)| (*sk, decode::conn(info)))
+                            .collect())
+                    }
+                    Err(batch::BatchError::Unsupported) => {
+                        log::info!("this kernel has no batch map lookups: reading the connection map entry by entry");
+                        self.batch_reads = false;
+                        raw.clear();
+                    }
+                    Err(batch::BatchError::Io(e)) => {
+                        return Err(e).context("reading the connection map")
+                    }
+                }
+            }
+        }
+        let map: BpfHashMap<&MapData, u64, ConnInfo> = (&self.conns)
+            .try_into()
+            .context("opening the connection map")?;
         let mut kernel = Vec::new();
-        for item in self.conns.iter() {
+        for item in map.iter() {
             match item {
                 Ok((sk, info)) => kernel.push((sk, decode::conn(&info))),
                 // An entry removed while we iterate: it will show as closed.
@@ -253,6 +317,22 @@ impl Collector {
                 Err(e) => return Err(e).context("reading the connection map"),
             }
         }
+        Ok(kernel)
+    }
+
+    /// The targets' sockets (when a scan is due) first, then the kernel map: a socket the
+    /// kernel tracks is then always in the map sample too (see `Sample`).
+    fn sample(&mut self) -> Result<Sample> {
+        let sockets = if self.scan_due() {
+            let started = Instant::now();
+            let sockets = self.scan_sockets()?;
+            self.last_scan = Some((started, started.elapsed()));
+            Some(sockets)
+        } else {
+            None
+        };
+        let now_ns = monotonic_ns();
+        let kernel = self.read_conns()?;
         Ok(Sample {
             now_ns,
             kernel,
@@ -305,7 +385,7 @@ impl Collector {
             .kernel
             .iter()
             .map(|(_, c)| c.remote.ip())
-            .chain(sample.sockets.iter().map(|s| s.remote.ip()))
+            .chain(sample.sockets.iter().flatten().map(|s| s.remote.ip()))
             .collect();
         if let Some(names) = self.namer.address_names(&addresses) {
             if tx.send(Input::AddressNames(names)).await.is_err() {
@@ -390,6 +470,14 @@ impl Collector {
         // Keep the programs attached until here; dropping `ebpf` detaches everything.
         drop(self.ebpf);
         Ok(())
+    }
+}
+
+/// The file descriptor of a hash map, for batch reads.
+fn conns_fd(map: &Map) -> Option<BorrowedFd<'_>> {
+    match map {
+        Map::HashMap(data) | Map::LruHashMap(data) => Some(data.fd().as_fd()),
+        _ => None,
     }
 }
 

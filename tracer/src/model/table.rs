@@ -232,7 +232,7 @@ pub struct ConnTable {
     hooks: BTreeMap<String, String>,
     targets: Vec<Target>,
     stats: KernelStats,
-    samples_seen: u64,
+    scans_seen: u64,
     /// Sockets closed by TCP while their Connect event may still be queued: late events for
     /// them must not resurrect the connection.
     closed_sockets: HashSet<u64>,
@@ -426,8 +426,6 @@ impl ConnTable {
 
     fn apply_sample(&mut self, sample: &Sample) {
         self.stats = sample.stats;
-        let first_sample = self.samples_seen == 0;
-        self.samples_seen += 1;
 
         // Kernel-tracked sockets: refresh, adopt ones whose Connect event is still queued or
         // was lost, and forget ones the kernel dropped (their Close event was lost).
@@ -453,9 +451,18 @@ impl ConnTable {
             _ => true,
         });
 
-        // Sockets as the kernel's socket table sees them right now.
-        let listening: HashSet<(u32, u16)> = sample
-            .sockets
+        if let Some(sockets) = &sample.sockets {
+            self.apply_socket_scan(sockets, sample.now_ns);
+        }
+    }
+
+    /// The targets' sockets as the kernel's socket table saw them at `now_ns`: the receive
+    /// queues of tracked connections, pre-existing connections, and sockets no kernel record
+    /// explains. Counts of "samples in a row" below count scans, not samples.
+    fn apply_socket_scan(&mut self, sockets: &[SocketSample], now_ns: u64) {
+        let first_scan = self.scans_seen == 0;
+        self.scans_seen += 1;
+        let listening: HashSet<(u32, u16)> = sockets
             .iter()
             .filter(|s| s.state == tcp_state::LISTEN)
             .map(|s| (s.pid, s.local.port()))
@@ -467,7 +474,7 @@ impl ConnTable {
             .collect();
         let mut seen_tuples = HashSet::new();
         let mut unexplained = HashMap::new();
-        for s in &sample.sockets {
+        for s in sockets {
             if s.state == tcp_state::LISTEN || listening.contains(&(s.pid, s.local.port())) {
                 // A listener, or a connection accepted from one: inbound, not upstream.
                 continue;
@@ -477,13 +484,13 @@ impl ConnTable {
                 Some(key) => {
                     if let Some(conn) = self.conns.get_mut(key) {
                         let previous = conn.recv_q;
-                        conn.set_recv_q(s.recv_q, sample.now_ns);
+                        conn.set_recv_q(s.recv_q, now_ns);
                         if conn.fd.is_none() {
                             conn.fd = Some(s.fd);
                         }
                         if conn.origin == Origin::PreExisting {
-                            note_read_from_samples(conn, previous, sample.now_ns);
-                            update_pre_existing(conn, s, sample.now_ns);
+                            note_read_from_samples(conn, previous, now_ns);
+                            update_pre_existing(conn, s, now_ns);
                         }
                     }
                 }
@@ -496,7 +503,7 @@ impl ConnTable {
                         .copied()
                         .unwrap_or(0)
                         + 1;
-                    if !first_sample && seen < 2 {
+                    if !first_scan && seen < 2 {
                         unexplained.insert((s.local, s.remote), seen);
                         continue;
                     }
@@ -506,7 +513,7 @@ impl ConnTable {
                         .find(|t| t.pid == s.pid)
                         .map(|t| t.comm.clone())
                         .unwrap_or_default();
-                    let conn = UpstreamConn::from_socket(s, sample.now_ns, comm);
+                    let conn = UpstreamConn::from_socket(s, now_ns, comm);
                     self.track_new(ConnKey::Tuple(s.local, s.remote), conn);
                 }
                 None => {}
@@ -1261,6 +1268,54 @@ mod tests {
         table.apply(sample(5 * SEC, vec![], vec![]));
         assert_eq!(table.conns().count(), 0);
         assert_eq!(totals(&table, OLD_HOST), host(&[OLD], 2, 0));
+    }
+
+    #[test]
+    fn samples_without_a_socket_scan_leave_socket_judgements_alone() {
+        let old = socket(PID, 20, local(50001), OLD, ESTABLISHED, 0);
+        let unexplained = socket(PID, 21, local(50002), OLD, ESTABLISHED, 0);
+        let mut table = table_after([sample(SEC, vec![], vec![old.clone()])]);
+        table.apply(sample(
+            2 * SEC,
+            vec![],
+            vec![old.clone(), unexplained.clone()],
+        ));
+        // Map-only samples in between neither drop the pre-existing connection nor reset the
+        // unexplained socket's count: "in a row" counts scans.
+        for at in 3..6 {
+            table.apply(map_only_sample(at * SEC, vec![]));
+        }
+        assert_eq!(locals(&table), vec![local(50001)]);
+        table.apply(sample(6 * SEC, vec![], vec![old, unexplained]));
+        assert_eq!(locals(&table), vec![local(50001), local(50002)]);
+        assert_eq!(conn_at(&table, local(50002)).opened_ns, 6 * SEC);
+        for at in 7..10 {
+            table.apply(map_only_sample(at * SEC, vec![]));
+        }
+        assert_eq!(table.conns().count(), 2);
+        table.apply(sample(10 * SEC, vec![], vec![]));
+        table.apply(map_only_sample(11 * SEC, vec![]));
+        table.apply(sample(12 * SEC, vec![], vec![]));
+        assert_eq!(table.conns().count(), 0, "gone from two scans in a row");
+    }
+
+    #[test]
+    fn a_kernel_tracked_connection_is_refreshed_and_dropped_by_map_only_samples() {
+        let sk = 0xffff_0000_0000_1000;
+        let conn = established(kconn(40001, UP, SEC), SEC);
+        let mut table = table_after([map_only_sample(2 * SEC, vec![(sk, conn.clone())])]);
+        assert_eq!(locals(&table), vec![local(40001)]);
+        let peer_closed = KernelConn {
+            state: CLOSE_WAIT,
+            peer_fin_ns: Some(3 * SEC),
+            ..conn
+        };
+        table.apply(map_only_sample(3 * SEC, vec![(sk, peer_closed)]));
+        assert_eq!(only(&table).state, CLOSE_WAIT);
+        // Its Close event was lost: the map alone says it is gone.
+        table.apply(map_only_sample(4 * SEC, vec![]));
+        table.apply(map_only_sample(5 * SEC, vec![]));
+        assert_eq!(table.conns().count(), 0);
     }
 
     #[test]

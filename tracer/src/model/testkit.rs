@@ -120,7 +120,17 @@ pub fn sample(now_ns: u64, kernel: Vec<(u64, KernelConn)>, sockets: Vec<SocketSa
     Input::Sample(Sample {
         now_ns,
         kernel,
-        sockets,
+        sockets: Some(sockets),
+        stats: KernelStats::default(),
+    })
+}
+
+/// A sample that read the kernel map but did not scan the socket table.
+pub fn map_only_sample(now_ns: u64, kernel: Vec<(u64, KernelConn)>) -> Input {
+    Input::Sample(Sample {
+        now_ns,
+        kernel,
+        sockets: None,
         stats: KernelStats::default(),
     })
 }

@@ -7,11 +7,12 @@
 //! A recording holds what the model holds: socket addresses, states, counters, times, process
 //! ids and names. Never payload bytes: `recordable` decides, per kind of input, what goes in.
 //!
-//! File format, version 1 (integers little-endian):
+//! File format, version 2 (integers little-endian; version 1, before samples could leave the
+//! socket table out, is refused with a message saying so):
 //!
 //! ```text
 //! magic      8 bytes  "TRCRREC\0"
-//! version    u16      1
+//! version    u16      2
 //! frames     each: u32 length, then that many bytes of postcard (serde) encoding
 //!   first    Header
 //!   then     Frame::Input { at_ns, input }  (at_ns: CLOCK_MONOTONIC when received)
@@ -36,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Graces, Input};
 
 const MAGIC: [u8; 8] = *b"TRCRREC\0";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// No frame is this large (a sample of a million sockets is ~150 MB); a larger length is
 /// corruption, not data.
 const MAX_FRAME: u32 = 1 << 30;
@@ -481,7 +482,7 @@ mod tests {
                 Input::Sample(crate::model::Sample {
                     now_ns: 8 * SEC,
                     kernel: vec![(1, up), (2, v6)],
-                    sockets: vec![socket(PID, 12, local(40001), "10.0.0.12:443", 1, 300)],
+                    sockets: Some(vec![socket(PID, 12, local(40001), "10.0.0.12:443", 1, 300)]),
                     stats: crate::model::KernelStats {
                         events_sent: 10,
                         events_lost: 1,
@@ -528,7 +529,7 @@ mod tests {
     fn inputs_read_back_equal_with_their_times_and_the_header() {
         let inputs = inputs();
         let bytes = write_all(&inputs, 9 * SEC);
-        assert!(bytes.starts_with(b"TRCRREC\0\x01\x00"));
+        assert!(bytes.starts_with(b"TRCRREC\0\x02\x00"));
         let (h, frames) = read_all(&bytes).expect("reads");
         assert_eq!(h, header());
         let mut expected: Vec<Frame> = inputs
@@ -591,14 +592,20 @@ mod tests {
             read_all(b""),
             Err(RecordingError::NotARecording(_))
         ));
-        let mut newer = bytes.clone();
-        newer[8] = 2;
-        let err = read_all(&newer).expect_err("version");
-        assert!(
-            matches!(err, RecordingError::Version { version: 2, .. }),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains("version 2 recording"), "{err}");
+        for version in [1u8, 3] {
+            let mut other = bytes.clone();
+            other[8] = version;
+            let err = read_all(&other).expect_err("version");
+            assert!(
+                matches!(err, RecordingError::Version { version: v, .. } if v == u16::from(version)),
+                "{err:?}"
+            );
+            assert!(
+                err.to_string()
+                    .contains(&format!("version {version} recording")),
+                "{err}"
+            );
+        }
 
         // A huge length: corrupt, and no gigabyte is allocated.
         let mut huge = bytes.clone();
@@ -653,7 +660,7 @@ mod tests {
         let sample = Input::Sample(crate::model::Sample {
             now_ns: 8 * SEC,
             kernel: (0..100).map(|i| (i, conn.clone())).collect(),
-            sockets: vec![],
+            sockets: None,
             stats: Default::default(),
         });
         let size = postcard::to_stdvec(&sample).expect("encodes").len();

@@ -1028,7 +1028,7 @@ mod tests {
             table.apply(Input::Sample(Sample {
                 now_ns: at,
                 kernel,
-                sockets: vec![],
+                sockets: Some(vec![]),
                 stats,
             }));
         }
