@@ -17,6 +17,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod soak;
+
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }

@@ -61,6 +61,9 @@ impl std::error::Error for UsageError {}
 
 /// How often `run` prints when no command is given.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+/// Inputs queued from the collector to the model. The collector waits when it is full, and
+/// while it waits the kernel's ring buffer is not drained: room for a burst (~200 bytes each).
+const INPUT_QUEUE: usize = 65_536;
 /// The collector samples at least this often: verdict times are only as fine as the samples.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -231,7 +234,7 @@ impl Live {
         before_load()?;
         let collector = Collector::start(spec.clone(), sample_every)?
             .with_catalogue(std::sync::Arc::new(catalogue));
-        let (tx, rx) = mpsc::channel::<Input>(4096);
+        let (tx, rx) = mpsc::channel::<Input>(INPUT_QUEUE);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(collector.run(tx, stop_rx));
         Ok(Self {

@@ -22,7 +22,11 @@ fn main() -> ExitCode {
     // Diagnostics go to stderr (held back while the terminal UI is on screen); RUST_LOG=debug
     // shows the collector's work.
     ui::log::init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // The collector runs on the one worker thread (and scans sockets on a blocking thread),
+    // the model and outputs on this one: rendering a large table never delays draining the
+    // kernel's event ring.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {

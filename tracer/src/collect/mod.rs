@@ -24,6 +24,7 @@ use aya::{
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, watch},
+    task::JoinHandle,
 };
 use tracer_common::{
     map_names, tcp_state, ConnInfo, Stat, TargetFlags, COMM_LEN, RING_DRAIN_EVERY_MS,
@@ -52,6 +53,9 @@ const SCAN_COST_SHARE: u32 = 20;
 /// Sample ticks are not exact: a scan due "in a second" should not slip to the tick after.
 const SCAN_SLACK: Duration = Duration::from_millis(100);
 
+/// Lost kernel events are logged at most this often.
+const LOSS_REPORT_EVERY: Duration = Duration::from_secs(10);
+
 /// The kernel keeps 15 bytes of a process name (TASK_COMM_LEN 16 with the NUL).
 pub const MAX_COMM: usize = COMM_LEN - 1;
 
@@ -64,6 +68,9 @@ pub struct Collector {
     batch_reads: bool,
     /// When the socket table was last scanned and how long that took (see `scan_due`).
     last_scan: Option<(Instant, Duration)>,
+    /// Lost events already reported, and when: losses are logged at most every
+    /// `LOSS_REPORT_EVERY`.
+    lost_reported: (u64, Option<Instant>),
     stats: PerCpuArray<MapData, u64>,
     ring: AsyncFd<RingBuf<MapData>>,
     /// Log records from the eBPF side (aya-log), forwarded to our logger.
@@ -134,6 +141,7 @@ impl Collector {
             conns,
             batch_reads: true,
             last_scan: None,
+            lost_reported: (0, None),
             stats,
             ring,
             ebpf_log,
@@ -243,45 +251,6 @@ impl Collector {
         }
     }
 
-    /// Every TCP socket the targets hold, from sock_diag matched to their fds.
-    fn scan_sockets(&self) -> Result<Vec<SocketSample>> {
-        let mut sockets = Vec::new();
-        // Listeners tell accepted (inbound) connections apart; TIME_WAIT and other closing
-        // states, often the bulk of a busy host's sockets, are not needed.
-        let states = sockdiag::StateMask::CONNECTED
-            .with(tcp_state::SYN_SENT as u8)
-            .with(tcp_state::LISTEN as u8);
-        let all = sockdiag::dump_tcp(states)?;
-        let mut inode_owner = std::collections::HashMap::new();
-        for pid in self.targets.keys() {
-            // A target may exit between the scan and now; it is dropped at the next refresh.
-            if let Ok(inodes) = procfs::socket_inodes(*pid) {
-                for (inode, fd) in inodes {
-                    inode_owner.insert(inode, (*pid, fd));
-                }
-            }
-        }
-        for s in all {
-            if let Some((pid, fd)) = inode_owner.get(&s.inode).filter(|_| s.inode != 0) {
-                sockets.push(SocketSample {
-                    pid: *pid,
-                    fd: *fd,
-                    local: s.local,
-                    remote: s.remote,
-                    state: u32::from(s.state),
-                    recv_q: s.recv_q,
-                    inode: s.inode,
-                });
-            }
-        }
-        log::debug!(
-            "scan: {} target sockets of {} target inodes",
-            sockets.len(),
-            inode_owner.len()
-        );
-        Ok(sockets)
-    }
-
     /// Every entry of the kernel's connection map.
     fn read_conns(&mut self) -> Result<Vec<(u64, crate::model::KernelConn)>> {
         let mut raw: Vec<(u64, ConnInfo)> = Vec::new();
@@ -320,17 +289,9 @@ impl Collector {
         Ok(kernel)
     }
 
-    /// The targets' sockets (when a scan is due) first, then the kernel map: a socket the
-    /// kernel tracks is then always in the map sample too (see `Sample`).
-    fn sample(&mut self) -> Result<Sample> {
-        let sockets = if self.scan_due() {
-            let started = Instant::now();
-            let sockets = self.scan_sockets()?;
-            self.last_scan = Some((started, started.elapsed()));
-            Some(sockets)
-        } else {
-            None
-        };
+    /// A sample: `sockets` (a scan finished just now, if any) first, then the kernel map, so a
+    /// socket the kernel tracks is always in the map sample too (see `Sample`).
+    fn sample(&mut self, sockets: Option<Vec<SocketSample>>) -> Result<Sample> {
         let now_ns = monotonic_ns();
         let kernel = self.read_conns()?;
         Ok(Sample {
@@ -341,13 +302,46 @@ impl Collector {
         })
     }
 
+    /// Starts a socket-table scan on a blocking thread when one is due.
+    fn start_scan(&self) -> Option<JoinHandle<(Instant, Result<Vec<SocketSample>>)>> {
+        if !self.scan_due() {
+            return None;
+        }
+        let pids: Vec<u32> = self.targets.keys().copied().collect();
+        Some(tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            (started, scan_sockets(&pids))
+        }))
+    }
+
+    /// Says on the log when the kernel side dropped events (its ring buffer was full because
+    /// this process fell behind), and what that means for the figures.
+    fn report_losses(&mut self, lost: u64) {
+        let (reported, at) = self.lost_reported;
+        if lost <= reported || at.is_some_and(|at| at.elapsed() < LOSS_REPORT_EVERY) {
+            return;
+        }
+        log::warn!(
+            "{} kernel events lost ({lost} in all): the ring buffer filled up because the tracer fell behind. Open connections and verdicts re-sync from the kernel map and socket table within seconds; connections that opened and closed meanwhile may be missing from the totals",
+            lost - reported
+        );
+        self.lost_reported = (lost, Some(Instant::now()));
+    }
+
     fn drain_ring(&mut self, out: &mut Vec<Input>) {
         let ring = self.ring.get_mut();
         while let Some(record) = ring.next() {
             match decode::record(&record) {
                 Ok(decode::Record::Conn(event)) => {
                     log::trace!("kernel event: {event:?}");
-                    if event.kind == crate::model::KernelEventKind::Close {
+                    // Bytes kept for naming belong to one socket: its Close ends them, and a
+                    // Connect at the same address is a new socket (the old one's Close may
+                    // have been lost).
+                    if matches!(
+                        event.kind,
+                        crate::model::KernelEventKind::Close
+                            | crate::model::KernelEventKind::Connect
+                    ) {
                         self.namer.forget(event.sk);
                     }
                     out.push(Input::Kernel(event));
@@ -373,14 +367,19 @@ impl Collector {
         true
     }
 
-    async fn sample_and_send(&mut self, tx: &mpsc::Sender<Input>) -> Result<bool> {
+    async fn sample_and_send(
+        &mut self,
+        tx: &mpsc::Sender<Input>,
+        sockets: Option<Vec<SocketSample>>,
+    ) -> Result<bool> {
         if self.refresh_targets()? {
             let targets = self.targets.values().cloned().collect();
             if tx.send(Input::Targets(targets)).await.is_err() {
                 return Ok(false);
             }
         }
-        let sample = self.sample()?;
+        let sample = self.sample(sockets)?;
+        self.report_losses(sample.stats.events_lost);
         let addresses: std::collections::HashSet<std::net::IpAddr> = sample
             .kernel
             .iter()
@@ -419,6 +418,9 @@ impl Collector {
         let mut drain = tokio::time::interval(Duration::from_millis(RING_DRAIN_EVERY_MS));
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut batch = Vec::new();
+        // A socket-table scan in progress on a blocking thread: the ring keeps being drained
+        // meanwhile, and ticks send map-only samples.
+        let mut scan: Option<JoinHandle<(Instant, Result<Vec<SocketSample>>)>> = None;
         loop {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
@@ -452,15 +454,46 @@ impl Collector {
                     if !Self::send_all(&tx, &mut batch).await {
                         break;
                     }
-                    if !self.sample_and_send(&tx).await? {
+                    if scan.is_none() {
+                        scan = self.start_scan();
+                    }
+                    // A scan just started sends its sample when it is done.
+                    if scan.is_none() && !self.sample_and_send(&tx, None).await? {
+                        break;
+                    }
+                }
+                done = async {
+                    match scan.as_mut() {
+                        Some(handle) => handle.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    scan = None;
+                    let (started, sockets) = done.context("the socket scan thread failed")?;
+                    self.last_scan = Some((started, started.elapsed()));
+                    self.drain_ring(&mut batch);
+                    if !Self::send_all(&tx, &mut batch).await {
+                        break;
+                    }
+                    if !self.sample_and_send(&tx, Some(sockets?)).await? {
                         break;
                     }
                 }
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
+                        // The last sample is complete: wait for a scan in progress, or scan.
+                        let sockets = match scan.take() {
+                            Some(handle) => handle.await.context("the socket scan thread failed")?.1?,
+                            None => {
+                                let pids: Vec<u32> = self.targets.keys().copied().collect();
+                                tokio::task::spawn_blocking(move || scan_sockets(&pids))
+                                    .await
+                                    .context("the socket scan thread failed")??
+                            }
+                        };
                         self.drain_ring(&mut batch);
                         if Self::send_all(&tx, &mut batch).await {
-                            self.sample_and_send(&tx).await?;
+                            self.sample_and_send(&tx, Some(sockets)).await?;
                         }
                         break;
                     }
@@ -471,6 +504,52 @@ impl Collector {
         drop(self.ebpf);
         Ok(())
     }
+}
+
+/// Every TCP socket the targets `pids` hold, from sock_diag matched to their fds. Blocking,
+/// and long on a host with many sockets: it runs on a thread of its own.
+fn scan_sockets(pids: &[u32]) -> Result<Vec<SocketSample>> {
+    let started = Instant::now();
+    let mut sockets = Vec::new();
+    // Listeners tell accepted (inbound) connections apart; TIME_WAIT and other closing
+    // states, often the bulk of a busy host's sockets, are not needed.
+    let states = sockdiag::StateMask::CONNECTED
+        .with(tcp_state::SYN_SENT as u8)
+        .with(tcp_state::LISTEN as u8);
+    let mut inode_owner = std::collections::HashMap::new();
+    for pid in pids {
+        // A target may exit between the scan and now; it is dropped at the next refresh.
+        if let Ok(inodes) = procfs::socket_inodes(*pid) {
+            for (inode, fd) in inodes {
+                inode_owner.insert(inode, (*pid, fd));
+            }
+        }
+    }
+    // Only the targets' sockets are kept from the dump (the fds were listed first, so a
+    // socket opened in between waits for the next scan).
+    let all = sockdiag::dump_tcp_where(states, |s| {
+        s.inode != 0 && inode_owner.contains_key(&s.inode)
+    })?;
+    for s in all {
+        if let Some((pid, fd)) = inode_owner.get(&s.inode).filter(|_| s.inode != 0) {
+            sockets.push(SocketSample {
+                pid: *pid,
+                fd: *fd,
+                local: s.local,
+                remote: s.remote,
+                state: u32::from(s.state),
+                recv_q: s.recv_q,
+                inode: s.inode,
+            });
+        }
+    }
+    log::debug!(
+        "scan: {} target sockets of {} target inodes in {:?}",
+        sockets.len(),
+        inode_owner.len(),
+        started.elapsed()
+    );
+    Ok(sockets)
 }
 
 /// The file descriptor of a hash map, for batch reads.

@@ -83,7 +83,17 @@ pub struct TcpSockInfo {
 
 /// Dumps every TCP socket (IPv4 and IPv6) in the current network namespace in the
 /// given states.
+#[cfg(test)]
 pub fn dump_tcp(states: StateMask) -> Result<Vec<TcpSockInfo>> {
+    dump_tcp_where(states, |_| true)
+}
+
+/// As `dump_tcp`, keeping only the sockets `keep` accepts: a host may have hundreds of
+/// thousands of sockets and the caller wants a few of them.
+pub fn dump_tcp_where(
+    states: StateMask,
+    mut keep: impl FnMut(&TcpSockInfo) -> bool,
+) -> Result<Vec<TcpSockInfo>> {
     let mut socket =
         Socket::new(NETLINK_SOCK_DIAG).context("opening a NETLINK_SOCK_DIAG netlink socket")?;
     socket
@@ -97,7 +107,7 @@ pub fn dump_tcp(states: StateMask) -> Result<Vec<TcpSockInfo>> {
     // inet_diag answers one address family per request; AF_INET6 also covers
     // dual-stack sockets (they show up with IPv4-mapped addresses).
     for (family, family_name, sequence) in [(AF_INET, "IPv4", 1), (AF_INET6, "IPv6", 2)] {
-        dump_family(&socket, family, sequence, states, &mut sockets)
+        dump_family(&socket, family, sequence, states, &mut keep, &mut sockets)
             .with_context(|| format!("dumping {family_name} TCP sockets through sock_diag"))?;
     }
     Ok(sockets)
@@ -118,6 +128,7 @@ fn dump_family(
     family: u8,
     sequence: u32,
     states: StateMask,
+    keep: &mut impl FnMut(&TcpSockInfo) -> bool,
     out: &mut Vec<TcpSockInfo>,
 ) -> Result<()> {
     let mut header = NetlinkHeader::default();
@@ -160,7 +171,7 @@ fn dump_family(
                 buffer.len()
             );
         }
-        if parse_datagram(&buffer[..received], sequence, out)? == Dump::Done {
+        if parse_datagram(&buffer[..received], sequence, keep, out)? == Dump::Done {
             return Ok(());
         }
     }
@@ -173,7 +184,12 @@ enum Dump {
 }
 
 /// Parses one netlink datagram of a dump reply, which may hold several messages.
-fn parse_datagram(mut data: &[u8], sequence: u32, out: &mut Vec<TcpSockInfo>) -> Result<Dump> {
+fn parse_datagram(
+    mut data: &[u8],
+    sequence: u32,
+    keep: &mut impl FnMut(&TcpSockInfo) -> bool,
+    out: &mut Vec<TcpSockInfo>,
+) -> Result<Dump> {
     while data.len() >= NLMSG_HDRLEN {
         let message = NetlinkMessage::<SockDiagMessage>::deserialize(data)
             .context("decoding a sock_diag reply message")?;
@@ -186,7 +202,10 @@ fn parse_datagram(mut data: &[u8], sequence: u32, out: &mut Vec<TcpSockInfo>) ->
         if message.header.sequence_number == sequence {
             match message.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    out.push(to_info(&response));
+                    let info = to_info(&response);
+                    if keep(&info) {
+                        out.push(info);
+                    }
                 }
                 NetlinkPayload::Done(done) => {
                     // inet_diag reports a dump that failed midway as a negative
@@ -438,16 +457,22 @@ mod tests {
         err_payload.extend_from_slice(&[0u8; NLMSG_HDRLEN]);
         let error = nlmsg(2, 7, &err_payload);
         let mut out = Vec::new();
-        let e = parse_datagram(&error, 7, &mut out).unwrap_err();
+        let e = parse_datagram(&error, 7, &mut |_| true, &mut out).unwrap_err();
         assert!(format!("{e:#}").contains("NLMSG_ERROR"), "{e:#}");
 
         // The same error for another request is not ours.
-        assert_eq!(parse_datagram(&error, 8, &mut out).unwrap(), Dump::More);
+        assert_eq!(
+            parse_datagram(&error, 8, &mut |_| true, &mut out).unwrap(),
+            Dump::More
+        );
 
         let done = nlmsg(3, 7, &0i32.to_ne_bytes());
-        assert_eq!(parse_datagram(&done, 7, &mut out).unwrap(), Dump::Done);
+        assert_eq!(
+            parse_datagram(&done, 7, &mut |_| true, &mut out).unwrap(),
+            Dump::Done
+        );
         let aborted = nlmsg(3, 7, &(-libc::EINTR).to_ne_bytes());
-        assert!(parse_datagram(&aborted, 7, &mut out).is_err());
+        assert!(parse_datagram(&aborted, 7, &mut |_| true, &mut out).is_err());
         assert!(out.is_empty());
     }
 }

@@ -343,8 +343,9 @@ impl ConnTable {
     fn apply_name(&mut self, sk: u64, name: ConnName) {
         let key = ConnKey::Socket(sk);
         let Some(conn) = self.conns.get_mut(&key) else {
-            // Its Connect event was lost: the connection comes with the next sample.
-            if self.early_names.len() >= 4096 {
+            // Its Connect event was lost: the connection comes with the next sample, which
+            // takes this name (or drops it, see `apply_sample`).
+            if self.early_names.len() >= 65_536 {
                 self.early_names.clear();
             }
             self.early_names.insert(sk, name);
@@ -371,18 +372,17 @@ impl ConnTable {
             KernelEventKind::Connect | KernelEventKind::State => {
                 if event.kind == KernelEventKind::Connect {
                     // One socket's events are ordered, so a Connect at a closed socket's
-                    // address is a new socket that reuses the memory.
+                    // address is a new socket that reuses the memory, and a name waiting for
+                    // that address belonged to the old one (names follow their Connect).
                     self.closed_sockets.remove(&event.sk);
+                    self.early_names.remove(&event.sk);
                 }
                 if self.closed_sockets.contains(&event.sk)
                     || self.exited_pids.contains(&event.conn.pid)
                 {
                     return;
                 }
-                match self.conns.get_mut(&key) {
-                    Some(conn) => conn.update_from_kernel(&event.conn),
-                    None => self.track_new(key, UpstreamConn::from_kernel(&event.conn)),
-                }
+                self.refresh_from_kernel(event.sk, &event.conn);
             }
             KernelEventKind::Close => {
                 self.early_names.remove(&event.sk);
@@ -424,6 +424,24 @@ impl ConnTable {
         }
     }
 
+    /// Applies the kernel's record of socket `sk`. A record with another connect time than the
+    /// connection held at that address is a new socket reusing the memory of one whose Close
+    /// event was lost: the old one is gone (how it ended is unknown, so it is not judged) and
+    /// nothing of it (name, receive queue) carries over.
+    fn refresh_from_kernel(&mut self, sk: u64, conn: &KernelConn) {
+        let key = ConnKey::Socket(sk);
+        match self.conns.get_mut(&key) {
+            Some(existing) if existing.opened_ns == conn.connect_ns => {
+                existing.update_from_kernel(conn)
+            }
+            Some(_) => {
+                self.conns.remove(&key);
+                self.track_new(key, UpstreamConn::from_kernel(conn));
+            }
+            None => self.track_new(key, UpstreamConn::from_kernel(conn)),
+        }
+    }
+
     fn apply_sample(&mut self, sample: &Sample) {
         self.stats = sample.stats;
 
@@ -437,12 +455,12 @@ impl ConnTable {
             in_kernel.insert(*sk);
             // A live entry at a recently closed address is a new socket.
             self.closed_sockets.remove(sk);
-            let key = ConnKey::Socket(*sk);
-            match self.conns.get_mut(&key) {
-                Some(existing) => existing.update_from_kernel(conn),
-                None => self.track_new(key, UpstreamConn::from_kernel(conn)),
-            }
+            self.refresh_from_kernel(*sk, conn);
         }
+        // A name that came before its connection was either for one adopted just now or for
+        // a socket gone before the map was read: it must not wait for the next socket that
+        // reuses the address.
+        self.early_names.clear();
         self.conns.retain(|key, conn| match key {
             ConnKey::Socket(sk) if !in_kernel.contains(sk) => {
                 conn.missing_samples += 1;
@@ -734,6 +752,63 @@ mod tests {
         assert_eq!(only(&table).host, "api.anthropic.com");
         assert!(table.hosts().get(UP_HOST).is_none());
         assert_eq!(totals(&table, "api.anthropic.com").connections_total, 1);
+    }
+
+    #[test]
+    fn a_name_waits_one_sample_and_never_goes_to_a_later_socket_at_its_address() {
+        let mut table = table_after([]);
+        // Named, but its Connect and Close were lost: gone before the map was read.
+        table.apply(Input::Named {
+            sk: 3,
+            name: named("soak-1.example", None, NameSource::HttpHost),
+        });
+        table.apply(sample(2 * SEC, vec![], vec![]));
+        // A later socket at the same address, whose own Connect and name were lost.
+        table.apply(sample(
+            3 * SEC,
+            vec![(3, established(kconn(40003, UP, 2 * SEC + 1), 2 * SEC + 1))],
+            vec![],
+        ));
+        assert_eq!(only(&table).host, UP_HOST);
+        assert!(table.hosts().get("soak-1.example").is_none());
+
+        // A name waiting at an address is dropped by a Connect there (names follow their
+        // socket's Connect, so it was the old socket's).
+        table.apply(Input::Named {
+            sk: 4,
+            name: named("soak-2.example", None, NameSource::HttpHost),
+        });
+        table.apply(connect(4, kconn(40004, UP, 4 * SEC)));
+        let conn = table.conns().find(|c| c.local == local(40004)).unwrap();
+        assert_eq!(conn.host, UP_HOST);
+    }
+
+    #[test]
+    fn a_record_with_another_connect_time_is_a_new_socket_at_a_reused_address() {
+        let sk = 7;
+        let old = established(kconn(40001, UP, SEC), SEC);
+        let mut table = table_after([connect(sk, old.clone())]);
+        table.apply(Input::Named {
+            sk,
+            name: named("soak-1.example", None, NameSource::HttpHost),
+        });
+        assert_eq!(only(&table).host, "soak-1.example");
+        // Its Close was lost; a new socket got the same memory.
+        let new = established(kconn(40002, "10.0.0.13:443", 3 * SEC), 3 * SEC);
+        table.apply(sample(4 * SEC, vec![(sk, new)], vec![]));
+        assert_eq!(locals(&table), vec![local(40002)]);
+        assert_eq!(
+            only(&table).host,
+            "10.0.0.13",
+            "the old socket's name stays with it"
+        );
+        assert_eq!(only(&table).opened_ns, 3 * SEC);
+        // The same through an event.
+        let newer = kconn(40003, UP, 5 * SEC);
+        table.apply(connect(sk, newer));
+        assert_eq!(locals(&table), vec![local(40003)]);
+        assert_eq!(only(&table).host, UP_HOST);
+        assert_eq!(totals(&table, UP_HOST).closed_unread_total, 0);
     }
 
     #[test]
