@@ -779,7 +779,7 @@ mod tests {
             name: named("soak-2.example", None, NameSource::HttpHost),
         });
         table.apply(connect(4, kconn(40004, UP, 4 * SEC)));
-        let conn = table.conns().find(|c| c.local == local(40004)).unwrap();
+        let conn = conn_at(&table, local(40004));
         assert_eq!(conn.host, UP_HOST);
     }
 
