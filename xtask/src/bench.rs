@@ -244,7 +244,7 @@ fn spread(v: &[f64]) -> (f64, f64) {
         })
 }
 
-fn machine() -> String {
+pub fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

@@ -9,6 +9,7 @@ mod demo;
 mod dist;
 mod kernels;
 mod setup;
+mod soak;
 mod test;
 mod util;
 
@@ -54,8 +55,6 @@ enum Command {
         #[arg(long)]
         kernel: Option<String>,
     },
-    /// Run the tracer on the bundled Go fixture (a relay leaking connections to fake providers):
-    /// its terminal UI in a terminal, the headless table otherwise. Needs root.
     /// Measure the tracer's overhead on the fixture relay under load (wrk), with and without
     /// the tracer, plus kernel cost per program run and the tracer's CPU and memory. Writes
     /// bench/RESULTS.md. Needs root; takes about (6 x duration + 30s) x runs x 2 modes.
@@ -73,6 +72,23 @@ enum Command {
     /// Build a static (musl) release binary of the tracer, for hosts without a Rust toolchain:
     /// target/dist/tracer-VERSION-x86_64-linux-musl.
     Dist,
+    /// The scale soak: relays hold --hold connections (2% leaking unread, 1% in CLOSE_WAIT)
+    /// and open --rate new ones a second for --duration while the tracer follows them; checks
+    /// the verdicts at every snapshot and the tracer's memory. Writes bench/SOAK.md. Needs
+    /// root. A short version runs in `cargo xtask test`.
+    Soak {
+        /// Connections held open for the whole run, spread over relays of 15k each.
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(100..=1_000_000))]
+        hold: u32,
+        /// New connections per second (each opened, read to its end and closed).
+        #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+        rate: u32,
+        /// How long the new connections keep coming, like 10m or 90s.
+        #[arg(long, default_value = "10m", value_parser = util::parse_duration)]
+        duration: Duration,
+    },
+    /// Run the tracer on the bundled Go fixture (a relay leaking connections to fake providers):
+    /// its terminal UI in a terminal, the headless table otherwise. Needs root.
     Demo {
         /// How long to trace (headless table), like 30s, 2m or 1m30s. Without it the demo opens
         /// the terminal UI in a terminal (q quits), and traces for 30s when stdout is not one.
@@ -94,6 +110,15 @@ fn main() -> ExitCode {
         Command::TestKernels { kernel } => kernels::run(kernel.as_deref()),
         Command::Demo { duration } => demo::run(duration),
         Command::Dist => dist::run(),
+        Command::Soak {
+            hold,
+            rate,
+            duration,
+        } => soak::run(soak::Options {
+            hold,
+            rate,
+            duration,
+        }),
         Command::Bench {
             duration,
             runs,

@@ -38,12 +38,13 @@ pub enum BatchError {
     Io(io::Error),
 }
 
-/// Appends every (key, value) of the hash map behind `map` to `out`. Entries added or removed
-/// while it runs may or may not be seen; each entry seen is whole (copied under its bucket's
-/// lock).
-pub fn lookup_all<K: Pod + Default, V: Pod>(
+/// Calls `each` with every (key, value) of the hash map behind `map`, a few thousand entries
+/// per syscall, through one reused buffer (a copy of the whole map would be tens of MB at
+/// 100k connections). Entries added or removed while it runs may or may not be seen; each
+/// entry seen is whole (copied under its bucket's lock).
+pub fn for_each<K: Pod + Default, V: Pod>(
     map: BorrowedFd<'_>,
-    out: &mut Vec<(K, V)>,
+    mut each: impl FnMut(K, &V),
 ) -> Result<(), BatchError> {
     let mut keys: Vec<K> = vec![K::default(); ENTRIES_PER_CALL];
     let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(ENTRIES_PER_CALL);
@@ -88,12 +89,11 @@ pub fn lookup_all<K: Pod + Default, V: Pod>(
             Some(_) => return Err(BatchError::Io(err.unwrap_or_else(io::Error::last_os_error))),
         };
         let filled = (attr.count as usize).min(ENTRIES_PER_CALL);
-        out.reserve(filled);
         for (i, key) in keys.iter().take(filled).enumerate() {
             // SAFETY: the kernel wrote `filled` values, one per key, at the start of the
             // buffer; the pointer stays inside the allocation of ENTRIES_PER_CALL values.
-            let value = unsafe { values.as_ptr().add(i).read().assume_init() };
-            out.push((*key, value));
+            let value = unsafe { &*values.as_ptr().add(i).cast::<V>() };
+            each(*key, value);
         }
         if done {
             return Ok(());
@@ -185,7 +185,8 @@ mod tests {
             update(&map, key * 7, [key, key + 1, key + 2]);
         }
         let mut out: Vec<(u64, [u64; 3])> = Vec::new();
-        lookup_all(map.as_fd(), &mut out).expect("batch lookup works on 6.x");
+        for_each(map.as_fd(), |k, v: &[u64; 3]| out.push((k, *v)))
+            .expect("batch lookup works on 6.x");
         assert_eq!(out.len(), 10_000);
         out.sort_unstable();
         for (i, (key, value)) in out.iter().enumerate() {
@@ -201,7 +202,8 @@ mod tests {
             return;
         };
         let mut out: Vec<(u64, [u64; 3])> = Vec::new();
-        lookup_all(map.as_fd(), &mut out).expect("batch lookup works on 6.x");
+        for_each(map.as_fd(), |k, v: &[u64; 3]| out.push((k, *v)))
+            .expect("batch lookup works on 6.x");
         assert!(out.is_empty());
     }
 }

@@ -253,20 +253,17 @@ impl Collector {
 
     /// Every entry of the kernel's connection map.
     fn read_conns(&mut self) -> Result<Vec<(u64, crate::model::KernelConn)>> {
-        let mut raw: Vec<(u64, ConnInfo)> = Vec::new();
+        let mut kernel = Vec::new();
         if self.batch_reads {
             if let Some(fd) = conns_fd(&self.conns) {
-                match batch::lookup_all(fd, &mut raw) {
-                    Ok(()) => {
-                        return Ok(raw
-                            .iter()
-                            .map(|(sk, info)| (*sk, decode::conn(info)))
-                            .collect())
-                    }
+                match batch::for_each(fd, |sk, info: &ConnInfo| {
+                    kernel.push((sk, decode::conn(info)))
+                }) {
+                    Ok(()) => return Ok(kernel),
                     Err(batch::BatchError::Unsupported) => {
                         log::info!("this kernel has no batch map lookups: reading the connection map entry by entry");
                         self.batch_reads = false;
-                        raw.clear();
+                        kernel.clear();
                     }
                     Err(batch::BatchError::Io(e)) => {
                         return Err(e).context("reading the connection map")
@@ -277,7 +274,6 @@ impl Collector {
         let map: BpfHashMap<&MapData, u64, ConnInfo> = (&self.conns)
             .try_into()
             .context("opening the connection map")?;
-        let mut kernel = Vec::new();
         for item in map.iter() {
             match item {
                 Ok((sk, info)) => kernel.push((sk, decode::conn(&info))),
