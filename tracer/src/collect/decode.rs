@@ -1,10 +1,15 @@
 //! Turns the kernel side's raw records into the model's types.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
 use anyhow::{anyhow, Result};
 use tracer_common::{
-    ConnEvent, ConnFlags, ConnInfo, EventKind, FirstBytesEvent, AF_INET, FIRST_BYTES_MAX,
+    ConnEvent, ConnFlags, ConnInfo, EventKind, FirstBytesEvent, AF_INET, COMM_LEN, FIRST_BYTES_MAX,
 };
 
 use crate::model::{KernelConn, KernelEvent, KernelEventKind, RecvQ};
@@ -22,17 +27,35 @@ fn nonzero(ns: u64) -> Option<u64> {
     (ns != 0).then_some(ns)
 }
 
+thread_local! {
+    /// Process names already decoded: a relay's connections share one or a few, so each
+    /// connection holds a reference rather than its own copy (100k connections are decoded
+    /// every second). Bounded: cleared when it grows past `MAX_COMMS`.
+    static COMMS: RefCell<HashMap<[u8; COMM_LEN], Arc<str>>> = RefCell::new(HashMap::new());
+}
+const MAX_COMMS: usize = 4096;
+
+fn comm(raw: &[u8; COMM_LEN]) -> Arc<str> {
+    COMMS.with_borrow_mut(|comms| {
+        if let Some(name) = comms.get(raw) {
+            return name.clone();
+        }
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        let name: Arc<str> = String::from_utf8_lossy(&raw[..len]).into();
+        if comms.len() >= MAX_COMMS {
+            comms.clear();
+        }
+        comms.insert(*raw, name.clone());
+        name
+    })
+}
+
 pub fn conn(info: &ConnInfo) -> KernelConn {
-    let comm_len = info
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(info.comm.len());
     KernelConn {
         pid: info.tgid,
         tid: info.tid,
         fd: (info.flags & ConnFlags::FD_KNOWN != 0).then_some(info.fd),
-        comm: String::from_utf8_lossy(&info.comm[..comm_len]).into_owned(),
+        comm: comm(&info.comm),
         local: addr(info.family, &info.saddr, info.sport),
         remote: addr(info.family, &info.daddr, info.dport),
         state: info.state,
@@ -146,7 +169,7 @@ mod tests {
         let c = conn(&i);
         assert_eq!(c.local.to_string(), "127.0.0.1:40000");
         assert_eq!(c.remote.to_string(), "127.0.0.12:18080");
-        assert_eq!(c.comm, "relay");
+        assert_eq!(&*c.comm, "relay");
         assert_eq!(c.fd, Some(7));
         assert_eq!(c.recv_q, Some(RecvQ { bytes: 1, at_ns: 5 }));
         assert_eq!(c.established_ns, None);

@@ -83,7 +83,7 @@ pub struct KernelConn {
     pub pid: u32,
     pub tid: u32,
     pub fd: Option<i32>,
-    pub comm: String,
+    pub comm: std::sync::Arc<str>,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub state: u32,

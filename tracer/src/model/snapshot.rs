@@ -152,7 +152,7 @@ fn leak_of(conn: &UpstreamConn, reason: LeakReason, now_ns: u64) -> Leak {
     Leak {
         pid: conn.pid,
         fd: conn.fd,
-        comm: conn.comm.clone(),
+        comm: conn.comm.to_string(),
         local: conn.local.to_string(),
         remote: conn.remote.to_string(),
         host: conn.host.clone(),

@@ -37,7 +37,7 @@ pub struct UpstreamConn {
     pub origin: Origin,
     pub pid: u32,
     pub fd: Option<i32>,
-    pub comm: String,
+    pub comm: std::sync::Arc<str>,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     /// The name its own first bytes carried (TLS SNI or HTTP Host), if they were seen.
@@ -104,7 +104,7 @@ impl UpstreamConn {
         origin: Origin,
         pid: u32,
         fd: Option<i32>,
-        comm: String,
+        comm: std::sync::Arc<str>,
         (local, remote): (SocketAddr, SocketAddr),
         state: u32,
         opened_ns: u64,
@@ -172,7 +172,7 @@ impl UpstreamConn {
         self.missing_samples = 0;
     }
 
-    fn from_socket(s: &SocketSample, now_ns: u64, comm: String) -> Self {
+    fn from_socket(s: &SocketSample, now_ns: u64, comm: std::sync::Arc<str>) -> Self {
         let mut c = Self::base(
             Origin::PreExisting,
             s.pid,
@@ -529,7 +529,7 @@ impl ConnTable {
                         .targets
                         .iter()
                         .find(|t| t.pid == s.pid)
-                        .map(|t| t.comm.clone())
+                        .map(|t| std::sync::Arc::from(t.comm.as_str()))
                         .unwrap_or_default();
                     let conn = UpstreamConn::from_socket(s, now_ns, comm);
                     self.track_new(ConnKey::Tuple(s.local, s.remote), conn);
