@@ -27,8 +27,8 @@ pub enum Origin {
 pub enum ConnKey {
     /// The socket's kernel address.
     Socket(u64),
-    /// (local, remote) of a pre-existing connection.
-    Tuple(SocketAddr, SocketAddr),
+    /// The socket inode of a pre-existing connection (from sock_diag and /proc/PID/fd).
+    Inode(u64),
 }
 
 /// One upstream connection of a target process.
@@ -488,17 +488,26 @@ impl ConnTable {
         let by_tuple: HashMap<(SocketAddr, SocketAddr), ConnKey> = self
             .conns
             .iter()
+            .filter(|(key, _)| matches!(key, ConnKey::Socket(_)))
             .map(|(key, c)| ((c.local, c.remote), *key))
             .collect();
-        let mut seen_tuples = HashSet::new();
+        let mut seen_inodes = HashSet::new();
         let mut unexplained = HashMap::new();
         for s in sockets {
             if s.state == tcp_state::LISTEN || listening.contains(&(s.pid, s.local.port())) {
                 // A listener, or a connection accepted from one: inbound, not upstream.
                 continue;
             }
-            seen_tuples.insert((s.local, s.remote));
-            match by_tuple.get(&(s.local, s.remote)) {
+            seen_inodes.insert(s.inode);
+            // A pre-existing connection is this very socket (same inode); a traced one is
+            // matched by its addresses.
+            let inode_key = ConnKey::Inode(s.inode);
+            let key = if self.conns.contains_key(&inode_key) {
+                Some(&inode_key)
+            } else {
+                by_tuple.get(&(s.local, s.remote))
+            };
+            match key {
                 Some(key) => {
                     if let Some(conn) = self.conns.get_mut(key) {
                         let previous = conn.recv_q;
@@ -532,7 +541,7 @@ impl ConnTable {
                         .map(|t| std::sync::Arc::from(t.comm.as_str()))
                         .unwrap_or_default();
                     let conn = UpstreamConn::from_socket(s, now_ns, comm);
-                    self.track_new(ConnKey::Tuple(s.local, s.remote), conn);
+                    self.track_new(ConnKey::Inode(s.inode), conn);
                 }
                 None => {}
             }
@@ -542,11 +551,11 @@ impl ConnTable {
         // not atomic (sockets that come and go while it runs can hide others), so it takes
         // two samples in a row without it.
         self.conns.retain(|key, conn| match key {
-            ConnKey::Tuple(local, remote) if seen_tuples.contains(&(*local, *remote)) => {
+            ConnKey::Inode(inode) if seen_inodes.contains(inode) => {
                 conn.missing_samples = 0;
                 true
             }
-            ConnKey::Tuple(..) => {
+            ConnKey::Inode(_) => {
                 conn.missing_samples += 1;
                 conn.missing_samples < 2
             }
@@ -1343,6 +1352,31 @@ mod tests {
         table.apply(sample(5 * SEC, vec![], vec![]));
         assert_eq!(table.conns().count(), 0);
         assert_eq!(totals(&table, OLD_HOST), host(&[OLD], 2, 0));
+    }
+
+    #[test]
+    fn a_pre_existing_connection_is_its_socket_not_its_addresses() {
+        let old = socket(PID, 20, local(50001), OLD, CLOSE_WAIT, 1);
+        let mut table = table_after([sample(SEC, vec![], vec![old.clone()])]);
+        assert_eq!(only(&table).state, CLOSE_WAIT);
+        // Closed, and a new socket of the process got the same addresses (another fd, inode).
+        let reused = SocketSample {
+            fd: 21,
+            inode: old.inode + 1,
+            state: ESTABLISHED,
+            recv_q: 0,
+            ..old
+        };
+        table.apply(sample(2 * SEC, vec![], vec![reused.clone()]));
+        table.apply(sample(3 * SEC, vec![], vec![reused]));
+        assert_eq!(table.conns().count(), 1);
+        let conn = only(&table);
+        assert_eq!(
+            (conn.fd, conn.state, conn.opened_ns),
+            (Some(21), ESTABLISHED, 3 * SEC),
+            "the old connection left; the new socket was adopted as its own connection"
+        );
+        assert_eq!(totals(&table, OLD_HOST).connections_total, 2);
     }
 
     #[test]

@@ -112,7 +112,8 @@ pub fn socket(
         remote: addr(remote),
         state,
         recv_q,
-        inode: 9000 + fd as u64,
+        // One inode per (process, fd), like the kernel's one per socket.
+        inode: (u64::from(pid) << 20) + 9000 + fd as u64,
     }
 }
 
