@@ -440,9 +440,11 @@ fn a_recording_replays_to_the_verdicts_of_the_live_run() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
         .collect();
+    // The recording spans the rounds and SETTLE (8-10 s): a snapshot at 2, 4 and 6 s of
+    // recorded time (8 s too when it is longer), then the last one at its end.
     assert!(
-        lines.len() >= 5,
-        "a snapshot every 2s of a ~15s recording, got {}",
+        lines.len() >= 4,
+        "a snapshot every 2s of a ~9s recording, got {}; the recorder said:\n{err}",
         lines.len()
     );
     assert!(lines

@@ -198,10 +198,13 @@ async fn event_loop<S: Source>(
                         }
                     }
                 }
-                if !ui.paused {
-                    view = View::build(&table, now, &graces);
-                }
                 if dirty || last_draw.is_none_or(|t| t.elapsed() >= REFRESH) {
+                    // The view copies every open connection: built only for a frame that is
+                    // drawn (at 100k connections, building it ten times a second would take
+                    // most of this thread).
+                    if !ui.paused {
+                        view = View::build(&table, now, &graces);
+                    }
                     if ui.message.is_none() {
                         if let Some(line) = log::latest() {
                             ui.message = Some(line);
