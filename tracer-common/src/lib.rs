@@ -65,6 +65,7 @@ pub mod tp_layout {
     /// `sock/sock_recv_length` (Linux 6.3+).
     pub mod sock_recv_length {
         pub const SK: usize = 8;
+        pub const PROTOCOL: usize = 18;
         pub const RET: usize = 20;
         pub const FLAGS: usize = 24;
     }
@@ -149,6 +150,12 @@ pub mod tp_layout {
             inet_sock_set_state::DADDR_V6,
         ),
         ("sock", "sock_recv_length", "sk", sock_recv_length::SK),
+        (
+            "sock",
+            "sock_recv_length",
+            "protocol",
+            sock_recv_length::PROTOCOL,
+        ),
         ("sock", "sock_recv_length", "ret", sock_recv_length::RET),
         ("sock", "sock_recv_length", "flags", sock_recv_length::FLAGS),
         ("syscalls", "sys_enter_connect", "fd", SYS_ENTER_FD),

@@ -5,7 +5,7 @@ use tracer_common::{tp_layout, ConnFlags, FdKey};
 
 use crate::{
     maps::{CONNS, FD_SOCKS},
-    sock::{current_ids, field, is_target},
+    sock::{current_ids, field},
 };
 
 /// `syscalls/sys_enter_close`: marks the socket closed by the process before tcp_close runs,
@@ -16,10 +16,9 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter_close(ctx: &TracePointContext) -> Result<u32, i64> {
+    // FD_SOCKS is keyed by (tgid, fd) and only holds targets' tracked sockets: its lookup is
+    // the target check too.
     let (tgid, _) = current_ids();
-    if !is_target(tgid) {
-        return Ok(0);
-    }
     let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
     let key = FdKey {
         tgid,

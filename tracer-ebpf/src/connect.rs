@@ -50,8 +50,9 @@ fn adopt_by_comm(tgid: u32) -> bool {
 /// `syscalls/sys_exit_connect`: the socket (if any) was tied to the fd while the call ran.
 #[tracepoint]
 pub fn exit_connect(_ctx: TracePointContext) -> u32 {
-    let (tgid, tid) = current_ids();
-    if is_target(tgid) {
+    // PENDING_CONNECT only holds target threads: its lookup is the target check.
+    let (_, tid) = current_ids();
+    if PENDING_CONNECT.get_ptr(&tid).is_some() {
         let _ = PENDING_CONNECT.remove(&tid);
     }
     0

@@ -12,11 +12,11 @@
 //! The syscall pair runs on every kernel anyway: it counts the reads in progress.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{tp_layout, ConnInfo, FdKey, Stat, MSG_PEEK};
+use tracer_common::{tp_layout, ConnInfo, FdKey, Stat, IPPROTO_TCP, MSG_PEEK};
 
 use crate::{
     maps::{CONNS, FD_SOCKS, PENDING_READ},
-    sock::{count, current_ids, field, is_target, sample_unread},
+    sock::{count, current_ids, field, sample_unread},
 };
 
 /// Non-zero when the loader did not attach `sock_recv` (a kernel before 6.3, or forced):
@@ -36,20 +36,21 @@ pub fn sock_recv(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
-    let (tgid, _) = current_ids();
-    if !is_target(tgid) {
+    use tp_layout::sock_recv_length as tp;
+    // This fires for every recvmsg on the host, Unix sockets included: two loads from the
+    // record drop what cannot be tracked before any map lookup.
+    let protocol: u16 = field(ctx, tp::PROTOCOL);
+    let flags: i32 = field(ctx, tp::FLAGS);
+    if protocol != IPPROTO_TCP || flags & MSG_PEEK != 0 {
         return Ok(0);
     }
-    use tp_layout::sock_recv_length as tp;
+    // CONNS only holds sockets of targets, so it is the target check too: one lookup for
+    // everyone, where a TARGETS lookup first would cost a target's untracked sockets two.
     let sk: u64 = field(ctx, tp::SK);
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
     let ret: i32 = field(ctx, tp::RET);
-    let flags: i32 = field(ctx, tp::FLAGS);
-    if flags & MSG_PEEK != 0 {
-        return Ok(0);
-    }
     record_read(sk, conn, i64::from(ret));
     Ok(0)
 }
@@ -97,10 +98,9 @@ pub fn enter_recvmsg(ctx: TracePointContext) -> u32 {
 /// `flags_at`: offset of the syscall's flags argument, for the calls that have one.
 #[inline(always)]
 fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u32, i64> {
+    // FD_SOCKS is keyed by (tgid, fd) and only holds targets' tracked sockets: its lookup is
+    // the target check too.
     let (tgid, tid) = current_ids();
-    if !is_target(tgid) {
-        return Ok(0);
-    }
     let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
     let key = FdKey {
         tgid,
@@ -144,10 +144,8 @@ pub fn exit_read(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit_read(ctx: &TracePointContext) -> Result<u32, i64> {
-    let (tgid, tid) = current_ids();
-    if !is_target(tgid) {
-        return Ok(0);
-    }
+    // PENDING_READ only holds threads reading a tracked socket: its lookup is the target check.
+    let (_, tid) = current_ids();
     let Some(pending) = PENDING_READ.get_ptr(&tid) else {
         return Ok(0);
     };

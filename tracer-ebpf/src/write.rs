@@ -15,7 +15,7 @@ use tracer_common::{
 
 use crate::{
     maps::{CONNS, EVENTS, FD_SOCKS},
-    sock::{count, current_ids, field, is_target, wakeup_flag},
+    sock::{count, current_ids, field, wakeup_flag},
 };
 
 /// `struct iovec` (include/uapi/linux/uio.h).
@@ -38,9 +38,6 @@ pub fn enter_write(ctx: TracePointContext) -> u32 {
 
 fn try_enter_write(ctx: &TracePointContext) -> Result<u32, i64> {
     let (tgid, _) = current_ids();
-    if !is_target(tgid) {
-        return Ok(0);
-    }
     let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
     let buf: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
     let len: u64 = field(ctx, tp_layout::SYS_ENTER_LEN);
@@ -55,9 +52,6 @@ pub fn enter_writev(ctx: TracePointContext) -> u32 {
 
 fn try_enter_writev(ctx: &TracePointContext) -> Result<u32, i64> {
     let (tgid, _) = current_ids();
-    if !is_target(tgid) {
-        return Ok(0);
-    }
     // SAFETY (user reads below): the iovec is user memory, read with bpf_probe_read_user,
     // which fails cleanly on a bad pointer.
     let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
@@ -78,9 +72,6 @@ pub fn enter_sendmsg(ctx: TracePointContext) -> u32 {
 
 fn try_enter_sendmsg(ctx: &TracePointContext) -> Result<u32, i64> {
     let (tgid, _) = current_ids();
-    if !is_target(tgid) {
-        return Ok(0);
-    }
     // SAFETY (user reads below): the msghdr and iovec are user memory, read with
     // bpf_probe_read_user, which fails cleanly on a bad pointer.
     let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
