@@ -361,7 +361,9 @@ impl ConnInfo {
 pub enum EventKind {
     /// A target began a connect(): the socket is tracked from now on.
     Connect = 1,
-    /// A tracked socket changed TCP state (not to CLOSE).
+    /// A tracked socket changed TCP state (not to CLOSE). The kernel side no longer sends it:
+    /// a change between connect and close reaches user space through the `CONNS` sample, and
+    /// the Close event carries the final record. Kept so the numbering and decoding stay.
     State = 2,
     /// A tracked socket reached CLOSE; the kernel side forgot it.
     Close = 3,

@@ -1,5 +1,7 @@
 //! TCP state changes: a target's connect starts tracking (SYN_SENT), the upstream's FIN shows
 //! as CLOSE_WAIT, the process's close as FIN_WAIT1/LAST_ACK, and TCP_CLOSE ends tracking.
+//! Only the start (Connect) and the end (Close, with the whole record) are ring-buffer events;
+//! the changes between are written to `CONNS`, which user space samples every second.
 //!
 //! State changes caused by incoming packets run in softirq context, where the current task
 //! is unrelated: those are matched by socket (`CONNS`), never by pid.
@@ -43,10 +45,10 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         return start_tracking(ctx, sk);
     }
 
+    // Every TCP socket on the host passes here: an untracked one costs this lookup only.
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
-    let now = unsafe { bpf_ktime_get_ns() };
     // tcp_v4_connect enters SYN_SENT before inet_hash_connect picks the source port, so the
     // port is learned from the first change after it.
     let sport: u16 = field(ctx, tp::SPORT);
@@ -57,44 +59,66 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
             (*conn).sport = sport;
         }
         (*conn).state = new_state;
-        match new_state {
-            tcp_state::ESTABLISHED => (*conn).established_ns = now,
-            tcp_state::CLOSE_WAIT => (*conn).peer_fin_ns = now,
-            tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => {
+    }
+    // No event for the changes before TCP_CLOSE: user space reads the state and its times
+    // from the map every second, and the Close event carries the whole record. Only the
+    // changes whose time the model uses take the clock, and only those where the receive
+    // queue tells something (the upstream's FIN, the process's close, the end) sample it.
+    match new_state {
+        tcp_state::ESTABLISHED => {
+            let now = unsafe { bpf_ktime_get_ns() };
+            // SAFETY: as above.
+            unsafe { (*conn).established_ns = now };
+        }
+        tcp_state::CLOSE_WAIT => {
+            let now = unsafe { bpf_ktime_get_ns() };
+            // SAFETY: as above.
+            unsafe { (*conn).peer_fin_ns = now };
+            sample_unread(sk, conn, now);
+        }
+        tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => {
+            let now = unsafe { bpf_ktime_get_ns() };
+            // SAFETY: as above.
+            unsafe {
                 if (*conn).local_close_ns == 0 {
                     (*conn).local_close_ns = now;
                 }
             }
-            _ => {}
+            sample_unread(sk, conn, now);
         }
+        tcp_state::CLOSE => end_tracking(sk, conn, old_state),
+        _ => {}
     }
+    Ok(0)
+}
+
+/// The socket reached TCP_CLOSE: hand its final record to user space and forget it.
+#[inline(always)]
+fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
+    let now = unsafe { bpf_ktime_get_ns() };
     // At TCP_CLOSE from close() the receive queue was already purged but copied_seq was not
     // advanced, so this sample still says how much response was thrown away.
     sample_unread(sk, conn, now);
-
-    if new_state == tcp_state::CLOSE {
-        sample_peer_fin(sk, conn);
-        emit(EventKind::Close, old_state, new_state, sk, now, conn);
-        // SAFETY: as above; we copy the key fields before removing the entry.
-        let (tgid, fd, flags) = unsafe { ((*conn).tgid, (*conn).fd, (*conn).flags) };
-        let _ = CONNS.remove(&sk);
-        if flags & ConnFlags::FD_KNOWN != 0 {
-            let key = FdKey {
-                tgid,
-                fd: fd as u32,
-            };
-            // The fd may already belong to a newer socket; only drop our own mapping.
-            if let Some(mapped) = FD_SOCKS.get_ptr(&key) {
-                // SAFETY: pointer from the lookup just made.
-                if unsafe { *mapped } == sk {
-                    let _ = FD_SOCKS.remove(&key);
-                }
+    sample_peer_fin(sk, conn);
+    emit(EventKind::Close, old_state, tcp_state::CLOSE, sk, now, conn);
+    // SAFETY: `conn` points into the live CONNS entry; we copy the key fields before removing it.
+    let (tgid, fd, flags) = unsafe { ((*conn).tgid, (*conn).fd, (*conn).flags) };
+    let _ = CONNS.remove(&sk);
+    // CLOSED_BY_PROCESS means close() found this socket through its fd and dropped the
+    // mapping then, so a mapping there now is a newer socket's: no lookup. Otherwise drop ours,
+    // unless the fd already belongs to a newer socket.
+    if flags & ConnFlags::FD_KNOWN != 0 && flags & ConnFlags::CLOSED_BY_PROCESS == 0 {
+        let key = FdKey {
+            tgid,
+            fd: fd as u32,
+        };
+        if let Some(mapped) = FD_SOCKS.get_ptr(&key) {
+            // SAFETY: pointer from the lookup just made.
+            if unsafe { *mapped } == sk {
+                let _ = FD_SOCKS.remove(&key);
             }
         }
-    } else {
-        emit(EventKind::State, old_state, new_state, sk, now, conn);
     }
-    Ok(0)
 }
 
 /// A target thread is connecting this socket: start tracking it.
@@ -146,15 +170,14 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
         };
         let _ = FD_SOCKS.insert(&key, &sk, 0);
     }
-    if let Some(conn) = CONNS.get_ptr_mut(&sk) {
-        emit(
-            EventKind::Connect,
-            tcp_state::CLOSE,
-            tcp_state::SYN_SENT,
-            sk,
-            now,
-            conn,
-        );
-    }
+    // From the local copy: the same bytes as the entry, without a second lookup.
+    emit(
+        EventKind::Connect,
+        tcp_state::CLOSE,
+        tcp_state::SYN_SENT,
+        sk,
+        now,
+        &info,
+    );
     Ok(0)
 }
