@@ -4,7 +4,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePoi
 use tracer_common::{tp_layout, ConnFlags, FdKey};
 
 use crate::{
-    maps::{CONNS, FD_SOCKS},
+    maps::{CONNS, FD_NAMED, FD_SOCKS},
     sock::{current_ids, field},
 };
 
@@ -28,7 +28,7 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     };
     // SAFETY: pointer from the lookup just made.
-    let sk = unsafe { *sk };
+    let sk = unsafe { *sk } & !FD_NAMED;
     let _ = FD_SOCKS.remove(&key);
     if let Some(conn) = CONNS.get_ptr_mut(&sk) {
         let now = unsafe { bpf_ktime_get_ns() };

@@ -25,9 +25,15 @@ pub static TARGET_COMMS: HashMap<[u8; COMM_LEN], u8> =
 #[map]
 pub static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
-/// (tgid, fd) -> socket address, so fd-based syscalls (read, close) find the socket.
+/// (tgid, fd) -> socket address, so fd-based syscalls (read, write, close) find the socket.
+/// Bit 0 of the value is `FD_NAMED`.
 #[map]
 pub static FD_SOCKS: LruHashMap<FdKey, u64> = LruHashMap::with_max_entries(MAX_FD_SOCKS, 0);
+
+/// Bit 0 of an `FD_SOCKS` value: the connection's first bytes were taken (or its share of them
+/// used up), so writes need nothing more. Free because socket addresses are slab objects
+/// aligned to at least 8 bytes.
+pub const FD_NAMED: u64 = 1;
 
 /// Thread id -> fd of a connect() in progress.
 #[map]

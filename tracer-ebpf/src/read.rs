@@ -15,7 +15,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePoi
 use tracer_common::{tp_layout, ConnInfo, FdKey, Stat, IPPROTO_TCP, MSG_PEEK};
 
 use crate::{
-    maps::{CONNS, FD_SOCKS, PENDING_READ},
+    maps::{CONNS, FD_NAMED, FD_SOCKS, PENDING_READ},
     sock::{count, current_ids, field, sample_unread},
 };
 
@@ -110,7 +110,7 @@ fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u3
         return Ok(0);
     };
     // SAFETY: pointer from the lookup just made.
-    let sk = unsafe { *sk };
+    let sk = unsafe { *sk } & !FD_NAMED;
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };

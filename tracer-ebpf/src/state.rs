@@ -18,7 +18,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{CONNS, FD_SOCKS, PENDING_CONNECT},
+    maps::{CONNS, FD_NAMED, FD_SOCKS, PENDING_CONNECT},
     sock::{
         count, current_ids, emit, field, field16, field4, is_target, sample_peer_fin, sample_unread,
     },
@@ -114,7 +114,7 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
         };
         if let Some(mapped) = FD_SOCKS.get_ptr(&key) {
             // SAFETY: pointer from the lookup just made.
-            if unsafe { *mapped } == sk {
+            if unsafe { *mapped } & !FD_NAMED == sk {
                 let _ = FD_SOCKS.remove(&key);
             }
         }

@@ -1,7 +1,8 @@
 //! The first bytes a target writes on a tracked socket: the TLS ClientHello or the HTTP/1.x
 //! request head, from which user space takes the server name (SNI) or the Host header and
 //! drops the rest at once. At most FIRST_BYTES_WRITES writes and FIRST_BYTES_MAX bytes per
-//! connection are copied, once; every later write costs two map lookups and nothing else.
+//! connection are copied, once; every later write costs one map lookup (`FD_SOCKS`, whose
+//! value then says the connection is named) and nothing else.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated as gen},
@@ -14,7 +15,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{CONNS, EVENTS, FD_SOCKS},
+    maps::{CONNS, EVENTS, FD_NAMED, FD_SOCKS},
     sock::{count, current_ids, field, wakeup_flag},
 };
 
@@ -37,11 +38,12 @@ pub fn enter_write(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter_write(ctx: &TracePointContext) -> Result<u32, i64> {
-    let (tgid, _) = current_ids();
-    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
+    let Some(mapping) = unnamed_socket(ctx) else {
+        return Ok(0);
+    };
     let buf: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
     let len: u64 = field(ctx, tp_layout::SYS_ENTER_LEN);
-    capture(tgid, fd, buf, len)
+    capture(mapping, buf, len)
 }
 
 /// `syscalls/sys_enter_writev`: (fd, iovec array, count); the first iovec is looked at.
@@ -51,17 +53,18 @@ pub fn enter_writev(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter_writev(ctx: &TracePointContext) -> Result<u32, i64> {
-    let (tgid, _) = current_ids();
-    // SAFETY (user reads below): the iovec is user memory, read with bpf_probe_read_user,
-    // which fails cleanly on a bad pointer.
-    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
-    let vec: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
     let vlen: u64 = field(ctx, tp_layout::SYS_ENTER_LEN);
-    if vlen == 0 || !is_tracked(tgid, fd) {
+    if vlen == 0 {
         return Ok(0);
     }
+    let Some(mapping) = unnamed_socket(ctx) else {
+        return Ok(0);
+    };
+    let vec: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
+    // SAFETY: the iovec is user memory, read with bpf_probe_read_user, which fails cleanly on
+    // a bad pointer.
     let iov: Iovec = unsafe { bpf_probe_read_user(vec as *const Iovec) }.map_err(i64::from)?;
-    capture(tgid, fd, iov.base, iov.len)
+    capture(mapping, iov.base, iov.len)
 }
 
 /// `syscalls/sys_enter_sendmsg`: (fd, user_msghdr); the first iovec is looked at.
@@ -71,46 +74,53 @@ pub fn enter_sendmsg(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter_sendmsg(ctx: &TracePointContext) -> Result<u32, i64> {
-    let (tgid, _) = current_ids();
-    // SAFETY (user reads below): the msghdr and iovec are user memory, read with
-    // bpf_probe_read_user, which fails cleanly on a bad pointer.
-    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
-    let msg: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
-    if !is_tracked(tgid, fd) {
+    let Some(mapping) = unnamed_socket(ctx) else {
         return Ok(0);
-    }
+    };
+    let msg: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
+    // SAFETY: the msghdr and iovec are user memory, read with bpf_probe_read_user, which fails
+    // cleanly on a bad pointer.
     let iov_ptr: u64 =
         unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) }.map_err(i64::from)?;
     let iov: Iovec = unsafe { bpf_probe_read_user(iov_ptr as *const Iovec) }.map_err(i64::from)?;
-    capture(tgid, fd, iov.base, iov.len)
+    capture(mapping, iov.base, iov.len)
 }
 
+/// The `FD_SOCKS` value of the written fd when it is a tracked socket whose first bytes are
+/// still wanted. This one lookup is all that any other write costs: an unrelated process's,
+/// one on an untracked fd, or one on a connection already named (`FD_NAMED`).
 #[inline(always)]
-fn is_tracked(tgid: u32, fd: u64) -> bool {
-    FD_SOCKS
-        .get_ptr(&FdKey {
-            tgid,
-            fd: fd as u32,
-        })
-        .is_some()
-}
-
-#[inline(always)]
-fn capture(tgid: u32, fd: u64, buf: u64, len: u64) -> Result<u32, i64> {
-    let Some(sk) = FD_SOCKS.get_ptr(&FdKey {
+fn unnamed_socket(ctx: &TracePointContext) -> Option<*mut u64> {
+    let (tgid, _) = current_ids();
+    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
+    let mapping = FD_SOCKS.get_ptr_mut(&FdKey {
         tgid,
         fd: fd as u32,
-    }) else {
-        return Ok(0);
-    };
+    })?;
     // SAFETY: pointer from the lookup just made.
-    let sk = unsafe { *sk };
+    if unsafe { *mapping } & FD_NAMED != 0 {
+        return None;
+    }
+    Some(mapping)
+}
+
+/// Copies the first bytes of a write on the socket `mapping` (an `FD_SOCKS` value) names,
+/// and marks the mapping `FD_NAMED` once the connection's share is taken.
+#[inline(always)]
+fn capture(mapping: *mut u64, buf: u64, len: u64) -> Result<u32, i64> {
+    // SAFETY: `mapping` points into the FD_SOCKS entry the caller just looked up.
+    let sk = unsafe { *mapping };
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
     // SAFETY: `conn` points into the CONNS entry just looked up.
     let (writes, taken) = unsafe { ((*conn).captured_writes, (*conn).captured_bytes as u64) };
-    if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 || len == 0 {
+    if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 {
+        // SAFETY: as above; a plain store of the flag into our own mapping.
+        unsafe { *mapping = sk | FD_NAMED };
+        return Ok(0);
+    }
+    if len == 0 {
         return Ok(0);
     }
     let room = FIRST_BYTES_MAX as u64 - taken;
@@ -143,10 +153,14 @@ fn capture(tgid: u32, fd: u64, buf: u64, len: u64) -> Result<u32, i64> {
         (*event).len
     };
     entry.submit(wakeup_flag());
+    let (writes, taken) = (writes + 1, taken + copied as u64);
     // SAFETY: as above.
     unsafe {
-        (*conn).captured_writes = writes + 1;
-        (*conn).captured_bytes += copied;
+        (*conn).captured_writes = writes;
+        (*conn).captured_bytes = taken as u32;
+        if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 {
+            *mapping = sk | FD_NAMED;
+        }
     }
     Ok(0)
 }
