@@ -304,8 +304,6 @@ pub struct ConnInfo {
     pub local_close_ns: u64,
     /// When a read (recvmsg on this socket) last returned.
     pub last_read_ns: u64,
-    /// When the oldest read syscall still in progress started (0: none in progress).
-    pub read_inflight_since_ns: u64,
     pub bytes_read: u64,
     pub reads: u64,
     /// Return value of the last read: bytes, 0 at EOF, or -errno (-11 is EAGAIN).
@@ -320,7 +318,7 @@ pub struct ConnInfo {
     /// Bytes handed to user space for naming so far (at most [`FIRST_BYTES_MAX`]).
     pub captured_bytes: u32,
 }
-const _: () = assert!(size_of::<ConnInfo>() == 168);
+const _: () = assert!(size_of::<ConnInfo>() == 160);
 
 impl ConnInfo {
     /// A zeroed record, for the kernel side to fill in place.
@@ -342,7 +340,6 @@ impl ConnInfo {
             peer_fin_ns: 0,
             local_close_ns: 0,
             last_read_ns: 0,
-            read_inflight_since_ns: 0,
             bytes_read: 0,
             reads: 0,
             last_read_ret: 0,
@@ -399,7 +396,7 @@ pub struct ConnEvent {
     pub ts_ns: u64,
     pub conn: ConnInfo,
 }
-const _: () = assert!(size_of::<ConnEvent>() == 200);
+const _: () = assert!(size_of::<ConnEvent>() == 192);
 
 /// How much of what a process sends on a new connection is copied for naming it: the TLS
 /// ClientHello (server_name) or the HTTP/1.x request head (Host). User space parses the name

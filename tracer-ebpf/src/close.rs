@@ -24,12 +24,17 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<u32, i64> {
         tgid,
         fd: fd as u32,
     };
-    let Some(sk) = FD_SOCKS.get_ptr(&key) else {
+    let Some(mapping) = FD_SOCKS.get_ptr_mut(&key) else {
         return Ok(0);
     };
     // SAFETY: pointer from the lookup just made.
-    let sk = unsafe { *sk } & !FD_NAMED;
-    let _ = FD_SOCKS.remove(&key);
+    let sk = unsafe { *mapping } & !FD_NAMED;
+    if sk == 0 {
+        return Ok(0);
+    }
+    // The fd no longer names the socket; the entry stays for the fd number's next socket
+    // (see `FD_SOCKS`). SAFETY: as above.
+    unsafe { *mapping = 0 };
     if let Some(conn) = CONNS.get_ptr_mut(&sk) {
         let now = unsafe { bpf_ktime_get_ns() };
         // SAFETY: `conn` points into the CONNS entry just looked up.

@@ -5,7 +5,7 @@ use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::Trac
 use tracer_common::{tp_layout, TargetFlags};
 
 use crate::{
-    maps::{PENDING_CONNECT, TARGETS, TARGET_COMMS},
+    maps::{NO_CONNECT, PENDING_CONNECT, TARGETS, TARGET_COMMS},
     sock::{current_ids, field, is_target},
 };
 
@@ -24,10 +24,14 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, i64> {
     if !is_target(tgid) && !adopt_by_comm(tgid) {
         return Ok(0);
     }
-    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
-    PENDING_CONNECT
-        .insert(&tid, &(fd as u32), 0)
-        .map_err(i64::from)?;
+    let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
+    // A thread's entry stays between its connects and is overwritten in place: a store instead
+    // of an insert and a delete per connect.
+    match PENDING_CONNECT.get_ptr_mut(&tid) {
+        // SAFETY: pointer from the lookup just made; only this thread uses its entry.
+        Some(slot) => unsafe { *slot = fd },
+        None => PENDING_CONNECT.insert(&tid, &fd, 0).map_err(i64::from)?,
+    }
     Ok(0)
 }
 
@@ -52,8 +56,13 @@ fn adopt_by_comm(tgid: u32) -> bool {
 pub fn exit_connect(_ctx: TracePointContext) -> u32 {
     // PENDING_CONNECT only holds target threads: its lookup is the target check.
     let (_, tid) = current_ids();
-    if PENDING_CONNECT.get_ptr(&tid).is_some() {
-        let _ = PENDING_CONNECT.remove(&tid);
+    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(&tid) {
+        // SAFETY: pointer from the lookup just made; only this thread uses its entry.
+        unsafe {
+            if *slot != NO_CONNECT {
+                *slot = NO_CONNECT;
+            }
+        }
     }
     0
 }

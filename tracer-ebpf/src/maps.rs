@@ -26,7 +26,10 @@ pub static TARGET_COMMS: HashMap<[u8; COMM_LEN], u8> =
 pub static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
 /// (tgid, fd) -> socket address, so fd-based syscalls (read, write, close) find the socket.
-/// Bit 0 of the value is `FD_NAMED`.
+/// Bit 0 of the value is `FD_NAMED`. close() sets the value to 0 rather than deleting the
+/// entry, and the next tracked connect on that fd number (Go reuses the lowest free one)
+/// overwrites it in place: a store instead of a delete and an insert per connection. Stale
+/// entries cost nothing but their slot, and LRU reclaims those.
 #[map]
 pub static FD_SOCKS: LruHashMap<FdKey, u64> = LruHashMap::with_max_entries(MAX_FD_SOCKS, 0);
 
@@ -35,11 +38,17 @@ pub static FD_SOCKS: LruHashMap<FdKey, u64> = LruHashMap::with_max_entries(MAX_F
 /// aligned to at least 8 bytes.
 pub const FD_NAMED: u64 = 1;
 
-/// Thread id -> fd of a connect() in progress.
+/// Thread id -> fd of a connect() in progress, or `NO_CONNECT`. A target thread's entry is
+/// kept between its connects and rewritten in place (Go runs connects on a few long-lived
+/// threads); LRU reclaims the entries of threads that are gone.
 #[map]
 pub static PENDING_CONNECT: LruHashMap<u32, u32> = LruHashMap::with_max_entries(MAX_PENDING, 0);
 
-/// Thread id -> socket of a read syscall in progress on a tracked socket.
+/// A `PENDING_CONNECT` value: the thread is not in a connect().
+pub const NO_CONNECT: u32 = u32::MAX;
+
+/// Thread id -> socket of a read syscall in progress on a tracked socket, or 0. Kept and
+/// rewritten in place like `PENDING_CONNECT`.
 #[map]
 pub static PENDING_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_PENDING, 0);
 

@@ -29,6 +29,9 @@ static READS_FROM_SYSCALLS: u32 = 0;
 /// aligned to at least 8 bytes.
 const PEEK_TAG: u64 = 1;
 
+/// A `PENDING_READ` value: the thread is not in a read of a tracked socket.
+const NO_READ: u64 = 0;
+
 /// `sock/sock_recv_length` (Linux 6.3): every recvmsg on a socket, with its return value.
 #[tracepoint]
 pub fn sock_recv(ctx: TracePointContext) -> u32 {
@@ -111,6 +114,10 @@ fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u3
     };
     // SAFETY: pointer from the lookup just made.
     let sk = unsafe { *sk } & !FD_NAMED;
+    if sk == 0 {
+        // The fd's socket was closed; the entry waits to be reused (see `FD_SOCKS`).
+        return Ok(0);
+    }
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
@@ -124,15 +131,15 @@ fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u3
             pending |= PEEK_TAG;
         }
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: `conn` points into the CONNS entry just looked up.
-    unsafe {
-        if (*conn).reads_inflight == 0 {
-            (*conn).read_inflight_since_ns = now;
-        }
-        (*conn).reads_inflight += 1;
+    // A thread's entry stays between its reads and is overwritten in place: a store instead
+    // of an insert and a delete per read.
+    match PENDING_READ.get_ptr_mut(&tid) {
+        // SAFETY: pointer from the lookup just made; only this thread uses its entry.
+        Some(slot) => unsafe { *slot = pending },
+        None => PENDING_READ.insert(&tid, &pending, 0).map_err(i64::from)?,
     }
-    PENDING_READ.insert(&tid, &pending, 0).map_err(i64::from)?;
+    // SAFETY: `conn` points into the CONNS entry just looked up.
+    unsafe { (*conn).reads_inflight += 1 };
     Ok(0)
 }
 
@@ -144,25 +151,32 @@ pub fn exit_read(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit_read(ctx: &TracePointContext) -> Result<u32, i64> {
-    // PENDING_READ only holds threads reading a tracked socket: its lookup is the target check.
-    let (_, tid) = current_ids();
-    let Some(pending) = PENDING_READ.get_ptr(&tid) else {
+    // PENDING_READ only holds threads that read a tracked socket: its lookup is the target
+    // check too.
+    let (tgid, tid) = current_ids();
+    let Some(slot) = PENDING_READ.get_ptr_mut(&tid) else {
         return Ok(0);
     };
-    // SAFETY: pointer from the lookup just made.
-    let pending = unsafe { *pending };
-    let _ = PENDING_READ.remove(&tid);
+    // SAFETY: pointer from the lookup just made; only this thread uses its entry.
+    let pending = unsafe { *slot };
+    if pending == NO_READ {
+        return Ok(0);
+    }
+    // SAFETY: as above.
+    unsafe { *slot = NO_READ };
     let sk = pending & !PEEK_TAG;
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
     // SAFETY: `conn` points into the CONNS entry just looked up.
     unsafe {
+        // An entry left by a thread that died mid-read, whose id now belongs to another
+        // process, must not touch this socket's counters.
+        if (*conn).tgid != tgid {
+            return Ok(0);
+        }
         if (*conn).reads_inflight > 0 {
             (*conn).reads_inflight -= 1;
-        }
-        if (*conn).reads_inflight == 0 {
-            (*conn).read_inflight_since_ns = 0;
         }
     }
     // SAFETY: a valid, aligned u32 global; volatile so the loader's value is read.

@@ -18,7 +18,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{CONNS, FD_NAMED, FD_SOCKS, PENDING_CONNECT},
+    maps::{CONNS, FD_NAMED, FD_SOCKS, NO_CONNECT, PENDING_CONNECT},
     sock::{
         count, current_ids, emit, field, field16, field4, is_target, sample_peer_fin, sample_unread,
     },
@@ -112,10 +112,13 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
             tgid,
             fd: fd as u32,
         };
-        if let Some(mapped) = FD_SOCKS.get_ptr(&key) {
-            // SAFETY: pointer from the lookup just made.
-            if unsafe { *mapped } & !FD_NAMED == sk {
-                let _ = FD_SOCKS.remove(&key);
+        if let Some(mapping) = FD_SOCKS.get_ptr_mut(&key) {
+            // SAFETY: pointer from the lookup just made. 0 frees the entry for reuse, as
+            // close() does (see `FD_SOCKS`).
+            unsafe {
+                if *mapping & !FD_NAMED == sk {
+                    *mapping = 0;
+                }
             }
         }
     }
@@ -150,10 +153,16 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
     } else {
         return Ok(0);
     }
-    if let Some(fd) = PENDING_CONNECT.get_ptr(&tid) {
-        // SAFETY: pointer from the lookup just made.
-        info.fd = unsafe { *fd } as i32;
-        info.flags |= ConnFlags::FD_KNOWN;
+    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(&tid) {
+        // SAFETY: pointer from the lookup just made; only this thread uses its entry.
+        let fd = unsafe { *slot };
+        if fd != NO_CONNECT {
+            info.fd = fd as i32;
+            info.flags |= ConnFlags::FD_KNOWN;
+            // Taken: a later SYN_SENT on this thread outside connect() gets no stale fd.
+            // SAFETY: as above.
+            unsafe { *slot = NO_CONNECT };
+        }
     }
     if CONNS.insert(&sk, &info, 0).is_err() {
         count(Stat::ConnMapFull);
@@ -168,7 +177,14 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
             tgid,
             fd: info.fd as u32,
         };
-        let _ = FD_SOCKS.insert(&key, &sk, 0);
+        match FD_SOCKS.get_ptr_mut(&key) {
+            // The fd number's entry from an earlier connection (see `FD_SOCKS`).
+            // SAFETY: pointer from the lookup just made.
+            Some(mapping) => unsafe { *mapping = sk },
+            None => {
+                let _ = FD_SOCKS.insert(&key, &sk, 0);
+            }
+        }
     }
     // From the local copy: the same bytes as the entry, without a second lookup.
     emit(

@@ -98,7 +98,9 @@ fn unnamed_socket(ctx: &TracePointContext) -> Option<*mut u64> {
         fd: fd as u32,
     })?;
     // SAFETY: pointer from the lookup just made.
-    if unsafe { *mapping } & FD_NAMED != 0 {
+    let sk = unsafe { *mapping };
+    // 0: the fd's socket was closed (see `FD_SOCKS`).
+    if sk == 0 || sk & FD_NAMED != 0 {
         return None;
     }
     Some(mapping)
