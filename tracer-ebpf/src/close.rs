@@ -4,8 +4,8 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePoi
 use tracer_common::{tp_layout, ConnFlags, FdKey};
 
 use crate::{
-    maps::{CONNS, FD_NAMED, FD_SOCKS},
-    sock::{current_ids, field},
+    maps::{CONNS, FD_NAMED, FD_SLOTS, FD_SOCKS},
+    sock::{current_ids, fd_slot, field, maybe, owns},
 };
 
 /// `syscalls/sys_enter_close`: marks the socket closed by the process before tcp_close runs,
@@ -16,15 +16,13 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter_close(ctx: &TracePointContext) -> Result<u32, i64> {
-    // FD_SOCKS is keyed by (tgid, fd) and only holds targets' tracked sockets: its lookup is
-    // the target check too.
     let (tgid, _) = current_ids();
-    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
-    let key = FdKey {
-        tgid,
-        fd: fd as u32,
-    };
-    let Some(mapping) = FD_SOCKS.get_ptr_mut(&key) else {
+    let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
+    // Every close on the host passes here: the filter answers for nearly all of them.
+    if !maybe(&FD_SLOTS, fd_slot(tgid, fd)) {
+        return Ok(0);
+    }
+    let Some(mapping) = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd }) else {
         return Ok(0);
     };
     // SAFETY: pointer from the lookup just made.
@@ -35,14 +33,19 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<u32, i64> {
     // The fd no longer names the socket; the entry stays for the fd number's next socket
     // (see `FD_SOCKS`). SAFETY: as above.
     unsafe { *mapping = 0 };
-    if let Some(conn) = CONNS.get_ptr_mut(&sk) {
-        let now = unsafe { bpf_ktime_get_ns() };
-        // SAFETY: `conn` points into the CONNS entry just looked up.
-        unsafe {
-            (*conn).flags |= ConnFlags::CLOSED_BY_PROCESS;
-            if (*conn).local_close_ns == 0 {
-                (*conn).local_close_ns = now;
-            }
+    let Some(conn) = CONNS.get_ptr_mut(&sk) else {
+        return Ok(0);
+    };
+    // SAFETY: `conn` points into the CONNS entry just looked up.
+    if !unsafe { owns(conn, tgid, fd) } {
+        return Ok(0);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: as above.
+    unsafe {
+        (*conn).flags |= ConnFlags::CLOSED_BY_PROCESS;
+        if (*conn).local_close_ns == 0 {
+            (*conn).local_close_ns = now;
         }
     }
     Ok(0)

@@ -5,8 +5,8 @@ use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::Trac
 use tracer_common::{tp_layout, TargetFlags};
 
 use crate::{
-    maps::{NO_CONNECT, PENDING_CONNECT, TARGETS, TARGET_COMMS},
-    sock::{current_ids, field, is_target},
+    maps::{PENDING_CONNECT, TARGETS, TARGET_COMMS},
+    sock::{current_ids, field, is_target, tid_slot},
 };
 
 /// Non-zero when user space asked to follow processes by name (`--comm`).
@@ -25,12 +25,10 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
-    // A thread's entry stays between its connects and is overwritten in place: a store instead
-    // of an insert and a delete per connect.
-    match PENDING_CONNECT.get_ptr_mut(&tid) {
-        // SAFETY: pointer from the lookup just made; only this thread uses its entry.
-        Some(slot) => unsafe { *slot = fd },
-        None => PENDING_CONNECT.insert(&tid, &fd, 0).map_err(i64::from)?,
+    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(tid_slot(tid)) {
+        // SAFETY: pointer into the array map just looked up; one aligned 8-byte store, so a
+        // reader sees this thread's fd or another thread's, never a mix.
+        unsafe { *slot = u64::from(tid) << 32 | u64::from(fd) };
     }
     Ok(0)
 }
@@ -54,13 +52,14 @@ fn adopt_by_comm(tgid: u32) -> bool {
 /// `syscalls/sys_exit_connect`: the socket (if any) was tied to the fd while the call ran.
 #[tracepoint]
 pub fn exit_connect(_ctx: TracePointContext) -> u32 {
-    // PENDING_CONNECT only holds target threads: its lookup is the target check.
+    // An array access for every connect on the host; the slot names its thread, so only this
+    // thread's own pending connect is cleared.
     let (_, tid) = current_ids();
-    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(&tid) {
-        // SAFETY: pointer from the lookup just made; only this thread uses its entry.
+    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(tid_slot(tid)) {
+        // SAFETY: pointer into the array map just looked up (see `PENDING_CONNECT`).
         unsafe {
-            if *slot != NO_CONNECT {
-                *slot = NO_CONNECT;
+            if *slot != 0 && (*slot >> 32) as u32 == tid {
+                *slot = 0;
             }
         }
     }

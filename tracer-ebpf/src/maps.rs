@@ -1,9 +1,17 @@
 //! Every map of the eBPF side. All are bounded; maps whose entries can be orphaned (a missed
 //! close, a thread that died mid-syscall) are LRU so they can never fill up for good.
+//!
+//! Cost model: a hash lookup costs 60–110 ns here (hashing, a helper call, and cache misses in
+//! a large table), an array lookup a few ns (the verifier inlines it). The hooks fire for every
+//! process and socket on the host, nearly all of them untracked, so each hash map that they
+//! look up is guarded by a counting filter (`*_SLOTS`): an array of counters indexed by a hash
+//! of the key, where zero means "no entry with a key in this slot". The counters are only
+//! ever too high (a false positive costs the lookup that was saved), never too low: each is
+//! raised before its entry exists and lowered exactly once, on the one path that removes it.
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
     ConnInfo, FdKey, COMM_LEN, EVENTS_RING_BYTES, MAX_CONNS, MAX_FD_SOCKS, MAX_PENDING,
@@ -28,8 +36,10 @@ pub static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(MAX_C
 /// (tgid, fd) -> socket address, so fd-based syscalls (read, write, close) find the socket.
 /// Bit 0 of the value is `FD_NAMED`. close() sets the value to 0 rather than deleting the
 /// entry, and the next tracked connect on that fd number (Go reuses the lowest free one)
-/// overwrites it in place: a store instead of a delete and an insert per connection. Stale
-/// entries cost nothing but their slot, and LRU reclaims those.
+/// overwrites it in place: a store instead of a delete and an insert per connection. A socket
+/// that ends while its fd is still open leaves its mapping behind, so a user of a mapping
+/// checks that the `CONNS` entry it leads to has this tgid and fd (socket addresses are
+/// reused). Stale entries cost nothing but their slot, and LRU reclaims those.
 #[map]
 pub static FD_SOCKS: LruHashMap<FdKey, u64> = LruHashMap::with_max_entries(MAX_FD_SOCKS, 0);
 
@@ -38,19 +48,38 @@ pub static FD_SOCKS: LruHashMap<FdKey, u64> = LruHashMap::with_max_entries(MAX_F
 /// aligned to at least 8 bytes.
 pub const FD_NAMED: u64 = 1;
 
-/// Thread id -> fd of a connect() in progress, or `NO_CONNECT`. A target thread's entry is
-/// kept between its connects and rewritten in place (Go runs connects on a few long-lived
-/// threads); LRU reclaims the entries of threads that are gone.
+/// Slots of each counting filter, and of `PENDING_CONNECT` (a power of two).
+pub const SLOT_BITS: u32 = 17;
+pub const SLOTS: u32 = 1 << SLOT_BITS;
+
+/// Counting filter of `CONNS` by socket address (`sock::sock_slot`): raised when tracking
+/// starts, lowered when it ends (state.rs).
 #[map]
-pub static PENDING_CONNECT: LruHashMap<u32, u32> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+pub static SOCK_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
 
-/// A `PENDING_CONNECT` value: the thread is not in a connect().
-pub const NO_CONNECT: u32 = u32::MAX;
+/// Counting filter of the tracked sockets whose fd is known, by (tgid, fd) (`sock::fd_slot`):
+/// raised when tracking starts, lowered when it ends (state.rs), so it never depends on seeing
+/// close(). Guards `FD_SOCKS`.
+#[map]
+pub static FD_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
 
-/// Thread id -> socket of a read syscall in progress on a tracked socket, or 0. Kept and
-/// rewritten in place like `PENDING_CONNECT`.
+/// Slot `tid % SLOTS`: the thread and the fd of a connect() in progress, as
+/// `tid << 32 | fd`, or 0. A direct-mapped table rather than a hash map: connect() and the
+/// SYN_SENT it causes pay an array access instead of a hash insert, delete and lookup, and it
+/// cannot fill up. Two threads whose ids collide here and connect at the same moment make one
+/// of the connections untied to its fd (never tied to a wrong one: the slot names its thread).
+#[map]
+pub static PENDING_CONNECT: Array<u64> = Array::with_max_entries(SLOTS, 0);
+
+/// Thread id -> socket of a read syscall in progress on a tracked socket, or 0 (syscall read
+/// path only, see read.rs). A thread's entry is kept between its reads and rewritten in place;
+/// LRU reclaims the entries of threads that are gone.
 #[map]
 pub static PENDING_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+/// Counting filter of the non-zero `PENDING_READ` values, by thread id (`sock::tid_slot`).
+#[map]
+pub static READ_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);

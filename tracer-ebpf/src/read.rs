@@ -15,8 +15,11 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePoi
 use tracer_common::{tp_layout, ConnInfo, FdKey, Stat, IPPROTO_TCP, MSG_PEEK};
 
 use crate::{
-    maps::{CONNS, FD_NAMED, FD_SOCKS, PENDING_READ},
-    sock::{count, current_ids, field, sample_unread},
+    maps::{CONNS, FD_NAMED, FD_SLOTS, FD_SOCKS, PENDING_READ, READ_SLOTS, SOCK_SLOTS},
+    sock::{
+        count, current_ids, fd_slot, field, filter_add, maybe, owns, sample_unread, sock_slot,
+        tid_slot,
+    },
 };
 
 /// Non-zero when the loader did not attach `sock_recv` (a kernel before 6.3, or forced):
@@ -47,9 +50,11 @@ fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
     if protocol != IPPROTO_TCP || flags & MSG_PEEK != 0 {
         return Ok(0);
     }
-    // CONNS only holds sockets of targets, so it is the target check too: one lookup for
-    // everyone, where a TARGETS lookup first would cost a target's untracked sockets two.
+    // CONNS only holds sockets of targets, so its filter is the target check too.
     let sk: u64 = field(ctx, tp::SK);
+    if !maybe(&SOCK_SLOTS, sock_slot(sk)) {
+        return Ok(0);
+    }
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
@@ -101,15 +106,14 @@ pub fn enter_recvmsg(ctx: TracePointContext) -> u32 {
 /// `flags_at`: offset of the syscall's flags argument, for the calls that have one.
 #[inline(always)]
 fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u32, i64> {
-    // FD_SOCKS is keyed by (tgid, fd) and only holds targets' tracked sockets: its lookup is
-    // the target check too.
     let (tgid, tid) = current_ids();
-    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
-    let key = FdKey {
-        tgid,
-        fd: fd as u32,
-    };
-    let Some(sk) = FD_SOCKS.get_ptr(&key) else {
+    let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
+    // FD_SLOTS only counts targets' tracked sockets: it is the target check too, and answers
+    // for every read on the host but those.
+    if !maybe(&FD_SLOTS, fd_slot(tgid, fd)) {
+        return Ok(0);
+    }
+    let Some(sk) = FD_SOCKS.get_ptr(&FdKey { tgid, fd }) else {
         return Ok(0);
     };
     // SAFETY: pointer from the lookup just made.
@@ -121,6 +125,10 @@ fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u3
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
+    // SAFETY: `conn` points into the CONNS entry just looked up.
+    if !unsafe { owns(conn, tgid, fd) } {
+        return Ok(0);
+    }
     let mut pending = sk;
     if let Some(offset) = flags_at {
         // SAFETY: the flags field of this syscall record (checked by user space). The offset
@@ -133,10 +141,16 @@ fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u3
     }
     // A thread's entry stays between its reads and is overwritten in place: a store instead
     // of an insert and a delete per read.
-    match PENDING_READ.get_ptr_mut(&tid) {
+    let was_pending = match PENDING_READ.get_ptr_mut(&tid) {
         // SAFETY: pointer from the lookup just made; only this thread uses its entry.
-        Some(slot) => unsafe { *slot = pending },
-        None => PENDING_READ.insert(&tid, &pending, 0).map_err(i64::from)?,
+        Some(slot) => unsafe { core::mem::replace(&mut *slot, pending) != NO_READ },
+        None => {
+            PENDING_READ.insert(&tid, &pending, 0).map_err(i64::from)?;
+            false
+        }
+    };
+    if !was_pending {
+        filter_add(&READ_SLOTS, tid_slot(tid), 1);
     }
     // SAFETY: `conn` points into the CONNS entry just looked up.
     unsafe { (*conn).reads_inflight += 1 };
@@ -151,9 +165,12 @@ pub fn exit_read(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit_read(ctx: &TracePointContext) -> Result<u32, i64> {
-    // PENDING_READ only holds threads that read a tracked socket: its lookup is the target
-    // check too.
+    // READ_SLOTS only counts threads in a read of a tracked socket: it is the target check
+    // too, and answers for every read on the host but those.
     let (tgid, tid) = current_ids();
+    if !maybe(&READ_SLOTS, tid_slot(tid)) {
+        return Ok(0);
+    }
     let Some(slot) = PENDING_READ.get_ptr_mut(&tid) else {
         return Ok(0);
     };
@@ -164,6 +181,7 @@ fn try_exit_read(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     // SAFETY: as above.
     unsafe { *slot = NO_READ };
+    filter_add(&READ_SLOTS, tid_slot(tid), u64::MAX);
     let sk = pending & !PEEK_TAG;
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);

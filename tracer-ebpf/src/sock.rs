@@ -1,7 +1,10 @@
 //! Helpers shared by the hook modules: target filtering, unread-byte sampling, events, stats.
 
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    maps::Array,
     programs::TracePointContext,
     EbpfContext as _,
 };
@@ -9,7 +12,7 @@ use tracer_common::{
     ConnEvent, ConnFlags, ConnInfo, EventKind, Stat, RING_WAKEUP_BYTES, SOCK_DONE_BIT,
 };
 
-use crate::maps::{EVENTS, STATS, TARGETS};
+use crate::maps::{EVENTS, SLOTS, SLOT_BITS, STATS, TARGETS};
 
 /// Byte offsets of `tcp_sock.rcv_nxt` and `tcp_sock.copied_seq`, read by user space from the
 /// running kernel's BTF and set before load. 0 means unknown: unread bytes are then not sampled.
@@ -63,6 +66,64 @@ pub fn current_ids() -> (u32, u32) {
 #[inline(always)]
 pub fn is_target(tgid: u32) -> bool {
     TARGETS.get_ptr(&tgid).is_some()
+}
+
+/// Slot of a counting filter (see maps.rs) for a 64-bit key: Fibonacci hashing, one multiply.
+#[inline(always)]
+fn slot_of(key: u64) -> u32 {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOT_BITS)) as u32
+}
+
+/// Filter slot of a socket address (`SOCK_SLOTS`).
+#[inline(always)]
+pub fn sock_slot(sk: u64) -> u32 {
+    slot_of(sk)
+}
+
+/// Filter slot of a process's fd (`FD_SLOTS`).
+#[inline(always)]
+pub fn fd_slot(tgid: u32, fd: u32) -> u32 {
+    slot_of(u64::from(tgid) << 32 | u64::from(fd))
+}
+
+/// Filter slot of a thread (`READ_SLOTS`), and its `PENDING_CONNECT` slot.
+#[inline(always)]
+pub fn tid_slot(tid: u32) -> u32 {
+    tid & (SLOTS - 1)
+}
+
+/// False when the counting filter says no key in `slot` has an entry, so the hash lookup it
+/// guards can be skipped.
+#[inline(always)]
+pub fn maybe(filter: &Array<u64>, slot: u32) -> bool {
+    // An index out of range cannot happen (slots are masked); if it did, fall back to the
+    // lookup rather than miss an entry.
+    filter.get(slot).is_none_or(|n| *n != 0)
+}
+
+/// Adds `delta` (u64::MAX to subtract one) to a counting filter's slot. An atomic add whose
+/// result is unused: the one atomic instruction every kernel since 3.18 has (BPF_XADD), and
+/// 64-bit because the BPF target has no 32-bit atomics before cpu v3. Through the intrinsic:
+/// the BPF target has no atomic types with read-modify-write methods.
+#[inline(always)]
+pub fn filter_add(filter: &Array<u64>, slot: u32, delta: u64) {
+    if let Some(counter) = filter.get_ptr_mut(slot) {
+        // SAFETY: an aligned u64 inside an array map value, which lives as long as the map;
+        // other CPUs only touch it through atomic adds and plain loads.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, delta) };
+    }
+}
+
+/// True when the tracked socket `conn` is the one process `tgid` holds as `fd`. An
+/// `FD_SOCKS` mapping can outlive its socket (see there) and the address be reused by another
+/// tracked socket, so a user of a mapping checks this before touching the entry.
+///
+/// # Safety
+/// `conn` points into a live `CONNS` entry.
+#[inline(always)]
+pub unsafe fn owns(conn: *const ConnInfo, tgid: u32, fd: u32) -> bool {
+    // SAFETY: by the caller's contract.
+    unsafe { (*conn).tgid == tgid && (*conn).fd as u32 == fd }
 }
 
 #[inline(always)]

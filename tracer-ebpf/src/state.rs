@@ -18,9 +18,10 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{CONNS, FD_NAMED, FD_SOCKS, NO_CONNECT, PENDING_CONNECT},
+    maps::{CONNS, FD_SLOTS, FD_SOCKS, PENDING_CONNECT, SOCK_SLOTS},
     sock::{
-        count, current_ids, emit, field, field16, field4, is_target, sample_peer_fin, sample_unread,
+        count, current_ids, emit, fd_slot, field, field16, field4, filter_add, is_target, maybe,
+        sample_peer_fin, sample_unread, sock_slot, tid_slot,
     },
 };
 
@@ -45,7 +46,11 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         return start_tracking(ctx, sk);
     }
 
-    // Every TCP socket on the host passes here: an untracked one costs this lookup only.
+    // Every TCP socket on the host passes here: an untracked one costs a filter load, or
+    // this lookup on a false positive.
+    if !maybe(&SOCK_SLOTS, sock_slot(sk)) {
+        return Ok(0);
+    }
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
@@ -103,24 +108,14 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
     emit(EventKind::Close, old_state, tcp_state::CLOSE, sk, now, conn);
     // SAFETY: `conn` points into the live CONNS entry; we copy the key fields before removing it.
     let (tgid, fd, flags) = unsafe { ((*conn).tgid, (*conn).fd, (*conn).flags) };
+    // Fails only when LRU evicted the entry since the lookup; the filters were raised for it
+    // all the same.
     let _ = CONNS.remove(&sk);
-    // CLOSED_BY_PROCESS means close() found this socket through its fd and dropped the
-    // mapping then, so a mapping there now is a newer socket's: no lookup. Otherwise drop ours,
-    // unless the fd already belongs to a newer socket.
-    if flags & ConnFlags::FD_KNOWN != 0 && flags & ConnFlags::CLOSED_BY_PROCESS == 0 {
-        let key = FdKey {
-            tgid,
-            fd: fd as u32,
-        };
-        if let Some(mapping) = FD_SOCKS.get_ptr_mut(&key) {
-            // SAFETY: pointer from the lookup just made. 0 frees the entry for reuse, as
-            // close() does (see `FD_SOCKS`).
-            unsafe {
-                if *mapping & !FD_NAMED == sk {
-                    *mapping = 0;
-                }
-            }
-        }
+    // The socket's FD_SOCKS mapping stays: close() clears it, or a later connect on the fd
+    // number replaces it, and its users check the CONNS entry it leads to (see `FD_SOCKS`).
+    filter_add(&SOCK_SLOTS, sock_slot(sk), u64::MAX);
+    if flags & ConnFlags::FD_KNOWN != 0 {
+        filter_add(&FD_SLOTS, fd_slot(tgid, fd as u32), u64::MAX);
     }
 }
 
@@ -153,18 +148,29 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
     } else {
         return Ok(0);
     }
-    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(&tid) {
-        // SAFETY: pointer from the lookup just made; only this thread uses its entry.
-        let fd = unsafe { *slot };
-        if fd != NO_CONNECT {
-            info.fd = fd as i32;
+    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(tid_slot(tid)) {
+        // SAFETY: pointer from the lookup just made, to an aligned u64 that threads store
+        // whole (see `PENDING_CONNECT`).
+        let pending = unsafe { *slot };
+        if pending != 0 && (pending >> 32) as u32 == tid {
+            info.fd = pending as u32 as i32;
             info.flags |= ConnFlags::FD_KNOWN;
             // Taken: a later SYN_SENT on this thread outside connect() gets no stale fd.
             // SAFETY: as above.
-            unsafe { *slot = NO_CONNECT };
+            unsafe { *slot = 0 };
         }
     }
+    // Raised before the entries exist, so a filter never hides them (see maps.rs).
+    let fd_known = info.flags & ConnFlags::FD_KNOWN != 0;
+    filter_add(&SOCK_SLOTS, sock_slot(sk), 1);
+    if fd_known {
+        filter_add(&FD_SLOTS, fd_slot(tgid, info.fd as u32), 1);
+    }
     if CONNS.insert(&sk, &info, 0).is_err() {
+        filter_add(&SOCK_SLOTS, sock_slot(sk), u64::MAX);
+        if fd_known {
+            filter_add(&FD_SLOTS, fd_slot(tgid, info.fd as u32), u64::MAX);
+        }
         count(Stat::ConnMapFull);
         warn!(
             ctx,
@@ -172,7 +178,7 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
         );
         return Ok(0);
     }
-    if info.flags & ConnFlags::FD_KNOWN != 0 {
+    if fd_known {
         let key = FdKey {
             tgid,
             fd: info.fd as u32,

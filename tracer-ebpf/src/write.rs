@@ -15,8 +15,8 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{CONNS, EVENTS, FD_NAMED, FD_SOCKS},
-    sock::{count, current_ids, field, wakeup_flag},
+    maps::{CONNS, EVENTS, FD_NAMED, FD_SLOTS, FD_SOCKS},
+    sock::{count, current_ids, fd_slot, field, maybe, owns, wakeup_flag},
 };
 
 /// `struct iovec` (include/uapi/linux/uio.h).
@@ -90,36 +90,49 @@ fn try_enter_sendmsg(ctx: &TracePointContext) -> Result<u32, i64> {
 /// still wanted. This one lookup is all that any other write costs: an unrelated process's,
 /// one on an untracked fd, or one on a connection already named (`FD_NAMED`).
 #[inline(always)]
-fn unnamed_socket(ctx: &TracePointContext) -> Option<*mut u64> {
+fn unnamed_socket(ctx: &TracePointContext) -> Option<Mapping> {
     let (tgid, _) = current_ids();
-    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
-    let mapping = FD_SOCKS.get_ptr_mut(&FdKey {
-        tgid,
-        fd: fd as u32,
-    })?;
+    let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
+    // FD_SLOTS only counts targets' tracked sockets: it is the target check too, and answers
+    // for every write on the host but those.
+    if !maybe(&FD_SLOTS, fd_slot(tgid, fd)) {
+        return None;
+    }
+    let value = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd })?;
     // SAFETY: pointer from the lookup just made.
-    let sk = unsafe { *mapping };
+    let sk = unsafe { *value };
     // 0: the fd's socket was closed (see `FD_SOCKS`).
     if sk == 0 || sk & FD_NAMED != 0 {
         return None;
     }
-    Some(mapping)
+    Some(Mapping { tgid, fd, value })
 }
 
-/// Copies the first bytes of a write on the socket `mapping` (an `FD_SOCKS` value) names,
-/// and marks the mapping `FD_NAMED` once the connection's share is taken.
+/// A process's fd and its `FD_SOCKS` value.
+struct Mapping {
+    tgid: u32,
+    fd: u32,
+    value: *mut u64,
+}
+
+/// Copies the first bytes of a write on the socket `mapping` names, and marks the mapping
+/// `FD_NAMED` once the connection's share is taken.
 #[inline(always)]
-fn capture(mapping: *mut u64, buf: u64, len: u64) -> Result<u32, i64> {
-    // SAFETY: `mapping` points into the FD_SOCKS entry the caller just looked up.
-    let sk = unsafe { *mapping };
+fn capture(mapping: Mapping, buf: u64, len: u64) -> Result<u32, i64> {
+    // SAFETY: `mapping.value` points into the FD_SOCKS entry the caller just looked up.
+    let sk = unsafe { *mapping.value };
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
     // SAFETY: `conn` points into the CONNS entry just looked up.
+    if !unsafe { owns(conn, mapping.tgid, mapping.fd) } {
+        return Ok(0);
+    }
+    // SAFETY: as above.
     let (writes, taken) = unsafe { ((*conn).captured_writes, (*conn).captured_bytes as u64) };
     if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 {
         // SAFETY: as above; a plain store of the flag into our own mapping.
-        unsafe { *mapping = sk | FD_NAMED };
+        unsafe { *mapping.value = sk | FD_NAMED };
         return Ok(0);
     }
     if len == 0 {
@@ -161,7 +174,7 @@ fn capture(mapping: *mut u64, buf: u64, len: u64) -> Result<u32, i64> {
         (*conn).captured_writes = writes;
         (*conn).captured_bytes = taken as u32;
         if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 {
-            *mapping = sk | FD_NAMED;
+            *mapping.value = sk | FD_NAMED;
         }
     }
     Ok(0)
