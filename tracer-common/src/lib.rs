@@ -72,7 +72,8 @@ pub mod tp_layout {
     /// `syscalls/sys_enter_{connect,close,read,readv,recvfrom,recvmsg}`: the fd argument.
     pub const SYS_ENTER_FD: usize = 16;
     /// `syscalls/sys_enter_{write,sendto}`: the buffer and its length; `sys_enter_writev`:
-    /// the iovec array and its length; `sys_enter_sendmsg`: the user_msghdr.
+    /// the iovec array and its length; `sys_enter_sendmsg`: the user_msghdr. The length also
+    /// of `sys_enter_{read,recvfrom}` (bytes) and `sys_enter_readv` (iovecs).
     pub const SYS_ENTER_BUF: usize = 24;
     pub const SYS_ENTER_LEN: usize = 32;
     /// `syscalls/sys_exit_*`: the return value.
@@ -164,6 +165,9 @@ pub mod tp_layout {
         ("syscalls", "sys_enter_readv", "fd", SYS_ENTER_FD),
         ("syscalls", "sys_enter_recvfrom", "fd", SYS_ENTER_FD),
         ("syscalls", "sys_enter_recvmsg", "fd", SYS_ENTER_FD),
+        ("syscalls", "sys_enter_read", "count", SYS_ENTER_LEN),
+        ("syscalls", "sys_enter_readv", "vlen", SYS_ENTER_LEN),
+        ("syscalls", "sys_enter_recvfrom", "size", SYS_ENTER_LEN),
         (
             "syscalls",
             "sys_enter_recvfrom",

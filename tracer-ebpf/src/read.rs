@@ -9,7 +9,12 @@
 //!   have reported for the same read. Reads that do not go through read, readv, recvfrom or
 //!   recvmsg (io_uring, splice, recvmmsg) are not seen there; Go's net package uses read(2).
 //!
-//! The syscall pair runs on every kernel anyway: it counts the reads in progress.
+//! The read syscalls' entries run on every kernel: they count the reads in progress (a thread
+//! blocked in read() is listening). The read ends where it is counted: in `sock_recv` (the
+//! tracepoint fires at the end of every recvmsg, which every read of a socket goes through)
+//! or, on the syscall path, in `exit_read`, which needs the socket noted per thread at entry.
+//! So with sock_recv_length, `exit_read` is not attached at all and entries note nothing per
+//! thread.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{tp_layout, ConnInfo, FdKey, Stat, IPPROTO_TCP, MSG_PEEK};
@@ -22,8 +27,8 @@ use crate::{
     },
 };
 
-/// Non-zero when the loader did not attach `sock_recv` (a kernel before 6.3, or forced):
-/// `exit_read` then counts each read from the syscall's return value.
+/// Non-zero when the loader attached `exit_read` instead of `sock_recv` (a kernel before 6.3,
+/// or forced): reads are then noted per thread at entry and counted at exit.
 #[unsafe(no_mangle)]
 static READS_FROM_SYSCALLS: u32 = 0;
 
@@ -43,11 +48,10 @@ pub fn sock_recv(ctx: TracePointContext) -> u32 {
 
 fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
     use tp_layout::sock_recv_length as tp;
-    // This fires for every recvmsg on the host, Unix sockets included: two loads from the
-    // record drop what cannot be tracked before any map lookup.
+    // This fires for every recvmsg on the host, Unix sockets included: a load from the record
+    // drops what cannot be tracked before any map access.
     let protocol: u16 = field(ctx, tp::PROTOCOL);
-    let flags: i32 = field(ctx, tp::FLAGS);
-    if protocol != IPPROTO_TCP || flags & MSG_PEEK != 0 {
+    if protocol != IPPROTO_TCP {
         return Ok(0);
     }
     // CONNS only holds sockets of targets, so its filter is the target check too.
@@ -58,6 +62,17 @@ fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
+    // The read that `enter_read` counted in progress ends here (a peek too).
+    // SAFETY: `conn` points into the CONNS entry just looked up.
+    unsafe {
+        if (*conn).reads_inflight > 0 {
+            (*conn).reads_inflight -= 1;
+        }
+    }
+    let flags: i32 = field(ctx, tp::FLAGS);
+    if flags & MSG_PEEK != 0 {
+        return Ok(0);
+    }
     let ret: i32 = field(ctx, tp::RET);
     record_read(sk, conn, i64::from(ret));
     Ok(0)
@@ -88,29 +103,40 @@ fn record_read(sk: u64, conn: *mut ConnInfo, ret: i64) {
 /// silent.
 #[tracepoint]
 pub fn enter_read(ctx: TracePointContext) -> u32 {
-    try_enter_read(&ctx, None).unwrap_or(0)
+    try_enter_read(&ctx, true, None).unwrap_or(0)
 }
 
 /// `syscalls/sys_enter_recvfrom`: as `enter_read`, and a MSG_PEEK is remembered.
 #[tracepoint]
 pub fn enter_recvfrom(ctx: TracePointContext) -> u32 {
-    try_enter_read(&ctx, Some(tp_layout::SYS_ENTER_RECVFROM_FLAGS)).unwrap_or(0)
+    try_enter_read(&ctx, true, Some(tp_layout::SYS_ENTER_RECVFROM_FLAGS)).unwrap_or(0)
 }
 
 /// `syscalls/sys_enter_recvmsg`: as `enter_read`, and a MSG_PEEK is remembered.
 #[tracepoint]
 pub fn enter_recvmsg(ctx: TracePointContext) -> u32 {
-    try_enter_read(&ctx, Some(tp_layout::SYS_ENTER_RECVMSG_FLAGS)).unwrap_or(0)
+    try_enter_read(&ctx, false, Some(tp_layout::SYS_ENTER_RECVMSG_FLAGS)).unwrap_or(0)
 }
 
-/// `flags_at`: offset of the syscall's flags argument, for the calls that have one.
+/// `has_len`: the syscall's third argument is a length (read's count, readv's vlen,
+/// recvfrom's size). `flags_at`: offset of the syscall's flags argument, for the calls that
+/// have one.
 #[inline(always)]
-fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u32, i64> {
+fn try_enter_read(
+    ctx: &TracePointContext,
+    has_len: bool,
+    flags_at: Option<usize>,
+) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
     let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
     // FD_SLOTS only counts targets' tracked sockets: it is the target check too, and answers
     // for every read on the host but those.
     if !maybe(&FD_SLOTS, fd_slot(tgid, fd)) {
+        return Ok(0);
+    }
+    // A zero-length read returns before reaching the socket (sock_read_iter), so no
+    // sock_recv would end it; nor does it wait for anything.
+    if has_len && field::<u64>(ctx, tp_layout::SYS_ENTER_LEN) == 0 {
         return Ok(0);
     }
     let Some(sk) = FD_SOCKS.get_ptr(&FdKey { tgid, fd }) else {
@@ -129,6 +155,22 @@ fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u3
     if !unsafe { owns(conn, tgid, fd) } {
         return Ok(0);
     }
+    if reads_from_syscalls() {
+        note_pending_read(ctx, tid, sk, flags_at)?;
+    }
+    // SAFETY: `conn` points into the CONNS entry just looked up.
+    unsafe { (*conn).reads_inflight += 1 };
+    Ok(0)
+}
+
+/// Syscall read path: notes the socket of the thread's read for `exit_read`.
+#[inline(always)]
+fn note_pending_read(
+    ctx: &TracePointContext,
+    tid: u32,
+    sk: u64,
+    flags_at: Option<usize>,
+) -> Result<(), i64> {
     let mut pending = sk;
     if let Some(offset) = flags_at {
         // SAFETY: the flags field of this syscall record (checked by user space). The offset
@@ -152,13 +194,17 @@ fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u3
     if !was_pending {
         filter_add(&READ_SLOTS, tid_slot(tid), 1);
     }
-    // SAFETY: `conn` points into the CONNS entry just looked up.
-    unsafe { (*conn).reads_inflight += 1 };
-    Ok(0)
+    Ok(())
 }
 
-/// `syscalls/sys_exit_{read,readv,recvfrom,recvmsg}`: the read syscall returned. Without
-/// `sock_recv_length` this is where the read itself is counted.
+#[inline(always)]
+fn reads_from_syscalls() -> bool {
+    // SAFETY: a valid, aligned u32 global; volatile so the loader's value is read.
+    unsafe { core::ptr::read_volatile(&READS_FROM_SYSCALLS) != 0 }
+}
+
+/// `syscalls/sys_exit_{read,readv,recvfrom,recvmsg}`: the read syscall returned. Attached only
+/// without `sock_recv_length` (`READS_FROM_SYSCALLS`): this is where the read is counted.
 #[tracepoint]
 pub fn exit_read(ctx: TracePointContext) -> u32 {
     try_exit_read(&ctx).unwrap_or(0)
@@ -197,9 +243,7 @@ fn try_exit_read(ctx: &TracePointContext) -> Result<u32, i64> {
             (*conn).reads_inflight -= 1;
         }
     }
-    // SAFETY: a valid, aligned u32 global; volatile so the loader's value is read.
-    let from_syscalls = unsafe { core::ptr::read_volatile(&READS_FROM_SYSCALLS) } != 0;
-    if from_syscalls && pending & PEEK_TAG == 0 {
+    if pending & PEEK_TAG == 0 {
         let ret: i64 = field(ctx, tp_layout::SYS_EXIT_RET);
         record_read(sk, conn, ret);
     }
