@@ -245,6 +245,9 @@ pub const IPPROTO_TCP: u16 = 6;
 pub const SOCK_DONE_BIT: u64 = 1 << 1;
 /// MSG_PEEK (include/linux/socket.h): a peek consumes nothing, so it is not a read.
 pub const MSG_PEEK: i32 = 2;
+/// MSG_DONTWAIT (include/linux/socket.h): set on every read of a non-blocking socket
+/// (sock_read_iter adds it for O_NONBLOCK files), so the read did not wait.
+pub const MSG_DONTWAIT: i32 = 0x40;
 
 /// Value bits of the `TARGETS` map.
 pub struct TargetFlags;
@@ -266,6 +269,10 @@ impl ConnFlags {
     pub const CLOSED_BY_PROCESS: u32 = 4;
     /// The peer's FIN had arrived when the socket reached TCP_CLOSE (sampled at close only).
     pub const PEER_FIN_AT_CLOSE: u32 = 8;
+    /// The socket's last read did not wait (MSG_DONTWAIT: a non-blocking socket, as Go's
+    /// are). Reads on such a socket never wait in the kernel, so they are not counted in
+    /// `reads_inflight` (it stays 0) until a read waits again. Kernel-side bookkeeping.
+    pub const NONBLOCKING_READS: u32 = 16;
 }
 
 /// Key of `FD_SOCKS`.
@@ -294,9 +301,8 @@ pub struct ConnInfo {
     pub family: u16,
     pub sport: u16,
     pub dport: u16,
-    /// Writes whose first bytes were handed to user space for naming (at most
-    /// [`FIRST_BYTES_WRITES`]).
-    pub captured_writes: u16,
+    /// Explicit padding (the naming counters live in the kernel side's fd map now).
+    pub _pad0: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub comm: [u8; COMM_LEN],
@@ -315,12 +321,13 @@ pub struct ConnInfo {
     /// `rcv_nxt - copied_seq` at `unread_sampled_ns` (counts an unread FIN as 1).
     pub unread_bytes: u32,
     /// Read syscalls in progress on this socket (a reader blocked in the kernel is listening).
+    /// Not counted on a socket whose reads do not wait ([`ConnFlags::NONBLOCKING_READS`]).
     pub reads_inflight: u32,
     pub unread_sampled_ns: u64,
     /// [`ConnFlags`] bits.
     pub flags: u32,
-    /// Bytes handed to user space for naming so far (at most [`FIRST_BYTES_MAX`]).
-    pub captured_bytes: u32,
+    /// Explicit padding.
+    pub _pad1: u32,
 }
 const _: () = assert!(size_of::<ConnInfo>() == 160);
 
@@ -335,7 +342,7 @@ impl ConnInfo {
             family: 0,
             sport: 0,
             dport: 0,
-            captured_writes: 0,
+            _pad0: 0,
             saddr: [0; 16],
             daddr: [0; 16],
             comm: [0; COMM_LEN],
@@ -351,7 +358,7 @@ impl ConnInfo {
             reads_inflight: 0,
             unread_sampled_ns: 0,
             flags: 0,
-            captured_bytes: 0,
+            _pad1: 0,
         }
     }
 }

@@ -1,10 +1,10 @@
 //! close(): the process let go of a tracked socket's fd.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{tp_layout, ConnFlags, FdKey};
 
 use crate::{
-    maps::{CONNS, FD_NAMED, FD_SLOTS, FD_SOCKS},
+    maps::{CONNS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK},
     sock::{current_ids, fd_slot, field, maybe, owns},
 };
 
@@ -26,13 +26,13 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     };
     // SAFETY: pointer from the lookup just made.
-    let sk = unsafe { *mapping } & !FD_NAMED;
+    let sk = unsafe { (*mapping).sk } & FD_SOCK_MASK;
     if sk == 0 {
         return Ok(0);
     }
     // The fd no longer names the socket; the entry stays for the fd number's next socket
     // (see `FD_SOCKS`). SAFETY: as above.
-    unsafe { *mapping = 0 };
+    unsafe { (*mapping).sk = 0 };
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
@@ -40,13 +40,10 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<u32, i64> {
     if !unsafe { owns(conn, tgid, fd) } {
         return Ok(0);
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    // No clock here: tcp_close runs as this syscall returns, and the FIN_WAIT1 or LAST_ACK it
+    // causes (or, for an abort, the TCP_CLOSE) records local_close_ns a few microseconds later
+    // (state.rs).
     // SAFETY: as above.
-    unsafe {
-        (*conn).flags |= ConnFlags::CLOSED_BY_PROCESS;
-        if (*conn).local_close_ns == 0 {
-            (*conn).local_close_ns = now;
-        }
-    }
+    unsafe { (*conn).flags |= ConnFlags::CLOSED_BY_PROCESS };
     Ok(0)
 }

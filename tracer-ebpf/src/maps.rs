@@ -33,20 +33,39 @@ pub static TARGET_COMMS: HashMap<[u8; COMM_LEN], u8> =
 #[map]
 pub static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
-/// (tgid, fd) -> socket address, so fd-based syscalls (read, write, close) find the socket.
-/// Bit 0 of the value is `FD_NAMED`. close() sets the value to 0 rather than deleting the
-/// entry, and the next tracked connect on that fd number (Go reuses the lowest free one)
-/// overwrites it in place: a store instead of a delete and an insert per connection. A socket
-/// that ends while its fd is still open leaves its mapping behind, so a user of a mapping
-/// checks that the `CONNS` entry it leads to has this tgid and fd (socket addresses are
-/// reused). Stale entries cost nothing but their slot, and LRU reclaims those.
+/// (tgid, fd) -> the socket and what the fd-based syscalls (read, write, close) need about it.
+/// close() sets `sk` to 0 rather than deleting the entry, and the next tracked connect on that
+/// fd number (Go reuses the lowest free one) overwrites it in place: a store instead of a
+/// delete and an insert per connection. A socket that ends while its fd is still open clears
+/// its own mapping at TCP_CLOSE. Stale entries cost nothing but their slot, and LRU reclaims
+/// those.
 #[map]
-pub static FD_SOCKS: LruHashMap<FdKey, u64> = LruHashMap::with_max_entries(MAX_FD_SOCKS, 0);
+pub static FD_SOCKS: LruHashMap<FdKey, FdSock> = LruHashMap::with_max_entries(MAX_FD_SOCKS, 0);
 
-/// Bit 0 of an `FD_SOCKS` value: the connection's first bytes were taken (or its share of them
-/// used up), so writes need nothing more. Free because socket addresses are slab objects
-/// aligned to at least 8 bytes.
+/// Value of `FD_SOCKS`. Writes touches `sk` (its `FD_NAMED` bit) and the counters, reads
+/// `nonblocking`, each with plain stores to its own fields, so neither undoes the other.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FdSock {
+    /// The socket address and the `FD_NAMED` bit; 0 once the fd was closed.
+    pub sk: u64,
+    /// Bytes of the first writes that went to user space for naming (write.rs), at most
+    /// FIRST_BYTES_MAX.
+    pub captured_bytes: u32,
+    /// Those writes, at most FIRST_BYTES_WRITES.
+    pub captured_writes: u16,
+    /// Non-zero when the socket's last read did not wait (MSG_DONTWAIT: a non-blocking socket,
+    /// as every Go socket is), so the next one will not either: `enter_read` does not count
+    /// it in progress (read.rs).
+    pub nonblocking: u16,
+}
+
+/// `FdSock::sk` bit, free because socket addresses are slab objects aligned to at least 8
+/// bytes: the connection's first bytes were taken (or its share of them used up), so writes
+/// need nothing more.
 pub const FD_NAMED: u64 = 1;
+/// The socket address in `FdSock::sk`.
+pub const FD_SOCK_MASK: u64 = !7;
 
 /// Slots of each counting filter, and of `PENDING_CONNECT` (a power of two).
 pub const SLOT_BITS: u32 = 17;

@@ -17,10 +17,12 @@
 //! thread.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{tp_layout, ConnInfo, FdKey, Stat, IPPROTO_TCP, MSG_PEEK};
+use tracer_common::{
+    tp_layout, ConnFlags, ConnInfo, FdKey, Stat, IPPROTO_TCP, MSG_DONTWAIT, MSG_PEEK,
+};
 
 use crate::{
-    maps::{CONNS, FD_NAMED, FD_SLOTS, FD_SOCKS, PENDING_READ, READ_SLOTS, SOCK_SLOTS},
+    maps::{CONNS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, PENDING_READ, READ_SLOTS, SOCK_SLOTS},
     sock::{
         count, current_ids, fd_slot, field, filter_add, maybe, owns, sample_unread, sock_slot,
         tid_slot,
@@ -62,20 +64,55 @@ fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
-    // The read that `enter_read` counted in progress ends here (a peek too).
+    let flags: i32 = field(ctx, tp::FLAGS);
     // SAFETY: `conn` points into the CONNS entry just looked up.
-    unsafe {
+    let was_nonblocking = unsafe {
+        // The read that `enter_read` counted in progress ends here (a peek too). One it did
+        // not count (the socket's reads do not wait) finds 0 here, unless another thread's
+        // read waits on the same socket meanwhile.
         if (*conn).reads_inflight > 0 {
             (*conn).reads_inflight -= 1;
         }
+        (*conn).flags & ConnFlags::NONBLOCKING_READS != 0
+    };
+    let nonblocking = flags & MSG_DONTWAIT != 0;
+    if nonblocking != was_nonblocking {
+        note_blocking_mode(sk, conn, nonblocking);
     }
-    let flags: i32 = field(ctx, tp::FLAGS);
     if flags & MSG_PEEK != 0 {
         return Ok(0);
     }
     let ret: i32 = field(ctx, tp::RET);
     record_read(sk, conn, i64::from(ret));
     Ok(0)
+}
+
+/// The socket's reads changed between waiting and not (once per connection for Go's
+/// sockets, which are non-blocking from the start): tells `enter_read` through the fd's
+/// mapping whether to count the next reads in progress.
+#[inline(always)]
+fn note_blocking_mode(sk: u64, conn: *mut ConnInfo, nonblocking: bool) {
+    // SAFETY: `conn` points into the CONNS entry the caller just looked up.
+    let (tgid, fd, flags) = unsafe {
+        if nonblocking {
+            (*conn).flags |= ConnFlags::NONBLOCKING_READS;
+        } else {
+            (*conn).flags &= !ConnFlags::NONBLOCKING_READS;
+        }
+        ((*conn).tgid, (*conn).fd as u32, (*conn).flags)
+    };
+    if flags & ConnFlags::FD_KNOWN == 0 {
+        return;
+    }
+    if let Some(mapping) = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd }) {
+        // SAFETY: pointer from the lookup just made; a stale mapping (another socket) is
+        // left alone.
+        unsafe {
+            if (*mapping).sk & FD_SOCK_MASK == sk {
+                (*mapping).nonblocking = u16::from(nonblocking);
+            }
+        }
+    }
 }
 
 /// Counts one read that returned `ret` (bytes, 0 at EOF, or -errno) on a tracked socket.
@@ -139,11 +176,18 @@ fn try_enter_read(
     if has_len && field::<u64>(ctx, tp_layout::SYS_ENTER_LEN) == 0 {
         return Ok(0);
     }
-    let Some(sk) = FD_SOCKS.get_ptr(&FdKey { tgid, fd }) else {
+    let Some(mapping) = FD_SOCKS.get_ptr(&FdKey { tgid, fd }) else {
         return Ok(0);
     };
     // SAFETY: pointer from the lookup just made.
-    let sk = unsafe { *sk } & !FD_NAMED;
+    let (sk, nonblocking) = unsafe { ((*mapping).sk & FD_SOCK_MASK, (*mapping).nonblocking) };
+    let from_syscalls = reads_from_syscalls();
+    // A read on a non-blocking socket returns at once (Go's park in the netpoller, not in
+    // read()): nothing to count in progress, and sock_recv counts the read itself. On the
+    // syscall path exit_read counts it, so it is noted all the same.
+    if nonblocking != 0 && !from_syscalls {
+        return Ok(0);
+    }
     if sk == 0 {
         // The fd's socket was closed; the entry waits to be reused (see `FD_SOCKS`).
         return Ok(0);
@@ -155,7 +199,7 @@ fn try_enter_read(
     if !unsafe { owns(conn, tgid, fd) } {
         return Ok(0);
     }
-    if reads_from_syscalls() {
+    if from_syscalls {
         note_pending_read(ctx, tid, sk, flags_at)?;
     }
     // SAFETY: `conn` points into the CONNS entry just looked up.

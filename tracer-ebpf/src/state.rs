@@ -18,7 +18,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{CONNS, FD_SLOTS, FD_SOCKS, PENDING_CONNECT, SOCK_SLOTS},
+    maps::{FdSock, CONNS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, PENDING_CONNECT, SOCK_SLOTS},
     sock::{
         count, current_ids, emit, fd_slot, field, field16, field4, filter_add, is_target, maybe,
         sample_peer_fin, sample_unread, sock_slot, tid_slot,
@@ -105,17 +105,44 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
     // advanced, so this sample still says how much response was thrown away.
     sample_unread(sk, conn, now);
     sample_peer_fin(sk, conn);
-    emit(EventKind::Close, old_state, tcp_state::CLOSE, sk, now, conn);
     // SAFETY: `conn` points into the live CONNS entry; we copy the key fields before removing it.
     let (tgid, fd, flags) = unsafe { ((*conn).tgid, (*conn).fd, (*conn).flags) };
+    if flags & ConnFlags::CLOSED_BY_PROCESS != 0 {
+        // close() aborted it (unread data: a reset) or it never got past SYN_SENT: no
+        // FIN_WAIT1 or LAST_ACK recorded the close (close.rs takes no clock).
+        // SAFETY: as above.
+        unsafe {
+            if (*conn).local_close_ns == 0 {
+                (*conn).local_close_ns = now;
+            }
+        }
+    }
+    emit(EventKind::Close, old_state, tcp_state::CLOSE, sk, now, conn);
     // Fails only when LRU evicted the entry since the lookup; the filters were raised for it
     // all the same.
     let _ = CONNS.remove(&sk);
-    // The socket's FD_SOCKS mapping stays: close() clears it, or a later connect on the fd
-    // number replaces it, and its users check the CONNS entry it leads to (see `FD_SOCKS`).
     filter_add(&SOCK_SLOTS, sock_slot(sk), u64::MAX);
-    if flags & ConnFlags::FD_KNOWN != 0 {
-        filter_add(&FD_SLOTS, fd_slot(tgid, fd as u32), u64::MAX);
+    if flags & ConnFlags::FD_KNOWN == 0 {
+        return;
+    }
+    filter_add(&FD_SLOTS, fd_slot(tgid, fd as u32), u64::MAX);
+    // CLOSED_BY_PROCESS means close() found this socket through its fd and cleared the
+    // mapping then (the usual end). Otherwise the fd is still open (a reset, a failed
+    // connect): clear the mapping, or the address, once reused by another tracked socket,
+    // would be found through this fd.
+    if flags & ConnFlags::CLOSED_BY_PROCESS == 0 {
+        let key = FdKey {
+            tgid,
+            fd: fd as u32,
+        };
+        if let Some(mapping) = FD_SOCKS.get_ptr_mut(&key) {
+            // SAFETY: pointer from the lookup just made.
+            unsafe {
+                if (*mapping).sk & FD_SOCK_MASK == sk {
+                    (*mapping).sk = 0;
+                }
+            }
+        }
     }
 }
 
@@ -123,7 +150,23 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
 #[inline(always)]
 fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
-    if !is_target(tgid) {
+    // The fd of this thread's connect(), which enter_connect only notes for targets: then the
+    // TARGETS lookup was made microseconds ago, in the same syscall.
+    let mut fd = None;
+    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(tid_slot(tid)) {
+        // SAFETY: pointer from the lookup just made, to an aligned u64 that threads store
+        // whole (see `PENDING_CONNECT`).
+        let pending = unsafe { *slot };
+        if pending != 0 && (pending >> 32) as u32 == tid {
+            fd = Some(pending as u32);
+            // Taken: a later SYN_SENT on this thread outside connect() gets no stale fd.
+            // SAFETY: as above.
+            unsafe { *slot = 0 };
+        }
+    }
+    // Otherwise a SYN_SENT outside connect() (TCP Fast Open's sendmsg, io_uring), or any
+    // other process's connect: check.
+    if fd.is_none() && !is_target(tgid) {
         return Ok(0);
     }
     let now = unsafe { bpf_ktime_get_ns() };
@@ -148,17 +191,9 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
     } else {
         return Ok(0);
     }
-    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(tid_slot(tid)) {
-        // SAFETY: pointer from the lookup just made, to an aligned u64 that threads store
-        // whole (see `PENDING_CONNECT`).
-        let pending = unsafe { *slot };
-        if pending != 0 && (pending >> 32) as u32 == tid {
-            info.fd = pending as u32 as i32;
-            info.flags |= ConnFlags::FD_KNOWN;
-            // Taken: a later SYN_SENT on this thread outside connect() gets no stale fd.
-            // SAFETY: as above.
-            unsafe { *slot = 0 };
-        }
+    if let Some(fd) = fd {
+        info.fd = fd as i32;
+        info.flags |= ConnFlags::FD_KNOWN;
     }
     // Raised before the entries exist, so a filter never hides them (see maps.rs).
     let fd_known = info.flags & ConnFlags::FD_KNOWN != 0;
@@ -183,12 +218,18 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
             tgid,
             fd: info.fd as u32,
         };
+        let mapping = FdSock {
+            sk,
+            captured_bytes: 0,
+            captured_writes: 0,
+            nonblocking: 0,
+        };
         match FD_SOCKS.get_ptr_mut(&key) {
             // The fd number's entry from an earlier connection (see `FD_SOCKS`).
             // SAFETY: pointer from the lookup just made.
-            Some(mapping) => unsafe { *mapping = sk },
+            Some(old) => unsafe { *old = mapping },
             None => {
-                let _ = FD_SOCKS.insert(&key, &sk, 0);
+                let _ = FD_SOCKS.insert(&key, &mapping, 0);
             }
         }
     }

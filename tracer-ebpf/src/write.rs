@@ -15,8 +15,8 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{CONNS, EVENTS, FD_NAMED, FD_SLOTS, FD_SOCKS},
-    sock::{count, current_ids, fd_slot, field, maybe, owns, wakeup_flag},
+    maps::{FdSock, EVENTS, FD_NAMED, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK},
+    sock::{count, current_ids, fd_slot, field, maybe, wakeup_flag},
 };
 
 /// `struct iovec` (include/uapi/linux/uio.h).
@@ -90,7 +90,7 @@ fn try_enter_sendmsg(ctx: &TracePointContext) -> Result<u32, i64> {
 /// still wanted. This one lookup is all that any other write costs: an unrelated process's,
 /// one on an untracked fd, or one on a connection already named (`FD_NAMED`).
 #[inline(always)]
-fn unnamed_socket(ctx: &TracePointContext) -> Option<Mapping> {
+fn unnamed_socket(ctx: &TracePointContext) -> Option<*mut FdSock> {
     let (tgid, _) = current_ids();
     let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
     // FD_SLOTS only counts targets' tracked sockets: it is the target check too, and answers
@@ -98,41 +98,33 @@ fn unnamed_socket(ctx: &TracePointContext) -> Option<Mapping> {
     if !maybe(&FD_SLOTS, fd_slot(tgid, fd)) {
         return None;
     }
-    let value = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd })?;
+    let mapping = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd })?;
     // SAFETY: pointer from the lookup just made.
-    let sk = unsafe { *value };
+    let bits = unsafe { (*mapping).sk };
     // 0: the fd's socket was closed (see `FD_SOCKS`).
-    if sk == 0 || sk & FD_NAMED != 0 {
+    if bits & FD_SOCK_MASK == 0 || bits & FD_NAMED != 0 {
         return None;
     }
-    Some(Mapping { tgid, fd, value })
+    Some(mapping)
 }
 
-/// A process's fd and its `FD_SOCKS` value.
-struct Mapping {
-    tgid: u32,
-    fd: u32,
-    value: *mut u64,
-}
-
-/// Copies the first bytes of a write on the socket `mapping` names, and marks the mapping
-/// `FD_NAMED` once the connection's share is taken.
+/// Copies the first bytes of a write on the socket `mapping` (an `FD_SOCKS` value) names, and
+/// marks the mapping `FD_NAMED` once the connection's share is taken. The counters are in the
+/// mapping, so this needs no `CONNS` lookup.
 #[inline(always)]
-fn capture(mapping: Mapping, buf: u64, len: u64) -> Result<u32, i64> {
-    // SAFETY: `mapping.value` points into the FD_SOCKS entry the caller just looked up.
-    let sk = unsafe { *mapping.value };
-    let Some(conn) = CONNS.get_ptr_mut(&sk) else {
-        return Ok(0);
+fn capture(mapping: *mut FdSock, buf: u64, len: u64) -> Result<u32, i64> {
+    // SAFETY: `mapping` points into the FD_SOCKS entry the caller just looked up.
+    let (bits, writes, taken) = unsafe {
+        (
+            (*mapping).sk,
+            (*mapping).captured_writes,
+            u64::from((*mapping).captured_bytes),
+        )
     };
-    // SAFETY: `conn` points into the CONNS entry just looked up.
-    if !unsafe { owns(conn, mapping.tgid, mapping.fd) } {
-        return Ok(0);
-    }
-    // SAFETY: as above.
-    let (writes, taken) = unsafe { ((*conn).captured_writes, (*conn).captured_bytes as u64) };
+    let sk = bits & FD_SOCK_MASK;
     if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 {
         // SAFETY: as above; a plain store of the flag into our own mapping.
-        unsafe { *mapping.value = sk | FD_NAMED };
+        unsafe { (*mapping).sk = bits | FD_NAMED };
         return Ok(0);
     }
     if len == 0 {
@@ -168,13 +160,13 @@ fn capture(mapping: Mapping, buf: u64, len: u64) -> Result<u32, i64> {
         (*event).len
     };
     entry.submit(wakeup_flag());
-    let (writes, taken) = (writes + 1, taken + copied as u64);
+    let (writes, taken) = (writes + 1, taken + u64::from(copied));
     // SAFETY: as above.
     unsafe {
-        (*conn).captured_writes = writes;
-        (*conn).captured_bytes = taken as u32;
+        (*mapping).captured_writes = writes;
+        (*mapping).captured_bytes = taken as u32;
         if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 {
-            *mapping.value = sk | FD_NAMED;
+            (*mapping).sk = bits | FD_NAMED;
         }
     }
     Ok(0)
