@@ -67,28 +67,36 @@ pub const FD_NAMED: u64 = 1;
 /// The socket address in `FdSock::sk`.
 pub const FD_SOCK_MASK: u64 = !7;
 
-/// Slots of each counting filter, and of `PENDING_CONNECT` (a power of two).
-pub const SLOT_BITS: u32 = 17;
+/// Slots of each counting filter (a power of two). Small on purpose: a filter is only cheap
+/// while its slots stay in the cache and its pages in the TLB (at 2^17 slots, a filter load
+/// was the dearest instruction of sock_recv). With thousands of tracked sockets more slots are
+/// taken and more untracked calls fall through to the lookup, which is only what they cost
+/// without a filter.
+pub const SLOT_BITS: u32 = 14;
 pub const SLOTS: u32 = 1 << SLOT_BITS;
+
+/// Slots of `PENDING_CONNECT` (a power of two): threads connecting at the same moment whose
+/// ids are equal modulo this collide.
+pub const CONNECT_SLOTS: u32 = 1 << 16;
 
 /// Counting filter of `CONNS` by socket address (`sock::sock_slot`): raised when tracking
 /// starts, lowered when it ends (state.rs).
 #[map]
-pub static SOCK_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
+pub static SOCK_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 
 /// Counting filter of the tracked sockets whose fd is known, by (tgid, fd) (`sock::fd_slot`):
 /// raised when tracking starts, lowered when it ends (state.rs), so it never depends on seeing
 /// close(). Guards `FD_SOCKS`.
 #[map]
-pub static FD_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
+pub static FD_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 
-/// Slot `tid % SLOTS`: the thread and the fd of a connect() in progress, as
+/// Slot `tid % CONNECT_SLOTS`: the thread and the fd of a connect() in progress, as
 /// `tid << 32 | fd`, or 0. A direct-mapped table rather than a hash map: connect() and the
 /// SYN_SENT it causes pay an array access instead of a hash insert, delete and lookup, and it
 /// cannot fill up. Two threads whose ids collide here and connect at the same moment make one
 /// of the connections untied to its fd (never tied to a wrong one: the slot names its thread).
 #[map]
-pub static PENDING_CONNECT: Array<u64> = Array::with_max_entries(SLOTS, 0);
+pub static PENDING_CONNECT: Array<u64> = Array::with_max_entries(CONNECT_SLOTS, 0);
 
 /// Thread id -> socket of a read syscall in progress on a tracked socket, or 0 (syscall read
 /// path only, see read.rs). A thread's entry is kept between its reads and rewritten in place;
@@ -98,7 +106,7 @@ pub static PENDING_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX
 
 /// Counting filter of the non-zero `PENDING_READ` values, by thread id (`sock::tid_slot`).
 #[map]
-pub static READ_SLOTS: Array<u64> = Array::with_max_entries(SLOTS, 0);
+pub static READ_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);

@@ -271,7 +271,7 @@ fn try_exit_read(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     // SAFETY: as above.
     unsafe { *slot = NO_READ };
-    filter_add(&READ_SLOTS, tid_slot(tid), u64::MAX);
+    filter_add(&READ_SLOTS, tid_slot(tid), u32::MAX);
     let sk = pending & !PEEK_TAG;
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);

@@ -6,22 +6,29 @@
 //! State changes caused by incoming packets run in softirq context, where the current task
 //! is unrelated: those are matched by socket (`CONNS`), never by pid.
 
+use core::{
+    ffi::c_void,
+    mem::{size_of, MaybeUninit},
+    ptr::write_unaligned,
+};
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
+    helpers::{bpf_ktime_get_ns, generated as gen},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
     tcp_state, tp_layout::inet_sock_set_state as tp, ConnFlags, ConnInfo, EventKind, FdKey, Stat,
-    AF_INET, AF_INET6, IPPROTO_TCP,
+    AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP,
 };
 
 use crate::{
+    connect::adopt_by_comm,
     maps::{FdSock, CONNS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, PENDING_CONNECT, SOCK_SLOTS},
     sock::{
-        count, current_ids, emit, fd_slot, field, field16, field4, filter_add, is_target, maybe,
-        sample_peer_fin, sample_unread, sock_slot, tid_slot,
+        connect_slot, count, current_ids, emit, fd_slot, field, filter_add, is_target, maybe,
+        sample_peer_fin, sample_unread, sock_slot, zero_words,
     },
 };
 
@@ -40,6 +47,12 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     let old_state: i32 = field(ctx, tp::OLDSTATE);
     let new_state: i32 = field(ctx, tp::NEWSTATE);
     let (old_state, new_state) = (old_state as u32, new_state as u32);
+    // After the process's close (FIN_WAIT1, which recorded it) nothing in these changes is
+    // used: the connection is no longer open, and TCP_CLOSE reports the state it ended from.
+    // So they cost no lookup, and the record keeps saying FIN_WAIT1 until the end.
+    if matches!(new_state, tcp_state::FIN_WAIT2 | tcp_state::CLOSING) {
+        return Ok(0);
+    }
 
     if new_state == tcp_state::SYN_SENT && old_state == tcp_state::CLOSE {
         // connect() runs this in the connecting thread's context, so the pid is meaningful.
@@ -121,11 +134,11 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
     // Fails only when LRU evicted the entry since the lookup; the filters were raised for it
     // all the same.
     let _ = CONNS.remove(&sk);
-    filter_add(&SOCK_SLOTS, sock_slot(sk), u64::MAX);
+    filter_add(&SOCK_SLOTS, sock_slot(sk), u32::MAX);
     if flags & ConnFlags::FD_KNOWN == 0 {
         return;
     }
-    filter_add(&FD_SLOTS, fd_slot(tgid, fd as u32), u64::MAX);
+    filter_add(&FD_SLOTS, fd_slot(tgid, fd as u32), u32::MAX);
     // CLOSED_BY_PROCESS means close() found this socket through its fd and cleared the
     // mapping then (the usual end). Otherwise the fd is still open (a reset, a failed
     // connect): clear the mapping, or the address, once reused by another tracked socket,
@@ -150,10 +163,13 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
 #[inline(always)]
 fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
-    // The fd of this thread's connect(), which enter_connect only notes for targets: then the
-    // TARGETS lookup was made microseconds ago, in the same syscall.
+    if !is_target(tgid) && !adopt_by_comm(tgid) {
+        return Ok(0);
+    }
+    // The fd of this thread's connect() (enter_connect); none for a SYN_SENT outside
+    // connect() (TCP Fast Open's sendmsg, io_uring).
     let mut fd = None;
-    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(tid_slot(tid)) {
+    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(connect_slot(tid)) {
         // SAFETY: pointer from the lookup just made, to an aligned u64 that threads store
         // whole (see `PENDING_CONNECT`).
         let pending = unsafe { *slot };
@@ -164,47 +180,66 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
             unsafe { *slot = 0 };
         }
     }
-    // Otherwise a SYN_SENT outside connect() (TCP Fast Open's sendmsg, io_uring), or any
-    // other process's connect: check.
-    if fd.is_none() && !is_target(tgid) {
+    let family: u16 = field(ctx, tp::FAMILY);
+    if family != AF_INET && family != AF_INET6 {
         return Ok(0);
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut info = ConnInfo::zeroed();
+    let mut info = MaybeUninit::<ConnInfo>::uninit();
+    // SAFETY: ConnInfo is plain integers and byte arrays (all zeroes is a valid value), and
+    // zero_words covers all of it.
+    let info = unsafe {
+        zero_words(info.as_mut_ptr().cast(), size_of::<ConnInfo>() / 8);
+        info.assume_init_mut()
+    };
     info.tgid = tgid;
     info.tid = tid;
+    info.fd = -1;
     info.state = tcp_state::SYN_SENT;
     info.connect_ns = now;
-    info.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let family: u16 = field(ctx, tp::FAMILY);
+    // Straight into the record: aya's wrapper would zero a buffer of its own first.
+    // SAFETY: the helper writes at most `COMM_LEN` bytes into the array.
+    let _ = unsafe {
+        gen::bpf_get_current_comm(info.comm.as_mut_ptr().cast::<c_void>(), COMM_LEN as u32)
+    };
     info.family = family;
     info.sport = field(ctx, tp::SPORT);
     info.dport = field(ctx, tp::DPORT);
-    if family == AF_INET {
-        let saddr = field4(ctx, tp::SADDR);
-        let daddr = field4(ctx, tp::DADDR);
-        info.saddr[..4].copy_from_slice(&saddr);
-        info.daddr[..4].copy_from_slice(&daddr);
-    } else if family == AF_INET6 {
-        info.saddr = field16(ctx, tp::SADDR_V6);
-        info.daddr = field16(ctx, tp::DADDR_V6);
-    } else {
-        return Ok(0);
+    let (saddr, daddr) = (info.saddr.as_mut_ptr(), info.daddr.as_mut_ptr());
+    // SAFETY: 4 or 16 bytes stored into 16-byte arrays, which sit at 8-byte aligned offsets
+    // of the record (the size check in tracer-common pins the layout).
+    unsafe {
+        if family == AF_INET {
+            write_unaligned(saddr.cast::<u32>(), field::<u32>(ctx, tp::SADDR));
+            write_unaligned(daddr.cast::<u32>(), field::<u32>(ctx, tp::DADDR));
+        } else {
+            write_unaligned(saddr.cast::<u64>(), field::<u64>(ctx, tp::SADDR_V6));
+            write_unaligned(
+                saddr.cast::<u64>().add(1),
+                field::<u64>(ctx, tp::SADDR_V6 + 8),
+            );
+            write_unaligned(daddr.cast::<u64>(), field::<u64>(ctx, tp::DADDR_V6));
+            write_unaligned(
+                daddr.cast::<u64>().add(1),
+                field::<u64>(ctx, tp::DADDR_V6 + 8),
+            );
+        }
     }
     if let Some(fd) = fd {
         info.fd = fd as i32;
         info.flags |= ConnFlags::FD_KNOWN;
     }
+    let info: &ConnInfo = info;
     // Raised before the entries exist, so a filter never hides them (see maps.rs).
     let fd_known = info.flags & ConnFlags::FD_KNOWN != 0;
     filter_add(&SOCK_SLOTS, sock_slot(sk), 1);
     if fd_known {
         filter_add(&FD_SLOTS, fd_slot(tgid, info.fd as u32), 1);
     }
-    if CONNS.insert(&sk, &info, 0).is_err() {
-        filter_add(&SOCK_SLOTS, sock_slot(sk), u64::MAX);
+    if CONNS.insert(&sk, info, 0).is_err() {
+        filter_add(&SOCK_SLOTS, sock_slot(sk), u32::MAX);
         if fd_known {
-            filter_add(&FD_SLOTS, fd_slot(tgid, info.fd as u32), u64::MAX);
+            filter_add(&FD_SLOTS, fd_slot(tgid, info.fd as u32), u32::MAX);
         }
         count(Stat::ConnMapFull);
         warn!(
@@ -240,7 +275,7 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
         tcp_state::SYN_SENT,
         sk,
         now,
-        &info,
+        info,
     );
     Ok(0)
 }
