@@ -65,13 +65,15 @@ pub mod tp_layout {
     /// `sock/sock_recv_length` (Linux 6.3+).
     pub mod sock_recv_length {
         pub const SK: usize = 8;
+        pub const PROTOCOL: usize = 18;
         pub const RET: usize = 20;
         pub const FLAGS: usize = 24;
     }
     /// `syscalls/sys_enter_{connect,close,read,readv,recvfrom,recvmsg}`: the fd argument.
     pub const SYS_ENTER_FD: usize = 16;
     /// `syscalls/sys_enter_{write,sendto}`: the buffer and its length; `sys_enter_writev`:
-    /// the iovec array and its length; `sys_enter_sendmsg`: the user_msghdr.
+    /// the iovec array and its length; `sys_enter_sendmsg`: the user_msghdr. The length also
+    /// of `sys_enter_{read,recvfrom}` (bytes) and `sys_enter_readv` (iovecs).
     pub const SYS_ENTER_BUF: usize = 24;
     pub const SYS_ENTER_LEN: usize = 32;
     /// `syscalls/sys_exit_*`: the return value.
@@ -149,6 +151,12 @@ pub mod tp_layout {
             inet_sock_set_state::DADDR_V6,
         ),
         ("sock", "sock_recv_length", "sk", sock_recv_length::SK),
+        (
+            "sock",
+            "sock_recv_length",
+            "protocol",
+            sock_recv_length::PROTOCOL,
+        ),
         ("sock", "sock_recv_length", "ret", sock_recv_length::RET),
         ("sock", "sock_recv_length", "flags", sock_recv_length::FLAGS),
         ("syscalls", "sys_enter_connect", "fd", SYS_ENTER_FD),
@@ -157,6 +165,9 @@ pub mod tp_layout {
         ("syscalls", "sys_enter_readv", "fd", SYS_ENTER_FD),
         ("syscalls", "sys_enter_recvfrom", "fd", SYS_ENTER_FD),
         ("syscalls", "sys_enter_recvmsg", "fd", SYS_ENTER_FD),
+        ("syscalls", "sys_enter_read", "count", SYS_ENTER_LEN),
+        ("syscalls", "sys_enter_readv", "vlen", SYS_ENTER_LEN),
+        ("syscalls", "sys_enter_recvfrom", "size", SYS_ENTER_LEN),
         (
             "syscalls",
             "sys_enter_recvfrom",
@@ -234,6 +245,9 @@ pub const IPPROTO_TCP: u16 = 6;
 pub const SOCK_DONE_BIT: u64 = 1 << 1;
 /// MSG_PEEK (include/linux/socket.h): a peek consumes nothing, so it is not a read.
 pub const MSG_PEEK: i32 = 2;
+/// MSG_DONTWAIT (include/linux/socket.h): set on every read of a non-blocking socket
+/// (sock_read_iter adds it for O_NONBLOCK files), so the read did not wait.
+pub const MSG_DONTWAIT: i32 = 0x40;
 
 /// Value bits of the `TARGETS` map.
 pub struct TargetFlags;
@@ -255,6 +269,10 @@ impl ConnFlags {
     pub const CLOSED_BY_PROCESS: u32 = 4;
     /// The peer's FIN had arrived when the socket reached TCP_CLOSE (sampled at close only).
     pub const PEER_FIN_AT_CLOSE: u32 = 8;
+    /// The socket's last read did not wait (MSG_DONTWAIT: a non-blocking socket, as Go's
+    /// are). Reads on such a socket never wait in the kernel, so they are not counted in
+    /// `reads_inflight` (it stays 0) until a read waits again. Kernel-side bookkeeping.
+    pub const NONBLOCKING_READS: u32 = 16;
 }
 
 /// Key of `FD_SOCKS`.
@@ -283,9 +301,8 @@ pub struct ConnInfo {
     pub family: u16,
     pub sport: u16,
     pub dport: u16,
-    /// Writes whose first bytes were handed to user space for naming (at most
-    /// [`FIRST_BYTES_WRITES`]).
-    pub captured_writes: u16,
+    /// Explicit padding (the naming counters live in the kernel side's fd map now).
+    pub _pad0: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub comm: [u8; COMM_LEN],
@@ -297,8 +314,6 @@ pub struct ConnInfo {
     pub local_close_ns: u64,
     /// When a read (recvmsg on this socket) last returned.
     pub last_read_ns: u64,
-    /// When the oldest read syscall still in progress started (0: none in progress).
-    pub read_inflight_since_ns: u64,
     pub bytes_read: u64,
     pub reads: u64,
     /// Return value of the last read: bytes, 0 at EOF, or -errno (-11 is EAGAIN).
@@ -306,14 +321,15 @@ pub struct ConnInfo {
     /// `rcv_nxt - copied_seq` at `unread_sampled_ns` (counts an unread FIN as 1).
     pub unread_bytes: u32,
     /// Read syscalls in progress on this socket (a reader blocked in the kernel is listening).
+    /// Not counted on a socket whose reads do not wait ([`ConnFlags::NONBLOCKING_READS`]).
     pub reads_inflight: u32,
     pub unread_sampled_ns: u64,
     /// [`ConnFlags`] bits.
     pub flags: u32,
-    /// Bytes handed to user space for naming so far (at most [`FIRST_BYTES_MAX`]).
-    pub captured_bytes: u32,
+    /// Explicit padding.
+    pub _pad1: u32,
 }
-const _: () = assert!(size_of::<ConnInfo>() == 168);
+const _: () = assert!(size_of::<ConnInfo>() == 160);
 
 impl ConnInfo {
     /// A zeroed record, for the kernel side to fill in place.
@@ -326,7 +342,7 @@ impl ConnInfo {
             family: 0,
             sport: 0,
             dport: 0,
-            captured_writes: 0,
+            _pad0: 0,
             saddr: [0; 16],
             daddr: [0; 16],
             comm: [0; COMM_LEN],
@@ -335,7 +351,6 @@ impl ConnInfo {
             peer_fin_ns: 0,
             local_close_ns: 0,
             last_read_ns: 0,
-            read_inflight_since_ns: 0,
             bytes_read: 0,
             reads: 0,
             last_read_ret: 0,
@@ -343,7 +358,7 @@ impl ConnInfo {
             reads_inflight: 0,
             unread_sampled_ns: 0,
             flags: 0,
-            captured_bytes: 0,
+            _pad1: 0,
         }
     }
 }
@@ -354,7 +369,9 @@ impl ConnInfo {
 pub enum EventKind {
     /// A target began a connect(): the socket is tracked from now on.
     Connect = 1,
-    /// A tracked socket changed TCP state (not to CLOSE).
+    /// A tracked socket changed TCP state (not to CLOSE). The kernel side no longer sends it:
+    /// a change between connect and close reaches user space through the `CONNS` sample, and
+    /// the Close event carries the final record. Kept so the numbering and decoding stay.
     State = 2,
     /// A tracked socket reached CLOSE; the kernel side forgot it.
     Close = 3,
@@ -390,7 +407,7 @@ pub struct ConnEvent {
     pub ts_ns: u64,
     pub conn: ConnInfo,
 }
-const _: () = assert!(size_of::<ConnEvent>() == 200);
+const _: () = assert!(size_of::<ConnEvent>() == 192);
 
 /// How much of what a process sends on a new connection is copied for naming it: the TLS
 /// ClientHello (server_name) or the HTTP/1.x request head (Host). User space parses the name

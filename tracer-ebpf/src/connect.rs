@@ -1,12 +1,14 @@
-//! connect(): remember which fd a target thread is connecting, so the socket that
+//! connect(): remember which fd a thread is connecting, so the socket that
 //! `inet_sock_set_state` reports next on the same thread can be tied to it.
 
-use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{tp_layout, TargetFlags};
+use core::{ffi::c_void, mem::MaybeUninit};
+
+use aya_ebpf::{helpers::generated as gen, macros::tracepoint, programs::TracePointContext};
+use tracer_common::{tp_layout, TargetFlags, COMM_LEN};
 
 use crate::{
     maps::{PENDING_CONNECT, TARGETS, TARGET_COMMS},
-    sock::{current_ids, field, is_target},
+    sock::{connect_slot, current_ids, field},
 };
 
 /// Non-zero when user space asked to follow processes by name (`--comm`).
@@ -20,26 +22,34 @@ pub fn enter_connect(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, i64> {
-    let (tgid, tid) = current_ids();
-    if !is_target(tgid) && !adopt_by_comm(tgid) {
-        return Ok(0);
+    // Noted for every connect on the host, target or not: an array store costs less than the
+    // TARGETS lookup that would decide, and only a TCP connect reaches SYN_SENT, where
+    // start_tracking makes that lookup once (state.rs).
+    let (_, tid) = current_ids();
+    let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
+    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(connect_slot(tid)) {
+        // SAFETY: pointer into the array map just looked up; one aligned 8-byte store, so a
+        // reader sees this thread's fd or another thread's, never a mix.
+        unsafe { *slot = u64::from(tid) << 32 | u64::from(fd) };
     }
-    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
-    PENDING_CONNECT
-        .insert(&tid, &(fd as u32), 0)
-        .map_err(i64::from)?;
     Ok(0)
 }
 
-/// A process whose name the user follows becomes a target at its first connect.
+/// A process whose name the user follows becomes a target at its first TCP connect.
 #[inline(always)]
-fn adopt_by_comm(tgid: u32) -> bool {
+pub fn adopt_by_comm(tgid: u32) -> bool {
     // SAFETY: a valid, aligned u32 global; volatile so the loader's value is read.
     if unsafe { core::ptr::read_volatile(&FOLLOW_COMMS) } == 0 {
         return false;
     }
-    let Ok(comm) = bpf_get_current_comm() else {
-        return false;
+    let mut comm = MaybeUninit::<[u8; COMM_LEN]>::uninit();
+    // Into an uninitialised buffer: aya's wrapper would zero one with a memset call first.
+    // SAFETY: the helper fills all `COMM_LEN` bytes (NUL-padded, or zeroed on failure).
+    let comm = unsafe {
+        if gen::bpf_get_current_comm(comm.as_mut_ptr().cast::<c_void>(), COMM_LEN as u32) != 0 {
+            return false;
+        }
+        comm.assume_init()
     };
     if TARGET_COMMS.get_ptr(&comm).is_none() {
         return false;
@@ -50,9 +60,16 @@ fn adopt_by_comm(tgid: u32) -> bool {
 /// `syscalls/sys_exit_connect`: the socket (if any) was tied to the fd while the call ran.
 #[tracepoint]
 pub fn exit_connect(_ctx: TracePointContext) -> u32 {
-    let (tgid, tid) = current_ids();
-    if is_target(tgid) {
-        let _ = PENDING_CONNECT.remove(&tid);
+    // An array access for every connect on the host; the slot names its thread, so only this
+    // thread's own pending connect is cleared.
+    let (_, tid) = current_ids();
+    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(connect_slot(tid)) {
+        // SAFETY: pointer into the array map just looked up (see `PENDING_CONNECT`).
+        unsafe {
+            if *slot != 0 && (*slot >> 32) as u32 == tid {
+                *slot = 0;
+            }
+        }
     }
     0
 }

@@ -1,9 +1,17 @@
 //! Every map of the eBPF side. All are bounded; maps whose entries can be orphaned (a missed
 //! close, a thread that died mid-syscall) are LRU so they can never fill up for good.
+//!
+//! Cost model: a hash lookup costs 60–110 ns here (hashing, a helper call, and cache misses in
+//! a large table), an array lookup a few ns (the verifier inlines it). The hooks fire for every
+//! process and socket on the host, nearly all of them untracked, so each hash map that they
+//! look up is guarded by a counting filter (`*_SLOTS`): an array of counters indexed by a hash
+//! of the key, where zero means "no entry with a key in this slot". The counters are only
+//! ever too high (a false positive costs the lookup that was saved), never too low: each is
+//! raised before its entry exists and lowered exactly once, on the one path that removes it.
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
     ConnInfo, FdKey, COMM_LEN, EVENTS_RING_BYTES, MAX_CONNS, MAX_FD_SOCKS, MAX_PENDING,
@@ -25,17 +33,80 @@ pub static TARGET_COMMS: HashMap<[u8; COMM_LEN], u8> =
 #[map]
 pub static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
-/// (tgid, fd) -> socket address, so fd-based syscalls (read, close) find the socket.
+/// (tgid, fd) -> the socket and what the fd-based syscalls (read, write, close) need about it.
+/// close() sets `sk` to 0 rather than deleting the entry, and the next tracked connect on that
+/// fd number (Go reuses the lowest free one) overwrites it in place: a store instead of a
+/// delete and an insert per connection. A socket that ends while its fd is still open clears
+/// its own mapping at TCP_CLOSE. Stale entries cost nothing but their slot, and LRU reclaims
+/// those.
 #[map]
-pub static FD_SOCKS: LruHashMap<FdKey, u64> = LruHashMap::with_max_entries(MAX_FD_SOCKS, 0);
+pub static FD_SOCKS: LruHashMap<FdKey, FdSock> = LruHashMap::with_max_entries(MAX_FD_SOCKS, 0);
 
-/// Thread id -> fd of a connect() in progress.
+/// Value of `FD_SOCKS`. Writes touches `sk` (its `FD_NAMED` bit) and the counters, reads
+/// `nonblocking`, each with plain stores to its own fields, so neither undoes the other.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FdSock {
+    /// The socket address and the `FD_NAMED` bit; 0 once the fd was closed.
+    pub sk: u64,
+    /// Bytes of the first writes that went to user space for naming (write.rs), at most
+    /// FIRST_BYTES_MAX.
+    pub captured_bytes: u32,
+    /// Those writes, at most FIRST_BYTES_WRITES.
+    pub captured_writes: u16,
+    /// Non-zero when the socket's last read did not wait (MSG_DONTWAIT: a non-blocking socket,
+    /// as every Go socket is), so the next one will not either: `enter_read` does not count
+    /// it in progress (read.rs).
+    pub nonblocking: u16,
+}
+
+/// `FdSock::sk` bit, free because socket addresses are slab objects aligned to at least 8
+/// bytes: the connection's first bytes were taken (or its share of them used up), so writes
+/// need nothing more.
+pub const FD_NAMED: u64 = 1;
+/// The socket address in `FdSock::sk`.
+pub const FD_SOCK_MASK: u64 = !7;
+
+/// Slots of each counting filter (a power of two). Small on purpose: a filter is only cheap
+/// while its slots stay in the cache and its pages in the TLB (at 2^17 slots, a filter load
+/// was the dearest instruction of sock_recv). With thousands of tracked sockets more slots are
+/// taken and more untracked calls fall through to the lookup, which is only what they cost
+/// without a filter.
+pub const SLOT_BITS: u32 = 14;
+pub const SLOTS: u32 = 1 << SLOT_BITS;
+
+/// Slots of `PENDING_CONNECT` (a power of two): threads connecting at the same moment whose
+/// ids are equal modulo this collide.
+pub const CONNECT_SLOTS: u32 = 1 << 16;
+
+/// Counting filter of `CONNS` by socket address (`sock::sock_slot`): raised when tracking
+/// starts, lowered when it ends (state.rs).
 #[map]
-pub static PENDING_CONNECT: LruHashMap<u32, u32> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+pub static SOCK_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 
-/// Thread id -> socket of a read syscall in progress on a tracked socket.
+/// Counting filter of the tracked sockets whose fd is known, by (tgid, fd) (`sock::fd_slot`):
+/// raised when tracking starts, lowered when it ends (state.rs), so it never depends on seeing
+/// close(). Guards `FD_SOCKS`.
+#[map]
+pub static FD_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
+
+/// Slot `tid % CONNECT_SLOTS`: the thread and the fd of a connect() in progress, as
+/// `tid << 32 | fd`, or 0. A direct-mapped table rather than a hash map: connect() and the
+/// SYN_SENT it causes pay an array access instead of a hash insert, delete and lookup, and it
+/// cannot fill up. Two threads whose ids collide here and connect at the same moment make one
+/// of the connections untied to its fd (never tied to a wrong one: the slot names its thread).
+#[map]
+pub static PENDING_CONNECT: Array<u64> = Array::with_max_entries(CONNECT_SLOTS, 0);
+
+/// Thread id -> socket of a read syscall in progress on a tracked socket, or 0 (syscall read
+/// path only, see read.rs). A thread's entry is kept between its reads and rewritten in place;
+/// LRU reclaims the entries of threads that are gone.
 #[map]
 pub static PENDING_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+/// Counting filter of the non-zero `PENDING_READ` values, by thread id (`sock::tid_slot`).
+#[map]
+pub static READ_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);

@@ -9,18 +9,28 @@
 //!   have reported for the same read. Reads that do not go through read, readv, recvfrom or
 //!   recvmsg (io_uring, splice, recvmmsg) are not seen there; Go's net package uses read(2).
 //!
-//! The syscall pair runs on every kernel anyway: it counts the reads in progress.
+//! The read syscalls' entries run on every kernel: they count the reads in progress (a thread
+//! blocked in read() is listening). The read ends where it is counted: in `sock_recv` (the
+//! tracepoint fires at the end of every recvmsg, which every read of a socket goes through)
+//! or, on the syscall path, in `exit_read`, which needs the socket noted per thread at entry.
+//! So with sock_recv_length, `exit_read` is not attached at all and entries note nothing per
+//! thread.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{tp_layout, ConnInfo, FdKey, Stat, MSG_PEEK};
-
-use crate::{
-    maps::{CONNS, FD_SOCKS, PENDING_READ},
-    sock::{count, current_ids, field, is_target, sample_unread},
+use tracer_common::{
+    tp_layout, ConnFlags, ConnInfo, FdKey, Stat, IPPROTO_TCP, MSG_DONTWAIT, MSG_PEEK,
 };
 
-/// Non-zero when the loader did not attach `sock_recv` (a kernel before 6.3, or forced):
-/// `exit_read` then counts each read from the syscall's return value.
+use crate::{
+    maps::{CONNS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, PENDING_READ, READ_SLOTS, SOCK_SLOTS},
+    sock::{
+        count, current_ids, fd_slot, field, filter_add, maybe, owns, sample_unread, sock_slot,
+        tid_slot,
+    },
+};
+
+/// Non-zero when the loader attached `exit_read` instead of `sock_recv` (a kernel before 6.3,
+/// or forced): reads are then noted per thread at entry and counted at exit.
 #[unsafe(no_mangle)]
 static READS_FROM_SYSCALLS: u32 = 0;
 
@@ -29,6 +39,9 @@ static READS_FROM_SYSCALLS: u32 = 0;
 /// aligned to at least 8 bytes.
 const PEEK_TAG: u64 = 1;
 
+/// A `PENDING_READ` value: the thread is not in a read of a tracked socket.
+const NO_READ: u64 = 0;
+
 /// `sock/sock_recv_length` (Linux 6.3): every recvmsg on a socket, with its return value.
 #[tracepoint]
 pub fn sock_recv(ctx: TracePointContext) -> u32 {
@@ -36,22 +49,70 @@ pub fn sock_recv(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
-    let (tgid, _) = current_ids();
-    if !is_target(tgid) {
+    use tp_layout::sock_recv_length as tp;
+    // This fires for every recvmsg on the host, Unix sockets included: a load from the record
+    // drops what cannot be tracked before any map access.
+    let protocol: u16 = field(ctx, tp::PROTOCOL);
+    if protocol != IPPROTO_TCP {
         return Ok(0);
     }
-    use tp_layout::sock_recv_length as tp;
+    // CONNS only holds sockets of targets, so its filter is the target check too.
     let sk: u64 = field(ctx, tp::SK);
+    if !maybe(&SOCK_SLOTS, sock_slot(sk)) {
+        return Ok(0);
+    }
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
-    let ret: i32 = field(ctx, tp::RET);
     let flags: i32 = field(ctx, tp::FLAGS);
+    // SAFETY: `conn` points into the CONNS entry just looked up.
+    let was_nonblocking = unsafe {
+        // The read that `enter_read` counted in progress ends here (a peek too). One it did
+        // not count (the socket's reads do not wait) finds 0 here, unless another thread's
+        // read waits on the same socket meanwhile.
+        if (*conn).reads_inflight > 0 {
+            (*conn).reads_inflight -= 1;
+        }
+        (*conn).flags & ConnFlags::NONBLOCKING_READS != 0
+    };
+    let nonblocking = flags & MSG_DONTWAIT != 0;
+    if nonblocking != was_nonblocking {
+        note_blocking_mode(sk, conn, nonblocking);
+    }
     if flags & MSG_PEEK != 0 {
         return Ok(0);
     }
+    let ret: i32 = field(ctx, tp::RET);
     record_read(sk, conn, i64::from(ret));
     Ok(0)
+}
+
+/// The socket's reads changed between waiting and not (once per connection for Go's
+/// sockets, which are non-blocking from the start): tells `enter_read` through the fd's
+/// mapping whether to count the next reads in progress.
+#[inline(always)]
+fn note_blocking_mode(sk: u64, conn: *mut ConnInfo, nonblocking: bool) {
+    // SAFETY: `conn` points into the CONNS entry the caller just looked up.
+    let (tgid, fd, flags) = unsafe {
+        if nonblocking {
+            (*conn).flags |= ConnFlags::NONBLOCKING_READS;
+        } else {
+            (*conn).flags &= !ConnFlags::NONBLOCKING_READS;
+        }
+        ((*conn).tgid, (*conn).fd as u32, (*conn).flags)
+    };
+    if flags & ConnFlags::FD_KNOWN == 0 {
+        return;
+    }
+    if let Some(mapping) = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd }) {
+        // SAFETY: pointer from the lookup just made; a stale mapping (another socket) is
+        // left alone.
+        unsafe {
+            if (*mapping).sk & FD_SOCK_MASK == sk {
+                (*mapping).nonblocking = u16::from(nonblocking);
+            }
+        }
+    }
 }
 
 /// Counts one read that returned `ret` (bytes, 0 at EOF, or -errno) on a tracked socket.
@@ -79,41 +140,81 @@ fn record_read(sk: u64, conn: *mut ConnInfo, ret: i64) {
 /// silent.
 #[tracepoint]
 pub fn enter_read(ctx: TracePointContext) -> u32 {
-    try_enter_read(&ctx, None).unwrap_or(0)
+    try_enter_read(&ctx, true, None).unwrap_or(0)
 }
 
 /// `syscalls/sys_enter_recvfrom`: as `enter_read`, and a MSG_PEEK is remembered.
 #[tracepoint]
 pub fn enter_recvfrom(ctx: TracePointContext) -> u32 {
-    try_enter_read(&ctx, Some(tp_layout::SYS_ENTER_RECVFROM_FLAGS)).unwrap_or(0)
+    try_enter_read(&ctx, true, Some(tp_layout::SYS_ENTER_RECVFROM_FLAGS)).unwrap_or(0)
 }
 
 /// `syscalls/sys_enter_recvmsg`: as `enter_read`, and a MSG_PEEK is remembered.
 #[tracepoint]
 pub fn enter_recvmsg(ctx: TracePointContext) -> u32 {
-    try_enter_read(&ctx, Some(tp_layout::SYS_ENTER_RECVMSG_FLAGS)).unwrap_or(0)
+    try_enter_read(&ctx, false, Some(tp_layout::SYS_ENTER_RECVMSG_FLAGS)).unwrap_or(0)
 }
 
-/// `flags_at`: offset of the syscall's flags argument, for the calls that have one.
+/// `has_len`: the syscall's third argument is a length (read's count, readv's vlen,
+/// recvfrom's size). `flags_at`: offset of the syscall's flags argument, for the calls that
+/// have one.
 #[inline(always)]
-fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u32, i64> {
+fn try_enter_read(
+    ctx: &TracePointContext,
+    has_len: bool,
+    flags_at: Option<usize>,
+) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
-    if !is_target(tgid) {
+    let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
+    // FD_SLOTS only counts targets' tracked sockets: it is the target check too, and answers
+    // for every read on the host but those.
+    if !maybe(&FD_SLOTS, fd_slot(tgid, fd)) {
         return Ok(0);
     }
-    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
-    let key = FdKey {
-        tgid,
-        fd: fd as u32,
-    };
-    let Some(sk) = FD_SOCKS.get_ptr(&key) else {
+    // A zero-length read returns before reaching the socket (sock_read_iter), so no
+    // sock_recv would end it; nor does it wait for anything.
+    if has_len && field::<u64>(ctx, tp_layout::SYS_ENTER_LEN) == 0 {
+        return Ok(0);
+    }
+    let Some(mapping) = FD_SOCKS.get_ptr(&FdKey { tgid, fd }) else {
         return Ok(0);
     };
     // SAFETY: pointer from the lookup just made.
-    let sk = unsafe { *sk };
+    let (sk, nonblocking) = unsafe { ((*mapping).sk & FD_SOCK_MASK, (*mapping).nonblocking) };
+    let from_syscalls = reads_from_syscalls();
+    // A read on a non-blocking socket returns at once (Go's park in the netpoller, not in
+    // read()): nothing to count in progress, and sock_recv counts the read itself. On the
+    // syscall path exit_read counts it, so it is noted all the same.
+    if nonblocking != 0 && !from_syscalls {
+        return Ok(0);
+    }
+    if sk == 0 {
+        // The fd's socket was closed; the entry waits to be reused (see `FD_SOCKS`).
+        return Ok(0);
+    }
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
+    // SAFETY: `conn` points into the CONNS entry just looked up.
+    if !unsafe { owns(conn, tgid, fd) } {
+        return Ok(0);
+    }
+    if from_syscalls {
+        note_pending_read(ctx, tid, sk, flags_at)?;
+    }
+    // SAFETY: `conn` points into the CONNS entry just looked up.
+    unsafe { (*conn).reads_inflight += 1 };
+    Ok(0)
+}
+
+/// Syscall read path: notes the socket of the thread's read for `exit_read`.
+#[inline(always)]
+fn note_pending_read(
+    ctx: &TracePointContext,
+    tid: u32,
+    sk: u64,
+    flags_at: Option<usize>,
+) -> Result<(), i64> {
     let mut pending = sk;
     if let Some(offset) = flags_at {
         // SAFETY: the flags field of this syscall record (checked by user space). The offset
@@ -124,52 +225,69 @@ fn try_enter_read(ctx: &TracePointContext, flags_at: Option<usize>) -> Result<u3
             pending |= PEEK_TAG;
         }
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: `conn` points into the CONNS entry just looked up.
-    unsafe {
-        if (*conn).reads_inflight == 0 {
-            (*conn).read_inflight_since_ns = now;
+    // A thread's entry stays between its reads and is overwritten in place: a store instead
+    // of an insert and a delete per read.
+    let was_pending = match PENDING_READ.get_ptr_mut(&tid) {
+        // SAFETY: pointer from the lookup just made; only this thread uses its entry.
+        Some(slot) => unsafe { core::mem::replace(&mut *slot, pending) != NO_READ },
+        None => {
+            PENDING_READ.insert(&tid, &pending, 0).map_err(i64::from)?;
+            false
         }
-        (*conn).reads_inflight += 1;
+    };
+    if !was_pending {
+        filter_add(&READ_SLOTS, tid_slot(tid), 1);
     }
-    PENDING_READ.insert(&tid, &pending, 0).map_err(i64::from)?;
-    Ok(0)
+    Ok(())
 }
 
-/// `syscalls/sys_exit_{read,readv,recvfrom,recvmsg}`: the read syscall returned. Without
-/// `sock_recv_length` this is where the read itself is counted.
+#[inline(always)]
+fn reads_from_syscalls() -> bool {
+    // SAFETY: a valid, aligned u32 global; volatile so the loader's value is read.
+    unsafe { core::ptr::read_volatile(&READS_FROM_SYSCALLS) != 0 }
+}
+
+/// `syscalls/sys_exit_{read,readv,recvfrom,recvmsg}`: the read syscall returned. Attached only
+/// without `sock_recv_length` (`READS_FROM_SYSCALLS`): this is where the read is counted.
 #[tracepoint]
 pub fn exit_read(ctx: TracePointContext) -> u32 {
     try_exit_read(&ctx).unwrap_or(0)
 }
 
 fn try_exit_read(ctx: &TracePointContext) -> Result<u32, i64> {
+    // READ_SLOTS only counts threads in a read of a tracked socket: it is the target check
+    // too, and answers for every read on the host but those.
     let (tgid, tid) = current_ids();
-    if !is_target(tgid) {
+    if !maybe(&READ_SLOTS, tid_slot(tid)) {
         return Ok(0);
     }
-    let Some(pending) = PENDING_READ.get_ptr(&tid) else {
+    let Some(slot) = PENDING_READ.get_ptr_mut(&tid) else {
         return Ok(0);
     };
-    // SAFETY: pointer from the lookup just made.
-    let pending = unsafe { *pending };
-    let _ = PENDING_READ.remove(&tid);
+    // SAFETY: pointer from the lookup just made; only this thread uses its entry.
+    let pending = unsafe { *slot };
+    if pending == NO_READ {
+        return Ok(0);
+    }
+    // SAFETY: as above.
+    unsafe { *slot = NO_READ };
+    filter_add(&READ_SLOTS, tid_slot(tid), u32::MAX);
     let sk = pending & !PEEK_TAG;
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
     // SAFETY: `conn` points into the CONNS entry just looked up.
     unsafe {
+        // An entry left by a thread that died mid-read, whose id now belongs to another
+        // process, must not touch this socket's counters.
+        if (*conn).tgid != tgid {
+            return Ok(0);
+        }
         if (*conn).reads_inflight > 0 {
             (*conn).reads_inflight -= 1;
         }
-        if (*conn).reads_inflight == 0 {
-            (*conn).read_inflight_since_ns = 0;
-        }
     }
-    // SAFETY: a valid, aligned u32 global; volatile so the loader's value is read.
-    let from_syscalls = unsafe { core::ptr::read_volatile(&READS_FROM_SYSCALLS) } != 0;
-    if from_syscalls && pending & PEEK_TAG == 0 {
+    if pending & PEEK_TAG == 0 {
         let ret: i64 = field(ctx, tp_layout::SYS_EXIT_RET);
         record_read(sk, conn, ret);
     }

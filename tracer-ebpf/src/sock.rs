@@ -1,7 +1,10 @@
 //! Helpers shared by the hook modules: target filtering, unread-byte sampling, events, stats.
 
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    maps::Array,
     programs::TracePointContext,
     EbpfContext as _,
 };
@@ -9,7 +12,7 @@ use tracer_common::{
     ConnEvent, ConnFlags, ConnInfo, EventKind, Stat, RING_WAKEUP_BYTES, SOCK_DONE_BIT,
 };
 
-use crate::maps::{EVENTS, STATS, TARGETS};
+use crate::maps::{CONNECT_SLOTS, EVENTS, SLOTS, SLOT_BITS, STATS, TARGETS};
 
 /// Byte offsets of `tcp_sock.rcv_nxt` and `tcp_sock.copied_seq`, read by user space from the
 /// running kernel's BTF and set before load. 0 means unknown: unread bytes are then not sampled.
@@ -33,22 +36,18 @@ pub fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(offset) as *const T) }
 }
 
-/// A 16-byte address field, as two 8-byte loads: the verifier only accepts loads at a
-/// constant offset from the unmodified context pointer, which a byte-array copy would not be.
+/// Zeroes `words` u64s at `dst`, one store each. Volatile so that LLVM cannot fold them into
+/// a memset call: the memset bpf-linker links in is a byte loop, five instructions a byte
+/// (zeroing a ConnInfo that way was a third of a connect's sock_set_state).
+///
+/// # Safety
+/// `dst` is valid for writes of `words` u64s and aligned to 8.
 #[inline(always)]
-pub fn field16(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
-    let lo: u64 = field(ctx, offset);
-    let hi: u64 = field(ctx, offset + 8);
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&lo.to_ne_bytes());
-    out[8..].copy_from_slice(&hi.to_ne_bytes());
-    out
-}
-
-/// A 4-byte address field, as one 4-byte load (see `field16`).
-#[inline(always)]
-pub fn field4(ctx: &TracePointContext, offset: usize) -> [u8; 4] {
-    field::<u32>(ctx, offset).to_ne_bytes()
+pub unsafe fn zero_words(dst: *mut u64, words: usize) {
+    for i in 0..words {
+        // SAFETY: by the caller's contract.
+        unsafe { core::ptr::write_volatile(dst.add(i), 0) };
+    }
 }
 
 /// (tgid, tid) of the current task.
@@ -63,6 +62,70 @@ pub fn current_ids() -> (u32, u32) {
 #[inline(always)]
 pub fn is_target(tgid: u32) -> bool {
     TARGETS.get_ptr(&tgid).is_some()
+}
+
+/// Slot of a counting filter (see maps.rs) for a 64-bit key: Fibonacci hashing, one multiply.
+#[inline(always)]
+fn slot_of(key: u64) -> u32 {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOT_BITS)) as u32
+}
+
+/// Filter slot of a socket address (`SOCK_SLOTS`).
+#[inline(always)]
+pub fn sock_slot(sk: u64) -> u32 {
+    slot_of(sk)
+}
+
+/// Filter slot of a process's fd (`FD_SLOTS`).
+#[inline(always)]
+pub fn fd_slot(tgid: u32, fd: u32) -> u32 {
+    slot_of(u64::from(tgid) << 32 | u64::from(fd))
+}
+
+/// Filter slot of a thread (`READ_SLOTS`).
+#[inline(always)]
+pub fn tid_slot(tid: u32) -> u32 {
+    tid & (SLOTS - 1)
+}
+
+/// `PENDING_CONNECT` slot of a thread.
+#[inline(always)]
+pub fn connect_slot(tid: u32) -> u32 {
+    tid & (CONNECT_SLOTS - 1)
+}
+
+/// False when the counting filter says no key in `slot` has an entry, so the hash lookup it
+/// guards can be skipped.
+#[inline(always)]
+pub fn maybe(filter: &Array<u32>, slot: u32) -> bool {
+    // An index out of range cannot happen (slots are masked); if it did, fall back to the
+    // lookup rather than miss an entry.
+    filter.get(slot).is_none_or(|n| *n != 0)
+}
+
+/// Adds `delta` (u32::MAX to subtract one) to a counting filter's slot: an atomic add whose
+/// result is unused, the one atomic instruction every kernel since 3.18 has (BPF_XADD).
+/// Through the intrinsic: the BPF target's atomic types have no fetch_add.
+#[inline(always)]
+pub fn filter_add(filter: &Array<u32>, slot: u32, delta: u32) {
+    if let Some(counter) = filter.get_ptr_mut(slot) {
+        // SAFETY: an aligned u32 inside an array map value, which lives as long as the map;
+        // other CPUs only touch it through atomic adds and plain loads.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(counter, delta) };
+    }
+}
+
+/// True when the tracked socket `conn` is the one process `tgid` holds as `fd`. An
+/// `FD_SOCKS` mapping can outlive its socket for a moment (see there) and the address be
+/// reused by another tracked socket, so a user of a mapping checks this before touching the
+/// entry.
+///
+/// # Safety
+/// `conn` points into a live `CONNS` entry.
+#[inline(always)]
+pub unsafe fn owns(conn: *const ConnInfo, tgid: u32, fd: u32) -> bool {
+    // SAFETY: by the caller's contract.
+    unsafe { (*conn).tgid == tgid && (*conn).fd as u32 == fd }
 }
 
 #[inline(always)]

@@ -1,24 +1,34 @@
 //! TCP state changes: a target's connect starts tracking (SYN_SENT), the upstream's FIN shows
 //! as CLOSE_WAIT, the process's close as FIN_WAIT1/LAST_ACK, and TCP_CLOSE ends tracking.
+//! Only the start (Connect) and the end (Close, with the whole record) are ring-buffer events;
+//! the changes between are written to `CONNS`, which user space samples every second.
 //!
 //! State changes caused by incoming packets run in softirq context, where the current task
 //! is unrelated: those are matched by socket (`CONNS`), never by pid.
 
+use core::{
+    ffi::c_void,
+    mem::{size_of, MaybeUninit},
+    ptr::write_unaligned,
+};
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
+    helpers::{bpf_ktime_get_ns, generated as gen},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
     tcp_state, tp_layout::inet_sock_set_state as tp, ConnFlags, ConnInfo, EventKind, FdKey, Stat,
-    AF_INET, AF_INET6, IPPROTO_TCP,
+    AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{CONNS, FD_SOCKS, PENDING_CONNECT},
+    connect::adopt_by_comm,
+    maps::{FdSock, CONNS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, PENDING_CONNECT, SOCK_SLOTS},
     sock::{
-        count, current_ids, emit, field, field16, field4, is_target, sample_peer_fin, sample_unread,
+        connect_slot, count, current_ids, emit, fd_slot, field, filter_add, is_target, maybe,
+        sample_peer_fin, sample_unread, sock_slot, zero_words,
     },
 };
 
@@ -37,16 +47,26 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     let old_state: i32 = field(ctx, tp::OLDSTATE);
     let new_state: i32 = field(ctx, tp::NEWSTATE);
     let (old_state, new_state) = (old_state as u32, new_state as u32);
+    // After the process's close (FIN_WAIT1, which recorded it) nothing in these changes is
+    // used: the connection is no longer open, and TCP_CLOSE reports the state it ended from.
+    // So they cost no lookup, and the record keeps saying FIN_WAIT1 until the end.
+    if matches!(new_state, tcp_state::FIN_WAIT2 | tcp_state::CLOSING) {
+        return Ok(0);
+    }
 
     if new_state == tcp_state::SYN_SENT && old_state == tcp_state::CLOSE {
         // connect() runs this in the connecting thread's context, so the pid is meaningful.
         return start_tracking(ctx, sk);
     }
 
+    // Every TCP socket on the host passes here: an untracked one costs a filter load, or
+    // this lookup on a false positive.
+    if !maybe(&SOCK_SLOTS, sock_slot(sk)) {
+        return Ok(0);
+    }
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
-    let now = unsafe { bpf_ktime_get_ns() };
     // tcp_v4_connect enters SYN_SENT before inet_hash_connect picks the source port, so the
     // port is learned from the first change after it.
     let sport: u16 = field(ctx, tp::SPORT);
@@ -57,81 +77,170 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
             (*conn).sport = sport;
         }
         (*conn).state = new_state;
-        match new_state {
-            tcp_state::ESTABLISHED => (*conn).established_ns = now,
-            tcp_state::CLOSE_WAIT => (*conn).peer_fin_ns = now,
-            tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => {
+    }
+    // No event for the changes before TCP_CLOSE: user space reads the state and its times
+    // from the map every second, and the Close event carries the whole record. Only the
+    // changes whose time the model uses take the clock, and only those where the receive
+    // queue tells something (the upstream's FIN, the process's close, the end) sample it.
+    match new_state {
+        tcp_state::ESTABLISHED => {
+            let now = unsafe { bpf_ktime_get_ns() };
+            // SAFETY: as above.
+            unsafe { (*conn).established_ns = now };
+        }
+        tcp_state::CLOSE_WAIT => {
+            let now = unsafe { bpf_ktime_get_ns() };
+            // SAFETY: as above.
+            unsafe { (*conn).peer_fin_ns = now };
+            sample_unread(sk, conn, now);
+        }
+        tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => {
+            let now = unsafe { bpf_ktime_get_ns() };
+            // SAFETY: as above.
+            unsafe {
                 if (*conn).local_close_ns == 0 {
                     (*conn).local_close_ns = now;
                 }
             }
-            _ => {}
+            sample_unread(sk, conn, now);
         }
+        tcp_state::CLOSE => end_tracking(sk, conn, old_state),
+        _ => {}
     }
+    Ok(0)
+}
+
+/// The socket reached TCP_CLOSE: hand its final record to user space and forget it.
+#[inline(always)]
+fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
+    let now = unsafe { bpf_ktime_get_ns() };
     // At TCP_CLOSE from close() the receive queue was already purged but copied_seq was not
     // advanced, so this sample still says how much response was thrown away.
     sample_unread(sk, conn, now);
-
-    if new_state == tcp_state::CLOSE {
-        sample_peer_fin(sk, conn);
-        emit(EventKind::Close, old_state, new_state, sk, now, conn);
-        // SAFETY: as above; we copy the key fields before removing the entry.
-        let (tgid, fd, flags) = unsafe { ((*conn).tgid, (*conn).fd, (*conn).flags) };
-        let _ = CONNS.remove(&sk);
-        if flags & ConnFlags::FD_KNOWN != 0 {
-            let key = FdKey {
-                tgid,
-                fd: fd as u32,
-            };
-            // The fd may already belong to a newer socket; only drop our own mapping.
-            if let Some(mapped) = FD_SOCKS.get_ptr(&key) {
-                // SAFETY: pointer from the lookup just made.
-                if unsafe { *mapped } == sk {
-                    let _ = FD_SOCKS.remove(&key);
+    sample_peer_fin(sk, conn);
+    // SAFETY: `conn` points into the live CONNS entry; we copy the key fields before removing it.
+    let (tgid, fd, flags) = unsafe { ((*conn).tgid, (*conn).fd, (*conn).flags) };
+    if flags & ConnFlags::CLOSED_BY_PROCESS != 0 {
+        // close() aborted it (unread data: a reset) or it never got past SYN_SENT: no
+        // FIN_WAIT1 or LAST_ACK recorded the close (close.rs takes no clock).
+        // SAFETY: as above.
+        unsafe {
+            if (*conn).local_close_ns == 0 {
+                (*conn).local_close_ns = now;
+            }
+        }
+    }
+    emit(EventKind::Close, old_state, tcp_state::CLOSE, sk, now, conn);
+    // Fails only when LRU evicted the entry since the lookup; the filters were raised for it
+    // all the same.
+    let _ = CONNS.remove(&sk);
+    filter_add(&SOCK_SLOTS, sock_slot(sk), u32::MAX);
+    if flags & ConnFlags::FD_KNOWN == 0 {
+        return;
+    }
+    filter_add(&FD_SLOTS, fd_slot(tgid, fd as u32), u32::MAX);
+    // CLOSED_BY_PROCESS means close() found this socket through its fd and cleared the
+    // mapping then (the usual end). Otherwise the fd is still open (a reset, a failed
+    // connect): clear the mapping, or the address, once reused by another tracked socket,
+    // would be found through this fd.
+    if flags & ConnFlags::CLOSED_BY_PROCESS == 0 {
+        let key = FdKey {
+            tgid,
+            fd: fd as u32,
+        };
+        if let Some(mapping) = FD_SOCKS.get_ptr_mut(&key) {
+            // SAFETY: pointer from the lookup just made.
+            unsafe {
+                if (*mapping).sk & FD_SOCK_MASK == sk {
+                    (*mapping).sk = 0;
                 }
             }
         }
-    } else {
-        emit(EventKind::State, old_state, new_state, sk, now, conn);
     }
-    Ok(0)
 }
 
 /// A target thread is connecting this socket: start tracking it.
 #[inline(always)]
 fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
-    if !is_target(tgid) {
+    if !is_target(tgid) && !adopt_by_comm(tgid) {
+        return Ok(0);
+    }
+    // The fd of this thread's connect() (enter_connect); none for a SYN_SENT outside
+    // connect() (TCP Fast Open's sendmsg, io_uring).
+    let mut fd = None;
+    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(connect_slot(tid)) {
+        // SAFETY: pointer from the lookup just made, to an aligned u64 that threads store
+        // whole (see `PENDING_CONNECT`).
+        let pending = unsafe { *slot };
+        if pending != 0 && (pending >> 32) as u32 == tid {
+            fd = Some(pending as u32);
+            // Taken: a later SYN_SENT on this thread outside connect() gets no stale fd.
+            // SAFETY: as above.
+            unsafe { *slot = 0 };
+        }
+    }
+    let family: u16 = field(ctx, tp::FAMILY);
+    if family != AF_INET && family != AF_INET6 {
         return Ok(0);
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut info = ConnInfo::zeroed();
+    let mut info = MaybeUninit::<ConnInfo>::uninit();
+    // SAFETY: ConnInfo is plain integers and byte arrays (all zeroes is a valid value), and
+    // zero_words covers all of it.
+    let info = unsafe {
+        zero_words(info.as_mut_ptr().cast(), size_of::<ConnInfo>() / 8);
+        info.assume_init_mut()
+    };
     info.tgid = tgid;
     info.tid = tid;
+    info.fd = -1;
     info.state = tcp_state::SYN_SENT;
     info.connect_ns = now;
-    info.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let family: u16 = field(ctx, tp::FAMILY);
+    // Straight into the record: aya's wrapper would zero a buffer of its own first.
+    // SAFETY: the helper writes at most `COMM_LEN` bytes into the array.
+    let _ = unsafe {
+        gen::bpf_get_current_comm(info.comm.as_mut_ptr().cast::<c_void>(), COMM_LEN as u32)
+    };
     info.family = family;
     info.sport = field(ctx, tp::SPORT);
     info.dport = field(ctx, tp::DPORT);
-    if family == AF_INET {
-        let saddr = field4(ctx, tp::SADDR);
-        let daddr = field4(ctx, tp::DADDR);
-        info.saddr[..4].copy_from_slice(&saddr);
-        info.daddr[..4].copy_from_slice(&daddr);
-    } else if family == AF_INET6 {
-        info.saddr = field16(ctx, tp::SADDR_V6);
-        info.daddr = field16(ctx, tp::DADDR_V6);
-    } else {
-        return Ok(0);
+    let (saddr, daddr) = (info.saddr.as_mut_ptr(), info.daddr.as_mut_ptr());
+    // SAFETY: 4 or 16 bytes stored into 16-byte arrays, which sit at 8-byte aligned offsets
+    // of the record (the size check in tracer-common pins the layout).
+    unsafe {
+        if family == AF_INET {
+            write_unaligned(saddr.cast::<u32>(), field::<u32>(ctx, tp::SADDR));
+            write_unaligned(daddr.cast::<u32>(), field::<u32>(ctx, tp::DADDR));
+        } else {
+            write_unaligned(saddr.cast::<u64>(), field::<u64>(ctx, tp::SADDR_V6));
+            write_unaligned(
+                saddr.cast::<u64>().add(1),
+                field::<u64>(ctx, tp::SADDR_V6 + 8),
+            );
+            write_unaligned(daddr.cast::<u64>(), field::<u64>(ctx, tp::DADDR_V6));
+            write_unaligned(
+                daddr.cast::<u64>().add(1),
+                field::<u64>(ctx, tp::DADDR_V6 + 8),
+            );
+        }
     }
-    if let Some(fd) = PENDING_CONNECT.get_ptr(&tid) {
-        // SAFETY: pointer from the lookup just made.
-        info.fd = unsafe { *fd } as i32;
+    if let Some(fd) = fd {
+        info.fd = fd as i32;
         info.flags |= ConnFlags::FD_KNOWN;
     }
-    if CONNS.insert(&sk, &info, 0).is_err() {
+    let info: &ConnInfo = info;
+    // Raised before the entries exist, so a filter never hides them (see maps.rs).
+    let fd_known = info.flags & ConnFlags::FD_KNOWN != 0;
+    filter_add(&SOCK_SLOTS, sock_slot(sk), 1);
+    if fd_known {
+        filter_add(&FD_SLOTS, fd_slot(tgid, info.fd as u32), 1);
+    }
+    if CONNS.insert(&sk, info, 0).is_err() {
+        filter_add(&SOCK_SLOTS, sock_slot(sk), u32::MAX);
+        if fd_known {
+            filter_add(&FD_SLOTS, fd_slot(tgid, info.fd as u32), u32::MAX);
+        }
         count(Stat::ConnMapFull);
         warn!(
             ctx,
@@ -139,22 +248,34 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
         );
         return Ok(0);
     }
-    if info.flags & ConnFlags::FD_KNOWN != 0 {
+    if fd_known {
         let key = FdKey {
             tgid,
             fd: info.fd as u32,
         };
-        let _ = FD_SOCKS.insert(&key, &sk, 0);
-    }
-    if let Some(conn) = CONNS.get_ptr_mut(&sk) {
-        emit(
-            EventKind::Connect,
-            tcp_state::CLOSE,
-            tcp_state::SYN_SENT,
+        let mapping = FdSock {
             sk,
-            now,
-            conn,
-        );
+            captured_bytes: 0,
+            captured_writes: 0,
+            nonblocking: 0,
+        };
+        match FD_SOCKS.get_ptr_mut(&key) {
+            // The fd number's entry from an earlier connection (see `FD_SOCKS`).
+            // SAFETY: pointer from the lookup just made.
+            Some(old) => unsafe { *old = mapping },
+            None => {
+                let _ = FD_SOCKS.insert(&key, &mapping, 0);
+            }
+        }
     }
+    // From the local copy: the same bytes as the entry, without a second lookup.
+    emit(
+        EventKind::Connect,
+        tcp_state::CLOSE,
+        tcp_state::SYN_SENT,
+        sk,
+        now,
+        info,
+    );
     Ok(0)
 }

@@ -1,7 +1,8 @@
 //! The first bytes a target writes on a tracked socket: the TLS ClientHello or the HTTP/1.x
 //! request head, from which user space takes the server name (SNI) or the Host header and
 //! drops the rest at once. At most FIRST_BYTES_WRITES writes and FIRST_BYTES_MAX bytes per
-//! connection are copied, once; every later write costs two map lookups and nothing else.
+//! connection are copied, once; every later write costs one map lookup (`FD_SOCKS`, whose
+//! value then says the connection is named) and nothing else.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated as gen},
@@ -14,8 +15,8 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{CONNS, EVENTS, FD_SOCKS},
-    sock::{count, current_ids, field, is_target, wakeup_flag},
+    maps::{FdSock, EVENTS, FD_NAMED, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK},
+    sock::{count, current_ids, fd_slot, field, maybe, wakeup_flag},
 };
 
 /// `struct iovec` (include/uapi/linux/uio.h).
@@ -37,14 +38,12 @@ pub fn enter_write(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter_write(ctx: &TracePointContext) -> Result<u32, i64> {
-    let (tgid, _) = current_ids();
-    if !is_target(tgid) {
+    let Some(mapping) = unnamed_socket(ctx) else {
         return Ok(0);
-    }
-    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
+    };
     let buf: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
     let len: u64 = field(ctx, tp_layout::SYS_ENTER_LEN);
-    capture(tgid, fd, buf, len)
+    capture(mapping, buf, len)
 }
 
 /// `syscalls/sys_enter_writev`: (fd, iovec array, count); the first iovec is looked at.
@@ -54,20 +53,18 @@ pub fn enter_writev(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter_writev(ctx: &TracePointContext) -> Result<u32, i64> {
-    let (tgid, _) = current_ids();
-    if !is_target(tgid) {
-        return Ok(0);
-    }
-    // SAFETY (user reads below): the iovec is user memory, read with bpf_probe_read_user,
-    // which fails cleanly on a bad pointer.
-    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
-    let vec: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
     let vlen: u64 = field(ctx, tp_layout::SYS_ENTER_LEN);
-    if vlen == 0 || !is_tracked(tgid, fd) {
+    if vlen == 0 {
         return Ok(0);
     }
+    let Some(mapping) = unnamed_socket(ctx) else {
+        return Ok(0);
+    };
+    let vec: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
+    // SAFETY: the iovec is user memory, read with bpf_probe_read_user, which fails cleanly on
+    // a bad pointer.
     let iov: Iovec = unsafe { bpf_probe_read_user(vec as *const Iovec) }.map_err(i64::from)?;
-    capture(tgid, fd, iov.base, iov.len)
+    capture(mapping, iov.base, iov.len)
 }
 
 /// `syscalls/sys_enter_sendmsg`: (fd, user_msghdr); the first iovec is looked at.
@@ -77,49 +74,60 @@ pub fn enter_sendmsg(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter_sendmsg(ctx: &TracePointContext) -> Result<u32, i64> {
-    let (tgid, _) = current_ids();
-    if !is_target(tgid) {
+    let Some(mapping) = unnamed_socket(ctx) else {
         return Ok(0);
-    }
-    // SAFETY (user reads below): the msghdr and iovec are user memory, read with
-    // bpf_probe_read_user, which fails cleanly on a bad pointer.
-    let fd: u64 = field(ctx, tp_layout::SYS_ENTER_FD);
+    };
     let msg: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
-    if !is_tracked(tgid, fd) {
-        return Ok(0);
-    }
+    // SAFETY: the msghdr and iovec are user memory, read with bpf_probe_read_user, which fails
+    // cleanly on a bad pointer.
     let iov_ptr: u64 =
         unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) }.map_err(i64::from)?;
     let iov: Iovec = unsafe { bpf_probe_read_user(iov_ptr as *const Iovec) }.map_err(i64::from)?;
-    capture(tgid, fd, iov.base, iov.len)
+    capture(mapping, iov.base, iov.len)
 }
 
+/// The `FD_SOCKS` value of the written fd when it is a tracked socket whose first bytes are
+/// still wanted. This one lookup is all that any other write costs: an unrelated process's,
+/// one on an untracked fd, or one on a connection already named (`FD_NAMED`).
 #[inline(always)]
-fn is_tracked(tgid: u32, fd: u64) -> bool {
-    FD_SOCKS
-        .get_ptr(&FdKey {
-            tgid,
-            fd: fd as u32,
-        })
-        .is_some()
-}
-
-#[inline(always)]
-fn capture(tgid: u32, fd: u64, buf: u64, len: u64) -> Result<u32, i64> {
-    let Some(sk) = FD_SOCKS.get_ptr(&FdKey {
-        tgid,
-        fd: fd as u32,
-    }) else {
-        return Ok(0);
-    };
+fn unnamed_socket(ctx: &TracePointContext) -> Option<*mut FdSock> {
+    let (tgid, _) = current_ids();
+    let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
+    // FD_SLOTS only counts targets' tracked sockets: it is the target check too, and answers
+    // for every write on the host but those.
+    if !maybe(&FD_SLOTS, fd_slot(tgid, fd)) {
+        return None;
+    }
+    let mapping = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd })?;
     // SAFETY: pointer from the lookup just made.
-    let sk = unsafe { *sk };
-    let Some(conn) = CONNS.get_ptr_mut(&sk) else {
-        return Ok(0);
+    let bits = unsafe { (*mapping).sk };
+    // 0: the fd's socket was closed (see `FD_SOCKS`).
+    if bits & FD_SOCK_MASK == 0 || bits & FD_NAMED != 0 {
+        return None;
+    }
+    Some(mapping)
+}
+
+/// Copies the first bytes of a write on the socket `mapping` (an `FD_SOCKS` value) names, and
+/// marks the mapping `FD_NAMED` once the connection's share is taken. The counters are in the
+/// mapping, so this needs no `CONNS` lookup.
+#[inline(always)]
+fn capture(mapping: *mut FdSock, buf: u64, len: u64) -> Result<u32, i64> {
+    // SAFETY: `mapping` points into the FD_SOCKS entry the caller just looked up.
+    let (bits, writes, taken) = unsafe {
+        (
+            (*mapping).sk,
+            (*mapping).captured_writes,
+            u64::from((*mapping).captured_bytes),
+        )
     };
-    // SAFETY: `conn` points into the CONNS entry just looked up.
-    let (writes, taken) = unsafe { ((*conn).captured_writes, (*conn).captured_bytes as u64) };
-    if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 || len == 0 {
+    let sk = bits & FD_SOCK_MASK;
+    if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 {
+        // SAFETY: as above; a plain store of the flag into our own mapping.
+        unsafe { (*mapping).sk = bits | FD_NAMED };
+        return Ok(0);
+    }
+    if len == 0 {
         return Ok(0);
     }
     let room = FIRST_BYTES_MAX as u64 - taken;
@@ -152,10 +160,14 @@ fn capture(tgid: u32, fd: u64, buf: u64, len: u64) -> Result<u32, i64> {
         (*event).len
     };
     entry.submit(wakeup_flag());
+    let (writes, taken) = (writes + 1, taken + u64::from(copied));
     // SAFETY: as above.
     unsafe {
-        (*conn).captured_writes = writes + 1;
-        (*conn).captured_bytes += copied;
+        (*mapping).captured_writes = writes;
+        (*mapping).captured_bytes = taken as u32;
+        if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 {
+            (*mapping).sk = bits | FD_NAMED;
+        }
     }
     Ok(0)
 }

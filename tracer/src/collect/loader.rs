@@ -26,9 +26,9 @@ pub const READ_HOOK_ENV: &str = "TRACER_READ_HOOK";
 /// A program and the tracepoints (group, event) it attaches to.
 type Attachment = (&'static str, &'static [(&'static str, &'static str)]);
 
-/// The read syscalls: they map (tgid, fd) to the socket at entry and count reads in progress
-/// (a thread blocked in read() is listening); on the syscall path they also count each read.
-const SYSCALL_READS: &[Attachment] = &[
+/// The read syscalls' entries: they map (tgid, fd) to the socket and count reads in progress
+/// (a thread blocked in read() is listening), on both read paths.
+const SYSCALL_READ_ENTRIES: &[Attachment] = &[
     (
         "enter_read",
         &[
@@ -38,16 +38,19 @@ const SYSCALL_READS: &[Attachment] = &[
     ),
     ("enter_recvfrom", &[("syscalls", "sys_enter_recvfrom")]),
     ("enter_recvmsg", &[("syscalls", "sys_enter_recvmsg")]),
-    (
-        "exit_read",
-        &[
-            ("syscalls", "sys_exit_read"),
-            ("syscalls", "sys_exit_readv"),
-            ("syscalls", "sys_exit_recvfrom"),
-            ("syscalls", "sys_exit_recvmsg"),
-        ],
-    ),
 ];
+
+/// The read syscalls' exits, on the syscall path only: they end the reads in progress and
+/// count each read (with sock_recv_length, `sock_recv` does both).
+const SYSCALL_READ_EXITS: &[Attachment] = &[(
+    "exit_read",
+    &[
+        ("syscalls", "sys_exit_read"),
+        ("syscalls", "sys_exit_readv"),
+        ("syscalls", "sys_exit_recvfrom"),
+        ("syscalls", "sys_exit_recvmsg"),
+    ],
+)];
 
 /// Syscall tracepoints need CONFIG_FTRACE_SYSCALLS (on in every distribution kernel).
 const NEEDS_SYSCALL_TRACEPOINTS: &str =
@@ -106,7 +109,7 @@ const ROLES: &[Role] = &[
                 hook: "sock/sock_recv_length",
                 attachments: &[
                     &[("sock_recv", &[("sock", "sock_recv_length")])],
-                    SYSCALL_READS,
+                    SYSCALL_READ_ENTRIES,
                 ],
                 needs: "the sock/sock_recv_length tracepoint (Linux 6.3 or newer)",
                 reads_from_syscalls: false,
@@ -114,7 +117,7 @@ const ROLES: &[Role] = &[
             HookPath {
                 key: "syscalls",
                 hook: "syscalls/sys_exit_read",
-                attachments: &[SYSCALL_READS],
+                attachments: &[SYSCALL_READ_ENTRIES, SYSCALL_READ_EXITS],
                 needs: NEEDS_SYSCALL_TRACEPOINTS,
                 reads_from_syscalls: true,
             },
@@ -741,6 +744,16 @@ format:
              read=sock/sock_recv_length close=syscalls/sys_enter_close first_write=syscalls/sys_enter_write"
         );
         assert!(chosen.iter().all(|(_, p)| !p.reads_from_syscalls));
+        // sock_recv ends each read: the syscall exits are not hooked at all.
+        let read = chosen.iter().find(|(r, _)| r.name == "read").unwrap().1;
+        let programs: Vec<&str> = read
+            .attachments
+            .iter()
+            .flat_map(|set| set.iter())
+            .map(|(p, _)| *p)
+            .collect();
+        assert!(programs.contains(&"sock_recv") && programs.contains(&"enter_read"));
+        assert!(!programs.contains(&"exit_read"));
     }
 
     #[test]
