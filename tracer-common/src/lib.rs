@@ -207,7 +207,7 @@ pub const MAX_FD_SOCKS: u32 = 262_144;
 /// One entry per thread blocked in connect() or read() on a tracked socket.
 pub const MAX_PENDING: u32 = 65_536;
 /// Ring buffer size in bytes (a power of two and a multiple of the page size).
-pub const EVENTS_RING_BYTES: u32 = 4 << 20;
+pub const EVENTS_RING_BYTES: u32 = 8 << 20;
 
 /// Unread bytes in the ring buffer above which a submit wakes the reader at once; below it
 /// the reader is not woken per event (a wakeup costs more than the event) and drains the ring
@@ -428,7 +428,9 @@ pub struct FirstBytesEvent {
     pub sk: u64,
     pub data: [u8; FIRST_BYTES_MAX],
 }
-const _: () = assert!(size_of::<FirstBytesEvent>() == 16 + FIRST_BYTES_MAX);
+/// Bytes of a first-bytes record before `data`; a record is this plus `len` bytes long.
+pub const FIRST_BYTES_HEADER: usize = 16;
+const _: () = assert!(size_of::<FirstBytesEvent>() == FIRST_BYTES_HEADER + FIRST_BYTES_MAX);
 
 /// Indexes of the per-CPU `STATS` array.
 #[repr(u32)]

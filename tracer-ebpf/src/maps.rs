@@ -14,8 +14,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    ConnInfo, FdKey, COMM_LEN, EVENTS_RING_BYTES, MAX_CONNS, MAX_FD_SOCKS, MAX_PENDING,
-    MAX_TARGETS, MAX_TARGET_COMMS, STAT_COUNT,
+    ConnInfo, FdKey, FirstBytesEvent, COMM_LEN, EVENTS_RING_BYTES, MAX_CONNS, MAX_FD_SOCKS,
+    MAX_PENDING, MAX_TARGETS, MAX_TARGET_COMMS, STAT_COUNT,
 };
 
 /// tgid -> TargetFlags. Filled by user space (and by `connect` for followed comms).
@@ -113,3 +113,9 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// One first-bytes record per CPU, filled before it goes to `EVENTS` with only its used bytes
+/// (`bpf_ringbuf_output`): an HTTP request head is a tenth of the 1 KiB a reserved record
+/// takes, and ring space is what a burst of new connections runs out of.
+#[map]
+pub static FIRST_BYTES_SCRATCH: PerCpuArray<FirstBytesEvent> = PerCpuArray::with_max_entries(1, 0);

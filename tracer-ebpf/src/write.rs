@@ -9,13 +9,14 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use core::ffi::c_void;
+use core::{ffi::c_void, mem::size_of};
 use tracer_common::{
-    tp_layout, EventKind, FdKey, FirstBytesEvent, Stat, FIRST_BYTES_MAX, FIRST_BYTES_WRITES,
+    tp_layout, EventKind, FdKey, FirstBytesEvent, Stat, FIRST_BYTES_HEADER, FIRST_BYTES_MAX,
+    FIRST_BYTES_WRITES,
 };
 
 use crate::{
-    maps::{FdSock, EVENTS, FD_NAMED, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK},
+    maps::{FdSock, EVENTS, FD_NAMED, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, FIRST_BYTES_SCRATCH},
     sock::{count, current_ids, fd_slot, field, maybe, wakeup_flag},
 };
 
@@ -141,13 +142,12 @@ fn capture(mapping: *mut FdSock, buf: u64, len: u64) -> Result<u32, i64> {
     if n > FIRST_BYTES_MAX as u64 {
         n = FIRST_BYTES_MAX as u64;
     }
-    let Some(mut entry) = EVENTS.reserve::<FirstBytesEvent>(0) else {
-        count(Stat::FirstBytesDrops);
+    let Some(event) = FIRST_BYTES_SCRATCH.get_ptr_mut(0) else {
         return Ok(0);
     };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` is a reserved record we own until submit; the copy size is at most the
-    // size of `data`; bpf_probe_read_user fails cleanly (and zero-fills) on a bad pointer.
+    // SAFETY: `event` is this CPU's scratch record (programs on one CPU do not preempt each
+    // other); the copy size is at most the size of `data`; bpf_probe_read_user fails cleanly
+    // (and zero-fills) on a bad pointer.
     let copied = unsafe {
         (*event).kind = EventKind::FirstBytes as u32;
         (*event).sk = sk;
@@ -159,7 +159,19 @@ fn capture(mapping: *mut FdSock, buf: u64, len: u64) -> Result<u32, i64> {
         (*event).len = if ret == 0 { n as u32 } else { 0 };
         (*event).len
     };
-    entry.submit(wakeup_flag());
+    // Header plus the bytes copied, bounded for the verifier as `n` is above.
+    // SAFETY: a read of a local through a valid reference.
+    let mut used =
+        unsafe { core::ptr::read_volatile(&(FIRST_BYTES_HEADER as u64 + u64::from(copied))) };
+    if used > size_of::<FirstBytesEvent>() as u64 {
+        used = size_of::<FirstBytesEvent>() as u64;
+    }
+    // SAFETY: `used` bytes from the start of the scratch record stay inside it.
+    let record = unsafe { core::slice::from_raw_parts(event as *const u8, used as usize) };
+    if EVENTS.output::<[u8]>(record, wakeup_flag()).is_err() {
+        count(Stat::FirstBytesDrops);
+        return Ok(0);
+    }
     let (writes, taken) = (writes + 1, taken + u64::from(copied));
     // SAFETY: as above.
     unsafe {

@@ -9,7 +9,8 @@ use std::{
 
 use anyhow::{anyhow, Result};
 use tracer_common::{
-    ConnEvent, ConnFlags, ConnInfo, EventKind, FirstBytesEvent, AF_INET, COMM_LEN, FIRST_BYTES_MAX,
+    ConnEvent, ConnFlags, ConnInfo, EventKind, AF_INET, COMM_LEN, FIRST_BYTES_HEADER,
+    FIRST_BYTES_MAX,
 };
 
 use crate::model::{KernelConn, KernelEvent, KernelEventKind, RecvQ};
@@ -98,17 +99,24 @@ pub fn record(bytes: &[u8]) -> Result<Record<'_>> {
     if kind != EventKind::FirstBytes as u32 {
         return event(bytes).map(Record::Conn);
     }
-    if bytes.len() < size_of::<FirstBytesEvent>() {
+    // Only the bytes used are sent: the header, then `len` bytes.
+    if bytes.len() < FIRST_BYTES_HEADER {
         return Err(anyhow!("short first-bytes record: {} bytes", bytes.len()));
     }
     let len = u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
     let sk = u64::from_ne_bytes(
         <[u8; 8]>::try_from(&bytes[8..16]).map_err(|_| anyhow!("bad first-bytes record"))?,
     );
-    let data = &bytes[16..16 + FIRST_BYTES_MAX];
+    let data = &bytes[FIRST_BYTES_HEADER..];
+    if len > data.len().min(FIRST_BYTES_MAX) {
+        return Err(anyhow!(
+            "first-bytes record says {len} bytes but carries {}",
+            data.len()
+        ));
+    }
     Ok(Record::FirstBytes {
         sk,
-        bytes: &data[..len.min(FIRST_BYTES_MAX)],
+        bytes: &data[..len],
     })
 }
 
@@ -145,6 +153,37 @@ pub fn event(bytes: &[u8]) -> Result<KernelEvent> {
 mod tests {
     use super::*;
     use tracer_common::{tcp_state, AF_INET6};
+
+    fn first_bytes(len: u32, data: &[u8]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&(EventKind::FirstBytes as u32).to_ne_bytes());
+        raw.extend_from_slice(&len.to_ne_bytes());
+        raw.extend_from_slice(&0xffff_8800_1234_0000u64.to_ne_bytes());
+        raw.extend_from_slice(data);
+        raw
+    }
+
+    #[test]
+    fn a_first_bytes_record_carries_only_its_used_bytes() {
+        let raw = first_bytes(5, b"GET /");
+        match record(&raw) {
+            Ok(Record::FirstBytes { sk, bytes }) => {
+                assert_eq!((sk, bytes), (0xffff_8800_1234_0000, &b"GET /"[..]));
+            }
+            _ => panic!("not decoded as first bytes"),
+        }
+        // Ring records are padded to 8 bytes: trailing bytes beyond `len` are ignored.
+        let padded = first_bytes(5, b"GET /\0\0\0");
+        assert!(
+            matches!(record(&padded), Ok(Record::FirstBytes { bytes, .. }) if bytes == b"GET /")
+        );
+        let lying = first_bytes(9, b"GET /");
+        assert!(
+            record(&lying).is_err(),
+            "a length beyond the record is refused"
+        );
+        assert!(record(&raw[..12]).is_err(), "a cut header is refused");
+    }
 
     fn info() -> ConnInfo {
         let mut i = ConnInfo::zeroed();
