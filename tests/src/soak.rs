@@ -16,7 +16,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{fixture_bin, quick_args, tracer_bin, Proc};
+use crate::{fixture_bin, tracer_bin, Proc};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -86,6 +86,8 @@ pub struct Point {
     pub events_sent: u64,
     pub events_lost: u64,
     pub conn_map_full: u64,
+    /// Connections counted closed_unread, all hosts (none of the soak's are).
+    pub closed_unread: u64,
     /// Whether every host's verdict counts were exactly the expected ones.
     pub exact: bool,
 }
@@ -187,6 +189,11 @@ impl Report {
                 "| kernel events sent / lost / connection map full | {} / {} / {} |",
                 l.events_sent, l.events_lost, l.conn_map_full
             );
+            let _ = writeln!(
+                s,
+                "| connections counted closed_unread (none of the soak's close early) | {} |",
+                l.closed_unread
+            );
         }
         let _ = writeln!(s, "\nTracer over time (one row per tenth of the run):\n");
         let _ = writeln!(
@@ -287,16 +294,15 @@ pub fn mismatches(
             close_wait: get(&["by_reason", "close_wait"]),
         };
         let abandoned = get(&["by_reason", "abandoned"]);
-        let closed_unread = get(&["closed_unread_total"]);
         let open_ok = if churning {
             got.open >= want.open
         } else {
             got.open == want.open
         };
         let leaks_ok = got.unread == want.unread && got.close_wait == want.close_wait;
-        if !open_ok || !leaks_ok || abandoned != 0 || closed_unread != 0 {
+        if !open_ok || !leaks_ok || abandoned != 0 {
             out.push(format!(
-                "{name}: want {want:?}, got {got:?} abandoned={abandoned} closed_unread={closed_unread}"
+                "{name}: want {want:?}, got {got:?} abandoned={abandoned}"
             ));
         }
     }
@@ -365,7 +371,21 @@ pub fn run(plan: &Plan) -> Report {
     tracer_cmd
         .arg("run")
         .arg("--json")
-        .args(quick_args(relays[0].pid()));
+        // The default CLOSE_WAIT grace (5s): on a machine this loaded, a churned connection
+        // can wait seconds for its relay to be scheduled and close it, which a 2s grace
+        // reports (rightly: for that long nobody closed it).
+        .args([
+            "--close-wait-grace",
+            "5s",
+            "--unread-grace",
+            "5s",
+            "--abandon-grace",
+            "10s",
+            "--interval",
+            "1s",
+            "--pid",
+        ])
+        .arg(relays[0].pid().to_string());
     for relay in &relays[1..] {
         tracer_cmd.arg("--pid").arg(relay.pid().to_string());
     }
@@ -514,6 +534,12 @@ pub fn run(plan: &Plan) -> Report {
             events_sent: k["events_sent"].as_u64().unwrap_or(0),
             events_lost: k["events_lost"].as_u64().unwrap_or(0),
             conn_map_full: k["conn_map_full"].as_u64().unwrap_or(0),
+            closed_unread: snapshot["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|h| h["closed_unread_total"].as_u64().unwrap_or(0))
+                .sum(),
             exact: bad.is_empty(),
         });
         last_snapshot = snapshot;
