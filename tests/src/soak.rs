@@ -124,6 +124,23 @@ impl Report {
         end - start
     }
 
+    /// Prints the report and fails unless the verdicts became exact and stayed so.
+    pub fn assert_exact_throughout(&self) {
+        eprintln!("{}", self.markdown());
+        eprintln!("tracer warnings:\n{}", self.tracer_warnings.join("\n"));
+        if let Some(why) = &self.never_exact {
+            panic!(
+                "verdicts never became exact: {why}\nlast snapshot:\n{}",
+                self.final_summary
+            );
+        }
+        assert!(
+            self.inexact_after_exact.is_empty(),
+            "verdicts went wrong after being exact:\n{}",
+            self.inexact_after_exact.join("\n")
+        );
+    }
+
     pub fn peak_rss_mib(&self) -> f64 {
         self.points.iter().map(|p| p.rss_mib).fold(0.0, f64::max)
     }

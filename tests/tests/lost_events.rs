@@ -25,18 +25,7 @@ fn after_a_ring_buffer_overflow_the_table_resyncs_and_the_loss_is_reported() {
         pause_tracer: true,
     };
     let report = soak::run(&plan);
-    eprintln!("{}", report.markdown());
-    if let Some(why) = &report.never_exact {
-        panic!(
-            "the tracer did not re-sync after losing events: {why}\nlast snapshot:\n{}",
-            report.final_summary
-        );
-    }
-    assert!(
-        report.inexact_after_exact.is_empty(),
-        "verdicts went wrong after the re-sync:\n{}",
-        report.inexact_after_exact.join("\n")
-    );
+    report.assert_exact_throughout();
     let last = report.points.last().expect("snapshots");
     assert!(
         last.events_lost > 0,

@@ -12,19 +12,7 @@ use tracer_e2e::{
 const PORT: u16 = 18411;
 
 fn check(report: &soak::Report, max_rss_growth_mib: f64) {
-    eprintln!("{}", report.markdown());
-    eprintln!("tracer warnings:\n{}", report.tracer_warnings.join("\n"));
-    if let Some(why) = &report.never_exact {
-        panic!(
-            "verdicts never became exact: {why}\nlast snapshot:\n{}",
-            report.final_summary
-        );
-    }
-    assert!(
-        report.inexact_after_exact.is_empty(),
-        "verdicts went wrong after being exact:\n{}",
-        report.inexact_after_exact.join("\n")
-    );
+    report.assert_exact_throughout();
     assert_eq!(report.churn_errors, 0, "the churn itself failed");
     if report.plan.rate > 0 {
         let want = u64::from(report.plan.rate) * report.plan.churn.as_secs();
