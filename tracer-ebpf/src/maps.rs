@@ -84,11 +84,24 @@ pub const CONNECT_SLOTS: u32 = 1 << 16;
 #[map]
 pub static SOCK_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 
-/// Counting filter of the tracked sockets whose fd is known, by (tgid, fd) (`sock::fd_slot`):
-/// raised when tracking starts, lowered when it ends (state.rs), so it never depends on seeing
-/// close(). Guards `FD_SOCKS`.
+/// Two counting filters by (tgid, fd) (`sock::fd_slot`) in one array, so that the read, write
+/// and close hooks of one fd share the slot's cache line: the low 16 bits (`FD_MAPPED`) count
+/// the tracked sockets whose fd is known, raised when tracking starts and lowered when it ends
+/// (state.rs), so they never depend on seeing close(), and guard `FD_SOCKS` for writes and
+/// close(); the high 16 bits (`FD_READER`) count those whose reads `enter_read` counts in
+/// progress (`ConnFlags::READS_COUNTED`): sockets whose reads may wait, and every one on the
+/// syscall read path. A Go process's reads never pass the high half. Each half holds at most
+/// the tracked sockets in its slot, far below 2^16 (MAX_FD_SOCKS / SLOTS is 16), so neither
+/// carries into the other.
 #[map]
 pub static FD_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
+
+/// `FD_SLOTS` halves (see there): one of each, as the amount to add.
+pub const FD_MAPPED: u32 = 1;
+pub const FD_READER: u32 = 1 << 16;
+/// `FD_SLOTS` halves, as the bits that hold them.
+pub const FD_MAPPED_BITS: u32 = 0xffff;
+pub const FD_READER_BITS: u32 = 0xffff_0000;
 
 /// Slot `tid % CONNECT_SLOTS`: the thread and the fd of a connect() in progress, as
 /// `tid << 32 | fd`, or 0. A direct-mapped table rather than a hash map: connect() and the
@@ -106,7 +119,23 @@ pub static PENDING_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX
 
 /// Counting filter of the non-zero `PENDING_READ` values, by thread id (`sock::tid_slot`).
 #[map]
-pub static READ_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
+pub static PENDING_READ_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
+
+/// Slot `tid % SLOTS`: the socket a thread's close() let go of (close.rs), so that the state
+/// change tcp_close makes right after in that thread's context (FIN_WAIT1, LAST_ACK, or
+/// TCP_CLOSE for an abort) marks it `CLOSED_BY_PROCESS` with the `CONNS` entry it has in hand,
+/// rather than close() looking the entry up itself.
+#[map]
+pub static CLOSING: Array<Closing> = Array::with_max_entries(SLOTS, 0);
+
+/// Value of `CLOSING`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Closing {
+    pub sk: u64,
+    pub tid: u32,
+    pub _pad: u32,
+}
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);

@@ -16,8 +16,11 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{FdSock, EVENTS, FD_NAMED, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, FIRST_BYTES_SCRATCH},
-    sock::{count, current_ids, fd_slot, field, maybe, wakeup_flag},
+    maps::{
+        FdSock, EVENTS, FD_MAPPED_BITS, FD_NAMED, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK,
+        FIRST_BYTES_SCRATCH,
+    },
+    sock::{count, current_ids, fd_slot, field, maybe_in, wakeup_flag},
 };
 
 /// `struct iovec` (include/uapi/linux/uio.h).
@@ -96,7 +99,7 @@ fn unnamed_socket(ctx: &TracePointContext) -> Option<*mut FdSock> {
     let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
     // FD_SLOTS only counts targets' tracked sockets: it is the target check too, and answers
     // for every write on the host but those.
-    if !maybe(&FD_SLOTS, fd_slot(tgid, fd)) {
+    if !maybe_in(&FD_SLOTS, fd_slot(tgid, fd), FD_MAPPED_BITS) {
         return None;
     }
     let mapping = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd })?;
