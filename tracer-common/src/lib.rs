@@ -11,15 +11,16 @@ use core::mem::size_of;
 pub mod map_names {
     /// Thread-group ids to trace (value: [`super::TargetFlags`] bits).
     pub const TARGETS: &str = "TARGETS";
-    /// Process names whose new processes become targets at their first connect.
+    /// Process names whose new processes become targets at their first TCP connect.
     pub const TARGET_COMMS: &str = "TARGET_COMMS";
     /// Tracked upstream sockets: socket address -> [`super::ConnInfo`].
     pub const CONNS: &str = "CONNS";
     /// (tgid, fd) -> socket address, learned at connect; lets fd-based syscalls find the socket.
     pub const FD_SOCKS: &str = "FD_SOCKS";
-    /// Thread id -> fd of a connect() in progress.
+    /// Thread id (mod its size) -> thread and fd of a connect() in progress.
     pub const PENDING_CONNECT: &str = "PENDING_CONNECT";
-    /// Thread id -> socket address of a read syscall in progress on a tracked socket.
+    /// Thread id -> socket address of a read syscall in progress on a tracked socket (syscall
+    /// read path only).
     pub const PENDING_READ: &str = "PENDING_READ";
     /// Lifecycle events ring buffer ([`super::ConnEvent`] records).
     pub const EVENTS: &str = "EVENTS";

@@ -78,12 +78,13 @@ fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
         }
         (*conn).flags & ConnFlags::NONBLOCKING_READS != 0
     };
+    if flags & MSG_PEEK != 0 {
+        // Not a read, and a peek with MSG_DONTWAIT says nothing of how the reads wait.
+        return Ok(0);
+    }
     let nonblocking = flags & MSG_DONTWAIT != 0;
     if nonblocking != was_nonblocking {
         note_blocking_mode(sk, conn, nonblocking);
-    }
-    if flags & MSG_PEEK != 0 {
-        return Ok(0);
     }
     let ret: i32 = field(ctx, tp::RET);
     record_read(sk, conn, i64::from(ret));
@@ -267,8 +268,8 @@ pub fn exit_read(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit_read(ctx: &TracePointContext) -> Result<u32, i64> {
-    // PENDING_READ_SLOTS only counts threads in a read of a tracked socket: it is the target check
-    // too, and answers for every read on the host but those.
+    // PENDING_READ_SLOTS only counts threads in a read of a tracked socket: it is the target
+    // check too, and answers for every read on the host but those.
     let (tgid, tid) = current_ids();
     if !maybe(&PENDING_READ_SLOTS, tid_slot(tid)) {
         return Ok(0);

@@ -198,10 +198,9 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
     if !is_target(tgid) && !adopt_by_comm(tgid) {
         return Ok(0);
     }
-    // The fd of this thread's connect() (enter_connect); none for a SYN_SENT outside
-    // connect() (TCP Fast Open's sendmsg, io_uring).
-    // An i64 with -1 for none rather than an Option: LLVM may spill a None's undefined payload
-    // from a register the verifier knows as never written, and it then refuses the program
+    // The fd of this thread's connect() (enter_connect), or -1: none for a SYN_SENT outside
+    // connect() (TCP Fast Open's sendmsg, io_uring). Not an Option: LLVM may spill a None's
+    // undefined payload from a register the verifier knows as never written, which it refuses
     // ("R3 !read_ok").
     let mut fd: i64 = -1;
     if let Some(slot) = PENDING_CONNECT.get_ptr_mut(connect_slot(tid)) {

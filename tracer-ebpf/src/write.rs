@@ -1,8 +1,8 @@
 //! The first bytes a target writes on a tracked socket: the TLS ClientHello or the HTTP/1.x
 //! request head, from which user space takes the server name (SNI) or the Host header and
 //! drops the rest at once. At most FIRST_BYTES_WRITES writes and FIRST_BYTES_MAX bytes per
-//! connection are copied, once; every later write costs one map lookup (`FD_SOCKS`, whose
-//! value then says the connection is named) and nothing else.
+//! connection are copied, once. A write on an fd that is not a tracked socket costs a filter
+//! load; one on a connection already named, one `FD_SOCKS` lookup more, whose value says so.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated as gen},
