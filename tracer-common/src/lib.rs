@@ -11,15 +11,16 @@ use core::mem::size_of;
 pub mod map_names {
     /// Thread-group ids to trace (value: [`super::TargetFlags`] bits).
     pub const TARGETS: &str = "TARGETS";
-    /// Process names whose new processes become targets at their first connect.
+    /// Process names whose new processes become targets at their first TCP connect.
     pub const TARGET_COMMS: &str = "TARGET_COMMS";
     /// Tracked upstream sockets: socket address -> [`super::ConnInfo`].
     pub const CONNS: &str = "CONNS";
     /// (tgid, fd) -> socket address, learned at connect; lets fd-based syscalls find the socket.
     pub const FD_SOCKS: &str = "FD_SOCKS";
-    /// Thread id -> fd of a connect() in progress.
+    /// Thread id (mod its size) -> thread and fd of a connect() in progress.
     pub const PENDING_CONNECT: &str = "PENDING_CONNECT";
-    /// Thread id -> socket address of a read syscall in progress on a tracked socket.
+    /// Thread id -> socket address of a read syscall in progress on a tracked socket (syscall
+    /// read path only).
     pub const PENDING_READ: &str = "PENDING_READ";
     /// Lifecycle events ring buffer ([`super::ConnEvent`] records).
     pub const EVENTS: &str = "EVENTS";
@@ -35,6 +36,11 @@ pub mod global_names {
     pub const COPIED_SEQ_OFFSET: &str = "COPIED_SEQ_OFFSET";
     /// Byte offset of `sock.sk_flags` in the running kernel (from its BTF).
     pub const SK_FLAGS_OFFSET: &str = "SK_FLAGS_OFFSET";
+    /// Byte offsets of `sock.sk_socket`, `socket.file` and `file.f_flags` (from its BTF):
+    /// whether a socket is non-blocking when it connects.
+    pub const SK_SOCKET_OFFSET: &str = "SK_SOCKET_OFFSET";
+    pub const SOCKET_FILE_OFFSET: &str = "SOCKET_FILE_OFFSET";
+    pub const FILE_FLAGS_OFFSET: &str = "FILE_FLAGS_OFFSET";
     /// Non-zero when `TARGET_COMMS` holds names, so untargeted connects skip the comm lookup.
     pub const FOLLOW_COMMS: &str = "FOLLOW_COMMS";
     /// Non-zero when reads are counted at the read syscalls' exits instead of by
@@ -248,6 +254,9 @@ pub const MSG_PEEK: i32 = 2;
 /// MSG_DONTWAIT (include/linux/socket.h): set on every read of a non-blocking socket
 /// (sock_read_iter adds it for O_NONBLOCK files), so the read did not wait.
 pub const MSG_DONTWAIT: i32 = 0x40;
+/// O_NONBLOCK in `file.f_flags` (include/uapi/asm-generic/fcntl.h; x86 and arm64 use the
+/// generic value).
+pub const O_NONBLOCK: u32 = 0o4000;
 
 /// Value bits of the `TARGETS` map.
 pub struct TargetFlags;
@@ -269,10 +278,13 @@ impl ConnFlags {
     pub const CLOSED_BY_PROCESS: u32 = 4;
     /// The peer's FIN had arrived when the socket reached TCP_CLOSE (sampled at close only).
     pub const PEER_FIN_AT_CLOSE: u32 = 8;
-    /// The socket's last read did not wait (MSG_DONTWAIT: a non-blocking socket, as Go's
-    /// are). Reads on such a socket never wait in the kernel, so they are not counted in
-    /// `reads_inflight` (it stays 0) until a read waits again. Kernel-side bookkeeping.
+    /// The socket was non-blocking at connect (as Go's are), or its last read did not wait
+    /// (MSG_DONTWAIT). Reads on such a socket never wait in the kernel, so they are not
+    /// counted in `reads_inflight` (it stays 0) until a read waits. Kernel-side bookkeeping.
     pub const NONBLOCKING_READS: u32 = 16;
+    /// The kernel side counts this socket's reads in progress (its fd is in the filter that
+    /// `enter_read` checks). Kernel-side bookkeeping.
+    pub const READS_COUNTED: u32 = 32;
 }
 
 /// Key of `FD_SOCKS`.

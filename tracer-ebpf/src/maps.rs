@@ -1,13 +1,16 @@
 //! Every map of the eBPF side. All are bounded; maps whose entries can be orphaned (a missed
 //! close, a thread that died mid-syscall) are LRU so they can never fill up for good.
 //!
-//! Cost model: a hash lookup costs 60–110 ns here (hashing, a helper call, and cache misses in
-//! a large table), an array lookup a few ns (the verifier inlines it). The hooks fire for every
-//! process and socket on the host, nearly all of them untracked, so each hash map that they
-//! look up is guarded by a counting filter (`*_SLOTS`): an array of counters indexed by a hash
-//! of the key, where zero means "no entry with a key in this slot". The counters are only
-//! ever too high (a false positive costs the lookup that was saved), never too low: each is
-//! raised before its entry exists and lowered exactly once, on the one path that removes it.
+//! Cost model, measured on the 2-vCPU development VM under `cargo xtask bench` load (bpf_stats
+//! on): a program that returns at once costs about 70 ns, and every cache line it touches that
+//! the load has evicted adds 40–100 ns. A hash lookup touches several (the table, a bucket, an
+//! element) behind a helper call and a hash; an array lookup, which the verifier inlines, one.
+//! The hooks fire for every process and socket on the host, nearly all of them untracked, so
+//! each hash map that they look up is guarded by a counting filter (`*_SLOTS`): a small array
+//! of counters indexed by a hash of the key, where zero means "no entry with a key in this
+//! slot". The counters are only ever too high (a false positive costs the lookup that was
+//! saved), never too low: each is raised before its entry exists and lowered once, on the one
+//! path that removes it.
 
 use aya_ebpf::{
     macros::map,
@@ -18,7 +21,8 @@ use tracer_common::{
     MAX_PENDING, MAX_TARGETS, MAX_TARGET_COMMS, STAT_COUNT,
 };
 
-/// tgid -> TargetFlags. Filled by user space (and by `connect` for followed comms).
+/// tgid -> TargetFlags. Filled by user space (and by state.rs at a followed comm's first TCP
+/// connect).
 #[map]
 pub static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
@@ -84,11 +88,24 @@ pub const CONNECT_SLOTS: u32 = 1 << 16;
 #[map]
 pub static SOCK_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 
-/// Counting filter of the tracked sockets whose fd is known, by (tgid, fd) (`sock::fd_slot`):
-/// raised when tracking starts, lowered when it ends (state.rs), so it never depends on seeing
-/// close(). Guards `FD_SOCKS`.
+/// Two counting filters by (tgid, fd) (`sock::fd_slot`) in one array, so that the read, write
+/// and close hooks of one fd share the slot's cache line: the low 16 bits (`FD_MAPPED`) count
+/// the tracked sockets whose fd is known, raised when tracking starts and lowered when it ends
+/// (state.rs), so they never depend on seeing close(), and guard `FD_SOCKS` for writes and
+/// close(); the high 16 bits (`FD_READER`) count those whose reads `enter_read` counts in
+/// progress (`ConnFlags::READS_COUNTED`): sockets whose reads may wait, and every one on the
+/// syscall read path. A Go process's reads never pass the high half. Each half holds at most
+/// the tracked sockets in its slot, far below 2^16 (MAX_FD_SOCKS / SLOTS is 16), so neither
+/// carries into the other.
 #[map]
 pub static FD_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
+
+/// `FD_SLOTS` halves (see there): one of each, as the amount to add.
+pub const FD_MAPPED: u32 = 1;
+pub const FD_READER: u32 = 1 << 16;
+/// `FD_SLOTS` halves, as the bits that hold them.
+pub const FD_MAPPED_BITS: u32 = 0xffff;
+pub const FD_READER_BITS: u32 = 0xffff_0000;
 
 /// Slot `tid % CONNECT_SLOTS`: the thread and the fd of a connect() in progress, as
 /// `tid << 32 | fd`, or 0. A direct-mapped table rather than a hash map: connect() and the
@@ -106,7 +123,23 @@ pub static PENDING_READ: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX
 
 /// Counting filter of the non-zero `PENDING_READ` values, by thread id (`sock::tid_slot`).
 #[map]
-pub static READ_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
+pub static PENDING_READ_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
+
+/// Slot `tid % SLOTS`: the socket a thread's close() let go of (close.rs), so that the state
+/// change tcp_close makes right after in that thread's context (FIN_WAIT1, LAST_ACK, or
+/// TCP_CLOSE for an abort) marks it `CLOSED_BY_PROCESS` with the `CONNS` entry it has in hand,
+/// rather than close() looking the entry up itself.
+#[map]
+pub static CLOSING: Array<Closing> = Array::with_max_entries(SLOTS, 0);
+
+/// Value of `CLOSING`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Closing {
+    pub sk: u64,
+    pub tid: u32,
+    pub _pad: u32,
+}
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);

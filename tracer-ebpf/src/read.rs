@@ -22,10 +22,13 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{CONNS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, PENDING_READ, READ_SLOTS, SOCK_SLOTS},
+    maps::{
+        CONNS, FD_READER, FD_READER_BITS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, PENDING_READ,
+        PENDING_READ_SLOTS, SOCK_SLOTS,
+    },
     sock::{
-        count, current_ids, fd_slot, field, filter_add, maybe, owns, sample_unread, sock_slot,
-        tid_slot,
+        count, current_ids, fd_slot, field, filter_lower, filter_raise, maybe, maybe_in, owns,
+        sample_unread, sock_slot, tid_slot,
     },
 };
 
@@ -75,12 +78,13 @@ fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
         }
         (*conn).flags & ConnFlags::NONBLOCKING_READS != 0
     };
+    if flags & MSG_PEEK != 0 {
+        // Not a read, and a peek with MSG_DONTWAIT says nothing of how the reads wait.
+        return Ok(0);
+    }
     let nonblocking = flags & MSG_DONTWAIT != 0;
     if nonblocking != was_nonblocking {
         note_blocking_mode(sk, conn, nonblocking);
-    }
-    if flags & MSG_PEEK != 0 {
-        return Ok(0);
     }
     let ret: i32 = field(ctx, tp::RET);
     record_read(sk, conn, i64::from(ret));
@@ -103,6 +107,14 @@ fn note_blocking_mode(sk: u64, conn: *mut ConnInfo, nonblocking: bool) {
     };
     if flags & ConnFlags::FD_KNOWN == 0 {
         return;
+    }
+    if !nonblocking && flags & ConnFlags::READS_COUNTED == 0 {
+        // A read waited on a socket that was non-blocking at connect: count its reads from
+        // now on. Never lowered before the end (two readers racing here raise it twice,
+        // which only costs lookups), so it is never too low.
+        // SAFETY: as above.
+        unsafe { (*conn).flags |= ConnFlags::READS_COUNTED };
+        filter_raise(&FD_SLOTS, fd_slot(tgid, fd), FD_READER);
     }
     if let Some(mapping) = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd }) {
         // SAFETY: pointer from the lookup just made; a stale mapping (another socket) is
@@ -166,9 +178,10 @@ fn try_enter_read(
 ) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
     let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
-    // FD_SLOTS only counts targets' tracked sockets: it is the target check too, and answers
-    // for every read on the host but those.
-    if !maybe(&FD_SLOTS, fd_slot(tgid, fd)) {
+    // FD_READER only counts targets' tracked sockets whose reads are counted in progress: it
+    // is the target check too, and answers for every read on the host but those (Go's
+    // sockets included: see `FD_SLOTS`).
+    if !maybe_in(&FD_SLOTS, fd_slot(tgid, fd), FD_READER_BITS) {
         return Ok(0);
     }
     // A zero-length read returns before reaching the socket (sock_read_iter), so no
@@ -236,13 +249,13 @@ fn note_pending_read(
         }
     };
     if !was_pending {
-        filter_add(&READ_SLOTS, tid_slot(tid), 1);
+        filter_raise(&PENDING_READ_SLOTS, tid_slot(tid), 1);
     }
     Ok(())
 }
 
 #[inline(always)]
-fn reads_from_syscalls() -> bool {
+pub fn reads_from_syscalls() -> bool {
     // SAFETY: a valid, aligned u32 global; volatile so the loader's value is read.
     unsafe { core::ptr::read_volatile(&READS_FROM_SYSCALLS) != 0 }
 }
@@ -255,10 +268,10 @@ pub fn exit_read(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit_read(ctx: &TracePointContext) -> Result<u32, i64> {
-    // READ_SLOTS only counts threads in a read of a tracked socket: it is the target check
-    // too, and answers for every read on the host but those.
+    // PENDING_READ_SLOTS only counts threads in a read of a tracked socket: it is the target
+    // check too, and answers for every read on the host but those.
     let (tgid, tid) = current_ids();
-    if !maybe(&READ_SLOTS, tid_slot(tid)) {
+    if !maybe(&PENDING_READ_SLOTS, tid_slot(tid)) {
         return Ok(0);
     }
     let Some(slot) = PENDING_READ.get_ptr_mut(&tid) else {
@@ -271,7 +284,7 @@ fn try_exit_read(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     // SAFETY: as above.
     unsafe { *slot = NO_READ };
-    filter_add(&READ_SLOTS, tid_slot(tid), u32::MAX);
+    filter_lower(&PENDING_READ_SLOTS, tid_slot(tid), 1);
     let sk = pending & !PEEK_TAG;
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);

@@ -9,7 +9,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use tracer_common::{
-    ConnEvent, ConnFlags, ConnInfo, EventKind, Stat, RING_WAKEUP_BYTES, SOCK_DONE_BIT,
+    ConnEvent, ConnFlags, ConnInfo, EventKind, Stat, O_NONBLOCK, RING_WAKEUP_BYTES, SOCK_DONE_BIT,
 };
 
 use crate::maps::{CONNECT_SLOTS, EVENTS, SLOTS, SLOT_BITS, STATS, TARGETS};
@@ -23,6 +23,14 @@ static COPIED_SEQ_OFFSET: u32 = 0;
 /// Byte offset of `sock.sk_flags`, likewise.
 #[unsafe(no_mangle)]
 static SK_FLAGS_OFFSET: u32 = 0;
+/// Byte offsets of `sock.sk_socket`, `socket.file` and `file.f_flags`, likewise. 0 means
+/// unknown: every socket is then taken for one whose reads may wait.
+#[unsafe(no_mangle)]
+static SK_SOCKET_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static SOCKET_FILE_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static FILE_FLAGS_OFFSET: u32 = 0;
 
 /// Reads a field of the tracepoint record the program was called with. A tracepoint
 /// program's context is that record, which the verifier lets it load from directly: no helper
@@ -82,7 +90,7 @@ pub fn fd_slot(tgid: u32, fd: u32) -> u32 {
     slot_of(u64::from(tgid) << 32 | u64::from(fd))
 }
 
-/// Filter slot of a thread (`READ_SLOTS`).
+/// Filter slot of a thread (`PENDING_READ_SLOTS`), and its `CLOSING` slot.
 #[inline(always)]
 pub fn tid_slot(tid: u32) -> u32 {
     tid & (SLOTS - 1)
@@ -98,16 +106,34 @@ pub fn connect_slot(tid: u32) -> u32 {
 /// guards can be skipped.
 #[inline(always)]
 pub fn maybe(filter: &Array<u32>, slot: u32) -> bool {
-    // An index out of range cannot happen (slots are masked); if it did, fall back to the
-    // lookup rather than miss an entry.
-    filter.get(slot).is_none_or(|n| *n != 0)
+    maybe_in(filter, slot, u32::MAX)
 }
 
-/// Adds `delta` (u32::MAX to subtract one) to a counting filter's slot: an atomic add whose
-/// result is unused, the one atomic instruction every kernel since 3.18 has (BPF_XADD).
-/// Through the intrinsic: the BPF target's atomic types have no fetch_add.
+/// As `maybe`, for the counter in the `half` bits of a slot that holds two (`FD_SLOTS`).
 #[inline(always)]
-pub fn filter_add(filter: &Array<u32>, slot: u32, delta: u32) {
+pub fn maybe_in(filter: &Array<u32>, slot: u32, half: u32) -> bool {
+    // An index out of range cannot happen (slots are masked); if it did, fall back to the
+    // lookup rather than miss an entry.
+    filter.get(slot).is_none_or(|n| *n & half != 0)
+}
+
+/// Raises a counting filter's slot by `amount` (1, or `FD_READER` for the high half of an
+/// `FD_SLOTS` slot).
+#[inline(always)]
+pub fn filter_raise(filter: &Array<u32>, slot: u32, amount: u32) {
+    filter_add(filter, slot, amount);
+}
+
+/// Lowers a counting filter's slot by `amount`, which was raised there before.
+#[inline(always)]
+pub fn filter_lower(filter: &Array<u32>, slot: u32, amount: u32) {
+    filter_add(filter, slot, amount.wrapping_neg());
+}
+
+/// An atomic add whose result is unused: the one atomic instruction every kernel since 3.18
+/// has (BPF_XADD). Through the intrinsic: the BPF target's atomic types have no fetch_add.
+#[inline(always)]
+fn filter_add(filter: &Array<u32>, slot: u32, delta: u32) {
     if let Some(counter) = filter.get_ptr_mut(slot) {
         // SAFETY: an aligned u32 inside an array map value, which lives as long as the map;
         // other CPUs only touch it through atomic adds and plain loads.
@@ -166,6 +192,40 @@ pub fn sample_unread(sk: u64, conn: *mut ConnInfo, now: u64) {
             (*conn).flags |= ConnFlags::UNREAD_SAMPLED;
         }
     }
+}
+
+/// True when the socket's file is O_NONBLOCK (`sk->sk_socket->file->f_flags`): its reads
+/// never wait in the kernel. Called in connect(), which holds the file. Three reads of structs
+/// the kernel is working on, so warm; any failure answers false (reads may wait).
+#[inline(always)]
+pub fn nonblocking_file(sk: u64) -> bool {
+    let (socket_at, file_at, flags_at) = (
+        read_global(&SK_SOCKET_OFFSET),
+        read_global(&SOCKET_FILE_OFFSET),
+        read_global(&FILE_FLAGS_OFFSET),
+    );
+    if socket_at == 0 || file_at == 0 || flags_at == 0 {
+        return false;
+    }
+    // SAFETY: bpf_probe_read_kernel checks every address; a bad one returns an error.
+    let Ok(socket) = (unsafe { bpf_probe_read_kernel((sk + u64::from(socket_at)) as *const u64) })
+    else {
+        return false;
+    };
+    if socket == 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    let Ok(file) = (unsafe { bpf_probe_read_kernel((socket + u64::from(file_at)) as *const u64) })
+    else {
+        return false;
+    };
+    if file == 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    let flags = unsafe { bpf_probe_read_kernel((file + u64::from(flags_at)) as *const u32) };
+    flags.is_ok_and(|f| f & O_NONBLOCK != 0)
 }
 
 /// Records whether the peer's FIN had arrived when the socket closes. A socket the process

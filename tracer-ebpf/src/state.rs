@@ -25,10 +25,15 @@ use tracer_common::{
 
 use crate::{
     connect::adopt_by_comm,
-    maps::{FdSock, CONNS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, PENDING_CONNECT, SOCK_SLOTS},
+    maps::{
+        FdSock, CLOSING, CONNS, FD_MAPPED, FD_READER, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK,
+        PENDING_CONNECT, SOCK_SLOTS,
+    },
+    read::reads_from_syscalls,
     sock::{
-        connect_slot, count, current_ids, emit, fd_slot, field, filter_add, is_target, maybe,
-        sample_peer_fin, sample_unread, sock_slot, zero_words,
+        connect_slot, count, current_ids, emit, fd_slot, field, filter_lower, filter_raise,
+        is_target, maybe, nonblocking_file, sample_peer_fin, sample_unread, sock_slot, tid_slot,
+        zero_words,
     },
 };
 
@@ -95,6 +100,7 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
             sample_unread(sk, conn, now);
         }
         tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => {
+            note_closed_by_process(sk, conn);
             let now = unsafe { bpf_ktime_get_ns() };
             // SAFETY: as above.
             unsafe {
@@ -104,10 +110,32 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
             }
             sample_unread(sk, conn, now);
         }
-        tcp_state::CLOSE => end_tracking(sk, conn, old_state),
+        tcp_state::CLOSE => {
+            note_closed_by_process(sk, conn);
+            end_tracking(sk, conn, old_state);
+        }
         _ => {}
     }
     Ok(0)
+}
+
+/// Marks the socket closed by the process when this change comes from the close() the
+/// current thread just made on it (`CLOSING`, noted by close.rs): tcp_close runs in the
+/// closing thread before it returns to user space.
+#[inline(always)]
+fn note_closed_by_process(sk: u64, conn: *mut ConnInfo) {
+    let (_, tid) = current_ids();
+    let Some(slot) = CLOSING.get_ptr_mut(tid_slot(tid)) else {
+        return;
+    };
+    // SAFETY: pointers into the array map just looked up and into the CONNS entry the caller
+    // holds. Only this thread writes a slot that names it.
+    unsafe {
+        if (*slot).tid == tid && (*slot).sk == sk {
+            (*slot).sk = 0;
+            (*conn).flags |= ConnFlags::CLOSED_BY_PROCESS;
+        }
+    }
 }
 
 /// The socket reached TCP_CLOSE: hand its final record to user space and forget it.
@@ -134,11 +162,15 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
     // Fails only when LRU evicted the entry since the lookup; the filters were raised for it
     // all the same.
     let _ = CONNS.remove(&sk);
-    filter_add(&SOCK_SLOTS, sock_slot(sk), u32::MAX);
+    filter_lower(&SOCK_SLOTS, sock_slot(sk), 1);
     if flags & ConnFlags::FD_KNOWN == 0 {
         return;
     }
-    filter_add(&FD_SLOTS, fd_slot(tgid, fd as u32), u32::MAX);
+    let slot = fd_slot(tgid, fd as u32);
+    filter_lower(&FD_SLOTS, slot, FD_MAPPED);
+    if flags & ConnFlags::READS_COUNTED != 0 {
+        filter_lower(&FD_SLOTS, slot, FD_READER);
+    }
     // CLOSED_BY_PROCESS means close() found this socket through its fd and cleared the
     // mapping then (the usual end). Otherwise the fd is still open (a reset, a failed
     // connect): clear the mapping, or the address, once reused by another tracked socket,
@@ -166,15 +198,17 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
     if !is_target(tgid) && !adopt_by_comm(tgid) {
         return Ok(0);
     }
-    // The fd of this thread's connect() (enter_connect); none for a SYN_SENT outside
-    // connect() (TCP Fast Open's sendmsg, io_uring).
-    let mut fd = None;
+    // The fd of this thread's connect() (enter_connect), or -1: none for a SYN_SENT outside
+    // connect() (TCP Fast Open's sendmsg, io_uring). Not an Option: LLVM may spill a None's
+    // undefined payload from a register the verifier knows as never written, which it refuses
+    // ("R3 !read_ok").
+    let mut fd: i64 = -1;
     if let Some(slot) = PENDING_CONNECT.get_ptr_mut(connect_slot(tid)) {
         // SAFETY: pointer from the lookup just made, to an aligned u64 that threads store
         // whole (see `PENDING_CONNECT`).
         let pending = unsafe { *slot };
         if pending != 0 && (pending >> 32) as u32 == tid {
-            fd = Some(pending as u32);
+            fd = i64::from(pending as u32);
             // Taken: a later SYN_SENT on this thread outside connect() gets no stale fd.
             // SAFETY: as above.
             unsafe { *slot = 0 };
@@ -225,21 +259,37 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
             );
         }
     }
-    if let Some(fd) = fd {
+    // Go's sockets are non-blocking from the start: their reads never wait, so enter_read
+    // has nothing to count for them (the syscall read path notes every read all the same).
+    let nonblocking = nonblocking_file(sk);
+    if nonblocking {
+        info.flags |= ConnFlags::NONBLOCKING_READS;
+    }
+    if fd >= 0 {
         info.fd = fd as i32;
         info.flags |= ConnFlags::FD_KNOWN;
+        if !nonblocking || reads_from_syscalls() {
+            info.flags |= ConnFlags::READS_COUNTED;
+        }
     }
     let info: &ConnInfo = info;
     // Raised before the entries exist, so a filter never hides them (see maps.rs).
     let fd_known = info.flags & ConnFlags::FD_KNOWN != 0;
-    filter_add(&SOCK_SLOTS, sock_slot(sk), 1);
+    let reads_counted = info.flags & ConnFlags::READS_COUNTED != 0;
+    let fd_filter = if reads_counted {
+        FD_MAPPED + FD_READER
+    } else {
+        FD_MAPPED
+    };
+    let slot = fd_slot(tgid, info.fd as u32);
+    filter_raise(&SOCK_SLOTS, sock_slot(sk), 1);
     if fd_known {
-        filter_add(&FD_SLOTS, fd_slot(tgid, info.fd as u32), 1);
+        filter_raise(&FD_SLOTS, slot, fd_filter);
     }
     if CONNS.insert(&sk, info, 0).is_err() {
-        filter_add(&SOCK_SLOTS, sock_slot(sk), u32::MAX);
+        filter_lower(&SOCK_SLOTS, sock_slot(sk), 1);
         if fd_known {
-            filter_add(&FD_SLOTS, fd_slot(tgid, info.fd as u32), u32::MAX);
+            filter_lower(&FD_SLOTS, slot, fd_filter);
         }
         count(Stat::ConnMapFull);
         warn!(
@@ -257,7 +307,7 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
             sk,
             captured_bytes: 0,
             captured_writes: 0,
-            nonblocking: 0,
+            nonblocking: u16::from(nonblocking),
         };
         match FD_SOCKS.get_ptr_mut(&key) {
             // The fd number's entry from an earlier connection (see `FD_SOCKS`).

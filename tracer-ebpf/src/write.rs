@@ -1,8 +1,8 @@
 //! The first bytes a target writes on a tracked socket: the TLS ClientHello or the HTTP/1.x
 //! request head, from which user space takes the server name (SNI) or the Host header and
 //! drops the rest at once. At most FIRST_BYTES_WRITES writes and FIRST_BYTES_MAX bytes per
-//! connection are copied, once; every later write costs one map lookup (`FD_SOCKS`, whose
-//! value then says the connection is named) and nothing else.
+//! connection are copied, once. A write on an fd that is not a tracked socket costs a filter
+//! load; one on a connection already named, one `FD_SOCKS` lookup more, whose value says so.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated as gen},
@@ -16,8 +16,11 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{FdSock, EVENTS, FD_NAMED, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, FIRST_BYTES_SCRATCH},
-    sock::{count, current_ids, fd_slot, field, maybe, wakeup_flag},
+    maps::{
+        FdSock, EVENTS, FD_MAPPED_BITS, FD_NAMED, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK,
+        FIRST_BYTES_SCRATCH,
+    },
+    sock::{count, current_ids, fd_slot, field, maybe_in, wakeup_flag},
 };
 
 /// `struct iovec` (include/uapi/linux/uio.h).
@@ -96,7 +99,7 @@ fn unnamed_socket(ctx: &TracePointContext) -> Option<*mut FdSock> {
     let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
     // FD_SLOTS only counts targets' tracked sockets: it is the target check too, and answers
     // for every write on the host but those.
-    if !maybe(&FD_SLOTS, fd_slot(tgid, fd)) {
+    if !maybe_in(&FD_SLOTS, fd_slot(tgid, fd), FD_MAPPED_BITS) {
         return None;
     }
     let mapping = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd })?;

@@ -642,12 +642,25 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>)> {
     // `sk_flags` is a macro for `__sk_common.skc_flags` (include/net/sock.h).
     let sk_flags = btf.member_offset("sock", "__sk_common")?
         + btf.member_offset("sock_common", "skc_flags")?;
+    // Whether a socket is non-blocking when it connects (sk->sk_socket->file->f_flags): only
+    // an optimisation, so a kernel without one of them traces all the same (0: unknown).
+    let optional = |strct: &str, member: &str| {
+        btf.member_offset(strct, member)
+            .map_err(|e| log::debug!("{e:#}"))
+            .unwrap_or(0)
+    };
+    let sk_socket = optional("sock", "sk_socket");
+    let socket_file = optional("socket", "file");
+    let file_flags = optional("file", "f_flags");
     let follow = u32::from(follow_comms);
 
     let mut ebpf = EbpfLoader::new()
         .override_global(global_names::RCV_NXT_OFFSET, &rcv_nxt, true)
         .override_global(global_names::COPIED_SEQ_OFFSET, &copied_seq, true)
         .override_global(global_names::SK_FLAGS_OFFSET, &sk_flags, true)
+        .override_global(global_names::SK_SOCKET_OFFSET, &sk_socket, true)
+        .override_global(global_names::SOCKET_FILE_OFFSET, &socket_file, true)
+        .override_global(global_names::FILE_FLAGS_OFFSET, &file_flags, true)
         .override_global(global_names::FOLLOW_COMMS, &follow, true)
         .override_global(global_names::READS_FROM_SYSCALLS, &reads_from_syscalls, true)
         .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
