@@ -240,10 +240,12 @@ pub struct ConnTable {
     /// (FIN_WAIT*, up to tcp_fin_timeout), so map entries and events of theirs still come;
     /// those must neither bring their connections back nor count them again.
     exited_pids: HashSet<u32>,
-    /// Connected sockets of targets that no kernel record explains, with the number of
-    /// consecutive samples that showed them: adopted as pre-existing at the second, so a
-    /// traced socket closing between the socket dump and the map read is never adopted.
-    unexplained: HashMap<(SocketAddr, SocketAddr), u8>,
+    /// Connected sockets of targets that no kernel record explains, by inode, with the
+    /// number of consecutive scans that showed them: adopted as pre-existing at the second,
+    /// so a traced socket closing between the socket dump and the map read is never adopted.
+    /// By inode, not addresses: under churn the same addresses come back on other short-lived
+    /// sockets, which two scans in a row would otherwise take for one long-lived socket.
+    unexplained: HashMap<u64, u8>,
 }
 
 impl ConnTable {
@@ -524,14 +526,9 @@ impl ConnTable {
                 None if is_connected(s.state) => {
                     // Open before we attached (or before its process became a target, or its
                     // kernel record was lost): judge it from socket samples from now on.
-                    let seen = self
-                        .unexplained
-                        .get(&(s.local, s.remote))
-                        .copied()
-                        .unwrap_or(0)
-                        + 1;
+                    let seen = self.unexplained.get(&s.inode).copied().unwrap_or(0) + 1;
                     if !first_scan && seen < 2 {
-                        unexplained.insert((s.local, s.remote), seen);
+                        unexplained.insert(s.inode, seen);
                         continue;
                     }
                     let comm = self
@@ -1304,6 +1301,22 @@ mod tests {
         assert_eq!(only(&table).origin, Origin::PreExisting);
         assert_eq!(only(&table).opened_ns, 5 * SEC);
         assert_eq!(totals(&table, OLD_HOST), host(&[OLD], 1, 0));
+    }
+
+    #[test]
+    fn short_lived_sockets_reusing_addresses_are_never_adopted() {
+        // Two scans each catch a different short-lived socket (closed before the map read,
+        // so no kernel record explains it) at the same addresses.
+        let first = socket(PID, 20, local(50001), OLD, CLOSE_WAIT, 1);
+        let second = SocketSample {
+            inode: first.inode + 7,
+            ..first.clone()
+        };
+        let mut table = table_after([sample(SEC, vec![], vec![])]);
+        table.apply(sample(2 * SEC, vec![], vec![first]));
+        table.apply(sample(3 * SEC, vec![], vec![second]));
+        assert_eq!(table.conns().count(), 0, "two sockets, each seen once");
+        assert!(table.hosts().is_empty());
     }
 
     #[test]
