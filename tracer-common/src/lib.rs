@@ -379,7 +379,8 @@ impl ConnInfo {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// A target began a connect(): the socket is tracked from now on.
+    /// A target's connection got established (tracked since its connect(); the record now has
+    /// the source port). A connect that fails before that only has a Close event.
     Connect = 1,
     /// A tracked socket changed TCP state (not to CLOSE). The kernel side no longer sends it:
     /// a change between connect and close reaches user space through the `CONNS` sample, and

@@ -1,7 +1,8 @@
 //! TCP state changes: a target's connect starts tracking (SYN_SENT), the upstream's FIN shows
 //! as CLOSE_WAIT, the process's close as FIN_WAIT1/LAST_ACK, and TCP_CLOSE ends tracking.
-//! Only the start (Connect) and the end (Close, with the whole record) are ring-buffer events;
-//! the changes between are written to `CONNS`, which user space samples every second.
+//! Only the establishment (Connect) and the end (Close) are ring-buffer events, each with the
+//! whole record; the other changes are written to `CONNS`, which user space samples every
+//! second. A connection that never gets established only has its Close event.
 //!
 //! State changes caused by incoming packets run in softirq context, where the current task
 //! is unrelated: those are matched by socket (`CONNS`), never by pid.
@@ -91,7 +92,14 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
         tcp_state::ESTABLISHED => {
             let now = unsafe { bpf_ktime_get_ns() };
             // SAFETY: as above.
-            unsafe { (*conn).established_ns = now };
+            let first = unsafe { core::mem::replace(&mut (*conn).established_ns, now) == 0 };
+            if first {
+                // The Connect event goes out here rather than at SYN_SENT: only now does the
+                // record have the source port, by which user space matches the connection to
+                // the socket table's view of it (with no State events, a record without it
+                // could stay its only one until the next sample).
+                emit(EventKind::Connect, old_state, new_state, sk, now, conn);
+            }
         }
         tcp_state::CLOSE_WAIT => {
             let now = unsafe { bpf_ktime_get_ns() };
@@ -318,14 +326,6 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
             }
         }
     }
-    // From the local copy: the same bytes as the entry, without a second lookup.
-    emit(
-        EventKind::Connect,
-        tcp_state::CLOSE,
-        tcp_state::SYN_SENT,
-        sk,
-        now,
-        info,
-    );
+    // The Connect event waits for ESTABLISHED, which knows the source port (see there).
     Ok(0)
 }
