@@ -329,5 +329,10 @@ pub fn summary(snapshot: &Value) -> String {
             h["connections_total"]
         ));
     }
+    // What else a failure needs to be read: lost events, the targets, the hooks.
+    s.push_str(&format!(
+        "kernel={} targets={} hooks={}\n",
+        snapshot["kernel"], snapshot["target_processes"], snapshot["hooks"]
+    ));
     s
 }

@@ -33,7 +33,7 @@ use crate::{
         prometheus::{Health, PrometheusExporter},
         rotate::RotatingFile,
     },
-    model::{ConnTable, Graces, Input, Snapshot},
+    model::{ConnTable, Graces, Input, InputLag, Snapshot},
     naming::catalogue::{Catalogue, ProvidersFileError},
     record::{
         self,
@@ -66,6 +66,10 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 const INPUT_QUEUE: usize = 65_536;
 /// The collector samples at least this often: verdict times are only as fine as the samples.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// Behind the kernel by more than this, the tracer says so on its log ...
+const LAG_WARN_NS: u64 = 5_000_000_000;
+/// ... at most this often.
+const LAG_WARN_EVERY: Duration = Duration::from_secs(30);
 
 pub async fn main(cli: Cli) -> Result<()> {
     match cli.command {
@@ -313,11 +317,14 @@ async fn run(args: RunArgs) -> Result<()> {
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut lag = InputLag::default();
+    let mut lag_warned: Option<Instant> = None;
 
     loop {
         tokio::select! {
             input = live.rx.recv() => match input {
                 Some(input) => {
+                    lag.observe(&input, monotonic_ns());
                     if live.apply_until_all_exited(&mut table, input) {
                         break;
                     }
@@ -326,7 +333,8 @@ async fn run(args: RunArgs) -> Result<()> {
                 None => break,
             },
             _ = tick.tick() => {
-                let now = monotonic_ns();
+                warn_when_behind(&lag, &mut lag_warned);
+                let now = lag.judge_at(monotonic_ns());
                 output.write(&Snapshot::take(&table, now, &graces), &graces, false)?;
                 if let Some(metrics) = metrics.as_mut() {
                     metrics.publish(&table, now, &graces)?;
@@ -340,16 +348,30 @@ async fn run(args: RunArgs) -> Result<()> {
 
     // Let the collector send its last events and sample, then take the final snapshot.
     live.stop(|input| {
+        lag.observe(&input, monotonic_ns());
         table.apply(input);
         Ok(())
     })
     .await?;
     output.write(
-        &Snapshot::take(&table, monotonic_ns(), &graces),
+        &Snapshot::take(&table, lag.judge_at(monotonic_ns()), &graces),
         &graces,
         true,
     )?;
     Ok(())
+}
+
+/// Says on the log (at most every `LAG_WARN_EVERY`) when the table is more than
+/// `LAG_WARN_NS` behind the kernel: figures are then as of that long ago.
+fn warn_when_behind(lag: &InputLag, warned: &mut Option<Instant>) {
+    if lag.behind_ns() < LAG_WARN_NS || warned.is_some_and(|t| t.elapsed() < LAG_WARN_EVERY) {
+        return;
+    }
+    log::warn!(
+        "the tracer is {:.1}s behind the kernel (more events than it keeps up with): figures are as of then",
+        lag.behind_ns() as f64 / 1e9
+    );
+    *warned = Some(Instant::now());
 }
 
 /// `tracer check`: one ✓ or ✗ line per requirement, the fix under each ✗.

@@ -153,6 +153,36 @@ pub struct Target {
     pub comm: String,
 }
 
+/// How far the model is behind the clock. Inputs wait in a queue before they are applied;
+/// when the tracer falls behind (a burst of connections), the table shows the kernel as it
+/// was some time ago, and judging it by the clock now would age every connection by that
+/// delay: a connection whose close is still queued would sit in CLOSE_WAIT past its grace.
+/// Each sample says when it was taken, so the delay is known when it is applied, and the
+/// table is judged at the clock minus that delay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InputLag {
+    ns: u64,
+}
+
+impl InputLag {
+    /// Notes `input`, applied to the table at `applied_ns` (the sample clock).
+    pub fn observe(&mut self, input: &Input, applied_ns: u64) {
+        if let Input::Sample(sample) = input {
+            self.ns = applied_ns.saturating_sub(sample.now_ns);
+        }
+    }
+
+    /// The delay as of the last sample applied.
+    pub fn behind_ns(&self) -> u64 {
+        self.ns
+    }
+
+    /// The time to judge the table at when the clock says `now_ns`.
+    pub fn judge_at(&self, now_ns: u64) -> u64 {
+        now_ns.saturating_sub(self.ns)
+    }
+}
+
 /// Bytes of response data waiting unread, given a raw `rcv_nxt - copied_seq` and the state.
 /// Once the upstream's FIN has arrived it is counted in rcv_nxt and consumed only after all
 /// data before it, so a non-zero queue in those states includes exactly one FIN.
@@ -198,6 +228,30 @@ mod tests {
         assert_eq!(unread_data(0, tcp_state::CLOSE_WAIT), 0);
         assert_eq!(unread_data(130_048, tcp_state::ESTABLISHED), 130_048);
         assert_eq!(unread_data(1, tcp_state::ESTABLISHED), 1);
+    }
+
+    #[test]
+    fn the_table_is_judged_as_of_its_last_sample_delay() {
+        let mut lag = InputLag::default();
+        assert_eq!(lag.judge_at(50), 50, "no sample yet: the clock");
+        let sample = |now_ns| {
+            Input::Sample(Sample {
+                now_ns,
+                ..Sample::default()
+            })
+        };
+        // Taken at 10 s, applied at 16 s: six seconds behind.
+        lag.observe(&sample(10_000_000_000), 16_000_000_000);
+        assert_eq!(lag.behind_ns(), 6_000_000_000);
+        assert_eq!(lag.judge_at(17_000_000_000), 11_000_000_000);
+        // Other inputs do not change it; a sample applied at once clears it.
+        lag.observe(&Input::Targets(Vec::new()), 30_000_000_000);
+        assert_eq!(lag.behind_ns(), 6_000_000_000);
+        lag.observe(&sample(20_000_000_000), 20_000_000_500);
+        assert_eq!(lag.judge_at(21_000_000_000), 20_999_999_500);
+        // A clock behind the sample (a replay's rounding) never goes negative.
+        lag.observe(&sample(40), 30);
+        assert_eq!(lag.judge_at(5), 5);
     }
 
     #[test]

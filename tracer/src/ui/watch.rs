@@ -19,7 +19,7 @@ use tokio::{
 
 use crate::{
     export::json::JsonLines,
-    model::{ConnTable, Input, Snapshot},
+    model::{ConnTable, Input, InputLag, Snapshot},
 };
 
 use super::{
@@ -148,6 +148,7 @@ async fn event_loop<S: Source>(
     let mut last_observed: Option<Instant> = None;
     let graces = session.graces;
     let mut table = ConnTable::new();
+    let mut lag = InputLag::default();
     let mut trend = Trend::starting_at(source.started_ns());
     let mut ui = UiState::new();
     let mut view = View::build(&table, source.now_ns(), &graces);
@@ -166,7 +167,8 @@ async fn event_loop<S: Source>(
         tokio::select! {
             next = source.next(), if !ended => match next? {
                 Next::Input { at_ns, input } => {
-                    trend.catch_up(&table, at_ns, &graces);
+                    lag.observe(&input, at_ns);
+                    trend.catch_up(&table, lag.judge_at(at_ns), &graces);
                     let targets_changed = matches!(input, Input::Targets(_));
                     table.apply(input);
                     if targets_changed {
@@ -178,7 +180,7 @@ async fn event_loop<S: Source>(
                     }
                 }
                 Next::End { at_ns } => {
-                    trend.catch_up(&table, at_ns, &graces);
+                    trend.catch_up(&table, lag.judge_at(at_ns), &graces);
                     ended = true;
                     session.source = source.label();
                     ui.message = Some("end of the recording: the screen shows its last moment; q quits".into());
@@ -187,7 +189,8 @@ async fn event_loop<S: Source>(
                 Next::Closed => break Outcome::SourceClosed,
             },
             _ = tick.tick() => {
-                let now = source.now_ns();
+                // Judged as of the inputs applied (see `InputLag`).
+                let now = lag.judge_at(source.now_ns());
                 trend.catch_up(&table, now, &graces);
                 if let Some(observe) = observer.as_mut() {
                     if last_observed.is_none_or(|t| t.elapsed() >= REFRESH) {
