@@ -27,6 +27,10 @@ fn main() -> ExitCode {
     // kernel's event ring.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        // One socket-scan thread for the whole run (scans are paced seconds apart; by default
+        // tokio would end the idle thread after 10 s and start another for the next scan).
+        .max_blocking_threads(1)
+        .thread_keep_alive(std::time::Duration::from_secs(24 * 3600))
         .enable_all()
         .build()
     {
