@@ -156,6 +156,37 @@ fn cpu_and_rss(pid: u32) -> Result<(f64, u64)> {
     Ok((ticks as f64 / hz, rss_kb * 1024))
 }
 
+/// CPU time the whole machine spent busy (all CPUs; not idle, not waiting for I/O), in
+/// seconds, from the first line of /proc/stat.
+fn machine_busy_s() -> Result<f64> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    busy_s_of(&stat)
+}
+
+fn busy_s_of(stat: &str) -> Result<f64> {
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow!("/proc/stat has no cpu line"))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("parsing /proc/stat")?;
+    // user nice system idle iowait irq softirq steal (guest time is counted in user).
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(busy as f64 / hz)
+}
+
 /// run_time_ns and run_cnt per program name, for the programs with these ids.
 fn bpf_prog_stats(ids: &[u64]) -> Result<BTreeMap<String, (u64, u64)>> {
     let out = util::stdout_of(Command::new("bpftool").args(["-j", "prog", "show"]))?;
@@ -340,12 +371,18 @@ pub fn run(opts: Options) -> Result<()> {
         let mut prog_totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut cpu_per_100k = Vec::new();
         let mut cpu_share = Vec::new();
+        let (mut base_us_per_req, mut kernel_us_per_req) = (Vec::new(), Vec::new());
+        let (mut user_us_per_req, mut added_percent) = (Vec::new(), Vec::new());
         for run in 1..=opts.runs {
             println!(
                 "bench: {} — run {run}/{}: without the tracer",
                 mode.name, opts.runs
             );
+            let busy0 = machine_busy_s()?;
             let r = wrk(&opts)?;
+            let busy1 = machine_busy_s()?;
+            let base_cpu_per_req = (busy1 - busy0) / (r.rps * opts.duration.as_secs_f64());
+            base_us_per_req.push(base_cpu_per_req * 1e6);
             base.push(r.rps);
             base_p50.push(r.p50_ms);
             base_p99.push(r.p99_ms);
@@ -381,6 +418,18 @@ pub fn run(opts: Options) -> Result<()> {
                 e.0 += t1 - t0;
                 e.1 += c1 - c0;
             }
+            // CPU accounting: what the programs and the tracer's own process spent per
+            // request, against what the whole machine spent per request without the tracer.
+            let requests = r.rps * opts.duration.as_secs_f64();
+            let kernel_s: f64 = stats1
+                .iter()
+                .map(|(name, (t1, _))| {
+                    t1.saturating_sub(stats0.get(name).map_or(0, |s| s.0)) as f64 / 1e9
+                })
+                .sum();
+            kernel_us_per_req.push(kernel_s / requests * 1e6);
+            user_us_per_req.push((cpu1 - cpu0) / requests * 1e6);
+            added_percent.push((kernel_s + cpu1 - cpu0) / requests / base_cpu_per_req * 100.0);
             let events = snapshot["kernel"]["events_sent"].as_u64().unwrap_or(0);
             cpu_share.push((cpu1 - cpu0) / opts.duration.as_secs_f64() * 100.0);
             // With few events the figure is the per-second sampling, not the events: skip it.
@@ -454,6 +503,16 @@ pub fn run(opts: Options) -> Result<()> {
             };
             writeln!(report, "| {name} | {cnt} | {mean:.0} |")?;
         }
+        let added = median(&mut added_percent.clone());
+        let (lo, hi) = spread(&added_percent);
+        writeln!(
+            report,
+            "\nCPU accounting (less noisy than throughput on a shared VM): without the tracer the machine spends {:.1} µs of CPU per request; attached, the tracer's programs spend {:.2} µs and its process {:.2} µs per request (medians). That is {added:.2}% more CPU per request ({lo:.2}–{hi:.2}% over the runs), so at most about {:.2}% fewer requests per second when the CPUs are saturated.",
+            median(&mut base_us_per_req.clone()),
+            median(&mut kernel_us_per_req.clone()),
+            median(&mut user_us_per_req.clone()),
+            added / (1.0 + added / 100.0),
+        )?;
         let share = median(&mut cpu_share.clone());
         writeln!(
             report,
@@ -478,6 +537,10 @@ pub fn run(opts: Options) -> Result<()> {
             "programs": prog_totals.iter().map(|(k, (ns, cnt))| json!({"name": k, "run_time_ns": ns, "run_cnt": cnt})).collect::<Vec<_>>(),
             "cpu_s_per_100k_events": cpu_per_100k,
             "tracer_cpu_percent": cpu_share,
+            "machine_cpu_us_per_request_without": base_us_per_req,
+            "program_cpu_us_per_request": kernel_us_per_req,
+            "tracer_cpu_us_per_request": user_us_per_req,
+            "added_cpu_percent": added_percent,
         }));
     }
 
@@ -572,6 +635,17 @@ mod tests {
         assert!((parse_latency(out, "75%") - 1.2).abs() < 1e-9);
         assert!((parse_latency(out, "99%") - 2500.0).abs() < 1e-9);
         assert!(parse_latency(out, "90%").is_nan());
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_out_idle_and_iowait() {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let stat = "cpu  100 1 20 5000 70 3 4 2 0 0\ncpu0 50 0 10 2500 35 1 2 1 0 0\n";
+        let busy = busy_s_of(stat).expect("parses");
+        assert!((busy - 130.0 / hz).abs() < 1e-9, "{busy}");
+        assert!(busy_s_of("intr 1 2 3\n").is_err());
+        assert!(machine_busy_s().expect("reads /proc/stat") > 0.0);
     }
 
     #[test]
