@@ -1,7 +1,7 @@
 //! `cargo xtask dist`: a static (musl) release binary that runs on a host with no Rust
 //! toolchain and any glibc, at target/dist/tracer-VERSION-x86_64-linux-musl.
 
-use std::{fs, process::Command};
+use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::{bail, Context, Result};
 
@@ -10,6 +10,50 @@ use crate::{build, setup, util};
 const TARGET: &str = "x86_64-unknown-linux-musl";
 
 pub fn run() -> Result<()> {
+    let built = build_static()?;
+    let root = util::workspace_root();
+    let target_dir = build::target_dir(&root)?;
+    let version = util::stdout_of(Command::new(&built).arg("--version"))
+        .context("dist: the binary does not run")?;
+    let version = version
+        .split_whitespace()
+        .last()
+        .unwrap_or("unknown")
+        .to_owned();
+    let dist = target_dir.join("dist");
+    fs::create_dir_all(&dist)?;
+    let out = dist.join(format!("tracer-{version}-x86_64-linux-musl"));
+    fs::copy(&built, &out).with_context(|| format!("dist: copying to {}", out.display()))?;
+    // Proof that it needs nothing from the host: run it in a directory holding only itself.
+    if util::is_root() {
+        let jail = dist.join("chroot-check");
+        let _ = fs::remove_dir_all(&jail);
+        fs::create_dir_all(&jail)?;
+        fs::copy(&built, jail.join("tracer"))?;
+        let alone = util::stdout_of(
+            Command::new("chroot")
+                .arg(&jail)
+                .args(["/tracer", "--version"]),
+        );
+        let _ = fs::remove_dir_all(&jail);
+        let alone = alone.context(
+            "dist: the binary does not run in an empty root (it needs files from the host)",
+        )?;
+        println!("dist: runs alone in an empty root: {}", alone.trim());
+    }
+    let size = fs::metadata(&out)?.len();
+    println!(
+        "dist: {} ({:.1} MiB, statically linked; copy it to the host and run it as root)",
+        out.display(),
+        size as f64 / 1_048_576.0
+    );
+    Ok(())
+}
+
+/// Builds the static (musl) release binary, adding the rustup target when missing, and checks
+/// that it is static and runs. Returns where cargo put it. The kernel matrix runs this binary
+/// in its guests, which have no Rust toolchain.
+pub fn build_static() -> Result<PathBuf> {
     setup::ensure().context("dist")?;
     let installed = util::stdout_of(Command::new("rustup").args(["target", "list", "--installed"]))
         .context("dist: asking rustup for the installed targets")?;
@@ -49,39 +93,7 @@ pub fn run() -> Result<()> {
     if !(said.contains("statically linked") || said.contains("not a dynamic executable")) {
         bail!("dist: {} is not static; ldd says:\n{said}", built.display());
     }
-    let version = util::stdout_of(Command::new(&built).arg("--version"))
+    util::stdout_of(Command::new(&built).arg("--version"))
         .context("dist: the binary does not run")?;
-    let version = version
-        .split_whitespace()
-        .last()
-        .unwrap_or("unknown")
-        .to_owned();
-    let dist = target_dir.join("dist");
-    fs::create_dir_all(&dist)?;
-    let out = dist.join(format!("tracer-{version}-x86_64-linux-musl"));
-    fs::copy(&built, &out).with_context(|| format!("dist: copying to {}", out.display()))?;
-    // Proof that it needs nothing from the host: run it in a directory holding only itself.
-    if util::is_root() {
-        let jail = dist.join("chroot-check");
-        let _ = fs::remove_dir_all(&jail);
-        fs::create_dir_all(&jail)?;
-        fs::copy(&built, jail.join("tracer"))?;
-        let alone = util::stdout_of(
-            Command::new("chroot")
-                .arg(&jail)
-                .args(["/tracer", "--version"]),
-        );
-        let _ = fs::remove_dir_all(&jail);
-        let alone = alone.context(
-            "dist: the binary does not run in an empty root (it needs files from the host)",
-        )?;
-        println!("dist: runs alone in an empty root: {}", alone.trim());
-    }
-    let size = fs::metadata(&out)?.len();
-    println!(
-        "dist: {} ({:.1} MiB, statically linked; copy it to the host and run it as root)",
-        out.display(),
-        size as f64 / 1_048_576.0
-    );
-    Ok(())
+    Ok(built)
 }

@@ -116,8 +116,15 @@ pub fn matrix(artifacts: &Artifacts, only: Option<&str>) -> Result<()> {
     fs::create_dir_all(&kernels_dir)
         .with_context(|| format!("cannot create {}", kernels_dir.display()))?;
     let test_binaries = guest_test_binaries(&root)?;
+    // The guests run the release binary of `cargo xtask dist` (static, musl): so every test
+    // run proves that it works on a host without a Rust toolchain or the build's glibc.
+    let tracer = crate::dist::build_static()?;
+    println!(
+        "test-kernels: the guests run the static binary {}",
+        tracer.display()
+    );
     let staging = kernels_dir.join("guest-root");
-    stage_guest_root(&staging, &tools, artifacts, &test_binaries)?;
+    stage_guest_root(&staging, &tools, &tracer, artifacts, &test_binaries)?;
 
     let mut outcomes = Vec::new();
     for series in series {
@@ -300,6 +307,7 @@ fn install(root: &Path, from: &Path, to: &str) -> Result<()> {
 fn stage_guest_root(
     staging: &Path,
     tools: &Tools,
+    tracer: &Path,
     artifacts: &Artifacts,
     test_binaries: &[(&str, PathBuf)],
 ) -> Result<()> {
@@ -324,7 +332,7 @@ fn stage_guest_root(
     }
     install(staging, &tools.busybox, "/bin/busybox")?;
     let mut binaries = vec![
-        (artifacts.tracer.clone(), "/usr/bin/tracer".to_owned()),
+        (tracer.to_path_buf(), "/usr/bin/tracer".to_owned()),
         (artifacts.fixture.clone(), "/usr/bin/fixture".to_owned()),
         (tools.ss.clone(), "/usr/bin/ss".to_owned()),
     ];
