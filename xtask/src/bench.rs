@@ -303,7 +303,7 @@ pub fn run(opts: Options) -> Result<()> {
     }
     setup::ensure().context("bench")?;
     if util::find_on_path("wrk").is_none() {
-        bail!("wrk is missing: run: apt-get install wrk (or cargo xtask setup)");
+        bail!("wrk is missing after setup: run: apt-get install wrk");
     }
     let artifacts = build::build().context("bench")?;
     let root = util::workspace_root();

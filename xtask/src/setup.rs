@@ -45,8 +45,8 @@ pub fn ensure() -> Result<()> {
 }
 
 /// Packages for building bpf-linker (LLVM with Polly, zstd, zlib), the Go fixtures, and tools
-/// the demo and tests use (ss, bpftool, tmux; promtool and the prometheus server for the
-/// metrics export tests).
+/// the demo, tests and benchmark use (ss, bpftool, tmux; promtool and the prometheus server
+/// for the metrics export tests; wrk for `cargo xtask bench`).
 fn debian_packages() -> Vec<String> {
     vec![
         format!("llvm-{LLVM_MAJOR}-dev"),
@@ -58,6 +58,7 @@ fn debian_packages() -> Vec<String> {
         "bpftool".into(),
         "tmux".into(),
         "prometheus".into(),
+        "wrk".into(),
         // The kernel matrix (test-kernels): guests under software emulation, and their
         // initramfs (busybox's cpio builds it; its applets are the guests' userland).
         "qemu-system-x86".into(),
