@@ -439,10 +439,13 @@ pub struct FirstBytesEvent {
     /// Valid bytes in `data`.
     pub len: u32,
     pub sk: u64,
+    /// The connection's `ConnInfo::connect_ns`: which socket at address `sk` wrote them (the
+    /// kernel reuses a freed socket's memory at once).
+    pub connect_ns: u64,
     pub data: [u8; FIRST_BYTES_MAX],
 }
 /// Bytes of a first-bytes record before `data`; a record is this plus `len` bytes long.
-pub const FIRST_BYTES_HEADER: usize = 16;
+pub const FIRST_BYTES_HEADER: usize = 24;
 const _: () = assert!(size_of::<FirstBytesEvent>() == FIRST_BYTES_HEADER + FIRST_BYTES_MAX);
 
 /// Indexes of the per-CPU `STATS` array.

@@ -62,6 +62,8 @@ pub struct FdSock {
     /// as every Go socket is), so the next one will not either: `enter_read` does not count
     /// it in progress (read.rs).
     pub nonblocking: u16,
+    /// The socket's `ConnInfo::connect_ns`, sent with its first bytes (write.rs).
+    pub connect_ns: u64,
 }
 
 /// `FdSock::sk` bit, free because socket addresses are slab objects aligned to at least 8

@@ -316,6 +316,7 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
             captured_bytes: 0,
             captured_writes: 0,
             nonblocking: u16::from(nonblocking),
+            connect_ns: now,
         };
         match FD_SOCKS.get_ptr_mut(&key) {
             // The fd number's entry from an earlier connection (see `FD_SOCKS`).

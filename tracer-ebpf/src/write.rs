@@ -118,11 +118,12 @@ fn unnamed_socket(ctx: &TracePointContext) -> Option<*mut FdSock> {
 #[inline(always)]
 fn capture(mapping: *mut FdSock, buf: u64, len: u64) -> Result<u32, i64> {
     // SAFETY: `mapping` points into the FD_SOCKS entry the caller just looked up.
-    let (bits, writes, taken) = unsafe {
+    let (bits, writes, taken, connect_ns) = unsafe {
         (
             (*mapping).sk,
             (*mapping).captured_writes,
             u64::from((*mapping).captured_bytes),
+            (*mapping).connect_ns,
         )
     };
     let sk = bits & FD_SOCK_MASK;
@@ -154,6 +155,7 @@ fn capture(mapping: *mut FdSock, buf: u64, len: u64) -> Result<u32, i64> {
     let copied = unsafe {
         (*event).kind = EventKind::FirstBytes as u32;
         (*event).sk = sk;
+        (*event).connect_ns = connect_ns;
         let ret = gen::bpf_probe_read_user(
             (*event).data.as_mut_ptr() as *mut c_void,
             n as u32,

@@ -85,6 +85,8 @@ pub enum Record<'a> {
     /// A prefix of what the process wrote on socket `sk`: for naming only, never kept.
     FirstBytes {
         sk: u64,
+        /// Which socket at `sk`: its connect time.
+        connect_ns: u64,
         bytes: &'a [u8],
     },
 }
@@ -104,9 +106,12 @@ pub fn record(bytes: &[u8]) -> Result<Record<'_>> {
         return Err(anyhow!("short first-bytes record: {} bytes", bytes.len()));
     }
     let len = u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-    let sk = u64::from_ne_bytes(
-        <[u8; 8]>::try_from(&bytes[8..16]).map_err(|_| anyhow!("bad first-bytes record"))?,
-    );
+    let word = |at: usize| {
+        <[u8; 8]>::try_from(&bytes[at..at + 8])
+            .map(u64::from_ne_bytes)
+            .map_err(|_| anyhow!("bad first-bytes record"))
+    };
+    let (sk, connect_ns) = (word(8)?, word(16)?);
     let data = &bytes[FIRST_BYTES_HEADER..];
     if len > data.len().min(FIRST_BYTES_MAX) {
         return Err(anyhow!(
@@ -116,6 +121,7 @@ pub fn record(bytes: &[u8]) -> Result<Record<'_>> {
     }
     Ok(Record::FirstBytes {
         sk,
+        connect_ns,
         bytes: &data[..len],
     })
 }
@@ -159,6 +165,7 @@ mod tests {
         raw.extend_from_slice(&(EventKind::FirstBytes as u32).to_ne_bytes());
         raw.extend_from_slice(&len.to_ne_bytes());
         raw.extend_from_slice(&0xffff_8800_1234_0000u64.to_ne_bytes());
+        raw.extend_from_slice(&7_000_000_123u64.to_ne_bytes());
         raw.extend_from_slice(data);
         raw
     }
@@ -167,8 +174,15 @@ mod tests {
     fn a_first_bytes_record_carries_only_its_used_bytes() {
         let raw = first_bytes(5, b"GET /");
         match record(&raw) {
-            Ok(Record::FirstBytes { sk, bytes }) => {
-                assert_eq!((sk, bytes), (0xffff_8800_1234_0000, &b"GET /"[..]));
+            Ok(Record::FirstBytes {
+                sk,
+                connect_ns,
+                bytes,
+            }) => {
+                assert_eq!(
+                    (sk, connect_ns, bytes),
+                    (0xffff_8800_1234_0000, 7_000_000_123, &b"GET /"[..])
+                );
             }
             _ => panic!("not decoded as first bytes"),
         }
@@ -182,7 +196,7 @@ mod tests {
             record(&lying).is_err(),
             "a length beyond the record is refused"
         );
-        assert!(record(&raw[..12]).is_err(), "a cut header is refused");
+        assert!(record(&raw[..20]).is_err(), "a cut header is refused");
     }
 
     fn info() -> ConnInfo {

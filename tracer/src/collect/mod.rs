@@ -342,11 +342,19 @@ impl Collector {
                     }
                     out.push(Input::Kernel(event));
                 }
-                Ok(decode::Record::FirstBytes { sk, bytes }) => {
+                Ok(decode::Record::FirstBytes {
+                    sk,
+                    connect_ns,
+                    bytes,
+                }) => {
                     // The bytes are parsed here and dropped; only the name goes on.
                     if let Some(name) = self.namer.first_bytes(sk, bytes) {
                         log::debug!("socket {sk:#x} is {} ({:?})", name.host, name.source);
-                        out.push(Input::Named { sk, name });
+                        out.push(Input::Named {
+                            sk,
+                            opened_ns: connect_ns,
+                            name,
+                        });
                     }
                 }
                 Err(e) => log::warn!("skipping a kernel event: {e:#}"),

@@ -26,8 +26,13 @@ pub enum Input {
     Sample(Sample),
     /// The set of traced processes changed (started, followed by name, exited).
     Targets(Vec<Target>),
-    /// The name a traced socket's first bytes carried (TLS SNI or HTTP Host).
-    Named { sk: u64, name: ConnName },
+    /// The name a traced socket's first bytes carried (TLS SNI or HTTP Host); `opened_ns`,
+    /// its connect time, tells which socket at address `sk` it is.
+    Named {
+        sk: u64,
+        opened_ns: u64,
+        name: ConnName,
+    },
     /// The kernel hook the collector chose for each role ("read" -> "sock/sock_recv_length").
     Hooks(Vec<(String, String)>),
     /// Hostnames the provider catalogue's names resolved to, per address: the fallback name

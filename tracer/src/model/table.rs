@@ -226,8 +226,9 @@ pub struct ConnTable {
     hosts: BTreeMap<String, HostTotals>,
     /// Fallback names per address, from resolving the catalogue's hostnames.
     address_names: HashMap<IpAddr, ConnName>,
-    /// Names of sockets not (yet) in the table, for when they arrive.
-    early_names: HashMap<u64, ConnName>,
+    /// Names of sockets not (yet) in the table, for when they arrive: by address, with the
+    /// connect time of the socket they belong to.
+    early_names: HashMap<u64, (u64, ConnName)>,
     /// The kernel hook used for each role.
     hooks: BTreeMap<String, String>,
     targets: Vec<Target>,
@@ -236,6 +237,10 @@ pub struct ConnTable {
     /// Sockets closed by TCP while their Connect event may still be queued: late events for
     /// them must not resurrect the connection.
     closed_sockets: HashSet<u64>,
+    /// Per address, the last older socket a newer one displaced there (`refresh_from_kernel`):
+    /// its connect time and the host it counts under. Its events still queued then count it
+    /// once, judge its end under that host, and touch nothing else.
+    superseded: HashMap<u64, (u64, String, Option<String>)>,
     /// Targets that exited. The kernel keeps closing their sockets after they are gone
     /// (FIN_WAIT*, up to tcp_fin_timeout), so map entries and events of theirs still come;
     /// those must neither bring their connections back nor count them again.
@@ -258,7 +263,11 @@ impl ConnTable {
             Input::Kernel(event) => self.apply_event(&event),
             Input::Sample(sample) => self.apply_sample(&sample),
             Input::Targets(targets) => self.apply_targets(targets),
-            Input::Named { sk, name } => self.apply_name(sk, name),
+            Input::Named {
+                sk,
+                opened_ns,
+                name,
+            } => self.apply_name(sk, opened_ns, name),
             Input::AddressNames(names) => self.apply_address_names(names),
             Input::Hooks(hooks) => self.hooks = hooks.into_iter().collect(),
         }
@@ -308,8 +317,13 @@ impl ConnTable {
 
     fn track_new(&mut self, key: ConnKey, mut conn: UpstreamConn) {
         if let ConnKey::Socket(sk) = key {
-            if let Some(name) = self.early_names.remove(&sk) {
-                conn.name = Some(name);
+            match self.early_names.remove(&sk) {
+                Some((opened, name)) if opened == conn.opened_ns => conn.name = Some(name),
+                // A newer socket's, whose record is still to come.
+                Some(waiting) if waiting.0 > conn.opened_ns => {
+                    self.early_names.insert(sk, waiting);
+                }
+                _ => {}
             }
         }
         (conn.host, conn.provider) = self.label(conn.name.as_ref(), conn.remote);
@@ -342,16 +356,23 @@ impl ConnTable {
         }
     }
 
-    fn apply_name(&mut self, sk: u64, name: ConnName) {
+    fn apply_name(&mut self, sk: u64, opened_ns: u64, name: ConnName) {
         let key = ConnKey::Socket(sk);
-        let Some(conn) = self.conns.get_mut(&key) else {
-            // Its Connect event was lost: the connection comes with the next sample, which
-            // takes this name (or drops it, see `apply_sample`).
-            if self.early_names.len() >= 65_536 {
-                self.early_names.clear();
+        let conn = match self.conns.get_mut(&key) {
+            Some(conn) if conn.opened_ns == opened_ns => conn,
+            // An older socket's name, queued when a sample showed the newer socket at the
+            // address: not this one's.
+            Some(conn) if conn.opened_ns > opened_ns => return,
+            // Its Connect event was lost (or, at a held address, the held socket's Close):
+            // the connection comes with the next sample, which takes this name (or drops it,
+            // see `apply_sample`).
+            _ => {
+                if self.early_names.len() >= 65_536 {
+                    self.early_names.clear();
+                }
+                self.early_names.insert(sk, (opened_ns, name));
+                return;
             }
-            self.early_names.insert(sk, name);
-            return;
         };
         if conn.name.as_ref().is_some_and(|n| n.source <= name.source) {
             return;
@@ -375,9 +396,15 @@ impl ConnTable {
                 if event.kind == KernelEventKind::Connect {
                     // One socket's events are ordered, so a Connect at a closed socket's
                     // address is a new socket that reuses the memory, and a name waiting for
-                    // that address belonged to the old one (names follow their Connect).
+                    // that address from before belonged to an older one.
                     self.closed_sockets.remove(&event.sk);
-                    self.early_names.remove(&event.sk);
+                    if self
+                        .early_names
+                        .get(&event.sk)
+                        .is_some_and(|(opened, _)| *opened < event.conn.connect_ns)
+                    {
+                        self.early_names.remove(&event.sk);
+                    }
                 }
                 if self.closed_sockets.contains(&event.sk)
                     || self.exited_pids.contains(&event.conn.pid)
@@ -387,9 +414,40 @@ impl ConnTable {
                 self.refresh_from_kernel(event.sk, &event.conn);
             }
             KernelEventKind::Close => {
-                self.early_names.remove(&event.sk);
+                // A name waiting for this socket, or an older one, goes with it.
+                if self
+                    .early_names
+                    .get(&event.sk)
+                    .is_some_and(|(opened, _)| *opened <= event.conn.connect_ns)
+                {
+                    self.early_names.remove(&event.sk);
+                }
                 let remote = event.conn.remote;
-                let (host, provider) = match self.conns.remove(&key) {
+                let held = self.conns.get(&key).map(|c| c.opened_ns);
+                if held.is_some_and(|opened| opened > event.conn.connect_ns) {
+                    // An older socket's Close, queued when a sample showed the newer socket
+                    // at the address: the newer one stays open.
+                    let (host, provider) = self.count_superseded(event.sk, &event.conn);
+                    self.superseded.remove(&event.sk);
+                    let ending = classify::Ending {
+                        recv_q: event.conn.recv_q.map_or(0, |q| q.bytes),
+                        state_before: event.old_state,
+                        closed_by_process: event.conn.closed_by_process
+                            || event.conn.local_close_ns.is_some(),
+                        peer_fin: event.conn.peer_fin_at_close,
+                    };
+                    if classify::closed_unread(ending) {
+                        self.host_mut(&host, provider, remote).closed_unread_total += 1;
+                    }
+                    return;
+                }
+                // A held socket older than this Close's lost its own Close: it is gone, and
+                // this one opened and closed between two looks.
+                let held = self
+                    .conns
+                    .remove(&key)
+                    .filter(|c| c.opened_ns == event.conn.connect_ns);
+                let (host, provider) = match held {
                     Some(conn) => (conn.host, conn.provider),
                     None => {
                         let (host, provider) = self.label(None, remote);
@@ -436,12 +494,50 @@ impl ConnTable {
             Some(existing) if existing.opened_ns == conn.connect_ns => {
                 existing.update_from_kernel(conn)
             }
-            Some(_) => {
+            // An older socket's record, still queued when a sample showed the newer socket
+            // at the address (connect times only grow): it must not replace that one.
+            Some(existing) if existing.opened_ns > conn.connect_ns => {
+                self.count_superseded(sk, conn);
+            }
+            Some(existing) => {
+                // It was counted when it came; its Close may still be queued.
+                let held = (
+                    existing.opened_ns,
+                    existing.host.clone(),
+                    existing.provider.clone(),
+                );
+                self.note_superseded(sk, held);
                 self.conns.remove(&key);
                 self.track_new(key, UpstreamConn::from_kernel(conn));
             }
             None => self.track_new(key, UpstreamConn::from_kernel(conn)),
         }
+    }
+
+    /// Remembers the counted socket displaced at `sk`: (connect time, host, provider).
+    fn note_superseded(&mut self, sk: u64, held: (u64, String, Option<String>)) {
+        if self.superseded.len() > 65_536 {
+            self.superseded.clear();
+        }
+        self.superseded.insert(sk, held);
+    }
+
+    /// Counts the older socket `conn` at `sk` (a newer one holds the address) unless it is
+    /// counted already; returns the host and provider it counts under.
+    fn count_superseded(&mut self, sk: u64, conn: &KernelConn) -> (String, Option<String>) {
+        if let Some((opened, host, provider)) = self.superseded.get(&sk) {
+            if *opened == conn.connect_ns {
+                return (host.clone(), provider.clone());
+            }
+        }
+        let (host, provider) = self.label(None, conn.remote);
+        if !self.exited_pids.contains(&conn.pid) {
+            self.host_mut(&host, provider.clone(), conn.remote)
+                .connections_total += 1;
+        }
+        let held = (conn.connect_ns, host.clone(), provider.clone());
+        self.note_superseded(sk, held);
+        (host, provider)
     }
 
     fn apply_sample(&mut self, sample: &Sample) {
@@ -738,6 +834,7 @@ mod tests {
         assert_eq!(totals(&table, UP_HOST), host(&[UP], 2, 0));
         table.apply(Input::Named {
             sk: 1,
+            opened_ns: 5 * SEC,
             name: named("api.openai.com", None, NameSource::Sni),
         });
         assert_eq!(only(&table).host, "api.openai.com");
@@ -748,6 +845,7 @@ mod tests {
         let mut table = table_after([]);
         table.apply(Input::Named {
             sk: 3,
+            opened_ns: SEC,
             name: named("api.anthropic.com", Some("anthropic"), NameSource::Sni),
         });
         table.apply(sample(
@@ -766,6 +864,7 @@ mod tests {
         // Named, but its Connect and Close were lost: gone before the map was read.
         table.apply(Input::Named {
             sk: 3,
+            opened_ns: SEC,
             name: named("soak-1.example", None, NameSource::HttpHost),
         });
         table.apply(sample(2 * SEC, vec![], vec![]));
@@ -782,6 +881,7 @@ mod tests {
         // socket's Connect, so it was the old socket's).
         table.apply(Input::Named {
             sk: 4,
+            opened_ns: 3 * SEC,
             name: named("soak-2.example", None, NameSource::HttpHost),
         });
         table.apply(connect(4, kconn(40004, UP, 4 * SEC)));
@@ -796,6 +896,7 @@ mod tests {
         let mut table = table_after([connect(sk, old.clone())]);
         table.apply(Input::Named {
             sk,
+            opened_ns: SEC,
             name: named("soak-1.example", None, NameSource::HttpHost),
         });
         assert_eq!(only(&table).host, "soak-1.example");
@@ -1587,6 +1688,71 @@ mod tests {
         assert_eq!(totals(&table, UP_HOST), host(&[UP], 2, 0));
     }
 
+    #[test]
+    fn events_of_an_older_socket_never_touch_a_newer_one_at_the_same_address() {
+        // The map sample is newer than the events still queued: it can show a new socket at
+        // an address whose old socket's Connect and Close are still on their way.
+        let sk = 7;
+        let old = established(kconn(40001, UP, SEC), SEC);
+        let mut table = table_after([]);
+        let new = established(kconn(40002, "10.0.0.13:443", 3 * SEC), 3 * SEC);
+        table.apply(sample(4 * SEC, vec![(sk, new.clone())], vec![]));
+        assert_eq!(totals(&table, "10.0.0.13").connections_total, 1);
+        // The old socket's Connect: it must not replace the newer one...
+        table.apply(connect(sk, old.clone()));
+        assert_eq!(locals(&table), vec![local(40002)]);
+        // ...nor its name rename it...
+        table.apply(Input::Named {
+            sk,
+            opened_ns: SEC,
+            name: named("generativelanguage.googleapis.com", None, NameSource::Sni),
+        });
+        assert_eq!(only(&table).host, "10.0.0.13");
+        assert!(table
+            .hosts()
+            .get("generativelanguage.googleapis.com")
+            .is_none());
+        // ...and its Close (with its response unread) ends it, not the newer one, and is
+        // judged under its own address.
+        let closing = KernelConn {
+            state: CLOSE,
+            recv_q: recv_q(5000, 2 * SEC),
+            closed_by_process: true,
+            ..old
+        };
+        table.apply(close(sk, ESTABLISHED, PID, closing));
+        assert_eq!(locals(&table), vec![local(40002)]);
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 1));
+        assert_eq!(totals(&table, "10.0.0.13"), host(&["10.0.0.13:443"], 1, 0));
+        // The newer socket's own Connect, queued behind, finds it: counted once.
+        table.apply(connect(sk, new));
+        assert_eq!(locals(&table), vec![local(40002)]);
+        assert_eq!(totals(&table, "10.0.0.13").connections_total, 1);
+        // A name of a socket newer than the one held waits for it.
+        table.apply(Input::Named {
+            sk,
+            opened_ns: 5 * SEC,
+            name: named("api.openai.com", None, NameSource::Sni),
+        });
+        assert_eq!(only(&table).host, "10.0.0.13");
+        // A Close of a socket newer than the one held: the held one's Close was lost; the
+        // newer one opened and closed between two looks, and its name goes with it.
+        let newest = KernelConn {
+            state: CLOSE,
+            ..established(kconn(40003, UP, 5 * SEC), 5 * SEC)
+        };
+        table.apply(close(sk, ESTABLISHED, OTHER_PID, newest));
+        assert!(locals(&table).is_empty());
+        assert_eq!(totals(&table, UP_HOST).connections_total, 2);
+        assert_eq!(totals(&table, "10.0.0.13").connections_total, 1);
+        table.apply(sample(
+            6 * SEC,
+            vec![(sk, established(kconn(40004, UP, 6 * SEC), 6 * SEC))],
+            vec![],
+        ));
+        assert_eq!(only(&table).host, UP_HOST, "no name is left waiting");
+    }
+
     use crate::model::NameSource;
 
     fn named(host: &str, provider: Option<&str>, source: NameSource) -> ConnName {
@@ -1604,6 +1770,7 @@ mod tests {
         assert_eq!(totals(&table, UP_HOST).connections_total, 1);
         table.apply(Input::Named {
             sk: 1,
+            opened_ns: SEC,
             name: named("api.openai.com", Some("openai"), NameSource::Sni),
         });
         assert!(
@@ -1649,6 +1816,7 @@ mod tests {
         // Its own SNI wins over the address book for connection 2 (a CDN address can front several).
         table.apply(Input::Named {
             sk: 2,
+            opened_ns: SEC,
             name: named("api.openai.com", Some("openai"), NameSource::Sni),
         });
         assert_eq!(totals(&table, "api.anthropic.com").connections_total, 1);
@@ -1656,6 +1824,7 @@ mod tests {
         // A weaker name never replaces a stronger one.
         table.apply(Input::Named {
             sk: 2,
+            opened_ns: SEC,
             name: named("other.example", None, NameSource::Dns),
         });
         assert_eq!(totals(&table, "api.openai.com").connections_total, 1);
@@ -1671,6 +1840,7 @@ mod tests {
         let mut table = table_after([]);
         table.apply(Input::Named {
             sk: 99,
+            opened_ns: SEC,
             name: named("api.openai.com", None, NameSource::Sni),
         });
         assert!(table.hosts().is_empty());

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Graces, Input};
 
 const MAGIC: [u8; 8] = *b"TRCRREC\0";
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// No frame is this large (a sample of a million sockets is ~150 MB); a larger length is
 /// corruption, not data.
 const MAX_FRAME: u32 = 1 << 30;
@@ -529,7 +529,7 @@ mod tests {
     fn inputs_read_back_equal_with_their_times_and_the_header() {
         let inputs = inputs();
         let bytes = write_all(&inputs, 9 * SEC);
-        assert!(bytes.starts_with(b"TRCRREC\0\x02\x00"));
+        assert!(bytes.starts_with(b"TRCRREC\0\x03\x00"));
         let (h, frames) = read_all(&bytes).expect("reads");
         assert_eq!(h, header());
         let mut expected: Vec<Frame> = inputs
@@ -592,7 +592,7 @@ mod tests {
             read_all(b""),
             Err(RecordingError::NotARecording(_))
         ));
-        for version in [1u8, 3] {
+        for version in [2u8, 4] {
             let mut other = bytes.clone();
             other[8] = version;
             let err = read_all(&other).expect_err("version");
