@@ -429,14 +429,7 @@ impl ConnTable {
                     // at the address: the newer one stays open.
                     let (host, provider) = self.count_superseded(event.sk, &event.conn);
                     self.superseded.remove(&event.sk);
-                    let ending = classify::Ending {
-                        recv_q: event.conn.recv_q.map_or(0, |q| q.bytes),
-                        state_before: event.old_state,
-                        closed_by_process: event.conn.closed_by_process
-                            || event.conn.local_close_ns.is_some(),
-                        peer_fin: event.conn.peer_fin_at_close,
-                    };
-                    if classify::closed_unread(ending) {
+                    if classify::closed_unread(ending_of(event)) {
                         self.host_mut(&host, provider, remote).closed_unread_total += 1;
                     }
                     return;
@@ -464,30 +457,17 @@ impl ConnTable {
                     self.closed_sockets.clear();
                 }
                 self.closed_sockets.insert(event.sk);
-                let by_process = event.conn.closed_by_process
-                    || event.conn.local_close_ns.is_some()
-                    || (event.ctx_pid == event.conn.pid
-                        && matches!(
-                            event.old_state,
-                            tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT
-                        ));
-                let ending = classify::Ending {
-                    recv_q: event.conn.recv_q.map_or(0, |q| q.bytes),
-                    state_before: event.old_state,
-                    closed_by_process: by_process,
-                    peer_fin: event.conn.peer_fin_at_close,
-                };
-                if classify::closed_unread(ending) {
+                if classify::closed_unread(ending_of(event)) {
                     self.host_mut(&host, provider, remote).closed_unread_total += 1;
                 }
             }
         }
     }
 
-    /// Applies the kernel's record of socket `sk`. A record with another connect time than the
+    /// Applies the kernel's record of socket `sk`. A record with a later connect time than the
     /// connection held at that address is a new socket reusing the memory of one whose Close
-    /// event was lost: the old one is gone (how it ended is unknown, so it is not judged) and
-    /// nothing of it (name, receive queue) carries over.
+    /// event was lost or is still queued: the old one is gone (judged only if that Close comes)
+    /// and nothing of it (name, receive queue) carries over.
     fn refresh_from_kernel(&mut self, sk: u64, conn: &KernelConn) {
         let key = ConnKey::Socket(sk);
         match self.conns.get_mut(&key) {
@@ -672,6 +652,23 @@ impl ConnTable {
         // Connections of a process that exited went with it.
         self.conns.retain(|_, c| alive.contains(&c.pid));
         self.targets = targets;
+    }
+}
+
+/// How the socket of a Close event ended, for `classify::closed_unread`.
+fn ending_of(event: &KernelEvent) -> classify::Ending {
+    let by_process = event.conn.closed_by_process
+        || event.conn.local_close_ns.is_some()
+        || (event.ctx_pid == event.conn.pid
+            && matches!(
+                event.old_state,
+                tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT
+            ));
+    classify::Ending {
+        recv_q: event.conn.recv_q.map_or(0, |q| q.bytes),
+        state_before: event.old_state,
+        closed_by_process: by_process,
+        peer_fin: event.conn.peer_fin_at_close,
     }
 }
 
