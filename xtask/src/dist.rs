@@ -9,12 +9,19 @@ use crate::{build, setup, util};
 
 const TARGET: &str = "x86_64-unknown-linux-musl";
 
+/// The static binary cargo built, and what its `--version` said.
+pub struct StaticBinary {
+    pub path: PathBuf,
+    pub version: String,
+}
+
 pub fn run() -> Result<()> {
-    let built = build_static()?;
+    let StaticBinary {
+        path: built,
+        version,
+    } = build_static()?;
     let root = util::workspace_root();
     let target_dir = build::target_dir(&root)?;
-    let version = util::stdout_of(Command::new(&built).arg("--version"))
-        .context("dist: the binary does not run")?;
     let version = version
         .split_whitespace()
         .last()
@@ -51,9 +58,9 @@ pub fn run() -> Result<()> {
 }
 
 /// Builds the static (musl) release binary, adding the rustup target when missing, and checks
-/// that it is static and runs. Returns where cargo put it. The kernel matrix runs this binary
-/// in its guests, which have no Rust toolchain.
-pub fn build_static() -> Result<PathBuf> {
+/// that it is static and runs. The kernel matrix runs this binary in its guests, which have
+/// no Rust toolchain.
+pub fn build_static() -> Result<StaticBinary> {
     setup::ensure().context("dist")?;
     let installed = util::stdout_of(Command::new("rustup").args(["target", "list", "--installed"]))
         .context("dist: asking rustup for the installed targets")?;
@@ -93,7 +100,10 @@ pub fn build_static() -> Result<PathBuf> {
     if !(said.contains("statically linked") || said.contains("not a dynamic executable")) {
         bail!("dist: {} is not static; ldd says:\n{said}", built.display());
     }
-    util::stdout_of(Command::new(&built).arg("--version"))
+    let version = util::stdout_of(Command::new(&built).arg("--version"))
         .context("dist: the binary does not run")?;
-    Ok(built)
+    Ok(StaticBinary {
+        path: built,
+        version,
+    })
 }

@@ -118,7 +118,7 @@ pub fn matrix(artifacts: &Artifacts, only: Option<&str>) -> Result<()> {
     let test_binaries = guest_test_binaries(&root)?;
     // The guests run the release binary of `cargo xtask dist` (static, musl): so every test
     // run proves that it works on a host without a Rust toolchain or the build's glibc.
-    let tracer = crate::dist::build_static()?;
+    let tracer = crate::dist::build_static()?.path;
     println!(
         "test-kernels: the guests run the static binary {}",
         tracer.display()
