@@ -2,7 +2,7 @@
 //! of connections that came and went.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{hash_map::Entry, BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
 };
 
@@ -381,6 +381,16 @@ impl ConnTable {
         self.relabel(key);
     }
 
+    /// Drops the name waiting at address `sk` when the connect time of its socket passes
+    /// `belongs_to_older`.
+    fn drop_early_name(&mut self, sk: u64, belongs_to_older: impl Fn(u64) -> bool) {
+        if let Entry::Occupied(waiting) = self.early_names.entry(sk) {
+            if belongs_to_older(waiting.get().0) {
+                waiting.remove();
+            }
+        }
+    }
+
     fn apply_address_names(&mut self, names: Vec<(IpAddr, ConnName)>) {
         self.address_names = names.into_iter().collect();
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
@@ -398,13 +408,7 @@ impl ConnTable {
                     // address is a new socket that reuses the memory, and a name waiting for
                     // that address from before belonged to an older one.
                     self.closed_sockets.remove(&event.sk);
-                    if self
-                        .early_names
-                        .get(&event.sk)
-                        .is_some_and(|(opened, _)| *opened < event.conn.connect_ns)
-                    {
-                        self.early_names.remove(&event.sk);
-                    }
+                    self.drop_early_name(event.sk, |opened| opened < event.conn.connect_ns);
                 }
                 if self.closed_sockets.contains(&event.sk)
                     || self.exited_pids.contains(&event.conn.pid)
@@ -415,13 +419,7 @@ impl ConnTable {
             }
             KernelEventKind::Close => {
                 // A name waiting for this socket, or an older one, goes with it.
-                if self
-                    .early_names
-                    .get(&event.sk)
-                    .is_some_and(|(opened, _)| *opened <= event.conn.connect_ns)
-                {
-                    self.early_names.remove(&event.sk);
-                }
+                self.drop_early_name(event.sk, |opened| opened <= event.conn.connect_ns);
                 let remote = event.conn.remote;
                 let held = self.conns.get(&key).map(|c| c.opened_ns);
                 if held.is_some_and(|opened| opened > event.conn.connect_ns) {
