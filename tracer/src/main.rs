@@ -10,6 +10,7 @@ mod collect;
 mod export;
 mod model;
 mod naming;
+mod pipeline;
 mod record;
 mod ui;
 

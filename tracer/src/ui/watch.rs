@@ -1,25 +1,20 @@
-//! The terminal UI's loop (`tracer watch`, `tracer replay`): one `tokio::select!` over the
-//! model inputs, a redraw tick (at most 10 frames a second), terminal events and signals. The
-//! inputs come from a `Source`: the live collector's channel, or a recording being replayed;
-//! the loop never waits on either except in that select.
+//! The terminal UI of `tracer watch` and `tracer replay`: what it draws at each frame (at most
+//! 10 a second), what the person's keys do, and the terminal it takes over. The pipeline's
+//! driver calls it (`pipeline::sinks::TerminalUi`); it reads the model and never changes it.
 
 use std::{
-    future::Future,
     path::PathBuf,
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use crossterm::event::{Event, EventStream};
 use futures_util::StreamExt as _;
-use tokio::{
-    signal::unix::{signal, SignalKind},
-    time::{interval, MissedTickBehavior},
-};
 
 use crate::{
     export::json::JsonLines,
-    model::{ConnTable, Input, InputLag, Snapshot},
+    model::{ConnTable, Snapshot},
 };
 
 use super::{
@@ -32,60 +27,142 @@ use super::{
 };
 
 /// At most this many frames a second.
-const FRAME: Duration = Duration::from_millis(100);
+pub const FRAME: Duration = Duration::from_millis(100);
 /// Ages and idle times move on: redraw this often even when nothing else changed.
 const REFRESH: Duration = Duration::from_secs(1);
 
-/// What a source hands the loop. (Moved once per input: not worth a Box.)
-#[allow(clippy::large_enum_variant)]
-pub enum Next {
-    /// An input, received (or recorded) at `at_ns` on the model's clock.
-    Input { at_ns: u64, input: Input },
-    /// A recording ended at `at_ns`: nothing more will come.
-    End { at_ns: u64 },
-    /// The live collector stopped (its error is the caller's to report).
-    Closed,
-}
-
-/// Where the model inputs come from, and the clock they are judged by.
-pub trait Source {
-    /// The next input when it is due. Must be cancel-safe: it is raced against the other
-    /// branches of the loop.
-    fn next(&mut self) -> impl Future<Output = Result<Next>>;
-    /// The model's clock now (CLOCK_MONOTONIC live, the recorded clock in a replay).
-    fn now_ns(&self) -> u64;
-    /// When the session started, on the same clock.
-    fn started_ns(&self) -> u64;
-    /// Pause or resume (a replay stops its clock; a live session keeps collecting).
-    fn set_paused(&mut self, paused: bool);
-    fn label(&self) -> SourceLabel;
-}
-
-/// How the UI ended.
+/// What a key asks of the session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// q, Ctrl-C or a signal.
+pub enum KeyOutcome {
     Quit,
-    /// The live source closed: the collector failed.
-    SourceClosed,
+    /// Pause or resume the source.
+    Pause(bool),
 }
 
-/// Called about once a second with the model and its clock, for outputs that run beside the
-/// UI (the Prometheus endpoint). It only reads the model.
-pub type Observer<'a> = &'a mut dyn FnMut(&ConnTable, u64) -> Result<()>;
-
-/// Takes over the terminal, runs the UI until quit, and gives the terminal back.
-pub async fn run<S: Source>(
-    source: S,
+/// The terminal UI while it is on screen. Dropping it gives the terminal back and prints the
+/// log records held while it was up.
+pub struct Tui {
+    guard: TerminalGuard,
+    events: EventStream,
     session: Session,
-    observer: Option<Observer<'_>>,
-) -> Result<Outcome> {
-    let mut guard = TerminalGuard::enter().context("cannot set up the terminal for the UI")?;
-    log::capture();
-    let outcome = event_loop(&mut guard, source, session, observer).await;
-    drop(guard);
-    log::release();
-    outcome
+    trend: Trend,
+    ui: UiState,
+    view: View,
+    dirty: bool,
+    last_draw: Option<Instant>,
+}
+
+impl Tui {
+    /// Takes over the terminal.
+    pub fn enter(session: Session, started_ns: u64) -> Result<Self> {
+        let guard = TerminalGuard::enter().context("cannot set up the terminal for the UI")?;
+        log::capture();
+        Ok(Self {
+            guard,
+            events: EventStream::new(),
+            view: View::build(&ConnTable::new(), started_ns, &session.graces),
+            session,
+            trend: Trend::starting_at(started_ns),
+            ui: UiState::new(),
+            dirty: true,
+            last_draw: None,
+        })
+    }
+
+    /// Before the model applies an input: the trend keeps its history up to that time.
+    pub fn catch_up(&mut self, table: &ConnTable, at_ns: u64) {
+        self.trend.catch_up(table, at_ns, &self.session.graces);
+    }
+
+    /// A line for the footer (the end of a recording, every target gone).
+    pub fn say(&mut self, message: &str) {
+        self.ui.message = Some(message.to_owned());
+        self.dirty = true;
+    }
+
+    pub fn set_source(&mut self, label: SourceLabel) {
+        self.session.source = label;
+        self.dirty = true;
+    }
+
+    /// One frame tick: the model judged at `at_ns`. Draws when something changed, and once a
+    /// second anyway.
+    pub fn frame(&mut self, table: &ConnTable, at_ns: u64) -> Result<()> {
+        let graces = self.session.graces;
+        self.trend.catch_up(table, at_ns, &graces);
+        if !(self.dirty || self.last_draw.is_none_or(|t| t.elapsed() >= REFRESH)) {
+            return Ok(());
+        }
+        // The view copies every open connection: built only for a frame that is drawn (at
+        // 100k connections, building it ten times a second would take most of this thread).
+        if !self.ui.paused {
+            self.view = View::build(table, at_ns, &graces);
+        }
+        if self.ui.message.is_none() {
+            if let Some(line) = log::latest() {
+                self.ui.message = Some(line);
+            }
+        }
+        let screen = Screen {
+            view: &self.view,
+            ui: &self.ui,
+            trend: &self.trend,
+            session: &self.session,
+        };
+        self.guard
+            .terminal
+            .draw(|frame| render::draw(frame, &screen))
+            .context("drawing the UI")?;
+        self.last_draw = Some(Instant::now());
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// The terminal's next event, handled: keys change what is shown, or end the session.
+    pub fn poll_key(&mut self, cx: &mut Context<'_>) -> Poll<Result<KeyOutcome>> {
+        loop {
+            let event = match self.events.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(event) => event,
+            };
+            match event {
+                Some(Ok(Event::Key(key))) => {
+                    let rows = listed(&self.view, &self.ui, &self.trend);
+                    let action = self.ui.on_key(key, &rows);
+                    self.dirty = true;
+                    match action {
+                        Action::Quit => return Poll::Ready(Ok(KeyOutcome::Quit)),
+                        Action::Export => {
+                            self.ui.message = Some(match export(&self.view.snapshot) {
+                                Ok(path) => {
+                                    format!("exported the shown snapshot to {}", path.display())
+                                }
+                                Err(e) => format!("export failed: {e:#}"),
+                            });
+                        }
+                        Action::PauseChanged => {
+                            return Poll::Ready(Ok(KeyOutcome::Pause(self.ui.paused)))
+                        }
+                        Action::Redraw | Action::Nothing => {}
+                    }
+                }
+                Some(Ok(Event::Resize(..))) => self.dirty = true,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(e).context("reading the terminal")),
+                // The terminal went away.
+                None => return Poll::Ready(Ok(KeyOutcome::Quit)),
+            }
+        }
+    }
+}
+
+impl Drop for Tui {
+    fn drop(&mut self) {
+        // The guard restores the terminal when dropped, after this; the held log records
+        // are printed once the UI is gone.
+        crate::ui::term::restore();
+        log::release();
+    }
 }
 
 fn listed(view: &View, ui: &UiState, trend: &Trend) -> Listed {
@@ -137,117 +214,4 @@ fn export(snapshot: &Snapshot) -> Result<PathBuf> {
         }
     }
     Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no directory to write {name} to")))
-}
-
-async fn event_loop<S: Source>(
-    guard: &mut TerminalGuard,
-    mut source: S,
-    mut session: Session,
-    mut observer: Option<Observer<'_>>,
-) -> Result<Outcome> {
-    let mut last_observed: Option<Instant> = None;
-    let graces = session.graces;
-    let mut table = ConnTable::new();
-    let mut lag = InputLag::default();
-    let mut trend = Trend::starting_at(source.started_ns());
-    let mut ui = UiState::new();
-    let mut view = View::build(&table, source.now_ns(), &graces);
-    let mut events = EventStream::new();
-    let mut tick = interval(FRAME);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut ended = false;
-    let mut had_targets = false;
-    let mut dirty = true;
-    let mut last_draw: Option<Instant> = None;
-
-    let outcome = loop {
-        tokio::select! {
-            next = source.next(), if !ended => match next? {
-                Next::Input { at_ns, input } => {
-                    lag.observe(&input, at_ns);
-                    trend.catch_up(&table, lag.judge_at(at_ns), &graces);
-                    let targets_changed = matches!(input, Input::Targets(_));
-                    table.apply(input);
-                    if targets_changed {
-                        if table.targets().is_empty() && had_targets {
-                            ui.message = Some("every target process has exited; q quits".into());
-                            dirty = true;
-                        }
-                        had_targets |= !table.targets().is_empty();
-                    }
-                }
-                Next::End { at_ns } => {
-                    trend.catch_up(&table, lag.judge_at(at_ns), &graces);
-                    ended = true;
-                    session.source = source.label();
-                    ui.message = Some("end of the recording: the screen shows its last moment; q quits".into());
-                    dirty = true;
-                }
-                Next::Closed => break Outcome::SourceClosed,
-            },
-            _ = tick.tick() => {
-                // Judged as of the inputs applied (see `InputLag`).
-                let now = lag.judge_at(source.now_ns());
-                trend.catch_up(&table, now, &graces);
-                if let Some(observe) = observer.as_mut() {
-                    if last_observed.is_none_or(|t| t.elapsed() >= REFRESH) {
-                        last_observed = Some(Instant::now());
-                        if let Err(e) = observe(&table, now) {
-                            ui.message = Some(format!("{e:#}"));
-                            dirty = true;
-                        }
-                    }
-                }
-                if dirty || last_draw.is_none_or(|t| t.elapsed() >= REFRESH) {
-                    // The view copies every open connection: built only for a frame that is
-                    // drawn (at 100k connections, building it ten times a second would take
-                    // most of this thread).
-                    if !ui.paused {
-                        view = View::build(&table, now, &graces);
-                    }
-                    if ui.message.is_none() {
-                        if let Some(line) = log::latest() {
-                            ui.message = Some(line);
-                        }
-                    }
-                    let screen = Screen { view: &view, ui: &ui, trend: &trend, session: &session };
-                    guard.terminal.draw(|frame| render::draw(frame, &screen)).context("drawing the UI")?;
-                    last_draw = Some(Instant::now());
-                    dirty = false;
-                }
-            }
-            event = events.next() => match event {
-                Some(Ok(Event::Key(key))) => {
-                    let rows = listed(&view, &ui, &trend);
-                    match ui.on_key(key, &rows) {
-                        Action::Quit => break Outcome::Quit,
-                        Action::Export => {
-                            ui.message = Some(match export(&view.snapshot) {
-                                Ok(path) => format!("exported the shown snapshot to {}", path.display()),
-                                Err(e) => format!("export failed: {e:#}"),
-                            });
-                        }
-                        Action::PauseChanged => {
-                            source.set_paused(ui.paused);
-                            session.source = source.label();
-                        }
-                        Action::Redraw | Action::Nothing => {}
-                    }
-                    dirty = true;
-                }
-                Some(Ok(Event::Resize(..))) => dirty = true,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e).context("reading the terminal"),
-                // The terminal went away.
-                None => break Outcome::Quit,
-            },
-            _ = sigint.recv() => break Outcome::Quit,
-            _ = sigterm.recv() => break Outcome::Quit,
-            _ = sighup.recv() => break Outcome::Quit,
-        }
-    };
-    Ok(outcome)
 }

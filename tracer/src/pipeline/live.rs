@@ -1,0 +1,101 @@
+//! The live source: the collector in its own task, sending model inputs down a channel.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+
+use super::{Next, Source};
+use crate::{
+    collect::{monotonic_ns, Collector, TargetSpec},
+    model::Input,
+    naming::catalogue::Catalogue,
+    ui::render::SourceLabel,
+};
+
+/// Inputs queued from the collector to the model. The collector waits when it is full, and
+/// while it waits the kernel's ring buffer is not drained: room for a burst (~200 bytes each).
+const INPUT_QUEUE: usize = 65_536;
+
+pub struct LiveSource {
+    spec: TargetSpec,
+    rx: mpsc::Receiver<Input>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<Result<()>>>,
+    started_ns: u64,
+}
+
+impl LiveSource {
+    /// Loads and attaches the programs and starts collecting (the caller checked the
+    /// targets and privileges).
+    pub fn start(spec: TargetSpec, catalogue: Catalogue, sample_every: Duration) -> Result<Self> {
+        let collector =
+            Collector::start(spec.clone(), sample_every)?.with_catalogue(Arc::new(catalogue));
+        let (tx, rx) = mpsc::channel::<Input>(INPUT_QUEUE);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(collector.run(tx, stop_rx));
+        Ok(Self {
+            spec,
+            rx,
+            stop,
+            task: Some(task),
+            started_ns: monotonic_ns(),
+        })
+    }
+
+    pub fn spec(&self) -> &TargetSpec {
+        &self.spec
+    }
+}
+
+impl Source for LiveSource {
+    async fn next(&mut self) -> Result<Next> {
+        Ok(match self.rx.recv().await {
+            Some(input) => Next::Input {
+                at_ns: monotonic_ns(),
+                input,
+            },
+            None => Next::Closed,
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        monotonic_ns()
+    }
+
+    fn started_ns(&self) -> u64 {
+        self.started_ns
+    }
+
+    fn wall_until(&self, at_ns: u64) -> Option<Duration> {
+        Some(Duration::from_nanos(at_ns.saturating_sub(monotonic_ns())))
+    }
+
+    /// Pausing freezes the screen only: the model keeps up, so resuming shows the present.
+    fn set_paused(&mut self, _paused: bool) {}
+
+    fn label(&self) -> SourceLabel {
+        SourceLabel::Live
+    }
+
+    fn follows_by_name(&self) -> bool {
+        !self.spec.comms.is_empty()
+    }
+
+    fn stop(&mut self) {
+        // The collector sends its last events and sample, then closes the channel.
+        let _ = self.stop.send(true);
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        // Detach (a collector still running is told to stop first).
+        let _ = self.stop.send(true);
+        match self.task.take() {
+            Some(task) => task.await.context("the collector task failed")?,
+            None => Ok(()),
+        }
+    }
+}
