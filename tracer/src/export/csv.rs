@@ -324,8 +324,8 @@ mod tests {
                 .map(|l| JsonLeak {
                     pid: l.pid,
                     fd: l.fd,
-                    local: l.local.clone(),
-                    remote: l.remote.clone(),
+                    local: l.local.to_string(),
+                    remote: l.remote.to_string(),
                     host: l.host.clone(),
                     provider: l.provider.clone(),
                     state: l.state.into(),

@@ -23,7 +23,7 @@ use super::{provider_of, UNKNOWN_PROVIDER};
 use crate::model::{
     classify::LeakReason,
     snapshot::{HostSummary, Leak},
-    Snapshot,
+    ConnId, Snapshot,
 };
 
 /// Hosts with their own series unless configured otherwise.
@@ -59,24 +59,6 @@ pub struct Health {
     pub tracked_sockets: u64,
     /// `None` when /proc/self could not be read: the process series are left out.
     pub process: Option<ProcessStats>,
-}
-
-/// Identity of a connection while it is open: the same pid, local and remote address.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ConnId {
-    pub pid: u32,
-    pub local: String,
-    pub remote: String,
-}
-
-impl ConnId {
-    fn of(leak: &Leak) -> Self {
-        ConnId {
-            pid: leak.pid,
-            local: leak.local.clone(),
-            remote: leak.remote.clone(),
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -127,7 +109,7 @@ impl LeakCounter {
                 age_s: leak.age_s,
                 generation: self.generation,
             };
-            match self.counted.insert(ConnId::of(leak), seen) {
+            match self.counted.insert(leak.id(), seen) {
                 // Ages are rounded to the millisecond. A younger connection with the same
                 // addresses is a new one that reuses the ephemeral port.
                 Some(before) if leak.age_s + 0.001 >= before.age_s => {}

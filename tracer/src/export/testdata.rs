@@ -54,8 +54,8 @@ pub fn leak(host: &str, port: u16, reason: LeakReason, age_s: f64) -> Leak {
         pid: PID,
         fd: Some(i32::from(port % 100)),
         comm: "relay".into(),
-        local: format!("10.1.0.5:{port}"),
-        remote: format!("{host}:443"),
+        local: std::net::SocketAddr::from(([10, 1, 0, 5], port)),
+        remote: std::net::SocketAddr::new(host.parse().expect("leak() takes an IP address"), 443),
         host: host.into(),
         provider: None,
         state: if reason == LeakReason::CloseWait {

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::{table::UpstreamConn, tcp_state, unread_data};
+use super::{conn::UpstreamConn, tcp_state, unread_data};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -116,7 +116,7 @@ pub fn closed_unread(end: Ending) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::table::{Origin, UpstreamConn};
+    use crate::model::conn::{Origin, UpstreamConn};
 
     const SEC: u64 = 1_000_000_000;
 

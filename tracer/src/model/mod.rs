@@ -3,6 +3,7 @@
 //! so every rule is testable with synthetic inputs.
 
 pub mod classify;
+pub mod conn;
 pub mod snapshot;
 pub mod table;
 #[cfg(test)]
@@ -11,6 +12,7 @@ pub(crate) mod testkit;
 use std::net::{IpAddr, SocketAddr};
 
 pub use classify::Graces;
+pub use conn::ConnId;
 pub use snapshot::Snapshot;
 pub use table::ConnTable;
 

@@ -1,13 +1,13 @@
 //! Aggregates at one instant: per-host counts and the list of leaked connections. This is
 //! what every output (table, JSON, later TUI and metrics) renders.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use super::{
     classify::{judge, Graces, LeakReason},
     state_name,
     table::{ConnTable, Origin, UpstreamConn},
-    KernelStats, Target,
+    ConnId, KernelStats, Target,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -79,8 +79,8 @@ pub struct Leak {
     pub pid: u32,
     pub fd: Option<i32>,
     pub comm: String,
-    pub local: String,
-    pub remote: String,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
     pub host: String,
     pub provider: Option<String>,
     pub state: &'static str,
@@ -153,8 +153,8 @@ fn leak_of(conn: &UpstreamConn, reason: LeakReason, now_ns: u64) -> Leak {
         pid: conn.pid,
         fd: conn.fd,
         comm: conn.comm.to_string(),
-        local: conn.local.to_string(),
-        remote: conn.remote.to_string(),
+        local: conn.local,
+        remote: conn.remote,
         host: conn.host.clone(),
         provider: conn.provider.clone(),
         state: state_name(conn.state),
@@ -167,6 +167,16 @@ fn leak_of(conn: &UpstreamConn, reason: LeakReason, now_ns: u64) -> Leak {
         reads: conn.reads,
         last_read_ret: conn.last_read_ret,
         origin: conn.origin,
+    }
+}
+
+impl Leak {
+    pub fn id(&self) -> ConnId {
+        ConnId {
+            pid: self.pid,
+            local: self.local,
+            remote: self.remote,
+        }
     }
 }
 
@@ -299,11 +309,18 @@ mod tests {
         }
     }
 
-    fn leak_list(snapshot: &Snapshot) -> Vec<(&str, &str, LeakReason)> {
+    fn leak_list(snapshot: &Snapshot) -> Vec<(String, String, LeakReason)> {
         snapshot
             .leaks
             .iter()
-            .map(|l| (l.host.as_str(), l.local.as_str(), l.reason))
+            .map(|l| (l.host.clone(), l.local.to_string(), l.reason))
+            .collect()
+    }
+
+    fn owned(expected: Vec<(&str, &str, LeakReason)>) -> Vec<(String, String, LeakReason)> {
+        expected
+            .into_iter()
+            .map(|(host, local, reason)| (host.to_owned(), local.to_owned(), reason))
             .collect()
     }
 
@@ -406,11 +423,11 @@ mod tests {
         assert_eq!((snapshot.open_total, snapshot.leaked_total), (5, 3));
         assert_eq!(
             leak_list(&snapshot),
-            vec![
+            owned(vec![
                 ("10.0.0.12", "10.1.0.5:40001", LeakReason::CloseWait),
                 ("10.0.0.12", "10.1.0.5:40002", LeakReason::Unread),
                 ("10.0.0.30", "10.1.0.5:40005", LeakReason::Abandoned),
-            ]
+            ])
         );
     }
 
@@ -445,13 +462,13 @@ mod tests {
         );
         assert_eq!(
             leak_list(&snapshot),
-            vec![
+            owned(vec![
                 ("10.0.0.10", "10.1.0.5:40030", LeakReason::CloseWait),
                 ("10.0.0.8", "10.1.0.5:40009", LeakReason::CloseWait),
                 ("10.0.0.8", "10.1.0.5:40010", LeakReason::CloseWait),
                 ("10.0.0.8", "10.1.0.5:40001", LeakReason::CloseWait),
                 ("10.0.0.9", "10.1.0.5:40020", LeakReason::CloseWait),
-            ]
+            ])
         );
     }
 
@@ -477,8 +494,8 @@ mod tests {
                 pid: PID,
                 fd: Some(12),
                 comm: "relay".into(),
-                local: "10.1.0.5:40001".into(),
-                remote: "10.0.0.12:443".into(),
+                local: addr("10.1.0.5:40001"),
+                remote: addr("10.0.0.12:443"),
                 host: "10.0.0.12".into(),
                 provider: None,
                 state: "CLOSE_WAIT",
@@ -562,7 +579,7 @@ mod tests {
         let snapshot = Snapshot::take(&table, 15 * SEC, &GRACES);
         assert_eq!(
             leak_list(&snapshot),
-            vec![("10.0.0.20", "10.1.0.5:50001", LeakReason::Unread)]
+            owned(vec![("10.0.0.20", "10.1.0.5:50001", LeakReason::Unread)])
         );
         let leak = &snapshot.leaks[0];
         assert_eq!(

@@ -3,8 +3,6 @@
 //! which the connections and detail pages need. Built by reading the table; owned, so a paused
 //! screen keeps showing it while the model moves on.
 
-use std::net::SocketAddr;
-
 use crate::model::{
     classify::{judge, Graces, LeakReason},
     snapshot::HostSummary,
@@ -17,13 +15,8 @@ use super::{
     trend::Trend,
 };
 
-/// Identity of a connection across frames.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId {
-    pub pid: u32,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-}
+/// A connection's identity across frames is the model's.
+pub use crate::model::ConnId;
 
 /// One open connection and its verdict at the view's instant.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,11 +29,7 @@ pub struct ConnRow {
 
 impl ConnRow {
     pub fn id(&self) -> ConnId {
-        ConnId {
-            pid: self.conn.pid,
-            local: self.conn.local,
-            remote: self.conn.remote,
-        }
+        self.conn.id()
     }
 }
 
