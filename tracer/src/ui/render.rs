@@ -947,7 +947,7 @@ mod tests {
     use crate::model::{
         tcp_state::CLOSE_WAIT, testkit::*, ConnTable, Input, KernelConn, KernelStats, Sample,
     };
-    use crate::ui::{state::Page, view::ConnId};
+    use crate::ui::state::{ConnId, Page};
 
     const GRACES: Graces = Graces {
         close_wait: Duration::from_secs(2),

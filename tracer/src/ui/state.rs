@@ -2,11 +2,11 @@
 //! apart from the model (which it never changes) and from drawing (which only reads it), and
 //! changed only by keys, so every rule here is a unit test.
 
+use std::net::SocketAddr;
+
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::model::classify::LeakReason;
-
-use super::view::ConnId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Page {
@@ -134,6 +134,16 @@ pub enum Action {
     /// Write the shown snapshot as JSON to a file.
     Export,
     Quit,
+}
+
+/// Identity of a connection across frames: what a selection holds (the view-model's rows
+/// give theirs with `ConnRow::id`). Here rather than in the view so that the view reads the
+/// state and the state knows nothing of the view.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    pub pid: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
 }
 
 /// The rows the current page lists, in order, as the loop computed them for this frame.

@@ -3,8 +3,6 @@
 //! which the connections and detail pages need. Built by reading the table; owned, so a paused
 //! screen keeps showing it while the model moves on.
 
-use std::net::SocketAddr;
-
 use crate::model::{
     classify::{judge, Graces, LeakReason},
     snapshot::HostSummary,
@@ -13,17 +11,9 @@ use crate::model::{
 };
 
 use super::{
-    state::{ConnSort, HostSort, ReasonFilter, UiState},
+    state::{ConnId, ConnSort, HostSort, ReasonFilter, UiState},
     trend::Trend,
 };
-
-/// Identity of a connection across frames.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId {
-    pub pid: u32,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-}
 
 /// One open connection and its verdict at the view's instant.
 #[derive(Clone, Debug, PartialEq)]
