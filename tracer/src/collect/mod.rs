@@ -3,7 +3,9 @@
 
 mod batch;
 pub mod btf;
+mod check;
 mod decode;
+mod hooks;
 mod loader;
 mod names;
 pub mod procfs;
@@ -30,7 +32,8 @@ use tracer_common::{
     map_names, tcp_state, ConnInfo, Stat, TargetFlags, COMM_LEN, RING_DRAIN_EVERY_MS,
 };
 
-pub use loader::{check_host, check_privileges, HookChoice};
+pub use check::{check_host, check_privileges};
+pub use loader::HookChoice;
 
 use crate::{
     model::{Input, KernelStats, Sample, SocketSample, Target},

@@ -4,9 +4,7 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use crate::model::classify::LeakReason;
-
-use super::view::ConnId;
+use crate::model::{classify::LeakReason, ConnId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Page {

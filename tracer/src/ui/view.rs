@@ -7,16 +7,13 @@ use crate::model::{
     classify::{judge, Graces, LeakReason},
     snapshot::HostSummary,
     table::UpstreamConn,
-    ConnTable, Snapshot,
+    ConnId, ConnTable, Snapshot,
 };
 
 use super::{
     state::{ConnSort, HostSort, ReasonFilter, UiState},
     trend::Trend,
 };
-
-/// A connection's identity across frames is the model's.
-pub use crate::model::ConnId;
 
 /// One open connection and its verdict at the view's instant.
 #[derive(Clone, Debug, PartialEq)]

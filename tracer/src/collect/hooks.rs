@@ -1,0 +1,455 @@
+//! Hook choice: each role (connect, state, read, close, first_write) lists the ways this
+//! tracer can serve it, best first (`ROLES`, a table of data, so a new kernel path is a row
+//! here and a program on the eBPF side). A way is present when every tracepoint it attaches to
+//! has a format file in tracefs and the fields the eBPF side reads sit at the offsets it
+//! expects (tracer_common::tp_layout). The first present way is chosen, unless a test forces
+//! another (`TRACER_READ_HOOK`). Only the read role has a fallback today: everything else has
+//! been a tracepoint since Linux 4.16 or earlier, and the BPF ring buffer (5.8) sets the floor
+//! anyway.
+
+use anyhow::{anyhow, bail, Result};
+use tracer_common::tp_layout;
+
+/// Forces the read hook (`syscalls` or `sock_recv_length`), so the fallback path is tested on
+/// kernels that have the better one. Not a CLI flag: it exists for tests.
+pub const READ_HOOK_ENV: &str = "TRACER_READ_HOOK";
+
+/// A program and the tracepoints (group, event) it attaches to.
+type Attachment = (&'static str, &'static [(&'static str, &'static str)]);
+
+/// The read syscalls' entries: they map (tgid, fd) to the socket and count reads in progress
+/// (a thread blocked in read() is listening), on both read paths.
+const SYSCALL_READ_ENTRIES: &[Attachment] = &[
+    (
+        "enter_read",
+        &[
+            ("syscalls", "sys_enter_read"),
+            ("syscalls", "sys_enter_readv"),
+        ],
+    ),
+    ("enter_recvfrom", &[("syscalls", "sys_enter_recvfrom")]),
+    ("enter_recvmsg", &[("syscalls", "sys_enter_recvmsg")]),
+];
+
+/// The read syscalls' exits, on the syscall path only: they end the reads in progress and
+/// count each read (with sock_recv_length, `sock_recv` does both).
+const SYSCALL_READ_EXITS: &[Attachment] = &[(
+    "exit_read",
+    &[
+        ("syscalls", "sys_exit_read"),
+        ("syscalls", "sys_exit_readv"),
+        ("syscalls", "sys_exit_recvfrom"),
+        ("syscalls", "sys_exit_recvmsg"),
+    ],
+)];
+
+/// Syscall tracepoints need CONFIG_FTRACE_SYSCALLS (on in every distribution kernel).
+const NEEDS_SYSCALL_TRACEPOINTS: &str =
+    "syscall tracepoints (a kernel built with CONFIG_FTRACE_SYSCALLS=y, as distribution kernels are)";
+
+/// One way to serve a role.
+#[derive(Debug)]
+pub(super) struct HookPath {
+    /// Short name, as `TRACER_READ_HOOK` takes it.
+    pub(super) key: &'static str,
+    /// The hook as the hooks line and the UI name it.
+    pub(super) hook: &'static str,
+    pub(super) attachments: &'static [&'static [Attachment]],
+    /// What a kernel needs for this path, for the error when no path of the role is present.
+    pub(super) needs: &'static str,
+    /// Reads are counted at the read syscalls' exits (`READS_FROM_SYSCALLS`).
+    pub(super) reads_from_syscalls: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct Role {
+    pub(super) name: &'static str,
+    /// Best first.
+    pub(super) paths: &'static [HookPath],
+}
+
+pub(super) const ROLES: &[Role] = &[
+    Role {
+        name: "connect",
+        paths: &[HookPath {
+            key: "syscalls",
+            hook: "syscalls/sys_enter_connect",
+            attachments: &[&[
+                ("enter_connect", &[("syscalls", "sys_enter_connect")]),
+                ("exit_connect", &[("syscalls", "sys_exit_connect")]),
+            ]],
+            needs: NEEDS_SYSCALL_TRACEPOINTS,
+            reads_from_syscalls: false,
+        }],
+    },
+    Role {
+        name: "state",
+        paths: &[HookPath {
+            key: "inet_sock_set_state",
+            hook: "sock/inet_sock_set_state",
+            attachments: &[&[("sock_set_state", &[("sock", "inet_sock_set_state")])]],
+            needs: "the sock/inet_sock_set_state tracepoint (Linux 4.16 or newer)",
+            reads_from_syscalls: false,
+        }],
+    },
+    Role {
+        name: "read",
+        paths: &[
+            HookPath {
+                key: "sock_recv_length",
+                hook: "sock/sock_recv_length",
+                attachments: &[
+                    &[("sock_recv", &[("sock", "sock_recv_length")])],
+                    SYSCALL_READ_ENTRIES,
+                ],
+                needs: "the sock/sock_recv_length tracepoint (Linux 6.3 or newer)",
+                reads_from_syscalls: false,
+            },
+            HookPath {
+                key: "syscalls",
+                hook: "syscalls/sys_exit_read",
+                attachments: &[SYSCALL_READ_ENTRIES, SYSCALL_READ_EXITS],
+                needs: NEEDS_SYSCALL_TRACEPOINTS,
+                reads_from_syscalls: true,
+            },
+        ],
+    },
+    Role {
+        name: "close",
+        paths: &[HookPath {
+            key: "syscalls",
+            hook: "syscalls/sys_enter_close",
+            attachments: &[&[("enter_close", &[("syscalls", "sys_enter_close")])]],
+            needs: NEEDS_SYSCALL_TRACEPOINTS,
+            reads_from_syscalls: false,
+        }],
+    },
+    Role {
+        name: "first_write",
+        paths: &[HookPath {
+            key: "syscalls",
+            hook: "syscalls/sys_enter_write",
+            attachments: &[&[
+                (
+                    "enter_write",
+                    &[
+                        ("syscalls", "sys_enter_write"),
+                        ("syscalls", "sys_enter_sendto"),
+                    ],
+                ),
+                ("enter_writev", &[("syscalls", "sys_enter_writev")]),
+                ("enter_sendmsg", &[("syscalls", "sys_enter_sendmsg")]),
+            ]],
+            needs: NEEDS_SYSCALL_TRACEPOINTS,
+            reads_from_syscalls: false,
+        }],
+    },
+];
+
+/// The offset of `field` in a tracepoint's format file, if the tracepoint and field exist.
+fn format_offset(format: &str, field: &str) -> Option<usize> {
+    format.lines().find_map(|line| {
+        let line = line.trim();
+        let decl = line.strip_prefix("field:")?.split(';').next()?;
+        // "const void * skaddr", "__u8 saddr[4]": the name is the last word, minus any [N].
+        let name = decl.split_whitespace().last()?.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        let offset = line
+            .split(';')
+            .find_map(|part| part.trim().strip_prefix("offset:"))?;
+        offset.trim().parse().ok()
+    })
+}
+
+/// Why a hook path cannot be used on this kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Absent {
+    /// A tracepoint it attaches to has no format file (group/event).
+    Missing(String),
+    /// A field the eBPF side reads is elsewhere (or gone) in this kernel's record.
+    Layout {
+        tracepoint: String,
+        field: &'static str,
+        expected: usize,
+        actual: Option<usize>,
+    },
+}
+
+/// Checks that every tracepoint of `path` exists and has the layout the eBPF side reads.
+/// `format` returns the format file of (group, event), None when the tracepoint is missing.
+pub(super) fn probe(
+    path: &HookPath,
+    format: &dyn Fn(&str, &str) -> Option<String>,
+) -> Result<(), Absent> {
+    for (_, tracepoints) in path.attachments.iter().flat_map(|set| set.iter()) {
+        for (group, event) in *tracepoints {
+            let Some(text) = format(group, event) else {
+                return Err(Absent::Missing(format!("{group}/{event}")));
+            };
+            let fields = tp_layout::CHECKS
+                .iter()
+                .filter(|(g, e, _, _)| g == group && e == event);
+            for (_, _, field, expected) in fields {
+                let actual = format_offset(&text, field);
+                if actual != Some(*expected) {
+                    return Err(Absent::Layout {
+                        tracepoint: format!("{group}/{event}"),
+                        field,
+                        expected: *expected,
+                        actual,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn absent_error(
+    role: &Role,
+    path: &HookPath,
+    why: Absent,
+    release: &str,
+) -> anyhow::Error {
+    match why {
+        Absent::Missing(tracepoint) => anyhow!(
+            "this kernel ({release}) has no {tracepoint} tracepoint, which tracer's {} hook \
+             needs: {}",
+            role.name,
+            path.needs
+        ),
+        Absent::Layout {
+            tracepoint,
+            field,
+            expected,
+            actual,
+        } => anyhow!(
+            "the {tracepoint} tracepoint of this kernel ({release}) has field {field} at {}, \
+             tracer expects offset {expected}; this kernel is not supported yet (please report it)",
+            actual.map_or_else(
+                || "no offset (the field is gone)".to_owned(),
+                |a| format!("offset {a}")
+            )
+        ),
+    }
+}
+
+/// Picks the best present path for each role; `forced_read` (a `HookPath::key`) overrides the
+/// read role's choice and must then be present.
+pub(super) fn choose<'a>(
+    roles: &'a [Role],
+    forced_read: Option<&str>,
+    format: &dyn Fn(&str, &str) -> Option<String>,
+    release: &str,
+) -> Result<Vec<(&'a Role, &'a HookPath)>> {
+    let mut chosen = Vec::new();
+    for role in roles {
+        if let (Some(key), "read") = (forced_read, role.name) {
+            let Some(path) = role.paths.iter().find(|p| p.key == key) else {
+                let keys: Vec<&str> = role.paths.iter().map(|p| p.key).collect();
+                bail!(
+                    "{READ_HOOK_ENV}={key} is not a read hook; use one of {} or unset it",
+                    keys.join(", ")
+                );
+            };
+            probe(path, format).map_err(|why| absent_error(role, path, why, release))?;
+            log::info!("read hook forced by {READ_HOOK_ENV}={key}: {}", path.hook);
+            chosen.push((role, path));
+            continue;
+        }
+        let mut last_absent = None;
+        let mut found = None;
+        for path in role.paths {
+            match probe(path, format) {
+                Ok(()) => {
+                    found = Some(path);
+                    break;
+                }
+                Err(why) => {
+                    match &why {
+                        Absent::Missing(tp) => {
+                            log::info!("{} hook {}: this kernel has no {tp}", role.name, path.hook)
+                        }
+                        Absent::Layout { .. } => log::warn!(
+                            "{} hook {} not used: {}",
+                            role.name,
+                            path.hook,
+                            absent_error(role, path, why.clone(), release)
+                        ),
+                    }
+                    // Report the last resort's problem: the better paths are optional.
+                    last_absent = Some((path, why));
+                }
+            }
+        }
+        match (found, last_absent) {
+            (Some(path), _) => chosen.push((role, path)),
+            (None, Some((path, why))) => return Err(absent_error(role, path, why, release)),
+            (None, None) => bail!(
+                "tracer knows no hook for its {} role (build mismatch)",
+                role.name
+            ),
+        }
+    }
+    Ok(chosen)
+}
+
+/// The read hook a test asked for through `TRACER_READ_HOOK`, if any.
+pub(super) fn forced_read_hook() -> Option<String> {
+    std::env::var(READ_HOOK_ENV)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty() && v != "auto")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const FORMAT: &str = "name: inet_sock_set_state
+ID: 1500
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+";
+
+    #[test]
+    fn finds_field_offsets_in_a_format_file() {
+        assert_eq!(format_offset(FORMAT, "skaddr"), Some(8));
+        assert_eq!(format_offset(FORMAT, "saddr"), Some(32));
+        assert_eq!(format_offset(FORMAT, "saddr_v6"), Some(40));
+        assert_eq!(format_offset(FORMAT, "daddr"), None);
+    }
+
+    /// A format file with every field tracer reads for (group, event) at its expected offset.
+    fn good_format(group: &str, event: &str) -> String {
+        let mut text = format!("name: {event}\nformat:\n");
+        for (_, _, field, offset) in tp_layout::CHECKS
+            .iter()
+            .filter(|(g, e, _, _)| *g == group && *e == event)
+        {
+            text.push_str(&format!(
+                "\tfield:long {field};\toffset:{offset};\tsize:8;\tsigned:0;\n"
+            ));
+        }
+        text
+    }
+
+    /// A kernel with every tracepoint except those listed.
+    fn kernel_without(missing: &'static [&'static str]) -> impl Fn(&str, &str) -> Option<String> {
+        move |group, event| (!missing.contains(&event)).then(|| good_format(group, event))
+    }
+
+    fn hooks_of(chosen: &[(&Role, &HookPath)]) -> String {
+        chosen
+            .iter()
+            .map(|(r, p)| format!("{}={}", r.name, p.hook))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn a_kernel_with_sock_recv_length_reads_through_it() {
+        let chosen = choose(ROLES, None, &kernel_without(&[]), "6.18").unwrap();
+        assert_eq!(
+            hooks_of(&chosen),
+            "connect=syscalls/sys_enter_connect state=sock/inet_sock_set_state \
+             read=sock/sock_recv_length close=syscalls/sys_enter_close first_write=syscalls/sys_enter_write"
+        );
+        assert!(chosen.iter().all(|(_, p)| !p.reads_from_syscalls));
+        // sock_recv ends each read: the syscall exits are not hooked at all.
+        let read = chosen.iter().find(|(r, _)| r.name == "read").unwrap().1;
+        let programs: Vec<&str> = read
+            .attachments
+            .iter()
+            .flat_map(|set| set.iter())
+            .map(|(p, _)| *p)
+            .collect();
+        assert!(programs.contains(&"sock_recv") && programs.contains(&"enter_read"));
+        assert!(!programs.contains(&"exit_read"));
+    }
+
+    #[test]
+    fn a_kernel_before_6_3_reads_through_the_syscalls() {
+        let chosen = choose(ROLES, None, &kernel_without(&["sock_recv_length"]), "6.1.0").unwrap();
+        let read = chosen.iter().find(|(r, _)| r.name == "read").unwrap().1;
+        assert_eq!(read.hook, "syscalls/sys_exit_read");
+        assert!(read.reads_from_syscalls);
+        // The read syscall programs are attached in both cases; sock_recv only with its hook.
+        let programs: Vec<&str> = read
+            .attachments
+            .iter()
+            .flat_map(|set| set.iter())
+            .map(|(p, _)| *p)
+            .collect();
+        assert!(programs.contains(&"exit_read") && !programs.contains(&"sock_recv"));
+    }
+
+    #[test]
+    fn a_moved_field_falls_back_to_the_syscalls_rather_than_misreading() {
+        let format = |group: &str, event: &str| {
+            let text = good_format(group, event);
+            Some(if event == "sock_recv_length" {
+                text.replace("offset:20;", "offset:24;")
+            } else {
+                text
+            })
+        };
+        let chosen = choose(ROLES, None, &format, "7.0").unwrap();
+        assert_eq!(
+            chosen.iter().find(|(r, _)| r.name == "read").unwrap().1.key,
+            "syscalls"
+        );
+    }
+
+    #[test]
+    fn the_read_hook_can_be_forced() {
+        let chosen = choose(ROLES, Some("syscalls"), &kernel_without(&[]), "6.18").unwrap();
+        assert!(chosen
+            .iter()
+            .any(|(r, p)| r.name == "read" && p.reads_from_syscalls));
+        let err = choose(
+            ROLES,
+            Some("sock_recv_length"),
+            &kernel_without(&["sock_recv_length"]),
+            "6.1.0",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("has no sock/sock_recv_length") && err.contains("Linux 6.3"),
+            "{err}"
+        );
+        let err = choose(ROLES, Some("kprobe"), &kernel_without(&[]), "6.18")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "TRACER_READ_HOOK=kprobe is not a read hook; use one of sock_recv_length, syscalls or unset it");
+    }
+
+    #[test]
+    fn a_missing_required_hook_is_one_line_naming_the_kernel_it_needs() {
+        let err = choose(
+            ROLES,
+            None,
+            &kernel_without(&["inet_sock_set_state"]),
+            "4.14.0",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "this kernel (4.14.0) has no sock/inet_sock_set_state tracepoint, which tracer's state \
+             hook needs: the sock/inet_sock_set_state tracepoint (Linux 4.16 or newer)"
+        );
+        let err = choose(ROLES, None, &kernel_without(&["sys_enter_connect"]), "5.10")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CONFIG_FTRACE_SYSCALLS"), "{err}");
+        assert_eq!(err.lines().count(), 1);
+    }
+}
