@@ -3,56 +3,33 @@
 use std::io::Write;
 
 use anyhow::{Context as _, Result};
-use serde::{Deserialize, Serialize};
 
 use super::provider_of;
-use crate::model::{snapshot::HostSummary, Snapshot};
+use crate::model::{snapshot::HostSummary, LeakReason, Snapshot};
 
-/// The columns, in order. `closed_unread_total` and `connections_total` count over the session;
-/// the others are the host's connections at `time`.
-pub const HEADER: [&str; 10] = [
-    "time",
-    "host",
-    "provider",
-    "open",
-    "leaked",
-    "close_wait",
-    "unread",
-    "abandoned",
-    "closed_unread_total",
-    "connections_total",
-];
-
-/// One row: a host's figures in one snapshot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostRow {
-    pub time: String,
-    pub host: String,
-    pub provider: String,
-    pub open: u64,
-    pub leaked: u64,
-    pub close_wait: u64,
-    pub unread: u64,
-    pub abandoned: u64,
-    pub closed_unread_total: u64,
-    pub connections_total: u64,
+/// The columns, in order: `time`, `host`, `provider`, `open`, `leaked`, one column per leak
+/// reason (`LeakReason::ALL`), `closed_unread_total`, `connections_total`. The session totals
+/// count over the session; the others are the host's connections at `time`.
+pub fn header() -> Vec<&'static str> {
+    let mut columns = vec!["time", "host", "provider", "open", "leaked"];
+    columns.extend(LeakReason::ALL.map(LeakReason::as_str));
+    columns.extend(["closed_unread_total", "connections_total"]);
+    columns
 }
 
-impl HostRow {
-    pub fn new(time: &str, host: &HostSummary) -> Self {
-        HostRow {
-            time: time.to_string(),
-            host: host.host.clone(),
-            provider: provider_of(host).to_string(),
-            open: host.open,
-            leaked: host.leaked,
-            close_wait: host.by_reason.close_wait,
-            unread: host.by_reason.unread,
-            abandoned: host.by_reason.abandoned,
-            closed_unread_total: host.closed_unread_total,
-            connections_total: host.connections_total,
-        }
-    }
+/// One row: a host's figures in one snapshot, in `header()`'s order.
+fn row(time: &str, host: &HostSummary) -> Vec<String> {
+    let mut fields = vec![
+        time.to_owned(),
+        host.host.clone(),
+        provider_of(host).to_owned(),
+        host.open.to_string(),
+        host.leaked.to_string(),
+    ];
+    fields.extend(host.by_reason.iter().map(|(_, n)| n.to_string()));
+    fields.push(host.closed_unread_total.to_string());
+    fields.push(host.connections_total.to_string());
+    fields
 }
 
 /// Writes snapshots as CSV rows; the header once, before the first snapshot (also when it has
@@ -84,13 +61,13 @@ impl<W: Write> CsvSnapshots<W> {
     pub fn write_at(&mut self, snapshot: &Snapshot, time: &str) -> Result<()> {
         if !self.header_written {
             self.out
-                .write_record(HEADER)
+                .write_record(header())
                 .context("writing the CSV header")?;
             self.header_written = true;
         }
         for host in &snapshot.hosts {
             self.out
-                .serialize(HostRow::new(time, host))
+                .write_record(row(time, host))
                 .with_context(|| format!("writing the CSV row of host {}", host.host))?;
         }
         self.out.flush().context("flushing CSV rows")?;
@@ -117,14 +94,43 @@ mod tests {
     const TIME: &str = "2026-11-26T19:44:45.85Z";
 
     /// What a row must say for `host`.
+    /// The documented columns, as scripts and spreadsheets read them.
+    const HEADER: [&str; 10] = [
+        "time",
+        "host",
+        "provider",
+        "open",
+        "leaked",
+        "close_wait",
+        "unread",
+        "abandoned",
+        "closed_unread_total",
+        "connections_total",
+    ];
+
+    /// A row read back by its column names.
+    #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+    struct HostRow {
+        time: String,
+        host: String,
+        provider: String,
+        open: u64,
+        leaked: u64,
+        close_wait: u64,
+        unread: u64,
+        abandoned: u64,
+        closed_unread_total: u64,
+        connections_total: u64,
+    }
+
     fn figures(host: &HostSummary) -> (String, u64, u64, u64, u64, u64, u64, u64) {
         (
             host.host.clone(),
             host.open,
             host.leaked,
-            host.by_reason.close_wait,
-            host.by_reason.unread,
-            host.by_reason.abandoned,
+            host.by_reason.get(LeakReason::CloseWait),
+            host.by_reason.get(LeakReason::Unread),
+            host.by_reason.get(LeakReason::Abandoned),
             host.closed_unread_total,
             host.connections_total,
         )
@@ -182,6 +188,7 @@ mod tests {
     fn the_header_comes_once_and_also_without_hosts() {
         let empty = snapshot(vec![], vec![]);
         assert_eq!(write(&[&empty]), format!("{}\n", HEADER.join(",")));
+        assert_eq!(header(), HEADER);
         let text = write(&[&two_hosts(), &empty, &two_hosts()]);
         assert_eq!(
             text.lines().filter(|l| l.starts_with("time,")).count(),
@@ -309,9 +316,9 @@ mod tests {
                     open: h.open,
                     leaked: h.leaked,
                     by_reason: JsonReasons {
-                        close_wait: h.by_reason.close_wait,
-                        unread: h.by_reason.unread,
-                        abandoned: h.by_reason.abandoned,
+                        close_wait: h.by_reason.get(LeakReason::CloseWait),
+                        unread: h.by_reason.get(LeakReason::Unread),
+                        abandoned: h.by_reason.get(LeakReason::Abandoned),
                     },
                     closed_unread_total: h.closed_unread_total,
                     connections_total: h.connections_total,

@@ -34,11 +34,6 @@ pub const OTHER: &str = "other";
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const PREFIX: &str = "tracer";
-const REASONS: [LeakReason; 3] = [
-    LeakReason::CloseWait,
-    LeakReason::Unread,
-    LeakReason::Abandoned,
-];
 
 /// The tracer's own CPU and memory, as [`read_process_stats`](super::metrics_server::read_process_stats)
 /// reads them from /proc/self.
@@ -220,7 +215,7 @@ impl PrometheusExporter {
                 vec![labels.host.clone(), labels.provider.clone()],
                 sum(hosts, |h| h.open),
             ));
-            for reason in REASONS {
+            for reason in LeakReason::ALL {
                 let n = sum(hosts, |h| h.by_reason.get(reason));
                 leaked.push((labels_with_reason(labels, reason), n));
             }
@@ -356,7 +351,7 @@ impl PrometheusExporter {
                 let labels = labels_of(host);
                 self.opened.entry(labels.clone()).or_default();
                 self.closed_unread.entry(labels.clone()).or_default();
-                for reason in REASONS {
+                for reason in LeakReason::ALL {
                     self.leaks_detected
                         .entry((labels.clone(), reason))
                         .or_default();

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 
 use crate::model::{
     classify::LeakReason,
-    snapshot::{ByReason, HostSummary, Leak},
+    leak::LeakKind,
+    snapshot::{HostSummary, Leak},
     table::Origin,
-    KernelStats, Snapshot, Target,
+    ByReason, KernelStats, Snapshot, Target,
 };
 
 pub const PID: u32 = 7;
@@ -29,11 +30,7 @@ pub fn host(
         remotes: vec![format!("{name}:443")],
         open,
         leaked,
-        by_reason: ByReason {
-            close_wait,
-            unread,
-            abandoned,
-        },
+        by_reason: ByReason::of([close_wait, unread, abandoned]),
         closed_unread_total,
         connections_total,
         oldest_leak_age_s: (leaked > 0).then_some(42.5),
@@ -58,6 +55,7 @@ pub fn leak(host: &str, port: u16, reason: LeakReason, age_s: f64) -> Leak {
         remote: std::net::SocketAddr::new(host.parse().expect("leak() takes an IP address"), 443),
         host: host.into(),
         provider: None,
+        kind: LeakKind::Connection,
         state: if reason == LeakReason::CloseWait {
             "CLOSE_WAIT"
         } else {

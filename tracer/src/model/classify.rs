@@ -9,28 +9,8 @@
 
 use std::time::Duration;
 
+pub use super::leak::LeakReason;
 use super::{conn::UpstreamConn, tcp_state, unread_data};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LeakReason {
-    /// The upstream closed the connection and the process has not closed its side.
-    CloseWait,
-    /// Response bytes wait in the receive queue and nothing reads them.
-    Unread,
-    /// The last read returned data and nothing has read since (reading was abandoned).
-    Abandoned,
-}
-
-impl LeakReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::CloseWait => "close_wait",
-            Self::Unread => "unread",
-            Self::Abandoned => "abandoned",
-        }
-    }
-}
 
 /// How long each condition must hold before it is called a leak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! What a leak is, as data: the kind of thing leaked and why it is called leaked. Every
-//! output iterates `LeakReason::ALL` and `LeakKind::ALL`, so a new reason or kind is one
-//! variant here plus its rule in `classify` and its words in `ui::explain`.
+//! output iterates `LeakReason::ALL`, so a new reason is one variant here plus its rule in
+//! `classify` and its words in `ui::explain`; a new kind (an HTTP/2 stream) is a variant of
+//! `LeakKind`, which every leak carries.
 
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ impl LeakReason {
     pub fn summary(self) -> &'static str {
         match self {
             Self::CloseWait => "upstream closed; this process never did",
-            Self::Unread => "response bytes sit unread; nobody reads",
+            Self::Unread => "response bytes wait; nothing reads them",
             Self::Abandoned => "last read got data; nobody read again",
         }
     }
@@ -62,16 +63,6 @@ impl LeakReason {
 pub enum LeakKind {
     /// An HTTP/1.1 connection that never went back to the pool (judged from TCP signals).
     Connection,
-}
-
-impl LeakKind {
-    pub const ALL: [LeakKind; 1] = [Self::Connection];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Connection => "connection",
-        }
-    }
 }
 
 /// Leaks counted per reason; serialised as `{"close_wait": N, "unread": N, "abandoned": N}`.
@@ -134,7 +125,10 @@ mod tests {
             }
         }
         assert_eq!(
-            counts.iter().map(|(r, n)| (r.as_str(), n)).collect::<Vec<_>>(),
+            counts
+                .iter()
+                .map(|(r, n)| (r.as_str(), n))
+                .collect::<Vec<_>>(),
             vec![("close_wait", 1), ("unread", 2), ("abandoned", 3)]
         );
         assert_eq!(counts.total(), 6);

@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod conn;
+pub mod leak;
 pub mod snapshot;
 pub mod table;
 #[cfg(test)]
@@ -13,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 
 pub use classify::Graces;
 pub use conn::ConnId;
+pub use leak::{ByReason, LeakReason};
 pub use snapshot::Snapshot;
 pub use table::ConnTable;
 

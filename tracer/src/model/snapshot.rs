@@ -4,43 +4,12 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use super::{
-    classify::{judge, Graces, LeakReason},
+    classify::{judge, Graces},
+    leak::{ByReason, LeakKind, LeakReason},
     state_name,
     table::{ConnTable, Origin, UpstreamConn},
     ConnId, KernelStats, Target,
 };
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ByReason {
-    pub close_wait: u64,
-    pub unread: u64,
-    pub abandoned: u64,
-}
-
-impl ByReason {
-    /// Leaked connections with `reason`.
-    pub fn get(&self, reason: LeakReason) -> u64 {
-        match reason {
-            LeakReason::CloseWait => self.close_wait,
-            LeakReason::Unread => self.unread,
-            LeakReason::Abandoned => self.abandoned,
-        }
-    }
-
-    fn merge(&mut self, other: &ByReason) {
-        self.close_wait += other.close_wait;
-        self.unread += other.unread;
-        self.abandoned += other.abandoned;
-    }
-
-    fn add(&mut self, reason: LeakReason) {
-        match reason {
-            LeakReason::CloseWait => self.close_wait += 1,
-            LeakReason::Unread => self.unread += 1,
-            LeakReason::Abandoned => self.abandoned += 1,
-        }
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct HostSummary {
@@ -84,6 +53,8 @@ pub struct Leak {
     pub host: String,
     pub provider: Option<String>,
     pub state: &'static str,
+    /// What leaked: today always a connection.
+    pub kind: LeakKind,
     pub reason: LeakReason,
     /// Seconds since connect (or since first seen, for pre-existing connections).
     pub age_s: f64,
@@ -158,6 +129,7 @@ fn leak_of(conn: &UpstreamConn, reason: LeakReason, now_ns: u64) -> Leak {
         host: conn.host.clone(),
         provider: conn.provider.clone(),
         state: state_name(conn.state),
+        kind: LeakKind::Connection,
         reason,
         age_s: secs(now_ns.saturating_sub(conn.opened_ns)),
         idle_s: secs(now_ns.saturating_sub(conn.last_activity_ns())),
@@ -206,7 +178,7 @@ impl Snapshot {
             .iter()
             .map(|(name, totals)| {
                 let l = live.remove(name.as_str()).unwrap_or_default();
-                let leaked = l.by_reason.close_wait + l.by_reason.unread + l.by_reason.abandoned;
+                let leaked = l.by_reason.total();
                 HostSummary {
                     host: name.clone(),
                     provider: totals.provider.clone(),
@@ -302,11 +274,7 @@ mod tests {
     }
 
     fn reasons(close_wait: u64, unread: u64, abandoned: u64) -> ByReason {
-        ByReason {
-            close_wait,
-            unread,
-            abandoned,
-        }
+        ByReason::of([close_wait, unread, abandoned])
     }
 
     fn leak_list(snapshot: &Snapshot) -> Vec<(String, String, LeakReason)> {
@@ -499,6 +467,7 @@ mod tests {
                 host: "10.0.0.12".into(),
                 provider: None,
                 state: "CLOSE_WAIT",
+                kind: LeakKind::Connection,
                 reason: LeakReason::CloseWait,
                 // 11.345999999 s and 10.000321098 s, to the millisecond.
                 age_s: 11.346,
@@ -690,11 +659,7 @@ mod tests {
             "api.openai.com",
             &[],
             (3, 2),
-            ByReason {
-                close_wait: 2,
-                unread: 0,
-                abandoned: 0,
-            },
+            ByReason::of([2, 0, 0]),
             (1, 9),
             None,
         );
@@ -703,11 +668,7 @@ mod tests {
             "x.openai.azure.com",
             &[],
             (1, 1),
-            ByReason {
-                close_wait: 0,
-                unread: 1,
-                abandoned: 0,
-            },
+            ByReason::of([0, 1, 0]),
             (0, 4),
             None,
         );
@@ -725,11 +686,7 @@ mod tests {
             "10.0.0.1",
             &[],
             (7, 7),
-            ByReason {
-                close_wait: 7,
-                unread: 0,
-                abandoned: 0,
-            },
+            ByReason::of([7, 0, 0]),
             (0, 7),
             None,
         );
@@ -747,14 +704,7 @@ mod tests {
             ),
             (4, 3, 1, 13)
         );
-        assert_eq!(
-            openai.by_reason,
-            ByReason {
-                close_wait: 2,
-                unread: 1,
-                abandoned: 0
-            }
-        );
+        assert_eq!(openai.by_reason, ByReason::of([2, 1, 0]));
         assert_eq!(
             (providers[1].provider.as_str(), providers[1].leaked),
             ("anthropic", 0)

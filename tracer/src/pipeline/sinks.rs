@@ -119,7 +119,7 @@ pub enum Final {
     Json,
     Csv,
     /// Primed with a rendering at the start, so rates cover the observed window.
-    Prometheus(PrometheusExporter),
+    Prometheus(Box<PrometheusExporter>),
 }
 
 impl Final {
@@ -135,7 +135,7 @@ impl Final {
             &crate::model::Snapshot::take(&empty, started_ns, graces),
             &health,
         )?;
-        Ok(Final::Prometheus(exporter))
+        Ok(Final::Prometheus(Box::new(exporter)))
     }
 }
 

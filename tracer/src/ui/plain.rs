@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 
-use crate::model::{Graces, Snapshot};
+use crate::model::{Graces, LeakReason, Snapshot};
 
 pub struct PlainTable<W: Write> {
     out: W,
@@ -36,6 +36,11 @@ impl<W: Write> PlainTable<W> {
         }
         self.out.flush()
     }
+}
+
+/// A reason's column: as wide as its name, at least 7.
+fn reason_width(reason: LeakReason) -> usize {
+    reason.as_str().len().max(7)
 }
 
 fn trunc(s: &str, width: usize) -> String {
@@ -72,28 +77,33 @@ pub fn render(snapshot: &Snapshot, graces: &Graces) -> String {
         snapshot.leaked_total,
         snapshot.kernel.events_lost,
     ));
-    s.push_str(&format!(
-        "graces: close_wait {:?}, unread {:?}, abandoned {:?}\n\n",
-        graces.close_wait, graces.unread, graces.abandon
-    ));
-    s.push_str(&format!(
-        "{:<28} {:>6} {:>7} {:>10} {:>7} {:>9} {:>13} {:>7}\n",
-        "HOST", "OPEN", "LEAKED", "CLOSE_WAIT", "UNREAD", "ABANDONED", "CLOSED_UNREAD", "TOTAL"
-    ));
+    let graces_text: Vec<String> = LeakReason::ALL
+        .iter()
+        .map(|r| format!("{} {:?}", r.as_str(), r.grace(graces)))
+        .collect();
+    s.push_str(&format!("graces: {}\n\n", graces_text.join(", ")));
+    s.push_str(&format!("{:<28} {:>6} {:>7}", "HOST", "OPEN", "LEAKED"));
+    for reason in LeakReason::ALL {
+        let name = reason.as_str().to_uppercase();
+        s.push_str(&format!(" {name:>w$}", w = reason_width(reason)));
+    }
+    s.push_str(&format!(" {:>13} {:>7}\n", "CLOSED_UNREAD", "TOTAL"));
     if snapshot.hosts.is_empty() {
         s.push_str("(no upstream connections seen yet)\n");
     }
     for h in &snapshot.hosts {
         s.push_str(&format!(
-            "{:<28} {:>6} {:>7} {:>10} {:>7} {:>9} {:>13} {:>7}\n",
+            "{:<28} {:>6} {:>7}",
             trunc(&h.host, 28),
             h.open,
-            h.leaked,
-            h.by_reason.close_wait,
-            h.by_reason.unread,
-            h.by_reason.abandoned,
-            h.closed_unread_total,
-            h.connections_total
+            h.leaked
+        ));
+        for (reason, n) in h.by_reason.iter() {
+            s.push_str(&format!(" {n:>w$}", w = reason_width(reason)));
+        }
+        s.push_str(&format!(
+            " {:>13} {:>7}\n",
+            h.closed_unread_total, h.connections_total
         ));
     }
     if !snapshot.leaks.is_empty() {

@@ -101,13 +101,18 @@ impl ReasonFilter {
         }
     }
 
+    /// All, leaked, then each reason in `LeakReason::ALL` order, then all again.
     fn next(self) -> Self {
+        let after = |i: usize| LeakReason::ALL.get(i).map_or(Self::All, |&r| Self::Only(r));
         match self {
             Self::All => Self::Leaked,
-            Self::Leaked => Self::Only(LeakReason::CloseWait),
-            Self::Only(LeakReason::CloseWait) => Self::Only(LeakReason::Unread),
-            Self::Only(LeakReason::Unread) => Self::Only(LeakReason::Abandoned),
-            Self::Only(LeakReason::Abandoned) => Self::All,
+            Self::Leaked => after(0),
+            Self::Only(reason) => after(
+                LeakReason::ALL
+                    .iter()
+                    .position(|&r| r == reason)
+                    .map_or(usize::MAX, |i| i + 1),
+            ),
         }
     }
 

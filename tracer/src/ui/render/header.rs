@@ -10,7 +10,10 @@ use ratatui::{
 };
 
 use super::{Screen, SourceLabel, DIM, HEAD, LEAK};
-use crate::{model::Target, ui::units};
+use crate::{
+    model::{LeakReason, Target},
+    ui::units,
+};
 
 fn targets_text(targets: &[Target]) -> String {
     match targets {
@@ -107,10 +110,10 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
         ),
         Span::styled(
             format!(
-                " · graces: close_wait {}, unread {}, abandoned {}",
-                units::grace(g.close_wait),
-                units::grace(g.unread),
-                units::grace(g.abandon)
+                " · graces: {}",
+                LeakReason::ALL
+                    .map(|r| format!("{} {}", r.as_str(), units::grace(r.grace(g))))
+                    .join(", ")
             ),
             DIM,
         ),

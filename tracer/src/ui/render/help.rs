@@ -8,8 +8,9 @@ use ratatui::{
 };
 
 use super::{DIM, HEAD};
+use crate::model::LeakReason;
 
-const HELP: &[(&str, &str)] = &[
+const KEYS: &[(&str, &str)] = &[
     ("↑ ↓  j k", "move; PgUp PgDn, g G: page, top, bottom"),
     ("Enter", "open: host → its connections → one connection"),
     ("Esc", "back (on the hosts: clear the text filter)"),
@@ -21,23 +22,33 @@ const HELP: &[(&str, &str)] = &[
     ("e", "export the shown snapshot as JSON to a file"),
     ("q  Ctrl-C", "quit"),
     ("", ""),
-    ("close_wait", "upstream closed; this process never did"),
-    ("unread", "response bytes wait; nothing reads them"),
-    ("abandoned", "last read got data; nobody read again"),
+];
+
+/// After the keys and each leak reason.
+const COLUMNS: &[(&str, &str)] = &[
     ("CL_UNRD", "closed before reading the response (no leak)"),
     ("CONN/S", "connections opened per second, last 10s"),
 ];
 
+/// The keys, what each leak reason means, and the columns that need saying.
+fn help() -> Vec<(&'static str, &'static str)> {
+    let mut help = KEYS.to_vec();
+    help.extend(LeakReason::ALL.map(|r| (r.as_str(), r.summary())));
+    help.extend_from_slice(COLUMNS);
+    help
+}
+
 pub(super) fn draw(frame: &mut Frame, body: Rect) {
+    let help = help();
     let width = body.width.min(64);
-    let height = body.height.min(HELP.len() as u16 + 3);
+    let height = body.height.min(help.len() as u16 + 3);
     let area = Rect {
         x: body.x + (body.width - width) / 2,
         y: body.y + (body.height - height) / 2,
         width,
         height,
     };
-    let mut lines: Vec<Line> = HELP
+    let mut lines: Vec<Line> = help
         .iter()
         .map(|(k, what)| {
             Line::from(vec![

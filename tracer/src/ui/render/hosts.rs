@@ -13,13 +13,20 @@ use super::{
     Screen, DIM, HEAD, SELECTED,
 };
 use crate::{
-    model::snapshot::HostSummary,
+    model::{snapshot::HostSummary, ByReason, LeakReason},
     ui::{state::effective, units},
 };
 
-/// The figure columns between HOST and the trend: OPEN, LEAKED, the three reasons,
-/// CLOSED_UNREAD, CONN/S and OLDEST, in the order `HostColumns::fit` lists them.
-const FIGURES: usize = 8;
+/// A leak reason's column title: its name, or a shorter one on a narrow screen.
+fn reason_title(reason: LeakReason, wide: bool) -> &'static str {
+    match reason {
+        LeakReason::CloseWait if !wide => "C_WAIT",
+        LeakReason::Abandoned if !wide => "ABAND",
+        LeakReason::CloseWait => "CLOSE_WAIT",
+        LeakReason::Unread => "UNREAD",
+        LeakReason::Abandoned => "ABANDONED",
+    }
+}
 
 pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
     let hosts = s.view.listed_hosts(s.ui, s.trend);
@@ -66,7 +73,8 @@ fn draw_why_empty(frame: &mut Frame, area: Rect, total_hosts: usize) {
 
 /// The figure columns that fit the width, and what is left for HOST and the trend.
 struct HostColumns {
-    cols: [Col; FIGURES],
+    /// OPEN, LEAKED, one per leak reason, CLOSED_UNREAD, CONN/S and OLDEST.
+    cols: Vec<Col>,
     /// Indices into `cols` of the columns shown.
     kept: Vec<usize>,
     host_w: u16,
@@ -77,7 +85,7 @@ struct HostColumns {
 impl HostColumns {
     fn fit(width: u16) -> Self {
         let wide = width >= 100;
-        let cols = [
+        let mut cols = vec![
             Col {
                 title: "OPEN",
                 width: 4,
@@ -88,21 +96,16 @@ impl HostColumns {
                 width: 6,
                 drop: 0,
             },
+        ];
+        cols.extend(LeakReason::ALL.map(|reason| {
+            let title = reason_title(reason, wide);
             Col {
-                title: if wide { "CLOSE_WAIT" } else { "C_WAIT" },
-                width: if wide { 10 } else { 6 },
+                title,
+                width: title.len() as u16,
                 drop: 0,
-            },
-            Col {
-                title: "UNREAD",
-                width: 6,
-                drop: 0,
-            },
-            Col {
-                title: if wide { "ABANDONED" } else { "ABAND" },
-                width: if wide { 9 } else { 5 },
-                drop: 0,
-            },
+            }
+        }));
+        cols.extend([
             Col {
                 title: if wide { "CLOSED_UNREAD" } else { "CL_UNRD" },
                 width: if wide { 13 } else { 7 },
@@ -118,7 +121,7 @@ impl HostColumns {
                 width: 6,
                 drop: 4,
             },
-        ];
+        ]);
         // One column goes to the highlight symbol; HOST and TREND share what is left.
         let (kept, flex) = fit_columns(&cols, width.saturating_sub(1), 14, 1);
         // The host name first (up to 32 columns), the trend gets the rest if that is 6 or more.
@@ -173,7 +176,7 @@ impl HostColumns {
     fn cells(
         &self,
         label: &str,
-        figures: [String; FIGURES],
+        figures: Vec<String>,
         series: impl FnOnce(usize) -> Vec<u64>,
     ) -> Vec<String> {
         let mut row = vec![units::fit(label, self.host_w as usize)];
@@ -238,19 +241,17 @@ fn host_label(h: &HostSummary) -> String {
 }
 
 /// One host's figures, in column order.
-fn host_figures(h: &HostSummary, s: &Screen) -> [String; FIGURES] {
-    [
-        h.open.to_string(),
-        h.leaked.to_string(),
-        h.by_reason.close_wait.to_string(),
-        h.by_reason.unread.to_string(),
-        h.by_reason.abandoned.to_string(),
+fn host_figures(h: &HostSummary, s: &Screen) -> Vec<String> {
+    let mut figures = vec![h.open.to_string(), h.leaked.to_string()];
+    figures.extend(h.by_reason.iter().map(|(_, n)| n.to_string()));
+    figures.extend([
         h.closed_unread_total.to_string(),
         s.trend
             .open_rate(&h.host)
             .map_or_else(|| "–".into(), units::rate),
         h.oldest_leak_age_s.map_or_else(|| "–".into(), units::secs),
-    ]
+    ]);
+    figures
 }
 
 /// The totals of the listed hosts, in the same columns, under the list.
@@ -270,12 +271,13 @@ fn draw_totals(
         .iter()
         .filter_map(|h| h.oldest_leak_age_s)
         .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
-    let figures = [
-        sum(|h| h.open).to_string(),
-        sum(|h| h.leaked).to_string(),
-        sum(|h| h.by_reason.close_wait).to_string(),
-        sum(|h| h.by_reason.unread).to_string(),
-        sum(|h| h.by_reason.abandoned).to_string(),
+    let mut by_reason = ByReason::default();
+    for h in hosts {
+        by_reason.merge(&h.by_reason);
+    }
+    let mut figures = vec![sum(|h| h.open).to_string(), sum(|h| h.leaked).to_string()];
+    figures.extend(by_reason.iter().map(|(_, n)| n.to_string()));
+    figures.extend([
         sum(|h| h.closed_unread_total).to_string(),
         if s.trend.has_rates() {
             units::rate(rate)
@@ -283,7 +285,7 @@ fn draw_totals(
             "–".into()
         },
         oldest.map_or_else(|| "–".into(), units::secs),
-    ];
+    ]);
     let label = match hosts.len() {
         1 => "TOTAL (1 host)".to_owned(),
         n => format!("TOTAL ({n} hosts)"),
