@@ -301,9 +301,9 @@ pub fn run(opts: Options) -> Result<()> {
     if !util::is_root() {
         bail!("the benchmark loads eBPF programs and needs root: run: sudo -E env \"PATH=$PATH\" cargo xtask bench");
     }
-    setup::ensure().context("bench")?;
+    setup::ensure_for(setup::Purpose::Bench).context("bench")?;
     if util::find_on_path("wrk").is_none() {
-        bail!("wrk is missing after setup: run: apt-get install wrk");
+        bail!("wrk is missing after setup: run: apt-get install --no-install-recommends wrk");
     }
     let artifacts = build::build().context("bench")?;
     let root = util::workspace_root();

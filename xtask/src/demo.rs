@@ -37,7 +37,7 @@ pub fn run(duration: Option<Duration>) -> Result<()> {
     if !util::is_root() {
         bail!("the demo loads eBPF programs and needs root: run: sudo -E env \"PATH=$PATH\" cargo xtask demo");
     }
-    setup::ensure().context("demo")?;
+    setup::ensure_for(setup::Purpose::Demo).context("demo")?;
     let artifacts = build::build().context("demo")?;
     let interactive = io::stdout().is_terminal() && duration.is_none();
     let duration = duration.or_else(|| (!io::stdout().is_terminal()).then_some(DEFAULT_DURATION));

@@ -2,6 +2,8 @@
 //!
 //! Every check is cheap (dpkg-query, rustup, `--version`, a stat) so a host that has
 //! everything passes in well under a second; installing only happens for what is missing.
+//! `cargo xtask setup` prepares for everything; demo, bench and test ask only for what they
+//! use (`ensure_for`), and apt-get never installs Recommends.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,36 +36,100 @@ pub enum Mode {
     InstallQuiet,
 }
 
-/// The `setup` subcommand.
+/// What the host is being prepared for. Every command builds the tracer (the pinned nightly,
+/// bpf-linker against LLVM, tracefs to run it) and the Go fixture; the rest is per command, so
+/// `cargo xtask demo` on a fresh host does not install the kernel matrix's qemu.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// `cargo xtask demo`: only what every command needs.
+    Demo,
+    /// `cargo xtask bench`: also wrk (the load) and bpftool (the kernel's run time per program).
+    Bench,
+    /// `cargo xtask test` and `test-kernels`: also ss (iproute2: the end-to-end harness, and
+    /// the guests), bpftool (the lifecycle tests, the BTF offsets test), tmux (the terminal UI
+    /// test), prometheus and promtool (the metrics tests), and for the kernel matrix qemu and
+    /// busybox-static (its applets are the guests' userland, its cpio builds their initramfs).
+    Test,
+    /// `cargo xtask setup`: everything any command uses, for people working on tracer.
+    All,
+}
+
+impl Purpose {
+    /// The Debian packages beyond those every command needs (`build_packages`).
+    fn extra_packages(self) -> &'static [&'static str] {
+        match self {
+            Purpose::Demo => &[],
+            Purpose::Bench => &["bpftool", "wrk"],
+            Purpose::Test => &[
+                "iproute2",
+                "bpftool",
+                "tmux",
+                "prometheus",
+                "qemu-system-x86",
+                "busybox-static",
+            ],
+            Purpose::All => &[
+                "iproute2",
+                "bpftool",
+                "tmux",
+                "prometheus",
+                "wrk",
+                "qemu-system-x86",
+                "busybox-static",
+            ],
+        }
+    }
+
+    /// Where there is no dpkg, the programs setup looks for instead (it cannot install them),
+    /// with their Debian package names for the message.
+    fn tools_without_dpkg(self) -> &'static [(&'static str, &'static str)] {
+        const GO: (&str, &str) = ("go", "golang-go");
+        match self {
+            Purpose::Demo => &[GO],
+            Purpose::Bench => &[GO, ("bpftool", "bpftool"), ("wrk", "wrk")],
+            Purpose::Test | Purpose::All => &[
+                GO,
+                ("ss", "iproute2"),
+                ("bpftool", "bpftool"),
+                ("tmux", "tmux"),
+            ],
+        }
+    }
+}
+
+/// The `setup` subcommand: everything, for developers.
 pub fn run(mode: Mode) -> Result<()> {
-    setup(mode)
+    setup(mode, Purpose::All)
 }
 
-/// Runs setup before `demo` and `test`.
+/// Runs setup for the tests (`cargo xtask test`, `test-kernels`) and the commands that have
+/// not said what they need.
 pub fn ensure() -> Result<()> {
-    setup(Mode::InstallQuiet)
+    ensure_for(Purpose::Test)
 }
 
-/// Packages for building bpf-linker (LLVM with Polly, zstd, zlib), the Go fixtures, and tools
-/// the demo, tests and benchmark use (ss, bpftool, tmux; promtool and the prometheus server
-/// for the metrics export tests; wrk for `cargo xtask bench`).
-fn debian_packages() -> Vec<String> {
+/// Installs what is missing for `purpose`; one line when nothing is.
+pub fn ensure_for(purpose: Purpose) -> Result<()> {
+    setup(Mode::InstallQuiet, purpose)
+}
+
+/// Packages every command needs: bpf-linker's build (LLVM with Polly; zstd and zlib, which
+/// LLVM's static libraries link against) and the Go fixture's.
+fn build_packages() -> Vec<String> {
     vec![
         format!("llvm-{LLVM_MAJOR}-dev"),
         format!("libpolly-{LLVM_MAJOR}-dev"),
         "libzstd-dev".into(),
         "zlib1g-dev".into(),
         "golang-go".into(),
-        "iproute2".into(),
-        "bpftool".into(),
-        "tmux".into(),
-        "prometheus".into(),
-        "wrk".into(),
-        // The kernel matrix (test-kernels): guests under software emulation, and their
-        // initramfs (busybox's cpio builds it; its applets are the guests' userland).
-        "qemu-system-x86".into(),
-        "busybox-static".into(),
     ]
+}
+
+/// The Debian packages `purpose` needs, in install order.
+fn debian_packages(purpose: Purpose) -> Vec<String> {
+    let mut packages = build_packages();
+    packages.extend(purpose.extra_packages().iter().map(|p| p.to_string()));
+    packages
 }
 
 /// What one check found.
@@ -125,11 +191,13 @@ struct Host {
     root: bool,
     debian: bool,
     nightly: String,
+    purpose: Purpose,
 }
 
 impl Host {
-    fn detect() -> Result<Self> {
+    fn detect(purpose: Purpose) -> Result<Self> {
         Ok(Host {
+            purpose,
             root: util::is_root(),
             debian: util::find_on_path("dpkg-query").is_some()
                 && util::find_on_path("apt-get").is_some(),
@@ -153,9 +221,9 @@ pub fn read_nightly() -> Result<String> {
     Ok(name.to_string())
 }
 
-fn setup(mode: Mode) -> Result<()> {
+fn setup(mode: Mode, purpose: Purpose) -> Result<()> {
     let started = Instant::now();
-    let host = Host::detect()?;
+    let host = Host::detect(purpose)?;
     let checks: [fn(&Host) -> Result<Finding>; 5] = [
         check_packages,
         check_go,
@@ -282,9 +350,9 @@ fn print_fix(actions: &[Action], needs_sudo: bool, blocked_by: Option<&str>) {
 
 fn check_packages(host: &Host) -> Result<Finding> {
     if !host.debian {
-        return Ok(check_tools_without_dpkg());
+        return Ok(check_tools_without_dpkg(host.purpose));
     }
-    let packages = debian_packages();
+    let packages = debian_packages(host.purpose);
     let mut query = Command::new("dpkg-query");
     query
         .args(["-W", "-f=${Package} ${Status}\n"])
@@ -310,9 +378,11 @@ fn check_packages(host: &Host) -> Result<Finding> {
     let mut update = Command::new("apt-get");
     update.arg("update");
     let mut install = Command::new("apt-get");
+    // Recommends would bring a desktop's worth (qemu's GUI with GTK and GStreamer, a node
+    // exporter daemon with prometheus) that no command uses; what they use is in Depends.
     install
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y"])
+        .args(["install", "-y", "--no-install-recommends"])
         .args(&missing);
     let install_display = format!(
         "DEBIAN_FRONTEND=noninteractive {}",
@@ -348,29 +418,34 @@ fn dpkg_installed(statuses: &str, package: &str) -> bool {
 
 /// Without dpkg we cannot install, only look for the tools (LLVM is checked when bpf-linker
 /// must be built).
-fn check_tools_without_dpkg() -> Finding {
-    let missing: Vec<&str> = ["go", "ss", "bpftool", "tmux"]
-        .into_iter()
-        .filter(|tool| find_tool(tool).is_none())
+fn check_tools_without_dpkg(purpose: Purpose) -> Finding {
+    let tools = purpose.tools_without_dpkg();
+    let missing: Vec<(&str, &str)> = tools
+        .iter()
+        .copied()
+        .filter(|(tool, _)| find_tool(tool).is_none())
         .collect();
     let name = "tools".to_string();
     if missing.is_empty() {
+        let found: Vec<&str> = tools.iter().map(|(tool, _)| *tool).collect();
         return Finding {
             name,
             state: State::Present {
-                detail: "go, ss, bpftool, tmux found".into(),
+                detail: format!("{} found", found.join(", ")),
                 short: "tools".into(),
             },
         };
     }
+    let (tools, packages): (Vec<&str>, Vec<&str>) = missing.into_iter().unzip();
     Finding {
         name,
         state: State::Missing {
-            problem: format!("not found: {}", missing.join(" ")),
+            problem: format!("not found: {}", tools.join(" ")),
             fix: Fix::Manual(format!(
                 "not a Debian/Ubuntu host, so setup cannot install them: install {} with your \
-                 package manager (Debian names: golang-go iproute2 bpftool tmux)",
-                missing.join(" ")
+                 package manager (Debian names: {})",
+                tools.join(" "),
+                packages.join(" ")
             )),
         },
     }
@@ -802,6 +877,45 @@ fn check_tracefs(_host: &Host) -> Result<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_command_installs_what_it_uses_and_setup_installs_everything() {
+        let demo = debian_packages(Purpose::Demo);
+        assert!(
+            demo.contains(&"golang-go".to_string()) && demo.contains(&"llvm-22-dev".to_string())
+        );
+        for heavy in [
+            "qemu-system-x86",
+            "prometheus",
+            "busybox-static",
+            "wrk",
+            "tmux",
+        ] {
+            assert!(
+                !demo.iter().any(|p| p == heavy),
+                "the demo does not use {heavy}"
+            );
+        }
+        let test = debian_packages(Purpose::Test);
+        assert!(test.iter().any(|p| p == "qemu-system-x86") && !test.iter().any(|p| p == "wrk"));
+        assert!(debian_packages(Purpose::Bench).iter().any(|p| p == "wrk"));
+        let all = debian_packages(Purpose::All);
+        for purpose in [Purpose::Demo, Purpose::Bench, Purpose::Test] {
+            let needed = debian_packages(purpose);
+            assert!(
+                needed.iter().all(|p| all.contains(p)),
+                "`cargo xtask setup` installs everything {purpose:?} needs"
+            );
+            let mut unique = needed.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(
+                unique.len(),
+                needed.len(),
+                "{purpose:?} lists a package twice"
+            );
+        }
+    }
 
     #[test]
     fn reads_bpf_linker_versions() {
