@@ -1,5 +1,5 @@
 //! Aggregates at one instant: per-host counts and the list of leaked connections. This is
-//! what every output (table, JSON, later TUI and metrics) renders.
+//! what every output (table, JSON, CSV, Prometheus, the terminal UI) renders.
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
