@@ -9,26 +9,8 @@
 
 use std::time::Duration;
 
-pub use super::leak::LeakReason;
+pub use super::leak::{Graces, LeakReason};
 use super::{conn::UpstreamConn, tcp_state, unread_data};
-
-/// How long each condition must hold before it is called a leak.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Graces {
-    pub close_wait: Duration,
-    pub unread: Duration,
-    pub abandon: Duration,
-}
-
-impl Default for Graces {
-    fn default() -> Self {
-        Self {
-            close_wait: Duration::from_secs(5),
-            unread: Duration::from_secs(10),
-            abandon: Duration::from_secs(30),
-        }
-    }
-}
 
 fn held_for(since_ns: u64, now_ns: u64, grace: Duration) -> bool {
     u128::from(now_ns.saturating_sub(since_ns)) >= grace.as_nanos()

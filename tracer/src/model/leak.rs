@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use super::classify::Graces;
-
 /// Why an open connection is called leaked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -63,6 +61,24 @@ impl LeakReason {
 pub enum LeakKind {
     /// An HTTP/1.1 connection that never went back to the pool (judged from TCP signals).
     Connection,
+}
+
+/// How long each condition must hold before it is called a leak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Graces {
+    pub close_wait: Duration,
+    pub unread: Duration,
+    pub abandon: Duration,
+}
+
+impl Default for Graces {
+    fn default() -> Self {
+        Self {
+            close_wait: Duration::from_secs(5),
+            unread: Duration::from_secs(10),
+            abandon: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Leaks counted per reason; serialised as `{"close_wait": N, "unread": N, "abandoned": N}`.
