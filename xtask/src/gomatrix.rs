@@ -11,7 +11,9 @@
 //!   runtime.CallersFrames: function, file and line for its own PCs);
 //! - `built-from`: the inputs of the build; a rebuild happens only when they change.
 //!
-//! `<target>/go-matrix/<version>/stub/goversion` is `go env GOVERSION`. The tracer's matrix test
+//! `<target>/go-matrix/<version>/stub/goversion` is `go env GOVERSION`, and `stub/goroot` is
+//! `go env GOROOT` (the toolchain's own binaries, cmd/go among them, are large real Go programs
+//! for the test to read too). The tracer's matrix test
 //! (tracer/src/goprobe/matrix_tests.rs) reads all of this from GO_MATRIX_DIR.
 
 use std::path::{Path, PathBuf};
@@ -262,6 +264,10 @@ fn build_stub(go: &Path, version: &str, source: &Path, out: &Path) -> Result<()>
         write(&stamp, &inputs)?;
         progress.done();
     }
+    let mut goroot = go_command(go);
+    goroot.args(["env", "GOROOT"]);
+    let goroot = util::stdout_of(&mut goroot)?;
+    write(&out.join("goroot"), goroot.trim())?;
     write(&out.join("goversion"), &format!("{goversion}\n"))
 }
 

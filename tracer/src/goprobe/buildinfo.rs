@@ -165,6 +165,7 @@ fn inline_string(data: &[u8]) -> Result<(&[u8], &[u8]), BuildInfoError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -153,6 +153,7 @@ pub fn ret_sites(code: &[u8], entry: u64) -> Result<Vec<u64>, CodeError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -339,6 +339,7 @@ pub fn inspect_image(image: GoImage) -> Result<GoBinary, GoLayerRefusal> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -141,6 +141,7 @@ pub fn value_at(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

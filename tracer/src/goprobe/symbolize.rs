@@ -179,6 +179,7 @@ impl Symbolizer {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::goprobe::pclntab::tests::synthetic;

@@ -149,6 +149,7 @@ pub fn name_of(role: Role, version: &GoVersion) -> Option<&'static str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
