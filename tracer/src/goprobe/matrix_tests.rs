@@ -195,6 +195,14 @@ fn check_binary(
             .unwrap_or_else(|| panic!("{what}: go tool nm has no {name}"));
         assert_eq!(sites.function.entry, *want, "{what}: entry of {name}");
         check_sites(&what, sites, &file);
+        if build.form == "default" && binary == "stripped" {
+            eprintln!(
+                "{what}: {name}: {} bytes, prologue {}, {} RETs",
+                sites.function.end - sites.function.entry,
+                sites.prologue.describe(),
+                sites.returns.len()
+            );
+        }
     }
     let found = image.find_functions(ALSO).unwrap();
     for (name, function) in ALSO.iter().zip(found) {
