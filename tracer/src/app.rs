@@ -13,11 +13,12 @@ use time::OffsetDateTime;
 
 use crate::{
     cli::{
-        Cli, Command, MetricsArgs, NamingArgs, RecordArgs, ReplayArgs, RunArgs, SnapshotArgs,
-        SnapshotFormat, TargetArgs, WatchArgs,
+        CheckArgs, Cli, Command, MetricsArgs, NamingArgs, RecordArgs, ReplayArgs, RunArgs,
+        SnapshotArgs, SnapshotFormat, TargetArgs, WatchArgs,
     },
     collect::{self, monotonic_ns, procfs, TargetSpec},
     export::{json::JsonLines, rotate::RotatingFile},
+    goprobe,
     naming::catalogue::{Catalogue, ProvidersFileError},
     pipeline::{
         live::LiveSource,
@@ -63,7 +64,7 @@ pub async fn main(cli: Cli) -> Result<()> {
         Some(Command::Record(args)) => record(args).await,
         Some(Command::Replay(args)) => replay(args).await,
         Some(Command::Snapshot(args)) => snapshot(args).await,
-        Some(Command::Check) => check(),
+        Some(Command::Check(args)) => check(&args),
         // `tracer --pid X`: the UI for a person at a terminal, the table for pipes and logs.
         None if std::io::stdout().is_terminal() => {
             watch(WatchArgs {
@@ -218,7 +219,11 @@ fn with_metrics(driver: Driver<LiveSource>, metrics: Option<sinks::Metrics>) -> 
 }
 
 /// `tracer check`: one ✓ or ✗ line per requirement, the fix under each ✗.
-fn check() -> Result<()> {
+fn check(args: &CheckArgs) -> Result<()> {
+    validate_targets(&TargetSpec {
+        pids: args.pids.clone(),
+        comms: Vec::new(),
+    })?;
     let lines = collect::check_host();
     let mut out = std::io::stdout().lock();
     for line in &lines {
@@ -226,6 +231,14 @@ fn check() -> Result<()> {
         if let Some(fix) = &line.fix {
             writeln!(out, "    fix: {fix}")?;
         }
+    }
+    // The Go layer is an addition: when it stays off, tracing still works (kernel signals).
+    for pid in &args.pids {
+        let line = match goprobe::inspect(&procfs::exe_path(*pid)) {
+            Ok(binary) => format!("✓ pid {pid}: {}", binary.line()),
+            Err(refusal) => format!("· {}", refusal.line(*pid)),
+        };
+        writeln!(out, "{line}")?;
     }
     let failed = lines.iter().filter(|l| !l.ok).count();
     if failed > 0 {

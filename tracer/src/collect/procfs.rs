@@ -82,6 +82,12 @@ pub fn start_time_ticks(pid: u32) -> Result<u64> {
     parse_start_time(&stat).with_context(|| format!("parsing {path}"))
 }
 
+/// The process's executable as the kernel holds it: readable even when the file was replaced
+/// or deleted since it started, and, from the host, inside another mount namespace.
+pub fn exe_path(pid: u32) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/proc/{pid}/exe"))
+}
+
 /// True when the process exists and is not a zombie: a process that exited but was not yet
 /// reaped by its parent holds no sockets any more.
 pub fn exists(pid: u32) -> bool {
