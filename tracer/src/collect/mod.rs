@@ -8,6 +8,7 @@ mod decode;
 mod hooks;
 mod loader;
 mod names;
+mod netns;
 pub mod procfs;
 pub mod sockdiag;
 
@@ -532,11 +533,21 @@ fn scan_sockets(pids: &[u32]) -> Result<Vec<SocketSample>> {
             }
         }
     }
-    // Only the targets' sockets are kept from the dump (the fds were listed first, so a
-    // socket opened in between waits for the next scan).
-    let all = sockdiag::dump_tcp_where(states, |s| {
-        s.inode != 0 && inode_owner.contains_key(&s.inode)
-    })?;
+    // Only the targets' sockets are kept from the dumps (the fds were listed first, so a
+    // socket opened in between waits for the next scan). One dump per network namespace the
+    // targets are in (a relay in a container has its own); the addresses are the ones the
+    // relay itself sees. Inodes are unique across namespaces, so the same addresses in two
+    // containers never mix.
+    let inodes: std::collections::HashSet<u64> = inode_owner.keys().copied().collect();
+    let mut all = Vec::new();
+    for (ns, pid) in netns::group(pids) {
+        match netns::dump_in_namespace_of(pid, states, inodes.clone()) {
+            Ok(found) => all.extend(found),
+            // One namespace that cannot be entered (a target exiting now, a missing
+            // capability) must not blind the scan of the others.
+            Err(e) => netns::warn_once(ns, &e),
+        }
+    }
     for s in all {
         if let Some((pid, fd)) = inode_owner.get(&s.inode).filter(|_| s.inode != 0) {
             sockets.push(SocketSample {
