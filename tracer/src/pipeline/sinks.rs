@@ -299,3 +299,45 @@ impl Sink for TerminalUi {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{testkit::SEC, Graces};
+
+    #[test]
+    fn replayed_json_lines_carry_the_recorded_time_and_the_export_schema() {
+        // Recording started at 2026-01-02T03:04:05Z, when the recorded clock read 100 s.
+        let started_unix_ns = 1_767_323_045 * i128::from(SEC);
+        let mut sink = Json {
+            out: JsonLines::new(Vec::new()),
+            to: "a buffer".into(),
+            every: Duration::from_secs(2),
+            stamp: Stamp::Recorded {
+                started_unix_ns,
+                started_ns: 100 * SEC,
+            },
+        };
+        let table = ConnTable::new();
+        let graces = Graces::default();
+        for clock_ns in [100 * SEC, 102 * SEC + SEC / 2] {
+            let judged = Judged {
+                table: &table,
+                graces: &graces,
+                at_ns: clock_ns,
+                clock_ns,
+            };
+            sink.tick(&judged).expect("writes");
+        }
+        let text = String::from_utf8(sink.out.into_inner()).expect("utf8");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["type"], "snapshot");
+        assert_eq!(lines[0]["time"], "2026-01-02T03:04:05Z");
+        assert_eq!(lines[1]["time"], "2026-01-02T03:04:07.5Z");
+        assert!(lines[1]["hosts"].is_array());
+    }
+}
