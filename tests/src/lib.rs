@@ -2,8 +2,8 @@
 //! and the real tracer binary, and reads the tracer's JSON snapshots.
 //!
 //! The binaries come from `TRACER_BIN` and `FIXTURE_BIN` (set by `cargo xtask test`). The
-//! tests need root and real eBPF: under `CI=true` a missing prerequisite fails the test;
-//! elsewhere the test is skipped with the reason printed.
+//! tests need root and real eBPF: under CI (`CI` set to anything but empty, `false` or `0`) a
+//! missing prerequisite fails the test; elsewhere the test is skipped with the reason printed.
 #![allow(clippy::unwrap_used)] // test harness: a panic with a message is the failure report
 
 use std::{
@@ -19,8 +19,15 @@ use serde_json::Value;
 
 pub mod soak;
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
+/// Whether a CI system runs us: `CI` set to anything but empty, `false` or `0` (CI systems
+/// say `true`, `1` or their own name). Tests then never skip. Same rule as xtask's `in_ci`.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| ci_value_means_ci(&v))
+}
+
+fn ci_value_means_ci(value: &str) -> bool {
+    let v = value.trim();
+    !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))
 }
 
 /// Whether this test can run here. Prints why not, or panics in CI.
@@ -106,14 +113,24 @@ impl Proc {
         self.stderr_lines.try_iter().collect::<Vec<_>>().join("\n")
     }
 
-    /// Waits for a stdout line equal to `want`.
+    /// Waits for a stdout line equal to `want`. Fails at once, with the stderr, if the process
+    /// ends first (the fixture relay exits 1 when any of its requests failed).
     pub fn expect_line(&mut self, want: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.trim() == want => return,
                 Ok(_) => continue,
-                Err(_) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().map(|s| s.to_string());
+                    panic!(
+                        "{} ended ({}) before printing {want:?}; its stderr:\n{}",
+                        self.name,
+                        status.unwrap_or_else(|e| e.to_string()),
+                        self.stderr_so_far()
+                    );
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
             }
         }
         panic!(
@@ -257,17 +274,74 @@ pub fn start_tracer(args: &[String]) -> Proc {
 
 /// Stops the tracer with SIGINT and returns its final snapshot.
 pub fn stop_tracer(tracer: Proc) -> Value {
+    let mut all = stop_tracer_all(tracer);
+    all.pop().unwrap()
+}
+
+/// Stops the tracer with SIGINT and returns every snapshot it printed, the final one last
+/// (never empty).
+pub fn stop_tracer_all(tracer: Proc) -> Vec<Value> {
     tracer.signal(libc::SIGINT);
     let (code, lines, err) = tracer.wait(Duration::from_secs(20));
     assert_eq!(code, Some(0), "tracer exit status; stderr:\n{err}");
-    let last = lines
+    let snapshots: Vec<Value> = lines
         .iter()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("the tracer printed no snapshot; stderr:\n{err}"));
-    let v: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("bad JSON {last:?}: {e}"));
-    assert_eq!(v["type"], "snapshot");
-    v
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}"));
+            assert_eq!(v["type"], "snapshot", "{l}");
+            v
+        })
+        .collect();
+    assert!(
+        !snapshots.is_empty(),
+        "the tracer printed no snapshot; stderr:\n{err}"
+    );
+    snapshots
+}
+
+/// Checks hosts that must never leak, at every snapshot: once a host has appeared it must be
+/// in every later snapshot with 0 leaked (and no entry in `leaks`), and it must be in the last
+/// one. So a host the tracer never saw, or lost, fails rather than counting as healthy.
+pub fn assert_healthy_throughout(snapshots: &[Value], healthy: &[&str]) {
+    let last = snapshots.last().expect("no snapshots to check");
+    for ip in healthy {
+        let mut seen = false;
+        for (i, s) in snapshots.iter().enumerate() {
+            let Some(h) = host(s, ip) else {
+                assert!(
+                    !seen,
+                    "healthy host {ip} disappeared at snapshot {i} of {}:\n{}",
+                    snapshots.len(),
+                    summary(s)
+                );
+                continue;
+            };
+            seen = true;
+            assert_eq!(
+                h["leaked"].as_u64(),
+                Some(0),
+                "healthy host {ip} has leaks at snapshot {i} of {} ({}): {}\n{}",
+                snapshots.len(),
+                s["time"],
+                s["leaks"],
+                summary(s)
+            );
+            let listed: Vec<&Value> = s["leaks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|l| l["host"] == *ip)
+                .collect();
+            assert!(listed.is_empty(), "{ip} listed as leaked: {listed:?}");
+        }
+        assert!(
+            host(last, ip).is_some(),
+            "healthy host {ip} is missing from the final snapshot (never seen, so never judged):\n{}",
+            summary(last)
+        );
+    }
 }
 
 /// The `hosts` entry for `ip`, if any.
@@ -278,20 +352,32 @@ pub fn host<'a>(snapshot: &'a Value, ip: &str) -> Option<&'a Value> {
         .find(|h| h["host"] == ip)
 }
 
-/// Reads a numeric field of a host entry (0 when the host is absent: nothing seen).
+/// Reads a numeric field of a host entry. A host absent from the snapshot fails: the tracer
+/// never saw it, which is not the same as "0 leaks" (see `count_if_present`).
 pub fn count(snapshot: &Value, ip: &str, path: &[&str]) -> u64 {
-    let Some(mut v) = host(snapshot, ip) else {
-        return 0;
-    };
+    count_if_present(snapshot, ip, path).unwrap_or_else(|| {
+        panic!(
+            "host {ip} is not in the snapshot (the tracer never saw it):\n{}",
+            summary(snapshot)
+        )
+    })
+}
+
+/// Reads a numeric field of a host entry; `None` when the host is absent. For waiting until
+/// a host shows up, and for hosts whose connections may all have ended before tracing began.
+pub fn count_if_present(snapshot: &Value, ip: &str, path: &[&str]) -> Option<u64> {
+    let mut v = host(snapshot, ip)?;
     for key in path {
         v = &v[*key];
     }
-    v.as_u64()
-        .unwrap_or_else(|| panic!("{ip} {path:?} is not a number in {snapshot}"))
+    Some(
+        v.as_u64()
+            .unwrap_or_else(|| panic!("{ip} {path:?} is not a number in {snapshot}")),
+    )
 }
 
-/// Recv-Q per local address of the relay's sockets to `ip`, as `ss` reports them.
-pub fn ss_recv_q(pid: u32, ip: &str) -> Vec<(String, u64)> {
+/// The relay's sockets to `ip` as `ss` reports them: (state, local address, Recv-Q).
+pub fn ss_sockets(pid: u32, ip: &str) -> Vec<(String, String, u64)> {
     // ss wants IPv6 addresses in brackets.
     let dst = if ip.contains(':') {
         format!("[{ip}]")
@@ -308,9 +394,23 @@ pub fn ss_recv_q(pid: u32, ip: &str) -> Vec<(String, u64)> {
         // State Recv-Q Send-Q Local Peer Process
         let cols: Vec<&str> = line.split_whitespace().collect();
         if cols.len() >= 5 {
-            rows.push((cols[3].to_owned(), cols[1].parse().unwrap()));
+            rows.push((
+                cols[0].to_owned(),
+                cols[3].to_owned(),
+                cols[1].parse().unwrap(),
+            ));
         }
     }
+    rows.sort();
+    rows
+}
+
+/// Recv-Q per local address of the relay's sockets to `ip`, as `ss` reports them.
+pub fn ss_recv_q(pid: u32, ip: &str) -> Vec<(String, u64)> {
+    let mut rows: Vec<(String, u64)> = ss_sockets(pid, ip)
+        .into_iter()
+        .map(|(_, local, recv_q)| (local, recv_q))
+        .collect();
     rows.sort();
     rows
 }
@@ -335,4 +435,45 @@ pub fn summary(snapshot: &Value) -> String {
         snapshot["kernel"], snapshot["target_processes"], snapshot["hooks"]
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn any_ci_value_but_empty_false_or_0_means_ci() {
+        for v in ["true", "1", "yes", "TRUE", "github-actions"] {
+            assert!(ci_value_means_ci(v), "{v}");
+        }
+        for v in ["", " ", "0", "false", "False"] {
+            assert!(!ci_value_means_ci(v), "{v:?}");
+        }
+    }
+
+    fn snap(hosts: serde_json::Value) -> Value {
+        json!({"type": "snapshot", "hosts": hosts, "leaks": []})
+    }
+
+    #[test]
+    #[should_panic(expected = "is not in the snapshot")]
+    fn an_absent_host_is_not_counted_as_zero() {
+        count(&snap(json!([])), "127.0.0.11", &["leaked"]);
+    }
+
+    #[test]
+    fn healthy_hosts_may_appear_late_but_never_leak_or_vanish() {
+        let ok = json!({"host": "h", "leaked": 0});
+        assert_healthy_throughout(&[snap(json!([])), snap(json!([ok]))], &["h"]);
+        let cases = [
+            vec![snap(json!([])), snap(json!([]))],
+            vec![snap(json!([ok])), snap(json!([]))],
+            vec![snap(json!([{"host": "h", "leaked": 1}])), snap(json!([ok]))],
+        ];
+        for case in cases {
+            let failed = std::panic::catch_unwind(|| assert_healthy_throughout(&case, &["h"]));
+            assert!(failed.is_err(), "{case:?} passed");
+        }
+    }
 }

@@ -124,10 +124,24 @@ impl Report {
         end - start
     }
 
-    /// Prints the report and fails unless the verdicts became exact and stayed so.
+    /// Prints the report and fails unless the verdicts became exact and stayed so. No snapshot
+    /// at all, or none exact, is a failure too: there was nothing to be exact.
     pub fn assert_exact_throughout(&self) {
         eprintln!("{}", self.markdown());
         eprintln!("tracer warnings:\n{}", self.tracer_warnings.join("\n"));
+        assert!(
+            !self.points.is_empty(),
+            "the tracer printed no snapshot: nothing was checked"
+        );
+        assert!(
+            self.points.iter().any(|p| p.exact) && self.seconds_to_exact.is_finite(),
+            "verdicts were never exact in {} snapshots: {}\nlast snapshot:\n{}",
+            self.points.len(),
+            self.never_exact
+                .as_deref()
+                .unwrap_or("(no reason recorded)"),
+            self.final_summary
+        );
         if let Some(why) = &self.never_exact {
             panic!(
                 "verdicts never became exact: {why}\nlast snapshot:\n{}",
@@ -606,4 +620,66 @@ pub fn run(plan: &Plan) -> Report {
     drop(relays);
     drop(upstreams);
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(points: Vec<Point>, seconds_to_exact: f64) -> Report {
+        Report {
+            plan: Plan {
+                port: 1,
+                hold: 100,
+                unread: 2,
+                close_wait: 1,
+                rate: 0,
+                churn: Duration::ZERO,
+                pause_tracer: false,
+            },
+            hold_seconds: 1.0,
+            seconds_to_exact,
+            churn_done: 0,
+            churn_errors: 0,
+            churn_seconds: 0.0,
+            points,
+            inexact_after_exact: Vec::new(),
+            never_exact: None,
+            final_summary: String::new(),
+            tracer_warnings: Vec::new(),
+        }
+    }
+
+    fn point(exact: bool) -> Point {
+        Point {
+            t: 1.0,
+            phase: "hold",
+            rss_mib: 1.0,
+            cpu_s: 0.0,
+            open: 100,
+            leaked: 3,
+            events_sent: 0,
+            events_lost: 0,
+            conn_map_full: 0,
+            closed_unread: 0,
+            exact,
+        }
+    }
+
+    #[test]
+    fn exact_snapshots_pass() {
+        report(vec![point(true), point(true)], 1.0).assert_exact_throughout();
+    }
+
+    #[test]
+    #[should_panic(expected = "no snapshot")]
+    fn zero_snapshots_fail() {
+        report(Vec::new(), f64::NAN).assert_exact_throughout();
+    }
+
+    #[test]
+    #[should_panic(expected = "never exact")]
+    fn snapshots_never_exact_fail_even_without_a_reason() {
+        report(vec![point(false)], f64::NAN).assert_exact_throughout();
+    }
 }

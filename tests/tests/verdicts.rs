@@ -80,12 +80,22 @@ fn assert_fixture_verdicts(s: &serde_json::Value, pre_existing: bool) {
         // 127.0.0.11 (read and close) was used.
         assert!(count(s, "127.0.0.11", &["connections_total"]) >= 1, "{ctx}");
     }
+    // Every healthy host must be in the snapshot with 0 leaks; an absent host is a failure.
+    // Except, for connections opened before the tracer: `ok` and `eof` (pooled, closed by the
+    // upstream's 1 s idle timeout) and `large-close` (closed at once) ended before it started,
+    // so those hosts are rightly absent then; if present they must not leak.
+    let absent_ok: &[&str] = if pre_existing {
+        &["127.0.0.11", "127.0.0.14", "127.0.0.15"]
+    } else {
+        &[]
+    };
     for healthy in ["127.0.0.11", "127.0.0.14", "127.0.0.15", "127.0.0.17"] {
-        assert_eq!(
-            count(s, healthy, &["leaked"]),
-            0,
-            "{healthy} must not leak\n{ctx}"
-        );
+        let leaked = if absent_ok.contains(&healthy) {
+            count_if_present(s, healthy, &["leaked"]).unwrap_or(0)
+        } else {
+            count(s, healthy, &["leaked"])
+        };
+        assert_eq!(leaked, 0, "{healthy} must not leak\n{ctx}");
     }
     // The long SSE stream is open and actively read.
     assert_eq!(count(s, "127.0.0.17", &["open"]), 1, "{ctx}");

@@ -134,11 +134,18 @@ pub fn matrix(artifacts: &Artifacts, only: Option<&str>) -> Result<()> {
             series.label, kernel.package, series.why
         );
         if let Some(reason) = kernel.unsupported_reason() {
-            println!("test-kernels: SKIPPING {}: {reason}", kernel.release);
+            // Under CI a kernel of the matrix that cannot run is a failure: nothing was tested.
+            let verdict = if util::in_ci() {
+                println!("test-kernels: {} cannot run: {reason}", kernel.release);
+                Verdict::Fail(format!("cannot run it ({reason}), and CI forbids skipping"))
+            } else {
+                println!("test-kernels: SKIPPING {}: {reason}", kernel.release);
+                Verdict::Skipped(reason)
+            };
             outcomes.push(Outcome {
                 label: series.label,
                 release: kernel.release.clone(),
-                verdict: Verdict::Skipped(reason),
+                verdict,
                 hooks: None,
                 boot: None,
                 tests: None,
@@ -189,6 +196,9 @@ pub fn matrix(artifacts: &Artifacts, only: Option<&str>) -> Result<()> {
             "the guest tests failed on kernel {} (output above)",
             failed.join(" and ")
         );
+    }
+    if ran == 0 {
+        bail!("no kernel ran the guest tests (all skipped, output above)");
     }
     Ok(())
 }
@@ -733,11 +743,13 @@ fn boot(label: &'static str, kernel: &Kernel, initrd: &Path, tools: &Tools) -> R
     };
     let mut up_at = None;
     let mut timed_out = false;
+    let mut console = Vec::new();
     loop {
         let left = BOOT_TIMEOUT.saturating_sub(started.elapsed());
         match rx.recv_timeout(left) {
             Ok(line) => {
                 let _ = writeln!(log, "{line}");
+                console.push(line.clone());
                 println!("  [{label}] {line}");
                 if let Some(event) = line.split_once(MARK).map(|(_, rest)| rest.trim()) {
                     if event.starts_with("up ") {
@@ -770,6 +782,13 @@ fn boot(label: &'static str, kernel: &Kernel, initrd: &Path, tools: &Tools) -> R
             util::format_elapsed(BOOT_TIMEOUT)
         ));
     }
+    // The guest's PASS only says no suite failed: a suite that ran no test (a renamed test, a
+    // filter matching nothing) passes too. Each suite must have run its tests.
+    if matches!(outcome.verdict, Verdict::Pass) {
+        if let Err(why) = check_guest_suites(&console) {
+            outcome.verdict = Verdict::Fail(why);
+        }
+    }
     let status = child.wait().context("waiting for qemu")?;
     if !timed_out && !status.success() && matches!(outcome.verdict, Verdict::Pass) {
         outcome.verdict = Verdict::Fail(format!(
@@ -788,6 +807,73 @@ fn boot(label: &'static str, kernel: &Kernel, initrd: &Path, tools: &Tools) -> R
         util::format_elapsed(started.elapsed())
     );
     Ok(outcome)
+}
+
+/// What libtest printed for one guest suite: "test result: ok. 3 passed; 0 failed; ...".
+#[derive(Debug, PartialEq)]
+struct SuiteResult {
+    ok: bool,
+    passed: usize,
+}
+
+/// Reads a libtest summary line ("test result: ok. 3 passed; 0 failed; 0 ignored; ...").
+fn parse_test_result(line: &str) -> Option<SuiteResult> {
+    let rest = &line[line.find("test result: ")? + "test result: ".len()..];
+    let (status, counts) = rest.split_once(". ")?;
+    let passed = counts
+        .split(';')
+        .find_map(|part| part.trim().strip_suffix(" passed"))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(SuiteResult {
+        ok: status == "ok",
+        passed,
+    })
+}
+
+/// Checks the guest's console: every suite of GUEST_SUITES started, and its test harness
+/// reported ok with tests passed: exactly its named tests when it names them, else at least
+/// one. So a renamed test (a filter that matches nothing) or an empty suite fails.
+fn check_guest_suites(console: &[String]) -> std::result::Result<(), String> {
+    let mut results: Vec<(String, Option<SuiteResult>)> = Vec::new();
+    for line in console {
+        if let Some(target) = line
+            .split_once(MARK)
+            .and_then(|(_, rest)| rest.trim().strip_prefix("suite "))
+        {
+            results.push((target.trim().to_owned(), None));
+        } else if let (Some(result), Some((_, slot))) =
+            (parse_test_result(line), results.last_mut())
+        {
+            if slot.is_none() {
+                *slot = Some(result);
+            }
+        }
+    }
+    for (target, filters) in GUEST_SUITES {
+        let Some((_, result)) = results.iter().find(|(t, _)| t == target) else {
+            return Err(format!("suite {target} never started"));
+        };
+        let Some(result) = result else {
+            return Err(format!("suite {target} printed no \"test result\" line"));
+        };
+        if !result.ok {
+            return Err(format!("suite {target} failed"));
+        }
+        if filters.is_empty() && result.passed == 0 {
+            return Err(format!("suite {target} ran no test"));
+        }
+        if !filters.is_empty() && result.passed != filters.len() {
+            return Err(format!(
+                "suite {target} passed {} tests, expected {} ({}): a test was renamed?",
+                result.passed,
+                filters.len(),
+                filters.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A console line without terminal control sequences (the firmware clears the screen).
@@ -870,6 +956,71 @@ mod tests {
             Some(PathBuf::from("/t/debug/deps/verdicts-abc"))
         );
         assert_eq!(executable_of(messages, "naming"), None);
+    }
+
+    fn guest_console(results: &[(&str, &str)]) -> Vec<String> {
+        let mut lines = vec![format!("{MARK} up kernel=6.1 uptime=3s")];
+        for (target, result) in results {
+            lines.push(format!("{MARK} suite {target}"));
+            lines.push("running 3 tests".to_owned());
+            lines.push(format!(
+                "test result: {result}; 0 ignored; 0 measured; 0 filtered out; finished in 40.1s"
+            ));
+        }
+        lines.push(format!("{MARK} PASS kernel=6.1 uptime=99s"));
+        lines
+    }
+
+    #[test]
+    fn reads_libtest_result_lines() {
+        assert_eq!(
+            parse_test_result("test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 2 filtered out; finished in 1.2s"),
+            Some(SuiteResult { ok: true, passed: 3 })
+        );
+        assert_eq!(
+            parse_test_result("[   9.1] test result: FAILED. 1 passed; 2 failed; 0 ignored"),
+            Some(SuiteResult {
+                ok: false,
+                passed: 1
+            })
+        );
+        assert_eq!(parse_test_result("running 3 tests"), None);
+    }
+
+    #[test]
+    fn a_guest_suite_must_run_its_tests() {
+        let verdicts = GUEST_SUITES[0].1.len();
+        let good = guest_console(&[
+            ("verdicts", &format!("ok. {verdicts} passed; 0 failed")),
+            ("fallback", "ok. 1 passed; 0 failed"),
+        ]);
+        assert_eq!(check_guest_suites(&good), Ok(()));
+        for bad in [
+            // A renamed test: the filters match one test fewer.
+            vec![
+                ("verdicts", format!("ok. {} passed; 0 failed", verdicts - 1)),
+                ("fallback", "ok. 1 passed; 0 failed".to_owned()),
+            ],
+            // A suite that ran nothing.
+            vec![
+                ("verdicts", format!("ok. {verdicts} passed; 0 failed")),
+                ("fallback", "ok. 0 passed; 0 failed".to_owned()),
+            ],
+            // A suite that never ran.
+            vec![("verdicts", format!("ok. {verdicts} passed; 0 failed"))],
+            vec![
+                ("verdicts", format!("FAILED. {verdicts} passed; 1 failed")),
+                ("fallback", "ok. 1 passed; 0 failed".to_owned()),
+            ],
+        ] {
+            let bad: Vec<(&str, &str)> = bad.iter().map(|(t, r)| (*t, r.as_str())).collect();
+            assert!(check_guest_suites(&guest_console(&bad)).is_err(), "{bad:?}");
+        }
+        // A suite marker with no result line (the test binary crashed).
+        let mut crashed = good.clone();
+        let last_result = crashed.iter().rposition(|l| l.contains("test result:"));
+        crashed.remove(last_result.expect("the console has result lines"));
+        assert!(check_guest_suites(&crashed).is_err());
     }
 
     #[test]

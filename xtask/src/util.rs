@@ -112,9 +112,30 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// `true` when the CI system says so (CI=true): tests then never skip.
+/// `true` when a CI system runs us: `CI` set to anything but empty, `false` or `0` (CI systems
+/// say `true`, `1` or their own name). Tests then never skip. tests/src/lib.rs has the same rule.
 pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true")
+    std::env::var("CI").is_ok_and(|value| ci_value_means_ci(&value))
+}
+
+fn ci_value_means_ci(value: &str) -> bool {
+    let value = value.trim();
+    !(value.is_empty() || value == "0" || value.eq_ignore_ascii_case("false"))
+}
+
+#[cfg(test)]
+mod ci_tests {
+    use super::ci_value_means_ci;
+
+    #[test]
+    fn any_ci_value_but_empty_false_or_0_means_ci() {
+        for v in ["true", "1", "yes", "TRUE", "github-actions"] {
+            assert!(ci_value_means_ci(v), "{v}");
+        }
+        for v in ["", " ", "0", "false", "FALSE"] {
+            assert!(!ci_value_means_ci(v), "{v:?}");
+        }
+    }
 }
 
 /// The first executable `name` in PATH.

@@ -17,13 +17,29 @@ fn held_for(since_ns: u64, now_ns: u64, grace: Duration) -> bool {
 }
 
 /// The verdict on one open connection at `now_ns`, with the precedence above.
+///
+/// CLOSE_WAIT is a leak once the process has neither closed nor read the socket for
+/// `close_wait` since the upstream's FIN: the grace runs from the later of the FIN and the
+/// last read (see `close_wait_since`). Why reads restart it: a relay that forwards a response
+/// to a slow downstream client reads the body a few KiB at a time, long after the upstream
+/// sent everything and closed (`Connection: close`), and closes at EOF. It sits in CLOSE_WAIT
+/// for as long as its client is slow, yet reads all the time: counting from the FIN alone
+/// called it leaked. A leaked body's socket is never read after its last data read (Go's
+/// transport parks the connection's goroutines until the body is read or closed), and that
+/// read came before, or with, the FIN of a complete response: so its grace still runs from
+/// the FIN (or that read), and the leak verdicts do not move. A reader that stops halfway
+/// through a drain is a leak one grace after its last read. Any read counts, not only one
+/// that returned data: after the FIN a read returns data or 0 (EOF; never EAGAIN, the FIN
+/// ends waiting), and a reader that has just read EOF closes within a millisecond in Go, so
+/// one that has not closed a grace after its EOF is a leak too; counting from the FIN instead
+/// would call a drain leaked in the moment between its EOF read and its close.
 pub fn judge(conn: &UpstreamConn, now_ns: u64, graces: &Graces) -> Option<LeakReason> {
     if !conn.is_open() {
         return None;
     }
     if conn.state == tcp_state::CLOSE_WAIT {
         if let Some(fin_ns) = conn.peer_fin_ns {
-            if held_for(fin_ns, now_ns, graces.close_wait) {
+            if held_for(close_wait_since(conn, fin_ns), now_ns, graces.close_wait) {
                 return Some(LeakReason::CloseWait);
             }
         }
@@ -45,6 +61,13 @@ pub fn judge(conn: &UpstreamConn, now_ns: u64, graces: &Graces) -> Option<LeakRe
         return Some(LeakReason::Abandoned);
     }
     None
+}
+
+/// Where a CLOSE_WAIT connection's grace starts: the upstream's FIN, or the process's last
+/// read of the socket when that came later (it is still reading: a slow drain).
+fn close_wait_since(conn: &UpstreamConn, fin_ns: u64) -> u64 {
+    conn.last_read_ns
+        .map_or(fin_ns, |read_ns| read_ns.max(fin_ns))
 }
 
 /// How a connection ended, as far as `closed_unread` cares.
@@ -108,6 +131,102 @@ mod tests {
         c.set_recv_q(1, 10 * SEC);
         assert_eq!(judge(&c, 15 * SEC - 1, &g), None);
         assert_eq!(judge(&c, 15 * SEC, &g), Some(LeakReason::CloseWait));
+    }
+
+    /// In CLOSE_WAIT since 10 s with most of a body queued, as a slow drain leaves it.
+    fn draining_after_fin() -> UpstreamConn {
+        let mut c = established(0);
+        c.state = tcp_state::CLOSE_WAIT;
+        c.peer_fin_ns = Some(10 * SEC);
+        c.last_read_ret = Some(4096);
+        c.last_read_ns = Some(9 * SEC);
+        c.set_recv_q(90_000, 10 * SEC);
+        c
+    }
+
+    #[test]
+    fn a_read_before_the_fin_does_not_move_the_close_wait_grace() {
+        let g = Graces::default();
+        let c = draining_after_fin();
+        assert_eq!(judge(&c, 15 * SEC - 1, &g), None);
+        assert_eq!(judge(&c, 15 * SEC, &g), Some(LeakReason::CloseWait));
+        let mut at_fin = c.clone();
+        at_fin.last_read_ns = Some(10 * SEC);
+        assert_eq!(
+            judge(&at_fin, 15 * SEC - 1, &g),
+            None,
+            "a read with the FIN"
+        );
+        assert_eq!(judge(&at_fin, 15 * SEC, &g), Some(LeakReason::CloseWait));
+    }
+
+    #[test]
+    fn a_slow_drain_after_the_fin_is_never_close_wait() {
+        // Reads 4 KiB every 4 s (inside the 5 s grace) for a minute after the FIN: judged at
+        // every moment between two reads, never a leak.
+        let g = Graces::default();
+        let mut c = draining_after_fin();
+        let mut queued = 90_000u32;
+        for read in 0..15u64 {
+            let read_ns = 11 * SEC + read * 4 * SEC;
+            c.last_read_ns = Some(read_ns);
+            c.last_read_ret = Some(4096);
+            queued = queued.saturating_sub(4096);
+            c.set_recv_q(queued, read_ns);
+            for t in [read_ns, read_ns + 2 * SEC, read_ns + 4 * SEC - 1] {
+                assert_eq!(judge(&c, t, &g), None, "read {read}, at {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_drain_that_stops_is_close_wait_one_grace_after_its_last_read() {
+        let g = Graces::default();
+        let mut c = draining_after_fin();
+        c.last_read_ns = Some(30 * SEC);
+        c.set_recv_q(40_000, 30 * SEC);
+        assert_eq!(judge(&c, 35 * SEC - 1, &g), None);
+        assert_eq!(judge(&c, 35 * SEC, &g), Some(LeakReason::CloseWait));
+        // Grace since the FIN long gone: only the read decides.
+        assert_eq!(judge(&c, 3600 * SEC, &g), Some(LeakReason::CloseWait));
+    }
+
+    #[test]
+    fn an_eof_read_then_no_close_is_close_wait_one_grace_after_the_eof() {
+        let g = Graces::default();
+        let mut c = draining_after_fin();
+        c.last_read_ret = Some(0);
+        c.last_read_ns = Some(40 * SEC);
+        c.set_recv_q(0, 40 * SEC);
+        assert_eq!(judge(&c, 45 * SEC - 1, &g), None);
+        assert_eq!(judge(&c, 45 * SEC, &g), Some(LeakReason::CloseWait));
+    }
+
+    #[test]
+    fn a_drain_that_stops_is_unread_first_when_that_grace_is_shorter() {
+        let g = Graces {
+            close_wait: Duration::from_secs(20),
+            unread: Duration::from_secs(10),
+            ..Graces::default()
+        };
+        let mut c = draining_after_fin();
+        c.last_read_ns = Some(30 * SEC);
+        c.set_recv_q(40_000, 30 * SEC);
+        assert_eq!(judge(&c, 40 * SEC - 1, &g), None);
+        assert_eq!(judge(&c, 40 * SEC, &g), Some(LeakReason::Unread));
+        assert_eq!(judge(&c, 50 * SEC, &g), Some(LeakReason::CloseWait));
+    }
+
+    #[test]
+    fn a_pre_existing_drain_seen_as_a_shrinking_queue_restarts_the_grace() {
+        // Pre-existing connections get last_read_ns from a queue that shrank between samples.
+        let g = Graces::default();
+        let mut c = draining_after_fin();
+        c.origin = Origin::PreExisting;
+        c.last_read_ret = None;
+        c.last_read_ns = Some(14 * SEC);
+        assert_eq!(judge(&c, 19 * SEC - 1, &g), None);
+        assert_eq!(judge(&c, 19 * SEC, &g), Some(LeakReason::CloseWait));
     }
 
     #[test]
