@@ -127,7 +127,8 @@ pub struct TargetArgs {
 /// How long a condition must last before a connection is called leaked.
 #[derive(Debug, Args, Clone)]
 pub struct GraceArgs {
-    /// The upstream closed the connection and the process has not closed it for this long.
+    /// The upstream closed the connection, and the process has neither closed nor read it for
+    /// this long (since the later of the upstream's FIN and the last read).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub close_wait_grace: Duration,
     /// Response bytes sit unread and nothing has read the socket for this long.

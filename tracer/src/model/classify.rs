@@ -3,7 +3,7 @@
 //! A Go HTTP/1.1 connection that is pooled or waiting for a response always has a goroutine
 //! parked on it whose last read returned EAGAIN; a response body that nobody reads to EOF nor
 //! closes leaves the socket in one of three shapes, checked in this order:
-//! 1. the upstream closed (CLOSE_WAIT) and the process never closed its side;
+//! 1. the upstream closed (CLOSE_WAIT) and the process neither closed nor read its side since;
 //! 2. response bytes sit unread in the receive queue and nothing reads;
 //! 3. ESTABLISHED, nothing unread, but the last read returned data and no read followed.
 
