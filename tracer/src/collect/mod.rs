@@ -295,6 +295,8 @@ impl Collector {
         let now_ns = monotonic_ns();
         let kernel = self.read_conns()?;
         Ok(Sample {
+            // Filled from the Go-aware probes' map once they are attached.
+            streams: Vec::new(),
             now_ns,
             kernel,
             sockets,

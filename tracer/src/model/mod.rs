@@ -6,6 +6,7 @@ pub mod classify;
 pub mod conn;
 pub mod leak;
 pub mod snapshot;
+pub mod stream;
 pub mod table;
 #[cfg(test)]
 pub(crate) mod testkit;
@@ -42,6 +43,60 @@ pub enum Input {
     /// Hostnames the provider catalogue's names resolved to, per address: the fallback name
     /// of connections whose first bytes were not seen. Replaces the previous set.
     AddressNames(Vec<(IpAddr, ConnName)>),
+    /// A lifecycle event of an HTTP/2 stream, from the Go-aware probes on a target's binary.
+    Stream(StreamEvent),
+    /// What the Go-aware layer makes of a target's binary: attached, or why not (one line).
+    GoLayer(GoLayer),
+}
+
+/// One HTTP/2 client stream of a target, seen by the Go-aware probes (issue 12). A stream is
+/// open from its request goroutine's start (`clientStream.writeRequest` entered) to its end
+/// (`writeRequest` returned: the peer ended the stream, or it was reset or cancelled).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StreamEvent {
+    pub kind: StreamEventKind,
+    pub pid: u32,
+    /// The client stream's address in the process: the stream's identity while it lives.
+    pub stream: u64,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub at_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StreamEventKind {
+    /// The request goroutine started, on the connection whose socket is `fd` (when the
+    /// probes could follow the connection to its socket).
+    Opened { fd: Option<i32> },
+    /// The round trip handed the response (headers received) to the caller.
+    Responded,
+    /// The caller closed the response body (the stream is reset if the peer has not ended it).
+    BodyClosed,
+    /// The stream ended: its request goroutine returned.
+    Ended,
+}
+
+/// The Go-aware layer's state for one target process.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GoLayer {
+    pub pid: u32,
+    pub attached: bool,
+    /// What it found ("go1.27.3 (stripped, static, non-PIE): ...") or why it stays off.
+    pub line: String,
+}
+
+/// The reads of one open HTTP/2 stream's response body, from the probes' map (sampled).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StreamSample {
+    pub pid: u32,
+    pub stream: u64,
+    /// The HTTP/2 stream id (odd, from 1), once the request's headers went out.
+    pub stream_id: Option<u32>,
+    /// Body reads that returned, and the bytes they returned.
+    pub reads: u64,
+    pub bytes_read: u64,
+    pub last_read_ns: Option<u64>,
+    /// Body reads entered and not yet returned: a goroutine blocked in Read is listening.
+    pub reads_inflight: u32,
 }
 
 /// Where a connection's name came from, most trusted first.
@@ -132,6 +187,9 @@ pub struct Sample {
     /// Every TCP socket the targets hold (from sock_diag, matched to /proc/PID/fd); `None`
     /// when the socket table was not scanned for this sample.
     pub sockets: Option<Vec<SocketSample>>,
+    /// Every open HTTP/2 stream the Go-aware probes follow (empty without them).
+    #[serde(default)]
+    pub streams: Vec<StreamSample>,
     pub stats: KernelStats,
 }
 

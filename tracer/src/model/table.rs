@@ -7,9 +7,10 @@ use std::{
 };
 
 pub use super::conn::{ConnKey, Origin, UpstreamConn};
+use super::stream::StreamTable;
 use super::{
-    classify, tcp_state, ConnName, Input, KernelConn, KernelEvent, KernelEventKind, KernelStats,
-    RecvQ, Sample, SocketSample, Target,
+    classify, tcp_state, ConnName, GoLayer, Input, KernelConn, KernelEvent, KernelEventKind,
+    KernelStats, RecvQ, Sample, SocketSample, Target,
 };
 
 /// Totals per upstream host over the whole session, including connections already gone.
@@ -54,6 +55,8 @@ pub struct ConnTable {
     /// By inode, not addresses: under churn the same addresses come back on other short-lived
     /// sockets, which two scans in a row would otherwise take for one long-lived socket.
     unexplained: HashMap<u64, u8>,
+    streams: StreamTable,
+    go_layers: BTreeMap<u32, GoLayer>,
 }
 
 impl ConnTable {
@@ -73,7 +76,25 @@ impl ConnTable {
             } => self.apply_name(sk, opened_ns, name),
             Input::AddressNames(names) => self.apply_address_names(names),
             Input::Hooks(hooks) => self.hooks = hooks.into_iter().collect(),
+            Input::Stream(event) => {
+                if !self.exited_pids.contains(&event.pid) {
+                    self.streams.apply_event(&event);
+                }
+            }
+            Input::GoLayer(layer) => {
+                self.go_layers.insert(layer.pid, layer);
+            }
         }
+    }
+
+    /// The targets' open HTTP/2 streams (from the Go-aware probes).
+    pub fn streams(&self) -> &StreamTable {
+        &self.streams
+    }
+
+    /// What the Go-aware layer made of each target's binary.
+    pub fn go_layers(&self) -> impl Iterator<Item = &GoLayer> {
+        self.go_layers.values()
     }
 
     pub fn conns(&self) -> impl Iterator<Item = &UpstreamConn> {
@@ -323,6 +344,8 @@ impl ConnTable {
 
     fn apply_sample(&mut self, sample: &Sample) {
         self.stats = sample.stats;
+        let probes_attached = self.go_layers.values().any(|l| l.attached);
+        self.streams.apply_sample(&sample.streams, probes_attached);
 
         // Kernel-tracked sockets: refresh, adopt ones whose Connect event is still queued or
         // was lost, and forget ones the kernel dropped (their Close event was lost).
@@ -450,8 +473,10 @@ impl ConnTable {
         );
         // A pid listed again is a new process that got the number.
         self.exited_pids.retain(|pid| !alive.contains(pid));
-        // Connections of a process that exited went with it.
+        // Connections (and streams) of a process that exited went with it.
         self.conns.retain(|_, c| alive.contains(&c.pid));
+        self.streams.retain_pids(&alive);
+        self.go_layers.retain(|pid, _| alive.contains(pid));
         self.targets = targets;
     }
 }

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Graces, Input};
 
 const MAGIC: [u8; 8] = *b"TRCRREC\0";
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// No frame is this large (a sample of a million sockets is ~150 MB); a larger length is
 /// corruption, not data.
 const MAX_FRAME: u32 = 1 << 30;
@@ -104,6 +104,8 @@ fn recordable(input: &Input) -> bool {
         // model (the collector parses and drops them).
         Input::Named { .. } | Input::AddressNames(_) => true,
         Input::Hooks(_) => true,
+        // Stream addresses, counters and times; the Go layer's one line about a binary.
+        Input::Stream(_) | Input::GoLayer(_) => true,
     }
 }
 
