@@ -119,6 +119,7 @@ pub fn socket(
 
 pub fn sample(now_ns: u64, kernel: Vec<(u64, KernelConn)>, sockets: Vec<SocketSample>) -> Input {
     Input::Sample(Sample {
+        streams: Vec::new(),
         now_ns,
         kernel,
         sockets: Some(sockets),
@@ -129,6 +130,7 @@ pub fn sample(now_ns: u64, kernel: Vec<(u64, KernelConn)>, sockets: Vec<SocketSa
 /// A sample that read the kernel map but did not scan the socket table.
 pub fn map_only_sample(now_ns: u64, kernel: Vec<(u64, KernelConn)>) -> Input {
     Input::Sample(Sample {
+        streams: Vec::new(),
         now_ns,
         kernel,
         sockets: None,

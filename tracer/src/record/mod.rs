@@ -482,6 +482,7 @@ mod tests {
             (
                 8 * SEC,
                 Input::Sample(crate::model::Sample {
+                    streams: Vec::new(),
                     now_ns: 8 * SEC,
                     kernel: vec![(1, up), (2, v6)],
                     sockets: Some(vec![socket(PID, 12, local(40001), "10.0.0.12:443", 1, 300)]),
@@ -531,7 +532,7 @@ mod tests {
     fn inputs_read_back_equal_with_their_times_and_the_header() {
         let inputs = inputs();
         let bytes = write_all(&inputs, 9 * SEC);
-        assert!(bytes.starts_with(b"TRCRREC\0\x03\x00"));
+        assert!(bytes.starts_with(b"TRCRREC\0\x04\x00"));
         let (h, frames) = read_all(&bytes).expect("reads");
         assert_eq!(h, header());
         let mut expected: Vec<Frame> = inputs
@@ -594,7 +595,7 @@ mod tests {
             read_all(b""),
             Err(RecordingError::NotARecording(_))
         ));
-        for version in [2u8, 4] {
+        for version in [3u8, 5] {
             let mut other = bytes.clone();
             other[8] = version;
             let err = read_all(&other).expect_err("version");
@@ -660,6 +661,7 @@ mod tests {
         // Compactness matters: a recorder on a busy relay samples every second.
         let conn = established(kconn(40001, "10.0.0.12:443", 6 * SEC), 6 * SEC);
         let sample = Input::Sample(crate::model::Sample {
+            streams: Vec::new(),
             now_ns: 8 * SEC,
             kernel: (0..100).map(|i| (i, conn.clone())).collect(),
             sockets: None,

@@ -93,6 +93,7 @@ pub(super) fn session(conns: &[KernelConn]) -> Fixture {
             ..KernelStats::default()
         };
         table.apply(Input::Sample(Sample {
+            streams: Vec::new(),
             now_ns: at,
             kernel,
             sockets: Some(vec![]),
