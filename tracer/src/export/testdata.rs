@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use crate::model::{
     classify::LeakReason,
-    leak::LeakKind,
+    leak::{ByKind, LeakKind},
     snapshot::{HostSummary, Leak},
     table::Origin,
     ByReason, KernelStats, Snapshot, Target,
@@ -31,6 +31,8 @@ pub fn host(
         open,
         leaked,
         by_reason: ByReason::of([close_wait, unread, abandoned]),
+        by_kind: ByKind::connections(leaked),
+        open_streams: 0,
         closed_unread_total,
         connections_total,
         oldest_leak_age_s: (leaked > 0).then_some(42.5),
@@ -56,6 +58,7 @@ pub fn leak(host: &str, port: u16, reason: LeakReason, age_s: f64) -> Leak {
         host: host.into(),
         provider: None,
         kind: LeakKind::Connection,
+        stream_id: None,
         state: if reason == LeakReason::CloseWait {
             "CLOSE_WAIT"
         } else {
@@ -96,6 +99,7 @@ pub fn snapshot(hosts: Vec<HostSummary>, leaks: Vec<Leak>) -> Snapshot {
             reads_seen: 80,
         },
         hooks: Default::default(),
+        go_layer: vec![],
     }
 }
 

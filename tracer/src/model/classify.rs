@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 pub use super::leak::{Graces, LeakReason};
-use super::{conn::UpstreamConn, tcp_state, unread_data};
+use super::{conn::UpstreamConn, stream::H2Stream, tcp_state, unread_data};
 
 fn held_for(since_ns: u64, now_ns: u64, grace: Duration) -> bool {
     u128::from(now_ns.saturating_sub(since_ns)) >= grace.as_nanos()
@@ -70,6 +70,31 @@ fn close_wait_since(conn: &UpstreamConn, fin_ns: u64) -> u64 {
         .map_or(fin_ns, |read_ns| read_ns.max(fin_ns))
 }
 
+/// The verdict on one open HTTP/2 stream at `now_ns`. A stream stays open (its request
+/// goroutine parked) until the peer ends it or it is reset: a body read to its end or closed
+/// ends it at once, and so does a small body the peer finished sending, read or not (a 429
+/// left unclosed is garbage, not a leak). What keeps one open is a body nobody finishes:
+/// - `unread`: the response was handed over and no byte of its body was read for `unread`;
+/// - `abandoned`: the body was read in part, then nothing for `abandon`.
+///
+/// Waiting for the response headers is not a leak (a non-streaming completion takes
+/// minutes), nor is a body read that is blocked waiting for data (an SSE stream between
+/// events), nor a body the caller closed (its reset is on the way).
+pub fn judge_stream(stream: &H2Stream, now_ns: u64, graces: &Graces) -> Option<LeakReason> {
+    let responded_ns = stream.responded_ns?;
+    if stream.body_closed_ns.is_some() || stream.reads_inflight > 0 {
+        return None;
+    }
+    match stream.last_read_ns {
+        _ if stream.reads == 0 => {
+            held_for(responded_ns, now_ns, graces.unread).then_some(LeakReason::Unread)
+        }
+        Some(read_ns) => held_for(read_ns.max(responded_ns), now_ns, graces.abandon)
+            .then_some(LeakReason::Abandoned),
+        None => None,
+    }
+}
+
 /// How a connection ended, as far as `closed_unread` cares.
 #[derive(Clone, Copy, Debug)]
 pub struct Ending {
@@ -96,6 +121,84 @@ pub fn closed_unread(end: Ending) -> bool {
             tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2
         );
     queued || aborted_after_close
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use crate::model::testkit::SEC;
+
+    const GRACES: Graces = Graces {
+        close_wait: Duration::from_secs(2),
+        unread: Duration::from_secs(3),
+        abandon: Duration::from_secs(7),
+    };
+
+    fn responded_at(ns: u64) -> H2Stream {
+        H2Stream {
+            pid: 7,
+            stream: 0xc000_1234,
+            fd: Some(9),
+            stream_id: Some(5),
+            opened_ns: 0,
+            responded_ns: Some(ns),
+            body_closed_ns: None,
+            reads: 0,
+            bytes_read: 0,
+            last_read_ns: None,
+            reads_inflight: 0,
+        }
+    }
+
+    #[test]
+    fn a_body_never_read_is_unread_at_its_grace_from_the_response() {
+        let s = responded_at(10 * SEC);
+        assert_eq!(judge_stream(&s, 13 * SEC - 1, &GRACES), None);
+        assert_eq!(
+            judge_stream(&s, 13 * SEC, &GRACES),
+            Some(LeakReason::Unread)
+        );
+    }
+
+    #[test]
+    fn waiting_for_headers_for_minutes_is_not_a_leak() {
+        let s = H2Stream {
+            responded_ns: None,
+            ..responded_at(0)
+        };
+        assert_eq!(judge_stream(&s, 600 * SEC, &GRACES), None);
+    }
+
+    #[test]
+    fn a_body_read_in_part_is_abandoned_at_its_grace_from_the_last_read() {
+        let s = H2Stream {
+            reads: 3,
+            bytes_read: 12_288,
+            last_read_ns: Some(20 * SEC),
+            ..responded_at(10 * SEC)
+        };
+        assert_eq!(judge_stream(&s, 27 * SEC - 1, &GRACES), None);
+        assert_eq!(
+            judge_stream(&s, 27 * SEC, &GRACES),
+            Some(LeakReason::Abandoned)
+        );
+    }
+
+    #[test]
+    fn a_read_blocked_waiting_for_data_or_a_closed_body_is_not_a_leak() {
+        let waiting = H2Stream {
+            reads: 3,
+            last_read_ns: Some(SEC),
+            reads_inflight: 1,
+            ..responded_at(0)
+        };
+        assert_eq!(judge_stream(&waiting, 3600 * SEC, &GRACES), None);
+        let closed = H2Stream {
+            body_closed_ns: Some(SEC),
+            ..responded_at(0)
+        };
+        assert_eq!(judge_stream(&closed, 3600 * SEC, &GRACES), None);
+    }
 }
 
 #[cfg(test)]

@@ -61,6 +61,63 @@ impl LeakReason {
 pub enum LeakKind {
     /// An HTTP/1.1 connection that never went back to the pool (judged from TCP signals).
     Connection,
+    /// An HTTP/2 stream whose body nobody finished (judged from the Go-aware probes): its
+    /// goroutine and buffers stay, on a connection the kernel sees as healthy.
+    H2Stream,
+}
+
+impl LeakKind {
+    pub const ALL: [LeakKind; 2] = [Self::Connection, Self::H2Stream];
+
+    /// Its name in JSON, Prometheus labels and on screen.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connection => "connection",
+            Self::H2Stream => "h2_stream",
+        }
+    }
+}
+
+/// Leaks counted per kind; serialised as `{"connection": N, "h2_stream": N}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ByKind([u64; LeakKind::ALL.len()]);
+
+impl ByKind {
+    pub fn get(&self, kind: LeakKind) -> u64 {
+        self.0[kind as usize]
+    }
+
+    pub fn add(&mut self, kind: LeakKind) {
+        self.0[kind as usize] += 1;
+    }
+
+    pub fn merge(&mut self, other: &ByKind) {
+        for kind in LeakKind::ALL {
+            self.0[kind as usize] += other.get(kind);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (LeakKind, u64)> + '_ {
+        LeakKind::ALL.into_iter().map(|k| (k, self.get(k)))
+    }
+
+    /// `n` leaked connections and no stream (tests).
+    #[cfg(test)]
+    pub fn connections(n: u64) -> Self {
+        let mut counts = Self::default();
+        counts.0[LeakKind::Connection as usize] = n;
+        counts
+    }
+}
+
+impl Serialize for ByKind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(LeakKind::ALL.len()))?;
+        for (kind, n) in self.iter() {
+            map.serialize_entry(kind.as_str(), &n)?;
+        }
+        map.end()
+    }
 }
 
 /// How long each condition must hold before it is called a leak.
@@ -166,9 +223,17 @@ mod tests {
                 serde_json::json!(reason.as_str())
             );
         }
+        for kind in LeakKind::ALL {
+            assert_eq!(
+                serde_json::to_value(kind).expect("serialises"),
+                serde_json::json!(kind.as_str())
+            );
+        }
+        let mut kinds = ByKind::default();
+        kinds.add(LeakKind::H2Stream);
         assert_eq!(
-            serde_json::to_value(LeakKind::Connection).expect("serialises"),
-            serde_json::json!("connection")
+            serde_json::to_string(&kinds).expect("serialises"),
+            r#"{"connection":0,"h2_stream":1}"#
         );
     }
 

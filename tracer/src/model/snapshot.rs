@@ -1,14 +1,18 @@
 //! Aggregates at one instant: per-host counts and the list of leaked connections. This is
 //! what every output (table, JSON, CSV, Prometheus, the terminal UI) renders.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
 
 use super::{
-    classify::{judge, Graces},
-    leak::{ByReason, LeakKind, LeakReason},
+    classify::{judge, judge_stream, Graces},
+    leak::{ByKind, ByReason, LeakKind, LeakReason},
     state_name,
+    stream::H2Stream,
     table::{ConnTable, Origin, UpstreamConn},
-    ConnId, KernelStats, Target,
+    ConnId, GoLayer, KernelStats, Target,
 };
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -21,8 +25,12 @@ pub struct HostSummary {
     /// Every ip:port of this host seen in the session.
     pub remotes: Vec<String>,
     pub open: u64,
+    /// Leaked connections and leaked HTTP/2 streams (`by_kind` tells them apart).
     pub leaked: u64,
     pub by_reason: ByReason,
+    pub by_kind: ByKind,
+    /// HTTP/2 streams open on this host's connections (from the Go-aware probes).
+    pub open_streams: u64,
     /// Connections the process closed while response bytes were still unread.
     pub closed_unread_total: u64,
     /// Connections seen in the session (opened, or open when tracing started).
@@ -39,6 +47,8 @@ pub struct ProviderSummary {
     pub open: u64,
     pub leaked: u64,
     pub by_reason: ByReason,
+    pub by_kind: ByKind,
+    pub open_streams: u64,
     pub closed_unread_total: u64,
     pub connections_total: u64,
 }
@@ -53,16 +63,23 @@ pub struct Leak {
     pub host: String,
     pub provider: Option<String>,
     pub state: &'static str,
-    /// What leaked: today always a connection.
+    /// What leaked: a connection, or an HTTP/2 stream on the connection the other fields
+    /// describe.
     pub kind: LeakKind,
+    /// The HTTP/2 stream id of a leaked stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<u32>,
     pub reason: LeakReason,
-    /// Seconds since connect (or since first seen, for pre-existing connections).
+    /// Seconds since connect (or since first seen, for pre-existing connections); for a
+    /// stream, since its request started.
     pub age_s: f64,
-    /// Seconds since anything read it (or since it was established, when never read).
+    /// Seconds since anything read it (or since it was established, when never read); for a
+    /// stream, since its body was last read (or its response arrived).
     pub idle_s: f64,
-    /// Response bytes waiting unread in the receive queue (an unread FIN not counted).
+    /// Response bytes waiting unread in the receive queue (an unread FIN not counted); 0 for
+    /// a stream (its bytes wait in the relay's buffers, not the kernel's).
     pub unread_bytes: u32,
-    /// Receive queue as `ss` shows it (Recv-Q, an unread FIN counted as 1).
+    /// Receive queue as `ss` shows it (Recv-Q, an unread FIN counted as 1); 0 for a stream.
     pub recv_q: u32,
     pub bytes_read: u64,
     pub reads: u64,
@@ -86,6 +103,44 @@ pub struct Snapshot {
     pub kernel: KernelStats,
     /// The kernel hook used for each role (connect, state, read, close, first_write).
     pub hooks: BTreeMap<String, String>,
+    /// What the Go-aware layer made of each target's binary (attached, or why not).
+    pub go_layer: Vec<GoLayer>,
+}
+
+/// The host a stream counts under when its connection is not known (the probes could not
+/// follow it to a socket the tracer holds).
+pub const UNKNOWN_CONNECTION_HOST: &str = "(unknown connection)";
+
+/// A leaked stream, described by its connection where that is known.
+fn stream_leak_of(
+    stream: &H2Stream,
+    conn: Option<&UpstreamConn>,
+    comm: &str,
+    reason: LeakReason,
+    now_ns: u64,
+) -> Leak {
+    let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+    Leak {
+        pid: stream.pid,
+        fd: stream.fd,
+        comm: conn.map_or_else(|| comm.to_owned(), |c| c.comm.to_string()),
+        local: conn.map_or(unknown, |c| c.local),
+        remote: conn.map_or(unknown, |c| c.remote),
+        host: conn.map_or_else(|| UNKNOWN_CONNECTION_HOST.to_owned(), |c| c.host.clone()),
+        provider: conn.and_then(|c| c.provider.clone()),
+        state: conn.map_or("UNKNOWN", |c| state_name(c.state)),
+        kind: LeakKind::H2Stream,
+        stream_id: stream.stream_id,
+        reason,
+        age_s: secs(now_ns.saturating_sub(stream.opened_ns)),
+        idle_s: secs(now_ns.saturating_sub(stream.last_activity_ns())),
+        unread_bytes: 0,
+        recv_q: 0,
+        bytes_read: stream.bytes_read,
+        reads: stream.reads,
+        last_read_ret: None,
+        origin: conn.map_or(Origin::Traced, |c| c.origin),
+    }
 }
 
 fn secs(ns: u64) -> f64 {
@@ -107,6 +162,8 @@ fn providers_of(hosts: &[HostSummary]) -> Vec<ProviderSummary> {
         p.open += h.open;
         p.leaked += h.leaked;
         p.by_reason.merge(&h.by_reason);
+        p.by_kind.merge(&h.by_kind);
+        p.open_streams += h.open_streams;
         p.closed_unread_total += h.closed_unread_total;
         p.connections_total += h.connections_total;
     }
@@ -130,6 +187,7 @@ fn leak_of(conn: &UpstreamConn, reason: LeakReason, now_ns: u64) -> Leak {
         provider: conn.provider.clone(),
         state: state_name(conn.state),
         kind: LeakKind::Connection,
+        stream_id: None,
         reason,
         age_s: secs(now_ns.saturating_sub(conn.opened_ns)),
         idle_s: secs(now_ns.saturating_sub(conn.last_activity_ns())),
@@ -158,19 +216,56 @@ impl Snapshot {
         #[derive(Default)]
         struct Live {
             open: u64,
+            open_streams: u64,
             by_reason: ByReason,
+            by_kind: ByKind,
             oldest_leak_ns: Option<u64>,
+        }
+        impl Live {
+            fn leaked(&mut self, kind: LeakKind, reason: LeakReason, age_ns: u64) {
+                self.by_reason.add(reason);
+                self.by_kind.add(kind);
+                self.oldest_leak_ns = Some(self.oldest_leak_ns.map_or(age_ns, |a| a.max(age_ns)));
+            }
         }
         let mut live: BTreeMap<&str, Live> = BTreeMap::new();
         let mut leaks = Vec::new();
+        // A stream's connection is the open one of its process with its fd.
+        let mut by_fd: HashMap<(u32, i32), &UpstreamConn> = HashMap::new();
         for conn in table.conns().filter(|c| c.is_open()) {
+            if let Some(fd) = conn.fd {
+                by_fd.insert((conn.pid, fd), conn);
+            }
             let host = live.entry(conn.host.as_str()).or_default();
             host.open += 1;
             if let Some(reason) = judge(conn, now_ns, graces) {
-                host.by_reason.add(reason);
-                let age = now_ns.saturating_sub(conn.opened_ns);
-                host.oldest_leak_ns = Some(host.oldest_leak_ns.map_or(age, |a| a.max(age)));
+                host.leaked(
+                    LeakKind::Connection,
+                    reason,
+                    now_ns.saturating_sub(conn.opened_ns),
+                );
                 leaks.push(leak_of(conn, reason, now_ns));
+            }
+        }
+        for stream in table.streams().open() {
+            let conn = stream
+                .fd
+                .and_then(|fd| by_fd.get(&(stream.pid, fd)).copied());
+            let host_name = conn.map_or(UNKNOWN_CONNECTION_HOST, |c| c.host.as_str());
+            let host = live.entry(host_name).or_default();
+            host.open_streams += 1;
+            if let Some(reason) = judge_stream(stream, now_ns, graces) {
+                host.leaked(
+                    LeakKind::H2Stream,
+                    reason,
+                    now_ns.saturating_sub(stream.opened_ns),
+                );
+                let comm = table
+                    .targets()
+                    .iter()
+                    .find(|t| t.pid == stream.pid)
+                    .map_or("", |t| t.comm.as_str());
+                leaks.push(stream_leak_of(stream, conn, comm, reason, now_ns));
             }
         }
         let mut hosts: Vec<HostSummary> = table
@@ -186,12 +281,30 @@ impl Snapshot {
                     open: l.open,
                     leaked,
                     by_reason: l.by_reason,
+                    by_kind: l.by_kind,
+                    open_streams: l.open_streams,
                     closed_unread_total: totals.closed_unread_total,
                     connections_total: totals.connections_total,
                     oldest_leak_age_s: l.oldest_leak_ns.map(secs),
                 }
             })
             .collect();
+        // Streams whose connection is not known count under a host of their own.
+        for (name, l) in live {
+            hosts.push(HostSummary {
+                host: name.to_owned(),
+                provider: None,
+                remotes: Vec::new(),
+                open: l.open,
+                leaked: l.by_reason.total(),
+                by_reason: l.by_reason,
+                by_kind: l.by_kind,
+                open_streams: l.open_streams,
+                closed_unread_total: 0,
+                connections_total: 0,
+                oldest_leak_age_s: l.oldest_leak_ns.map(secs),
+            });
+        }
         // Most leaks first; ties by name so the order is stable between refreshes.
         hosts.sort_by(|a, b| b.leaked.cmp(&a.leaked).then_with(|| a.host.cmp(&b.host)));
         leaks.sort_by(|a, b| {
@@ -210,6 +323,7 @@ impl Snapshot {
             leaks,
             kernel: table.stats(),
             hooks: table.hooks().clone(),
+            go_layer: table.go_layers().cloned().collect(),
         }
     }
 }
@@ -219,6 +333,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::model::{leak::ByKind, StreamEvent, StreamEventKind, StreamSample};
     use crate::model::{
         tcp_state::{CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT2, LAST_ACK},
         testkit::*,
@@ -267,6 +382,8 @@ mod tests {
             open,
             leaked,
             by_reason,
+            by_kind: ByKind::connections(leaked),
+            open_streams: 0,
             closed_unread_total,
             connections_total,
             oldest_leak_age_s,
@@ -468,6 +585,7 @@ mod tests {
                 provider: None,
                 state: "CLOSE_WAIT",
                 kind: LeakKind::Connection,
+                stream_id: None,
                 reason: LeakReason::CloseWait,
                 // 11.345999999 s and 10.000321098 s, to the millisecond.
                 age_s: 11.346,
@@ -649,6 +767,7 @@ mod tests {
                 leaked_total: 0,
                 kernel: stats,
                 hooks: Default::default(),
+                go_layer: vec![],
             }
         );
     }
@@ -709,5 +828,125 @@ mod tests {
             (providers[1].provider.as_str(), providers[1].leaked),
             ("anthropic", 0)
         );
+    }
+
+    fn stream_event(kind: StreamEventKind, stream: u64, at_ns: u64) -> Input {
+        Input::Stream(StreamEvent {
+            kind,
+            pid: PID,
+            stream,
+            at_ns,
+        })
+    }
+
+    #[test]
+    fn leaked_streams_count_under_their_connections_host_by_kind() {
+        // One healthy pooled h2 connection (fd 9) carrying three streams: one whose body was
+        // never read, one read in part and dropped, one still being read (blocked in Read).
+        let conn = KernelConn {
+            fd: Some(9),
+            ..pooled(40001, "10.0.0.23:443", SEC)
+        };
+        let reads = |stream, reads, last_read_ns, reads_inflight| StreamSample {
+            pid: PID,
+            stream,
+            stream_id: Some(u32::try_from(stream).expect("small") * 2 + 1),
+            reads,
+            bytes_read: reads * 4096,
+            last_read_ns,
+            reads_inflight,
+        };
+        let mut inputs = vec![targets(&[PID])];
+        for stream in [1, 2, 3] {
+            inputs.push(stream_event(
+                StreamEventKind::Opened { fd: Some(9) },
+                stream,
+                2 * SEC,
+            ));
+            inputs.push(stream_event(StreamEventKind::Responded, stream, 3 * SEC));
+        }
+        // A stream whose connection the probes could not find.
+        inputs.push(stream_event(
+            StreamEventKind::Opened { fd: None },
+            4,
+            2 * SEC,
+        ));
+        inputs.push(stream_event(StreamEventKind::Responded, 4, 3 * SEC));
+        inputs.push(Input::GoLayer(GoLayer {
+            pid: PID,
+            attached: true,
+            line: "Go layer: go1.27.3".into(),
+        }));
+        inputs.push(Input::Sample(Sample {
+            now_ns: 4 * SEC,
+            kernel: vec![(1, conn)],
+            sockets: None,
+            streams: vec![
+                reads(1, 0, None, 0),
+                reads(2, 2, Some(4 * SEC), 0),
+                reads(3, 5, Some(4 * SEC), 1),
+                reads(4, 0, None, 0),
+            ],
+            stats: KernelStats::default(),
+        }));
+        let table = table_after(inputs);
+        // 3 s after the response: stream 1 is unread (grace 3 s); stream 2 not yet abandoned.
+        let s = Snapshot::take(&table, 6 * SEC, &GRACES);
+        let h = s
+            .hosts
+            .iter()
+            .find(|h| h.host == "10.0.0.23")
+            .expect("host");
+        assert_eq!((h.open, h.open_streams, h.leaked), (1, 3, 1));
+        assert_eq!(h.by_kind.get(LeakKind::H2Stream), 1);
+        assert_eq!(h.by_kind.get(LeakKind::Connection), 0);
+        assert_eq!(h.by_reason.get(LeakReason::Unread), 1);
+        // 7 s after its last read, stream 2 is abandoned; stream 3 reads on.
+        let s = Snapshot::take(&table, 11 * SEC, &GRACES);
+        let h = s
+            .hosts
+            .iter()
+            .find(|h| h.host == "10.0.0.23")
+            .expect("host");
+        assert_eq!((h.leaked, h.by_reason.get(LeakReason::Abandoned)), (2, 1));
+        let leaks: Vec<(&str, Option<u32>, LeakReason, LeakKind)> = s
+            .leaks
+            .iter()
+            .map(|l| (l.host.as_str(), l.stream_id, l.reason, l.kind))
+            .collect();
+        assert!(leaks.contains(&("10.0.0.23", Some(3), LeakReason::Unread, LeakKind::H2Stream)));
+        assert!(leaks.contains(&(
+            "10.0.0.23",
+            Some(5),
+            LeakReason::Abandoned,
+            LeakKind::H2Stream
+        )));
+        let unknown = s
+            .hosts
+            .iter()
+            .find(|h| h.host == UNKNOWN_CONNECTION_HOST)
+            .expect("streams without a known connection count too");
+        assert_eq!(
+            (unknown.open, unknown.open_streams, unknown.leaked),
+            (0, 1, 1)
+        );
+        assert_eq!(s.leaked_total, 3);
+        assert_eq!(s.go_layer.len(), 1);
+        let json = serde_json::to_value(&s.leaks).expect("json");
+        assert!(json
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|l| l["kind"] == "h2_stream" && l["stream_id"] == 3));
+        // A stream that ends is no longer open nor leaked.
+        let mut table = table;
+        table.apply(stream_event(StreamEventKind::Ended, 1, 12 * SEC));
+        let s = Snapshot::take(&table, 12 * SEC, &GRACES);
+        let h = s
+            .hosts
+            .iter()
+            .find(|h| h.host == "10.0.0.23")
+            .expect("host");
+        assert_eq!((h.open_streams, h.leaked), (2, 1));
     }
 }
