@@ -143,6 +143,7 @@ fn check_binary(
     binary: &str,
     nm: &HashMap<String, u64>,
     lines: &[Truth],
+    twin: &Offsets,
 ) -> (Duration, u64) {
     let path = build.dir.join(binary);
     let what = format!(
@@ -178,10 +179,29 @@ fn check_binary(
     assert_eq!(image.elf.static_linked, static_linked, "{what}: static");
     assert_eq!(image.elf.pie, pie, "{what}: PIE");
     let line = go.line();
+    let release = offsets::release_of(&image.build.version);
+    let source = if binary == "full" {
+        "offsets from DWARF".to_owned()
+    } else {
+        format!("offsets from the {release} table")
+    };
     assert!(
-        line.ends_with("HTTP/1.1 and HTTP/2 round trips found, prologues ok"),
+        line.ends_with(&format!(
+            "HTTP/1.1 and HTTP/2 round trips found, prologues ok, {source}"
+        )),
         "{line}"
     );
+    // (e) struct offsets: a stripped build's (from the table) are its unstripped twin's DWARF's,
+    // and so are an unstripped build's (from its own DWARF, cross-checked with the table).
+    for &field in offsets::Field::ALL {
+        assert_eq!(
+            go.offsets.get(field),
+            twin.get(field),
+            "{what}: {} ({})",
+            field.key(),
+            go.offsets.describe()
+        );
+    }
 
     // (b) entries equal `go tool nm` of the unstripped build; (d) prologues and RETs.
     let version = &image.build.version;
@@ -314,8 +334,9 @@ fn every_go_release_and_form_reads_right() {
     for build in &builds {
         let nm = nm_entries(&std::fs::read_to_string(build.dir.join("full.nm")).unwrap());
         let truth = truths(&std::fs::read_to_string(build.dir.join("truth")).unwrap());
+        let twin = dwarf_offsets(&build.dir.join("full"));
         for binary in ["stripped", "full"] {
-            let (elapsed, size) = check_binary(build, binary, &nm, &truth);
+            let (elapsed, size) = check_binary(build, binary, &nm, &truth, &twin);
             if elapsed > slowest.0 {
                 slowest = (
                     elapsed,
@@ -578,4 +599,132 @@ fn generate_offsets_table() {
             path.display()
         );
     }
+}
+
+/// The offsets table against the DWARF of every build: an edited table (one offset off, a
+/// different field for each build so all get their turn) is caught on every unstripped
+/// binary; a release missing from the table refuses, stripped or not; so does a binary that
+/// says it is go1.28. And the DWARF reader's own refusals on a real binary.
+#[test]
+fn offsets_tables_are_checked_against_dwarf() {
+    let Some(matrix) = matrix_dir() else {
+        return;
+    };
+    let builds = builds(&matrix);
+    assert!(
+        !builds.is_empty(),
+        "no stub builds under {}",
+        matrix.display()
+    );
+    let table = offsets::OffsetTable::embedded().unwrap();
+    let fields = offsets::Field::ALL;
+    let mut caught = std::collections::BTreeSet::new();
+    for (i, build) in builds.iter().enumerate() {
+        let what = format!("{}/{}", build.version, build.form);
+        let release = offsets::release_of(&GoVersion::parse(&build.version).unwrap());
+        let open = |binary: &str| GoImage::open(&build.dir.join(binary)).unwrap();
+
+        let field = fields[i % fields.len()];
+        let right = table
+            .lookup(&GoVersion::parse(&build.version).unwrap())
+            .unwrap()
+            .get(field)
+            .unwrap();
+        let edited = table.with_offset(&release, field, right + 8);
+        match inspect_image_with(open("full"), &edited) {
+            Err(GoLayerRefusal::Offsets {
+                source:
+                    offsets::OffsetsError::Mismatch {
+                        field: key,
+                        dwarf,
+                        table,
+                        ..
+                    },
+                ..
+            }) if key == field.key() && dwarf == right && table == right + 8 => {
+                caught.insert(field.key());
+            }
+            other => panic!(
+                "{what}: an edited {} was not caught: {other:?}",
+                field.key()
+            ),
+        }
+        // Without DWARF the table is all there is: which is why this test checks it.
+        let stripped = inspect_image_with(open("stripped"), &edited).unwrap();
+        assert_eq!(stripped.offsets.get(field), Some(right + 8), "{what}");
+
+        let without = table.without(&release);
+        for binary in ["full", "stripped"] {
+            let err = inspect_image_with(open(binary), &without).unwrap_err();
+            assert_eq!(
+                err.line(7),
+                format!(
+                    "Go layer off for pid 7: {}: no struct offsets for {release} (add it: cargo xtask go-offsets, see the README's \"Adding a Go version\"); tracing with kernel signals only",
+                    build.version
+                ),
+                "{what}/{binary}"
+            );
+        }
+
+        if build.form != "default" {
+            continue;
+        }
+        // A binary that says go1.28: the symbols refuse it, and so would the offsets.
+        let full = build.dir.join("full");
+        let mut data = std::fs::read(&full).unwrap();
+        let elf = GoElf::parse(data.clone()).unwrap();
+        let info = elf.section(".go.buildinfo").unwrap();
+        let (start, size) = (info.file_offset as usize, info.size as usize);
+        let at = data[start..start + size]
+            .windows(build.version.len())
+            .position(|w| w == build.version.as_bytes())
+            .unwrap();
+        // "go1.2x.y" -> "go1.28.y": same length, so the uvarint length stays right.
+        data[start + at + 5] = b'8';
+        let newer = GoImage::from_elf(full.clone(), GoElf::parse(data).unwrap()).unwrap();
+        let err = offsets::resolve(&newer, true, table).unwrap_err();
+        assert!(
+            matches!(&err, offsets::OffsetsError::UnknownRelease { release } if release == "go1.28"),
+            "{what}: {err}"
+        );
+        let err = inspect_image(newer).unwrap_err();
+        assert!(matches!(err, GoLayerRefusal::TooNew(_)), "{what}: {err}");
+
+        // The DWARF reader: types and sizes as Go declares them, and clean refusals.
+        let image = open("full");
+        let types = dwarf::DwarfTypes::read(&image.elf).unwrap().unwrap();
+        let goid = types.member("runtime.g", "goid").unwrap();
+        assert_eq!((goid.go_kind, goid.size), (Some(11), Some(8)), "{what}");
+        let sysfd = types.member("net.netFD", "pfd.Sysfd").unwrap();
+        assert_eq!(sysfd.type_name.as_deref(), Some("int"), "{what}");
+        let tconn = types.member("crypto/tls.Conn", "conn").unwrap();
+        assert_eq!(
+            (tconn.type_name.as_deref(), tconn.go_kind, tconn.size),
+            (Some("net.Conn"), Some(20), Some(16)),
+            "{what}"
+        );
+        assert!(matches!(
+            types.member("net.netFD", "pfd.nope"),
+            Err(dwarf::DwarfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            types.member("net.netFD", "pfd.Sysfd.x"),
+            Err(dwarf::DwarfError::NotAStruct { .. })
+        ));
+        assert!(matches!(
+            types.member("net.noSuchType", "x"),
+            Err(dwarf::DwarfError::NoStruct(_))
+        ));
+        assert!(
+            dwarf::DwarfTypes::read(&open("stripped").elf)
+                .unwrap()
+                .is_none(),
+            "{what}: a stripped build has no DWARF"
+        );
+    }
+    assert_eq!(
+        caught.len(),
+        fields.len().min(builds.len()),
+        "every field's edit was caught somewhere: {caught:?}"
+    );
 }

@@ -327,6 +327,24 @@ impl OffsetTable {
             .map_err(Clone::clone)
     }
 
+    /// A copy with one offset changed (tests: the cross-check must catch it).
+    #[cfg(test)]
+    pub fn with_offset(&self, release: &str, field: Field, offset: u64) -> Self {
+        let mut copy = self.clone();
+        if let Some(values) = copy.rows.get_mut(release) {
+            values[field.index()] = offset;
+        }
+        copy
+    }
+
+    /// A copy without one release (tests: an unknown release refuses).
+    #[cfg(test)]
+    pub fn without(&self, release: &str) -> Self {
+        let mut copy = self.clone();
+        copy.rows.remove(release);
+        copy
+    }
+
     pub fn releases(&self) -> impl Iterator<Item = &str> {
         self.rows.keys().map(String::as_str)
     }
