@@ -730,3 +730,85 @@ fn offsets_tables_are_checked_against_dwarf() {
         "every field's edit was caught somewhere: {caught:?}"
     );
 }
+
+/// `layout <struct> <field> <offset> <field type>` lines the stub printed from Go's reflect:
+/// (struct, field) -> (offset, field type). Type names are reflect's (`http2.clientStream`,
+/// `poll.FD`): the package's last path element, not DWARF's import path.
+fn reflect_layouts(text: &str) -> HashMap<(String, String), (u64, String)> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("layout "))
+        .map(|line| {
+            let parts: Vec<&str> = line.splitn(4, ' ').collect();
+            assert_eq!(parts.len(), 4, "a layout line: {line:?}");
+            (
+                (parts[0].to_owned(), parts[1].to_owned()),
+                (parts[2].parse().unwrap(), parts[3].to_owned()),
+            )
+        })
+        .collect()
+}
+
+/// A field's offset as reflect says, `None` when the stub's walk did not reach its struct.
+fn reflect_offset(
+    layouts: &HashMap<(String, String), (u64, String)>,
+    dwarf_type: &str,
+    path: &str,
+) -> Option<u64> {
+    let mut ty = dwarf_type.rsplit('/').next().unwrap().to_owned();
+    let mut offset = 0;
+    for segment in path.split('.') {
+        let (here, field_type) = layouts.get(&(ty.clone(), segment.to_owned()))?;
+        offset += here;
+        ty = field_type.clone();
+    }
+    Some(offset)
+}
+
+/// The table's offsets (so also DWARF's: the other tests tie the two) equal what Go's own
+/// reflect says in every build, for every field the stub's walk from its responses reaches.
+/// runtime.g is not reachable by reflect, nor is 1.27's internal/http2.ClientRequest (no field
+/// of a type the stub holds leads to it); DWARF alone vouches for those.
+#[test]
+fn offsets_equal_what_go_reflect_says() {
+    let Some(matrix) = matrix_dir() else {
+        return;
+    };
+    let builds = builds(&matrix);
+    assert!(
+        !builds.is_empty(),
+        "no stub builds under {}",
+        matrix.display()
+    );
+    let table = offsets::OffsetTable::embedded().unwrap();
+    for build in &builds {
+        let what = format!("{}/{}", build.version, build.form);
+        let version = GoVersion::parse(&build.version).unwrap();
+        let layouts = reflect_layouts(&std::fs::read_to_string(build.dir.join("truth")).unwrap());
+        assert!(
+            !layouts.is_empty(),
+            "{what}: the stub printed no layout lines (rebuild it: cargo xtask go-matrix)"
+        );
+        let ours = table.lookup(&version).unwrap();
+        let mut unreached = Vec::new();
+        for &field in offsets::Field::ALL {
+            let (ty, path) = field.location(version.minor);
+            match reflect_offset(&layouts, &ty, path) {
+                Some(offset) => assert_eq!(
+                    ours.get(field),
+                    Some(offset),
+                    "{what}: {} ({ty}.{path}): table vs reflect",
+                    field.key()
+                ),
+                None => unreached.push(field.key()),
+            }
+        }
+        let mut allowed = vec!["runtime.g.goid", "runtime.g.stack.lo", "runtime.g.stack.hi"];
+        if version.minor >= 27 {
+            allowed.extend(["h2.request.Host", "h2.request.URL"]);
+        }
+        assert!(
+            unreached.iter().all(|key| allowed.contains(key)),
+            "{what}: reflect did not reach {unreached:?}"
+        );
+    }
+}
