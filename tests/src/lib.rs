@@ -207,16 +207,23 @@ impl Drop for Proc {
 /// The fake providers on 127.0.0.11..18 at `port`.
 pub fn start_upstreams(port: u16) -> Proc {
     let mut cmd = Command::new(fixture_bin());
-    cmd.args([
+    cmd.args(upstream_args(port));
+    let mut p = Proc::spawn("fixture upstream", cmd);
+    p.expect_line("READY", Duration::from_secs(10));
+    p
+}
+
+/// The fixture's arguments for the fake providers on `port` (1 s idle timeout).
+pub fn upstream_args(port: u16) -> Vec<String> {
+    [
         "upstream",
         "-port",
         &port.to_string(),
         "-idle-timeout",
         "1s",
-    ]);
-    let mut p = Proc::spawn("fixture upstream", cmd);
-    p.expect_line("READY", Duration::from_secs(10));
-    p
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// The leaky relay: `rounds` rounds of every scenario, then it holds its connections.
@@ -234,9 +241,9 @@ pub fn relay_command(port: u16, rounds: u32, extra: &[&str]) -> Command {
     cmd
 }
 
-/// Short graces so a test is quick (the defaults are 5s, 10s and 30s), a 1s interval, and
-/// `--pid pid`: the arguments every fixture test gives the tracer.
-pub fn quick_args(pid: u32) -> Vec<String> {
+/// Short graces so a test is quick (the defaults are 5s, 10s and 30s) and a 1s interval: the
+/// arguments every fixture test gives the tracer, before its targets.
+pub fn grace_args() -> Vec<String> {
     [
         "--close-wait-grace",
         "2s",
@@ -246,12 +253,16 @@ pub fn quick_args(pid: u32) -> Vec<String> {
         "4s",
         "--interval",
         "1s",
-        "--pid",
-        &pid.to_string(),
     ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    .map(String::from)
+    .to_vec()
+}
+
+/// `grace_args` and `--pid pid`.
+pub fn quick_args(pid: u32) -> Vec<String> {
+    let mut args = grace_args();
+    args.extend(["--pid".to_owned(), pid.to_string()]);
+    args
 }
 
 /// The fake providers on `port` and a relay waiting on its stdin for "go" (so the tracer can

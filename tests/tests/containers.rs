@@ -107,21 +107,9 @@ fn leaks_of_relays_in_their_own_network_and_pid_namespaces_are_found_after_the_f
     let relays = pids_named("nsrelay");
     assert_eq!(relays.len(), 2, "two relays named nsrelay: {relays:?}");
 
-    let tracer = start_tracer(
-        &[
-            "--close-wait-grace",
-            "2s",
-            "--unread-grace",
-            "3s",
-            "--abandon-grace",
-            "4s",
-            "--interval",
-            "1s",
-            "--comm",
-            "nsrelay",
-        ]
-        .map(String::from),
-    );
+    let mut args = grace_args();
+    args.extend(["--comm".to_owned(), "nsrelay".to_owned()]);
+    let tracer = start_tracer(&args);
     thread::sleep(Duration::from_secs(6));
     let s = stop_tracer(tracer);
     let _ = std::fs::remove_dir_all(&dir);

@@ -8,23 +8,6 @@ use tracer_e2e::*;
 
 const ROUNDS: u64 = 3;
 
-/// Short graces so the test is quick; the defaults are 5s, 10s and 30s.
-fn grace_args() -> Vec<String> {
-    [
-        "--close-wait-grace",
-        "2s",
-        "--unread-grace",
-        "3s",
-        "--abandon-grace",
-        "4s",
-        "--interval",
-        "1s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 /// Long enough after the last round for every grace to pass (the upstream's idle timeout
 /// of 1s, then the longest grace of 4s, plus margin).
 const SETTLE: Duration = Duration::from_secs(7);
