@@ -363,6 +363,10 @@ impl Collector {
                         });
                     }
                 }
+                Ok(decode::Record::Stream(event)) => {
+                    log::debug!("h2 stream: {event:?}");
+                    out.push(Input::Stream(event));
+                }
                 Err(e) => log::warn!("skipping a kernel event: {e:#}"),
             }
         }
