@@ -15,7 +15,14 @@
 // decimal) does not depend on where a PIE was loaded. A `truth` line is one call site
 // (runtime.Caller: the innermost function, inlined or not); `stack` lines are the frames of one
 // runtime.Callers stack, innermost first, one line per logical frame (an inlined call adds a
-// line with the same pc). Standard library only: the matrix builds with GOPROXY=off.
+// line with the same pc).
+//
+// It also prints the layout of the standard library's structs its responses lead to, as Go's
+// own reflect computes it (not from DWARF), for the offsets table test:
+//
+//	layout <struct type> <field> <offset> <field type>
+//
+// Standard library only: the matrix builds with GOPROXY=off.
 package main
 
 import (
@@ -24,7 +31,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"reflect"
 	"runtime"
+	"strings"
 )
 
 // anchor is main.main's entry (set first thing in main), which the reader finds by name.
@@ -85,6 +94,11 @@ func (r *roundTripper) get(url string) (string, error) {
 		return "", err
 	}
 	defer resp.Body.Close()
+	// Before reading: the h2 stream's pipe still holds its buffer, and the HTTP/1.1 read loop
+	// is parked until the body is read, so nothing walked here changes under reflect.
+	walkValue(reflect.ValueOf(resp.Body), 0)
+	walkValue(reflect.ValueOf(resp.Request), 0)
+	walkValue(reflect.ValueOf(r.client.Transport), 0)
 	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
 		return "", err
 	}
@@ -126,4 +140,85 @@ func main() {
 		fmt.Printf("proto %s\n", proto)
 	}
 	fmt.Printf("version %s\n", runtime.Version())
+}
+
+// printed: the struct types whose layout was printed; typeWalked and valueWalked: the struct
+// types whose fields were followed by type and by value (a value walk finds dynamic types a
+// type walk of the same struct cannot).
+var printed, typeWalked, valueWalked = map[reflect.Type]bool{}, map[reflect.Type]bool{}, map[reflect.Type]bool{}
+
+// layoutPackages: the packages whose structs the tracer's probes read.
+var layoutPackages = []string{"net/http", "net", "crypto/tls", "internal/poll", "net/url"}
+
+// printLayout prints t's fields once, if t is a named struct of one of layoutPackages.
+func printLayout(t reflect.Type) {
+	if printed[t] {
+		return
+	}
+	printed[t] = true
+	wanted := false
+	for _, p := range layoutPackages {
+		if t.PkgPath() == p || strings.HasPrefix(t.PkgPath(), "net/http/") {
+			wanted = true
+		}
+	}
+	if wanted && t.Name() != "" {
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			fmt.Printf("layout %s %s %d %s\n", t.String(), f.Name, f.Offset, f.Type.String())
+		}
+	}
+}
+
+// walkType follows a type's pointers, elements and fields (not interfaces: their dynamic
+// types are only known from values).
+func walkType(t reflect.Type, depth int) {
+	if depth > 40 {
+		return
+	}
+	switch t.Kind() {
+	case reflect.Pointer, reflect.Slice, reflect.Array, reflect.Chan:
+		walkType(t.Elem(), depth+1)
+	case reflect.Map:
+		walkType(t.Key(), depth+1)
+		walkType(t.Elem(), depth+1)
+	case reflect.Struct:
+		printLayout(t)
+		if !typeWalked[t] {
+			typeWalked[t] = true
+			for i := 0; i < t.NumField(); i++ {
+				walkType(t.Field(i).Type, depth+1)
+			}
+		}
+	}
+}
+
+// walkValue follows a value's non-nil pointers and interfaces to their dynamic types (how the
+// h2 pipe's *dataBuffer and a connection's *tls.Conn and *net.TCPConn are found), and
+// everything else by type. Reading unexported fields through reflect is allowed; nothing is
+// written.
+func walkValue(v reflect.Value, depth int) {
+	if !v.IsValid() || depth > 40 {
+		return
+	}
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		if v.IsNil() {
+			walkType(v.Type(), depth+1)
+			return
+		}
+		walkValue(v.Elem(), depth+1)
+	case reflect.Struct:
+		t := v.Type()
+		printLayout(t)
+		if valueWalked[t] {
+			return
+		}
+		valueWalked[t] = true
+		for i := 0; i < t.NumField(); i++ {
+			walkValue(v.Field(i), depth+1)
+		}
+	default:
+		walkType(v.Type(), depth+1)
+	}
 }

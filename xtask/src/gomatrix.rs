@@ -15,6 +15,16 @@
 //! `go env GOROOT` (the toolchain's own binaries, cmd/go among them, are large real Go programs
 //! for the test to read too). The tracer's matrix test
 //! (tracer/src/goprobe/matrix_tests.rs) reads all of this from GO_MATRIX_DIR.
+//!
+//! `cargo xtask go-offsets` regenerates the struct offsets table the tracer embeds
+//! (tracer/src/goprobe/offsets.toml) from the DWARF of each version's unstripped stub. It runs
+//! the tracer's own DWARF reader, as an ignored test of the tracer crate
+//! (`goprobe::matrix_tests::generate_offsets_table` with GO_OFFSETS_WRITE=1): the tracer has
+//! no library target to link here, and a hidden CLI subcommand would put a developer tool in
+//! the shipped binary, so the test harness is the one place both can share the code without a
+//! copy. `--also VERSION` adds more patch releases of the matrix's minors (built in
+//! `<target>/go-offsets-extra`, default form only); the generator fails if any field differs
+//! between patches of one minor, and lists every patch it compared in the table's `from`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -128,7 +138,7 @@ pub fn ensure() -> Result<GoMatrix> {
     for version in VERSIONS {
         let go = install(&dir, version)?;
         let stub_dir = dir.join(version).join("stub");
-        build_stub(&go, version, &stub_source, &stub_dir)
+        build_stub(&go, version, &stub_source, &stub_dir, FORMS)
             .with_context(|| format!("go-matrix: building {STUB_DIR} with go{version}"))?;
         toolchains.push(GoToolchain {
             version: (*version).to_owned(),
@@ -137,6 +147,60 @@ pub fn ensure() -> Result<GoMatrix> {
         });
     }
     Ok(GoMatrix { dir, toolchains })
+}
+
+/// `cargo xtask go-offsets`: the matrix (and any `--also` patch releases), then the tracer's
+/// generator test, which rewrites tracer/src/goprobe/offsets.toml.
+pub fn offsets(also: &[String]) -> Result<()> {
+    let matrix = ensure()?;
+    let root = util::workspace_root();
+    let extra_dir = build::target_dir(&root)?.join("go-offsets-extra");
+    let stub_source = root.join(STUB_DIR);
+    for version in also {
+        let minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+        if !VERSIONS.iter().any(|known| minor(known) == minor(version)) {
+            bail!(
+                "go-offsets: --also {version}: go{} is not in the matrix; add a release of it to VERSIONS in xtask/src/gomatrix.rs first",
+                minor(version)
+            );
+        }
+        std::fs::create_dir_all(&extra_dir)
+            .with_context(|| format!("go-offsets: cannot create {}", extra_dir.display()))?;
+        let go = install(&extra_dir, version)?;
+        build_stub(
+            &go,
+            version,
+            &stub_source,
+            &extra_dir.join(version).join("stub"),
+            &FORMS[..1],
+        )
+        .with_context(|| format!("go-offsets: building {STUB_DIR} with go{version}"))?;
+    }
+    let mut cmd = util::cargo();
+    cmd.current_dir(&root)
+        .args(["test", "-p", "tracer", "--bin", "tracer", "--"])
+        .args(["--ignored", "--exact", "--nocapture"])
+        .arg("goprobe::matrix_tests::generate_offsets_table")
+        .env("GO_MATRIX_DIR", &matrix.dir)
+        .env("GO_OFFSETS_WRITE", "1")
+        .env("CI", "true");
+    if also.is_empty() {
+        cmd.env_remove("GO_OFFSETS_EXTRA_DIR");
+    } else {
+        cmd.env("GO_OFFSETS_EXTRA_DIR", &extra_dir);
+    }
+    util::run(&mut cmd).context("go-offsets: the generator (a tracer test) failed")?;
+    println!(
+        "go-offsets: tracer/src/goprobe/offsets.toml rewritten from {} toolchains{}; check it with: git diff tracer/src/goprobe/offsets.toml, then GO_MATRIX_DIR={} cargo test -p tracer goprobe",
+        matrix.toolchains.len(),
+        if also.is_empty() {
+            String::new()
+        } else {
+            format!(" and {}", also.join(", "))
+        },
+        matrix.dir.display()
+    );
+    Ok(())
 }
 
 /// A `go` command that uses only the standard library and this toolchain.
@@ -197,7 +261,7 @@ fn install(dir: &Path, version: &str) -> Result<PathBuf> {
     Ok(go)
 }
 
-fn build_stub(go: &Path, version: &str, source: &Path, out: &Path) -> Result<()> {
+fn build_stub(go: &Path, version: &str, source: &Path, out: &Path, forms: &[Form]) -> Result<()> {
     let goversion = go_version(go).with_context(|| format!("{} does not run", go.display()))?;
     let sources: String = ["go.mod", "main.go"]
         .iter()
@@ -207,7 +271,7 @@ fn build_stub(go: &Path, version: &str, source: &Path, out: &Path) -> Result<()>
                 .with_context(|| format!("cannot read {}", path.display()))
         })
         .collect::<Result<_>>()?;
-    for form in FORMS {
+    for form in forms {
         let form_dir = out.join(form.name);
         let stamp = form_dir.join("built-from");
         let inputs = format!(

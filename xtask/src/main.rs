@@ -92,6 +92,14 @@ enum Command {
     /// target/go-matrix) and build the stub client with each, stripped and not, static, dynamic,
     /// PIE, -trimpath and externally linked. A quick no-op when all are there.
     GoMatrix,
+    /// Regenerate the Go struct offsets table the tracer embeds
+    /// (tracer/src/goprobe/offsets.toml) from the DWARF of the matrix's unstripped stubs.
+    GoOffsets {
+        /// Also compare these patch releases (e.g. 1.27.0) with the matrix's release of the same
+        /// minor; the table is written only if every field agrees.
+        #[arg(long, value_name = "VERSION")]
+        also: Vec<String>,
+    },
     /// Run the tracer on the bundled Go fixture (a relay leaking connections to fake providers):
     /// its terminal UI in a terminal, the headless table otherwise. Needs root.
     Demo {
@@ -116,6 +124,7 @@ fn main() -> ExitCode {
         Command::Demo { duration } => demo::run(duration),
         Command::Dist => dist::run(),
         Command::GoMatrix => gomatrix::run(),
+        Command::GoOffsets { also } => gomatrix::offsets(&also),
         Command::Soak {
             hold,
             rate,

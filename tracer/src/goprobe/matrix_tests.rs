@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::buildinfo::GoVersion;
 use super::code::RET_BYTE;
 use super::elf::GoElf;
+use super::offsets::{self, Offsets};
 use super::symbols::{self, Role};
 use super::*;
 
@@ -142,6 +143,7 @@ fn check_binary(
     binary: &str,
     nm: &HashMap<String, u64>,
     lines: &[Truth],
+    twin: &Offsets,
 ) -> (Duration, u64) {
     let path = build.dir.join(binary);
     let what = format!(
@@ -177,10 +179,29 @@ fn check_binary(
     assert_eq!(image.elf.static_linked, static_linked, "{what}: static");
     assert_eq!(image.elf.pie, pie, "{what}: PIE");
     let line = go.line();
+    let release = offsets::release_of(&image.build.version);
+    let source = if binary == "full" {
+        "offsets from DWARF".to_owned()
+    } else {
+        format!("offsets from the {release} table")
+    };
     assert!(
-        line.ends_with("HTTP/1.1 and HTTP/2 round trips found, prologues ok"),
+        line.ends_with(&format!(
+            "HTTP/1.1 and HTTP/2 round trips found, prologues ok, {source}"
+        )),
         "{line}"
     );
+    // (e) struct offsets: a stripped build's (from the table) are its unstripped twin's DWARF's,
+    // and so are an unstripped build's (from its own DWARF, cross-checked with the table).
+    for &field in offsets::Field::ALL {
+        assert_eq!(
+            go.offsets.get(field),
+            twin.get(field),
+            "{what}: {} ({})",
+            field.key(),
+            go.offsets.describe()
+        );
+    }
 
     // (b) entries equal `go tool nm` of the unstripped build; (d) prologues and RETs.
     let version = &image.build.version;
@@ -313,8 +334,9 @@ fn every_go_release_and_form_reads_right() {
     for build in &builds {
         let nm = nm_entries(&std::fs::read_to_string(build.dir.join("full.nm")).unwrap());
         let truth = truths(&std::fs::read_to_string(build.dir.join("truth")).unwrap());
+        let twin = dwarf_offsets(&build.dir.join("full"));
         for binary in ["stripped", "full"] {
-            let (elapsed, size) = check_binary(build, binary, &nm, &truth);
+            let (elapsed, size) = check_binary(build, binary, &nm, &truth, &twin);
             if elapsed > slowest.0 {
                 slowest = (
                     elapsed,
@@ -471,5 +493,322 @@ fn toolchain_binaries_inspect_or_refuse_clearly() {
                 compile.display()
             ),
         }
+    }
+}
+
+/// The toolchain directories of GO_MATRIX_DIR and, when set, GO_OFFSETS_EXTRA_DIR (more patch
+/// releases of the same minors, `cargo xtask go-offsets --also 1.27.0`): (goversion, stub dir).
+fn offset_sources(matrix: &Path) -> Vec<(GoVersion, PathBuf)> {
+    let mut dirs = vec![matrix.to_path_buf()];
+    if let Some(extra) = std::env::var_os("GO_OFFSETS_EXTRA_DIR") {
+        dirs.push(extra.into());
+    }
+    let mut sources = Vec::new();
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let stub = entry.unwrap().path().join("stub");
+            let Ok(version) = std::fs::read_to_string(stub.join("goversion")) else {
+                continue;
+            };
+            sources.push((GoVersion::parse(version.trim()).unwrap(), stub));
+        }
+    }
+    sources.sort_by_key(|(v, _)| (v.major, v.minor, v.patch));
+    sources
+}
+
+/// The offsets of `full` (an unstripped stub) from its own DWARF.
+fn dwarf_offsets(full: &Path) -> Offsets {
+    let image = GoImage::open(full).unwrap_or_else(|err| panic!("{}", err.line(0)));
+    let dwarf = dwarf::DwarfTypes::read(&image.elf)
+        .unwrap_or_else(|err| panic!("{}: {err}", full.display()))
+        .unwrap_or_else(|| panic!("{}: no DWARF", full.display()));
+    offsets::from_dwarf(&dwarf, &image.build.version, true)
+        .unwrap_or_else(|err| panic!("{}: {err}", full.display()))
+}
+
+/// The table's text, generated from the DWARF of each toolchain's unstripped stub (default
+/// form). Patch releases of one minor must agree field by field, or this fails.
+fn generated_table(matrix: &Path) -> String {
+    let mut rows: std::collections::BTreeMap<(u32, u32), (Vec<String>, Offsets)> =
+        Default::default();
+    for (version, stub) in offset_sources(matrix) {
+        let found = dwarf_offsets(&stub.join("default/full"));
+        match rows.entry(version.release()) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert((vec![version.raw.clone()], found));
+            }
+            std::collections::btree_map::Entry::Occupied(mut row) => {
+                let (from, first) = row.get_mut();
+                for &field in offsets::Field::ALL {
+                    assert_eq!(
+                        found.get(field),
+                        first.get(field),
+                        "{} and {} differ in {}: one table per minor release is wrong here",
+                        version.raw,
+                        from[0],
+                        field.key()
+                    );
+                }
+                from.push(version.raw.clone());
+            }
+        }
+    }
+    let mut text = String::from(
+        "# Struct field offsets per Go minor release, for relay binaries without DWARF (stripped\n\
+         # with -ldflags \"-s -w\"), embedded in the tracer. Generated by `cargo xtask go-offsets`\n\
+         # from the DWARF of tests/gostub built unstripped by each toolchain in `from` (patch\n\
+         # releases listed together agreed on every field). Regenerate, do not edit by hand.\n\
+         # Keys and the Go type each lives in: tracer/src/goprobe/offsets.rs (Field).\n",
+    );
+    for ((major, minor), (from, found)) in rows {
+        let from: Vec<String> = from.iter().map(|v| format!("{v:?}")).collect();
+        text.push_str(&format!(
+            "\n[\"go{major}.{minor}\"]\nfrom = [{}]\n\n[\"go{major}.{minor}\".fields]\n",
+            from.join(", ")
+        ));
+        for &field in offsets::Field::ALL {
+            text.push_str(&format!(
+                "{:?} = {}\n",
+                field.key(),
+                found.get(field).unwrap()
+            ));
+        }
+    }
+    text
+}
+
+/// `cargo xtask go-offsets` runs this with GO_OFFSETS_WRITE=1 to (re)write offsets.toml; without
+/// it, it fails when the checked-in offsets are not what the matrix's DWARF says.
+#[test]
+#[ignore = "generator: cargo xtask go-offsets"]
+fn generate_offsets_table() {
+    let Some(matrix) = matrix_dir() else {
+        return;
+    };
+    let text = generated_table(&matrix);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/goprobe/offsets.toml");
+    if std::env::var("GO_OFFSETS_WRITE").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &text).unwrap();
+        eprintln!("go-offsets: wrote {}", path.display());
+    } else {
+        // Offsets only: `from` lists whatever patch releases the last writer compared.
+        let checked_in = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            offsets::OffsetTable::parse(&checked_in).unwrap()
+                == offsets::OffsetTable::parse(&text).unwrap(),
+            "{} is not what the matrix's DWARF says; regenerate: cargo xtask go-offsets",
+            path.display()
+        );
+    }
+}
+
+/// The offsets table against the DWARF of every build: an edited table (one offset off, a
+/// different field for each build so all get their turn) is caught on every unstripped
+/// binary; a release missing from the table refuses, stripped or not; so does a binary that
+/// says it is go1.28. And the DWARF reader's own refusals on a real binary.
+#[test]
+fn offsets_tables_are_checked_against_dwarf() {
+    let Some(matrix) = matrix_dir() else {
+        return;
+    };
+    let builds = builds(&matrix);
+    assert!(
+        !builds.is_empty(),
+        "no stub builds under {}",
+        matrix.display()
+    );
+    let table = offsets::OffsetTable::embedded().unwrap();
+    let fields = offsets::Field::ALL;
+    let mut caught = std::collections::BTreeSet::new();
+    for (i, build) in builds.iter().enumerate() {
+        let what = format!("{}/{}", build.version, build.form);
+        let release = offsets::release_of(&GoVersion::parse(&build.version).unwrap());
+        let open = |binary: &str| GoImage::open(&build.dir.join(binary)).unwrap();
+
+        let field = fields[i % fields.len()];
+        let right = table
+            .lookup(&GoVersion::parse(&build.version).unwrap())
+            .unwrap()
+            .get(field)
+            .unwrap();
+        let edited = table.with_offset(&release, field, right + 8);
+        match inspect_image_with(open("full"), &edited) {
+            Err(GoLayerRefusal::Offsets {
+                source:
+                    offsets::OffsetsError::Mismatch {
+                        field: key,
+                        dwarf,
+                        table,
+                        ..
+                    },
+                ..
+            }) if key == field.key() && dwarf == right && table == right + 8 => {
+                caught.insert(field.key());
+            }
+            other => panic!(
+                "{what}: an edited {} was not caught: {other:?}",
+                field.key()
+            ),
+        }
+        // Without DWARF the table is all there is: which is why this test checks it.
+        let stripped = inspect_image_with(open("stripped"), &edited).unwrap();
+        assert_eq!(stripped.offsets.get(field), Some(right + 8), "{what}");
+
+        let without = table.without(&release);
+        for binary in ["full", "stripped"] {
+            let err = inspect_image_with(open(binary), &without).unwrap_err();
+            assert_eq!(
+                err.line(7),
+                format!(
+                    "Go layer off for pid 7: {}: no struct offsets for {release} (add it: cargo xtask go-offsets, see the README's \"Adding a Go version\"); tracing with kernel signals only",
+                    build.version
+                ),
+                "{what}/{binary}"
+            );
+        }
+
+        if build.form != "default" {
+            continue;
+        }
+        // A binary that says go1.28: the symbols refuse it, and so would the offsets.
+        let full = build.dir.join("full");
+        let mut data = std::fs::read(&full).unwrap();
+        let elf = GoElf::parse(data.clone()).unwrap();
+        let info = elf.section(".go.buildinfo").unwrap();
+        let (start, size) = (info.file_offset as usize, info.size as usize);
+        let at = data[start..start + size]
+            .windows(build.version.len())
+            .position(|w| w == build.version.as_bytes())
+            .unwrap();
+        // "go1.2x.y" -> "go1.28.y": same length, so the uvarint length stays right.
+        data[start + at + 5] = b'8';
+        let newer = GoImage::from_elf(full.clone(), GoElf::parse(data).unwrap()).unwrap();
+        let err = offsets::resolve(&newer, true, table).unwrap_err();
+        assert!(
+            matches!(&err, offsets::OffsetsError::UnknownRelease { release } if release == "go1.28"),
+            "{what}: {err}"
+        );
+        let err = inspect_image(newer).unwrap_err();
+        assert!(matches!(err, GoLayerRefusal::TooNew(_)), "{what}: {err}");
+
+        // The DWARF reader: types and sizes as Go declares them, and clean refusals.
+        let image = open("full");
+        let types = dwarf::DwarfTypes::read(&image.elf).unwrap().unwrap();
+        let goid = types.member("runtime.g", "goid").unwrap();
+        assert_eq!((goid.go_kind, goid.size), (Some(11), Some(8)), "{what}");
+        let sysfd = types.member("net.netFD", "pfd.Sysfd").unwrap();
+        assert_eq!(sysfd.type_name.as_deref(), Some("int"), "{what}");
+        let tconn = types.member("crypto/tls.Conn", "conn").unwrap();
+        assert_eq!(
+            (tconn.type_name.as_deref(), tconn.go_kind, tconn.size),
+            (Some("net.Conn"), Some(20), Some(16)),
+            "{what}"
+        );
+        assert!(matches!(
+            types.member("net.netFD", "pfd.nope"),
+            Err(dwarf::DwarfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            types.member("net.netFD", "pfd.Sysfd.x"),
+            Err(dwarf::DwarfError::NotAStruct { .. })
+        ));
+        assert!(matches!(
+            types.member("net.noSuchType", "x"),
+            Err(dwarf::DwarfError::NoStruct(_))
+        ));
+        assert!(
+            dwarf::DwarfTypes::read(&open("stripped").elf)
+                .unwrap()
+                .is_none(),
+            "{what}: a stripped build has no DWARF"
+        );
+    }
+    assert_eq!(
+        caught.len(),
+        fields.len().min(builds.len()),
+        "every field's edit was caught somewhere: {caught:?}"
+    );
+}
+
+/// `layout <struct> <field> <offset> <field type>` lines the stub printed from Go's reflect:
+/// (struct, field) -> (offset, field type). Type names are reflect's (`http2.clientStream`,
+/// `poll.FD`): the package's last path element, not DWARF's import path.
+fn reflect_layouts(text: &str) -> HashMap<(String, String), (u64, String)> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("layout "))
+        .map(|line| {
+            let parts: Vec<&str> = line.splitn(4, ' ').collect();
+            assert_eq!(parts.len(), 4, "a layout line: {line:?}");
+            (
+                (parts[0].to_owned(), parts[1].to_owned()),
+                (parts[2].parse().unwrap(), parts[3].to_owned()),
+            )
+        })
+        .collect()
+}
+
+/// A field's offset as reflect says, `None` when the stub's walk did not reach its struct.
+fn reflect_offset(
+    layouts: &HashMap<(String, String), (u64, String)>,
+    dwarf_type: &str,
+    path: &str,
+) -> Option<u64> {
+    let mut ty = dwarf_type.rsplit('/').next().unwrap().to_owned();
+    let mut offset = 0;
+    for segment in path.split('.') {
+        let (here, field_type) = layouts.get(&(ty.clone(), segment.to_owned()))?;
+        offset += here;
+        ty = field_type.clone();
+    }
+    Some(offset)
+}
+
+/// The table's offsets (so also DWARF's: the other tests tie the two) equal what Go's own
+/// reflect says in every build, for every field the stub's walk from its responses reaches.
+/// runtime.g is not reachable by reflect, nor is 1.27's internal/http2.ClientRequest (no field
+/// of a type the stub holds leads to it); DWARF alone vouches for those.
+#[test]
+fn offsets_equal_what_go_reflect_says() {
+    let Some(matrix) = matrix_dir() else {
+        return;
+    };
+    let builds = builds(&matrix);
+    assert!(
+        !builds.is_empty(),
+        "no stub builds under {}",
+        matrix.display()
+    );
+    let table = offsets::OffsetTable::embedded().unwrap();
+    for build in &builds {
+        let what = format!("{}/{}", build.version, build.form);
+        let version = GoVersion::parse(&build.version).unwrap();
+        let layouts = reflect_layouts(&std::fs::read_to_string(build.dir.join("truth")).unwrap());
+        assert!(
+            !layouts.is_empty(),
+            "{what}: the stub printed no layout lines (rebuild it: cargo xtask go-matrix)"
+        );
+        let ours = table.lookup(&version).unwrap();
+        let mut unreached = Vec::new();
+        for &field in offsets::Field::ALL {
+            let (ty, path) = field.location(version.minor);
+            match reflect_offset(&layouts, &ty, path) {
+                Some(offset) => assert_eq!(
+                    ours.get(field),
+                    Some(offset),
+                    "{what}: {} ({ty}.{path}): table vs reflect",
+                    field.key()
+                ),
+                None => unreached.push(field.key()),
+            }
+        }
+        let mut allowed = vec!["runtime.g.goid", "runtime.g.stack.lo", "runtime.g.stack.hi"];
+        if version.minor >= 27 {
+            allowed.extend(["h2.request.Host", "h2.request.URL"]);
+        }
+        assert!(
+            unreached.iter().all(|key| allowed.contains(key)),
+            "{what}: reflect did not reach {unreached:?}"
+        );
     }
 }

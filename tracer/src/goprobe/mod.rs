@@ -6,7 +6,10 @@
 //! functions and file:line from `.gopclntab` (pclntab.rs, pcvalue.rs), the text start and
 //! funcdata base from the moduledata (moduledata.rs; Go 1.26 stopped writing the text start in
 //! the pclntab header), and the machine code itself (code.rs: prologue check and RET sites).
-//! Which function each probe role is, per Go release, is a table (symbols.rs).
+//! Which function each probe role is, per Go release, is a table (symbols.rs). The struct field
+//! offsets the probes read come from the binary's DWARF when it has some, else from a table per
+//! Go minor release generated from the DWARF of the matrix stubs (dwarf.rs, offsets.rs,
+//! offsets.toml); with both, they must agree.
 //!
 //! Anything unexpected refuses the whole Go layer with one line ([`GoLayerRefusal`]); tracing
 //! goes on with kernel signals. A wrong address would put a breakpoint in the middle of an
@@ -18,8 +21,10 @@
 
 pub mod buildinfo;
 pub mod code;
+pub mod dwarf;
 pub mod elf;
 pub mod moduledata;
+pub mod offsets;
 pub mod pclntab;
 pub mod pcvalue;
 pub mod symbolize;
@@ -35,6 +40,7 @@ use buildinfo::{BuildInfo, BuildInfoError};
 use code::{CodeError, Prologue};
 use elf::GoElf;
 use moduledata::FunctabSpan;
+use offsets::{OffsetTable, Offsets, OffsetsError};
 use pclntab::{Function, PcHeader, Pclntab, PclntabError};
 use symbolize::{GoFuncData, SymbolTable};
 use symbols::Role;
@@ -82,6 +88,11 @@ pub enum GoLayerRefusal {
         version: String,
         function: String,
         source: CodeError,
+    },
+    #[error("{version}: {source}")]
+    Offsets {
+        version: String,
+        source: OffsetsError,
     },
 }
 
@@ -253,6 +264,8 @@ pub struct GoBinary {
     pub probes: Vec<(Role, CodeSites)>,
     /// The HTTP/2 client is linked (not built with the `nethttpomithttp2` tag).
     pub http2: bool,
+    /// The struct field offsets the probes read, and where they came from.
+    pub offsets: Offsets,
 }
 
 impl GoBinary {
@@ -263,10 +276,10 @@ impl GoBinary {
     }
 
     /// "Go layer: /proc/123/exe is go1.27.3 (stripped, static, non-PIE): HTTP/1.1 and HTTP/2
-    /// round trips found, prologues ok".
+    /// round trips found, prologues ok, offsets from the go1.27 table".
     pub fn line(&self) -> String {
         format!(
-            "Go layer: {} is {} ({}): {}, prologues ok",
+            "Go layer: {} is {} ({}): {}, prologues ok, {}",
             self.image.path.display(),
             self.image.version(),
             self.image.elf.describe_form(),
@@ -274,7 +287,8 @@ impl GoBinary {
                 "HTTP/1.1 and HTTP/2 round trips found"
             } else {
                 "HTTP/1.1 round trip found, no HTTP/2 client linked"
-            }
+            },
+            self.offsets.describe()
         )
     }
 }
@@ -285,6 +299,15 @@ pub fn inspect(path: &Path) -> Result<GoBinary, GoLayerRefusal> {
 }
 
 pub fn inspect_image(image: GoImage) -> Result<GoBinary, GoLayerRefusal> {
+    let table = OffsetTable::embedded().map_err(|source| GoLayerRefusal::Offsets {
+        version: image.version().to_owned(),
+        source,
+    })?;
+    inspect_image_with(image, table)
+}
+
+/// [`inspect_image`] with another offsets table (tests: an edited copy must be caught).
+pub fn inspect_image_with(image: GoImage, table: &OffsetTable) -> Result<GoBinary, GoLayerRefusal> {
     let version = image.build.version.clone();
     if version.release() > symbols::NEWEST_KNOWN {
         return Err(GoLayerRefusal::TooNew(version.raw));
@@ -331,10 +354,17 @@ pub fn inspect_image(image: GoImage) -> Result<GoBinary, GoLayerRefusal> {
             });
         }
     }
+    let http2 = h2_found > 0;
+    let offsets =
+        offsets::resolve(&image, http2, table).map_err(|source| GoLayerRefusal::Offsets {
+            version: version.raw.clone(),
+            source,
+        })?;
     Ok(GoBinary {
         image,
         probes,
-        http2: h2_found > 0,
+        http2,
+        offsets,
     })
 }
 
