@@ -299,9 +299,9 @@ pub fn exit_h2_round_trip(ctx: ProbeContext) -> u32 {
 
 fn try_exit_h2_round_trip(ctx: &ProbeContext) -> Result<u32, i64> {
     let (tgid, _) = current_ids();
-    if layout_of(tgid).is_none() {
+    let Some(layout) = layout_of(tgid) else {
         return Ok(0);
-    }
+    };
     let by_g = key(tgid, go_key::ROUND_TRIP, g(ctx));
     // SAFETY: a copy of the value out of the map entry just found.
     let Some(req) = GO_INFLIGHT.get_ptr(&by_g).map(|p| unsafe { *p }) else {
@@ -316,6 +316,19 @@ fn try_exit_h2_round_trip(ctx: &ProbeContext) -> Result<u32, i64> {
     // The link is needed once: a retried request gets a new stream and a new link.
     let _ = GO_INFLIGHT.remove(&by_req);
     if rax(ctx) != 0 {
+        // The headers went out before the response came: the stream has its id now, which
+        // a stream never read would otherwise never show.
+        let id = stream_id(&layout, cs);
+        if let Some(info) = GO_STREAMS.get_ptr_mut(&StreamKey {
+            tgid,
+            _pad: 0,
+            stream: cs,
+        }) {
+            if id != 0 {
+                // SAFETY: `info` points into the map entry just found.
+                unsafe { (*info).stream_id = id };
+            }
+        }
         emit_stream(StreamWhat::Responded, tgid, cs, -1, now());
     }
     Ok(0)
@@ -344,13 +357,13 @@ fn try_enter_h2_body_read(ctx: &ProbeContext) -> Result<u32, i64> {
         return Ok(0);
     };
     GO_INFLIGHT.insert(&key(tgid, go_key::BODY_READ, g), &cs, 0)?;
-    let id = stream_id(&layout, cs);
     // SAFETY: `info` points into the map entry just found. Plain stores: reads of one body
     // from two goroutines at once are not something Go's body supports.
     unsafe {
         (*info).reads_inflight += 1;
-        if id != 0 {
-            (*info).stream_id = id;
+        // Known since the round trip returned, unless that was before the probes came.
+        if (*info).stream_id == 0 {
+            (*info).stream_id = stream_id(&layout, cs);
         }
     }
     Ok(0)

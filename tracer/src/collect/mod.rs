@@ -5,6 +5,7 @@ mod batch;
 pub mod btf;
 mod check;
 mod decode;
+mod goattach;
 mod hooks;
 mod loader;
 mod names;
@@ -87,6 +88,8 @@ pub struct Collector {
     sample_every: Duration,
     /// The kernel hook chosen for each role on this machine.
     hooks: Vec<HookChoice>,
+    /// The Go layer: HTTP/2 stream uprobes on the targets' binaries.
+    go: goattach::GoProbes,
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
@@ -139,7 +142,9 @@ impl Collector {
                     None
                 }
             };
+        let go = goattach::GoProbes::new(&mut ebpf);
         let mut collector = Self {
+            go,
             ebpf,
             targets_map,
             conns,
@@ -295,8 +300,7 @@ impl Collector {
         let now_ns = monotonic_ns();
         let kernel = self.read_conns()?;
         Ok(Sample {
-            // Filled from the Go-aware probes' map once they are attached.
-            streams: Vec::new(),
+            streams: self.go.streams()?,
             now_ns,
             kernel,
             sockets,
@@ -392,6 +396,11 @@ impl Collector {
                 return Ok(false);
             }
         }
+        for input in self.go.sync(&mut self.ebpf, &self.targets, &self.started) {
+            if tx.send(input).await.is_err() {
+                return Ok(false);
+            }
+        }
         let sample = self.sample(sockets)?;
         self.report_losses(sample.stats.events_lost);
         let addresses: std::collections::HashSet<std::net::IpAddr> = sample
@@ -425,6 +434,12 @@ impl Collector {
             || tx.send(Input::Targets(targets)).await.is_err()
         {
             return Ok(());
+        }
+        // Start reading the targets' binaries now rather than at the first sample.
+        for input in self.go.sync(&mut self.ebpf, &self.targets, &self.started) {
+            if tx.send(input).await.is_err() {
+                return Ok(());
+            }
         }
         let mut tick = tokio::time::interval(self.sample_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
