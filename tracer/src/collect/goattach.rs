@@ -205,6 +205,7 @@ impl GoProbes {
             let pid = *pid;
             let path = procfs::exe_path(pid);
             self.targets.insert(pid, State::Inspecting { start });
+            log::debug!("Go layer: reading {} for pid {pid}", path.display());
             tokio::task::spawn_blocking(move || {
                 let result = goprobe::inspect(&path);
                 // The receiver lives as long as the collector; a send after it is gone has no
@@ -217,6 +218,15 @@ impl GoProbes {
                 });
             });
         }
+        inputs.extend(self.attach_inspected(ebpf));
+        inputs
+    }
+
+    /// Attaches the probes to each binary read since the last call (or says why not). Cheap
+    /// when there is none: called at every ring drain so a new target is probed within
+    /// milliseconds of its binary being read, not at the next sample.
+    pub fn attach_inspected(&mut self, ebpf: &mut Ebpf) -> Vec<Input> {
+        let mut inputs = Vec::new();
         while let Ok(inspected) = self.results.try_recv() {
             let pid = inspected.pid;
             let current = matches!(

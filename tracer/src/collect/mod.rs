@@ -473,6 +473,7 @@ impl Collector {
                 }
                 _ = drain.tick() => {
                     self.drain_ring(&mut batch);
+                    batch.extend(self.go.attach_inspected(&mut self.ebpf));
                     if !Self::send_all(&tx, &mut batch).await {
                         break;
                     }
