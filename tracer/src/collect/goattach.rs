@@ -471,8 +471,15 @@ fn purge<K: aya::Pod + Default, V: aya::Pod>(map: &mut Map, matches: impl Fn(&K)
     }
 }
 
+/// The target's Go layer in one line: for the model (and so the outputs), and the log. Through
+/// the logger, never straight to stderr: a terminal UI may be on screen (the logger keeps the
+/// lines for it). A refusal is a warning, shown by default; an attach is info.
 fn say(pid: u32, attached: bool, line: String) -> Input {
-    eprintln!("tracer: {line}");
+    if attached {
+        log::info!("{line}");
+    } else {
+        log::warn!("{line}");
+    }
     Input::GoLayer(GoLayer {
         pid,
         attached,
