@@ -36,6 +36,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -58,8 +59,10 @@ func main() {
 	time.Sleep(*wait)
 	expected := 0
 	for _, s := range strings.Split(*scenarios, ",") {
+		cpu, wall := cpuNs(), time.Now()
 		expected += run(client, url, s, *n)
-		log.Printf("scenario %s done; expect %d leaked streams in all", s, expected)
+		log.Printf("scenario %s done in %v, %d ns of CPU (client and server) per request; expect %d leaked streams in all",
+			s, time.Since(wall).Round(time.Millisecond), (cpuNs()-cpu)/int64(*n), expected)
 		time.Sleep(*gap)
 	}
 	fmt.Printf("{\"pid\":%d,\"scenarios_done\":true,\"expected_leaked\":%d}\n", os.Getpid(), expected)
@@ -126,6 +129,13 @@ func run(client *http.Client, url, scenario string, n int) int {
 	}
 	log.Fatalf("unknown scenario %q", scenario)
 	return 0
+}
+
+// cpuNs is the CPU time this process used so far (user and system).
+func cpuNs() int64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
 // report prints the open client streams every second: goroutines parked in writeRequest.

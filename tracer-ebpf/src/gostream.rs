@@ -34,6 +34,12 @@ use crate::{
     sock::{count, current_ids, wakeup_flag},
 };
 
+/// BPF_F_NO_COMMON_LRU (uapi/linux/bpf.h): each CPU keeps its own LRU list, so an insert
+/// takes no lock shared by every CPU. A stream's entry is made on one CPU and may be removed
+/// on another, which this allows; eviction is per CPU (a CPU evicts among the entries it made),
+/// which only matters when the map is full.
+const NO_COMMON_LRU: u32 = 1 << 1;
+
 /// tgid -> where this process's Go structs keep what the probes read (from goprobe, per Go
 /// version). Filled by user space when it attaches the probes to the process, removed when it
 /// detaches them: the one lookup every probe makes first, so a process that is not (or no
@@ -46,12 +52,13 @@ pub static GO_PROCS: HashMap<u32, GoProcess> = HashMap::with_max_entries(MAX_GO_
 /// whose end was missed.
 #[map]
 pub static GO_STREAMS: LruHashMap<StreamKey, StreamInfo> =
-    LruHashMap::with_max_entries(MAX_GO_STREAMS, 0);
+    LruHashMap::with_max_entries(MAX_GO_STREAMS, NO_COMMON_LRU);
 
 /// Per goroutine: the stream (writeRequest, body Read) or request (round trip) between the
 /// entry and the RET of a probed function; per request: the stream writing it. See `go_key`.
 #[map]
-pub static GO_INFLIGHT: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(MAX_GO_INFLIGHT, 0);
+pub static GO_INFLIGHT: LruHashMap<GoKey, u64> =
+    LruHashMap::with_max_entries(MAX_GO_INFLIGHT, NO_COMMON_LRU);
 
 /// CLOCK_MONOTONIC, as every record of the kernel side.
 #[inline(always)]
