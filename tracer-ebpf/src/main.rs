@@ -12,6 +12,7 @@
 
 mod close;
 mod connect;
+mod gostream;
 mod maps;
 mod read;
 mod sock;

@@ -5,6 +5,7 @@ mod batch;
 pub mod btf;
 mod check;
 mod decode;
+mod goattach;
 mod hooks;
 mod loader;
 mod names;
@@ -87,6 +88,8 @@ pub struct Collector {
     sample_every: Duration,
     /// The kernel hook chosen for each role on this machine.
     hooks: Vec<HookChoice>,
+    /// The Go layer: HTTP/2 stream uprobes on the targets' binaries.
+    go: goattach::GoProbes,
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
@@ -139,7 +142,9 @@ impl Collector {
                     None
                 }
             };
+        let go = goattach::GoProbes::new(&mut ebpf);
         let mut collector = Self {
+            go,
             ebpf,
             targets_map,
             conns,
@@ -295,8 +300,7 @@ impl Collector {
         let now_ns = monotonic_ns();
         let kernel = self.read_conns()?;
         Ok(Sample {
-            // Filled from the Go-aware probes' map once they are attached.
-            streams: Vec::new(),
+            streams: self.go.streams()?,
             now_ns,
             kernel,
             sockets,
@@ -363,6 +367,10 @@ impl Collector {
                         });
                     }
                 }
+                Ok(decode::Record::Stream(event)) => {
+                    log::debug!("h2 stream: {event:?}");
+                    out.push(Input::Stream(event));
+                }
                 Err(e) => log::warn!("skipping a kernel event: {e:#}"),
             }
         }
@@ -385,6 +393,11 @@ impl Collector {
         if self.refresh_targets()? {
             let targets = self.targets.values().cloned().collect();
             if tx.send(Input::Targets(targets)).await.is_err() {
+                return Ok(false);
+            }
+        }
+        for input in self.go.sync(&mut self.ebpf, &self.targets, &self.started) {
+            if tx.send(input).await.is_err() {
                 return Ok(false);
             }
         }
@@ -422,6 +435,12 @@ impl Collector {
         {
             return Ok(());
         }
+        // Start reading the targets' binaries now rather than at the first sample.
+        for input in self.go.sync(&mut self.ebpf, &self.targets, &self.started) {
+            if tx.send(input).await.is_err() {
+                return Ok(());
+            }
+        }
         let mut tick = tokio::time::interval(self.sample_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The kernel side wakes us only when the ring fills up; drain it on a timer too.
@@ -454,6 +473,7 @@ impl Collector {
                 }
                 _ = drain.tick() => {
                     self.drain_ring(&mut batch);
+                    batch.extend(self.go.attach_inspected(&mut self.ebpf));
                     if !Self::send_all(&tx, &mut batch).await {
                         break;
                     }

@@ -1,0 +1,3 @@
+module gotypehash
+
+go 1.21

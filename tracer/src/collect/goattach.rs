@@ -1,0 +1,541 @@
+//! The Go layer's attach lifecycle (issue 12): when a target is adopted (by `--pid` at start,
+//! or by `--comm` when first seen), its executable is read on a blocking thread
+//! (`goprobe::inspect`: Go version, functions, prologues, RET sites, struct offsets); then the
+//! HTTP/2 stream uprobes (tracer-ebpf/src/gostream.rs) are attached to that binary's file
+//! offsets for that process only, and its layout goes into `GO_PROCS`, which the probes check
+//! first. A refusal attaches nothing and says why in one line; kernel tracing goes on either
+//! way. A target that exits has its links dropped and its map entries purged; a restarted
+//! relay is a new target and gets them again. The links are perf-event fds owned by this
+//! process, so nothing stays attached when the tracer exits, however it exits.
+
+use std::{
+    collections::BTreeMap,
+    num::NonZeroU32,
+    os::fd::AsFd as _,
+    path::PathBuf,
+    sync::mpsc::{self, Receiver, Sender},
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{HashMap as BpfHashMap, Map, MapData},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        UProbe,
+    },
+    Ebpf,
+};
+use tracer_common::go::{map_names, GoKey, GoProcess, StreamInfo, StreamKey};
+
+use super::{batch, decode, procfs};
+use crate::{
+    goprobe::{
+        self,
+        offsets::{Field, Offsets},
+        symbols::Role,
+        GoBinary, GoLayerRefusal,
+    },
+    model::{GoLayer, Input, StreamSample, Target},
+};
+
+/// `TRACER_GO_PROBES=off` keeps the Go layer off (issue 15 asks for `--go-probes off|auto`).
+pub const DISABLE_ENV: &str = "TRACER_GO_PROBES";
+
+/// Which program goes where: the role's function entry, and each of its decoded RETs.
+const PROBES: &[(Role, &str, Option<&str>)] = &[
+    (
+        Role::H2WriteRequest,
+        "enter_h2_write_request",
+        Some("exit_h2_write_request"),
+    ),
+    (
+        Role::H2RoundTrip,
+        "enter_h2_round_trip",
+        Some("exit_h2_round_trip"),
+    ),
+    (
+        Role::H2BodyRead,
+        "enter_h2_body_read",
+        Some("exit_h2_body_read"),
+    ),
+    (Role::H2BodyClose, "enter_h2_body_close", None),
+];
+
+/// `abi.Type.Hash` of `*crypto/tls.Conn` and `*net.TCPConn` per Go minor release: the
+/// compiler's hash of the type's link name (cmd/compile/internal/types.TypeHash), copied into
+/// every itab, so the probes check an interface's dynamic type before following its data.
+/// Read from the runtime by tests/gotypehash with each toolchain of the matrix
+/// (`target/go-matrix/<version>/bin/go run ./tests/gotypehash`); a release missing here gets
+/// no fd for its streams (never a guess).
+const TYPE_HASHES: &[(u32, u32, u32)] = &[
+    (21, 0xc6af_89f1, 0xbc02_0cb9),
+    (22, 0xc6af_89f1, 0xbc02_0cb9),
+    (23, 0xc6af_89f1, 0xbc02_0cb9),
+    (24, 0xf550_dfa7, 0x425e_a6e6),
+    (25, 0x3950_76f1, 0x43fd_f3b9),
+    (26, 0x3950_76f1, 0x43fd_f3b9),
+    (27, 0x3950_76f1, 0x43fd_f3b9),
+];
+
+/// A target's Go layer.
+enum State {
+    /// Its binary is being read on a blocking thread.
+    Inspecting { start: Option<u64> },
+    /// Probes attached (program name and link of each).
+    Attached {
+        start: Option<u64>,
+        links: Vec<(&'static str, UProbeLinkId)>,
+    },
+    /// Nothing attached; the line said why.
+    Off { start: Option<u64> },
+}
+
+impl State {
+    fn start(&self) -> Option<u64> {
+        match self {
+            State::Inspecting { start } | State::Attached { start, .. } | State::Off { start } => {
+                *start
+            }
+        }
+    }
+}
+
+/// What a blocking inspection sends back.
+struct Inspected {
+    pid: u32,
+    start: Option<u64>,
+    path: PathBuf,
+    result: Result<GoBinary, GoLayerRefusal>,
+}
+
+pub struct GoProbes {
+    /// Why the Go layer is off for every target (disabled, or the kernel refused its
+    /// programs), or `None` when it can attach.
+    off: Option<String>,
+    procs: Option<BpfHashMap<MapData, u32, GoProcess>>,
+    streams: Option<Map>,
+    inflight: Option<Map>,
+    targets: BTreeMap<u32, State>,
+    results: Receiver<Inspected>,
+    sender: Sender<Inspected>,
+}
+
+impl GoProbes {
+    /// Takes the Go layer's maps and loads its programs (attached later, per target). Never
+    /// fails: a Go layer that cannot work is off, with its reason, and kernel tracing goes on.
+    pub fn new(ebpf: &mut Ebpf) -> Self {
+        let (sender, results) = mpsc::channel();
+        let mut probes = Self {
+            off: None,
+            procs: None,
+            streams: None,
+            inflight: None,
+            targets: BTreeMap::new(),
+            results,
+            sender,
+        };
+        if std::env::var(DISABLE_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("off")) {
+            probes.off = Some(format!("{DISABLE_ENV}=off"));
+            return probes;
+        }
+        if let Err(e) = probes.load(ebpf) {
+            log::warn!("the Go layer is off: {e:#}");
+            probes.off = Some(format!("{e:#}"));
+        }
+        probes
+    }
+
+    fn load(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no map {name} (build mismatch)"))
+        };
+        self.procs = Some(
+            take(ebpf, map_names::GO_PROCS)?
+                .try_into()
+                .context("opening the GO_PROCS map")?,
+        );
+        self.streams = Some(take(ebpf, map_names::GO_STREAMS)?);
+        self.inflight = Some(take(ebpf, map_names::GO_INFLIGHT)?);
+        for name in program_names() {
+            program(ebpf, name)?
+                .load()
+                .with_context(|| format!("the kernel refused the {name} uprobe program"))?;
+        }
+        Ok(())
+    }
+
+    /// Follows the targets: starts reading the binary of each new one, attaches the probes
+    /// of each binary read since, and detaches those of targets that exited. Returns a
+    /// `GoLayer` input for each target whose Go layer was settled now.
+    pub fn sync(
+        &mut self,
+        ebpf: &mut Ebpf,
+        targets: &BTreeMap<u32, Target>,
+        started: &BTreeMap<u32, u64>,
+    ) -> Vec<Input> {
+        let mut inputs = Vec::new();
+        let gone: Vec<u32> = self
+            .targets
+            .iter()
+            .filter(|(pid, state)| {
+                !targets.contains_key(pid) || started.get(pid).copied() != state.start()
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            if let Some(state) = self.targets.remove(&pid) {
+                self.forget(ebpf, pid, state);
+            }
+        }
+        for pid in targets.keys() {
+            if self.targets.contains_key(pid) {
+                continue;
+            }
+            let start = started.get(pid).copied();
+            if let Some(reason) = &self.off {
+                let line = format!(
+                    "Go layer off for pid {pid}: {reason}; tracing with kernel signals only"
+                );
+                inputs.push(say(*pid, false, line));
+                self.targets.insert(*pid, State::Off { start });
+                continue;
+            }
+            let sender = self.sender.clone();
+            let pid = *pid;
+            let path = procfs::exe_path(pid);
+            self.targets.insert(pid, State::Inspecting { start });
+            log::debug!("Go layer: reading {} for pid {pid}", path.display());
+            tokio::task::spawn_blocking(move || {
+                let result = goprobe::inspect(&path);
+                // The receiver lives as long as the collector; a send after it is gone has no
+                // one to tell.
+                let _ = sender.send(Inspected {
+                    pid,
+                    start,
+                    path,
+                    result,
+                });
+            });
+        }
+        inputs.extend(self.attach_inspected(ebpf));
+        inputs
+    }
+
+    /// Attaches the probes to each binary read since the last call (or says why not). Cheap
+    /// when there is none: called at every ring drain so a new target is probed within
+    /// milliseconds of its binary being read, not at the next sample.
+    pub fn attach_inspected(&mut self, ebpf: &mut Ebpf) -> Vec<Input> {
+        let mut inputs = Vec::new();
+        while let Ok(inspected) = self.results.try_recv() {
+            let pid = inspected.pid;
+            let current = matches!(
+                self.targets.get(&pid),
+                Some(State::Inspecting { start }) if *start == inspected.start
+            );
+            if !current {
+                // The target exited (or its pid was reused) while its binary was read.
+                continue;
+            }
+            let (state, input) = self.settle(ebpf, inspected);
+            self.targets.insert(pid, state);
+            inputs.push(input);
+        }
+        inputs
+    }
+
+    /// Attaches the probes to an inspected binary, or says why not.
+    fn settle(&mut self, ebpf: &mut Ebpf, inspected: Inspected) -> (State, Input) {
+        let Inspected {
+            pid,
+            start,
+            path,
+            result,
+        } = inspected;
+        let off = |line: String| (State::Off { start }, say(pid, false, line));
+        let binary = match result {
+            Ok(binary) => binary,
+            Err(refusal) => return off(refusal.line(pid)),
+        };
+        if !binary.http2 {
+            return off(format!(
+                "Go layer off for pid {pid}: {}: no HTTP/2 client to probe; tracing with kernel signals only",
+                binary.line()
+            ));
+        }
+        let layout = match layout(&binary) {
+            Ok(layout) => layout,
+            Err(e) => {
+                return off(format!(
+                    "Go layer off for pid {pid}: {}: {e}; tracing with kernel signals only",
+                    binary.image.version()
+                ))
+            }
+        };
+        match self.attach(ebpf, pid, &path, &binary, &layout) {
+            Ok(links) => {
+                let line = format!(
+                    "{} (pid {pid}): {} uprobes attached{}",
+                    binary.line(),
+                    links.len(),
+                    if layout.conn_tconn == GoProcess::UNKNOWN {
+                        ", streams not tied to their sockets (connection type unknown for this Go)"
+                    } else {
+                        ""
+                    }
+                );
+                (State::Attached { start, links }, say(pid, true, line))
+            }
+            Err(e) => off(format!(
+                "Go layer off for pid {pid}: {e:#}; tracing with kernel signals only"
+            )),
+        }
+    }
+
+    fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: u32,
+        path: &std::path::Path,
+        binary: &GoBinary,
+        layout: &GoProcess,
+    ) -> Result<Vec<(&'static str, UProbeLinkId)>> {
+        let scope = UProbeScope::OneProcess(
+            NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 is not a process"))?,
+        );
+        let mut links = Vec::new();
+        let attached = (|| -> Result<()> {
+            for (role, entry, ret) in PROBES {
+                let sites = binary
+                    .probe(*role)
+                    .ok_or_else(|| anyhow!("goprobe found no {role:?} function"))?;
+                let mut at = vec![(*entry, sites.entry)];
+                if let Some(ret) = ret {
+                    if sites.returns.is_empty() {
+                        return Err(anyhow!("{} has no RET to probe", sites.function.name));
+                    }
+                    at.extend(sites.returns.iter().map(|site| (*ret, *site)));
+                }
+                for (name, site) in at {
+                    let link = program(ebpf, name)?
+                        .attach(
+                            UProbeAttachLocation::AbsoluteOffset(site.file_offset),
+                            path,
+                            scope,
+                        )
+                        .with_context(|| {
+                            format!(
+                                "attaching {name} at {:#x} (file offset {:#x}) of {}",
+                                site.address, site.file_offset, sites.function.name
+                            )
+                        })?;
+                    links.push((name, link));
+                }
+            }
+            // Last: the probes do nothing for this process until its layout is here, so
+            // they start together.
+            if let Some(procs) = self.procs.as_mut() {
+                procs
+                    .insert(pid, *layout, 0)
+                    .context("registering the process in GO_PROCS")?;
+            }
+            Ok(())
+        })();
+        match attached {
+            Ok(()) => Ok(links),
+            Err(e) => {
+                detach(ebpf, pid, links);
+                Err(e)
+            }
+        }
+    }
+
+    /// Detaches a target's probes and purges what the kernel side kept for it.
+    fn forget(&mut self, ebpf: &mut Ebpf, pid: u32, state: State) {
+        let State::Attached { links, .. } = state else {
+            return;
+        };
+        if let Some(procs) = self.procs.as_mut() {
+            let _ = procs.remove(&pid);
+        }
+        detach(ebpf, pid, links);
+        if let Some(streams) = self.streams.as_mut() {
+            purge::<StreamKey, StreamInfo>(streams, |k| k.tgid == pid);
+        }
+        if let Some(inflight) = self.inflight.as_mut() {
+            purge::<GoKey, u64>(inflight, |k| k.tgid == pid);
+        }
+        log::info!("Go layer: pid {pid} exited; its probes are detached");
+    }
+
+    /// Every open stream the probes follow (nothing to read while none is attached).
+    pub fn streams(&self) -> Result<Vec<StreamSample>> {
+        let mut out = Vec::new();
+        if !self
+            .targets
+            .values()
+            .any(|s| matches!(s, State::Attached { .. }))
+        {
+            return Ok(out);
+        }
+        let Some(map) = self.streams.as_ref() else {
+            return Ok(out);
+        };
+        if let Map::HashMap(data) | Map::LruHashMap(data) = map {
+            match batch::for_each(data.fd().as_fd(), |key: StreamKey, info: &StreamInfo| {
+                out.push(decode::stream_sample(&key, info))
+            }) {
+                Ok(()) => {
+                    log_streams(&out);
+                    return Ok(out);
+                }
+                Err(batch::BatchError::Unsupported) => out.clear(),
+                Err(batch::BatchError::Io(e)) => {
+                    return Err(e).context("reading the GO_STREAMS map")
+                }
+            }
+        }
+        // Kernels without batch lookups (before 5.6): entry by entry.
+        let typed: BpfHashMap<&MapData, StreamKey, StreamInfo> =
+            map.try_into().context("opening the GO_STREAMS map")?;
+        for item in typed.iter() {
+            match item {
+                Ok((key, info)) => out.push(decode::stream_sample(&key, &info)),
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("reading the GO_STREAMS map"),
+            }
+        }
+        log_streams(&out);
+        Ok(out)
+    }
+}
+
+/// One debug line per sample: every open stream the probes follow, with its reads.
+fn log_streams(streams: &[StreamSample]) {
+    if !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    let each: Vec<String> = streams
+        .iter()
+        .map(|s| {
+            format!(
+                "{}:{:#x} id={:?} reads={} bytes={} inflight={}",
+                s.pid, s.stream, s.stream_id, s.reads, s.bytes_read, s.reads_inflight
+            )
+        })
+        .collect();
+    log::debug!("go streams: {} open [{}]", streams.len(), each.join(", "));
+}
+
+fn program_names() -> impl Iterator<Item = &'static str> {
+    PROBES
+        .iter()
+        .flat_map(|(_, entry, ret)| std::iter::once(*entry).chain(*ret))
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {name} (build mismatch)"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a uprobe program"))
+}
+
+fn detach(ebpf: &mut Ebpf, pid: u32, links: Vec<(&'static str, UProbeLinkId)>) {
+    for (name, link) in links {
+        let detached = program(ebpf, name).and_then(|p| {
+            p.detach(link)
+                .with_context(|| format!("detaching {name} from pid {pid}"))
+        });
+        if let Err(e) = detached {
+            log::warn!("{e:#}");
+        }
+    }
+}
+
+/// Removes the entries whose key `matches` from a hash map of the Go layer.
+fn purge<K: aya::Pod + Default, V: aya::Pod>(map: &mut Map, matches: impl Fn(&K) -> bool) {
+    let mut typed: BpfHashMap<&mut MapData, K, V> = match map.try_into() {
+        Ok(typed) => typed,
+        Err(e) => {
+            log::warn!("purging a Go layer map: {e}");
+            return;
+        }
+    };
+    let doomed: Vec<K> = typed
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(&matches)
+        .collect();
+    for key in doomed {
+        let _ = typed.remove(&key);
+    }
+}
+
+/// The target's Go layer in one line: for the model (and so the outputs), and the log. Through
+/// the logger, never straight to stderr: a terminal UI may be on screen (the logger keeps the
+/// lines for it). A refusal is a warning, shown by default; an attach is info.
+fn say(pid: u32, attached: bool, line: String) -> Input {
+    if attached {
+        log::info!("{line}");
+    } else {
+        log::warn!("{line}");
+    }
+    Input::GoLayer(GoLayer {
+        pid,
+        attached,
+        line,
+    })
+}
+
+/// The probes' view of a binary's layout. The body probes need the response body to be the
+/// stream pointer itself (a one-pointer struct passed by value); the rest may be unknown,
+/// which only costs the stream's fd (or id).
+fn layout(binary: &GoBinary) -> Result<GoProcess, String> {
+    let offsets = &binary.offsets;
+    if offsets.get(Field::H2BodyStream) != Some(0) {
+        return Err(
+            "the HTTP/2 response body is not the stream pointer the body probes read".to_owned(),
+        );
+    }
+    let minor = binary.image.build.version.release().1;
+    Ok(layout_from(offsets, minor))
+}
+
+fn layout_from(offsets: &Offsets, minor: u32) -> GoProcess {
+    let at = |field: Field| {
+        offsets
+            .get(field)
+            .and_then(|o| u32::try_from(o).ok())
+            .unwrap_or(GoProcess::UNKNOWN)
+    };
+    let hashes = TYPE_HASHES.iter().find(|(m, _, _)| *m == minor);
+    GoProcess {
+        stream_id: at(Field::H2StreamId),
+        stream_conn: at(Field::H2StreamConn),
+        // Without the type hashes the connection's interface cannot be checked: no fd.
+        conn_tconn: hashes.map_or(GoProcess::UNKNOWN, |_| at(Field::H2ConnTconn)),
+        tls_conn: at(Field::TlsConnConn),
+        tcp_conn_fd: at(Field::TcpConnFd),
+        netfd_sysfd: at(Field::NetFdSysfd),
+        tls_conn_type_hash: hashes.map_or(0, |h| h.1),
+        tcp_conn_type_hash: hashes.map_or(0, |h| h.2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_release_has_type_hashes_and_every_program_a_role() {
+        for minor in goprobe::symbols::OLDEST_KNOWN.1..=goprobe::symbols::NEWEST_KNOWN.1 {
+            assert!(
+                TYPE_HASHES.iter().any(|(m, _, _)| *m == minor),
+                "go1.{minor} has no type hashes"
+            );
+        }
+        let names: Vec<_> = program_names().collect();
+        assert_eq!(names.len(), 7);
+        assert!(names.contains(&"exit_h2_body_read"));
+    }
+}
