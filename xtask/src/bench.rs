@@ -1,10 +1,15 @@
 //! `cargo xtask bench`: what the tracer costs the relay, measured, not assumed.
 //!
-//! (a) the fixture relay (as an HTTP proxy in front of a fake provider) under wrk, runs
-//!     alternating without and with the tracer attached to it; (b) kernel cost per program run
-//!     from kernel.bpf_stats_enabled; (c) the same load with the tracer attached to another
-//!     process (the relay untracked); (d) the tracer's own CPU per 100k lifecycle events and
-//!     memory per 10k tracked connections. Results go to bench/RESULTS.md and bench/results.json.
+//! For each scenario (the fixture relay as an HTTP proxy in front of a fake provider, with
+//! pooled upstream connections and with a new one per request; Caddy, a real Go reverse proxy,
+//! in front of the same provider over HTTP/1.1 and over HTTP/2 with TLS): (a) wrk runs
+//! alternating without and with the tracer attached to the relay; (b) kernel cost per program
+//! run from kernel.bpf_stats_enabled, and runs per request; (c) the same load with the tracer
+//! attached to another process (the relay untracked); then (d) the tracer's own CPU per 100k
+//! lifecycle events and memory per 10k tracked connections. Results go to bench/RESULTS.md and
+//! bench/results.json; a run of some scenarios only (`--scenarios`) writes
+//! target/bench/RESULTS-partial.md instead. RESULTS.md keeps what follows `HISTORY_MARK`
+//! (the hand-written before/after of each change) from one run to the next.
 
 use std::{
     collections::BTreeMap,
@@ -24,12 +29,147 @@ use crate::{build, setup, util};
 
 const UPSTREAM_PORT: u16 = 18310;
 const PROXY_ADDR: &str = "127.0.0.1:18311";
+const CADDY_ADDR: &str = "127.0.0.1:18312";
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// Everything from this line on in bench/RESULTS.md is kept when the bench rewrites it.
+const HISTORY_MARK: &str = "<!-- history: kept by cargo xtask bench -->";
 
 pub struct Options {
     pub duration: Duration,
     pub runs: u32,
     pub connections: u32,
+    /// Scenario keys to run (`Scenario::key`); empty: all of them.
+    pub scenarios: Vec<String>,
+}
+
+/// The relay under load in a scenario.
+enum Relay {
+    /// `fixture proxy` with these extra arguments, on `PROXY_ADDR`.
+    Fixture(&'static [&'static str]),
+    /// Debian's Caddy on `CADDY_ADDR`, with this `reverse_proxy` block.
+    Caddy(&'static str),
+}
+
+/// One load scenario: a relay and the URL wrk asks it for.
+struct Scenario {
+    /// For `--scenarios`.
+    key: &'static str,
+    name: &'static str,
+    relay: Relay,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        key: "keep-alive",
+        name: "keep-alive (pooled upstream connections)",
+        relay: Relay::Fixture(&[]),
+    },
+    Scenario {
+        key: "churn",
+        name: "new connection per request (connect/close heavy)",
+        relay: Relay::Fixture(&["-new-conn"]),
+    },
+    Scenario {
+        key: "caddy",
+        name: "Caddy keep-alive (HTTP/1.1 upstream)",
+        // The fixture's plain "ok" upstream.
+        relay: Relay::Caddy("reverse_proxy 127.0.0.11:18310"),
+    },
+    Scenario {
+        key: "caddy-h2",
+        name: "Caddy keep-alive, HTTP/2 over TLS upstream",
+        // The fixture's "h2-ok" upstream: TLS with a self-signed certificate, ALPN h2.
+        relay: Relay::Caddy(
+            "reverse_proxy https://127.0.0.23:18310 {\n\t\ttransport http {\n\t\t\ttls_insecure_skip_verify\n\t\t\tversions 2\n\t\t}\n\t}",
+        ),
+    },
+];
+
+impl Scenario {
+    fn url(&self) -> String {
+        match self.relay {
+            Relay::Fixture(_) => format!("http://{PROXY_ADDR}/"),
+            Relay::Caddy(_) => {
+                format!("http://{CADDY_ADDR}/v1/chat/completions?scenario=ok")
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.relay {
+            Relay::Fixture(args) => format!(
+                "the fixture relay (`fixture proxy{}{}`), which makes one upstream request per request to a fake provider on loopback",
+                if args.is_empty() { "" } else { " " },
+                args.join(" ")
+            ),
+            Relay::Caddy(_) => format!(
+                "Caddy ({}) as a reverse proxy (`{}`) in front of the same fake provider",
+                caddy_version(),
+                self.caddyfile_site().lines().nth(1).map_or("", str::trim)
+            ),
+        }
+    }
+
+    fn caddyfile_site(&self) -> String {
+        match self.relay {
+            Relay::Caddy(block) => format!("http://{CADDY_ADDR} {{\n\t{block}\n}}\n"),
+            Relay::Fixture(_) => String::new(),
+        }
+    }
+
+    /// Starts the relay and waits until it serves.
+    fn start(&self, fixture: &Path, scratch: &Path) -> Result<Proc> {
+        match self.relay {
+            Relay::Fixture(args) => {
+                let mut cmd = Command::new(fixture);
+                cmd.args([
+                    "proxy",
+                    "-listen",
+                    PROXY_ADDR,
+                    "-port",
+                    &UPSTREAM_PORT.to_string(),
+                ])
+                .args(args);
+                spawn_ready(&mut cmd, "the relay proxy")
+            }
+            Relay::Caddy(_) => {
+                let config = scratch.join(format!("Caddyfile-{}", self.key));
+                // No admin endpoint, no automatic HTTPS: a bare proxy.
+                let text = format!(
+                    "{{\n\tadmin off\n\tauto_https off\n}}\n{}",
+                    self.caddyfile_site()
+                );
+                fs::write(&config, text)
+                    .with_context(|| format!("writing {}", config.display()))?;
+                let child = Command::new("caddy")
+                    .args(["run", "--adapter", "caddyfile", "--config"])
+                    .arg(&config)
+                    .env("HOME", scratch)
+                    .env("XDG_DATA_HOME", scratch)
+                    .env("XDG_CONFIG_HOME", scratch)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting caddy (apt-get install caddy)")?;
+                let proc = Proc(child);
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while std::net::TcpStream::connect(CADDY_ADDR).is_err() {
+                    if Instant::now() > deadline {
+                        bail!("caddy did not listen on {CADDY_ADDR} within 15s (run it by hand with {})", config.display());
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+                Ok(proc)
+            }
+        }
+    }
+}
+
+fn caddy_version() -> String {
+    util::stdout_of(Command::new("caddy").arg("version"))
+        .ok()
+        .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown version".into())
 }
 
 /// A child killed and reaped on drop.
@@ -234,13 +374,13 @@ fn parse_latency(text: &str, pct: &str) -> f64 {
         })
 }
 
-fn wrk(opts: &Options) -> Result<WrkResult> {
+fn wrk(opts: &Options, url: &str) -> Result<WrkResult> {
     let out = util::stdout_of(Command::new("wrk").args([
         "-t2",
         &format!("-c{}", opts.connections),
         &format!("-d{}s", opts.duration.as_secs()),
         "--latency",
-        &format!("http://{PROXY_ADDR}/"),
+        url,
     ]))?;
     let rps = out
         .lines()
@@ -291,21 +431,34 @@ pub fn machine() -> String {
     format!("{cpus} CPUs ({cpu}), kernel {}", kernel.trim())
 }
 
-/// One load mode: which proxy flags, and the measured series.
-struct Mode {
-    name: &'static str,
-    proxy_args: &'static [&'static str],
-}
-
 pub fn run(opts: Options) -> Result<()> {
     if !util::is_root() {
         bail!("the benchmark loads eBPF programs and needs root: run: sudo -E env \"PATH=$PATH\" cargo xtask bench");
     }
+    for key in &opts.scenarios {
+        if !SCENARIOS.iter().any(|s| s.key == key) {
+            let keys: Vec<&str> = SCENARIOS.iter().map(|s| s.key).collect();
+            bail!("no bench scenario {key}: use one of {}", keys.join(", "));
+        }
+    }
+    let scenarios: Vec<&Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| opts.scenarios.is_empty() || opts.scenarios.iter().any(|k| k == s.key))
+        .collect();
+    let partial = scenarios.len() < SCENARIOS.len();
     setup::ensure_for(setup::Purpose::Bench).context("bench")?;
     if util::find_on_path("wrk").is_none() {
         bail!("wrk is missing after setup: run: apt-get install --no-install-recommends wrk");
     }
-    let artifacts = build::build().context("bench")?;
+    let caddy_used = scenarios.iter().any(|s| matches!(s.relay, Relay::Caddy(_)));
+    if caddy_used && util::find_on_path("caddy").is_none() {
+        bail!("caddy is missing after setup: run: apt-get install --no-install-recommends caddy");
+    }
+    let mut artifacts = build::build().context("bench")?;
+    // A tracer built elsewhere (an earlier commit, for a before/after pair).
+    if let Some(bin) = std::env::var_os("TRACER_BENCH_BIN") {
+        artifacts.tracer = PathBuf::from(bin);
+    }
     let root = util::workspace_root();
     let out_dir = root.join("bench");
     fs::create_dir_all(&out_dir)?;
@@ -323,47 +476,38 @@ pub fn run(opts: Options) -> Result<()> {
         ]),
         "the fake provider",
     )?;
-    let modes = [
-        Mode {
-            name: "keep-alive (pooled upstream connections)",
-            proxy_args: &[],
-        },
-        Mode {
-            name: "new connection per request (connect/close heavy)",
-            proxy_args: &["-new-conn"],
-        },
-    ];
     let mut report = String::new();
     let mut raw = Vec::new();
     writeln!(report, "# tracer overhead benchmark\n")?;
+    let (load1, load5, _) = load_average();
     writeln!(
         report,
-        "Machine: {}. Command: `cargo xtask bench --duration {}s --runs {} --connections {}`.",
+        "Machine: {}; load average {load1:.2} (1 min) / {load5:.2} (5 min) at the start. Command: `cargo xtask bench --duration {}s --runs {} --connections {}{}`.",
         machine(),
         opts.duration.as_secs(),
         opts.runs,
-        opts.connections
+        opts.connections,
+        if partial {
+            format!(" --scenarios {}", opts.scenarios.join(","))
+        } else {
+            String::new()
+        }
     )?;
-    writeln!(report, "Load: wrk -t2 -c{} against the fixture relay running as an HTTP proxy (`fixture proxy`), which makes one upstream request per request to a fake provider on loopback. wrk, the relay, the provider and the tracer share the machine's CPUs.\n", opts.connections)?;
+    writeln!(report, "Load: wrk -t2 -c{} against each scenario's relay. wrk, the relay, the provider and the tracer share the machine's CPUs.\n", opts.connections)?;
+    writeln!(report, "Added CPU per request is accounted: the tracer's programs' run time (kernel.bpf_stats_enabled, which itself adds about 20 ns per run) plus the tracer process's CPU, per request, against the whole machine's busy CPU per request without the tracer. The machine's own busy CPU per request with the tracer is shown too (it also holds what the accounting cannot see, the kernel's work to call each program, but moves with whatever else the shared machine runs).\n")?;
 
-    for mode in &modes {
-        let mut proxy_cmd = Command::new(&artifacts.fixture);
-        proxy_cmd
-            .args([
-                "proxy",
-                "-listen",
-                PROXY_ADDR,
-                "-port",
-                &UPSTREAM_PORT.to_string(),
-            ])
-            .args(mode.proxy_args);
-        let proxy = spawn_ready(&mut proxy_cmd, "the relay proxy")?;
+    for mode in &scenarios {
+        let url = mode.url();
+        let proxy = mode.start(&artifacts.fixture, &scratch)?;
         let proxy_pid = proxy.0.id();
         // Warm-up: pools, page cache, CPU frequency.
-        let _ = wrk(&Options {
-            duration: Duration::from_secs(3),
-            ..opts_copy(&opts)
-        })?;
+        let _ = wrk(
+            &Options {
+                duration: Duration::from_secs(3),
+                ..opts_copy(&opts)
+            },
+            &url,
+        )?;
 
         let (mut base, mut traced, mut elsewhere) = (Vec::new(), Vec::new(), Vec::new());
         let (mut base_p99, mut traced_p99) = (Vec::new(), Vec::new());
@@ -373,13 +517,14 @@ pub fn run(opts: Options) -> Result<()> {
         let mut cpu_share = Vec::new();
         let (mut base_us_per_req, mut kernel_us_per_req) = (Vec::new(), Vec::new());
         let (mut user_us_per_req, mut added_percent) = (Vec::new(), Vec::new());
+        let (mut traced_us_per_req, mut requests_total) = (Vec::new(), 0.0);
         for run in 1..=opts.runs {
             println!(
                 "bench: {} — run {run}/{}: without the tracer",
                 mode.name, opts.runs
             );
             let busy0 = machine_busy_s()?;
-            let r = wrk(&opts)?;
+            let r = wrk(&opts, &url)?;
             let busy1 = machine_busy_s()?;
             let base_cpu_per_req = (busy1 - busy0) / (r.rps * opts.duration.as_secs_f64());
             base_us_per_req.push(base_cpu_per_req * 1e6);
@@ -404,7 +549,9 @@ pub fn run(opts: Options) -> Result<()> {
             fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
             let stats0 = bpf_prog_stats(&ours)?;
             let (cpu0, _) = cpu_and_rss(tracer.pid())?;
-            let r = wrk(&opts)?;
+            let busy0 = machine_busy_s()?;
+            let r = wrk(&opts, &url)?;
+            let busy1 = machine_busy_s()?;
             let (cpu1, _) = cpu_and_rss(tracer.pid())?;
             let stats1 = bpf_prog_stats(&ours)?;
             fs::write(BPF_STATS, "0").context("disabling kernel.bpf_stats_enabled")?;
@@ -421,6 +568,8 @@ pub fn run(opts: Options) -> Result<()> {
             // CPU accounting: what the programs and the tracer's own process spent per
             // request, against what the whole machine spent per request without the tracer.
             let requests = r.rps * opts.duration.as_secs_f64();
+            requests_total += requests;
+            traced_us_per_req.push((busy1 - busy0) / requests * 1e6);
             let kernel_s: f64 = stats1
                 .iter()
                 .map(|(name, (t1, _))| {
@@ -447,7 +596,7 @@ pub fn run(opts: Options) -> Result<()> {
                 idle.0.id(),
                 scratch.join(format!("elsewhere-{run}.json")),
             )?;
-            let r = wrk(&opts)?;
+            let r = wrk(&opts, &url)?;
             tracer.stop()?;
             let _ = idle.0.kill();
             elsewhere.push(r.rps);
@@ -460,6 +609,7 @@ pub fn run(opts: Options) -> Result<()> {
             median(&mut elsewhere.clone()),
         );
         writeln!(report, "## {}\n", mode.name)?;
+        writeln!(report, "Relay: {}.\n", mode.describe())?;
         writeln!(report, "| configuration | median req/s | min–max req/s | median p50 / p99 latency | change vs without |")?;
         writeln!(report, "| --- | --- | --- | --- | --- |")?;
         let row = |label: &str, v: &[f64], lat: Option<(&[f64], &[f64])>, m: f64| {
@@ -493,15 +643,19 @@ pub fn run(opts: Options) -> Result<()> {
             me,
         ));
         writeln!(report, "\nKernel cost per program run (kernel.bpf_stats_enabled, summed over the traced runs):\n")?;
-        writeln!(report, "| program | runs | mean ns per run |")?;
-        writeln!(report, "| --- | --- | --- |")?;
+        writeln!(
+            report,
+            "| program | runs | runs per request | mean ns per run |"
+        )?;
+        writeln!(report, "| --- | --- | --- | --- |")?;
         for (name, (ns, cnt)) in &prog_totals {
             let mean = if *cnt > 0 {
                 *ns as f64 / *cnt as f64
             } else {
                 0.0
             };
-            writeln!(report, "| {name} | {cnt} | {mean:.0} |")?;
+            let per_req = *cnt as f64 / requests_total.max(1.0);
+            writeln!(report, "| {name} | {cnt} | {per_req:.2} | {mean:.0} |")?;
         }
         let added = median(&mut added_percent.clone());
         let (lo, hi) = spread(&added_percent);
@@ -512,6 +666,15 @@ pub fn run(opts: Options) -> Result<()> {
             median(&mut kernel_us_per_req.clone()),
             median(&mut user_us_per_req.clone()),
             added / (1.0 + added / 100.0),
+        )?;
+        let (base_m, traced_m) = (
+            median(&mut base_us_per_req.clone()),
+            median(&mut traced_us_per_req.clone()),
+        );
+        writeln!(
+            report,
+            "\nMachine busy CPU per request, measured directly: {base_m:.1} µs without, {traced_m:.1} µs with the tracer on the relay ({:+.1}%; noisy).",
+            (traced_m / base_m - 1.0) * 100.0
         )?;
         let share = median(&mut cpu_share.clone());
         writeln!(
@@ -541,9 +704,21 @@ pub fn run(opts: Options) -> Result<()> {
             "program_cpu_us_per_request": kernel_us_per_req,
             "tracer_cpu_us_per_request": user_us_per_req,
             "added_cpu_percent": added_percent,
+            "machine_cpu_us_per_request_traced": traced_us_per_req,
+            "relay": mode.describe(),
         }));
     }
 
+    if partial {
+        let _ = fs::write(BPF_STATS, stats_before.trim());
+        let _ = fs::remove_dir_all(&scratch);
+        let dir = root.join("target").join("bench");
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("RESULTS-partial.md"), &report)?;
+        println!("{report}");
+        println!("bench: wrote target/bench/RESULTS-partial.md (some scenarios only)");
+        return Ok(());
+    }
     // (d) memory per 10k tracked connections: a relay that leaks 10k connections.
     println!("bench: memory with 10k leaked connections");
     let relay = Proc(
@@ -605,7 +780,14 @@ pub fn run(opts: Options) -> Result<()> {
 
     let _ = fs::write(BPF_STATS, stats_before.trim());
     let _ = fs::remove_dir_all(&scratch);
-    fs::write(out_dir.join("RESULTS.md"), &report)?;
+    let results = out_dir.join("RESULTS.md");
+    if let Some(history) = fs::read_to_string(&results)
+        .ok()
+        .and_then(|old| old.find(HISTORY_MARK).map(|at| old[at..].to_owned()))
+    {
+        report.push_str(&history);
+    }
+    fs::write(results, &report)?;
     fs::write(
         out_dir.join("results.json"),
         serde_json::to_string_pretty(&raw)?,
@@ -620,7 +802,21 @@ fn opts_copy(o: &Options) -> Options {
         duration: o.duration,
         runs: o.runs,
         connections: o.connections,
+        scenarios: o.scenarios.clone(),
     }
+}
+
+/// The 1, 5 and 15 minute load averages (NaN when unreadable).
+fn load_average() -> (f64, f64, f64) {
+    let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut v = text
+        .split_whitespace()
+        .map(|x| x.parse::<f64>().unwrap_or(f64::NAN));
+    (
+        v.next().unwrap_or(f64::NAN),
+        v.next().unwrap_or(f64::NAN),
+        v.next().unwrap_or(f64::NAN),
+    )
 }
 
 #[cfg(test)]
