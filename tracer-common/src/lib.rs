@@ -462,8 +462,12 @@ pub enum Stat {
     ReadsSeen = 3,
     /// First-bytes records dropped because the ring buffer was full.
     FirstBytesDrops = 4,
+    /// Tracked sockets whose reads may wait in the kernel (`ConnFlags::READS_COUNTED`): blocking
+    /// at connect, or a read waited. Go's sockets never are. User space attaches the read
+    /// syscalls' entries, which count reads in progress, once this is non-zero.
+    ReadersCounted = 5,
 }
-pub const STAT_COUNT: u32 = 5;
+pub const STAT_COUNT: u32 = 6;
 
 #[cfg(feature = "user")]
 mod user {

@@ -9,8 +9,11 @@
 //!   have reported for the same read. Reads that do not go through read, readv, recvfrom or
 //!   recvmsg (io_uring, splice, recvmmsg) are not seen there; Go's net package uses read(2).
 //!
-//! The read syscalls' entries run on every kernel: they count the reads in progress (a thread
-//! blocked in read() is listening). The read ends where it is counted: in `sock_recv` (the
+//! The read syscalls' entries count the reads in progress (a thread blocked in read() is
+//! listening). On the syscall path they are attached from the start; with sock_recv_length only
+//! once a target has a socket whose reads can wait (`Stat::ReadersCounted`, or a target that is
+//! not a Go program): Go's sockets are all non-blocking, so a Go relay's reads run `sock_recv`
+//! alone. The read ends where it is counted: in `sock_recv` (the
 //! tracepoint fires at the end of every recvmsg, which every read of a socket goes through)
 //! or, on the syscall path, in `exit_read`, which needs the socket noted per thread at entry.
 //! So with sock_recv_length, `exit_read` is not attached at all and entries note nothing per
@@ -115,6 +118,8 @@ fn note_blocking_mode(sk: u64, conn: *mut ConnInfo, nonblocking: bool) {
         // SAFETY: as above.
         unsafe { (*conn).flags |= ConnFlags::READS_COUNTED };
         filter_raise(&FD_SLOTS, fd_slot(tgid, fd), FD_READER);
+        // Tells user space to attach the read syscalls' entries, if it has not.
+        count(Stat::ReadersCounted);
     }
     if let Some(mapping) = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd }) {
         // SAFETY: pointer from the lookup just made; a stale mapping (another socket) is

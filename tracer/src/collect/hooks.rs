@@ -15,10 +15,11 @@ use tracer_common::tp_layout;
 pub const READ_HOOK_ENV: &str = "TRACER_READ_HOOK";
 
 /// A program and the tracepoints (group, event) it attaches to.
-type Attachment = (&'static str, &'static [(&'static str, &'static str)]);
+pub(super) type Attachment = (&'static str, &'static [(&'static str, &'static str)]);
 
 /// The read syscalls' entries: they map (tgid, fd) to the socket and count reads in progress
-/// (a thread blocked in read() is listening), on both read paths.
+/// (a thread blocked in read() is listening). On the syscall path from the start; with
+/// sock_recv_length deferred until a target has a socket whose reads can wait.
 const SYSCALL_READ_ENTRIES: &[Attachment] = &[
     (
         "enter_read",
@@ -55,6 +56,10 @@ pub(super) struct HookPath {
     /// The hook as the hooks line and the UI name it.
     pub(super) hook: &'static str,
     pub(super) attachments: &'static [&'static [Attachment]],
+    /// Loaded at start but attached only once a target has a socket whose reads can wait in
+    /// the kernel (blocking at connect, or a read that waited), or a target is not a Go
+    /// program: Go's sockets are all non-blocking, so a Go relay never needs them.
+    pub(super) on_blocking_reads: &'static [&'static [Attachment]],
     /// What a kernel needs for this path, for the error when no path of the role is present.
     pub(super) needs: &'static str,
     /// Reads are counted at the read syscalls' exits (`READS_FROM_SYSCALLS`).
@@ -78,6 +83,7 @@ pub(super) const ROLES: &[Role] = &[
                 ("enter_connect", &[("syscalls", "sys_enter_connect")]),
                 ("exit_connect", &[("syscalls", "sys_exit_connect")]),
             ]],
+            on_blocking_reads: &[],
             needs: NEEDS_SYSCALL_TRACEPOINTS,
             reads_from_syscalls: false,
         }],
@@ -88,6 +94,7 @@ pub(super) const ROLES: &[Role] = &[
             key: "inet_sock_set_state",
             hook: "sock/inet_sock_set_state",
             attachments: &[&[("sock_set_state", &[("sock", "inet_sock_set_state")])]],
+            on_blocking_reads: &[],
             needs: "the sock/inet_sock_set_state tracepoint (Linux 4.16 or newer)",
             reads_from_syscalls: false,
         }],
@@ -98,10 +105,8 @@ pub(super) const ROLES: &[Role] = &[
             HookPath {
                 key: "sock_recv_length",
                 hook: "sock/sock_recv_length",
-                attachments: &[
-                    &[("sock_recv", &[("sock", "sock_recv_length")])],
-                    SYSCALL_READ_ENTRIES,
-                ],
+                attachments: &[&[("sock_recv", &[("sock", "sock_recv_length")])]],
+                on_blocking_reads: &[SYSCALL_READ_ENTRIES],
                 needs: "the sock/sock_recv_length tracepoint (Linux 6.3 or newer)",
                 reads_from_syscalls: false,
             },
@@ -109,6 +114,7 @@ pub(super) const ROLES: &[Role] = &[
                 key: "syscalls",
                 hook: "syscalls/sys_exit_read",
                 attachments: &[SYSCALL_READ_ENTRIES, SYSCALL_READ_EXITS],
+                on_blocking_reads: &[],
                 needs: NEEDS_SYSCALL_TRACEPOINTS,
                 reads_from_syscalls: true,
             },
@@ -120,6 +126,7 @@ pub(super) const ROLES: &[Role] = &[
             key: "syscalls",
             hook: "syscalls/sys_enter_close",
             attachments: &[&[("enter_close", &[("syscalls", "sys_enter_close")])]],
+            on_blocking_reads: &[],
             needs: NEEDS_SYSCALL_TRACEPOINTS,
             reads_from_syscalls: false,
         }],
@@ -140,6 +147,7 @@ pub(super) const ROLES: &[Role] = &[
                 ("enter_writev", &[("syscalls", "sys_enter_writev")]),
                 ("enter_sendmsg", &[("syscalls", "sys_enter_sendmsg")]),
             ]],
+            on_blocking_reads: &[],
             needs: NEEDS_SYSCALL_TRACEPOINTS,
             reads_from_syscalls: false,
         }],
@@ -183,7 +191,8 @@ pub(super) fn probe(
     path: &HookPath,
     format: &dyn Fn(&str, &str) -> Option<String>,
 ) -> Result<(), Absent> {
-    for (_, tracepoints) in path.attachments.iter().flat_map(|set| set.iter()) {
+    let all = path.attachments.iter().chain(path.on_blocking_reads);
+    for (_, tracepoints) in all.flat_map(|set| set.iter()) {
         for (group, event) in *tracepoints {
             let Some(text) = format(group, event) else {
                 return Err(Absent::Missing(format!("{group}/{event}")));
@@ -370,8 +379,17 @@ format:
             .flat_map(|set| set.iter())
             .map(|(p, _)| *p)
             .collect();
-        assert!(programs.contains(&"sock_recv") && programs.contains(&"enter_read"));
+        assert!(programs.contains(&"sock_recv"));
         assert!(!programs.contains(&"exit_read"));
+        // Go's sockets never wait in read(): the entries wait for a socket whose reads can.
+        assert!(!programs.contains(&"enter_read"));
+        let deferred: Vec<&str> = read
+            .on_blocking_reads
+            .iter()
+            .flat_map(|set| set.iter())
+            .map(|(p, _)| *p)
+            .collect();
+        assert!(deferred.contains(&"enter_read"));
     }
 
     #[test]
@@ -388,6 +406,8 @@ format:
             .map(|(p, _)| *p)
             .collect();
         assert!(programs.contains(&"exit_read") && !programs.contains(&"sock_recv"));
+        // exit_read needs every read noted at entry: nothing deferred.
+        assert!(programs.contains(&"enter_read") && read.on_blocking_reads.is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tracer_common::global_names;
 use super::{
     btf::KernelBtf,
     check::{check_kernel_features, check_privileges, kernel_release, tracefs_root, BTF_PATH},
-    hooks::{choose, forced_read_hook, ROLES},
+    hooks::{choose, forced_read_hook, Attachment, ROLES},
 };
 
 /// The kernel hook chosen for one role on this machine, for the log, the hooks line and the UI.
@@ -21,15 +21,61 @@ pub struct HookChoice {
     pub role: &'static str,
     /// The tracepoint, as group/event: `sock/sock_recv_length`, `syscalls/sys_exit_read`.
     pub hook: String,
+    /// Programs of this role loaded but attached only once a target has a socket whose
+    /// reads can wait (`HookPath::on_blocking_reads`), by their first tracepoint.
+    pub on_blocking_reads: Option<String>,
 }
 
-/// `connect=syscalls/sys_enter_connect state=sock/inet_sock_set_state read=...`.
+/// `connect=syscalls/sys_enter_connect state=sock/inet_sock_set_state read=...`; a role with
+/// programs deferred until a blocking socket appears says so after a `+`.
 pub fn describe_hooks(hooks: &[HookChoice]) -> String {
     hooks
         .iter()
-        .map(|h| format!("{}={}", h.role, h.hook))
+        .map(|h| match &h.on_blocking_reads {
+            Some(deferred) => format!("{}={}+{deferred}(on-blocking-socket)", h.role, h.hook),
+            None => format!("{}={}", h.role, h.hook),
+        })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Programs loaded at start and attached later, when a target has a socket whose reads can
+/// wait (`HookPath::on_blocking_reads`): until then a Go relay's reads run one program.
+#[derive(Default)]
+pub struct DeferredHooks {
+    pending: Vec<Attachment>,
+}
+
+impl DeferredHooks {
+    pub fn is_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Attaches the deferred programs (loaded already); nothing is pending afterwards, even
+    /// on an error (which is returned once, for the log).
+    pub fn attach(&mut self, ebpf: &mut Ebpf, why: &str) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        for (program, tracepoints) in &pending {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| {
+                    anyhow!("the eBPF object has no program {program} (build mismatch)")
+                })?
+                .try_into()
+                .with_context(|| format!("{program} is not a tracepoint program"))?;
+            for (group, event) in *tracepoints {
+                prog.attach(group, event).with_context(|| {
+                    format!("attaching {program} to the {group}/{event} tracepoint")
+                })?;
+            }
+        }
+        if !pending.is_empty() {
+            eprintln!(
+                "tracer: {why}: attached the read syscalls' entries to count reads in progress"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Lets the load work on kernels that still charge BPF memory to RLIMIT_MEMLOCK (before 5.11);
@@ -48,7 +94,7 @@ fn raise_memlock_rlimit() {
 
 /// Checks the host, picks a hook per role, loads the programs with this kernel's offsets, and
 /// attaches the chosen ones. Returns the hooks chosen, in role order.
-pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>)> {
+pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>, DeferredHooks)> {
     check_privileges()?;
     let tracefs = tracefs_root()?;
     let release = kernel_release();
@@ -100,8 +146,13 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>)> {
     // A program may serve two paths (the read syscalls): load and attach it once.
     let mut attached: Vec<&str> = Vec::new();
     let mut hooks = Vec::new();
+    let mut deferred = DeferredHooks::default();
     for (role, path) in &chosen {
-        for (program, tracepoints) in path.attachments.iter().flat_map(|set| set.iter()) {
+        let now = path.attachments.iter().flat_map(|set| set.iter());
+        let later = path.on_blocking_reads.iter().flat_map(|set| set.iter());
+        for (attach_now, (program, tracepoints)) in
+            now.map(|a| (true, a)).chain(later.map(|a| (false, a)))
+        {
             if attached.contains(program) {
                 continue;
             }
@@ -113,21 +164,34 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>)> {
                 })?
                 .try_into()
                 .with_context(|| format!("{program} is not a tracepoint program"))?;
+            // Deferred programs are loaded now too: a verifier refusal shows at start.
             prog.load()
                 .with_context(|| format!("the kernel ({release}) refused the {program} program"))?;
+            if !attach_now {
+                deferred.pending.push((program, tracepoints));
+                continue;
+            }
             for (group, event) in *tracepoints {
                 prog.attach(group, event).with_context(|| {
                     format!("attaching {program} to the {group}/{event} tracepoint")
                 })?;
             }
         }
+        let on_blocking_reads = path
+            .on_blocking_reads
+            .iter()
+            .flat_map(|set| set.iter())
+            .flat_map(|(_, tps)| tps.iter())
+            .next()
+            .map(|(group, event)| format!("{group}/{event}"));
         log::info!("{} hook: {}", role.name, path.hook);
         hooks.push(HookChoice {
             role: role.name,
             hook: path.hook.to_owned(),
+            on_blocking_reads,
         });
     }
-    Ok((ebpf, hooks))
+    Ok((ebpf, hooks, deferred))
 }
 
 #[cfg(test)]
@@ -140,15 +204,26 @@ mod tests {
             HookChoice {
                 role: "connect",
                 hook: "syscalls/sys_enter_connect".into(),
+                on_blocking_reads: None,
             },
             HookChoice {
                 role: "read",
                 hook: "syscalls/sys_exit_read".into(),
+                on_blocking_reads: None,
             },
         ];
         assert_eq!(
             describe_hooks(&hooks),
             "connect=syscalls/sys_enter_connect read=syscalls/sys_exit_read"
+        );
+        let deferred = [HookChoice {
+            role: "read",
+            hook: "sock/sock_recv_length".into(),
+            on_blocking_reads: Some("syscalls/sys_enter_read".into()),
+        }];
+        assert_eq!(
+            describe_hooks(&deferred),
+            "read=sock/sock_recv_length+syscalls/sys_enter_read(on-blocking-socket)"
         );
     }
 }
