@@ -88,6 +88,16 @@ pub mod tp_layout {
     pub const SYS_ENTER_RECVFROM_FLAGS: usize = 40;
     pub const SYS_ENTER_RECVMSG_FLAGS: usize = 32;
 
+    /// Raw tracepoint programs (`raw_tp`): they read the tracepoint's `TP_PROTO` arguments,
+    /// not its record, so the user side checks the kernel's prototype (its BTF
+    /// `btf_trace_<event>` typedef) instead of a format file: (program, event, argument types
+    /// after the leading `void *`, as C spells them).
+    pub const RAW_ARGS: &[(&str, &str, &[&str])] = &[(
+        "sock_recv",
+        "sock_recv_length",
+        &["struct sock *", "int", "int"],
+    )];
+
     /// (group, event, field, offset) for every field above, for the user side's check.
     pub const CHECKS: &[(&str, &str, &str, usize)] = &[
         (

@@ -19,7 +19,11 @@
 //! So with sock_recv_length, `exit_read` is not attached at all and entries note nothing per
 //! thread.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use tracer_common::{
     tp_layout, ConnFlags, ConnInfo, FdKey, Stat, IPPROTO_TCP, MSG_DONTWAIT, MSG_PEEK,
 };
@@ -50,7 +54,7 @@ const NO_READ: u64 = 0;
 
 /// `sock/sock_recv_length` (Linux 6.3): every recvmsg on a socket, with its return value.
 #[tracepoint]
-pub fn sock_recv(ctx: TracePointContext) -> u32 {
+pub fn sock_recv_tp(ctx: TracePointContext) -> u32 {
     try_sock_recv(&ctx).unwrap_or(0)
 }
 
@@ -62,15 +66,37 @@ fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
     if protocol != IPPROTO_TCP {
         return Ok(0);
     }
-    // CONNS only holds sockets of targets, so its filter is the target check too.
     let sk: u64 = field(ctx, tp::SK);
+    let flags: i32 = field(ctx, tp::FLAGS);
+    let ret: i32 = field(ctx, tp::RET);
+    on_recv(sk, ret, flags)
+}
+
+/// `sock/sock_recv_length` (Linux 6.3) as a raw tracepoint: called with the tracepoint's own
+/// arguments `(struct sock *sk, int ret, int flags)` (user space checks that prototype in the
+/// kernel's BTF before choosing this path), so the kernel fills no trace record for it.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv(ctx: RawTracePointContext) -> i32 {
+    // No protocol check: the record's protocol field is not here, and the socket filter
+    // answers for a Unix or UDP socket as for an untracked TCP one.
+    let sk: u64 = ctx.arg(0);
+    // Each argument is a u64 slot; the ints are its low 32 bits.
+    let ret = ctx.arg::<u64>(1) as i32;
+    let flags = ctx.arg::<u64>(2) as i32;
+    let _ = on_recv(sk, ret, flags);
+    0
+}
+
+/// A recvmsg on socket `sk` returned `ret` with `flags`.
+#[inline(always)]
+fn on_recv(sk: u64, ret: i32, flags: i32) -> Result<u32, i64> {
+    // CONNS only holds sockets of targets, so its filter is the target check too.
     if !maybe(&SOCK_SLOTS, sock_slot(sk)) {
         return Ok(0);
     }
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
-    let flags: i32 = field(ctx, tp::FLAGS);
     // SAFETY: `conn` points into the CONNS entry just looked up.
     let was_nonblocking = unsafe {
         // The read that `enter_read` counted in progress ends here (a peek too). One it did
@@ -89,7 +115,6 @@ fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
     if nonblocking != was_nonblocking {
         note_blocking_mode(sk, conn, nonblocking);
     }
-    let ret: i32 = field(ctx, tp::RET);
     record_read(sk, conn, i64::from(ret));
     Ok(0)
 }

@@ -5,14 +5,75 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Context as _, Result};
-use aya::{programs::TracePoint, Ebpf, EbpfLoader};
+use aya::{programs::Program, Ebpf, EbpfLoader};
 use tracer_common::global_names;
 
 use super::{
     btf::KernelBtf,
     check::{check_kernel_features, check_privileges, kernel_release, tracefs_root, BTF_PATH},
-    hooks::{choose, forced_read_hook, Attachment, ROLES},
+    hooks::{choose, forced_read_hook, Attachment, KernelView, ROLES},
 };
+
+/// The running kernel as the hook choice sees it: tracefs format files and, for raw
+/// tracepoints' prototypes, its BTF.
+pub(super) struct LiveKernel<'a> {
+    pub(super) tracefs: &'a Path,
+    pub(super) btf: Option<&'a KernelBtf>,
+}
+
+impl KernelView for LiveKernel<'_> {
+    fn format(&self, group: &str, event: &str) -> Option<String> {
+        let path = self
+            .tracefs
+            .join("events")
+            .join(group)
+            .join(event)
+            .join("format");
+        std::fs::read_to_string(path).ok()
+    }
+
+    fn raw_args(&self, event: &str) -> Option<Vec<String>> {
+        self.btf?.raw_tracepoint_args(event)
+    }
+}
+
+/// Loads `program` (once: `attached` lists those done) and, unless `defer`, attaches it to
+/// `tracepoints` as its type wants: a classic tracepoint by (group, event), a raw one by event.
+fn load_program(ebpf: &mut Ebpf, program: &str, release: &str) -> Result<()> {
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {program} (build mismatch)"))?;
+    let loaded = match prog {
+        Program::TracePoint(p) => p.load(),
+        Program::RawTracePoint(p) => p.load(),
+        _ => {
+            return Err(anyhow!(
+                "{program} is not a tracepoint program (build mismatch)"
+            ))
+        }
+    };
+    loaded.with_context(|| format!("the kernel ({release}) refused the {program} program"))
+}
+
+fn attach_program(ebpf: &mut Ebpf, program: &str, tracepoints: &[(&str, &str)]) -> Result<()> {
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {program} (build mismatch)"))?;
+    for (group, event) in tracepoints {
+        let attached = match prog {
+            Program::TracePoint(p) => p.attach(group, event).map(drop),
+            Program::RawTracePoint(p) => p.attach(event).map(drop),
+            _ => {
+                return Err(anyhow!(
+                    "{program} is not a tracepoint program (build mismatch)"
+                ))
+            }
+        };
+        attached
+            .with_context(|| format!("attaching {program} to the {group}/{event} tracepoint"))?;
+    }
+    Ok(())
+}
 
 /// The kernel hook chosen for one role on this machine, for the log, the hooks line and the UI.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,18 +117,7 @@ impl DeferredHooks {
     pub fn attach(&mut self, ebpf: &mut Ebpf, why: &str) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
         for (program, tracepoints) in &pending {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| {
-                    anyhow!("the eBPF object has no program {program} (build mismatch)")
-                })?
-                .try_into()
-                .with_context(|| format!("{program} is not a tracepoint program"))?;
-            for (group, event) in *tracepoints {
-                prog.attach(group, event).with_context(|| {
-                    format!("attaching {program} to the {group}/{event} tracepoint")
-                })?;
-            }
+            attach_program(ebpf, program, tracepoints)?;
         }
         if !pending.is_empty() {
             eprintln!(
@@ -101,19 +151,13 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>, Def
     // Before the ring buffer probe, which creates a map (charged to the limit before 5.11).
     raise_memlock_rlimit();
     check_kernel_features(&release)?;
-    let format = |group: &str, event: &str| {
-        std::fs::read_to_string(
-            tracefs
-                .join("events")
-                .join(group)
-                .join(event)
-                .join("format"),
-        )
-        .ok()
-    };
-    let chosen = choose(ROLES, forced_read_hook().as_deref(), &format, &release)?;
-    let reads_from_syscalls = u32::from(chosen.iter().any(|(_, path)| path.reads_from_syscalls));
     let btf = KernelBtf::load(Path::new(BTF_PATH))?;
+    let kernel = LiveKernel {
+        tracefs: &tracefs,
+        btf: Some(&btf),
+    };
+    let chosen = choose(ROLES, forced_read_hook().as_deref(), &kernel, &release)?;
+    let reads_from_syscalls = u32::from(chosen.iter().any(|(_, path)| path.reads_from_syscalls));
     let rcv_nxt = btf.member_offset("tcp_sock", "rcv_nxt")?;
     let copied_seq = btf.member_offset("tcp_sock", "copied_seq")?;
     // `sk_flags` is a macro for `__sk_common.skc_flags` (include/net/sock.h).
@@ -157,25 +201,13 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>, Def
                 continue;
             }
             attached.push(program);
-            let prog: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| {
-                    anyhow!("the eBPF object has no program {program} (build mismatch)")
-                })?
-                .try_into()
-                .with_context(|| format!("{program} is not a tracepoint program"))?;
             // Deferred programs are loaded now too: a verifier refusal shows at start.
-            prog.load()
-                .with_context(|| format!("the kernel ({release}) refused the {program} program"))?;
+            load_program(&mut ebpf, program, &release)?;
             if !attach_now {
                 deferred.pending.push((program, tracepoints));
                 continue;
             }
-            for (group, event) in *tracepoints {
-                prog.attach(group, event).with_context(|| {
-                    format!("attaching {program} to the {group}/{event} tracepoint")
-                })?;
-            }
+            attach_program(&mut ebpf, program, tracepoints)?;
         }
         let on_blocking_reads = path
             .on_blocking_reads
