@@ -7,7 +7,8 @@
 //! run from kernel.bpf_stats_enabled, and runs per request; (c) the same load with the tracer
 //! attached to another process (the relay untracked); then (d) the tracer's own CPU per 100k
 //! lifecycle events and memory per 10k tracked connections. Results go to bench/RESULTS.md and
-//! bench/results.json; a run of some scenarios only (`--scenarios`) writes
+//! bench/results.json. Last, (e) the floor: what an unrelated process pays per socket write
+//! and read with the tracer attached elsewhere, on each read path. A run of some scenarios only (`--scenarios`) writes
 //! target/bench/RESULTS-partial.md instead. RESULTS.md keeps what follows `HISTORY_MARK`
 //! (the hand-written before/after of each change) from one run to the next.
 
@@ -210,8 +211,14 @@ struct Tracer {
 
 impl Tracer {
     fn start(tracer: &Path, pid: u32, out: PathBuf) -> Result<Tracer> {
+        Self::start_with(tracer, pid, out, &[])
+    }
+
+    /// As `start`, with extra environment (`TRACER_READ_HOOK` to force a read path).
+    fn start_with(tracer: &Path, pid: u32, out: PathBuf, env: &[(&str, &str)]) -> Result<Tracer> {
         let file = fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
         let mut child = Command::new(tracer)
+            .envs(env.iter().copied())
             .args([
                 "run",
                 "--json",
@@ -294,6 +301,87 @@ fn cpu_and_rss(pid: u32) -> Result<(f64, u64)> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     Ok((ticks as f64 / hz, rss_kb * 1024))
+}
+
+/// This thread's CPU time in nanoseconds (CLOCK_THREAD_CPUTIME_ID).
+fn thread_cpu_ns() -> f64 {
+    // SAFETY: clock_gettime fills the timespec we pass; zeroed is a valid initial value.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
+}
+
+/// CPU nanoseconds this thread spends per round of a 1-byte write and a 1-byte read on a
+/// loopback TCP connection of its own: what an unrelated process pays per socket write and
+/// read (the loopback delivery runs in the writer's context, so it is in the figure too).
+fn socket_round_ns(rounds: u32) -> Result<f64> {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let writer = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (reader, _) = listener.accept()?;
+    writer.set_nodelay(true)?;
+    let mut byte = [0u8; 1];
+    let start = thread_cpu_ns();
+    for _ in 0..rounds {
+        (&writer).write_all(&[1])?;
+        (&reader).read_exact(&mut byte)?;
+    }
+    Ok((thread_cpu_ns() - start) / f64::from(rounds))
+}
+
+/// The per-event floor: CPU per write-and-read round of a process the tracer does not trace,
+/// without the tracer and with it attached elsewhere on each read path, alternating.
+fn unrelated_process_cost(tracer: &Path, scratch: &Path, report: &mut String) -> Result<Value> {
+    const ROUNDS: u32 = 200_000;
+    const REPEATS: usize = 5;
+    let configs: [(&str, &[(&str, &str)]); 4] = [
+        ("without the tracer", &[]),
+        (
+            "tracer attached elsewhere, read=raw_tp/sock_recv_length (default)",
+            &[],
+        ),
+        (
+            "tracer attached elsewhere, read=sock/sock_recv_length (classic tracepoint, forced)",
+            &[("TRACER_READ_HOOK", "sock_recv_length")],
+        ),
+        (
+            "tracer attached elsewhere, read=syscalls/sys_exit_read (pre-6.3 path, forced)",
+            &[("TRACER_READ_HOOK", "syscalls")],
+        ),
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let _ = socket_round_ns(ROUNDS / 4)?; // warm-up
+    for _ in 0..REPEATS {
+        for (i, (label, env)) in configs.iter().enumerate() {
+            println!("bench: unrelated process's socket round: {label}");
+            if i == 0 {
+                samples[i].push(socket_round_ns(ROUNDS)?);
+                continue;
+            }
+            let mut idle = Proc(Command::new("sleep").arg("3600").spawn()?);
+            let t = Tracer::start_with(tracer, idle.0.id(), scratch.join("floor.json"), env)?;
+            samples[i].push(socket_round_ns(ROUNDS)?);
+            t.stop()?;
+            let _ = idle.0.kill();
+        }
+    }
+    writeln!(report, "## An unrelated process's socket write and read\n")?;
+    writeln!(report, "CPU time of one thread per round of a 1-byte write and a 1-byte read on its own loopback TCP connection ({ROUNDS} rounds, {REPEATS} alternating repeats, medians), the tracer attached to another process. This includes what bpf_stats cannot see: the kernel's work to call each program (a classic tracepoint fills a trace record first; a raw one passes its arguments).\n")?;
+    writeln!(
+        report,
+        "| configuration | ns per round | added ns per round |"
+    )?;
+    writeln!(report, "| --- | --- | --- |")?;
+    let base = median(&mut samples[0].clone());
+    let mut raw = Vec::new();
+    for ((label, _), v) in configs.iter().zip(&samples) {
+        let m = median(&mut v.clone());
+        writeln!(report, "| {label} | {m:.0} | {:+.0} |", m - base)?;
+        raw.push(json!({"config": label, "ns_per_round": v}));
+    }
+    writeln!(report)?;
+    Ok(json!({"unrelated_process_socket_round": raw}))
 }
 
 /// CPU seconds (user + system) of this process's reaped children: wrk, around a wrk run.
@@ -477,16 +565,19 @@ pub fn run(opts: Options) -> Result<()> {
         bail!("the benchmark loads eBPF programs and needs root: run: sudo -E env \"PATH=$PATH\" cargo xtask bench");
     }
     for key in &opts.scenarios {
-        if !SCENARIOS.iter().any(|s| s.key == key) {
+        if key != "floor" && !SCENARIOS.iter().any(|s| s.key == key) {
             let keys: Vec<&str> = SCENARIOS.iter().map(|s| s.key).collect();
-            bail!("no bench scenario {key}: use one of {}", keys.join(", "));
+            bail!(
+                "no bench scenario {key}: use one of {}, floor",
+                keys.join(", ")
+            );
         }
     }
     let scenarios: Vec<&Scenario> = SCENARIOS
         .iter()
         .filter(|s| opts.scenarios.is_empty() || opts.scenarios.iter().any(|k| k == s.key))
         .collect();
-    let partial = scenarios.len() < SCENARIOS.len();
+    let partial = !opts.scenarios.is_empty();
     setup::ensure_for(setup::Purpose::Bench).context("bench")?;
     if util::find_on_path("wrk").is_none() {
         bail!("wrk is missing after setup: run: apt-get install --no-install-recommends wrk");
@@ -766,6 +857,13 @@ pub fn run(opts: Options) -> Result<()> {
         }));
     }
 
+    if !partial || opts.scenarios.iter().any(|k| k == "floor") {
+        raw.push(unrelated_process_cost(
+            &artifacts.tracer,
+            &scratch,
+            &mut report,
+        )?);
+    }
     if partial {
         let _ = fs::write(BPF_STATS, stats_before.trim());
         let _ = fs::remove_dir_all(&scratch);

@@ -68,7 +68,8 @@ enum Command {
         /// Concurrent wrk connections.
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10000))]
         connections: u32,
-        /// Run only these scenarios (comma-separated: keep-alive, churn, caddy, caddy-h2);
+        /// Run only these scenarios (comma-separated: keep-alive, churn, caddy, caddy-h2, and
+        /// floor: an unrelated process's cost per socket write and read);
         /// results then go to target/bench/RESULTS-partial.md, not bench/RESULTS.md.
         #[arg(long, value_delimiter = ',')]
         scenarios: Vec<String>,
