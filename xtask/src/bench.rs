@@ -472,14 +472,25 @@ fn bpf_prog_stats(ids: &[u64]) -> Result<BTreeMap<String, (u64, u64)>> {
     Ok(stats)
 }
 
-fn prog_ids() -> Result<Vec<u64>> {
-    let out = util::stdout_of(Command::new("bpftool").args(["-j", "prog", "show"]))?;
-    let v: Value = serde_json::from_str(&out)?;
-    Ok(v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["id"].as_u64())
-        .collect())
+/// Ids of the programs process `pid` holds (the `prog_id` of its fds' fdinfo): other
+/// engineers' tracers on a shared machine load programs of the same names, which must not
+/// count.
+fn prog_ids_of(pid: u32) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(text) = fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        ids.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse::<u64>().ok()),
+        );
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
 
 struct WrkResult {
@@ -674,16 +685,12 @@ pub fn run(opts: Options) -> Result<()> {
                 "bench: {} — run {run}/{}: tracer attached to the relay",
                 mode.name, opts.runs
             );
-            let before_ids = prog_ids()?;
             let tracer = Tracer::start(
                 &artifacts.tracer,
                 proxy_pid,
                 scratch.join(format!("traced-{run}.json")),
             )?;
-            let ours: Vec<u64> = prog_ids()?
-                .into_iter()
-                .filter(|id| !before_ids.contains(id))
-                .collect();
+            let ours: Vec<u64> = prog_ids_of(tracer.pid())?;
             fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
             let stats0 = bpf_prog_stats(&ours)?;
             let (cpu0, _) = cpu_and_rss(tracer.pid())?;
@@ -700,8 +707,8 @@ pub fn run(opts: Options) -> Result<()> {
             for (name, (t1, c1)) in &stats1 {
                 let (t0, c0) = stats0.get(name).copied().unwrap_or((0, 0));
                 let e = prog_totals.entry(name.clone()).or_insert((0, 0));
-                e.0 += t1 - t0;
-                e.1 += c1 - c0;
+                e.0 += t1.saturating_sub(t0);
+                e.1 += c1.saturating_sub(c0);
             }
             // CPU accounting: what the programs and the tracer's own process spent per
             // request, against what the whole machine spent per request without the tracer.
