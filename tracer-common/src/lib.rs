@@ -88,6 +88,16 @@ pub mod tp_layout {
     pub const SYS_ENTER_RECVFROM_FLAGS: usize = 40;
     pub const SYS_ENTER_RECVMSG_FLAGS: usize = 32;
 
+    /// Raw tracepoint programs (`raw_tp`): they read the tracepoint's `TP_PROTO` arguments,
+    /// not its record, so the user side checks the kernel's prototype (its BTF
+    /// `btf_trace_<event>` typedef) instead of a format file: (program, event, argument types
+    /// after the leading `void *`, as C spells them).
+    pub const RAW_ARGS: &[(&str, &str, &[&str])] = &[(
+        "sock_recv",
+        "sock_recv_length",
+        &["struct sock *", "int", "int"],
+    )];
+
     /// (group, event, field, offset) for every field above, for the user side's check.
     pub const CHECKS: &[(&str, &str, &str, usize)] = &[
         (
@@ -465,8 +475,12 @@ pub enum Stat {
     ReadsSeen = 3,
     /// First-bytes records dropped because the ring buffer was full.
     FirstBytesDrops = 4,
+    /// Tracked sockets whose reads may wait in the kernel (`ConnFlags::READS_COUNTED`): blocking
+    /// at connect, or a read waited. Go's sockets never are. User space attaches the read
+    /// syscalls' entries, which count reads in progress, once this is non-zero.
+    ReadersCounted = 5,
 }
-pub const STAT_COUNT: u32 = 5;
+pub const STAT_COUNT: u32 = 6;
 
 /// The Go-aware HTTP/2 stream probes (uprobes on a target's Go binary, issue 12): their maps,
 /// the per-process layout user space hands them, and the stream records they send.

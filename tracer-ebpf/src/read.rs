@@ -9,14 +9,21 @@
 //!   have reported for the same read. Reads that do not go through read, readv, recvfrom or
 //!   recvmsg (io_uring, splice, recvmmsg) are not seen there; Go's net package uses read(2).
 //!
-//! The read syscalls' entries run on every kernel: they count the reads in progress (a thread
-//! blocked in read() is listening). The read ends where it is counted: in `sock_recv` (the
+//! The read syscalls' entries count the reads in progress (a thread blocked in read() is
+//! listening). On the syscall path they are attached from the start; with sock_recv_length only
+//! once a target has a socket whose reads can wait (`Stat::ReadersCounted`, or a target that is
+//! not a Go program): Go's sockets are all non-blocking, so a Go relay's reads run `sock_recv`
+//! alone. The read ends where it is counted: in `sock_recv` (the
 //! tracepoint fires at the end of every recvmsg, which every read of a socket goes through)
 //! or, on the syscall path, in `exit_read`, which needs the socket noted per thread at entry.
 //! So with sock_recv_length, `exit_read` is not attached at all and entries note nothing per
 //! thread.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use tracer_common::{
     tp_layout, ConnFlags, ConnInfo, FdKey, Stat, IPPROTO_TCP, MSG_DONTWAIT, MSG_PEEK,
 };
@@ -47,7 +54,7 @@ const NO_READ: u64 = 0;
 
 /// `sock/sock_recv_length` (Linux 6.3): every recvmsg on a socket, with its return value.
 #[tracepoint]
-pub fn sock_recv(ctx: TracePointContext) -> u32 {
+pub fn sock_recv_tp(ctx: TracePointContext) -> u32 {
     try_sock_recv(&ctx).unwrap_or(0)
 }
 
@@ -59,15 +66,37 @@ fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
     if protocol != IPPROTO_TCP {
         return Ok(0);
     }
-    // CONNS only holds sockets of targets, so its filter is the target check too.
     let sk: u64 = field(ctx, tp::SK);
+    let flags: i32 = field(ctx, tp::FLAGS);
+    let ret: i32 = field(ctx, tp::RET);
+    on_recv(sk, ret, flags)
+}
+
+/// `sock/sock_recv_length` (Linux 6.3) as a raw tracepoint: called with the tracepoint's own
+/// arguments `(struct sock *sk, int ret, int flags)` (user space checks that prototype in the
+/// kernel's BTF before choosing this path), so the kernel fills no trace record for it.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv(ctx: RawTracePointContext) -> i32 {
+    // No protocol check: the record's protocol field is not here, and the socket filter
+    // answers for a Unix or UDP socket as for an untracked TCP one.
+    let sk: u64 = ctx.arg(0);
+    // Each argument is a u64 slot; the ints are its low 32 bits.
+    let ret = ctx.arg::<u64>(1) as i32;
+    let flags = ctx.arg::<u64>(2) as i32;
+    let _ = on_recv(sk, ret, flags);
+    0
+}
+
+/// A recvmsg on socket `sk` returned `ret` with `flags`.
+#[inline(always)]
+fn on_recv(sk: u64, ret: i32, flags: i32) -> Result<u32, i64> {
+    // CONNS only holds sockets of targets, so its filter is the target check too.
     if !maybe(&SOCK_SLOTS, sock_slot(sk)) {
         return Ok(0);
     }
     let Some(conn) = CONNS.get_ptr_mut(&sk) else {
         return Ok(0);
     };
-    let flags: i32 = field(ctx, tp::FLAGS);
     // SAFETY: `conn` points into the CONNS entry just looked up.
     let was_nonblocking = unsafe {
         // The read that `enter_read` counted in progress ends here (a peek too). One it did
@@ -86,7 +115,6 @@ fn try_sock_recv(ctx: &TracePointContext) -> Result<u32, i64> {
     if nonblocking != was_nonblocking {
         note_blocking_mode(sk, conn, nonblocking);
     }
-    let ret: i32 = field(ctx, tp::RET);
     record_read(sk, conn, i64::from(ret));
     Ok(0)
 }
@@ -115,6 +143,8 @@ fn note_blocking_mode(sk: u64, conn: *mut ConnInfo, nonblocking: bool) {
         // SAFETY: as above.
         unsafe { (*conn).flags |= ConnFlags::READS_COUNTED };
         filter_raise(&FD_SLOTS, fd_slot(tgid, fd), FD_READER);
+        // Tells user space to attach the read syscalls' entries, if it has not.
+        count(Stat::ReadersCounted);
     }
     if let Some(mapping) = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd }) {
         // SAFETY: pointer from the lookup just made; a stale mapping (another socket) is

@@ -290,6 +290,10 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
         FD_MAPPED
     };
     let slot = fd_slot(tgid, info.fd as u32);
+    if reads_counted {
+        // Tells user space to attach the read syscalls' entries, if it has not (see there).
+        count(Stat::ReadersCounted);
+    }
     filter_raise(&SOCK_SLOTS, sock_slot(sk), 1);
     if fd_known {
         filter_raise(&FD_SLOTS, slot, fd_filter);

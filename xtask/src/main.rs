@@ -58,7 +58,7 @@ enum Command {
     },
     /// Measure the tracer's overhead on the fixture relay under load (wrk), with and without
     /// the tracer, plus kernel cost per program run and the tracer's CPU and memory. Writes
-    /// bench/RESULTS.md. Needs root; takes about (6 x duration + 30s) x runs x 2 modes.
+    /// bench/RESULTS.md. Needs root; takes about (3 x duration + 10s) x runs x 4 scenarios.
     Bench {
         /// Length of each load run.
         #[arg(long, default_value = "20s", value_parser = util::parse_duration)]
@@ -69,6 +69,11 @@ enum Command {
         /// Concurrent wrk connections.
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10000))]
         connections: u32,
+        /// Run only these scenarios (comma-separated: keep-alive, churn, caddy, caddy-h2, and
+        /// floor: an unrelated process's cost per socket write and read);
+        /// results then go to target/bench/RESULTS-partial.md, not bench/RESULTS.md.
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
     },
     /// Build a static (musl) release binary of the tracer, for hosts without a Rust toolchain:
     /// target/dist/tracer-VERSION-x86_64-linux-musl.
@@ -138,10 +143,12 @@ fn main() -> ExitCode {
             duration,
             runs,
             connections,
+            scenarios,
         } => bench::run(bench::Options {
             duration,
             runs,
             connections,
+            scenarios,
         }),
     };
     match result {

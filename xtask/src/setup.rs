@@ -43,7 +43,8 @@ pub enum Mode {
 pub enum Purpose {
     /// `cargo xtask demo`: only what every command needs.
     Demo,
-    /// `cargo xtask bench`: also wrk (the load) and bpftool (the kernel's run time per program).
+    /// `cargo xtask bench`: also wrk (the load), bpftool (the kernel's run time per program)
+    /// and caddy (a real Go reverse proxy to measure on).
     Bench,
     /// `cargo xtask test` and `test-kernels`: also ss (iproute2: the end-to-end harness, and
     /// the guests), bpftool (the lifecycle tests, the BTF offsets test), tmux (the terminal UI
@@ -59,7 +60,7 @@ impl Purpose {
     fn extra_packages(self) -> &'static [&'static str] {
         match self {
             Purpose::Demo => &[],
-            Purpose::Bench => &["bpftool", "wrk"],
+            Purpose::Bench => &["bpftool", "wrk", "caddy"],
             Purpose::Test => &[
                 "iproute2",
                 "bpftool",
@@ -74,6 +75,7 @@ impl Purpose {
                 "tmux",
                 "prometheus",
                 "wrk",
+                "caddy",
                 "qemu-system-x86",
                 "busybox-static",
             ],

@@ -24,14 +24,18 @@ pub struct KernelBtf {
     strings: Vec<u8>,
     /// Named structs and unions, by name.
     composites: HashMap<String, u32>,
+    /// `btf_trace_<event>` typedefs (the prototypes raw tracepoints are called with), by event.
+    trace_protos: HashMap<String, u32>,
 }
 
 struct Type {
+    name_off: u32,
     kind: u32,
     kind_flag: bool,
     /// `size` for structs, unions and ints; `type` for modifiers and typedefs.
     size_or_type: u32,
-    /// This type's members, a range of `KernelBtf::members` (structs and unions).
+    /// This type's members, a range of `KernelBtf::members` (structs and unions; a function
+    /// prototype's parameters, with offset 0).
     members: std::ops::Range<usize>,
     /// The u32 that follows an INT (encoding, bit offset, bits).
     int_data: u32,
@@ -128,6 +132,7 @@ impl KernelBtf {
         let mut btf = KernelBtf {
             path: path.to_path_buf(),
             types: vec![Type {
+                name_off: 0,
                 kind: 0,
                 kind_flag: false,
                 size_or_type: 0,
@@ -137,6 +142,7 @@ impl KernelBtf {
             members: Vec::new(),
             strings,
             composites: HashMap::new(),
+            trace_protos: HashMap::new(),
         };
         let mut pos = 0;
         while pos < type_data.len() {
@@ -149,6 +155,7 @@ impl KernelBtf {
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
             let mut ty = Type {
+                name_off,
                 kind,
                 kind_flag,
                 size_or_type,
@@ -182,14 +189,31 @@ impl KernelBtf {
                 }
                 BTF_KIND_ARRAY => 12,
                 BTF_KIND_ENUM => vlen * 8,
-                BTF_KIND_FUNC_PROTO => vlen * 8,
+                BTF_KIND_FUNC_PROTO => {
+                    let first = btf.members.len();
+                    for i in 0..vlen {
+                        let at = pos + i * 8;
+                        btf.members.push(Member {
+                            name_off: read_u32(type_data, at)?,
+                            type_id: read_u32(type_data, at + 4)?,
+                            offset: 0,
+                        });
+                    }
+                    ty.members = first..btf.members.len();
+                    vlen * 8
+                }
                 BTF_KIND_VAR => 4,
                 BTF_KIND_DATASEC => vlen * 12,
                 BTF_KIND_DECL_TAG => 4,
                 BTF_KIND_ENUM64 => vlen * 12,
-                BTF_KIND_PTR | BTF_KIND_FWD | BTF_KIND_TYPEDEF | BTF_KIND_VOLATILE
-                | BTF_KIND_CONST | BTF_KIND_RESTRICT | BTF_KIND_FUNC | BTF_KIND_FLOAT
-                | BTF_KIND_TYPE_TAG => 0,
+                BTF_KIND_TYPEDEF => {
+                    if let Some(event) = btf.string(name_off)?.strip_prefix("btf_trace_") {
+                        btf.trace_protos.insert(event.to_owned(), id);
+                    }
+                    0
+                }
+                BTF_KIND_PTR | BTF_KIND_FWD | BTF_KIND_VOLATILE | BTF_KIND_CONST
+                | BTF_KIND_RESTRICT | BTF_KIND_FUNC | BTF_KIND_FLOAT | BTF_KIND_TYPE_TAG => 0,
                 // An unknown kind has data of unknown size: nothing after it can be found.
                 _ => bail!("type {id} has BTF kind {kind}, which this tracer does not know"),
             };
@@ -200,6 +224,50 @@ impl KernelBtf {
             btf.types.push(ty);
         }
         Ok(btf)
+    }
+
+    /// The arguments a raw tracepoint program attached to `event` gets, as C types
+    /// (`struct sock *`, `int`), from the kernel's `btf_trace_<event>` prototype without its
+    /// leading `void *` (the tracepoint's private data). None when the kernel has no such
+    /// tracepoint or its prototype has an unexpected shape.
+    pub fn raw_tracepoint_args(&self, event: &str) -> Option<Vec<String>> {
+        let typedef = *self.trace_protos.get(event)?;
+        let ptr = self.ty(self.ty(typedef).ok()?.size_or_type).ok()?;
+        if ptr.kind != BTF_KIND_PTR {
+            return None;
+        }
+        let proto = self.ty(ptr.size_or_type).ok()?;
+        if proto.kind != BTF_KIND_FUNC_PROTO {
+            return None;
+        }
+        let params = &self.members[proto.members.clone()];
+        params
+            .iter()
+            .skip(1)
+            .map(|p| self.c_type(p.type_id, 0))
+            .collect()
+    }
+
+    /// A type as C spells it, without qualifiers: `struct sock *`, `int`, `void *`.
+    fn c_type(&self, id: u32, depth: usize) -> Option<String> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        if id == 0 {
+            return Some("void".to_owned());
+        }
+        let ty = self.ty(id).ok()?;
+        let name = || self.string(ty.name_off).ok().map(str::to_owned);
+        match ty.kind {
+            BTF_KIND_PTR => Some(format!("{} *", self.c_type(ty.size_or_type, depth + 1)?)),
+            BTF_KIND_STRUCT => Some(format!("struct {}", name()?)),
+            BTF_KIND_UNION => Some(format!("union {}", name()?)),
+            BTF_KIND_INT | BTF_KIND_TYPEDEF | BTF_KIND_FLOAT => name(),
+            BTF_KIND_CONST | BTF_KIND_VOLATILE | BTF_KIND_RESTRICT | BTF_KIND_TYPE_TAG => {
+                self.c_type(ty.size_or_type, depth + 1)
+            }
+            _ => None,
+        }
     }
 
     /// Byte offset of `member` inside `struct strct` (or `union strct`), looking
@@ -383,6 +451,20 @@ mod tests {
             members.insert(name, bits);
         }
         Some(members)
+    }
+
+    #[test]
+    fn raw_tracepoint_prototypes_come_from_btf() {
+        let Some(btf) = vmlinux() else { return };
+        // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate): qualifiers
+        // are left out.
+        let args = btf.raw_tracepoint_args("inet_sock_set_state").unwrap();
+        assert_eq!(args, ["struct sock *", "int", "int"]);
+        assert!(btf.raw_tracepoint_args("no_such_tracepoint_xyz").is_none());
+        // sock_recv_length exists from Linux 6.3.
+        if let Some(args) = btf.raw_tracepoint_args("sock_recv_length") {
+            assert_eq!(args, ["struct sock *", "int", "int"]);
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use aya::maps::MapType;
 use super::{
     btf::KernelBtf,
     hooks::{absent_error, probe, ROLES},
+    loader::LiveKernel,
 };
 
 pub(super) const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -178,14 +179,17 @@ pub fn check_host() -> Vec<CheckLine> {
         }
     }
     if let Ok(root) = &tracefs {
-        let format = |group: &str, event: &str| {
-            std::fs::read_to_string(root.join("events").join(group).join(event).join("format")).ok()
+        // The raw tracepoints' prototypes come from BTF, whose absence is a line of its own.
+        let btf = KernelBtf::load(Path::new(BTF_PATH)).ok();
+        let kernel = LiveKernel {
+            tracefs: root,
+            btf: btf.as_ref(),
         };
         for role in ROLES {
             let mut absent = Vec::new();
             let mut chosen = None;
             for path in role.paths {
-                match probe(path, &format) {
+                match probe(path, &kernel) {
                     Ok(()) => {
                         chosen = Some(path);
                         break;

@@ -2,23 +2,37 @@
 //! tracer can serve it, best first (`ROLES`, a table of data, so a new kernel path is a row
 //! here and a program on the eBPF side). A way is present when every tracepoint it attaches to
 //! has a format file in tracefs and the fields the eBPF side reads sit at the offsets it
-//! expects (tracer_common::tp_layout). The first present way is chosen, unless a test forces
-//! another (`TRACER_READ_HOOK`). Only the read role has a fallback today: everything else has
-//! been a tracepoint since Linux 4.16 or earlier, and the BPF ring buffer (5.8) sets the floor
-//! anyway.
+//! expects (tracer_common::tp_layout); for a raw tracepoint program, whose arguments are the
+//! tracepoint's prototype rather than its record, when the kernel's BTF gives that prototype
+//! the argument types it expects (`tp_layout::RAW_ARGS`). The first present way is chosen,
+//! unless a test forces another (`TRACER_READ_HOOK`). Only the read role has fallbacks today:
+//! everything else has been a tracepoint since Linux 4.16 or earlier, and the BPF ring buffer
+//! (5.8) sets the floor anyway.
 
 use anyhow::{anyhow, bail, Result};
 use tracer_common::tp_layout;
 
-/// Forces the read hook (`syscalls` or `sock_recv_length`), so the fallback path is tested on
-/// kernels that have the better one. Not a CLI flag: it exists for tests.
+/// Forces the read hook (`syscalls`, `sock_recv_length` or `raw_sock_recv_length`), so the
+/// fallback paths are tested on kernels that have the better one. Not a CLI flag: it exists for tests.
 pub const READ_HOOK_ENV: &str = "TRACER_READ_HOOK";
 
-/// A program and the tracepoints (group, event) it attaches to.
-type Attachment = (&'static str, &'static [(&'static str, &'static str)]);
+/// A program and the tracepoints (group, event) it attaches to. Whether it is a classic or a
+/// raw tracepoint program is the eBPF object's to say (the loader attaches each as its type
+/// wants); `tp_layout::RAW_ARGS` lists the raw ones' expected prototypes.
+pub(super) type Attachment = (&'static str, &'static [(&'static str, &'static str)]);
+
+/// What the hook choice asks of the running kernel (tracefs and BTF), so tests can stand in.
+pub(super) trait KernelView {
+    /// The format file of tracepoint (group, event); None when the kernel has no such one.
+    fn format(&self, group: &str, event: &str) -> Option<String>;
+    /// The argument types of `event`'s raw tracepoint prototype (see `KernelBtf`); None when
+    /// unknown.
+    fn raw_args(&self, event: &str) -> Option<Vec<String>>;
+}
 
 /// The read syscalls' entries: they map (tgid, fd) to the socket and count reads in progress
-/// (a thread blocked in read() is listening), on both read paths.
+/// (a thread blocked in read() is listening). On the syscall path from the start; with
+/// sock_recv_length deferred until a target has a socket whose reads can wait.
 const SYSCALL_READ_ENTRIES: &[Attachment] = &[
     (
         "enter_read",
@@ -55,6 +69,10 @@ pub(super) struct HookPath {
     /// The hook as the hooks line and the UI name it.
     pub(super) hook: &'static str,
     pub(super) attachments: &'static [&'static [Attachment]],
+    /// Loaded at start but attached only once a target has a socket whose reads can wait in
+    /// the kernel (blocking at connect, or a read that waited), or a target is not a Go
+    /// program: Go's sockets are all non-blocking, so a Go relay never needs them.
+    pub(super) on_blocking_reads: &'static [&'static [Attachment]],
     /// What a kernel needs for this path, for the error when no path of the role is present.
     pub(super) needs: &'static str,
     /// Reads are counted at the read syscalls' exits (`READS_FROM_SYSCALLS`).
@@ -78,6 +96,7 @@ pub(super) const ROLES: &[Role] = &[
                 ("enter_connect", &[("syscalls", "sys_enter_connect")]),
                 ("exit_connect", &[("syscalls", "sys_exit_connect")]),
             ]],
+            on_blocking_reads: &[],
             needs: NEEDS_SYSCALL_TRACEPOINTS,
             reads_from_syscalls: false,
         }],
@@ -88,6 +107,7 @@ pub(super) const ROLES: &[Role] = &[
             key: "inet_sock_set_state",
             hook: "sock/inet_sock_set_state",
             attachments: &[&[("sock_set_state", &[("sock", "inet_sock_set_state")])]],
+            on_blocking_reads: &[],
             needs: "the sock/inet_sock_set_state tracepoint (Linux 4.16 or newer)",
             reads_from_syscalls: false,
         }],
@@ -95,13 +115,22 @@ pub(super) const ROLES: &[Role] = &[
     Role {
         name: "read",
         paths: &[
+            // The same tracepoint, called directly with the kernel's own arguments: no trace
+            // record is filled for it, and the program needs no protocol check (the socket
+            // filter answers for non-TCP sockets too).
+            HookPath {
+                key: "raw_sock_recv_length",
+                hook: "raw_tp/sock_recv_length",
+                attachments: &[&[("sock_recv", &[("sock", "sock_recv_length")])]],
+                on_blocking_reads: &[SYSCALL_READ_ENTRIES],
+                needs: "the sock/sock_recv_length tracepoint (Linux 6.3 or newer) with its prototype in the kernel's BTF",
+                reads_from_syscalls: false,
+            },
             HookPath {
                 key: "sock_recv_length",
                 hook: "sock/sock_recv_length",
-                attachments: &[
-                    &[("sock_recv", &[("sock", "sock_recv_length")])],
-                    SYSCALL_READ_ENTRIES,
-                ],
+                attachments: &[&[("sock_recv_tp", &[("sock", "sock_recv_length")])]],
+                on_blocking_reads: &[SYSCALL_READ_ENTRIES],
                 needs: "the sock/sock_recv_length tracepoint (Linux 6.3 or newer)",
                 reads_from_syscalls: false,
             },
@@ -109,6 +138,7 @@ pub(super) const ROLES: &[Role] = &[
                 key: "syscalls",
                 hook: "syscalls/sys_exit_read",
                 attachments: &[SYSCALL_READ_ENTRIES, SYSCALL_READ_EXITS],
+                on_blocking_reads: &[],
                 needs: NEEDS_SYSCALL_TRACEPOINTS,
                 reads_from_syscalls: true,
             },
@@ -120,6 +150,7 @@ pub(super) const ROLES: &[Role] = &[
             key: "syscalls",
             hook: "syscalls/sys_enter_close",
             attachments: &[&[("enter_close", &[("syscalls", "sys_enter_close")])]],
+            on_blocking_reads: &[],
             needs: NEEDS_SYSCALL_TRACEPOINTS,
             reads_from_syscalls: false,
         }],
@@ -140,6 +171,7 @@ pub(super) const ROLES: &[Role] = &[
                 ("enter_writev", &[("syscalls", "sys_enter_writev")]),
                 ("enter_sendmsg", &[("syscalls", "sys_enter_sendmsg")]),
             ]],
+            on_blocking_reads: &[],
             needs: NEEDS_SYSCALL_TRACEPOINTS,
             reads_from_syscalls: false,
         }],
@@ -175,19 +207,37 @@ pub(super) enum Absent {
         expected: usize,
         actual: Option<usize>,
     },
+    /// A raw tracepoint's prototype is not the one its program reads (or is unknown).
+    Prototype {
+        tracepoint: String,
+        expected: Vec<String>,
+        actual: Option<Vec<String>>,
+    },
 }
 
-/// Checks that every tracepoint of `path` exists and has the layout the eBPF side reads.
-/// `format` returns the format file of (group, event), None when the tracepoint is missing.
-pub(super) fn probe(
-    path: &HookPath,
-    format: &dyn Fn(&str, &str) -> Option<String>,
-) -> Result<(), Absent> {
-    for (_, tracepoints) in path.attachments.iter().flat_map(|set| set.iter()) {
+/// Checks that every tracepoint of `path` exists and has the layout (or, for a raw tracepoint
+/// program, the prototype) the eBPF side reads.
+pub(super) fn probe(path: &HookPath, kernel: &dyn KernelView) -> Result<(), Absent> {
+    let all = path.attachments.iter().chain(path.on_blocking_reads);
+    for (program, tracepoints) in all.flat_map(|set| set.iter()) {
         for (group, event) in *tracepoints {
-            let Some(text) = format(group, event) else {
+            let Some(text) = kernel.format(group, event) else {
                 return Err(Absent::Missing(format!("{group}/{event}")));
             };
+            let raw = tp_layout::RAW_ARGS
+                .iter()
+                .find(|(p, e, _)| p == program && e == event);
+            if let Some((_, _, expected)) = raw {
+                let actual = kernel.raw_args(event);
+                if actual.as_deref().is_none_or(|a| a != *expected) {
+                    return Err(Absent::Prototype {
+                        tracepoint: format!("{group}/{event}"),
+                        expected: expected.iter().map(|a| (*a).to_owned()).collect(),
+                        actual,
+                    });
+                }
+                continue;
+            }
             let fields = tp_layout::CHECKS
                 .iter()
                 .filter(|(g, e, _, _)| g == group && e == event);
@@ -233,6 +283,19 @@ pub(super) fn absent_error(
                 |a| format!("offset {a}")
             )
         ),
+        Absent::Prototype {
+            tracepoint,
+            expected,
+            actual,
+        } => anyhow!(
+            "the {tracepoint} tracepoint of this kernel ({release}) has {}, tracer's raw \
+             tracepoint program expects ({}); this kernel is not supported on that path",
+            actual.map_or_else(
+                || "no prototype in the kernel's BTF".to_owned(),
+                |a| format!("arguments ({})", a.join(", "))
+            ),
+            expected.join(", ")
+        ),
     }
 }
 
@@ -241,7 +304,7 @@ pub(super) fn absent_error(
 pub(super) fn choose<'a>(
     roles: &'a [Role],
     forced_read: Option<&str>,
-    format: &dyn Fn(&str, &str) -> Option<String>,
+    kernel: &dyn KernelView,
     release: &str,
 ) -> Result<Vec<(&'a Role, &'a HookPath)>> {
     let mut chosen = Vec::new();
@@ -254,7 +317,7 @@ pub(super) fn choose<'a>(
                     keys.join(", ")
                 );
             };
-            probe(path, format).map_err(|why| absent_error(role, path, why, release))?;
+            probe(path, kernel).map_err(|why| absent_error(role, path, why, release))?;
             log::info!("read hook forced by {READ_HOOK_ENV}={key}: {}", path.hook);
             chosen.push((role, path));
             continue;
@@ -262,7 +325,7 @@ pub(super) fn choose<'a>(
         let mut last_absent = None;
         let mut found = None;
         for path in role.paths {
-            match probe(path, format) {
+            match probe(path, kernel) {
                 Ok(()) => {
                     found = Some(path);
                     break;
@@ -272,7 +335,7 @@ pub(super) fn choose<'a>(
                         Absent::Missing(tp) => {
                             log::info!("{} hook {}: this kernel has no {tp}", role.name, path.hook)
                         }
-                        Absent::Layout { .. } => log::warn!(
+                        Absent::Layout { .. } | Absent::Prototype { .. } => log::warn!(
                             "{} hook {} not used: {}",
                             role.name,
                             path.hook,
@@ -340,9 +403,37 @@ format:
         text
     }
 
+    /// A kernel's tracefs formats, and whether its BTF has the raw tracepoints' prototypes.
+    struct FakeKernel<F> {
+        format: F,
+        prototypes: bool,
+    }
+
+    impl<F: Fn(&str, &str) -> Option<String>> KernelView for FakeKernel<F> {
+        fn format(&self, group: &str, event: &str) -> Option<String> {
+            (self.format)(group, event)
+        }
+        fn raw_args(&self, event: &str) -> Option<Vec<String>> {
+            if !self.prototypes || (self.format)("sock", event).is_none() {
+                return None;
+            }
+            tp_layout::RAW_ARGS
+                .iter()
+                .find(|(_, e, _)| *e == event)
+                .map(|(_, _, args)| args.iter().map(|a| (*a).to_owned()).collect())
+        }
+    }
+
     /// A kernel with every tracepoint except those listed.
-    fn kernel_without(missing: &'static [&'static str]) -> impl Fn(&str, &str) -> Option<String> {
-        move |group, event| (!missing.contains(&event)).then(|| good_format(group, event))
+    fn kernel_without(
+        missing: &'static [&'static str],
+    ) -> FakeKernel<impl Fn(&str, &str) -> Option<String>> {
+        FakeKernel {
+            format: move |group: &str, event: &str| {
+                (!missing.contains(&event)).then(|| good_format(group, event))
+            },
+            prototypes: true,
+        }
     }
 
     fn hooks_of(chosen: &[(&Role, &HookPath)]) -> String {
@@ -359,7 +450,7 @@ format:
         assert_eq!(
             hooks_of(&chosen),
             "connect=syscalls/sys_enter_connect state=sock/inet_sock_set_state \
-             read=sock/sock_recv_length close=syscalls/sys_enter_close first_write=syscalls/sys_enter_write"
+             read=raw_tp/sock_recv_length close=syscalls/sys_enter_close first_write=syscalls/sys_enter_write"
         );
         assert!(chosen.iter().all(|(_, p)| !p.reads_from_syscalls));
         // sock_recv ends each read: the syscall exits are not hooked at all.
@@ -370,8 +461,16 @@ format:
             .flat_map(|set| set.iter())
             .map(|(p, _)| *p)
             .collect();
-        assert!(programs.contains(&"sock_recv") && programs.contains(&"enter_read"));
-        assert!(!programs.contains(&"exit_read"));
+        assert_eq!(programs, ["sock_recv"]);
+        // Go's sockets never wait in read(): the entries wait for a socket whose reads can.
+        assert!(!programs.contains(&"enter_read"));
+        let deferred: Vec<&str> = read
+            .on_blocking_reads
+            .iter()
+            .flat_map(|set| set.iter())
+            .map(|(p, _)| *p)
+            .collect();
+        assert!(deferred.contains(&"enter_read"));
     }
 
     #[test]
@@ -387,12 +486,18 @@ format:
             .flat_map(|set| set.iter())
             .map(|(p, _)| *p)
             .collect();
-        assert!(programs.contains(&"exit_read") && !programs.contains(&"sock_recv"));
+        assert!(
+            programs.contains(&"exit_read")
+                && !programs.contains(&"sock_recv")
+                && !programs.contains(&"sock_recv_tp")
+        );
+        // exit_read needs every read noted at entry: nothing deferred.
+        assert!(programs.contains(&"enter_read") && read.on_blocking_reads.is_empty());
     }
 
     #[test]
     fn a_moved_field_falls_back_to_the_syscalls_rather_than_misreading() {
-        let format = |group: &str, event: &str| {
+        let moved = |group: &str, event: &str| {
             let text = good_format(group, event);
             Some(if event == "sock_recv_length" {
                 text.replace("offset:20;", "offset:24;")
@@ -400,10 +505,50 @@ format:
                 text
             })
         };
-        let chosen = choose(ROLES, None, &format, "7.0").unwrap();
-        assert_eq!(
-            chosen.iter().find(|(r, _)| r.name == "read").unwrap().1.key,
-            "syscalls"
+        let read_key = |kernel: &dyn KernelView| {
+            choose(ROLES, None, kernel, "7.0")
+                .unwrap()
+                .iter()
+                .find(|(r, _)| r.name == "read")
+                .unwrap()
+                .1
+                .key
+        };
+        // The raw tracepoint reads the prototype, not the record: a moved field is no matter.
+        let kernel = FakeKernel {
+            format: moved,
+            prototypes: true,
+        };
+        assert_eq!(read_key(&kernel), "raw_sock_recv_length");
+        // Without the prototype in BTF the record is read, and a moved field rules it out.
+        let kernel = FakeKernel {
+            format: moved,
+            prototypes: false,
+        };
+        assert_eq!(read_key(&kernel), "syscalls");
+    }
+
+    #[test]
+    fn a_changed_prototype_rules_out_the_raw_tracepoint() {
+        struct Changed;
+        impl KernelView for Changed {
+            fn format(&self, group: &str, event: &str) -> Option<String> {
+                Some(good_format(group, event))
+            }
+            fn raw_args(&self, _: &str) -> Option<Vec<String>> {
+                Some(vec!["struct sock *".into(), "int".into()])
+            }
+        }
+        let chosen = choose(ROLES, None, &Changed, "7.0").unwrap();
+        let read = chosen.iter().find(|(r, _)| r.name == "read").unwrap().1;
+        assert_eq!(read.key, "sock_recv_length");
+        let err = choose(ROLES, Some("raw_sock_recv_length"), &Changed, "7.0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("arguments (struct sock *, int)")
+                && err.contains("(struct sock *, int, int)"),
+            "{err}"
         );
     }
 
@@ -428,7 +573,7 @@ format:
         let err = choose(ROLES, Some("kprobe"), &kernel_without(&[]), "6.18")
             .unwrap_err()
             .to_string();
-        assert_eq!(err, "TRACER_READ_HOOK=kprobe is not a read hook; use one of sock_recv_length, syscalls or unset it");
+        assert_eq!(err, "TRACER_READ_HOOK=kprobe is not a read hook; use one of raw_sock_recv_length, sock_recv_length, syscalls or unset it");
     }
 
     #[test]

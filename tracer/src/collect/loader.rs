@@ -5,14 +5,75 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Context as _, Result};
-use aya::{programs::TracePoint, Ebpf, EbpfLoader};
+use aya::{programs::Program, Ebpf, EbpfLoader};
 use tracer_common::global_names;
 
 use super::{
     btf::KernelBtf,
     check::{check_kernel_features, check_privileges, kernel_release, tracefs_root, BTF_PATH},
-    hooks::{choose, forced_read_hook, ROLES},
+    hooks::{choose, forced_read_hook, Attachment, KernelView, ROLES},
 };
+
+/// The running kernel as the hook choice sees it: tracefs format files and, for raw
+/// tracepoints' prototypes, its BTF.
+pub(super) struct LiveKernel<'a> {
+    pub(super) tracefs: &'a Path,
+    pub(super) btf: Option<&'a KernelBtf>,
+}
+
+impl KernelView for LiveKernel<'_> {
+    fn format(&self, group: &str, event: &str) -> Option<String> {
+        let path = self
+            .tracefs
+            .join("events")
+            .join(group)
+            .join(event)
+            .join("format");
+        std::fs::read_to_string(path).ok()
+    }
+
+    fn raw_args(&self, event: &str) -> Option<Vec<String>> {
+        self.btf?.raw_tracepoint_args(event)
+    }
+}
+
+/// Loads `program` (once: `attached` lists those done) and, unless `defer`, attaches it to
+/// `tracepoints` as its type wants: a classic tracepoint by (group, event), a raw one by event.
+fn load_program(ebpf: &mut Ebpf, program: &str, release: &str) -> Result<()> {
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {program} (build mismatch)"))?;
+    let loaded = match prog {
+        Program::TracePoint(p) => p.load(),
+        Program::RawTracePoint(p) => p.load(),
+        _ => {
+            return Err(anyhow!(
+                "{program} is not a tracepoint program (build mismatch)"
+            ))
+        }
+    };
+    loaded.with_context(|| format!("the kernel ({release}) refused the {program} program"))
+}
+
+fn attach_program(ebpf: &mut Ebpf, program: &str, tracepoints: &[(&str, &str)]) -> Result<()> {
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {program} (build mismatch)"))?;
+    for (group, event) in tracepoints {
+        let attached = match prog {
+            Program::TracePoint(p) => p.attach(group, event).map(drop),
+            Program::RawTracePoint(p) => p.attach(event).map(drop),
+            _ => {
+                return Err(anyhow!(
+                    "{program} is not a tracepoint program (build mismatch)"
+                ))
+            }
+        };
+        attached
+            .with_context(|| format!("attaching {program} to the {group}/{event} tracepoint"))?;
+    }
+    Ok(())
+}
 
 /// The kernel hook chosen for one role on this machine, for the log, the hooks line and the UI.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,15 +82,50 @@ pub struct HookChoice {
     pub role: &'static str,
     /// The tracepoint, as group/event: `sock/sock_recv_length`, `syscalls/sys_exit_read`.
     pub hook: String,
+    /// Programs of this role loaded but attached only once a target has a socket whose
+    /// reads can wait (`HookPath::on_blocking_reads`), by their first tracepoint.
+    pub on_blocking_reads: Option<String>,
 }
 
-/// `connect=syscalls/sys_enter_connect state=sock/inet_sock_set_state read=...`.
+/// `connect=syscalls/sys_enter_connect state=sock/inet_sock_set_state read=...`; a role with
+/// programs deferred until a blocking socket appears says so after a `+`.
 pub fn describe_hooks(hooks: &[HookChoice]) -> String {
     hooks
         .iter()
-        .map(|h| format!("{}={}", h.role, h.hook))
+        .map(|h| match &h.on_blocking_reads {
+            Some(deferred) => format!("{}={}+{deferred}(on-blocking-socket)", h.role, h.hook),
+            None => format!("{}={}", h.role, h.hook),
+        })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Programs loaded at start and attached later, when a target has a socket whose reads can
+/// wait (`HookPath::on_blocking_reads`): until then a Go relay's reads run one program.
+#[derive(Default)]
+pub struct DeferredHooks {
+    pending: Vec<Attachment>,
+}
+
+impl DeferredHooks {
+    pub fn is_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Attaches the deferred programs (loaded already); nothing is pending afterwards, even
+    /// on an error (which is returned once, for the log).
+    pub fn attach(&mut self, ebpf: &mut Ebpf, why: &str) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        for (program, tracepoints) in &pending {
+            attach_program(ebpf, program, tracepoints)?;
+        }
+        if !pending.is_empty() {
+            eprintln!(
+                "tracer: {why}: attached the read syscalls' entries to count reads in progress"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Lets the load work on kernels that still charge BPF memory to RLIMIT_MEMLOCK (before 5.11);
@@ -48,26 +144,20 @@ fn raise_memlock_rlimit() {
 
 /// Checks the host, picks a hook per role, loads the programs with this kernel's offsets, and
 /// attaches the chosen ones. Returns the hooks chosen, in role order.
-pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>)> {
+pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>, DeferredHooks)> {
     check_privileges()?;
     let tracefs = tracefs_root()?;
     let release = kernel_release();
     // Before the ring buffer probe, which creates a map (charged to the limit before 5.11).
     raise_memlock_rlimit();
     check_kernel_features(&release)?;
-    let format = |group: &str, event: &str| {
-        std::fs::read_to_string(
-            tracefs
-                .join("events")
-                .join(group)
-                .join(event)
-                .join("format"),
-        )
-        .ok()
-    };
-    let chosen = choose(ROLES, forced_read_hook().as_deref(), &format, &release)?;
-    let reads_from_syscalls = u32::from(chosen.iter().any(|(_, path)| path.reads_from_syscalls));
     let btf = KernelBtf::load(Path::new(BTF_PATH))?;
+    let kernel = LiveKernel {
+        tracefs: &tracefs,
+        btf: Some(&btf),
+    };
+    let chosen = choose(ROLES, forced_read_hook().as_deref(), &kernel, &release)?;
+    let reads_from_syscalls = u32::from(chosen.iter().any(|(_, path)| path.reads_from_syscalls));
     let rcv_nxt = btf.member_offset("tcp_sock", "rcv_nxt")?;
     let copied_seq = btf.member_offset("tcp_sock", "copied_seq")?;
     // `sk_flags` is a macro for `__sk_common.skc_flags` (include/net/sock.h).
@@ -100,34 +190,40 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>)> {
     // A program may serve two paths (the read syscalls): load and attach it once.
     let mut attached: Vec<&str> = Vec::new();
     let mut hooks = Vec::new();
+    let mut deferred = DeferredHooks::default();
     for (role, path) in &chosen {
-        for (program, tracepoints) in path.attachments.iter().flat_map(|set| set.iter()) {
+        let now = path.attachments.iter().flat_map(|set| set.iter());
+        let later = path.on_blocking_reads.iter().flat_map(|set| set.iter());
+        for (attach_now, (program, tracepoints)) in
+            now.map(|a| (true, a)).chain(later.map(|a| (false, a)))
+        {
             if attached.contains(program) {
                 continue;
             }
             attached.push(program);
-            let prog: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| {
-                    anyhow!("the eBPF object has no program {program} (build mismatch)")
-                })?
-                .try_into()
-                .with_context(|| format!("{program} is not a tracepoint program"))?;
-            prog.load()
-                .with_context(|| format!("the kernel ({release}) refused the {program} program"))?;
-            for (group, event) in *tracepoints {
-                prog.attach(group, event).with_context(|| {
-                    format!("attaching {program} to the {group}/{event} tracepoint")
-                })?;
+            // Deferred programs are loaded now too: a verifier refusal shows at start.
+            load_program(&mut ebpf, program, &release)?;
+            if !attach_now {
+                deferred.pending.push((program, tracepoints));
+                continue;
             }
+            attach_program(&mut ebpf, program, tracepoints)?;
         }
+        let on_blocking_reads = path
+            .on_blocking_reads
+            .iter()
+            .flat_map(|set| set.iter())
+            .flat_map(|(_, tps)| tps.iter())
+            .next()
+            .map(|(group, event)| format!("{group}/{event}"));
         log::info!("{} hook: {}", role.name, path.hook);
         hooks.push(HookChoice {
             role: role.name,
             hook: path.hook.to_owned(),
+            on_blocking_reads,
         });
     }
-    Ok((ebpf, hooks))
+    Ok((ebpf, hooks, deferred))
 }
 
 #[cfg(test)]
@@ -140,15 +236,26 @@ mod tests {
             HookChoice {
                 role: "connect",
                 hook: "syscalls/sys_enter_connect".into(),
+                on_blocking_reads: None,
             },
             HookChoice {
                 role: "read",
                 hook: "syscalls/sys_exit_read".into(),
+                on_blocking_reads: None,
             },
         ];
         assert_eq!(
             describe_hooks(&hooks),
             "connect=syscalls/sys_enter_connect read=syscalls/sys_exit_read"
+        );
+        let deferred = [HookChoice {
+            role: "read",
+            hook: "sock/sock_recv_length".into(),
+            on_blocking_reads: Some("syscalls/sys_enter_read".into()),
+        }];
+        assert_eq!(
+            describe_hooks(&deferred),
+            "read=sock/sock_recv_length+syscalls/sys_enter_read(on-blocking-socket)"
         );
     }
 }

@@ -90,6 +90,10 @@ pub struct Collector {
     hooks: Vec<HookChoice>,
     /// The Go layer: HTTP/2 stream uprobes on the targets' binaries.
     go: goattach::GoProbes,
+    /// Programs to attach once a target has a socket whose reads can wait (see there).
+    deferred: loader::DeferredHooks,
+    /// Targets known to run Go programs (whose sockets never block).
+    go_targets: std::collections::BTreeSet<u32>,
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
@@ -101,7 +105,7 @@ impl Collector {
     /// Checks the host, loads and attaches the programs, and registers the targets. Must run
     /// inside a tokio runtime (the ring buffer is polled through it).
     pub fn start(spec: TargetSpec, sample_every: Duration) -> Result<Self> {
-        let (mut ebpf, hooks) = loader::load_and_attach(!spec.comms.is_empty())?;
+        let (mut ebpf, hooks, deferred) = loader::load_and_attach(!spec.comms.is_empty())?;
         // Which kernel path serves each role differs by kernel: say it once (tests read it).
         eprintln!("tracer: hooks: {}", loader::describe_hooks(&hooks));
         let mut comm_map: BpfHashMap<MapData, [u8; COMM_LEN], u8> =
@@ -160,8 +164,11 @@ impl Collector {
             started: BTreeMap::new(),
             sample_every,
             hooks,
+            deferred,
+            go_targets: Default::default(),
         };
         collector.refresh_targets()?;
+        collector.attach_deferred_if_needed();
         Ok(collector)
     }
 
@@ -228,6 +235,47 @@ impl Collector {
             }
         }
         Ok(changed)
+    }
+
+    /// Attaches the deferred read programs once they are needed: a target that is not a Go
+    /// program (its sockets may block), or a tracked socket whose reads can wait (the kernel
+    /// side counts those). Cheap while nothing is pending.
+    fn attach_deferred_if_needed(&mut self) {
+        if !self.deferred.is_pending() {
+            return;
+        }
+        // Each target's executable is read once.
+        let unchecked: Vec<u32> = self
+            .targets
+            .keys()
+            .copied()
+            .filter(|pid| !self.go_targets.contains(pid))
+            .collect();
+        let mut not_go = None;
+        for pid in unchecked {
+            if procfs::is_go_program(pid) {
+                self.go_targets.insert(pid);
+            } else {
+                not_go = Some(pid);
+                break;
+            }
+        }
+        let why = if let Some(pid) = not_go {
+            format!("target {pid} is not a Go program")
+        } else {
+            let counted: u64 = self
+                .stats
+                .get(&(Stat::ReadersCounted as u32), 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0);
+            if counted == 0 {
+                return;
+            }
+            "a target has a socket whose reads can wait".to_owned()
+        };
+        if let Err(e) = self.deferred.attach(&mut self.ebpf, &why) {
+            log::warn!("reads in progress will not be counted: {e:#}");
+        }
     }
 
     fn kernel_stats(&self) -> Result<KernelStats> {
@@ -472,6 +520,7 @@ impl Collector {
                     guard.clear_ready();
                 }
                 _ = drain.tick() => {
+                    self.attach_deferred_if_needed();
                     self.drain_ring(&mut batch);
                     batch.extend(self.go.attach_inspected(&mut self.ebpf));
                     if !Self::send_all(&tx, &mut batch).await {

@@ -102,6 +102,61 @@ pub fn exists(pid: u32) -> bool {
 }
 
 /// Field 3 of /proc/PID/stat, the process state (R, S, D, Z, ...).
+/// The section every Go executable since Go 1.13 has, stripped or not (debug/buildinfo).
+const GO_BUILDINFO_SECTION: &[u8] = b".go.buildinfo";
+
+/// True when the process runs a Go program (its executable has Go's build-info section). Go's
+/// runtime makes every socket non-blocking. False when unreadable or not a 64-bit ELF file.
+pub fn is_go_program(pid: u32) -> bool {
+    std::fs::File::open(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|f| elf_has_section(f, GO_BUILDINFO_SECTION))
+        .unwrap_or(false)
+}
+
+/// True when the 64-bit little-endian ELF file has a section named `name`; None when it is
+/// not one. Reads the section headers and their name table only.
+fn elf_has_section(file: std::fs::File, name: &[u8]) -> Option<bool> {
+    use std::os::unix::fs::FileExt as _;
+    let read = |at: u64, len: usize| -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, at).ok()?;
+        Some(buf)
+    };
+    let u16_at =
+        |b: &[u8], at: usize| Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?));
+    let u32_at =
+        |b: &[u8], at: usize| Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?));
+    let u64_at =
+        |b: &[u8], at: usize| Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?));
+    // Elf64_Ehdr (include/uapi/linux/elf.h): ELFCLASS64 and ELFDATA2LSB at bytes 4 and 5.
+    let header = read(0, 64)?;
+    if header.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let (shoff, shentsize) = (u64_at(&header, 0x28)?, usize::from(u16_at(&header, 0x3a)?));
+    let (shnum, shstrndx) = (
+        usize::from(u16_at(&header, 0x3c)?),
+        u64::from(u16_at(&header, 0x3e)?),
+    );
+    if shentsize < 0x28 || shnum == 0 || shnum > 4096 {
+        return None;
+    }
+    let sections = read(shoff, shentsize * shnum)?;
+    // Elf64_Shdr: sh_name at 0, sh_offset at 0x18, sh_size at 0x20.
+    let names_at = usize::try_from(shstrndx).ok()? * shentsize;
+    let names_size = u64_at(&sections, names_at + 0x20)?.min(1 << 20);
+    let names = read(
+        u64_at(&sections, names_at + 0x18)?,
+        usize::try_from(names_size).ok()?,
+    )?;
+    Some((0..shnum).any(|i| {
+        u32_at(&sections, i * shentsize)
+            .and_then(|at| names.get(usize::try_from(at).ok()?..))
+            .is_some_and(|rest| rest.split(|b| *b == 0).next() == Some(name))
+    }))
+}
+
 fn process_state(stat: &str) -> Option<char> {
     let close = stat.rfind(')')?;
     stat[close + 1..].trim_start().chars().next()
@@ -162,6 +217,21 @@ fn proc_error(pid: u32, path: &str, e: std::io::Error) -> anyhow::Error {
 // A test fails by panicking, so unwrapping is how it reports.
 #[allow(clippy::unwrap_used)]
 mod tests {
+
+    #[test]
+    fn tells_a_go_program_by_its_build_info_section() {
+        // This test is Rust: an ELF file with sections, none of them Go's.
+        let me = std::fs::File::open("/proc/self/exe").unwrap();
+        assert_eq!(elf_has_section(me, b".text"), Some(true));
+        assert!(!is_go_program(std::process::id()));
+        let not_elf = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(elf_has_section(not_elf, b".text"), None);
+        // The fixture relay is Go, when the end-to-end tests built it.
+        if let Some(fixture) = std::env::var_os("FIXTURE_BIN") {
+            let f = std::fs::File::open(fixture).unwrap();
+            assert_eq!(elf_has_section(f, GO_BUILDINFO_SECTION), Some(true));
+        }
+    }
     use super::*;
     use std::net::TcpListener;
     use std::os::fd::AsRawFd;
