@@ -21,7 +21,10 @@ struct NetNs(String);
 impl NetNs {
     fn new(name: String) -> NetNs {
         // A namespace left over by a killed run of the same name would make `add` fail.
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         run(Command::new("ip").args(["netns", "add", &name]));
         let ns = NetNs(name);
         run(ns.exec("ip").args(["link", "set", "lo", "up"]));
