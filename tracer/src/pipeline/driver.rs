@@ -53,6 +53,8 @@ pub struct Driver<S: Source> {
     options: Options,
     lag_warned: Option<Instant>,
     had_targets: bool,
+    /// A tick fired or the source paused: when the next one is due must be worked out again.
+    schedule_changed: bool,
 }
 
 /// Why the loop ended.
@@ -81,6 +83,7 @@ impl<S: Source> Driver<S> {
             options,
             lag_warned: None,
             had_targets: false,
+            schedule_changed: true,
         }
     }
 
@@ -121,9 +124,22 @@ impl<S: Source> Driver<S> {
             .duration
             .map(|d| tokio::time::Instant::now() + d);
         let mut ended = false;
+        // One timer for the sinks' ticks, moved only when the next tick changes: inputs come
+        // tens of thousands a second under churn, and a timer made anew for each costs more
+        // than everything else the loop does for an input.
+        let mut wake = self.next_wake();
+        let tick_timer = sleep_until(wake.unwrap_or_else(Instant::now).into());
+        tokio::pin!(tick_timer);
+        let deadline_timer = sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now));
+        tokio::pin!(deadline_timer);
 
         let ending = loop {
-            let wake = self.next_wake();
+            if std::mem::take(&mut self.schedule_changed) {
+                wake = self.next_wake();
+                if let Some(at) = wake {
+                    tick_timer.as_mut().reset(at.into());
+                }
+            }
             tokio::select! {
                 next = self.source.next(), if !ended => match next? {
                     Next::Input { at_ns, input } => {
@@ -143,13 +159,16 @@ impl<S: Source> Driver<S> {
                     }
                     Next::Closed => break Ending::SourceClosed,
                 },
-                _ = sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => {
+                _ = &mut tick_timer, if wake.is_some() => {
                     self.due_ticks()?;
+                    // Even when nothing was due (a paused replay's clock), look again.
+                    self.schedule_changed = true;
                 }
                 request = poll_fn(|cx| poll_requests(&mut self.slots, cx)) => match request? {
                     Request::Stop => break Ending::Stopped,
                     Request::Pause(paused) => {
                         self.source.set_paused(paused);
+                        self.schedule_changed = true;
                         let label = self.source.label();
                         self.notify(Notice::Source(label), self.source.now_ns());
                     }
@@ -157,7 +176,7 @@ impl<S: Source> Driver<S> {
                 _ = sigint.recv() => break Ending::Stopped,
                 _ = sigterm.recv() => break Ending::Stopped,
                 _ = hangup(sighup.as_mut()), if sighup.is_some() => break Ending::Stopped,
-                _ = sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => break Ending::Stopped,
+                _ = &mut deadline_timer, if deadline.is_some() => break Ending::Stopped,
             }
         };
 
@@ -268,6 +287,7 @@ impl<S: Source> Driver<S> {
                 };
                 slot.sink.tick(&judged)?;
                 slot.next_model_ns = Some(next.saturating_add(ns(every).max(1)));
+                self.schedule_changed = true;
             }
         }
         Ok(())
