@@ -197,12 +197,7 @@ impl<S: Source> Driver<S> {
             anyhow::bail!("the collector stopped unexpectedly");
         }
         closed?;
-        let judged = Judged {
-            table: &self.table,
-            graces: &self.graces,
-            at_ns: self.lag.judge_at(final_ns),
-            clock_ns: final_ns,
-        };
+        let judged = judged(&self.table, &self.graces, &self.lag, final_ns);
         for slot in &mut self.slots {
             slot.sink.finish(&judged)?;
         }
@@ -226,12 +221,7 @@ impl<S: Source> Driver<S> {
     fn take_input(&mut self, at_ns: u64, input: Input) -> Result<bool> {
         self.lag.observe(&input, at_ns);
         self.ticks_before(at_ns.saturating_add(1))?;
-        let judged = Judged {
-            table: &self.table,
-            graces: &self.graces,
-            at_ns: self.lag.judge_at(at_ns),
-            clock_ns: at_ns,
-        };
+        let judged = judged(&self.table, &self.graces, &self.lag, at_ns);
         for slot in &mut self.slots {
             slot.sink.input(at_ns, &input, &judged)?;
         }
@@ -261,12 +251,7 @@ impl<S: Source> Driver<S> {
     }
 
     fn notify(&mut self, notice: Notice, clock_ns: u64) {
-        let judged = Judged {
-            table: &self.table,
-            graces: &self.graces,
-            at_ns: self.lag.judge_at(clock_ns),
-            clock_ns,
-        };
+        let judged = judged(&self.table, &self.graces, &self.lag, clock_ns);
         for slot in &mut self.slots {
             slot.sink.notice(notice.clone(), &judged);
         }
@@ -279,12 +264,7 @@ impl<S: Source> Driver<S> {
         for slot in &mut self.slots {
             let Some(every) = slot.every() else { continue };
             while let Some(next) = slot.next_model_ns.filter(|&n| n < until_ns) {
-                let judged = Judged {
-                    table: &self.table,
-                    graces: &self.graces,
-                    at_ns: self.lag.judge_at(next),
-                    clock_ns: next,
-                };
+                let judged = judged(&self.table, &self.graces, &self.lag, next);
                 slot.sink.tick(&judged)?;
                 slot.next_model_ns = Some(next.saturating_add(ns(every).max(1)));
                 self.schedule_changed = true;
@@ -298,12 +278,7 @@ impl<S: Source> Driver<S> {
         let clock_ns = self.source.now_ns();
         let now = Instant::now();
         self.warn_when_behind();
-        let judged = Judged {
-            table: &self.table,
-            graces: &self.graces,
-            at_ns: self.lag.judge_at(clock_ns),
-            clock_ns,
-        };
+        let judged = judged(&self.table, &self.graces, &self.lag, clock_ns);
         for slot in &mut self.slots {
             let Some(every) = slot.every() else { continue };
             let model_due = slot.next_model_ns.is_some_and(|n| n <= clock_ns);
@@ -366,6 +341,22 @@ impl<S: Source> Driver<S> {
 
 fn listen(kind: SignalKind, name: &str) -> Result<Signal> {
     signal(kind).with_context(|| format!("installing the {name} handler"))
+}
+
+/// The table as every sink sees it when the source's clock reads `clock_ns`: judged that
+/// long ago as the inputs lag behind.
+fn judged<'a>(
+    table: &'a ConnTable,
+    graces: &'a Graces,
+    lag: &InputLag,
+    clock_ns: u64,
+) -> Judged<'a> {
+    Judged {
+        table,
+        graces,
+        at_ns: lag.judge_at(clock_ns),
+        clock_ns,
+    }
 }
 
 async fn hangup(signal: Option<&mut Signal>) {
