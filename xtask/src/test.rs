@@ -85,7 +85,7 @@ fn end_to_end(artifacts: &Artifacts, repeat: u32) -> Result<()> {
     let mut passed = 0;
     for run in 1..=repeat {
         println!(
-            "test: e2e run {run}/{repeat}: cargo test -p {E2E_PACKAGE} -- --test-threads=1 (under a minute)..."
+            "test: e2e run {run}/{repeat}: cargo test -p {E2E_PACKAGE} -- --test-threads=1 (about 4 minutes)..."
         );
         let started = Instant::now();
         let status = util::status(&mut e2e(&["--", "--test-threads=1"]))?;
