@@ -52,7 +52,7 @@ pub fn dump_in_namespace_of(
     inodes: HashSet<u64>,
 ) -> Result<Vec<TcpSockInfo>> {
     let keep = move |s: &TcpSockInfo| s.inode != 0 && inodes.contains(&s.inode);
-    if of_pid(pid).is_some() && of_pid(pid) == own() {
+    if of_pid(pid).is_some_and(|ns| Some(ns) == own()) {
         return sockdiag::dump_tcp_where(states, keep);
     }
     // Opened here, before the thread: a process that exits meanwhile is an error now, not a
