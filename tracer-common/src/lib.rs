@@ -400,8 +400,8 @@ pub enum EventKind {
     Close = 3,
     /// The first bytes the process wrote on a tracked socket ([`FirstBytesEvent`]).
     FirstBytes = 4,
-    /// An HTTP/2 stream's lifecycle record from the Go-aware probes ([`go::StreamRecord`]).
-    Stream = 5,
+    // 5 was an HTTP/2 stream's lifecycle record: the Go layer now reads streams from the
+    // relay's memory at each sample instead (tracer-ebpf/src/gostream.rs).
 }
 
 impl EventKind {
@@ -411,7 +411,6 @@ impl EventKind {
             2 => Some(Self::State),
             3 => Some(Self::Close),
             4 => Some(Self::FirstBytes),
-            5 => Some(Self::Stream),
             _ => None,
         }
     }
@@ -491,78 +490,38 @@ pub mod go {
     pub mod map_names {
         /// tgid -> [`super::GoProcess`]: processes whose binary has the probes attached.
         pub const GO_PROCS: &str = "GO_PROCS";
-        /// [`super::StreamKey`] -> [`super::StreamInfo`]: open HTTP/2 client streams.
-        pub const GO_STREAMS: &str = "GO_STREAMS";
-        /// [`super::GoKey`] -> address: per-goroutine state between a probed function's entry
-        /// and its RET, and the request -> stream links.
-        pub const GO_INFLIGHT: &str = "GO_INFLIGHT";
+        /// [`super::GoConnKey`] -> [`super::GoConnInfo`]: HTTP/2 client connections.
+        pub const GO_CONNS: &str = "GO_CONNS";
     }
 
     /// Bounds of the Go layer's maps.
     pub const MAX_GO_PROCS: u32 = 1024;
-    /// Open streams followed at once, all targets together (LRU: a stream whose end was
-    /// missed, e.g. a target killed mid-stream, ages out).
-    pub const MAX_GO_STREAMS: u32 = 65_536;
-    /// Goroutines inside a probed function at once, plus request -> stream links.
-    pub const MAX_GO_INFLIGHT: u32 = 65_536;
+    /// HTTP/2 client connections followed at once, all targets together (LRU: a connection
+    /// whose end was missed, e.g. a target killed, ages out).
+    pub const MAX_GO_CONNS: u32 = 16_384;
 
-    /// What a [`GoKey`] is keyed by: the function (per goroutine), or the request.
-    pub mod go_key {
-        /// (tgid, g) inside `writeRequest`: the stream.
-        pub const WRITE_REQUEST: u32 = 1;
-        /// (tgid, g) inside the h2 round trip: the request.
-        pub const ROUND_TRIP: u32 = 2;
-        /// (tgid, g) inside the response body's Read: the stream.
-        pub const BODY_READ: u32 = 3;
-        /// (tgid, request address): the stream writing it (set at writeRequest's entry).
-        pub const REQUEST: u32 = 4;
-    }
-
-    /// Key of `GO_INFLIGHT`.
+    /// Key of `GO_CONNS`.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-    pub struct GoKey {
-        pub tgid: u32,
-        /// A [`go_key`] value.
-        pub what: u32,
-        /// The goroutine's g pointer (R14), or the request's address.
-        pub addr: u64,
-    }
-    const _: () = assert!(size_of::<GoKey>() == 16);
-
-    /// Key of `GO_STREAMS`.
-    #[repr(C)]
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-    pub struct StreamKey {
+    pub struct GoConnKey {
         pub tgid: u32,
         pub _pad: u32,
-        /// The client stream's address in the process.
-        pub stream: u64,
+        /// The `*ClientConn` in the process.
+        pub conn: u64,
     }
-    const _: () = assert!(size_of::<StreamKey>() == 16);
+    const _: () = assert!(size_of::<GoConnKey>() == 16);
 
-    /// One open HTTP/2 client stream (value of `GO_STREAMS`), from writeRequest's entry to its
-    /// return. Times are `bpf_ktime_get_ns()`; 0 means "not yet".
+    /// One HTTP/2 client connection (value of `GO_CONNS`), from its read loop's start.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default)]
-    pub struct StreamInfo {
+    pub struct GoConnInfo {
+        /// `bpf_ktime_get_ns()` when its read loop started.
         pub opened_ns: u64,
-        /// When a body Read last returned data.
-        pub last_read_ns: u64,
-        /// Body reads that returned data, and the bytes they returned.
-        pub reads: u64,
-        pub bytes_read: u64,
-        /// The request the stream writes (its `GoKey` link is removed with it).
-        pub request: u64,
-        /// The connection's socket fd, or -1 when the probes could not follow it there.
+        /// Its socket fd, or -1 when the probe could not follow the connection there.
         pub fd: i32,
-        /// The HTTP/2 stream id, 0 until known.
-        pub stream_id: u32,
-        /// Body reads entered and not returned.
-        pub reads_inflight: u32,
         pub _pad: u32,
     }
-    const _: () = assert!(size_of::<StreamInfo>() == 56);
+    const _: () = assert!(size_of::<GoConnInfo>() == 16);
 
     /// Where the probes find things in one process's Go structs (value of `GO_PROCS`), from
     /// goprobe's offsets for its Go version. A field the layer does not know is `UNKNOWN`: the
@@ -570,10 +529,6 @@ pub mod go {
     #[repr(C)]
     #[derive(Clone, Copy, Debug)]
     pub struct GoProcess {
-        /// clientStream.ID (u32).
-        pub stream_id: u32,
-        /// clientStream.cc (*ClientConn).
-        pub stream_conn: u32,
         /// ClientConn.tconn (net.Conn interface).
         pub conn_tconn: u32,
         /// tls.Conn.conn (net.Conn interface).
@@ -586,6 +541,7 @@ pub mod go {
         /// `*net.TCPConn`: the interface's dynamic type is checked before its data is followed.
         pub tls_conn_type_hash: u32,
         pub tcp_conn_type_hash: u32,
+        pub _pad: [u32; 2],
     }
     const _: () = assert!(size_of::<GoProcess>() == 32);
 
@@ -597,47 +553,6 @@ pub mod go {
     /// inter, _type, hash), the same in Go 1.21 to 1.27.
     pub const ITAB_HASH_OFFSET: u64 = 16;
 
-    /// What happened to a stream ([`StreamRecord::what`]).
-    #[repr(u32)]
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum StreamWhat {
-        /// writeRequest entered: the stream's goroutine started.
-        Opened = 1,
-        /// The round trip returned a response for the stream's request.
-        Responded = 2,
-        /// The response body's Close was called.
-        BodyClosed = 3,
-        /// writeRequest returned: the stream ended.
-        Ended = 4,
-    }
-
-    impl StreamWhat {
-        pub const fn from_u32(v: u32) -> Option<Self> {
-            match v {
-                1 => Some(Self::Opened),
-                2 => Some(Self::Responded),
-                3 => Some(Self::BodyClosed),
-                4 => Some(Self::Ended),
-                _ => None,
-            }
-        }
-    }
-
-    /// A stream's lifecycle record in the `EVENTS` ring (kind [`super::EventKind::Stream`]).
-    #[repr(C)]
-    #[derive(Clone, Copy, Debug)]
-    pub struct StreamRecord {
-        /// [`super::EventKind::Stream`].
-        pub kind: u32,
-        /// A [`StreamWhat`] value.
-        pub what: u32,
-        pub tgid: u32,
-        /// The connection's socket fd (Opened only), or -1.
-        pub fd: i32,
-        pub stream: u64,
-        pub ts_ns: u64,
-    }
-    const _: () = assert!(size_of::<StreamRecord>() == 32);
 }
 
 #[cfg(feature = "user")]
@@ -649,9 +564,7 @@ mod user {
     unsafe impl aya::Pod for super::ConnInfo {}
     unsafe impl aya::Pod for super::ConnEvent {}
     unsafe impl aya::Pod for super::FirstBytesEvent {}
-    unsafe impl aya::Pod for super::go::GoKey {}
-    unsafe impl aya::Pod for super::go::StreamKey {}
-    unsafe impl aya::Pod for super::go::StreamInfo {}
+    unsafe impl aya::Pod for super::go::GoConnKey {}
+    unsafe impl aya::Pod for super::go::GoConnInfo {}
     unsafe impl aya::Pod for super::go::GoProcess {}
-    unsafe impl aya::Pod for super::go::StreamRecord {}
 }

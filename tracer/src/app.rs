@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 
 use crate::{
     cli::{
-        CheckArgs, Cli, Command, MetricsArgs, NamingArgs, RecordArgs, ReplayArgs, RunArgs,
-        SnapshotArgs, SnapshotFormat, TargetArgs, WatchArgs,
+        CheckArgs, Cli, Command, GoArgs, GoProbes, MetricsArgs, NamingArgs, RecordArgs, ReplayArgs,
+        RunArgs, SnapshotArgs, SnapshotFormat, TargetArgs, WatchArgs,
     },
     collect::{self, monotonic_ns, procfs, TargetSpec},
     export::{json::JsonLines, rotate::RotatingFile},
@@ -69,6 +69,7 @@ pub async fn main(cli: Cli) -> Result<()> {
         None if std::io::stdout().is_terminal() => {
             watch(WatchArgs {
                 targets: cli.targets,
+                go: cli.go,
                 graces: cli.graces,
                 metrics: MetricsArgs {
                     metrics_addr: None,
@@ -81,6 +82,7 @@ pub async fn main(cli: Cli) -> Result<()> {
         None => {
             run(RunArgs {
                 targets: cli.targets,
+                go: cli.go,
                 graces: cli.graces,
                 json: false,
                 interval: DEFAULT_INTERVAL,
@@ -137,10 +139,11 @@ fn describe_targets(spec: &TargetSpec) -> String {
     parts.join(", ")
 }
 
-fn spec_of(targets: &TargetArgs) -> TargetSpec {
+fn spec_of(targets: &TargetArgs, go: &GoArgs) -> TargetSpec {
     TargetSpec {
         pids: targets.pids.clone(),
         comms: targets.comms.clone(),
+        go_probes: go.go_probes == GoProbes::Auto,
     }
 }
 
@@ -149,11 +152,12 @@ fn spec_of(targets: &TargetArgs) -> TargetSpec {
 /// and attaches the programs.
 fn start_live(
     targets: &TargetArgs,
+    go: &GoArgs,
     naming: &NamingArgs,
     sample_every: Duration,
     before_load: impl FnOnce() -> Result<()>,
 ) -> Result<LiveSource> {
-    let spec = spec_of(targets);
+    let spec = spec_of(targets, go);
     validate_targets(&spec)?;
     let catalogue = catalogue(naming)?;
     collect::check_privileges()?;
@@ -171,15 +175,21 @@ async fn run(args: RunArgs) -> Result<()> {
     let graces = args.graces.graces();
     let every = args.interval;
     let mut file = None;
-    let source = start_live(&args.targets, &args.naming, every.min(SAMPLE_EVERY), || {
-        if let Some(path) = &args.output {
-            file = Some(
-                RotatingFile::open(path, args.output_max_size, usize::from(args.output_keep))
-                    .map_err(|e| UsageError(format!("{e:#}")))?,
-            );
-        }
-        Ok(())
-    })?;
+    let source = start_live(
+        &args.targets,
+        &args.go,
+        &args.naming,
+        every.min(SAMPLE_EVERY),
+        || {
+            if let Some(path) = &args.output {
+                file = Some(
+                    RotatingFile::open(path, args.output_max_size, usize::from(args.output_keep))
+                        .map_err(|e| UsageError(format!("{e:#}")))?,
+                );
+            }
+            Ok(())
+        },
+    )?;
     // One line on stderr once the programs are attached (tests and scripts wait for it).
     eprintln!(
         "tracer: attached; tracing {}; stop with Ctrl-C",
@@ -223,6 +233,7 @@ fn check(args: &CheckArgs) -> Result<()> {
     validate_targets(&TargetSpec {
         pids: args.pids.clone(),
         comms: Vec::new(),
+        go_probes: false,
     })?;
     let lines = collect::check_host();
     let mut out = std::io::stdout().lock();
@@ -253,7 +264,9 @@ fn check(args: &CheckArgs) -> Result<()> {
 /// `tracer snapshot`: observe for a while, print one snapshot, exit.
 async fn snapshot(args: SnapshotArgs) -> Result<()> {
     let graces = args.graces.graces();
-    let source = start_live(&args.targets, &args.naming, SAMPLE_EVERY, || Ok(()))?;
+    let source = start_live(&args.targets, &args.go, &args.naming, SAMPLE_EVERY, || {
+        Ok(())
+    })?;
     eprintln!(
         "tracer: attached; observing {} for {}",
         describe_targets(source.spec()),
@@ -284,7 +297,9 @@ fn needs_terminal(what: &str, instead: &str) -> Result<()> {
 async fn watch(args: WatchArgs) -> Result<()> {
     needs_terminal("tracer watch", "use tracer run (add --json for JSON lines)")?;
     let graces = args.graces.graces();
-    let source = start_live(&args.targets, &args.naming, SAMPLE_EVERY, || Ok(()))?;
+    let source = start_live(&args.targets, &args.go, &args.naming, SAMPLE_EVERY, || {
+        Ok(())
+    })?;
     let metrics = metrics_sink(&args.metrics, UI_METRICS_EVERY)?;
     let session = Session {
         source: SourceLabel::Live,
@@ -301,7 +316,7 @@ async fn record(args: RecordArgs) -> Result<()> {
     let mut file = None;
     // The output is created after the checks (no empty file for a typo in --pid) and before
     // loading (a bad path fails fast).
-    let source = start_live(&args.targets, &args.naming, SAMPLE_EVERY, || {
+    let source = start_live(&args.targets, &args.go, &args.naming, SAMPLE_EVERY, || {
         let created = std::fs::File::create(&path).map_err(|e| {
             UsageError(format!(
                 "cannot create {}: {e} (check that its directory exists and is writable)",

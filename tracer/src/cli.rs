@@ -30,6 +30,8 @@ pub struct Cli {
     #[command(flatten)]
     pub targets: TargetArgs,
     #[command(flatten)]
+    pub go: GoArgs,
+    #[command(flatten)]
     pub graces: GraceArgs,
     #[command(flatten)]
     pub naming: NamingArgs,
@@ -65,6 +67,27 @@ pub struct CheckArgs {
     pub pids: Vec<u32>,
 }
 
+/// Whether the Go-aware layer probes the targets' binaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum GoProbes {
+    /// Nothing attached to the relay's binary: kernel signals only (no HTTP/2 stream leaks).
+    Off,
+    /// On every target whose binary the Go layer knows (Go 1.21 and newer, stripped or not);
+    /// the others get kernel signals only, with the reason in one line.
+    #[default]
+    Auto,
+}
+
+/// The Go-aware layer.
+#[derive(Debug, Args, Clone, Default)]
+pub struct GoArgs {
+    /// The Go-aware layer: one uprobe per HTTP/2 connection on the relay's binary, whose open
+    /// streams are then read from the relay's memory at each sample (finds leaked HTTP/2
+    /// streams). `off` traces with kernel signals only.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = GoProbes::Auto)]
+    pub go_probes: GoProbes,
+}
+
 /// How connections are named by provider.
 #[derive(Debug, Args, Clone, Default)]
 pub struct NamingArgs {
@@ -98,6 +121,8 @@ pub enum SnapshotFormat {
 pub struct SnapshotArgs {
     #[command(flatten)]
     pub targets: TargetArgs,
+    #[command(flatten)]
+    pub go: GoArgs,
     #[command(flatten)]
     pub graces: GraceArgs,
     #[command(flatten)]
@@ -154,6 +179,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub targets: TargetArgs,
     #[command(flatten)]
+    pub go: GoArgs,
+    #[command(flatten)]
     pub graces: GraceArgs,
     /// Print one JSON snapshot per line instead of a table.
     #[arg(long)]
@@ -185,6 +212,8 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub targets: TargetArgs,
     #[command(flatten)]
+    pub go: GoArgs,
+    #[command(flatten)]
     pub graces: GraceArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -199,6 +228,8 @@ pub struct RecordArgs {
     pub out: std::path::PathBuf,
     #[command(flatten)]
     pub targets: TargetArgs,
+    #[command(flatten)]
+    pub go: GoArgs,
     /// Graces stored in the recording: replay judges with them unless told otherwise.
     #[command(flatten)]
     pub graces: GraceArgs,

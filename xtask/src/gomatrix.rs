@@ -240,7 +240,8 @@ fn install(dir: &Path, version: &str) -> Result<PathBuf> {
         "go-matrix: python3 is not on PATH (Debian: apt-get install python3 python3-venv)",
     )?;
     let mut cmd = Command::new(python);
-    cmd.args(["-m", "venv"]).arg(&venv);
+    // --clear: a venv copied or moved from elsewhere keeps scripts pointing at its old place.
+    cmd.args(["-m", "venv", "--clear"]).arg(&venv);
     util::run(&mut cmd)
         .context("go-matrix: cannot create a venv (Debian: apt-get install python3-venv)")?;
     let mut pip = Command::new(venv.join("bin/pip"));

@@ -9,14 +9,11 @@ use std::{
 
 use anyhow::{anyhow, Result};
 use tracer_common::{
-    go::{StreamInfo, StreamKey, StreamRecord, StreamWhat},
     ConnEvent, ConnFlags, ConnInfo, EventKind, AF_INET, COMM_LEN, FIRST_BYTES_HEADER,
     FIRST_BYTES_MAX,
 };
 
-use crate::model::{
-    KernelConn, KernelEvent, KernelEventKind, RecvQ, StreamEvent, StreamEventKind, StreamSample,
-};
+use crate::model::{KernelConn, KernelEvent, KernelEventKind, RecvQ};
 
 fn addr(family: u16, bytes: &[u8; 16], port: u16) -> SocketAddr {
     let ip = if family == AF_INET {
@@ -92,8 +89,6 @@ pub enum Record<'a> {
         connect_ns: u64,
         bytes: &'a [u8],
     },
-    /// An HTTP/2 stream's lifecycle record from the Go-aware probes.
-    Stream(StreamEvent),
 }
 
 /// Decodes one ring-buffer record of either kind.
@@ -103,9 +98,6 @@ pub fn record(bytes: &[u8]) -> Result<Record<'_>> {
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .map(u32::from_ne_bytes)
         .ok_or_else(|| anyhow!("empty event record"))?;
-    if kind == EventKind::Stream as u32 {
-        return stream(bytes).map(Record::Stream);
-    }
     if kind != EventKind::FirstBytes as u32 {
         return event(bytes).map(Record::Conn);
     }
@@ -134,48 +126,6 @@ pub fn record(bytes: &[u8]) -> Result<Record<'_>> {
     })
 }
 
-/// Decodes one HTTP/2 stream record (`go::StreamRecord`).
-pub fn stream(bytes: &[u8]) -> Result<StreamEvent> {
-    if bytes.len() < size_of::<StreamRecord>() {
-        return Err(anyhow!(
-            "short stream record: {} bytes, expected {}",
-            bytes.len(),
-            size_of::<StreamRecord>()
-        ));
-    }
-    // SAFETY: the record is at least size_of::<StreamRecord>() bytes, StreamRecord is plain
-    // data (every bit pattern valid), and read_unaligned does not require alignment.
-    let raw: StreamRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    let kind = match StreamWhat::from_u32(raw.what) {
-        Some(StreamWhat::Opened) => StreamEventKind::Opened {
-            fd: (raw.fd >= 0).then_some(raw.fd),
-        },
-        Some(StreamWhat::Responded) => StreamEventKind::Responded,
-        Some(StreamWhat::BodyClosed) => StreamEventKind::BodyClosed,
-        Some(StreamWhat::Ended) => StreamEventKind::Ended,
-        None => return Err(anyhow!("unknown stream record kind {}", raw.what)),
-    };
-    Ok(StreamEvent {
-        kind,
-        pid: raw.tgid,
-        stream: raw.stream,
-        at_ns: raw.ts_ns,
-    })
-}
-
-/// One open stream from the probes' map (`GO_STREAMS`), as the model samples it.
-pub fn stream_sample(key: &StreamKey, info: &StreamInfo) -> StreamSample {
-    StreamSample {
-        pid: key.tgid,
-        stream: key.stream,
-        stream_id: (info.stream_id != 0).then_some(info.stream_id),
-        reads: info.reads,
-        bytes_read: info.bytes_read,
-        last_read_ns: nonzero(info.last_read_ns),
-        reads_inflight: info.reads_inflight,
-    }
-}
-
 /// Decodes one connection lifecycle record.
 pub fn event(bytes: &[u8]) -> Result<KernelEvent> {
     if bytes.len() < size_of::<ConnEvent>() {
@@ -192,7 +142,7 @@ pub fn event(bytes: &[u8]) -> Result<KernelEvent> {
         Some(EventKind::Connect) => KernelEventKind::Connect,
         Some(EventKind::State) => KernelEventKind::State,
         Some(EventKind::Close) => KernelEventKind::Close,
-        Some(EventKind::FirstBytes) | Some(EventKind::Stream) | None => {
+        Some(EventKind::FirstBytes) | None => {
             return Err(anyhow!("unknown event kind {}", raw.kind))
         }
     };
@@ -287,79 +237,6 @@ mod tests {
         let c = conn(&i);
         assert_eq!(c.fd, None);
         assert_eq!(c.recv_q, None);
-    }
-
-    #[test]
-    fn decodes_stream_records_and_map_entries() {
-        let raw = StreamRecord {
-            kind: EventKind::Stream as u32,
-            what: StreamWhat::Opened as u32,
-            tgid: 42,
-            fd: 9,
-            stream: 0xc000_1234_0000,
-            ts_ns: 77,
-        };
-        // SAFETY (test): viewing a plain-data struct as its bytes.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&raw as *const StreamRecord).cast::<u8>(),
-                size_of::<StreamRecord>(),
-            )
-        };
-        match record(bytes) {
-            Ok(Record::Stream(e)) => assert_eq!(
-                e,
-                StreamEvent {
-                    kind: StreamEventKind::Opened { fd: Some(9) },
-                    pid: 42,
-                    stream: 0xc000_1234_0000,
-                    at_ns: 77,
-                }
-            ),
-            _ => panic!("not decoded as a stream record"),
-        }
-        let no_fd = StreamRecord { fd: -1, ..raw };
-        // SAFETY (test): as above.
-        let no_fd_bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&no_fd as *const StreamRecord).cast::<u8>(),
-                size_of::<StreamRecord>(),
-            )
-        };
-        assert!(matches!(
-            stream(no_fd_bytes).map(|e| e.kind),
-            Ok(StreamEventKind::Opened { fd: None })
-        ));
-        assert!(stream(&bytes[..20]).is_err(), "a cut record is refused");
-        let mut bad = bytes.to_vec();
-        bad[4] = 9;
-        assert!(stream(&bad).is_err(), "an unknown kind is refused");
-
-        let key = StreamKey {
-            tgid: 42,
-            _pad: 0,
-            stream: 0xc000,
-        };
-        let mut info = StreamInfo::default();
-        let sample = stream_sample(&key, &info);
-        assert_eq!((sample.stream_id, sample.last_read_ns), (None, None));
-        info.stream_id = 3;
-        info.reads = 2;
-        info.bytes_read = 100;
-        info.last_read_ns = 5;
-        info.reads_inflight = 1;
-        assert_eq!(
-            stream_sample(&key, &info),
-            StreamSample {
-                pid: 42,
-                stream: 0xc000,
-                stream_id: Some(3),
-                reads: 2,
-                bytes_read: 100,
-                last_read_ns: Some(5),
-                reads_inflight: 1,
-            }
-        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The Go layer's attach lifecycle (issue 12): when a target is adopted (by `--pid` at start,
 //! or by `--comm` when first seen), its executable is read on a blocking thread
 //! (`goprobe::inspect`: Go version, functions, prologues, RET sites, struct offsets); then the
-//! HTTP/2 stream uprobes (tracer-ebpf/src/gostream.rs) are attached to that binary's file
-//! offsets for that process only, and its layout goes into `GO_PROCS`, which the probes check
-//! first. A refusal attaches nothing and says why in one line; kernel tracing goes on either
+//! per-connection uprobe (tracer-ebpf/src/gostream.rs) is attached to that binary's file
+//! offsets for that process only, and its layout goes into `GO_PROCS`, which the probe checks
+//! first. At every sample, each HTTP/2 connection the probe recorded is read out of the
+//! process's memory (`goprobe::h2mem`, through `/proc/PID/mem`): its open streams become the
+//! sample's `streams`; a closed connection is forgotten. A refusal attaches nothing and says why in one line; kernel tracing goes on either
 //! way. A target that exits has its links dropped and its map entries purged; a restarted
 //! relay is a new target and gets them again. The links are perf-event fds owned by this
 //! process, so nothing stays attached when the tracer exits, however it exits.
@@ -25,12 +27,13 @@ use aya::{
     },
     Ebpf,
 };
-use tracer_common::go::{map_names, GoKey, GoProcess, StreamInfo, StreamKey};
+use tracer_common::go::{map_names, GoConnInfo, GoConnKey, GoProcess};
 
-use super::{batch, decode, procfs};
+use super::{batch, gomem::ProcessMemory, procfs};
 use crate::{
     goprobe::{
         self,
+        h2mem::{MemError, StreamReader},
         offsets::{Field, Offsets},
         symbols::Role,
         GoBinary, GoLayerRefusal,
@@ -38,32 +41,8 @@ use crate::{
     model::{GoLayer, Input, StreamSample, Target},
 };
 
-/// `TRACER_GO_PROBES=auto` turns the Go layer on. It is off by default: its probes give exact
-/// stream counts on Go 1.21-1.27, but a uprobe trap costs about 23 µs per hit on the
-/// development VM, several per request (the body Read probes fire twice per read), far over
-/// the 2 µs per request budget (issue 15), until their cost is cut. (Issue 15 asks for
-/// `--go-probes off|auto`, default auto, once it is.)
-pub const ENABLE_ENV: &str = "TRACER_GO_PROBES";
-
 /// Which program goes where: the role's function entry, and each of its decoded RETs.
-const PROBES: &[(Role, &str, Option<&str>)] = &[
-    (
-        Role::H2WriteRequest,
-        "enter_h2_write_request",
-        Some("exit_h2_write_request"),
-    ),
-    (
-        Role::H2RoundTrip,
-        "enter_h2_round_trip",
-        Some("exit_h2_round_trip"),
-    ),
-    (
-        Role::H2BodyRead,
-        "enter_h2_body_read",
-        Some("exit_h2_body_read"),
-    ),
-    (Role::H2BodyClose, "enter_h2_body_close", None),
-];
+const PROBES: &[(Role, &str, Option<&str>)] = &[(Role::H2ReadLoop, "enter_h2_read_loop", None)];
 
 /// `abi.Type.Hash` of `*crypto/tls.Conn` and `*net.TCPConn` per Go minor release: the
 /// compiler's hash of the type's link name (cmd/compile/internal/types.TypeHash), copied into
@@ -85,10 +64,12 @@ const TYPE_HASHES: &[(u32, u32, u32)] = &[
 enum State {
     /// Its binary is being read on a blocking thread.
     Inspecting { start: Option<u64> },
-    /// Probes attached (program name and link of each).
+    /// Probes attached (program name and link of each), and how to read its streams.
     Attached {
         start: Option<u64>,
         links: Vec<(&'static str, UProbeLinkId)>,
+        reader: StreamReader,
+        memory: ProcessMemory,
     },
     /// Nothing attached; the line said why.
     Off { start: Option<u64> },
@@ -113,12 +94,11 @@ struct Inspected {
 }
 
 pub struct GoProbes {
-    /// Why the Go layer is off for every target (disabled, or the kernel refused its
+    /// Why the Go layer is off for every target (`--go-probes off`, or the kernel refused its
     /// programs), or `None` when it can attach.
     off: Option<String>,
     procs: Option<BpfHashMap<MapData, u32, GoProcess>>,
-    streams: Option<Map>,
-    inflight: Option<Map>,
+    conns: Option<Map>,
     targets: BTreeMap<u32, State>,
     results: Receiver<Inspected>,
     sender: Sender<Inspected>,
@@ -127,21 +107,18 @@ pub struct GoProbes {
 impl GoProbes {
     /// Takes the Go layer's maps and loads its programs (attached later, per target). Never
     /// fails: a Go layer that cannot work is off, with its reason, and kernel tracing goes on.
-    pub fn new(ebpf: &mut Ebpf) -> Self {
+    pub fn new(ebpf: &mut Ebpf, enabled: bool) -> Self {
         let (sender, results) = mpsc::channel();
         let mut probes = Self {
             off: None,
             procs: None,
-            streams: None,
-            inflight: None,
+            conns: None,
             targets: BTreeMap::new(),
             results,
             sender,
         };
-        if !std::env::var(ENABLE_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("auto")) {
-            probes.off = Some(format!(
-                "the HTTP/2 stream probes are off by default until their cost is cut ({ENABLE_ENV}=auto turns them on)"
-            ));
+        if !enabled {
+            probes.off = Some("--go-probes off".to_owned());
             return probes;
         }
         if let Err(e) = probes.load(ebpf) {
@@ -161,8 +138,7 @@ impl GoProbes {
                 .try_into()
                 .context("opening the GO_PROCS map")?,
         );
-        self.streams = Some(take(ebpf, map_names::GO_STREAMS)?);
-        self.inflight = Some(take(ebpf, map_names::GO_INFLIGHT)?);
+        self.conns = Some(take(ebpf, map_names::GO_CONNS)?);
         for name in program_names() {
             program(ebpf, name)?
                 .load()
@@ -275,12 +251,23 @@ impl GoProbes {
                 binary.line()
             ));
         }
-        let layout = match layout(&binary) {
-            Ok(layout) => layout,
+        let minor = binary.image.build.version.release().1;
+        let layout = layout_from(&binary.offsets, minor);
+        let no_swiss = binary.image.build.version.raw.contains("noswissmap");
+        let reader = match StreamReader::new(&binary.offsets, minor, no_swiss) {
+            Ok(reader) => reader,
             Err(e) => {
                 return off(format!(
                     "Go layer off for pid {pid}: {}: {e}; tracing with kernel signals only",
                     binary.image.version()
+                ))
+            }
+        };
+        let memory = match ProcessMemory::open(pid) {
+            Ok(memory) => memory,
+            Err(e) => {
+                return off(format!(
+                    "Go layer off for pid {pid}: cannot read its memory (/proc/{pid}/mem: {e}; run as root, and with Yama's kernel.yama.ptrace_scope below 3); tracing with kernel signals only"
                 ))
             }
         };
@@ -296,7 +283,15 @@ impl GoProbes {
                         ""
                     }
                 );
-                (State::Attached { start, links }, say(pid, true, line))
+                (
+                    State::Attached {
+                        start,
+                        links,
+                        reader,
+                        memory,
+                    },
+                    say(pid, true, line),
+                )
             }
             Err(e) => off(format!(
                 "Go layer off for pid {pid}: {e:#}; tracing with kernel signals only"
@@ -371,17 +366,16 @@ impl GoProbes {
             let _ = procs.remove(&pid);
         }
         detach(ebpf, pid, links);
-        if let Some(streams) = self.streams.as_mut() {
-            purge::<StreamKey, StreamInfo>(streams, |k| k.tgid == pid);
-        }
-        if let Some(inflight) = self.inflight.as_mut() {
-            purge::<GoKey, u64>(inflight, |k| k.tgid == pid);
+        if let Some(conns) = self.conns.as_mut() {
+            purge::<GoConnKey, GoConnInfo>(conns, |k| k.tgid == pid);
         }
         log::info!("Go layer: pid {pid} exited; its probes are detached");
     }
 
-    /// Every open stream the probes follow (nothing to read while none is attached).
-    pub fn streams(&self) -> Result<Vec<StreamSample>> {
+    /// Every open stream of every HTTP/2 connection the probe recorded, read from the
+    /// targets' memory now. Connections found closed (or unreadable: the process unmapped or
+    /// reused the memory) are forgotten.
+    pub fn streams(&mut self) -> Result<Vec<StreamSample>> {
         let mut out = Vec::new();
         if !self
             .targets
@@ -390,53 +384,87 @@ impl GoProbes {
         {
             return Ok(out);
         }
-        let Some(map) = self.streams.as_ref() else {
+        let Some(map) = self.conns.as_mut() else {
             return Ok(out);
         };
-        if let Map::HashMap(data) | Map::LruHashMap(data) = map {
-            match batch::for_each(data.fd().as_fd(), |key: StreamKey, info: &StreamInfo| {
-                out.push(decode::stream_sample(&key, info))
-            }) {
-                Ok(()) => {
-                    log_streams(&out);
-                    return Ok(out);
+        let mut conns: Vec<(GoConnKey, GoConnInfo)> = Vec::new();
+        let batched = match &*map {
+            Map::LruHashMap(data) | Map::HashMap(data) => {
+                batch::for_each(data.fd().as_fd(), |key: GoConnKey, info: &GoConnInfo| {
+                    conns.push((key, *info))
+                })
+            }
+            _ => Err(batch::BatchError::Unsupported),
+        };
+        match batched {
+            Ok(()) => {}
+            Err(batch::BatchError::Unsupported) => {
+                // Kernels without batch lookups (before 5.6): entry by entry.
+                conns.clear();
+                let typed: BpfHashMap<&MapData, GoConnKey, GoConnInfo> =
+                    (&*map).try_into().context("opening the GO_CONNS map")?;
+                for item in typed.iter() {
+                    match item {
+                        Ok(entry) => conns.push(entry),
+                        Err(aya::maps::MapError::KeyNotFound) => continue,
+                        Err(e) => return Err(e).context("reading the GO_CONNS map"),
+                    }
                 }
-                Err(batch::BatchError::Unsupported) => out.clear(),
-                Err(batch::BatchError::Io(e)) => {
-                    return Err(e).context("reading the GO_STREAMS map")
+            }
+            Err(batch::BatchError::Io(e)) => return Err(e).context("reading the GO_CONNS map"),
+        }
+        let mut done = Vec::new();
+        for (key, info) in conns {
+            let Some(State::Attached { reader, memory, .. }) = self.targets.get(&key.tgid) else {
+                continue;
+            };
+            match reader.read_conn(memory, key.conn) {
+                Ok(state) if state.closed => done.push(key),
+                Ok(state) => {
+                    if state.skipped > 0 {
+                        log::debug!(
+                            "Go layer: pid {} connection {:#x}: {} map entries did not check out (read mid-update)",
+                            key.tgid,
+                            key.conn,
+                            state.skipped
+                        );
+                    }
+                    out.extend(state.streams.into_iter().map(|s| StreamSample {
+                        pid: key.tgid,
+                        stream: s.stream,
+                        conn: key.conn,
+                        fd: (info.fd >= 0).then_some(info.fd),
+                        stream_id: s.id,
+                        response: s.response,
+                        buffered_bytes: s.buffered,
+                        first_chunk_read: s.first_chunk_read,
+                        expected: s.expected,
+                        unsent: s.unsent,
+                        bytes_remain: s.bytes_remain,
+                        content_length: s.content_length,
+                        body_done: s.body_done,
+                        body_closed: s.body_closed,
+                    }));
+                }
+                Err(e @ MemError::Unreadable { .. }) | Err(e @ MemError::Implausible(_)) => {
+                    log::debug!(
+                        "Go layer: pid {} connection {:#x} forgotten: {e}",
+                        key.tgid,
+                        key.conn
+                    );
+                    done.push(key);
                 }
             }
         }
-        // Kernels without batch lookups (before 5.6): entry by entry.
-        let typed: BpfHashMap<&MapData, StreamKey, StreamInfo> =
-            map.try_into().context("opening the GO_STREAMS map")?;
-        for item in typed.iter() {
-            match item {
-                Ok((key, info)) => out.push(decode::stream_sample(&key, &info)),
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e).context("reading the GO_STREAMS map"),
+        if !done.is_empty() {
+            let mut typed: BpfHashMap<&mut MapData, GoConnKey, GoConnInfo> =
+                map.try_into().context("opening the GO_CONNS map")?;
+            for key in done {
+                let _ = typed.remove(&key);
             }
         }
-        log_streams(&out);
         Ok(out)
     }
-}
-
-/// One debug line per sample: every open stream the probes follow, with its reads.
-fn log_streams(streams: &[StreamSample]) {
-    if !log::log_enabled!(log::Level::Debug) {
-        return;
-    }
-    let each: Vec<String> = streams
-        .iter()
-        .map(|s| {
-            format!(
-                "{}:{:#x} id={:?} reads={} bytes={} inflight={}",
-                s.pid, s.stream, s.stream_id, s.reads, s.bytes_read, s.reads_inflight
-            )
-        })
-        .collect();
-    log::debug!("go streams: {} open [{}]", streams.len(), each.join(", "));
 }
 
 fn program_names() -> impl Iterator<Item = &'static str> {
@@ -499,20 +527,8 @@ fn say(pid: u32, attached: bool, line: String) -> Input {
     })
 }
 
-/// The probes' view of a binary's layout. The body probes need the response body to be the
-/// stream pointer itself (a one-pointer struct passed by value); the rest may be unknown,
-/// which only costs the stream's fd (or id).
-fn layout(binary: &GoBinary) -> Result<GoProcess, String> {
-    let offsets = &binary.offsets;
-    if offsets.get(Field::H2BodyStream) != Some(0) {
-        return Err(
-            "the HTTP/2 response body is not the stream pointer the body probes read".to_owned(),
-        );
-    }
-    let minor = binary.image.build.version.release().1;
-    Ok(layout_from(offsets, minor))
-}
-
+/// The probe's view of a binary's layout: how to follow a connection to its socket. A field
+/// it does not know costs only the connection's fd.
 fn layout_from(offsets: &Offsets, minor: u32) -> GoProcess {
     let at = |field: Field| {
         offsets
@@ -522,8 +538,6 @@ fn layout_from(offsets: &Offsets, minor: u32) -> GoProcess {
     };
     let hashes = TYPE_HASHES.iter().find(|(m, _, _)| *m == minor);
     GoProcess {
-        stream_id: at(Field::H2StreamId),
-        stream_conn: at(Field::H2StreamConn),
         // Without the type hashes the connection's interface cannot be checked: no fd.
         conn_tconn: hashes.map_or(GoProcess::UNKNOWN, |_| at(Field::H2ConnTconn)),
         tls_conn: at(Field::TlsConnConn),
@@ -531,6 +545,7 @@ fn layout_from(offsets: &Offsets, minor: u32) -> GoProcess {
         netfd_sysfd: at(Field::NetFdSysfd),
         tls_conn_type_hash: hashes.map_or(0, |h| h.1),
         tcp_conn_type_hash: hashes.map_or(0, |h| h.2),
+        _pad: [0; 2],
     }
 }
 
@@ -547,7 +562,6 @@ mod tests {
             );
         }
         let names: Vec<_> = program_names().collect();
-        assert_eq!(names.len(), 7);
-        assert!(names.contains(&"exit_h2_body_read"));
+        assert_eq!(names, ["enter_h2_read_loop"]);
     }
 }

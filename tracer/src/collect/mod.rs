@@ -6,6 +6,7 @@ pub mod btf;
 mod check;
 mod decode;
 mod goattach;
+mod gomem;
 mod hooks;
 mod loader;
 mod names;
@@ -51,6 +52,8 @@ pub struct TargetSpec {
     pub pids: Vec<u32>,
     /// Process names (as in /proc/PID/comm); processes started later are followed too.
     pub comms: Vec<String>,
+    /// Attach the Go-aware layer to targets whose binary it knows (`--go-probes auto`).
+    pub go_probes: bool,
 }
 
 /// Socket-table scans take at most 1/SCAN_COST_SHARE of one CPU (see `Collector::scan_due`).
@@ -146,7 +149,7 @@ impl Collector {
                     None
                 }
             };
-        let go = goattach::GoProbes::new(&mut ebpf);
+        let go = goattach::GoProbes::new(&mut ebpf, spec.go_probes);
         let mut collector = Self {
             go,
             ebpf,
@@ -414,10 +417,6 @@ impl Collector {
                             name,
                         });
                     }
-                }
-                Ok(decode::Record::Stream(event)) => {
-                    log::debug!("h2 stream: {event:?}");
-                    out.push(Input::Stream(event));
                 }
                 Err(e) => log::warn!("skipping a kernel event: {e:#}"),
             }

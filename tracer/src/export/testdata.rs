@@ -75,6 +75,7 @@ pub fn leak(host: &str, port: u16, reason: LeakReason, age_s: f64) -> Leak {
         recv_q: 1,
         bytes_read: 325,
         reads: 2,
+        buffered_bytes: None,
         last_read_ret: Some(-11),
         origin: Origin::Traced,
     }

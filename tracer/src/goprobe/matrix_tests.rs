@@ -569,6 +569,9 @@ fn generated_table(matrix: &Path) -> String {
             from.join(", ")
         ));
         for &field in offsets::Field::ALL {
+            if !field.applies(minor) {
+                continue;
+            }
             text.push_str(&format!(
                 "{:?} = {}\n",
                 field.key(),
@@ -622,7 +625,19 @@ fn offsets_tables_are_checked_against_dwarf() {
         let release = offsets::release_of(&GoVersion::parse(&build.version).unwrap());
         let open = |binary: &str| GoImage::open(&build.dir.join(binary)).unwrap();
 
-        let field = fields[i % fields.len()];
+        let minor = GoVersion::parse(&build.version).unwrap().release().1;
+        let applicable: Vec<_> = fields
+            .iter()
+            .copied()
+            .filter(|f| f.applies(minor))
+            .collect();
+        // The first field no build has had edited yet (fields of one map layout apply to
+        // some releases only).
+        let field = applicable
+            .iter()
+            .copied()
+            .find(|f| !caught.contains(f.key()))
+            .unwrap_or(applicable[i % applicable.len()]);
         let right = table
             .lookup(&GoVersion::parse(&build.version).unwrap())
             .unwrap()
@@ -782,6 +797,9 @@ fn offsets_equal_what_go_reflect_says() {
         let ours = table.lookup(&version).unwrap();
         let mut unreached = Vec::new();
         for &field in offsets::Field::ALL {
+            if !field.applies(version.minor) {
+                continue;
+            }
             let (ty, path) = field.location(version.minor);
             match reflect_offset(&layouts, &ty, path) {
                 Some(offset) => assert_eq!(
@@ -793,7 +811,22 @@ fn offsets_equal_what_go_reflect_says() {
                 None => unreached.push(field.key()),
             }
         }
-        let mut allowed = vec!["runtime.g.goid", "runtime.g.stack.lo", "runtime.g.stack.hi"];
+        // The runtime's own structs are out of reflect's reach: DWARF is their only source.
+        let mut allowed = vec![
+            "runtime.g.goid",
+            "runtime.g.stack.lo",
+            "runtime.g.stack.hi",
+            "runtime.hmap.count",
+            "runtime.hmap.flags",
+            "runtime.hmap.B",
+            "runtime.hmap.buckets",
+            "runtime.hmap.oldbuckets",
+            "maps.Map.used",
+            "maps.Map.dirPtr",
+            "maps.Map.dirLen",
+            "maps.table.groups.data",
+            "maps.table.groups.lengthMask",
+        ];
         if version.minor >= 27 {
             allowed.extend(["h2.request.Host", "h2.request.URL"]);
         }

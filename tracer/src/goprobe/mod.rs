@@ -23,6 +23,7 @@ pub mod buildinfo;
 pub mod code;
 pub mod dwarf;
 pub mod elf;
+pub mod h2mem;
 pub mod moduledata;
 pub mod offsets;
 pub mod pclntab;

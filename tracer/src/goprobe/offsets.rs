@@ -42,6 +42,9 @@ pub const REGENERATE: &str = "cargo xtask go-offsets";
 pub enum Kind {
     Bool,
     Int,
+    Int32,
+    Int64,
+    Uint8,
     Uint32,
     Uint64,
     Uintptr,
@@ -50,6 +53,10 @@ pub enum Kind {
     Pointer,
     /// A string header: data pointer, then length.
     String,
+    /// A map value: one pointer to the runtime's map header (`runtime.hmap` up to Go 1.23,
+    /// `internal/runtime/maps.Map` from 1.24).
+    Map,
+    UnsafePointer,
 }
 
 impl Kind {
@@ -58,21 +65,32 @@ impl Kind {
         match self {
             Kind::Bool => 1,
             Kind::Int => 2,
+            Kind::Int32 => 5,
+            Kind::Int64 => 6,
+            Kind::Uint8 => 8,
             Kind::Uint32 => 10,
             Kind::Uint64 => 11,
             Kind::Uintptr => 12,
             Kind::Interface => 20,
             Kind::Pointer => 22,
             Kind::String => 24,
+            Kind::Map => 21,
+            Kind::UnsafePointer => 26,
         }
     }
 
     /// Bytes on amd64.
     pub fn size(self) -> u64 {
         match self {
-            Kind::Bool => 1,
-            Kind::Uint32 => 4,
-            Kind::Int | Kind::Uint64 | Kind::Uintptr | Kind::Pointer => 8,
+            Kind::Bool | Kind::Uint8 => 1,
+            Kind::Uint32 | Kind::Int32 => 4,
+            Kind::Int
+            | Kind::Int64
+            | Kind::Uint64
+            | Kind::Uintptr
+            | Kind::Pointer
+            | Kind::Map
+            | Kind::UnsafePointer => 8,
             Kind::Interface | Kind::String => 16,
         }
     }
@@ -132,6 +150,37 @@ fields! {
     H2StreamReadAborted = "h2.clientStream.readAborted", Bool;
     /// dataBuffer.size: response bytes buffered and not yet read by the application.
     H2DataBufferSize = "h2.dataBuffer.size", Int;
+    /// dataBuffer.r: how far the application has read into the first buffered chunk.
+    H2DataBufferR = "h2.dataBuffer.r", Int;
+    /// dataBuffer.expected: starts at the response's ContentLength (-1 unknown) and every
+    /// byte that arrives is taken off it, so it tells how many arrived in all.
+    H2DataBufferExpected = "h2.dataBuffer.expected", Int64;
+    /// clientStream.res: the response, set when its headers arrived (nil before).
+    H2StreamRes = "h2.clientStream.res", Pointer;
+    /// clientStream.bytesRemain: Content-Length minus what the application read (-1 unknown).
+    H2StreamBytesRemain = "h2.clientStream.bytesRemain", Int64;
+    /// clientStream.inflow.unsent: body bytes the application read whose window update is
+    /// not yet sent (non-zero only after a read).
+    H2StreamInflowUnsent = "h2.clientStream.inflow.unsent", Int32;
+    /// The response's ContentLength (-1 unknown).
+    H2ResponseContentLength = "h2.response.ContentLength", Int64;
+    /// ClientConn.streams: the connection's open streams, map[uint32]*clientStream.
+    H2ConnStreams = "h2.ClientConn.streams", Map;
+    /// ClientConn.closed: the connection is done.
+    H2ConnClosed = "h2.ClientConn.closed", Bool;
+    /// Go 1.21-1.23 maps (runtime/map.go): entries, log2 of buckets, bucket arrays.
+    HmapCount = "runtime.hmap.count", Int;
+    HmapFlags = "runtime.hmap.flags", Uint8;
+    HmapB = "runtime.hmap.B", Uint8;
+    HmapBuckets = "runtime.hmap.buckets", UnsafePointer;
+    HmapOldbuckets = "runtime.hmap.oldbuckets", UnsafePointer;
+    /// Go 1.24+ Swiss-table maps (internal/runtime/maps): entries, the directory of tables
+    /// (or, with dirLen 0, the one group of a small map), and each table's groups.
+    SwissMapUsed = "maps.Map.used", Uint64;
+    SwissMapDirPtr = "maps.Map.dirPtr", UnsafePointer;
+    SwissMapDirLen = "maps.Map.dirLen", Int;
+    SwissTableGroupsData = "maps.table.groups.data", UnsafePointer;
+    SwissTableGroupsLengthMask = "maps.table.groups.lengthMask", Uint64;
     /// transportResponseBody.cs: the body's stream (its only field: Read and Close have value
     /// receivers, so the receiver register holds this pointer).
     H2BodyStream = "h2.transportResponseBody.cs", Pointer;
@@ -178,10 +227,27 @@ impl Field {
         self.key().starts_with("h2.")
     }
 
+    /// Whether Go 1.`minor` has this field: the map header changed in 1.24 (Swiss tables).
+    pub fn applies(self, minor: u32) -> bool {
+        match self.key().split('.').next() {
+            Some("runtime") if self.key().starts_with("runtime.hmap.") => minor <= 23,
+            Some("maps") => minor >= 24,
+            _ => true,
+        }
+    }
+
     /// The Go struct (DWARF name) and the field path inside it, in Go 1.`minor`.
     pub fn location(self, minor: u32) -> (String, &'static str) {
         let key = self.key();
         let (ty, path) = match self {
+            Field::H2ResponseContentLength => {
+                let ty = if minor >= 27 {
+                    "net/http/internal/http2.ClientResponse".to_owned()
+                } else {
+                    "net/http.Response".to_owned()
+                };
+                return (ty, &key["h2.response.".len()..]);
+            }
             Field::H2RequestHost | Field::H2RequestUrl => {
                 let ty = if minor >= 27 {
                     "net/http/internal/http2.ClientRequest".to_owned()
@@ -203,6 +269,7 @@ impl Field {
                     "tls" => format!("crypto/tls.{ty}"),
                     "net" => format!("net.{ty}"),
                     "runtime" => format!("runtime.{ty}"),
+                    "maps" => format!("internal/runtime/maps.{ty}"),
                     _ => ty.to_owned(),
                 };
                 (ty, path)
@@ -286,7 +353,7 @@ struct Row {
 /// The parsed table: per minor release ("go1.24"), every field's offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OffsetTable {
-    rows: BTreeMap<String, [u64; Field::COUNT]>,
+    rows: BTreeMap<String, [Option<u64>; Field::COUNT]>,
 }
 
 impl OffsetTable {
@@ -302,11 +369,28 @@ impl OffsetTable {
                     "{release}: no toolchain in `from`"
                 )));
             }
-            let mut values = [0u64; Field::COUNT];
-            for field in Field::ALL {
-                values[field.index()] = *row.fields.get(field.key()).ok_or_else(|| {
-                    OffsetsError::BadTable(format!("{release} has no {}", field.key()))
+            let minor = release
+                .strip_prefix("go1.")
+                .and_then(|m| m.parse::<u32>().ok())
+                .ok_or_else(|| {
+                    OffsetsError::BadTable(format!("{release} is not a release like go1.24"))
                 })?;
+            let mut values = [None; Field::COUNT];
+            for &field in Field::ALL {
+                let value = row.fields.get(field.key()).copied();
+                if field.applies(minor) && value.is_none() {
+                    return Err(OffsetsError::BadTable(format!(
+                        "{release} has no {}",
+                        field.key()
+                    )));
+                }
+                if !field.applies(minor) && value.is_some() {
+                    return Err(OffsetsError::BadTable(format!(
+                        "{release} has {}, which go1.{minor} does not",
+                        field.key()
+                    )));
+                }
+                values[field.index()] = value;
             }
             if let Some(unknown) = row.fields.keys().find(|k| Field::from_key(k).is_none()) {
                 return Err(OffsetsError::BadTable(format!(
@@ -332,7 +416,7 @@ impl OffsetTable {
     pub fn with_offset(&self, release: &str, field: Field, offset: u64) -> Self {
         let mut copy = self.clone();
         if let Some(values) = copy.rows.get_mut(release) {
-            values[field.index()] = offset;
+            values[field.index()] = Some(offset);
         }
         copy
     }
@@ -359,7 +443,7 @@ impl OffsetTable {
                 release: release.clone(),
             })?;
         Ok(Offsets {
-            values: values.map(Some),
+            values: *values,
             source: OffsetsSource::Table(release),
         })
     }
@@ -381,7 +465,7 @@ pub fn from_dwarf(
     let (_, minor) = version.release();
     let mut values = [None; Field::COUNT];
     for &field in Field::ALL {
-        if field.is_h2() && !http2 {
+        if (field.is_h2() && !http2) || !field.applies(minor) {
             continue;
         }
         let (ty, path) = field.location(minor);
@@ -393,7 +477,12 @@ pub fn from_dwarf(
             })?;
         let want = field.kind();
         let size_ok = member.size.is_none_or(|size| size == want.size());
-        if member.go_kind != Some(want.go_kind()) || !size_ok {
+        // Go's DWARF gives unsafe.Pointer a name, neither kind nor size.
+        let kind_ok = member.go_kind == Some(want.go_kind())
+            || (want == Kind::UnsafePointer
+                && member.go_kind.is_none()
+                && member.type_name.as_deref() == Some("unsafe.Pointer"));
+        if !kind_ok || !size_ok {
             return Err(OffsetsError::WrongType {
                 field: field.key(),
                 ty,

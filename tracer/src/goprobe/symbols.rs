@@ -7,8 +7,6 @@
 //!   a wrapper and the work is in `roundTrip` (which the transport also calls directly).
 //! - 1.27: HTTP/2 moves out of net/http's `http2`-prefixed bundle into
 //!   `net/http/internal/http2`, with the prefixes dropped.
-//! - The h2 response body's methods have value receivers; the `(*T).Read` and `(*T).Close`
-//!   symbols next to them are compiler-generated wrappers.
 
 use super::buildinfo::GoVersion;
 
@@ -23,24 +21,14 @@ pub enum Role {
     H1RoundTrip,
     /// An HTTP/2 request handed to a client connection (leads to the stream).
     H2RoundTrip,
-    /// The goroutine per open stream that stays parked while the stream lives.
-    H2WriteRequest,
-    /// A stream's end (removes it from the connection's stream map).
-    H2ForgetStreamId,
-    /// The h2 response body's Read and Close.
-    H2BodyRead,
-    H2BodyClose,
+    /// A client connection's read loop: runs once per connection, for its whole life (the
+    /// Go layer's per-connection probe: it registers the `*ClientConn` whose streams map the
+    /// collector reads).
+    H2ReadLoop,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
-        Role::H1RoundTrip,
-        Role::H2RoundTrip,
-        Role::H2WriteRequest,
-        Role::H2ForgetStreamId,
-        Role::H2BodyRead,
-        Role::H2BodyClose,
-    ];
+    pub const ALL: [Role; 3] = [Role::H1RoundTrip, Role::H2RoundTrip, Role::H2ReadLoop];
 }
 
 struct Row {
@@ -86,52 +74,16 @@ const NAMES: &[Row] = &[
         "net/http/internal/http2.(*ClientConn).roundTrip",
     ),
     row(
-        Role::H2WriteRequest,
+        Role::H2ReadLoop,
         21,
         26,
-        "net/http.(*http2clientStream).writeRequest",
+        "net/http.(*http2ClientConn).readLoop",
     ),
     row(
-        Role::H2WriteRequest,
+        Role::H2ReadLoop,
         27,
         27,
-        "net/http/internal/http2.(*clientStream).writeRequest",
-    ),
-    row(
-        Role::H2ForgetStreamId,
-        21,
-        26,
-        "net/http.(*http2ClientConn).forgetStreamID",
-    ),
-    row(
-        Role::H2ForgetStreamId,
-        27,
-        27,
-        "net/http/internal/http2.(*ClientConn).forgetStreamID",
-    ),
-    row(
-        Role::H2BodyRead,
-        21,
-        26,
-        "net/http.http2transportResponseBody.Read",
-    ),
-    row(
-        Role::H2BodyRead,
-        27,
-        27,
-        "net/http/internal/http2.transportResponseBody.Read",
-    ),
-    row(
-        Role::H2BodyClose,
-        21,
-        26,
-        "net/http.http2transportResponseBody.Close",
-    ),
-    row(
-        Role::H2BodyClose,
-        27,
-        27,
-        "net/http/internal/http2.transportResponseBody.Close",
+        "net/http/internal/http2.(*ClientConn).readLoop",
     ),
 ];
 

@@ -74,24 +74,25 @@ fn close_wait_since(conn: &UpstreamConn, fin_ns: u64) -> u64 {
 /// goroutine parked) until the peer ends it or it is reset: a body read to its end or closed
 /// ends it at once, and so does a small body the peer finished sending, read or not (a 429
 /// left unclosed is garbage, not a leak). What keeps one open is a body nobody finishes:
-/// - `unread`: the response was handed over and no byte of its body was read for `unread`;
-/// - `abandoned`: the body was read in part, then nothing for `abandon`.
+/// - `unread`: the response was handed over, body bytes wait in Go's stream buffer, and no
+///   read of the body was seen for `unread`;
+/// - `abandoned`: the body was read in part, then no read for `abandon` while bytes wait.
 ///
 /// Waiting for the response headers is not a leak (a non-streaming completion takes
-/// minutes), nor is a body read that is blocked waiting for data (an SSE stream between
-/// events), nor a body the caller closed (its reset is on the way).
+/// minutes), nor is an empty buffer (nothing waits for the application: an SSE stream between
+/// events, a slow upstream), nor a body the caller closed (its reset is on the way) or whose
+/// end arrived (the stream is ending).
 pub fn judge_stream(stream: &H2Stream, now_ns: u64, graces: &Graces) -> Option<LeakReason> {
     let responded_ns = stream.responded_ns?;
-    if stream.body_closed_ns.is_some() || stream.reads_inflight > 0 {
+    if stream.body_closed || stream.body_done || stream.buffered_bytes.unwrap_or(0) == 0 {
         return None;
     }
     match stream.last_read_ns {
-        _ if stream.reads == 0 => {
-            held_for(responded_ns, now_ns, graces.unread).then_some(LeakReason::Unread)
+        Some(read_ns) if stream.read_seen => {
+            held_for(read_ns.max(responded_ns), now_ns, graces.abandon)
+                .then_some(LeakReason::Abandoned)
         }
-        Some(read_ns) => held_for(read_ns.max(responded_ns), now_ns, graces.abandon)
-            .then_some(LeakReason::Abandoned),
-        None => None,
+        _ => held_for(responded_ns, now_ns, graces.unread).then_some(LeakReason::Unread),
     }
 }
 
@@ -138,15 +139,19 @@ mod stream_tests {
         H2Stream {
             pid: 7,
             stream: 0xc000_1234,
+            conn: 0xc000_0100,
             fd: Some(9),
             stream_id: Some(5),
             opened_ns: 0,
             responded_ns: Some(ns),
-            body_closed_ns: None,
-            reads: 0,
-            bytes_read: 0,
+            response: 0xc000_2000,
+            buffered_bytes: Some(4 << 20),
+            bytes_read: None,
+            read_seen: false,
             last_read_ns: None,
-            reads_inflight: 0,
+            body_closed: false,
+            body_done: false,
+            last: Default::default(),
         }
     }
 
@@ -172,8 +177,7 @@ mod stream_tests {
     #[test]
     fn a_body_read_in_part_is_abandoned_at_its_grace_from_the_last_read() {
         let s = H2Stream {
-            reads: 3,
-            bytes_read: 12_288,
+            read_seen: true,
             last_read_ns: Some(20 * SEC),
             ..responded_at(10 * SEC)
         };
@@ -185,19 +189,30 @@ mod stream_tests {
     }
 
     #[test]
-    fn a_read_blocked_waiting_for_data_or_a_closed_body_is_not_a_leak() {
+    fn an_empty_buffer_a_closed_body_or_an_ended_one_is_not_a_leak() {
         let waiting = H2Stream {
-            reads: 3,
+            read_seen: true,
             last_read_ns: Some(SEC),
-            reads_inflight: 1,
+            buffered_bytes: Some(0),
             ..responded_at(0)
         };
         assert_eq!(judge_stream(&waiting, 3600 * SEC, &GRACES), None);
         let closed = H2Stream {
-            body_closed_ns: Some(SEC),
+            body_closed: true,
+            buffered_bytes: None,
             ..responded_at(0)
         };
         assert_eq!(judge_stream(&closed, 3600 * SEC, &GRACES), None);
+        let ended = H2Stream {
+            body_done: true,
+            ..responded_at(0)
+        };
+        assert_eq!(judge_stream(&ended, 3600 * SEC, &GRACES), None);
+        // The same stream with bytes waiting is one.
+        assert_eq!(
+            judge_stream(&responded_at(0), 3600 * SEC, &GRACES),
+            Some(LeakReason::Unread)
+        );
     }
 }
 

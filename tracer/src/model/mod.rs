@@ -43,36 +43,8 @@ pub enum Input {
     /// Hostnames the provider catalogue's names resolved to, per address: the fallback name
     /// of connections whose first bytes were not seen. Replaces the previous set.
     AddressNames(Vec<(IpAddr, ConnName)>),
-    /// A lifecycle event of an HTTP/2 stream, from the Go-aware probes on a target's binary.
-    Stream(StreamEvent),
     /// What the Go-aware layer makes of a target's binary: attached, or why not (one line).
     GoLayer(GoLayer),
-}
-
-/// One HTTP/2 client stream of a target, seen by the Go-aware probes (issue 12). A stream is
-/// open from its request goroutine's start (`clientStream.writeRequest` entered) to its end
-/// (`writeRequest` returned: the peer ended the stream, or it was reset or cancelled).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StreamEvent {
-    pub kind: StreamEventKind,
-    pub pid: u32,
-    /// The client stream's address in the process: the stream's identity while it lives.
-    pub stream: u64,
-    /// CLOCK_MONOTONIC nanoseconds.
-    pub at_ns: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum StreamEventKind {
-    /// The request goroutine started, on the connection whose socket is `fd` (when the
-    /// probes could follow the connection to its socket).
-    Opened { fd: Option<i32> },
-    /// The round trip handed the response (headers received) to the caller.
-    Responded,
-    /// The caller closed the response body (the stream is reset if the peer has not ended it).
-    BodyClosed,
-    /// The stream ended: its request goroutine returned.
-    Ended,
 }
 
 /// The Go-aware layer's state for one target process.
@@ -84,19 +56,69 @@ pub struct GoLayer {
     pub line: String,
 }
 
-/// The reads of one open HTTP/2 stream's response body, from the probes' map (sampled).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// One open HTTP/2 client stream, as the collector read it from the relay's memory at a
+/// sample (goprobe/h2mem.rs has where each field comes from).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StreamSample {
     pub pid: u32,
+    /// The `*clientStream`: the stream's identity while it lives.
     pub stream: u64,
-    /// The HTTP/2 stream id (odd, from 1), once the request's headers went out.
-    pub stream_id: Option<u32>,
-    /// Body reads that returned, and the bytes they returned.
-    pub reads: u64,
-    pub bytes_read: u64,
-    pub last_read_ns: Option<u64>,
-    /// Body reads entered and not yet returned: a goroutine blocked in Read is listening.
-    pub reads_inflight: u32,
+    /// Its `*ClientConn`.
+    pub conn: u64,
+    /// The connection's socket, when the probe followed the connection to it.
+    pub fd: Option<i32>,
+    /// The HTTP/2 stream id (odd, from 1; 0 before the request's headers went out).
+    pub stream_id: u32,
+    /// The response's address once its headers arrived, else 0.
+    pub response: u64,
+    /// Body bytes buffered for the application (`None` once the pipe dropped its buffer).
+    pub buffered_bytes: Option<u64>,
+    /// How far the application read into the first buffered chunk.
+    pub first_chunk_read: u64,
+    /// The response's Content-Length (-1 unknown) as the buffer started, minus every body
+    /// byte that arrived since.
+    pub expected: i64,
+    /// Bytes read whose window update Go still holds back.
+    pub unsent: i64,
+    /// Content-Length minus the bytes the application read, or -1.
+    pub bytes_remain: i64,
+    /// The response's Content-Length (-1 unknown), once its headers arrived.
+    pub content_length: Option<i64>,
+    /// The body's end arrived, or the stream failed.
+    pub body_done: bool,
+    /// The application closed the body.
+    pub body_closed: bool,
+}
+
+impl StreamSample {
+    /// Body bytes the application read: the bytes that arrived (the buffer's `expected`
+    /// started at the response's Content-Length, -1 when unknown, and every arrival is taken
+    /// off it) minus the bytes still buffered. `None` when that does not add up: before the
+    /// headers, once the buffer is dropped, or when the response's Content-Length changed
+    /// after the buffer was made (a gzip body Go decompresses): then a known length still
+    /// gives `bytes_remain`'s view, else only [`Self::shows_a_read`]'s signs remain.
+    pub fn bytes_read(&self) -> Option<u64> {
+        let length = self.content_length?;
+        let buffered = i64::try_from(self.buffered_bytes?).ok()?;
+        let arrived = length.checked_sub(self.expected)?;
+        let read = arrived.checked_sub(buffered)?;
+        let consistent = (0..=arrived).contains(&read)
+            && (self.bytes_remain < 0 || length < 0 || self.bytes_remain == length - read);
+        if consistent {
+            return u64::try_from(read).ok();
+        }
+        None
+    }
+
+    /// Whether this one reading shows the application has read some of the body: bytes read
+    /// when they add up, else a read position inside the first chunk or a held-back window
+    /// update (only reads make either).
+    pub fn shows_a_read(&self) -> bool {
+        if let Some(read) = self.bytes_read() {
+            return read > 0;
+        }
+        self.first_chunk_read > 0 || self.unsent > 0
+    }
 }
 
 /// Where a connection's name came from, most trusted first.

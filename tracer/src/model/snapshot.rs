@@ -81,8 +81,14 @@ pub struct Leak {
     pub unread_bytes: u32,
     /// Receive queue as `ss` shows it (Recv-Q, an unread FIN counted as 1); 0 for a stream.
     pub recv_q: u32,
+    /// Bytes the process read: from the socket for a connection; from the body for a stream,
+    /// when its response has a Content-Length (else 0).
     pub bytes_read: u64,
+    /// Reads of the socket seen (0 for a stream: its reads are not counted one by one).
     pub reads: u64,
+    /// For a stream: body bytes waiting in Go's stream buffer, unread by the application.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buffered_bytes: Option<u64>,
     /// Return value of the last read (-11 is EAGAIN), when a read was seen.
     pub last_read_ret: Option<i64>,
     pub origin: Origin,
@@ -136,8 +142,9 @@ fn stream_leak_of(
         idle_s: secs(now_ns.saturating_sub(stream.last_activity_ns())),
         unread_bytes: 0,
         recv_q: 0,
-        bytes_read: stream.bytes_read,
-        reads: stream.reads,
+        bytes_read: stream.bytes_read.unwrap_or(0),
+        reads: 0,
+        buffered_bytes: stream.buffered_bytes,
         last_read_ret: None,
         origin: conn.map_or(Origin::Traced, |c| c.origin),
     }
@@ -195,6 +202,7 @@ fn leak_of(conn: &UpstreamConn, reason: LeakReason, now_ns: u64) -> Leak {
         recv_q: conn.recv_q_bytes(),
         bytes_read: conn.bytes_read,
         reads: conn.reads,
+        buffered_bytes: None,
         last_read_ret: conn.last_read_ret,
         origin: conn.origin,
     }
@@ -333,7 +341,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::model::{leak::ByKind, StreamEvent, StreamEventKind, StreamSample};
+    use crate::model::{leak::ByKind, StreamSample};
     use crate::model::{
         tcp_state::{CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT2, LAST_ACK},
         testkit::*,
@@ -594,6 +602,7 @@ mod tests {
                 recv_q: 219,
                 bytes_read: 4096,
                 reads: 3,
+                buffered_bytes: None,
                 last_read_ret: Some(-11),
                 origin: Origin::Traced,
             }]
@@ -830,67 +839,60 @@ mod tests {
         );
     }
 
-    fn stream_event(kind: StreamEventKind, stream: u64, at_ns: u64) -> Input {
-        Input::Stream(StreamEvent {
-            kind,
-            pid: PID,
-            stream,
-            at_ns,
-        })
-    }
-
     #[test]
     fn leaked_streams_count_under_their_connections_host_by_kind() {
         // One healthy pooled h2 connection (fd 9) carrying three streams: one whose body was
-        // never read, one read in part and dropped, one still being read (blocked in Read).
+        // never read, one read in part and dropped, one being read as data comes.
         let conn = KernelConn {
             fd: Some(9),
             ..pooled(40001, "10.0.0.23:443", SEC)
         };
-        let reads = |stream, reads, last_read_ns, reads_inflight| StreamSample {
+        let stream = |stream: u64, fd, buffered, first_chunk_read| StreamSample {
             pid: PID,
             stream,
-            stream_id: Some(u32::try_from(stream).expect("small") * 2 + 1),
-            reads,
-            bytes_read: reads * 4096,
-            last_read_ns,
-            reads_inflight,
+            conn: 0xc0c0,
+            fd,
+            stream_id: u32::try_from(stream).expect("small") * 2 + 1,
+            response: 0xd000 + stream,
+            buffered_bytes: Some(buffered),
+            first_chunk_read,
+            expected: -1 - buffered as i64 - first_chunk_read as i64,
+            unsent: 0,
+            bytes_remain: -1,
+            content_length: Some(-1),
+            body_done: false,
+            body_closed: false,
+        };
+        let sample = |now_ns, streams| {
+            Input::Sample(Sample {
+                now_ns,
+                kernel: vec![(1, conn.clone())],
+                sockets: None,
+                streams,
+                stats: KernelStats::default(),
+            })
+        };
+        let at = |_now: u64, reading: u64| {
+            vec![
+                stream(1, Some(9), 4 << 20, 0),
+                stream(2, Some(9), 4 << 20, 512),
+                stream(3, Some(9), 100, reading),
+                // A stream whose connection the probe could not follow to its socket.
+                stream(4, None, 4 << 20, 0),
+            ]
         };
         let mut inputs = vec![targets(&[PID])];
-        for stream in [1, 2, 3] {
-            inputs.push(stream_event(
-                StreamEventKind::Opened { fd: Some(9) },
-                stream,
-                2 * SEC,
-            ));
-            inputs.push(stream_event(StreamEventKind::Responded, stream, 3 * SEC));
-        }
-        // A stream whose connection the probes could not find.
-        inputs.push(stream_event(
-            StreamEventKind::Opened { fd: None },
-            4,
-            2 * SEC,
-        ));
-        inputs.push(stream_event(StreamEventKind::Responded, 4, 3 * SEC));
         inputs.push(Input::GoLayer(GoLayer {
             pid: PID,
             attached: true,
             line: "Go layer: go1.27.3".into(),
         }));
-        inputs.push(Input::Sample(Sample {
-            now_ns: 4 * SEC,
-            kernel: vec![(1, conn)],
-            sockets: None,
-            streams: vec![
-                reads(1, 0, None, 0),
-                reads(2, 2, Some(4 * SEC), 0),
-                reads(3, 5, Some(4 * SEC), 1),
-                reads(4, 0, None, 0),
-            ],
-            stats: KernelStats::default(),
-        }));
-        let table = table_after(inputs);
-        // 3 s after the response: stream 1 is unread (grace 3 s); stream 2 not yet abandoned.
+        // Stream 3 keeps reading: its read position moves at every sample.
+        for (i, now) in (3..=11).map(|s| s * SEC).enumerate() {
+            inputs.push(sample(now, at(now, 100 + i as u64)));
+        }
+        let table = table_after(inputs.clone());
+        // 3 s after the response: stream 1 and 4 unread (grace 3 s); 2 not yet abandoned.
         let s = Snapshot::take(&table, 6 * SEC, &GRACES);
         let h = s
             .hosts
@@ -901,7 +903,7 @@ mod tests {
         assert_eq!(h.by_kind.get(LeakKind::H2Stream), 1);
         assert_eq!(h.by_kind.get(LeakKind::Connection), 0);
         assert_eq!(h.by_reason.get(LeakReason::Unread), 1);
-        // 7 s after its last read, stream 2 is abandoned; stream 3 reads on.
+        // 7 s after the sample that saw it read, stream 2 is abandoned; stream 3 reads on.
         let s = Snapshot::take(&table, 11 * SEC, &GRACES);
         let h = s
             .hosts
@@ -921,6 +923,12 @@ mod tests {
             LeakReason::Abandoned,
             LeakKind::H2Stream
         )));
+        let leak = s
+            .leaks
+            .iter()
+            .find(|l| l.stream_id == Some(3))
+            .expect("leak");
+        assert_eq!(leak.buffered_bytes, Some(4 << 20));
         let unknown = s
             .hosts
             .iter()
@@ -938,9 +946,11 @@ mod tests {
             .expect("array")
             .iter()
             .any(|l| l["kind"] == "h2_stream" && l["stream_id"] == 3));
-        // A stream that ends is no longer open nor leaked.
+        // A stream the next sample does not have ended: no longer open nor leaked.
         let mut table = table;
-        table.apply(stream_event(StreamEventKind::Ended, 1, 12 * SEC));
+        let mut without_1 = at(12 * SEC, 200);
+        without_1.retain(|s| s.stream != 1);
+        table.apply(sample(12 * SEC, without_1));
         let s = Snapshot::take(&table, 12 * SEC, &GRACES);
         let h = s
             .hosts

@@ -1,12 +1,18 @@
-//! HTTP/2 streams of the targets, from the Go-aware probes. Over HTTP/2 an unclosed response
+//! HTTP/2 streams of the targets, from the Go-aware layer. Over HTTP/2 an unclosed response
 //! body leaks a stream, not a connection: Go's single reader per connection keeps draining the
-//! socket into per-stream buffers, so the kernel sees a healthy connection. A stream is open
-//! from its request goroutine's start to its end (`StreamEvent`), and its body reads come from
-//! the probes' map (`StreamSample`).
+//! socket into per-stream buffers, so the kernel sees a healthy connection.
+//!
+//! The collector reads every open stream of every probed connection out of the relay's memory
+//! at each sample (`StreamSample`): a stream is open while its connection's stream map holds
+//! it, which is exactly while its request goroutine lives (a leaked body keeps it there; the
+//! peer's END_STREAM, a reset, a cancelled context or the body's Close end it). No event per
+//! read exists: the body bytes the application read are what arrived minus what is still
+//! buffered ([`StreamSample::bytes_read`]), and a read happened between two samples when
+//! that grew (see [`StreamTable::apply_sample`] for when it cannot be added up).
 
 use std::collections::{HashMap, HashSet};
 
-use super::{StreamEvent, StreamEventKind, StreamSample};
+use super::StreamSample;
 
 /// One open HTTP/2 stream of a target.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,19 +20,33 @@ pub struct H2Stream {
     pub pid: u32,
     /// The client stream's address in the process.
     pub stream: u64,
-    /// The socket of its connection, when the probes followed the connection to it: the
+    /// Its connection (`*ClientConn`) in the process.
+    pub conn: u64,
+    /// The socket of its connection, when the probe followed the connection to it: the
     /// stream counts under that connection's host.
     pub fd: Option<i32>,
     pub stream_id: Option<u32>,
+    /// When a sample first saw it.
     pub opened_ns: u64,
-    /// When the round trip handed the response to the caller (headers received).
+    /// When a sample first saw its response (headers received).
     pub responded_ns: Option<u64>,
-    /// When the caller closed the body.
-    pub body_closed_ns: Option<u64>,
-    pub reads: u64,
-    pub bytes_read: u64,
+    /// The response's address (0 before the headers).
+    pub response: u64,
+    /// Body bytes waiting in Go's stream buffer for the application.
+    pub buffered_bytes: Option<u64>,
+    /// Body bytes the application read (known when the response has a Content-Length).
+    pub bytes_read: Option<u64>,
+    /// The application was seen reading the body.
+    pub read_seen: bool,
+    /// The last sample that saw it read (or, for a stream first seen already read in part,
+    /// the sample that first saw it).
     pub last_read_ns: Option<u64>,
-    pub reads_inflight: u32,
+    /// The application closed the body (the stream is being reset).
+    pub body_closed: bool,
+    /// The body's end arrived (or the stream failed): the stream is ending.
+    pub body_done: bool,
+    /// The previous sample of it, to tell reads apart from arrivals.
+    pub(super) last: StreamSample,
 }
 
 impl H2Stream {
@@ -44,69 +64,76 @@ impl H2Stream {
 #[derive(Clone, Debug, Default)]
 pub struct StreamTable {
     open: HashMap<(u32, u64), H2Stream>,
-    /// Streams that ended, per process, over the session.
+    /// Streams that ended over the session.
     pub ended_total: u64,
 }
 
 impl StreamTable {
-    pub fn apply_event(&mut self, event: &StreamEvent) {
-        let key = (event.pid, event.stream);
-        match &event.kind {
-            StreamEventKind::Opened { fd } => {
-                // An address reused by a new stream after a lost end: the new one replaces it.
-                self.open.insert(
-                    key,
-                    H2Stream {
-                        pid: event.pid,
-                        stream: event.stream,
-                        fd: *fd,
-                        stream_id: None,
-                        opened_ns: event.at_ns,
-                        responded_ns: None,
-                        body_closed_ns: None,
-                        reads: 0,
-                        bytes_read: 0,
-                        last_read_ns: None,
-                        reads_inflight: 0,
-                    },
-                );
-            }
-            StreamEventKind::Responded => {
-                if let Some(s) = self.open.get_mut(&key) {
-                    s.responded_ns = Some(event.at_ns);
-                }
-            }
-            StreamEventKind::BodyClosed => {
-                if let Some(s) = self.open.get_mut(&key) {
-                    s.body_closed_ns = Some(event.at_ns);
-                }
-            }
-            StreamEventKind::Ended => {
-                if self.open.remove(&key).is_some() {
-                    self.ended_total += 1;
-                }
-            }
-        }
-    }
-
-    /// The probes' map is the newest truth about reads. A stream the map no longer has ended
-    /// (its end event was lost, or is still queued: both end it).
-    pub fn apply_sample(&mut self, streams: &[StreamSample], probes_attached: bool) {
+    /// One sample's reading of every stream of every probed connection, at `now_ns`. A stream
+    /// the sample does not have ended. The application read between two samples when the
+    /// bytes it read grew; when they cannot be added up (see `StreamSample::bytes_read`): the
+    /// buffer shrank (only a read takes bytes out; arrivals add), the read position in the
+    /// first chunk moved, the held-back window update changed, or fewer bytes of a known
+    /// Content-Length remain.
+    pub fn apply_sample(&mut self, streams: &[StreamSample], now_ns: u64) {
         let mut seen = HashSet::with_capacity(streams.len());
         for sample in streams {
             let key = (sample.pid, sample.stream);
             seen.insert(key);
-            if let Some(s) = self.open.get_mut(&key) {
-                s.stream_id = sample.stream_id.or(s.stream_id);
-                s.reads = sample.reads;
-                s.bytes_read = sample.bytes_read;
-                s.last_read_ns = sample.last_read_ns;
-                s.reads_inflight = sample.reads_inflight;
+            match self.open.get_mut(&key) {
+                Some(s) => {
+                    let prev = &s.last;
+                    let read_now = match (prev.bytes_read(), sample.bytes_read()) {
+                        (Some(before), Some(now)) => now > before,
+                        _ => {
+                            sample.buffered_bytes < prev.buffered_bytes
+                                && sample.buffered_bytes.is_some()
+                                || sample.first_chunk_read != prev.first_chunk_read
+                                || sample.unsent != prev.unsent
+                                || sample.bytes_remain != prev.bytes_remain && prev.response != 0
+                        }
+                    };
+                    if read_now && sample.response != 0 {
+                        s.read_seen = true;
+                        s.last_read_ns = Some(now_ns);
+                    }
+                    if s.responded_ns.is_none() && sample.response != 0 {
+                        s.responded_ns = Some(now_ns);
+                        if sample.shows_a_read() {
+                            s.read_seen = true;
+                            s.last_read_ns = Some(now_ns);
+                        }
+                    }
+                    s.update(sample);
+                }
+                None => {
+                    let responded = sample.response != 0;
+                    let read = responded && sample.shows_a_read();
+                    let mut s = H2Stream {
+                        pid: sample.pid,
+                        stream: sample.stream,
+                        conn: sample.conn,
+                        fd: sample.fd,
+                        stream_id: None,
+                        opened_ns: now_ns,
+                        responded_ns: responded.then_some(now_ns),
+                        response: 0,
+                        buffered_bytes: None,
+                        bytes_read: None,
+                        read_seen: read,
+                        last_read_ns: read.then_some(now_ns),
+                        body_closed: false,
+                        body_done: false,
+                        last: sample.clone(),
+                    };
+                    s.update(sample);
+                    self.open.insert(key, s);
+                }
             }
         }
-        if probes_attached {
-            self.open.retain(|key, _| seen.contains(key));
-        }
+        let before = self.open.len();
+        self.open.retain(|key, _| seen.contains(key));
+        self.ended_total += (before - self.open.len()) as u64;
     }
 
     /// Streams of processes that are no longer targets went with them.
@@ -119,72 +146,146 @@ impl StreamTable {
     }
 }
 
+impl H2Stream {
+    fn update(&mut self, sample: &StreamSample) {
+        self.conn = sample.conn;
+        self.fd = sample.fd.or(self.fd);
+        self.stream_id = (sample.stream_id != 0).then_some(sample.stream_id);
+        self.response = sample.response;
+        self.buffered_bytes = sample.buffered_bytes;
+        self.bytes_read = sample.bytes_read();
+        self.body_closed = sample.body_closed;
+        self.body_done = sample.body_done;
+        self.last = sample.clone();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::testkit::SEC;
 
-    fn event(kind: StreamEventKind, stream: u64, at_ns: u64) -> StreamEvent {
-        StreamEvent {
-            kind,
+    fn sample(stream: u64) -> StreamSample {
+        StreamSample {
             pid: 7,
             stream,
-            at_ns,
+            conn: 0xc0c0,
+            fd: Some(9),
+            stream_id: 3,
+            response: 0,
+            buffered_bytes: Some(0),
+            first_chunk_read: 0,
+            expected: -1,
+            unsent: 0,
+            bytes_remain: -1,
+            content_length: None,
+            body_done: false,
+            body_closed: false,
         }
     }
 
-    #[test]
-    fn a_stream_lives_from_its_start_to_its_end_and_takes_its_reads_from_samples() {
-        let mut t = StreamTable::default();
-        t.apply_event(&event(StreamEventKind::Opened { fd: Some(9) }, 0xc000, SEC));
-        t.apply_event(&event(StreamEventKind::Responded, 0xc000, 2 * SEC));
-        // Events of a stream never opened (probes attached mid-stream) change nothing.
-        t.apply_event(&event(StreamEventKind::Responded, 0xd000, 2 * SEC));
-        t.apply_sample(
-            &[StreamSample {
-                pid: 7,
-                stream: 0xc000,
-                stream_id: Some(3),
-                reads: 2,
-                bytes_read: 8192,
-                last_read_ns: Some(3 * SEC),
-                reads_inflight: 1,
-            }],
-            true,
-        );
-        let s = t.open().next().expect("one open stream").clone();
-        assert_eq!(t.open().count(), 1);
-        assert_eq!(
-            (s.fd, s.stream_id, s.responded_ns, s.reads, s.bytes_read),
-            (Some(9), Some(3), Some(2 * SEC), 2, 8192)
-        );
-        assert_eq!(s.reads_inflight, 1);
-        assert_eq!(s.last_activity_ns(), 3 * SEC);
-        t.apply_event(&event(StreamEventKind::Ended, 0xc000, 4 * SEC));
-        assert_eq!(t.open().count(), 0);
-        assert_eq!(t.ended_total, 1);
+    /// A response of unknown length of which `arrived` bytes came, `buffered` still unread.
+    fn body(stream: u64, arrived: u64, buffered: u64) -> StreamSample {
+        StreamSample {
+            response: 0xd000,
+            buffered_bytes: Some(buffered),
+            content_length: Some(-1),
+            expected: -1 - arrived as i64,
+            ..sample(stream)
+        }
+    }
+
+    fn responded(stream: u64, buffered: u64) -> StreamSample {
+        body(stream, buffered, buffered)
     }
 
     #[test]
-    fn a_stream_missing_from_the_map_ended_and_exited_processes_take_theirs() {
+    fn a_stream_lives_while_samples_have_it() {
         let mut t = StreamTable::default();
-        t.apply_event(&event(StreamEventKind::Opened { fd: None }, 1, SEC));
-        t.apply_event(&event(StreamEventKind::Opened { fd: None }, 2, SEC));
-        // Without probes there is no map to trust.
-        t.apply_sample(&[], false);
+        t.apply_sample(&[sample(1), sample(2)], SEC);
+        t.apply_sample(&[responded(1, 4 << 20), sample(2)], 2 * SEC);
+        let s = t.open().find(|s| s.stream == 1).expect("stream 1").clone();
         assert_eq!(t.open().count(), 2);
-        let only_two = StreamSample {
-            pid: 7,
-            stream: 2,
-            stream_id: None,
-            reads: 0,
-            bytes_read: 0,
-            last_read_ns: None,
-            reads_inflight: 0,
-        };
-        t.apply_sample(&[only_two], true);
+        assert_eq!(
+            (s.fd, s.stream_id, s.opened_ns, s.responded_ns),
+            (Some(9), Some(3), SEC, Some(2 * SEC))
+        );
+        assert_eq!(s.buffered_bytes, Some(4 << 20));
+        assert!(!s.read_seen);
+        assert_eq!(s.last_activity_ns(), 2 * SEC);
+        t.apply_sample(&[sample(2)], 3 * SEC);
         assert_eq!(t.open().map(|s| s.stream).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(t.ended_total, 1);
         t.retain_pids(&HashSet::from([8]));
         assert_eq!(t.open().count(), 0);
+    }
+
+    #[test]
+    fn reads_are_told_apart_from_arrivals() {
+        let mut t = StreamTable::default();
+        t.apply_sample(&[responded(1, 16_384)], SEC);
+        // More data arrived: not a read.
+        t.apply_sample(&[responded(1, 65_536)], 2 * SEC);
+        let s = t.open().next().expect("open").clone();
+        assert!(!s.read_seen, "arrivals are not reads");
+        assert_eq!(s.bytes_read, Some(0));
+        // Read exactly 64 KiB (whole chunks), refilled by the window update: bytes add up.
+        t.apply_sample(&[body(1, 131_072, 65_536)], 3 * SEC);
+        let s = t.open().next().expect("open").clone();
+        assert!(s.read_seen);
+        assert_eq!(
+            (s.bytes_read, s.last_read_ns),
+            (Some(65_536), Some(3 * SEC))
+        );
+        // Nothing changes: no read.
+        t.apply_sample(&[body(1, 131_072, 65_536)], 9 * SEC);
+        assert_eq!(t.open().next().and_then(|s| s.last_read_ns), Some(3 * SEC));
+    }
+
+    #[test]
+    fn without_bytes_that_add_up_the_buffer_and_read_marks_tell() {
+        // A gzip body Go decompresses: the response's length changed after the buffer was
+        // made, so arrivals cannot be counted.
+        let gzip = |buffered: u64, first_chunk_read: u64| StreamSample {
+            content_length: Some(-1),
+            expected: 5_000,
+            bytes_remain: 9_000,
+            first_chunk_read,
+            ..responded(1, buffered)
+        };
+        assert_eq!(gzip(100, 0).bytes_read(), None);
+        let mut t = StreamTable::default();
+        t.apply_sample(&[gzip(16_384, 0)], SEC);
+        t.apply_sample(&[gzip(65_536, 0)], 2 * SEC);
+        assert!(!t.open().next().expect("open").read_seen);
+        t.apply_sample(&[gzip(60_000, 0)], 3 * SEC);
+        assert_eq!(t.open().next().and_then(|s| s.last_read_ns), Some(3 * SEC));
+        t.apply_sample(&[gzip(65_536, 4096)], 4 * SEC);
+        assert_eq!(t.open().next().and_then(|s| s.last_read_ns), Some(4 * SEC));
+        t.apply_sample(&[gzip(65_536, 4096)], 9 * SEC);
+        assert_eq!(t.open().next().and_then(|s| s.last_read_ns), Some(4 * SEC));
+    }
+
+    #[test]
+    fn a_stream_first_seen_read_in_part_counts_as_read_from_then() {
+        let mut t = StreamTable::default();
+        let part = body(1, (4 << 20) + 100, 4 << 20);
+        t.apply_sample(&[part], 5 * SEC);
+        let s = t.open().next().expect("open").clone();
+        assert!(s.read_seen);
+        assert_eq!(s.last_read_ns, Some(5 * SEC));
+        // Known length: bytes read are measured.
+        let mut t = StreamTable::default();
+        let known = StreamSample {
+            content_length: Some(10_000),
+            bytes_remain: 7_000,
+            // 7,096 bytes arrived, 4,096 of them wait.
+            expected: 10_000 - 7_096,
+            ..responded(2, 4096)
+        };
+        t.apply_sample(&[known], SEC);
+        let s = t.open().next().expect("open").clone();
+        assert_eq!(s.bytes_read, Some(3_000));
+        assert!(s.read_seen);
     }
 }

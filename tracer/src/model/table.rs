@@ -76,11 +76,6 @@ impl ConnTable {
             } => self.apply_name(sk, opened_ns, name),
             Input::AddressNames(names) => self.apply_address_names(names),
             Input::Hooks(hooks) => self.hooks = hooks.into_iter().collect(),
-            Input::Stream(event) => {
-                if !self.exited_pids.contains(&event.pid) {
-                    self.streams.apply_event(&event);
-                }
-            }
             Input::GoLayer(layer) => {
                 self.go_layers.insert(layer.pid, layer);
             }
@@ -344,8 +339,7 @@ impl ConnTable {
 
     fn apply_sample(&mut self, sample: &Sample) {
         self.stats = sample.stats;
-        let probes_attached = self.go_layers.values().any(|l| l.attached);
-        self.streams.apply_sample(&sample.streams, probes_attached);
+        self.streams.apply_sample(&sample.streams, sample.now_ns);
 
         // Kernel-tracked sockets: refresh, adopt ones whose Connect event is still queued or
         // was lost, and forget ones the kernel dropped (their Close event was lost).

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Graces, Input};
 
 const MAGIC: [u8; 8] = *b"TRCRREC\0";
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// No frame is this large (a sample of a million sockets is ~150 MB); a larger length is
 /// corruption, not data.
 const MAX_FRAME: u32 = 1 << 30;
@@ -104,8 +104,8 @@ fn recordable(input: &Input) -> bool {
         // model (the collector parses and drops them).
         Input::Named { .. } | Input::AddressNames(_) => true,
         Input::Hooks(_) => true,
-        // Stream addresses, counters and times; the Go layer's one line about a binary.
-        Input::Stream(_) | Input::GoLayer(_) => true,
+        // The Go layer's one line about a binary.
+        Input::GoLayer(_) => true,
     }
 }
 
@@ -532,7 +532,7 @@ mod tests {
     fn inputs_read_back_equal_with_their_times_and_the_header() {
         let inputs = inputs();
         let bytes = write_all(&inputs, 9 * SEC);
-        assert!(bytes.starts_with(b"TRCRREC\0\x04\x00"));
+        assert!(bytes.starts_with(b"TRCRREC\0\x05\x00"));
         let (h, frames) = read_all(&bytes).expect("reads");
         assert_eq!(h, header());
         let mut expected: Vec<Frame> = inputs
@@ -595,7 +595,7 @@ mod tests {
             read_all(b""),
             Err(RecordingError::NotARecording(_))
         ));
-        for version in [3u8, 5] {
+        for version in [4u8, 6] {
             let mut other = bytes.clone();
             other[8] = version;
             let err = read_all(&other).expect_err("version");
