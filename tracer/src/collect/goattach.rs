@@ -29,11 +29,15 @@ use aya::{
 };
 use tracer_common::go::{map_names, GoConnInfo, GoConnKey, GoProcess};
 
-use super::{batch, gomem::ProcessMemory, procfs};
+use super::{
+    batch,
+    gomem::{self, ProcessMemory},
+    monotonic_ns, procfs,
+};
 use crate::{
     goprobe::{
         self,
-        h2mem::{MemError, StreamReader},
+        h2mem::{self, ConnTypeHashes, MemError, StreamReader},
         offsets::{Field, Offsets},
         symbols::Role,
         GoBinary, GoLayerRefusal,
@@ -59,6 +63,14 @@ const TYPE_HASHES: &[(u32, u32, u32)] = &[
     (26, 0x3950_76f1, 0x43fd_f3b9),
     (27, 0x3950_76f1, 0x43fd_f3b9),
 ];
+
+/// HTTP/2 connections a target opened before its probe was attached, found parked on their
+/// sockets (`h2mem::StreamReader::conn_parked_on`).
+struct Discovered {
+    pid: u32,
+    start: Option<u64>,
+    conns: Vec<(u64, i32)>,
+}
 
 /// A target's Go layer.
 enum State {
@@ -102,6 +114,8 @@ pub struct GoProbes {
     targets: BTreeMap<u32, State>,
     results: Receiver<Inspected>,
     sender: Sender<Inspected>,
+    discovered: Receiver<Discovered>,
+    discover: Sender<Discovered>,
 }
 
 impl GoProbes {
@@ -109,7 +123,10 @@ impl GoProbes {
     /// fails: a Go layer that cannot work is off, with its reason, and kernel tracing goes on.
     pub fn new(ebpf: &mut Ebpf, enabled: bool) -> Self {
         let (sender, results) = mpsc::channel();
+        let (discover, discovered) = mpsc::channel();
         let mut probes = Self {
+            discovered,
+            discover,
             off: None,
             procs: None,
             conns: None,
@@ -229,7 +246,78 @@ impl GoProbes {
             self.targets.insert(pid, state);
             inputs.push(input);
         }
+        while let Ok(found) = self.discovered.try_recv() {
+            let current = matches!(
+                self.targets.get(&found.pid),
+                Some(State::Attached { start, .. }) if *start == found.start
+            );
+            let Some(map) = self.conns.as_mut().filter(|_| current) else {
+                continue;
+            };
+            let typed: Result<BpfHashMap<&mut MapData, GoConnKey, GoConnInfo>, _> = map.try_into();
+            let Ok(mut typed) = typed else {
+                continue;
+            };
+            let now = monotonic_ns();
+            for (conn, fd) in &found.conns {
+                let key = GoConnKey {
+                    tgid: found.pid,
+                    _pad: 0,
+                    conn: *conn,
+                };
+                let info = GoConnInfo {
+                    opened_ns: now,
+                    fd: *fd,
+                    _pad: 0,
+                };
+                if let Err(e) = typed.insert(key, info, 0) {
+                    log::warn!("Go layer: pid {}: recording a connection: {e}", found.pid);
+                }
+            }
+            log::info!(
+                "Go layer: pid {}: {} HTTP/2 connection(s) opened before tracing found on their sockets",
+                found.pid,
+                found.conns.len()
+            );
+        }
         inputs
+    }
+
+    /// Looks, on a blocking thread, for the HTTP/2 connections `pid` opened before its probe
+    /// was attached: the goroutine parked reading each socket, and on its stack the
+    /// connection (see `h2mem::StreamReader::conn_parked_on`).
+    fn discover(
+        &self,
+        pid: u32,
+        start: Option<u64>,
+        minor: u32,
+        reader: StreamReader,
+        hashes: ConnTypeHashes,
+    ) {
+        let sender = self.discover.clone();
+        tokio::task::spawn_blocking(move || {
+            let sockets = match gomem::epoll_sockets(pid) {
+                Ok(sockets) => sockets,
+                Err(e) => {
+                    log::warn!("Go layer: pid {pid}: cannot list its sockets for connections opened before tracing: {e}");
+                    return;
+                }
+            };
+            let Ok(memory) = ProcessMemory::open(pid) else {
+                return;
+            };
+            let conns: Vec<(u64, i32)> = sockets
+                .into_iter()
+                .filter_map(|(fd, data)| {
+                    let pd = h2mem::poll_desc_of_epoll_data(data, minor);
+                    let conn = reader.conn_parked_on(&memory, pd, fd, hashes)?;
+                    // Its streams must read as a connection's do.
+                    reader.read_conn(&memory, conn).ok()?;
+                    Some((conn, fd))
+                })
+                .collect();
+            let _ = sender.send(Discovered { pid, start, conns });
+        });
     }
 
     /// Attaches the probes to an inspected binary, or says why not.
@@ -271,8 +359,12 @@ impl GoProbes {
                 ))
             }
         };
+        let hashes = type_hashes(minor);
         match self.attach(ebpf, pid, &path, &binary, &layout) {
             Ok(links) => {
+                if let Some(hashes) = hashes {
+                    self.discover(pid, start, minor, reader.clone(), hashes);
+                }
                 let line = format!(
                     "{} (pid {pid}): {} uprobes attached{}",
                     binary.line(),
@@ -529,6 +621,16 @@ fn say(pid: u32, attached: bool, line: String) -> Input {
 
 /// The probe's view of a binary's layout: how to follow a connection to its socket. A field
 /// it does not know costs only the connection's fd.
+fn type_hashes(minor: u32) -> Option<ConnTypeHashes> {
+    TYPE_HASHES
+        .iter()
+        .find(|(m, _, _)| *m == minor)
+        .map(|(_, tls_conn, tcp_conn)| ConnTypeHashes {
+            tls_conn: *tls_conn,
+            tcp_conn: *tcp_conn,
+        })
+}
+
 fn layout_from(offsets: &Offsets, minor: u32) -> GoProcess {
     let at = |field: Field| {
         offsets

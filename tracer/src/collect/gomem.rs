@@ -31,10 +31,69 @@ impl Memory for ProcessMemory {
     }
 }
 
+/// Every socket of `pid` registered with one of its epoll instances, with the registration's
+/// data word (Go's netpoller stores its per-fd pollDesc there), from `/proc/PID/fdinfo`.
+pub fn epoll_sockets(pid: u32) -> io::Result<Vec<(i32, u64)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let Ok(link) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if link.as_os_str() != "anon_inode:[eventpoll]" {
+            continue;
+        }
+        let name = entry.file_name();
+        let Ok(info) =
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", name.to_string_lossy()))
+        else {
+            continue;
+        };
+        for (fd, data) in parse_epoll_fdinfo(&info) {
+            let is_socket = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+            if is_socket {
+                out.push((fd, data));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `tfd:        7 events:       19 data:     7f3a00000007  pos:0 ino:... sdev:...` lines.
+fn parse_epoll_fdinfo(text: &str) -> Vec<(i32, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let mut fd = None;
+            let mut data = None;
+            while let Some(word) = words.next() {
+                match word {
+                    "tfd:" => fd = words.next().and_then(|w| w.parse::<i32>().ok()),
+                    "data:" => data = words.next().and_then(|w| u64::from_str_radix(w, 16).ok()),
+                    _ => {}
+                }
+            }
+            Some((fd?, data?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_epoll_fdinfo() {
+        let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\n\
+                    tfd:        3 events: 80000019 data: ffffffffffffffff  pos:0 ino:3fc sdev:d\n\
+                    tfd:        7 events: 80002019 data:     7f3a00000007  pos:0 ino:1 sdev:9\n";
+        assert_eq!(
+            parse_epoll_fdinfo(text),
+            [(3, u64::MAX), (7, 0x7f3a_0000_0007)]
+        );
+    }
 
     #[test]
     fn reads_its_own_memory_and_refuses_unmapped_addresses() {

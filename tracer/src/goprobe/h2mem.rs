@@ -102,7 +102,29 @@ pub struct StreamReader {
     data_expected: u64,
     response_content_length: u64,
     map: MapLayout,
+    /// Following a connection to its socket, and finding a goroutine parked on one.
+    conn_tconn: u64,
+    tls_conn: u64,
+    tcp_conn_fd: u64,
+    netfd_sysfd: u64,
+    poll_fd: u64,
+    poll_rg: u64,
+    g_sched_sp: u64,
+    g_stack_hi: u64,
 }
+
+/// `abi.Type.Hash` (copied into every itab) of `*crypto/tls.Conn` and `*net.TCPConn` in one
+/// Go release: an interface's dynamic type is checked before its data is followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnTypeHashes {
+    pub tls_conn: u32,
+    pub tcp_conn: u32,
+}
+
+/// Offset of `hash` in an itab (inter, _type, hash), Go 1.21 to 1.27.
+const ITAB_HASH: u64 = 16;
+/// The most of a parked goroutine's stack read when looking for its connection.
+const MAX_STACK_SCAN: u64 = 64 << 10;
 
 /// What one sample makes of a connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -204,6 +226,14 @@ impl StreamReader {
             data_expected: o(Field::H2DataBufferExpected)?,
             response_content_length: o(Field::H2ResponseContentLength)?,
             map,
+            conn_tconn: o(Field::H2ConnTconn)?,
+            tls_conn: o(Field::TlsConnConn)?,
+            tcp_conn_fd: o(Field::TcpConnFd)?,
+            netfd_sysfd: o(Field::NetFdSysfd)?,
+            poll_fd: o(Field::PollDescFd)?,
+            poll_rg: o(Field::PollDescRg)?,
+            g_sched_sp: o(Field::GSchedSp)?,
+            g_stack_hi: o(Field::GStackHi)?,
         })
     }
 
@@ -285,6 +315,78 @@ impl StreamReader {
             body_done,
             body_closed,
         })
+    }
+
+    /// The socket fd under the connection at `conn`: ClientConn.tconn (a `*tls.Conn`, or a
+    /// `*net.TCPConn` for cleartext h2) -> tls.Conn.conn -> TCPConn's conn.fd -> pfd.Sysfd,
+    /// every interface's dynamic type checked first. `None` when anything does not check out.
+    pub fn conn_fd(&self, mem: &dyn Memory, conn: u64, hashes: ConnTypeHashes) -> Option<i32> {
+        let iface = |at: u64, hash: u32| -> Option<u64> {
+            let itab = read_u64(mem, at).ok()?;
+            if itab == 0 {
+                return None;
+            }
+            let mut seen = [0u8; 4];
+            mem.read(itab + ITAB_HASH, &mut seen).ok()?;
+            (u32::from_le_bytes(seen) == hash)
+                .then(|| read_u64(mem, at + 8).ok())
+                .flatten()
+        };
+        let tconn = conn.checked_add(self.conn_tconn)?;
+        let tcp = match iface(tconn, hashes.tls_conn) {
+            Some(tls) => iface(tls.checked_add(self.tls_conn)?, hashes.tcp_conn)?,
+            None => iface(tconn, hashes.tcp_conn)?,
+        };
+        let netfd = read_u64(mem, tcp.checked_add(self.tcp_conn_fd)?).ok()?;
+        let sysfd = read_u64(mem, netfd.checked_add(self.netfd_sysfd)?).ok()? as i64;
+        i32::try_from(sysfd).ok().filter(|fd| *fd >= 0)
+    }
+
+    /// The HTTP/2 connection whose read loop is parked reading socket `fd`, found from the
+    /// netpoller: `poll_desc` is the runtime's pollDesc for `fd` (epoll's event data), whose
+    /// `rg` is the parked goroutine; its stack holds the `*ClientConn` (the read loop's
+    /// receiver, or the `clientConnReadLoop` that points to it). Every word of the stack is a
+    /// candidate, and only one whose socket chain leads back to `fd` is taken. This finds the
+    /// connections a relay opened before the tracer started (the read-loop probe sees only
+    /// later ones). `None`: not an HTTP/2 connection (an HTTP/1.1 connection's reader, or no
+    /// goroutine parked on it right now).
+    pub fn conn_parked_on(
+        &self,
+        mem: &dyn Memory,
+        poll_desc: u64,
+        fd: i32,
+        hashes: ConnTypeHashes,
+    ) -> Option<u64> {
+        if read_u64(mem, poll_desc.checked_add(self.poll_fd)?).ok()? != u64::try_from(fd).ok()? {
+            return None;
+        }
+        let g = read_u64(mem, poll_desc.checked_add(self.poll_rg)?).ok()?;
+        if g <= 2 {
+            // pdNil, pdReady, pdWait: nobody parked.
+            return None;
+        }
+        let sp = read_u64(mem, g.checked_add(self.g_sched_sp)?).ok()?;
+        let hi = read_u64(mem, g.checked_add(self.g_stack_hi)?).ok()?;
+        if sp == 0 || hi <= sp || sp % 8 != 0 {
+            return None;
+        }
+        let len = usize::try_from((hi - sp).min(MAX_STACK_SCAN)).ok()?;
+        let mut stack = vec![0u8; len];
+        mem.read(sp, &mut stack).ok()?;
+        let words: Vec<u64> = stack
+            .chunks_exact(8)
+            .map(le_u64)
+            .filter(|w| *w >= 0x1000 && w % 8 == 0)
+            .collect();
+        let is_conn = |cand: u64| self.conn_fd(mem, cand, hashes) == Some(fd);
+        if let Some(conn) = words.iter().copied().find(|w| is_conn(*w)) {
+            return Some(conn);
+        }
+        // One hop: a stack word pointing at a struct whose first field is the connection.
+        words
+            .iter()
+            .filter_map(|w| read_u64(mem, *w).ok())
+            .find(|cand| *cand >= 0x1000 && cand % 8 == 0 && is_conn(*cand))
     }
 
     /// (key, value) of every live entry of a `map[uint32]*T` at `map` (the map header).
@@ -380,6 +482,15 @@ impl StreamReader {
         }
         Ok(out)
     }
+}
+
+/// The runtime's pollDesc behind an epoll registration's data word in Go 1.`minor`: a tagged
+/// pointer (runtime/tagptr_64bit.go, linux/amd64). Up to 1.24: 48 address bits and 8-byte
+/// alignment, so the tag is the low 19 bits; from 1.25: 49 address bits and 512-byte
+/// alignment (tagptr.go's tagAlignBits 9), the tag the low 24 bits.
+pub fn poll_desc_of_epoll_data(data: u64, minor: u32) -> u64 {
+    let (tag_bits, align_bits) = if minor >= 25 { (24, 9) } else { (19, 3) };
+    (((data as i64) >> tag_bits) << align_bits) as u64
 }
 
 fn read_buckets(
@@ -718,6 +829,14 @@ mod tests {
             "each table once; a stream of another connection skipped"
         );
         assert_eq!(state.skipped, 1);
+    }
+
+    #[test]
+    fn epoll_data_unpacks_per_release() {
+        // Packed as the runtime packs them: ptr << (tagBits - alignBits) | tag.
+        let pd: u64 = 0x7f3a_1234_5600;
+        assert_eq!(poll_desc_of_epoll_data(pd << 16 | 0x5_4321, 21), pd);
+        assert_eq!(poll_desc_of_epoll_data(pd << 15 | 0xab_cdef, 27), pd);
     }
 
     #[test]

@@ -208,6 +208,12 @@ fields! {
     GGoid = "runtime.g.goid", Uint64;
     GStackLo = "runtime.g.stack.lo", Uintptr;
     GStackHi = "runtime.g.stack.hi", Uintptr;
+    /// g.sched.sp: a parked goroutine's stack pointer.
+    GSchedSp = "runtime.g.sched.sp", Uintptr;
+    /// The netpoller's per-fd state (runtime/netpoll.go), which epoll's event data points to:
+    /// its fd, and `rg`, the goroutine parked reading it (or pdNil/pdReady/pdWait: 0, 1, 2).
+    PollDescFd = "runtime.pollDesc.fd", Uintptr;
+    PollDescRg = "runtime.pollDesc.rg.value", Uintptr;
 }
 
 impl Field {
