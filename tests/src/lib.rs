@@ -64,6 +64,32 @@ pub fn fixture_bin() -> PathBuf {
     PathBuf::from(std::env::var("FIXTURE_BIN").unwrap())
 }
 
+/// tests/goscenarios built stripped by the matrix's Go `minor` ("1.27"):
+/// `$GO_SCENARIOS_DIR/goscenarios-1.27.N` (set by `cargo xtask test`). When it is missing,
+/// prints why and returns `None`, or panics under CI.
+pub fn go_scenarios_bin(minor: &str) -> Option<PathBuf> {
+    let found = std::env::var("GO_SCENARIOS_DIR").ok().and_then(|dir| {
+        let prefix = format!("goscenarios-{minor}.");
+        std::fs::read_dir(&dir)
+            .ok()?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .find(|path| {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with(&prefix) && !name.ends_with(".built-from")
+            })
+    });
+    if found.is_none() {
+        let reason = format!(
+            "end-to-end test needs GO_SCENARIOS_DIR with goscenarios-{minor}.* (tests/goscenarios built by Go {minor}; run: cargo xtask test)"
+        );
+        if in_ci() {
+            panic!("{reason}; under CI=true this is a failure, not a skip");
+        }
+        eprintln!("SKIPPED: {reason}");
+    }
+    found
+}
+
 /// A child process killed and reaped on drop, with its stdout lines on a channel.
 pub struct Proc {
     pub name: String,

@@ -11,6 +11,11 @@
 //!   runtime.CallersFrames: function, file and line for its own PCs);
 //! - `built-from`: the inputs of the build; a rebuild happens only when they change.
 //!
+//! `<target>/go-matrix/scenarios/goscenarios-<version>` is the end-to-end tests' relay
+//! (tests/goscenarios: HTTP/2 and HTTP/1.1 leak scenarios that report their own expected
+//! verdicts and call sites) built stripped (`-ldflags "-s -w"`, static) by each version; the
+//! e2e test tests/tests/h2_streams.rs reads them from GO_SCENARIOS_DIR (`scenarios_dir`).
+//!
 //! `<target>/go-matrix/<version>/stub/goversion` is `go env GOVERSION`, and `stub/goroot` is
 //! `go env GOROOT` (the toolchain's own binaries, cmd/go among them, are large real Go programs
 //! for the test to read too). The tracer's matrix test
@@ -41,6 +46,9 @@ pub const VERSIONS: &[&str] = &[
 
 /// The stub's source, relative to the workspace root.
 const STUB_DIR: &str = "tests/gostub";
+
+/// The e2e scenario relay's source, relative to the workspace root.
+const SCENARIOS_SOURCE: &str = "tests/goscenarios";
 
 /// A way of building the stub: the flags besides `-s -w`.
 struct Form {
@@ -102,6 +110,9 @@ pub struct GoToolchain {
 pub struct GoMatrix {
     /// What GO_MATRIX_DIR must be for the tracer's matrix test.
     pub dir: PathBuf,
+    /// What GO_SCENARIOS_DIR must be for the e2e test of HTTP/2 streams: one
+    /// `goscenarios-<version>` per toolchain.
+    pub scenarios_dir: PathBuf,
     pub toolchains: Vec<GoToolchain>,
 }
 
@@ -134,19 +145,28 @@ pub fn ensure() -> Result<GoMatrix> {
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("go-matrix: cannot create {}", dir.display()))?;
     let stub_source = root.join(STUB_DIR);
+    let scenarios_dir = dir.join("scenarios");
+    std::fs::create_dir_all(&scenarios_dir)
+        .with_context(|| format!("go-matrix: cannot create {}", scenarios_dir.display()))?;
     let mut toolchains = Vec::new();
     for version in VERSIONS {
         let go = install(&dir, version)?;
         let stub_dir = dir.join(version).join("stub");
         build_stub(&go, version, &stub_source, &stub_dir, FORMS)
             .with_context(|| format!("go-matrix: building {STUB_DIR} with go{version}"))?;
+        build_scenarios(&go, version, &root.join(SCENARIOS_SOURCE), &scenarios_dir)
+            .with_context(|| format!("go-matrix: building {SCENARIOS_SOURCE} with go{version}"))?;
         toolchains.push(GoToolchain {
             version: (*version).to_owned(),
             go,
             stub_dir,
         });
     }
-    Ok(GoMatrix { dir, toolchains })
+    Ok(GoMatrix {
+        dir,
+        scenarios_dir,
+        toolchains,
+    })
 }
 
 /// `cargo xtask go-offsets`: the matrix (and any `--also` patch releases), then the tracer's
@@ -334,6 +354,49 @@ fn build_stub(go: &Path, version: &str, source: &Path, out: &Path, forms: &[Form
     let goroot = util::stdout_of(&mut goroot)?;
     write(&out.join("goroot"), goroot.trim())?;
     write(&out.join("goversion"), &format!("{goversion}\n"))
+}
+
+/// `<out>/goscenarios-<version>`, stripped and static as relays are released; rebuilt only
+/// when its inputs (the toolchain and the sources) change.
+fn build_scenarios(go: &Path, version: &str, source: &Path, out: &Path) -> Result<()> {
+    let goversion = go_version(go).with_context(|| format!("{} does not run", go.display()))?;
+    let sources: String = ["go.mod", "main.go"]
+        .iter()
+        .map(|file| {
+            let path = source.join(file);
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))
+        })
+        .collect::<Result<_>>()?;
+    let binary = out.join(format!("goscenarios-{version}"));
+    let stamp = out.join(format!("goscenarios-{version}.built-from"));
+    let inputs = format!("{goversion}\n{sources}");
+    if binary.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|built| built == inputs) {
+        return Ok(());
+    }
+    let progress = Progress::start(
+        format!("go-matrix: go{version} {SCENARIOS_SOURCE}"),
+        "seconds",
+    );
+    let mut cmd = go_command(go);
+    cmd.current_dir(source)
+        .env("CGO_ENABLED", "0")
+        .args(["build", "-ldflags=-s -w", "-o"])
+        .arg(&binary)
+        .arg(".");
+    let output = util::capture(&mut cmd)?;
+    if !output.status.success() {
+        bail!(
+            "`{}` failed ({}):\n{}",
+            util::command_line(&cmd),
+            util::describe_status(output.status),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    // Last, so an interrupted build is redone.
+    write(&stamp, &inputs)?;
+    progress.done();
+    Ok(())
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {

@@ -1,0 +1,3 @@
+module example.com/goscenarios
+
+go 1.21
