@@ -82,6 +82,10 @@ pub struct Leak {
     /// Receive queue as `ss` shows it (Recv-Q, an unread FIN counted as 1); 0 for a stream.
     pub recv_q: u32,
     pub bytes_read: u64,
+    /// For a stream: response bytes that arrived and wait in the relay's own buffer for it
+    /// (Go's per-stream pipe), when the probes measure it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buffered_bytes: Option<u64>,
     pub reads: u64,
     /// Return value of the last read (-11 is EAGAIN), when a read was seen.
     pub last_read_ret: Option<i64>,
@@ -137,6 +141,8 @@ fn stream_leak_of(
         unread_bytes: 0,
         recv_q: 0,
         bytes_read: stream.bytes_read,
+        // Not measured by the probes yet.
+        buffered_bytes: None,
         reads: stream.reads,
         last_read_ret: None,
         origin: conn.map_or(Origin::Traced, |c| c.origin),
@@ -194,6 +200,7 @@ fn leak_of(conn: &UpstreamConn, reason: LeakReason, now_ns: u64) -> Leak {
         unread_bytes: conn.unread_bytes(),
         recv_q: conn.recv_q_bytes(),
         bytes_read: conn.bytes_read,
+        buffered_bytes: None,
         reads: conn.reads,
         last_read_ret: conn.last_read_ret,
         origin: conn.origin,
@@ -593,11 +600,19 @@ mod tests {
                 unread_bytes: 218,
                 recv_q: 219,
                 bytes_read: 4096,
+                buffered_bytes: None,
                 reads: 3,
                 last_read_ret: Some(-11),
                 origin: Origin::Traced,
             }]
         );
+        // A connection has no stream buffer: the field is left out of its JSON.
+        let json = serde_json::to_value(&snapshot.leaks[0]).expect("serialises");
+        assert!(json.get("buffered_bytes").is_none(), "{json}");
+        let mut stream = snapshot.leaks[0].clone();
+        stream.buffered_bytes = Some(4 << 20);
+        let json = serde_json::to_value(&stream).expect("serialises");
+        assert_eq!(json["buffered_bytes"], 4 << 20);
         assert_eq!(snapshot.hosts[0].oldest_leak_age_s, Some(11.346));
     }
 
