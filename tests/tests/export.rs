@@ -339,7 +339,10 @@ fn snapshots_in_json_csv_and_prometheus_agree_and_json_output_files_rotate() {
         let host = cols[host_col].trim_matches('"').to_owned();
         from_csv.insert(host.clone(), cols[leaked_col].parse().unwrap());
         for (kind, at) in kind_cols {
-            csv_by_kind.insert(vec![host.clone(), kind.to_owned()], cols[at].parse().unwrap());
+            csv_by_kind.insert(
+                vec![host.clone(), kind.to_owned()],
+                cols[at].parse().unwrap(),
+            );
         }
         assert_eq!(cols[open_streams_col], "0", "probes off: no stream: {l}");
     }

@@ -190,7 +190,13 @@ mod tests {
         // A host whose leaks are HTTP/2 streams on healthy connections.
         hosts.push(with_streams(host("10.0.0.23", 2, (0, 1, 1), 0, 2), 6, 2));
         leaks.push(stream_leak("10.0.0.23", 40010, 3, LeakReason::Unread, 95.0));
-        leaks.push(stream_leak("10.0.0.23", 40010, 5, LeakReason::Abandoned, 60.0));
+        leaks.push(stream_leak(
+            "10.0.0.23",
+            40010,
+            5,
+            LeakReason::Abandoned,
+            60.0,
+        ));
         snapshot(hosts, leaks)
     }
 

@@ -982,7 +982,11 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",kind="h2_stream",provider=
         // Without kind, the series add up to each host's leaked, as in JSON and CSV.
         let sum_of = |host: &str| -> f64 {
             text.lines()
-                .filter(|l| l.starts_with(&format!(r#"tracer_upstream_connections_leaked{{host="{host}","#)))
+                .filter(|l| {
+                    l.starts_with(&format!(
+                        r#"tracer_upstream_connections_leaked{{host="{host}","#
+                    ))
+                })
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum()
         };

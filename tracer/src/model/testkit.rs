@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use super::{
-    tcp_state, ConnTable, Input, KernelConn, KernelEvent, KernelEventKind, KernelStats, RecvQ,
-    Sample, SocketSample, Target,
+    tcp_state, ConnTable, GoLayer, Input, KernelConn, KernelEvent, KernelEventKind, KernelStats,
+    RecvQ, Sample, SocketSample, StreamEvent, StreamEventKind, StreamSample, Target,
 };
 
 pub const SEC: u64 = 1_000_000_000;
@@ -147,6 +147,46 @@ pub fn targets(pids: &[u32]) -> Input {
             })
             .collect(),
     )
+}
+
+/// The Go-aware layer attached to `PID`: from then on each sample's streams are all its open
+/// streams.
+pub fn go_layer_attached() -> Input {
+    Input::GoLayer(GoLayer {
+        pid: PID,
+        attached: true,
+        line: "Go layer: go1.27.3 (stripped, static, non-PIE)".into(),
+    })
+}
+
+/// An event of `PID`'s HTTP/2 client stream at address `stream` (opened on `fd` with
+/// `StreamEventKind::Opened`, its response with `Responded`, ...).
+pub fn stream_event(kind: StreamEventKind, stream: u64, at_ns: u64) -> Input {
+    Input::Stream(StreamEvent {
+        kind,
+        pid: PID,
+        stream,
+        at_ns,
+    })
+}
+
+/// The probes' map entry of `PID`'s stream at `stream`: its id and the body reads so far.
+pub fn stream_reads(
+    stream: u64,
+    stream_id: u32,
+    (reads, bytes_read): (u64, u64),
+    last_read_ns: Option<u64>,
+    reads_inflight: u32,
+) -> StreamSample {
+    StreamSample {
+        pid: PID,
+        stream,
+        stream_id: Some(stream_id),
+        reads,
+        bytes_read,
+        last_read_ns,
+        reads_inflight,
+    }
 }
 
 /// A table tracing `PID` that has seen `inputs`, in order.

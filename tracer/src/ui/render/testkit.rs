@@ -8,7 +8,7 @@ use ratatui::{backend::TestBackend, Terminal};
 use super::{draw, Screen, Session, SourceLabel};
 use crate::model::{
     classify::Graces, tcp_state::CLOSE_WAIT, testkit::*, ConnId, ConnTable, Input, KernelConn,
-    KernelStats, Sample,
+    KernelStats, Sample, StreamEventKind,
 };
 use crate::ui::{
     state::{Page, UiState},
@@ -76,12 +76,68 @@ pub(super) struct Fixture {
     pub(super) trend: Trend,
 }
 
+/// An HTTP/2 stream of `PID` as the Go-aware probes report it, on the connection whose
+/// socket is `fd` (None: the probes could not follow it to one).
+pub(super) struct SyntheticStream {
+    /// The client stream's address in the relay.
+    pub(super) stream: u64,
+    pub(super) fd: Option<i32>,
+    pub(super) id: u32,
+    pub(super) opened: u64,
+    /// When its response headers arrived (None: still waiting).
+    pub(super) responded: Option<u64>,
+    /// Body reads and bytes read by `last_read`.
+    pub(super) reads: (u64, u64),
+    pub(super) last_read: Option<u64>,
+    /// Body reads in progress (a goroutine blocked in Read) from `last_read` on.
+    pub(super) inflight: u32,
+}
+
 pub(super) fn session(conns: &[KernelConn]) -> Fixture {
+    session_with_streams(conns, &[])
+}
+
+/// A session whose relay also has these HTTP/2 streams, with the Go layer attached.
+pub(super) fn session_with_streams(conns: &[KernelConn], streams: &[SyntheticStream]) -> Fixture {
     let mut table = ConnTable::new();
     table.apply(targets(&[PID]));
+    if !streams.is_empty() {
+        table.apply(go_layer_attached());
+    }
     let mut trend = Trend::starting_at(START);
+    let mut previous = 0;
     for at in (START..=NOW).step_by(10 * SEC as usize) {
         trend.catch_up(&table, at, &GRACES);
+        let now_in = |t: u64| (previous..at).contains(&t) || t == at;
+        for s in streams {
+            if now_in(s.opened) {
+                table.apply(stream_event(
+                    StreamEventKind::Opened { fd: s.fd },
+                    s.stream,
+                    s.opened,
+                ));
+            }
+            if s.responded.is_some_and(now_in) {
+                table.apply(stream_event(
+                    StreamEventKind::Responded,
+                    s.stream,
+                    s.responded.unwrap_or_default(),
+                ));
+            }
+        }
+        let stream_samples = streams
+            .iter()
+            .filter(|s| s.opened <= at)
+            .map(|s| {
+                let read = s.last_read.filter(|&t| t <= at);
+                let (reads, inflight) = match read {
+                    Some(_) => (s.reads, s.inflight),
+                    None => ((0, 0), 0),
+                };
+                stream_reads(s.stream, s.id, reads, read, inflight)
+            })
+            .collect();
+        previous = at + 1;
         let kernel = conns
             .iter()
             .enumerate()
@@ -93,7 +149,7 @@ pub(super) fn session(conns: &[KernelConn]) -> Fixture {
             ..KernelStats::default()
         };
         table.apply(Input::Sample(Sample {
-            streams: Vec::new(),
+            streams: stream_samples,
             now_ns: at,
             kernel,
             sockets: Some(vec![]),
@@ -116,6 +172,68 @@ pub(super) fn fixture_relay() -> Vec<KernelConn> {
     conns.push(pooled(40101, "127.0.0.17:18080", 101 * SEC));
     conns.push(pooled(40102, "[::1]:18080", 101 * SEC));
     conns
+}
+
+/// An HTTP/2 relay: two pooled connections to 127.0.0.21 (fds 31, 32) carrying streams, one
+/// HTTP/1.1 connection to 127.0.0.12 leaked in CLOSE_WAIT (fd 33), and a stream whose
+/// connection the probes could not follow.
+pub(super) fn fixture_h2() -> (Vec<KernelConn>, Vec<SyntheticStream>) {
+    let h2 = |port: u16, fd: i32| KernelConn {
+        fd: Some(fd),
+        reads: 400,
+        bytes_read: 9_400_000,
+        last_read_ns: Some(NOW - SEC / 2),
+        ..pooled(port, "127.0.0.21:443", 101 * SEC)
+    };
+    let conns = vec![
+        h2(40201, 31),
+        h2(40202, 32),
+        KernelConn {
+            fd: Some(33),
+            ..close_wait(40203, "127.0.0.12:18080", 125 * SEC)
+        },
+    ];
+    let stream = |stream: u64, fd: Option<i32>, id: u32, opened: u64| SyntheticStream {
+        stream,
+        fd,
+        id,
+        opened,
+        responded: Some(opened + SEC / 2),
+        reads: (0, 0),
+        last_read: None,
+        inflight: 0,
+    };
+    let streams = vec![
+        // Its headers arrived and its body was never read: unread.
+        stream(0xc000_1007, Some(31), 7, 105 * SEC),
+        // Read in part, then dropped: abandoned.
+        SyntheticStream {
+            reads: (3, 12_288),
+            last_read: Some(130 * SEC),
+            ..stream(0xc000_1009, Some(31), 9, 120 * SEC)
+        },
+        // An SSE stream between events: a read is in progress.
+        SyntheticStream {
+            reads: (5, 2_048),
+            last_read: Some(150 * SEC),
+            inflight: 1,
+            ..stream(0xc000_100b, Some(31), 11, 145 * SEC)
+        },
+        // Waiting for its response headers.
+        SyntheticStream {
+            responded: None,
+            ..stream(0xc000_100d, Some(31), 13, 158 * SEC)
+        },
+        // On the other connection, read to its end soon: not leaked yet.
+        SyntheticStream {
+            reads: (2, 900),
+            last_read: Some(NOW - SEC),
+            ..stream(0xc000_2001, Some(32), 1, 155 * SEC)
+        },
+        // The probes did not find its connection.
+        stream(0xc000_3003, None, 3, 140 * SEC),
+    ];
+    (conns, streams)
 }
 
 pub(super) fn render(f: &Fixture, ui: &UiState, width: u16, height: u16) -> String {
