@@ -56,9 +56,9 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// Leaked connections per host, as Prometheus answers `sum by (host) (...)`.
-fn promql_leaked_by_host(web: &str) -> Option<BTreeMap<String, u64>> {
-    let query = percent_encode("sum by (host) (tracer_upstream_connections_leaked)");
+/// The answer to an instant query, each series keyed by the values of `labels`.
+fn promql(web: &str, query: &str, labels: &[&str]) -> Option<BTreeMap<Vec<String>, u64>> {
+    let query = percent_encode(query);
     let (status, body) = http_get(web, &format!("/api/v1/query?query={query}"))?;
     if !status.contains("200") {
         return None;
@@ -66,11 +66,41 @@ fn promql_leaked_by_host(web: &str) -> Option<BTreeMap<String, u64>> {
     let v: Value = serde_json::from_str(&body).ok()?;
     let mut out = BTreeMap::new();
     for series in v["data"]["result"].as_array()? {
-        let host = series["metric"]["host"].as_str()?.to_owned();
+        let key = labels
+            .iter()
+            .map(|l| series["metric"][l].as_str().map(str::to_owned))
+            .collect::<Option<Vec<String>>>()?;
         let value: f64 = series["value"][1].as_str()?.parse().ok()?;
-        out.insert(host, value as u64);
+        out.insert(key, value as u64);
     }
     Some(out)
+}
+
+/// Leaked connections and streams per host, as Prometheus answers `sum by (host) (...)`.
+fn promql_leaked_by_host(web: &str) -> Option<BTreeMap<String, u64>> {
+    let answer = promql(
+        web,
+        "sum by (host) (tracer_upstream_connections_leaked)",
+        &["host"],
+    )?;
+    Some(
+        answer
+            .into_iter()
+            .map(|(mut key, n)| (key.remove(0), n))
+            .collect(),
+    )
+}
+
+/// Per host, its leaks of each kind (`by_kind`) in a JSON snapshot.
+fn leaked_by_host_and_kind_json(s: &Value) -> BTreeMap<Vec<String>, u64> {
+    let mut out = BTreeMap::new();
+    for h in s["hosts"].as_array().unwrap() {
+        let host = h["host"].as_str().unwrap();
+        for (kind, n) in h["by_kind"].as_object().unwrap() {
+            out.insert(vec![host.to_owned(), kind.clone()], n.as_u64().unwrap());
+        }
+    }
+    out
 }
 
 fn leaked_by_host_json(s: &Value) -> BTreeMap<String, u64> {
@@ -168,6 +198,14 @@ fn a_real_prometheus_scrapes_the_leaking_hosts_with_the_counts_of_the_json_snaps
         "{body}"
     );
     assert!(
+        body.contains(r#"tracer_upstream_connections_leaked{host="127.0.0.12",kind="connection",provider="unknown",reason="close_wait"} 3"#),
+        "the fixture's close_wait leaks are connections: {body}"
+    );
+    assert!(
+        body.contains("# TYPE tracer_upstream_h2_streams_open gauge"),
+        "{body}"
+    );
+    assert!(
         !body.contains("sk-tracer-fixture-SECRET"),
         "payload in the metrics"
     );
@@ -211,6 +249,30 @@ fn a_real_prometheus_scrapes_the_leaking_hosts_with_the_counts_of_the_json_snaps
             "{host}: Prometheus {by_host:?} vs JSON {json:?}"
         );
         assert_eq!(by_host.get(host), Some(&ROUNDS), "{host}: {by_host:?}");
+    }
+    // By kind: the fixture leaks HTTP/1.1 connections, and the Go-aware probes are off, so
+    // every leak is a connection and every host has its h2_stream series, at 0.
+    let by_kind = promql(
+        web,
+        "sum by (host, kind) (tracer_upstream_connections_leaked)",
+        &["host", "kind"],
+    )
+    .expect("Prometheus answers by kind");
+    let json_by_kind = leaked_by_host_and_kind_json(&snapshot);
+    for host in ["127.0.0.12", "127.0.0.13", "127.0.0.16", "api.openai.com"] {
+        for kind in ["connection", "h2_stream"] {
+            let key = vec![host.to_owned(), kind.to_owned()];
+            assert_eq!(
+                by_kind.get(&key),
+                json_by_kind.get(&key),
+                "{host} {kind}: Prometheus {by_kind:?} vs JSON {json_by_kind:?}"
+            );
+        }
+        assert_eq!(
+            by_kind.get(&vec![host.to_owned(), "h2_stream".to_owned()]),
+            Some(&0),
+            "{host}"
+        );
     }
     let _ = stop_tracer(tracer);
 }
@@ -258,43 +320,70 @@ fn snapshots_in_json_csv_and_prometheus_agree_and_json_output_files_rotate() {
     let csv = snapshot_of(relay.pid(), "csv");
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let (host_col, leaked_col) = (
-        header.iter().position(|c| *c == "host").unwrap(),
-        header.iter().position(|c| *c == "leaked").unwrap(),
-    );
-    let from_csv: BTreeMap<String, u64> = lines
-        .map(|l| {
-            let cols: Vec<&str> = l.split(',').collect();
-            (
-                cols[host_col].trim_matches('"').to_owned(),
-                cols[leaked_col].parse().unwrap(),
-            )
-        })
-        .collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|c| *c == name)
+            .unwrap_or_else(|| panic!("no CSV column {name}: {header:?}"))
+    };
+    let (host_col, leaked_col) = (col("host"), col("leaked"));
+    let kind_cols = [
+        ("connection", col("leaked_connection")),
+        ("h2_stream", col("leaked_h2_stream")),
+    ];
+    let open_streams_col = col("open_streams");
+    let mut from_csv: BTreeMap<String, u64> = BTreeMap::new();
+    let mut csv_by_kind: BTreeMap<Vec<String>, u64> = BTreeMap::new();
+    for l in lines {
+        let cols: Vec<&str> = l.split(',').collect();
+        let host = cols[host_col].trim_matches('"').to_owned();
+        from_csv.insert(host.clone(), cols[leaked_col].parse().unwrap());
+        for (kind, at) in kind_cols {
+            csv_by_kind.insert(
+                vec![host.clone(), kind.to_owned()],
+                cols[at].parse().unwrap(),
+            );
+        }
+        assert_eq!(cols[open_streams_col], "0", "probes off: no stream: {l}");
+    }
     assert_eq!(from_csv, from_json, "CSV vs JSON");
+    let json_by_kind = leaked_by_host_and_kind_json(&json);
+    assert_eq!(csv_by_kind, json_by_kind, "CSV vs JSON, by kind");
 
     let prom = snapshot_of(relay.pid(), "prometheus");
+    let label = |line: &str, name: &str| -> String {
+        line.split(&format!("{name}=\""))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {name} label: {line}"))
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
     let mut from_prom: BTreeMap<String, u64> = BTreeMap::new();
+    let mut prom_by_kind: BTreeMap<Vec<String>, u64> = BTreeMap::new();
     for line in prom
         .lines()
         .filter(|l| l.starts_with("tracer_upstream_connections_leaked{"))
     {
-        let host = line
-            .split("host=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_owned();
+        let (host, kind) = (label(line, "host"), label(line, "kind"));
         let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        *from_prom.entry(host).or_default() += value as u64;
+        *from_prom.entry(host.clone()).or_default() += value as u64;
+        *prom_by_kind.entry(vec![host, kind]).or_default() += value as u64;
     }
+    let nonzero = |m: BTreeMap<Vec<String>, u64>| -> BTreeMap<Vec<String>, u64> {
+        m.into_iter().filter(|(_, v)| *v > 0).collect()
+    };
     let json_nonzero: BTreeMap<String, u64> =
         from_json.into_iter().filter(|(_, v)| *v > 0).collect();
     let prom_nonzero: BTreeMap<String, u64> =
         from_prom.into_iter().filter(|(_, v)| *v > 0).collect();
     assert_eq!(prom_nonzero, json_nonzero, "Prometheus vs JSON");
+    assert_eq!(
+        nonzero(prom_by_kind),
+        nonzero(json_by_kind),
+        "Prometheus vs JSON, by kind"
+    );
 
     // run --json --output FILE rotates by size and never splits a line.
     let dir = std::env::temp_dir().join(format!("tracer-e2e-out-{}", std::process::id()));

@@ -552,7 +552,6 @@ pub mod go {
     /// Offset of `hash` in Go's itab (runtime/runtime2.go `itab`, internal/abi `ITab`:
     /// inter, _type, hash), the same in Go 1.21 to 1.27.
     pub const ITAB_HASH_OFFSET: u64 = 16;
-
 }
 
 #[cfg(feature = "user")]

@@ -5,15 +5,23 @@ use std::io::Write;
 use anyhow::{Context as _, Result};
 
 use super::provider_of;
-use crate::model::{snapshot::HostSummary, LeakReason, Snapshot};
+use crate::model::{leak::LeakKind, snapshot::HostSummary, LeakReason, Snapshot};
 
 /// The columns, in order: `time`, `host`, `provider`, `open`, `leaked`, one column per leak
-/// reason (`LeakReason::ALL`), `closed_unread_total`, `connections_total`. The session totals
-/// count over the session; the others are the host's connections at `time`.
-pub fn header() -> Vec<&'static str> {
-    let mut columns = vec!["time", "host", "provider", "open", "leaked"];
-    columns.extend(LeakReason::ALL.map(LeakReason::as_str));
-    columns.extend(["closed_unread_total", "connections_total"]);
+/// reason (`LeakReason::ALL`), `closed_unread_total`, `connections_total`, then one column per
+/// kind of leak (`leaked_connection`, `leaked_h2_stream`: `LeakKind::ALL`) and `open_streams`
+/// (open HTTP/2 streams). `leaked` and the reasons count both kinds, as JSON's `leaked` and
+/// `by_reason` do. The session totals count over the session; the others are the host's
+/// connections and streams at `time`. The kind columns come last so that scripts reading
+/// columns by position before they existed read the same figures.
+pub fn header() -> Vec<String> {
+    let mut columns: Vec<String> = ["time", "host", "provider", "open", "leaked"]
+        .map(String::from)
+        .into();
+    columns.extend(LeakReason::ALL.map(|r| r.as_str().to_owned()));
+    columns.extend(["closed_unread_total", "connections_total"].map(String::from));
+    columns.extend(LeakKind::ALL.map(|k| format!("leaked_{}", k.as_str())));
+    columns.push("open_streams".to_owned());
     columns
 }
 
@@ -29,6 +37,8 @@ fn row(time: &str, host: &HostSummary) -> Vec<String> {
     fields.extend(host.by_reason.iter().map(|(_, n)| n.to_string()));
     fields.push(host.closed_unread_total.to_string());
     fields.push(host.connections_total.to_string());
+    fields.extend(host.by_kind.iter().map(|(_, n)| n.to_string()));
+    fields.push(host.open_streams.to_string());
     fields
 }
 
@@ -88,14 +98,14 @@ mod tests {
     use super::*;
     use crate::{
         export::{json::JsonLines, testdata::*},
-        model::classify::LeakReason,
+        model::{classify::LeakReason, leak::LeakKind},
     };
 
     const TIME: &str = "2026-11-26T19:44:45.85Z";
 
     /// What a row must say for `host`.
     /// The documented columns, as scripts and spreadsheets read them.
-    const HEADER: [&str; 10] = [
+    const HEADER: [&str; 13] = [
         "time",
         "host",
         "provider",
@@ -106,6 +116,9 @@ mod tests {
         "abandoned",
         "closed_unread_total",
         "connections_total",
+        "leaked_connection",
+        "leaked_h2_stream",
+        "open_streams",
     ];
 
     /// A row read back by its column names.
@@ -121,31 +134,43 @@ mod tests {
         abandoned: u64,
         closed_unread_total: u64,
         connections_total: u64,
+        leaked_connection: u64,
+        leaked_h2_stream: u64,
+        open_streams: u64,
     }
 
-    fn figures(host: &HostSummary) -> (String, u64, u64, u64, u64, u64, u64, u64) {
+    type Figures = (String, u64, u64, [u64; 3], u64, u64, [u64; 2], u64);
+
+    fn figures(host: &HostSummary) -> Figures {
         (
             host.host.clone(),
             host.open,
             host.leaked,
-            host.by_reason.get(LeakReason::CloseWait),
-            host.by_reason.get(LeakReason::Unread),
-            host.by_reason.get(LeakReason::Abandoned),
+            [
+                host.by_reason.get(LeakReason::CloseWait),
+                host.by_reason.get(LeakReason::Unread),
+                host.by_reason.get(LeakReason::Abandoned),
+            ],
             host.closed_unread_total,
             host.connections_total,
+            [
+                host.by_kind.get(LeakKind::Connection),
+                host.by_kind.get(LeakKind::H2Stream),
+            ],
+            host.open_streams,
         )
     }
 
-    fn row_figures(row: &HostRow) -> (String, u64, u64, u64, u64, u64, u64, u64) {
+    fn row_figures(row: &HostRow) -> Figures {
         (
             row.host.clone(),
             row.open,
             row.leaked,
-            row.close_wait,
-            row.unread,
-            row.abandoned,
+            [row.close_wait, row.unread, row.abandoned],
             row.closed_unread_total,
             row.connections_total,
+            [row.leaked_connection, row.leaked_h2_stream],
+            row.open_streams,
         )
     }
 
@@ -162,6 +187,16 @@ mod tests {
             host("api,\"quoted\"\nhost", 4, (0, 0, 0), 0, 11),
             "open,ai",
         ));
+        // A host whose leaks are HTTP/2 streams on healthy connections.
+        hosts.push(with_streams(host("10.0.0.23", 2, (0, 1, 1), 0, 2), 6, 2));
+        leaks.push(stream_leak("10.0.0.23", 40010, 3, LeakReason::Unread, 95.0));
+        leaks.push(stream_leak(
+            "10.0.0.23",
+            40010,
+            5,
+            LeakReason::Abandoned,
+            60.0,
+        ));
         snapshot(hosts, leaks)
     }
 
@@ -175,12 +210,18 @@ mod tests {
 
     #[test]
     fn a_snapshot_is_a_header_and_one_row_per_host() {
-        let text = write(&[&two_hosts()]);
+        let mut snapshot = two_hosts();
+        snapshot
+            .hosts
+            .push(with_streams(host("10.0.0.23", 2, (0, 1, 1), 0, 2), 6, 2));
+        let text = write(&[&snapshot]);
         assert_eq!(
             text,
-            "time,host,provider,open,leaked,close_wait,unread,abandoned,closed_unread_total,connections_total\n\
-             2026-11-26T19:44:45.85Z,10.0.0.12,unknown,5,3,2,1,0,3,9\n\
-             2026-11-26T19:44:45.85Z,10.0.0.11,unknown,2,0,0,0,0,0,4\n"
+            "time,host,provider,open,leaked,close_wait,unread,abandoned,closed_unread_total,connections_total,\
+             leaked_connection,leaked_h2_stream,open_streams\n\
+             2026-11-26T19:44:45.85Z,10.0.0.12,unknown,5,3,2,1,0,3,9,3,0,0\n\
+             2026-11-26T19:44:45.85Z,10.0.0.11,unknown,2,0,0,0,0,0,4,0,0,0\n\
+             2026-11-26T19:44:45.85Z,10.0.0.23,unknown,2,2,0,1,1,0,2,0,2,6\n"
         );
     }
 
@@ -221,7 +262,14 @@ mod tests {
         assert!(rows.iter().all(|r| r.time == TIME));
         assert_eq!(
             rows.iter().map(|r| r.provider.as_str()).collect::<Vec<_>>(),
-            ["unknown", "unknown", "unknown", "open,ai"]
+            ["unknown", "unknown", "unknown", "open,ai", "unknown"]
+        );
+        assert_eq!(
+            rows.iter()
+                .map(|r| r.leaked_connection + r.leaked_h2_stream)
+                .collect::<Vec<_>>(),
+            rows.iter().map(|r| r.leaked).collect::<Vec<_>>(),
+            "the kinds add up to leaked"
         );
         assert_eq!(
             rows.iter().map(|r| r.leaked).sum::<u64>(),
@@ -253,9 +301,17 @@ mod tests {
         open: u64,
         leaked: u64,
         by_reason: JsonReasons,
+        by_kind: JsonKinds,
+        open_streams: u64,
         closed_unread_total: u64,
         connections_total: u64,
         oldest_leak_age_s: Option<f64>,
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct JsonKinds {
+        connection: u64,
+        h2_stream: u64,
     }
 
     #[derive(Debug, PartialEq, serde::Deserialize)]
@@ -274,6 +330,10 @@ mod tests {
         host: String,
         provider: Option<String>,
         state: String,
+        kind: String,
+        stream_id: Option<u32>,
+        #[serde(default)]
+        buffered_bytes: Option<u64>,
         reason: String,
         age_s: f64,
         unread_bytes: u32,
@@ -320,6 +380,11 @@ mod tests {
                         unread: h.by_reason.get(LeakReason::Unread),
                         abandoned: h.by_reason.get(LeakReason::Abandoned),
                     },
+                    by_kind: JsonKinds {
+                        connection: h.by_kind.get(LeakKind::Connection),
+                        h2_stream: h.by_kind.get(LeakKind::H2Stream),
+                    },
+                    open_streams: h.open_streams,
                     closed_unread_total: h.closed_unread_total,
                     connections_total: h.connections_total,
                     oldest_leak_age_s: h.oldest_leak_age_s,
@@ -336,6 +401,9 @@ mod tests {
                     host: l.host.clone(),
                     provider: l.provider.clone(),
                     state: l.state.into(),
+                    kind: l.kind.as_str().into(),
+                    stream_id: l.stream_id,
+                    buffered_bytes: l.buffered_bytes,
                     reason: l.reason.as_str().into(),
                     age_s: l.age_s,
                     unread_bytes: l.unread_bytes,

@@ -261,7 +261,7 @@ mod tests {
     use super::*;
     use crate::export::{
         prometheus::{Health, PrometheusExporter},
-        testdata::{required_tool, two_hosts},
+        testdata::{host, required_tool, stream_leak, two_hosts, with_streams},
     };
 
     const LOCAL: &str = "127.0.0.1:0";
@@ -518,9 +518,21 @@ mod tests {
             return;
         };
         let server = MetricsServer::bind(local()).expect("binds");
+        // Two hosts leaking connections, and one leaking an HTTP/2 stream.
+        let mut snapshot = two_hosts();
+        snapshot
+            .hosts
+            .push(with_streams(host("10.0.0.23", 1, (0, 1, 0), 0, 1), 3, 1));
+        snapshot.leaks.push(stream_leak(
+            "10.0.0.23",
+            40010,
+            9,
+            crate::model::LeakReason::Unread,
+            40.0,
+        ));
         server.publish(
             PrometheusExporter::default()
-                .render(&two_hosts(), &Health::default())
+                .render(&snapshot, &Health::default())
                 .expect("renders"),
         );
         let dir = tempfile::tempdir().expect("temp dir");
@@ -555,22 +567,26 @@ mod tests {
         let outcome = async {
             let close_wait = query_until_answered(
                 web,
-                r#"tracer_upstream_connections_leaked{job="tracer",host="10.0.0.12",reason="close_wait"}"#,
+                r#"tracer_upstream_connections_leaked{job="tracer",host="10.0.0.12",kind="connection",reason="close_wait"}"#,
+                deadline,
+            )
+            .await;
+            let streams = query_until_answered(
+                web,
+                r#"sum by (host) (tracer_upstream_connections_leaked{kind="h2_stream"} > 0)"#,
                 deadline,
             )
             .await;
             let total =
                 query_until_answered(web, "sum(tracer_upstream_connections_leaked)", deadline)
                     .await;
+            let open_streams =
+                query_until_answered(web, "sum(tracer_upstream_h2_streams_open)", deadline).await;
             let up = query_until_answered(web, r#"up{job="tracer"}"#, deadline).await;
-            (close_wait, total, up)
+            (close_wait, streams, total, open_streams, up)
         };
-        let (close_wait, total, up) = outcome.await;
+        let answers = outcome.await;
         let log = fs::read_to_string(&prometheus.log).unwrap_or_default();
-        assert_eq!(
-            (close_wait, total, up),
-            (2.0, 3.0, 1.0),
-            "prometheus log:\n{log}"
-        );
+        assert_eq!(answers, (2.0, 1.0, 4.0, 3.0, 1.0), "prometheus log:\n{log}");
     }
 }

@@ -4,7 +4,9 @@
 //! cardinality is bounded: the `top_hosts` hosts with the most leaked, then open, connections
 //! get their own series, the rest are summed per provider under `host="other"` (providers come
 //! from the naming catalogue, so there are few; hosts it does not name are `unknown`). Sums by
-//! provider are therefore exact whatever N is.
+//! provider are therefore exact whatever N is. The leak series also carry `kind`
+//! (`connection`, `h2_stream`) and `reason`, only in the pairs a leak can have
+//! (`LeakKind::reasons`): five per host label.
 //!
 //! Gauges are recomputed from each snapshot. Counters are accumulated here from the per-host
 //! increase between renders, so a series only ever goes up, whichever label its host gets over
@@ -22,6 +24,7 @@ use anyhow::{Context as _, Result};
 use super::{provider_of, UNKNOWN_PROVIDER};
 use crate::model::{
     classify::LeakReason,
+    leak::LeakKind,
     snapshot::{HostSummary, Leak},
     ConnId, Snapshot,
 };
@@ -64,15 +67,35 @@ struct Sighting {
     generation: u64,
 }
 
-/// Counts each leaked connection once, the first time a snapshot shows it leaked, however many
-/// snapshots show it after that (also when it stops being leaked for a while and leaks again).
+/// What one leak is across snapshots: its connection, and for a stream its id on that
+/// connection (HTTP/2 never reuses a stream id on a connection).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct LeakId {
+    conn: ConnId,
+    kind: LeakKind,
+    stream_id: Option<u32>,
+}
+
+impl LeakId {
+    fn of(leak: &Leak) -> Self {
+        LeakId {
+            conn: leak.id(),
+            kind: leak.kind,
+            stream_id: leak.stream_id,
+        }
+    }
+}
+
+/// Counts each leaked connection or stream once, the first time a snapshot shows it leaked,
+/// however many snapshots show it after that (also when it stops being leaked for a while and
+/// leaks again).
 ///
-/// Bounded: past `capacity` remembered connections, those not seen leaked for the longest
-/// time are forgotten (a quarter at once, so the cost is amortized); one of them that is seen
-/// leaked again is counted again.
+/// Bounded: past `capacity` remembered leaks, those not seen leaked for the longest time are
+/// forgotten (a quarter at once, so the cost is amortized); one of them that is seen leaked
+/// again is counted again.
 #[derive(Debug)]
 pub struct LeakCounter {
-    counted: HashMap<ConnId, Sighting>,
+    counted: HashMap<LeakId, Sighting>,
     capacity: usize,
     generation: u64,
 }
@@ -104,7 +127,7 @@ impl LeakCounter {
                 age_s: leak.age_s,
                 generation: self.generation,
             };
-            match self.counted.insert(leak.id(), seen) {
+            match self.counted.insert(LeakId::of(leak), seen) {
                 // Ages are rounded to the millisecond. A younger connection with the same
                 // addresses is a new one that reuses the ephemeral port.
                 Some(before) if leak.age_s + 0.001 >= before.age_s => {}
@@ -173,7 +196,7 @@ pub struct PrometheusExporter {
     seen: HashMap<String, SeenTotals>,
     opened: BTreeMap<HostLabels, u64>,
     closed_unread: BTreeMap<HostLabels, u64>,
-    leaks_detected: BTreeMap<(HostLabels, LeakReason), u64>,
+    leaks_detected: BTreeMap<(HostLabels, LeakKind, LeakReason), u64>,
     /// events_sent and the time of the previous render, for events per second.
     last_events: Option<(u64, u64)>,
 }
@@ -208,16 +231,22 @@ impl PrometheusExporter {
         let events_per_second = self.events_per_second(snapshot.kernel.events_sent, health.now_ns);
 
         let out = Exposition::new()?;
+        let stream_leaks = stream_leaks_by_host(&snapshot.leaks);
         let mut open = Vec::new();
+        let mut open_streams = Vec::new();
         let mut leaked = Vec::new();
         let mut add_gauges = |labels: &HostLabels, hosts: &[&HostSummary]| {
-            open.push((
-                vec![labels.host.clone(), labels.provider.clone()],
-                sum(hosts, |h| h.open),
-            ));
-            for reason in LeakReason::ALL {
-                let n = sum(hosts, |h| h.by_reason.get(reason));
-                leaked.push((labels_with_reason(labels, reason), n));
+            let host_labels = vec![labels.host.clone(), labels.provider.clone()];
+            open.push((host_labels.clone(), sum(hosts, |h| h.open)));
+            open_streams.push((host_labels, sum(hosts, |h| h.open_streams)));
+            let mut by_kind: BTreeMap<(LeakKind, LeakReason), u64> = BTreeMap::new();
+            for host in hosts {
+                for (pair, n) in leaked_by_kind_and_reason(host, &stream_leaks) {
+                    *by_kind.entry(pair).or_default() += n;
+                }
+            }
+            for ((kind, reason), n) in by_kind {
+                leaked.push((leak_labels(labels, kind, reason), n));
             }
         };
         for host in top {
@@ -241,9 +270,15 @@ impl PrometheusExporter {
         )?;
         out.int_gauge(
             "upstream_connections_leaked",
-            "Open upstream connections judged leaked, by reason (close_wait, unread, abandoned).",
-            &["host", "provider", "reason"],
+            "Open upstream connections and HTTP/2 streams judged leaked, by kind (connection, h2_stream) and reason (close_wait, unread, abandoned).",
+            &["host", "provider", "kind", "reason"],
             leaked,
+        )?;
+        out.int_gauge(
+            "upstream_h2_streams_open",
+            "Open HTTP/2 streams on the upstream connections (0 unless the Go-aware probes are on).",
+            &["host", "provider"],
+            open_streams,
         )?;
         out.counter(
             "upstream_connections_opened_total",
@@ -263,11 +298,11 @@ impl PrometheusExporter {
         )?;
         out.counter(
             "upstream_leaks_detected_total",
-            "Upstream connections that became leaked, each counted once, by first reason.",
-            &["host", "provider", "reason"],
+            "Upstream connections and HTTP/2 streams that became leaked, each counted once, by kind and first reason.",
+            &["host", "provider", "kind", "reason"],
             self.leaks_detected
                 .iter()
-                .map(|((l, r), n)| (labels_with_reason(l, *r), *n)),
+                .map(|((l, k, r), n)| (leak_labels(l, *k, *r), *n)),
         )?;
 
         let kernel = &snapshot.kernel;
@@ -351,10 +386,12 @@ impl PrometheusExporter {
                 let labels = labels_of(host);
                 self.opened.entry(labels.clone()).or_default();
                 self.closed_unread.entry(labels.clone()).or_default();
-                for reason in LeakReason::ALL {
-                    self.leaks_detected
-                        .entry((labels.clone(), reason))
-                        .or_default();
+                for kind in LeakKind::ALL {
+                    for &reason in kind.reasons() {
+                        self.leaks_detected
+                            .entry((labels.clone(), kind, reason))
+                            .or_default();
+                    }
                 }
             }
         }
@@ -389,7 +426,7 @@ impl PrometheusExporter {
             };
             *self
                 .leaks_detected
-                .entry((labels, leak.reason))
+                .entry((labels, leak.kind, leak.reason))
                 .or_default() += 1;
         }
     }
@@ -426,12 +463,52 @@ fn labels_of(host: &HostSummary) -> HostLabels {
     }
 }
 
-fn labels_with_reason(labels: &HostLabels, reason: LeakReason) -> Vec<String> {
+fn leak_labels(labels: &HostLabels, kind: LeakKind, reason: LeakReason) -> Vec<String> {
     vec![
         labels.host.clone(),
         labels.provider.clone(),
+        kind.as_str().to_string(),
         reason.as_str().to_string(),
     ]
+}
+
+/// Leaked HTTP/2 streams per host and reason, from the snapshot's leak list.
+fn stream_leaks_by_host(leaks: &[Leak]) -> HashMap<(&str, LeakReason), u64> {
+    let mut counts = HashMap::new();
+    for leak in leaks.iter().filter(|l| l.kind == LeakKind::H2Stream) {
+        *counts.entry((leak.host.as_str(), leak.reason)).or_default() += 1;
+    }
+    counts
+}
+
+/// A host's leaks split by kind and reason: every pair a leak can have (at zero when none),
+/// plus any other pair that has leaks. The host's `by_reason` is the total of each reason (so
+/// the series of a host always add up to its `leaked`, as in JSON and CSV); the leak list says
+/// how many of them are streams.
+fn leaked_by_kind_and_reason(
+    host: &HostSummary,
+    stream_leaks: &HashMap<(&str, LeakReason), u64>,
+) -> BTreeMap<(LeakKind, LeakReason), u64> {
+    let mut pairs = BTreeMap::new();
+    for kind in LeakKind::ALL {
+        for &reason in kind.reasons() {
+            pairs.insert((kind, reason), 0);
+        }
+    }
+    for (reason, total) in host.by_reason.iter() {
+        let streams = stream_leaks
+            .get(&(host.host.as_str(), reason))
+            .copied()
+            .unwrap_or(0)
+            .min(total);
+        if streams > 0 {
+            pairs.insert((LeakKind::H2Stream, reason), streams);
+        }
+        if total > streams {
+            pairs.insert((LeakKind::Connection, reason), total - streams);
+        }
+    }
+    pairs
 }
 
 fn sum(hosts: &[&HostSummary], figure: impl Fn(&HostSummary) -> u64) -> u64 {
@@ -561,9 +638,14 @@ mod tests {
 
     #[test]
     fn a_small_snapshot_renders_exactly() {
+        // A leaked connection and, on another (healthy) connection of the same host, a leaked
+        // HTTP/2 stream among its 4 open ones.
         let snapshot = snapshot(
-            vec![host("10.0.0.12", 3, (1, 0, 0), 2, 5)],
-            vec![leak("10.0.0.12", 40001, LeakReason::CloseWait, 15.9)],
+            vec![with_streams(host("10.0.0.12", 3, (1, 1, 0), 2, 5), 4, 1)],
+            vec![
+                leak("10.0.0.12", 40001, LeakReason::CloseWait, 15.9),
+                stream_leak("10.0.0.12", 40002, 7, LeakReason::Unread, 95.0),
+            ],
         );
         let text = PrometheusExporter::default()
             .render(&snapshot, &HEALTH)
@@ -598,22 +680,29 @@ tracer_tracked_sockets 8
 # HELP tracer_upstream_connections_closed_unread_total Upstream connections the process closed before reading the response to its end.
 # TYPE tracer_upstream_connections_closed_unread_total counter
 tracer_upstream_connections_closed_unread_total{host="10.0.0.12",provider="unknown"} 2
-# HELP tracer_upstream_connections_leaked Open upstream connections judged leaked, by reason (close_wait, unread, abandoned).
+# HELP tracer_upstream_connections_leaked Open upstream connections and HTTP/2 streams judged leaked, by kind (connection, h2_stream) and reason (close_wait, unread, abandoned).
 # TYPE tracer_upstream_connections_leaked gauge
-tracer_upstream_connections_leaked{host="10.0.0.12",provider="unknown",reason="abandoned"} 0
-tracer_upstream_connections_leaked{host="10.0.0.12",provider="unknown",reason="close_wait"} 1
-tracer_upstream_connections_leaked{host="10.0.0.12",provider="unknown",reason="unread"} 0
+tracer_upstream_connections_leaked{host="10.0.0.12",kind="connection",provider="unknown",reason="abandoned"} 0
+tracer_upstream_connections_leaked{host="10.0.0.12",kind="connection",provider="unknown",reason="close_wait"} 1
+tracer_upstream_connections_leaked{host="10.0.0.12",kind="connection",provider="unknown",reason="unread"} 0
+tracer_upstream_connections_leaked{host="10.0.0.12",kind="h2_stream",provider="unknown",reason="abandoned"} 0
+tracer_upstream_connections_leaked{host="10.0.0.12",kind="h2_stream",provider="unknown",reason="unread"} 1
 # HELP tracer_upstream_connections_open Open upstream connections of the traced processes.
 # TYPE tracer_upstream_connections_open gauge
 tracer_upstream_connections_open{host="10.0.0.12",provider="unknown"} 3
 # HELP tracer_upstream_connections_opened_total Upstream connections seen in the session: opened, or open when tracing started.
 # TYPE tracer_upstream_connections_opened_total counter
 tracer_upstream_connections_opened_total{host="10.0.0.12",provider="unknown"} 5
-# HELP tracer_upstream_leaks_detected_total Upstream connections that became leaked, each counted once, by first reason.
+# HELP tracer_upstream_h2_streams_open Open HTTP/2 streams on the upstream connections (0 unless the Go-aware probes are on).
+# TYPE tracer_upstream_h2_streams_open gauge
+tracer_upstream_h2_streams_open{host="10.0.0.12",provider="unknown"} 4
+# HELP tracer_upstream_leaks_detected_total Upstream connections and HTTP/2 streams that became leaked, each counted once, by kind and first reason.
 # TYPE tracer_upstream_leaks_detected_total counter
-tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason="abandoned"} 0
-tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason="close_wait"} 1
-tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason="unread"} 0
+tracer_upstream_leaks_detected_total{host="10.0.0.12",kind="connection",provider="unknown",reason="abandoned"} 0
+tracer_upstream_leaks_detected_total{host="10.0.0.12",kind="connection",provider="unknown",reason="close_wait"} 1
+tracer_upstream_leaks_detected_total{host="10.0.0.12",kind="connection",provider="unknown",reason="unread"} 0
+tracer_upstream_leaks_detected_total{host="10.0.0.12",kind="h2_stream",provider="unknown",reason="abandoned"} 0
+tracer_upstream_leaks_detected_total{host="10.0.0.12",kind="h2_stream",provider="unknown",reason="unread"} 1
 "#;
         assert_eq!(text, expected.replace("0.1.0", env!("CARGO_PKG_VERSION")));
     }
@@ -673,14 +762,14 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
         let leaked = samples(&text, "tracer_upstream_connections_leaked");
         assert_eq!(
             leaked.len(),
-            4 * 3,
-            "three reasons for each of three hosts and other"
+            4 * 5,
+            "three reasons of connections and two of streams, for each of three hosts and other"
         );
         let series = |host: &str, reason: &str| {
             value(
                 &text,
                 &format!(
-                    r#"tracer_upstream_connections_leaked{{host="{host}",provider="unknown",reason="{reason}"}}"#
+                    r#"tracer_upstream_connections_leaked{{host="{host}",kind="connection",provider="unknown",reason="{reason}"}}"#
                 ),
             )
         };
@@ -769,7 +858,7 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
             value(
                 text,
                 &format!(
-                    r#"tracer_upstream_leaks_detected_total{{host="10.0.0.12",provider="unknown",reason="{reason}"}}"#
+                    r#"tracer_upstream_leaks_detected_total{{host="10.0.0.12",kind="connection",provider="unknown",reason="{reason}"}}"#
                 ),
             )
         };
@@ -827,9 +916,155 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
         assert_eq!(
             value(
                 &text,
-                r#"tracer_upstream_connections_leaked{host="10.0.0.12",provider="unknown",reason="close_wait"}"#
+                r#"tracer_upstream_connections_leaked{host="10.0.0.12",kind="connection",provider="unknown",reason="close_wait"}"#
             ),
             0.0
+        );
+    }
+
+    #[test]
+    fn leaks_are_split_by_kind_and_add_up_to_each_hosts_leaked() {
+        // .12: one close_wait connection, one abandoned connection and two unread streams;
+        // .13 and .14 fall outside the top 1 and add up under "other".
+        let snapshot = snapshot(
+            vec![
+                with_streams(host("10.0.0.12", 3, (1, 2, 1), 0, 3), 9, 2),
+                with_streams(host("10.0.0.13", 1, (0, 0, 1), 0, 1), 2, 1),
+                with_streams(host("10.0.0.14", 1, (0, 1, 0), 0, 1), 1, 0),
+            ],
+            vec![
+                leak("10.0.0.12", 40001, LeakReason::CloseWait, 20.0),
+                leak("10.0.0.12", 40002, LeakReason::Abandoned, 20.0),
+                stream_leak("10.0.0.12", 40003, 3, LeakReason::Unread, 20.0),
+                stream_leak("10.0.0.12", 40003, 5, LeakReason::Unread, 20.0),
+                stream_leak("10.0.0.13", 40004, 1, LeakReason::Abandoned, 20.0),
+                leak("10.0.0.14", 40005, LeakReason::Unread, 20.0),
+            ],
+        );
+        let text = PrometheusExporter::new(1)
+            .render(&snapshot, &HEALTH)
+            .expect("renders");
+        let leaked = |host: &str, kind: &str, reason: &str| {
+            value(
+                &text,
+                &format!(
+                    r#"tracer_upstream_connections_leaked{{host="{host}",kind="{kind}",provider="unknown",reason="{reason}"}}"#
+                ),
+            )
+        };
+        assert_eq!(
+            [
+                leaked("10.0.0.12", "connection", "close_wait"),
+                leaked("10.0.0.12", "connection", "unread"),
+                leaked("10.0.0.12", "connection", "abandoned"),
+                leaked("10.0.0.12", "h2_stream", "unread"),
+                leaked("10.0.0.12", "h2_stream", "abandoned"),
+            ],
+            [1.0, 0.0, 1.0, 2.0, 0.0]
+        );
+        assert_eq!(
+            [
+                leaked("other", "connection", "unread"),
+                leaked("other", "connection", "abandoned"),
+                leaked("other", "h2_stream", "abandoned"),
+            ],
+            [1.0, 0.0, 1.0]
+        );
+        // A stream never leaks by close_wait: no series that is always zero.
+        assert!(
+            !text.contains(r#"kind="h2_stream",provider="unknown",reason="close_wait""#),
+            "{text}"
+        );
+        assert_eq!(
+            samples(&text, "tracer_upstream_connections_leaked").len(),
+            2 * 5
+        );
+        // Without kind, the series add up to each host's leaked, as in JSON and CSV.
+        let sum_of = |host: &str| -> f64 {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with(&format!(
+                        r#"tracer_upstream_connections_leaked{{host="{host}","#
+                    ))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        assert_eq!((sum_of("10.0.0.12"), sum_of("other")), (4.0, 2.0));
+        assert_eq!(
+            samples(&text, "tracer_upstream_h2_streams_open"),
+            vec![
+                r#"tracer_upstream_h2_streams_open{host="10.0.0.12",provider="unknown"} 9"#,
+                r#"tracer_upstream_h2_streams_open{host="other",provider="unknown"} 3"#,
+            ]
+        );
+        let detected = |host: &str, kind: &str, reason: &str| {
+            value(
+                &text,
+                &format!(
+                    r#"tracer_upstream_leaks_detected_total{{host="{host}",kind="{kind}",provider="unknown",reason="{reason}"}}"#
+                ),
+            )
+        };
+        assert_eq!(
+            [
+                detected("10.0.0.12", "connection", "close_wait"),
+                detected("10.0.0.12", "connection", "abandoned"),
+                detected("10.0.0.12", "h2_stream", "unread"),
+                detected("other", "h2_stream", "abandoned"),
+                detected("other", "connection", "unread"),
+            ],
+            [1.0, 1.0, 2.0, 1.0, 1.0]
+        );
+    }
+
+    #[test]
+    fn each_leaked_stream_is_counted_once_and_apart_from_its_connection() {
+        let detected = |text: &str, kind: &str, reason: &str| {
+            value(
+                text,
+                &format!(
+                    r#"tracer_upstream_leaks_detected_total{{host="10.0.0.12",kind="{kind}",provider="unknown",reason="{reason}"}}"#
+                ),
+            )
+        };
+        let at = |leaks: Vec<Leak>| {
+            let streams = leaks
+                .iter()
+                .filter(|l| l.kind == LeakKind::H2Stream)
+                .count() as u64;
+            let total = leaks.len() as u64;
+            let unread = leaks
+                .iter()
+                .filter(|l| l.reason == LeakReason::Unread)
+                .count() as u64;
+            let host = with_streams(
+                host("10.0.0.12", 1, (0, unread, total - unread), 0, 1),
+                4,
+                streams,
+            );
+            snapshot(vec![host], leaks)
+        };
+        // Streams 3 and 5 of one connection are two leaks; the same stream seen again is not
+        // a new one.
+        let s3 = |age| stream_leak("10.0.0.12", 40001, 3, LeakReason::Unread, age);
+        let s5 = |age| stream_leak("10.0.0.12", 40001, 5, LeakReason::Unread, age);
+        let mut exporter = PrometheusExporter::default();
+        let mut render = |s: Snapshot| exporter.render(&s, &HEALTH).expect("renders");
+        let text = render(at(vec![s3(10.0), s5(10.0)]));
+        assert_eq!(detected(&text, "h2_stream", "unread"), 2.0);
+        let text = render(at(vec![s3(12.0), s5(12.0)]));
+        assert_eq!(detected(&text, "h2_stream", "unread"), 2.0);
+        // The connection that carries them leaks too (it stopped being read): a leak of its
+        // own kind, counted apart.
+        let conn = leak("10.0.0.12", 40001, LeakReason::Abandoned, 30.0);
+        let text = render(at(vec![s3(14.0), s5(14.0), conn]));
+        assert_eq!(
+            (
+                detected(&text, "h2_stream", "unread"),
+                detected(&text, "connection", "abandoned")
+            ),
+            (2.0, 1.0)
         );
     }
 
@@ -926,7 +1161,7 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
         assert_eq!(
             value(
                 &text,
-                r#"tracer_upstream_leaks_detected_total{host="other",provider="unknown",reason="unread"}"#
+                r#"tracer_upstream_leaks_detected_total{host="other",kind="connection",provider="unknown",reason="unread"}"#
             ),
             3.0
         );
@@ -980,6 +1215,12 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
         snapshot
             .leaks
             .push(leak("2001:db8::7", 40009, LeakReason::Abandoned, 31.0));
+        snapshot
+            .hosts
+            .push(with_streams(host("10.0.0.23", 1, (0, 1, 0), 0, 1), 3, 1));
+        snapshot
+            .leaks
+            .push(stream_leak("10.0.0.23", 40010, 9, LeakReason::Unread, 40.0));
         let health = Health {
             process: Some(ProcessStats {
                 cpu_seconds: 0.75,
@@ -1126,9 +1367,28 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",provider="unknown",reason=
             .filter_map(|l| l.split(' ').next())
             .map(str::to_string)
             .collect();
+        let kinds: Vec<&str> = LeakKind::ALL.iter().map(|k| k.as_str()).collect();
         for file in ["monitoring/alerts.yml", "monitoring/grafana-dashboard.json"] {
             let text = std::fs::read_to_string(repo_file(file))
                 .unwrap_or_else(|e| panic!("cannot read {file}: {e}"));
+            // Every kind they select on is one we label leaks with (JSON escapes the quotes).
+            let selected: Vec<String> = text
+                .split("kind=")
+                .skip(1)
+                .map(|rest| {
+                    rest.trim_start_matches(['\\', '"'])
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect()
+                })
+                .collect();
+            assert!(
+                selected.iter().any(|k| k == "h2_stream"),
+                "{file} selects no h2_stream leaks"
+            );
+            for kind in selected {
+                assert!(kinds.contains(&kind.as_str()), "{file} selects kind={kind}");
+            }
             let queried = queried_metrics(&text);
             assert!(!queried.is_empty(), "{file} queries no tracer_ metric");
             for name in queried {

@@ -81,6 +81,38 @@ pub fn leak(host: &str, port: u16, reason: LeakReason, age_s: f64) -> Leak {
     }
 }
 
+/// `host` with `open_streams` HTTP/2 streams open, of which `h2_leaks` of its leaks are.
+pub fn with_streams(host: HostSummary, open_streams: u64, h2_leaks: u64) -> HostSummary {
+    assert!(h2_leaks <= host.leaked, "more leaked streams than leaks");
+    let mut by_kind = ByKind::connections(host.leaked - h2_leaks);
+    for _ in 0..h2_leaks {
+        by_kind.add(LeakKind::H2Stream);
+    }
+    HostSummary {
+        open_streams,
+        by_kind,
+        ..host
+    }
+}
+
+/// A leaked HTTP/2 stream `stream_id` on the connection from local port `port` to `host`:443,
+/// which is itself healthy.
+pub fn stream_leak(host: &str, port: u16, stream_id: u32, reason: LeakReason, age_s: f64) -> Leak {
+    let read = if reason == LeakReason::Unread { 0 } else { 3 };
+    Leak {
+        kind: LeakKind::H2Stream,
+        stream_id: Some(stream_id),
+        state: "ESTABLISHED",
+        unread_bytes: 0,
+        recv_q: 0,
+        bytes_read: read * 4096,
+        buffered_bytes: Some(4 << 20),
+        reads: read,
+        last_read_ret: None,
+        ..leak(host, port, reason, age_s)
+    }
+}
+
 /// A snapshot of `PID` with these hosts and leaks; totals summed from the hosts.
 pub fn snapshot(hosts: Vec<HostSummary>, leaks: Vec<Leak>) -> Snapshot {
     Snapshot {

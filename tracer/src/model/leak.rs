@@ -76,6 +76,16 @@ impl LeakKind {
             Self::H2Stream => "h2_stream",
         }
     }
+
+    /// The reasons a leak of this kind can have: a stream has no CLOSE_WAIT of its own (the
+    /// peer's END_STREAM ends it; `classify::judge_stream` says only unread or abandoned).
+    /// Outputs that list every (kind, reason) pair list these, so no series is always zero.
+    pub fn reasons(self) -> &'static [LeakReason] {
+        match self {
+            Self::Connection => &LeakReason::ALL,
+            Self::H2Stream => &[LeakReason::Unread, LeakReason::Abandoned],
+        }
+    }
 }
 
 /// Leaks counted per kind; serialised as `{"connection": N, "h2_stream": N}`.

@@ -607,6 +607,13 @@ mod tests {
                 origin: Origin::Traced,
             }]
         );
+        // A connection has no stream buffer: the field is left out of its JSON.
+        let json = serde_json::to_value(&snapshot.leaks[0]).expect("serialises");
+        assert!(json.get("buffered_bytes").is_none(), "{json}");
+        let mut stream = snapshot.leaks[0].clone();
+        stream.buffered_bytes = Some(4 << 20);
+        let json = serde_json::to_value(&stream).expect("serialises");
+        assert_eq!(json["buffered_bytes"], 4 << 20);
         assert_eq!(snapshot.hosts[0].oldest_leak_age_s, Some(11.346));
     }
 

@@ -147,6 +147,29 @@ impl StreamTable {
 }
 
 impl H2Stream {
+    /// A stream whose response came at `responded_ns` (if any) and of whose 4 MiB buffered
+    /// body nothing was read (tests elsewhere build on it).
+    #[cfg(test)]
+    pub fn for_test(stream_id: u32, opened_ns: u64, responded_ns: Option<u64>) -> Self {
+        H2Stream {
+            pid: 7,
+            stream: 0xc000_1000 + u64::from(stream_id),
+            conn: 0xc000_0100,
+            fd: Some(9),
+            stream_id: Some(stream_id),
+            opened_ns,
+            responded_ns,
+            response: responded_ns.map_or(0, |_| 0xc000_2000),
+            buffered_bytes: Some(4 << 20),
+            bytes_read: Some(0),
+            read_seen: false,
+            last_read_ns: None,
+            body_closed: false,
+            body_done: false,
+            last: StreamSample::default(),
+        }
+    }
+
     fn update(&mut self, sample: &StreamSample) {
         self.conn = sample.conn;
         self.fd = sample.fd.or(self.fd);

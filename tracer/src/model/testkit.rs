@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use super::{
-    tcp_state, ConnTable, Input, KernelConn, KernelEvent, KernelEventKind, KernelStats, RecvQ,
-    Sample, SocketSample, Target,
+    tcp_state, ConnTable, GoLayer, Input, KernelConn, KernelEvent, KernelEventKind, KernelStats,
+    RecvQ, Sample, SocketSample, StreamSample, Target,
 };
 
 pub const SEC: u64 = 1_000_000_000;
@@ -147,6 +147,44 @@ pub fn targets(pids: &[u32]) -> Input {
             })
             .collect(),
     )
+}
+
+/// The Go-aware layer attached to `PID`: from then on each sample's streams are all its open
+/// streams.
+pub fn go_layer_attached() -> Input {
+    Input::GoLayer(GoLayer {
+        pid: PID,
+        attached: true,
+        line: "Go layer: go1.27.3 (stripped, static, non-PIE)".into(),
+    })
+}
+
+/// `PID`'s HTTP/2 stream at address `stream` as a sample reads it from the relay: on the
+/// connection whose socket is `fd`, its response headers in (or not), `arrived` body bytes
+/// received of a response of unknown length, `read` of them read by the relay.
+pub fn stream_sample(
+    stream: u64,
+    stream_id: u32,
+    fd: Option<i32>,
+    responded: bool,
+    (arrived, read): (u64, u64),
+) -> StreamSample {
+    StreamSample {
+        pid: PID,
+        stream,
+        conn: 0xc0c0_0000,
+        fd,
+        stream_id,
+        response: if responded { 0xd000_0000 + stream } else { 0 },
+        buffered_bytes: Some(arrived.saturating_sub(read)),
+        first_chunk_read: 0,
+        expected: -1 - arrived as i64,
+        unsent: 0,
+        bytes_remain: -1,
+        content_length: responded.then_some(-1),
+        body_done: false,
+        body_closed: false,
+    }
 }
 
 /// A table tracing `PID` that has seen `inputs`, in order.

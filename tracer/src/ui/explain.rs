@@ -1,6 +1,7 @@
-//! Plain words for one connection: what happened to it (its timeline) and why it is judged
-//! leaked or not, with the code pattern that usually causes each kind of leak. The judgement
-//! itself is the model's (`ConnRow::verdict`); this only puts its reasons into sentences.
+//! Plain words for one connection or HTTP/2 stream: what happened to it (a connection's
+//! timeline) and why it is judged leaked or not, with the code pattern that usually causes
+//! each kind of leak. The judgement itself is the model's (`ConnRow::verdict`,
+//! `StreamRow::verdict`); this only puts its reasons into sentences.
 
 use crate::model::{
     classify::{Graces, LeakReason},
@@ -9,7 +10,10 @@ use crate::model::{
     tcp_state,
 };
 
-use super::{units, view::ConnRow};
+use super::{
+    units,
+    view::{ConnRow, StreamRow},
+};
 
 /// Why a connection is (not) leaked, for people.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +92,148 @@ pub fn explain(row: &ConnRow, now_ns: u64, graces: &Graces) -> Explanation {
             ),
         },
         None => not_leaked(c, now_ns, graces),
+    }
+}
+
+/// Over HTTP/2, what an unclosed body keeps, and where to look (every stream leak says it).
+const STREAM_LEAK_CAUSE: &str = "Over HTTP/2 an unclosed body keeps the stream (its goroutine and \
+     buffer), not the connection: look for a response whose Body is neither read to EOF nor closed.";
+
+/// "Stream 7", or what is known of a stream without an id yet.
+fn stream_name(s: &StreamRow) -> String {
+    match s.stream.stream_id {
+        Some(id) => format!("HTTP/2 stream {id}"),
+        None => "An HTTP/2 stream".to_owned(),
+    }
+}
+
+/// What waits in Go's buffer for the stream, as the end of a sentence.
+fn buffered(s: &StreamRow) -> String {
+    match s.buffered_bytes {
+        Some(0) => "; nothing waits in Go's stream buffer".to_owned(),
+        Some(n) => format!("; {} sit in Go's stream buffer", units::bytes(n)),
+        // Not measured: say what it can hold.
+        None => "; what the upstream sent of the body waits in Go's stream buffer (up to the \
+                 stream's 4 MiB window)"
+            .to_owned(),
+    }
+}
+
+/// Why an HTTP/2 stream is (not) leaked, for people.
+pub fn explain_stream(s: &StreamRow, now_ns: u64, graces: &Graces) -> Explanation {
+    let st = &s.stream;
+    let ago = |t: u64| units::span(now_ns.saturating_sub(t));
+    let name = stream_name(s);
+    let on = format!("{name} on {}", s.host);
+    match s.verdict {
+        Some(LeakReason::Unread) => Explanation {
+            verdict: "LEAKED (unread)".into(),
+            why: format!(
+                "{on}: the response headers arrived {} ago and the relay has not read one byte of \
+                 the body since (unread grace {}){}.",
+                st.responded_ns.map_or_else(|| "a while".to_owned(), ago),
+                units::grace(graces.unread),
+                buffered(s)
+            ),
+            cause: Some(format!(
+                "{STREAM_LEAK_CAUSE} Often it is an early return after checking the status or headers \
+                 (or a response stored for later) without `resp.Body.Close()`."
+            )),
+        },
+        Some(LeakReason::Abandoned) => Explanation {
+            verdict: "LEAKED (abandoned)".into(),
+            why: format!(
+                "{on}: the relay read {} of the body, the last read seen {} ago, and nothing has \
+                 read it since (abandon grace {}){}.",
+                read_amount(st),
+                ago(st.last_activity_ns()),
+                units::grace(graces.abandon),
+                buffered(s)
+            ),
+            cause: Some(format!(
+                "{STREAM_LEAK_CAUSE} Often it is a loop over a streamed (SSE) body that breaks or \
+                 returns early (client gone, error, end marker) without `resp.Body.Close()`."
+            )),
+        },
+        // No other reason applies to a stream (`LeakKind::reasons`); said plainly if one does.
+        Some(reason) => Explanation {
+            verdict: format!("LEAKED ({})", reason.as_str()),
+            why: format!("{on}: {}.", reason.summary()),
+            cause: Some(STREAM_LEAK_CAUSE.to_owned()),
+        },
+        None => stream_not_leaked(s, &on, now_ns, graces),
+    }
+}
+
+/// "64.0 KiB" when the bytes read add up, else "some".
+fn read_amount(st: &crate::model::stream::H2Stream) -> String {
+    st.bytes_read
+        .map_or_else(|| "some".to_owned(), units::bytes)
+}
+
+fn stream_not_leaked(s: &StreamRow, on: &str, now_ns: u64, graces: &Graces) -> Explanation {
+    let st = &s.stream;
+    let ago = |t: u64| units::span(now_ns.saturating_sub(t));
+    let left = |since: u64, grace: std::time::Duration| {
+        let deadline = since.saturating_add(u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX));
+        units::span(deadline.saturating_sub(now_ns))
+    };
+    let (verdict, why) = match st.responded_ns {
+        _ if st.body_closed => (
+            "healthy",
+            format!(
+                "{on}: its body was closed, so the stream ends (Go resets it if the body was not \
+                 read to its end): not a leak."
+            ),
+        ),
+        Some(_) if st.body_done => (
+            "healthy",
+            format!(
+                "{on}: the whole body arrived (the upstream ended the stream), so the stream \
+                 ends, read or not: not a leak."
+            ),
+        ),
+        None => (
+            "healthy",
+            format!(
+                "{on}: the request went out {} ago and the response headers have not arrived: \
+                 waiting for them is not a leak (a completion can take minutes).",
+                ago(st.opened_ns)
+            ),
+        ),
+        Some(_) if st.buffered_bytes.unwrap_or(0) == 0 => (
+            "healthy",
+            format!(
+                "{on}: nothing of its body waits to be read (the relay keeps up with it, or the \
+                 upstream is between events): not a leak."
+            ),
+        ),
+        Some(responded) if !st.read_seen => (
+            "not leaked yet",
+            format!(
+                "{on}: the response headers arrived {} ago and no byte of the body has been read; \
+                 with no read {} from now it is an unread leak (grace {}).",
+                ago(responded),
+                left(responded, graces.unread),
+                units::grace(graces.unread)
+            ),
+        ),
+        Some(_) => (
+            "not leaked yet",
+            format!(
+                "{on}: the relay read {} of the body, the last read seen {} ago; with no read {} \
+                 from now it is an abandoned leak (grace {}).",
+                read_amount(st),
+                ago(st.last_activity_ns()),
+                left(st.last_activity_ns(), graces.abandon),
+                units::grace(graces.abandon)
+            ),
+        ),
+    };
+    Explanation {
+        verdict: verdict.into(),
+        why,
+        cause: None,
     }
 }
 
@@ -246,6 +392,7 @@ mod tests {
             host: conn.remote.ip().to_string(),
             conn,
             verdict,
+            streams: vec![],
         }
     }
 
@@ -350,6 +497,120 @@ mod tests {
         assert!(timeline(&found_closed)[1]
             .what
             .starts_with("already in CLOSE_WAIT"));
+    }
+
+    fn stream(responded_ns: Option<u64>) -> StreamRow {
+        let stream = crate::model::stream::H2Stream::for_test(7, SEC, responded_ns);
+        let verdict = crate::model::classify::judge_stream(&stream, 100 * SEC, &Graces::default());
+        StreamRow {
+            host: "api.openai.com".into(),
+            stream,
+            verdict,
+            buffered_bytes: None,
+        }
+    }
+
+    /// `s` with its verdict judged again at `now`.
+    fn judged(mut s: StreamRow, now: u64, g: &Graces) -> StreamRow {
+        s.verdict = crate::model::classify::judge_stream(&s.stream, now, g);
+        s
+    }
+
+    #[test]
+    fn a_stream_never_read_says_how_long_and_what_it_holds() {
+        let g = Graces::default();
+        let mut s = judged(stream(Some(5 * SEC)), 100 * SEC, &g);
+        s.buffered_bytes = Some(4 << 20);
+        let e = explain_stream(&s, 100 * SEC, &g);
+        assert_eq!(e.verdict, "LEAKED (unread)");
+        assert_eq!(
+            e.why,
+            "HTTP/2 stream 7 on api.openai.com: the response headers arrived 1m35s ago and the relay \
+             has not read one byte of the body since (unread grace 10s); 4.0 MiB sit in Go's stream \
+             buffer."
+        );
+        assert!(
+            e.cause.as_deref().is_some_and(|c| {
+                c.starts_with(
+                "Over HTTP/2 an unclosed body keeps the stream (its goroutine and buffer), not the \
+                 connection: look for a response whose Body is neither read to EOF nor closed."
+            )
+            }),
+            "{:?}",
+            e.cause
+        );
+        // Unmeasured, it says what the buffer can hold.
+        s.buffered_bytes = None;
+        assert!(explain_stream(&s, 100 * SEC, &g)
+            .why
+            .ends_with("waits in Go's stream buffer (up to the stream's 4 MiB window)."));
+        // Inside the grace: how long until it would be one.
+        let s = judged(stream(Some(95 * SEC)), 100 * SEC, &g);
+        let e = explain_stream(&s, 100 * SEC, &g);
+        assert_eq!((e.verdict.as_str(), e.cause), ("not leaked yet", None));
+        assert!(
+            e.why.contains("5.0s from now it is an unread leak"),
+            "{}",
+            e.why
+        );
+    }
+
+    #[test]
+    fn a_stream_read_in_part_then_dropped_is_abandoned() {
+        let g = Graces::default();
+        let mut s = stream(Some(5 * SEC));
+        s.stream.read_seen = true;
+        s.stream.bytes_read = Some(12_288);
+        s.stream.last_read_ns = Some(40 * SEC);
+        let s = judged(s, 100 * SEC, &g);
+        let e = explain_stream(&s, 100 * SEC, &g);
+        assert_eq!(e.verdict, "LEAKED (abandoned)");
+        assert!(
+            e.why.starts_with(
+                "HTTP/2 stream 7 on api.openai.com: the relay read 12.0 KiB of the body, the last \
+                 read seen 1m00s ago, and nothing has read it since (abandon grace 30s)"
+            ),
+            "{}",
+            e.why
+        );
+        assert!(e.cause.as_deref().is_some_and(|c| c.contains("SSE")));
+    }
+
+    #[test]
+    fn healthy_streams_say_why_they_are_fine() {
+        let g = Graces::default();
+        let waiting = judged(stream(None), 600 * SEC, &g);
+        let e = explain_stream(&waiting, 600 * SEC, &g);
+        assert_eq!(e.verdict, "healthy");
+        assert!(
+            e.why.contains("response headers have not arrived"),
+            "{}",
+            e.why
+        );
+        let mut reading = stream(Some(5 * SEC));
+        reading.stream.read_seen = true;
+        reading.stream.last_read_ns = Some(6 * SEC);
+        reading.stream.buffered_bytes = Some(0);
+        let reading = judged(reading, 600 * SEC, &g);
+        assert!(explain_stream(&reading, 600 * SEC, &g)
+            .why
+            .contains("nothing of its body waits to be read"));
+        let mut closed = stream(Some(5 * SEC));
+        closed.stream.body_closed = true;
+        let closed = judged(closed, 600 * SEC, &g);
+        let e = explain_stream(&closed, 600 * SEC, &g);
+        assert_eq!(e.verdict, "healthy");
+        assert!(
+            e.why.contains("its body was closed, so the stream ends"),
+            "{}",
+            e.why
+        );
+        let mut ended = stream(Some(5 * SEC));
+        ended.stream.body_done = true;
+        let ended = judged(ended, 600 * SEC, &g);
+        assert!(explain_stream(&ended, 600 * SEC, &g)
+            .why
+            .contains("the whole body arrived"));
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! The headless table: per-host counts and the leaked connections, redrawn in place on a
-//! terminal, appended as blocks otherwise (logs, pipes).
+//! The headless table: per-host counts and the leaks (connections, and HTTP/2 streams with
+//! their stream id), redrawn in place on a terminal, appended as blocks otherwise (logs,
+//! pipes).
 
 use std::io::{IsTerminal, Write};
 
-use crate::model::{Graces, LeakReason, Snapshot};
+use crate::model::{leak::LeakKind, Graces, LeakReason, Snapshot};
 
 pub struct PlainTable<W: Write> {
     out: W,
@@ -108,16 +109,25 @@ pub fn render(snapshot: &Snapshot, graces: &Graces) -> String {
     }
     if !snapshot.leaks.is_empty() {
         s.push_str(&format!(
-            "\n{:<8} {:>5} {:<23} {:<23} {:<12} {:<11} {:>8} {:>8} {:>9}\n",
-            "PID", "FD", "LOCAL", "REMOTE", "REASON", "STATE", "AGE", "IDLE", "UNREAD"
+            "\n{:<8} {:>5} {:<23} {:<23} {:>6} {:<12} {:<11} {:>8} {:>8} {:>9}\n",
+            "PID", "FD", "LOCAL", "REMOTE", "STREAM", "REASON", "STATE", "AGE", "IDLE", "UNREAD"
         ));
         for l in snapshot.leaks.iter().take(MAX_LEAK_ROWS) {
+            // A leaked HTTP/2 stream names its stream; its connection (the other columns)
+            // is healthy.
+            let stream = match l.kind {
+                LeakKind::Connection => "–".to_owned(),
+                LeakKind::H2Stream => l
+                    .stream_id
+                    .map_or_else(|| "?".to_owned(), |id| id.to_string()),
+            };
             s.push_str(&format!(
-                "{:<8} {:>5} {:<23} {:<23} {:<12} {:<11} {:>7.1}s {:>7.1}s {:>9}\n",
+                "{:<8} {:>5} {:<23} {:<23} {:>6} {:<12} {:<11} {:>7.1}s {:>7.1}s {:>9}\n",
                 l.pid,
                 l.fd.map_or_else(|| "?".to_owned(), |fd| fd.to_string()),
                 trunc(&l.local.to_string(), 23),
                 trunc(&l.remote.to_string(), 23),
+                stream,
                 l.reason.as_str(),
                 l.state,
                 l.age_s,
@@ -127,10 +137,48 @@ pub fn render(snapshot: &Snapshot, graces: &Graces) -> String {
         }
         if snapshot.leaks.len() > MAX_LEAK_ROWS {
             s.push_str(&format!(
-                "… and {} more leaked connections\n",
+                "… and {} more leaks\n",
                 snapshot.leaks.len() - MAX_LEAK_ROWS
             ));
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        leak::LeakKind,
+        testkit::{go_layer_attached, stream_sample, table_after, SEC},
+        Input, Sample,
+    };
+
+    #[test]
+    fn a_leaked_stream_is_listed_with_its_stream_id() {
+        let table = table_after([
+            go_layer_attached(),
+            Input::Sample(Sample {
+                now_ns: 3 * SEC,
+                streams: vec![stream_sample(1, 7, None, true, (4096, 0))],
+                ..Sample::default()
+            }),
+        ]);
+        let graces = Graces::default();
+        let snapshot = Snapshot::take(&table, 60 * SEC, &graces);
+        assert_eq!(snapshot.leaks[0].kind, LeakKind::H2Stream);
+        let text = render(&snapshot, &graces);
+        let header = text
+            .lines()
+            .find(|l| l.starts_with("PID"))
+            .expect("a leak list");
+        let row: Vec<&str> = text
+            .lines()
+            .find(|l| l.starts_with("7 "))
+            .expect("the leak")
+            .split_whitespace()
+            .collect();
+        assert!(header.contains("STREAM REASON"), "{text}");
+        assert_eq!(row[4..6], ["7", "unread"], "{text}");
+    }
 }

@@ -12,7 +12,8 @@ pub enum Page {
     Hosts,
     /// The open connections of the selected host.
     Connections,
-    /// One connection: its timeline and why it is (not) judged leaked.
+    /// One connection: its timeline and why it is (not) judged leaked, its HTTP/2 streams
+    /// and why the selected one is (not) leaked.
     Detail,
     /// Leaked connections over time for the top hosts.
     Trend,
@@ -126,6 +127,14 @@ impl ReasonFilter {
     }
 }
 
+/// One HTTP/2 stream of a target: its process and the client stream's address there (what
+/// the probes key it by; stream ids are only unique per connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StreamKey {
+    pub pid: u32,
+    pub stream: u64,
+}
+
 /// What the loop must do after a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -145,6 +154,8 @@ pub struct Listed {
     pub hosts: Vec<String>,
     /// The connections of the selected host (when a host is selected).
     pub conns: Vec<ConnId>,
+    /// The HTTP/2 streams of the selected connection (on its detail page).
+    pub streams: Vec<StreamKey>,
 }
 
 /// How far PageUp/PageDown move.
@@ -165,6 +176,8 @@ pub struct UiState {
     /// Selections are by identity, so they stay on the same row when rows reorder.
     pub selected_host: Option<String>,
     pub selected_conn: Option<ConnId>,
+    /// The stream explained on the detail page (its connection's worst when None).
+    pub selected_stream: Option<StreamKey>,
     /// One line for the footer (an exported file's path, an error), until the next key.
     pub message: Option<String>,
 }
@@ -208,6 +221,7 @@ impl UiState {
             reason_filter: ReasonFilter::All,
             selected_host: None,
             selected_conn: None,
+            selected_stream: None,
             message: None,
         }
     }
@@ -310,6 +324,9 @@ impl UiState {
             Page::Connections => {
                 self.selected_conn = moved(self.selected_conn.as_ref(), &listed.conns, delta)
             }
+            Page::Detail if !listed.streams.is_empty() => {
+                self.selected_stream = moved(self.selected_stream.as_ref(), &listed.streams, delta)
+            }
             Page::Detail | Page::Trend => return Action::Nothing,
         }
         Action::Redraw
@@ -333,6 +350,8 @@ impl UiState {
                     return Action::Nothing;
                 };
                 self.selected_conn = Some(conn);
+                // Its worst stream first.
+                self.selected_stream = None;
                 self.page = Page::Detail;
             }
             Page::Detail | Page::Trend => return Action::Nothing,
@@ -409,6 +428,7 @@ mod tests {
                 "127.0.0.11".into(),
             ],
             conns: vec![conn(40001), conn(40002)],
+            streams: vec![],
         }
     }
 
@@ -454,7 +474,7 @@ mod tests {
         ui.on_key(key(KeyCode::Down), &listed());
         let reordered = Listed {
             hosts: vec!["127.0.0.13".into(), "127.0.0.12".into()],
-            conns: vec![],
+            ..Listed::default()
         };
         assert_eq!(
             effective(ui.selected_host.as_ref(), &reordered.hosts).map(String::as_str),
@@ -465,7 +485,7 @@ mod tests {
         // Gone from the list: the highlight falls back to the first row.
         let gone = Listed {
             hosts: vec!["127.0.0.11".into()],
-            conns: vec![],
+            ..Listed::default()
         };
         assert_eq!(
             effective(ui.selected_host.as_ref(), &gone.hosts).map(String::as_str),
@@ -512,6 +532,7 @@ mod tests {
         let other = Listed {
             hosts: l.hosts.clone(),
             conns: vec![conn(50001), conn(50002)],
+            streams: vec![],
         };
         assert_eq!(
             effective(ui.selected_conn.as_ref(), &other.conns),
@@ -526,6 +547,44 @@ mod tests {
             Action::Nothing
         );
         assert_eq!(empty.page, Page::Hosts);
+    }
+
+    #[test]
+    fn on_a_connections_detail_the_arrows_move_among_its_streams() {
+        let stream = |n: u64| StreamKey {
+            pid: 7,
+            stream: 0xc000_0000 + n,
+        };
+        let mut ui = UiState::new();
+        let mut l = listed();
+        ui.on_key(key(KeyCode::Enter), &l);
+        ui.on_key(key(KeyCode::Enter), &l);
+        assert_eq!((ui.page, ui.selected_stream), (Page::Detail, None));
+        l.streams = vec![stream(1), stream(2), stream(3)];
+        assert_eq!(
+            effective(ui.selected_stream.as_ref(), &l.streams),
+            Some(&stream(1)),
+            "the first listed (its worst) is explained"
+        );
+        ui.on_key(key(KeyCode::Down), &l);
+        ui.on_key(ch('j'), &l);
+        assert_eq!(ui.selected_stream, Some(stream(3)));
+        ui.on_key(ch('j'), &l);
+        assert_eq!(ui.selected_stream, Some(stream(3)), "stops at the end");
+        ui.on_key(key(KeyCode::Up), &l);
+        assert_eq!(ui.selected_stream, Some(stream(2)));
+        assert_eq!(ui.selected_conn, Some(conn(40001)), "the connection stays");
+        // Back and into another connection: its worst stream first again.
+        ui.on_key(key(KeyCode::Esc), &l);
+        ui.on_key(key(KeyCode::Down), &l);
+        ui.on_key(key(KeyCode::Enter), &l);
+        assert_eq!(
+            (ui.selected_conn.clone(), ui.selected_stream),
+            (Some(conn(40002)), None)
+        );
+        // A connection without streams: nothing to move.
+        l.streams.clear();
+        assert_eq!(ui.on_key(key(KeyCode::Down), &l), Action::Nothing);
     }
 
     #[test]

@@ -1,32 +1,81 @@
 //! The view-model: what one frame shows, taken from the model at one instant. The snapshot
-//! (per-host aggregates, as every output has them) plus each open connection with its verdict,
-//! which the connections and detail pages need. Built by reading the table; owned, so a paused
-//! screen keeps showing it while the model moves on.
+//! (per-host aggregates, as every output has them) plus each open connection with its verdict
+//! and its open HTTP/2 streams with theirs, which the connections and detail pages need. Built
+//! by reading the table; owned, so a paused screen keeps showing it while the model moves on.
+
+use std::collections::HashMap;
 
 use crate::model::{
-    classify::{judge, Graces, LeakReason},
-    snapshot::HostSummary,
+    classify::{judge, judge_stream, Graces, LeakReason},
+    snapshot::{HostSummary, UNKNOWN_CONNECTION_HOST},
+    stream::H2Stream,
     table::UpstreamConn,
     ConnId, ConnTable, Snapshot,
 };
 
 use super::{
-    state::{ConnSort, HostSort, ReasonFilter, UiState},
+    state::{ConnSort, HostSort, ReasonFilter, StreamKey, UiState},
     trend::Trend,
 };
 
-/// One open connection and its verdict at the view's instant.
+/// One open HTTP/2 stream and its verdict at the view's instant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamRow {
+    /// The host of its connection (`UNKNOWN_CONNECTION_HOST` when the probes could not follow
+    /// it to a connection the tracer holds).
+    pub host: String,
+    pub stream: H2Stream,
+    pub verdict: Option<LeakReason>,
+    /// Response bytes waiting in Go's buffer for it, when measured.
+    pub buffered_bytes: Option<u64>,
+}
+
+impl StreamRow {
+    pub fn key(&self) -> StreamKey {
+        StreamKey {
+            pid: self.stream.pid,
+            stream: self.stream.stream,
+        }
+    }
+}
+
+/// Leaked first, in reason order; then by stream id (the order they were opened).
+fn stream_order(a: &StreamRow, b: &StreamRow) -> std::cmp::Ordering {
+    let rank = |s: &StreamRow| s.verdict.map_or(LeakReason::ALL.len(), |r| r as usize);
+    rank(a)
+        .cmp(&rank(b))
+        .then(a.stream.stream_id.cmp(&b.stream.stream_id))
+        .then(a.stream.opened_ns.cmp(&b.stream.opened_ns))
+}
+
+/// One open connection and its verdict at the view's instant, with its open HTTP/2 streams.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConnRow {
     /// The host it belongs to, as the model names it (the snapshot's `host`).
     pub host: String,
     pub conn: UpstreamConn,
     pub verdict: Option<LeakReason>,
+    /// Its open HTTP/2 streams, leaked first (empty over HTTP/1.1, or with the probes off).
+    pub streams: Vec<StreamRow>,
 }
 
 impl ConnRow {
     pub fn id(&self) -> ConnId {
         self.conn.id()
+    }
+
+    /// Its streams judged leaked.
+    pub fn leaked_streams(&self) -> usize {
+        self.streams.iter().filter(|s| s.verdict.is_some()).count()
+    }
+
+    /// Whether the filter shows it: by its own verdict, or one of its streams'.
+    fn admitted_by(&self, filter: ReasonFilter) -> bool {
+        filter.admits(self.verdict)
+            || self
+                .streams
+                .iter()
+                .any(|s| filter.admits(s.verdict) && s.verdict.is_some())
     }
 }
 
@@ -36,6 +85,8 @@ pub struct View {
     pub snapshot: Snapshot,
     /// Every open connection, any host.
     pub conns: Vec<ConnRow>,
+    /// Open streams whose connection is not known (listed under `UNKNOWN_CONNECTION_HOST`).
+    pub orphan_streams: Vec<StreamRow>,
 }
 
 impl View {
@@ -48,13 +99,45 @@ impl View {
                 host: c.host.clone(),
                 conn: c.clone(),
                 verdict: judge(c, now_ns, graces),
+                streams: Vec::new(),
             })
             .collect();
         conns.sort_by_key(ConnRow::id);
+        // A stream's connection is the open one of its process with its fd, as the snapshot
+        // counts it.
+        let by_fd: HashMap<(u32, i32), usize> = conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| Some(((c.conn.pid, c.conn.fd?), i)))
+            .collect();
+        let mut orphan_streams = Vec::new();
+        for stream in table.streams().open() {
+            let conn = stream
+                .fd
+                .and_then(|fd| by_fd.get(&(stream.pid, fd)).copied());
+            let row = StreamRow {
+                host: conn.map_or_else(
+                    || UNKNOWN_CONNECTION_HOST.to_owned(),
+                    |i| conns[i].host.clone(),
+                ),
+                stream: stream.clone(),
+                verdict: judge_stream(stream, now_ns, graces),
+                buffered_bytes: stream.buffered_bytes,
+            };
+            match conn {
+                Some(i) => conns[i].streams.push(row),
+                None => orphan_streams.push(row),
+            }
+        }
+        for c in &mut conns {
+            c.streams.sort_by(stream_order);
+        }
+        orphan_streams.sort_by(stream_order);
         Self {
             now_ns,
             snapshot,
             conns,
+            orphan_streams,
         }
     }
 
@@ -111,13 +194,18 @@ impl View {
         let mut conns: Vec<&ConnRow> = self
             .conns
             .iter()
-            .filter(|c| c.host == host && ui.reason_filter.admits(c.verdict))
+            .filter(|c| c.host == host && c.admitted_by(ui.reason_filter))
             .collect();
         let now = self.now_ns;
         match ui.conn_sort {
             ConnSort::Verdict => conns.sort_by(|a, b| {
-                // Leaked first, in verdict order; then the oldest first.
-                let rank = |c: &ConnRow| c.verdict.map_or(3, |r| r as u8);
+                // Leaked first, in verdict order, then those carrying leaked streams; then
+                // the oldest first.
+                let rank = |c: &ConnRow| match c.verdict {
+                    Some(reason) => reason as usize,
+                    None if c.leaked_streams() > 0 => LeakReason::ALL.len(),
+                    None => LeakReason::ALL.len() + 1,
+                };
                 rank(a)
                     .cmp(&rank(b))
                     .then(a.conn.opened_ns.cmp(&b.conn.opened_ns))
@@ -134,7 +222,7 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{tcp_state, testkit::*, KernelConn};
+    use crate::model::{tcp_state, testkit::*, Input, KernelConn};
 
     fn close_wait(port: u16, remote: &str, at: u64) -> KernelConn {
         KernelConn {
@@ -238,6 +326,80 @@ mod tests {
         );
         ui.reason_filter = ReasonFilter::Only(LeakReason::Unread);
         assert!(v.listed_hosts(&ui, &trend).is_empty());
+    }
+
+    #[test]
+    fn streams_hang_off_their_connection_leaked_first_and_count_for_its_filter_and_sort() {
+        let h2 = |port: u16, fd: i32| KernelConn {
+            fd: Some(fd),
+            ..pooled(port, "10.0.0.21:443", 5 * SEC)
+        };
+        let mut inputs = vec![go_layer_attached()];
+        // On fd 31: stream 1 read to its last byte but open (ok), stream 3 never read.
+        // Stream 5's connection is not known.
+        for (now_ns, read) in [(11 * SEC, 0), (20 * SEC, 100)] {
+            inputs.push(Input::Sample(crate::model::Sample {
+                now_ns,
+                kernel: vec![
+                    (1, h2(40001, 31)),
+                    (2, h2(40002, 32)),
+                    (3, close_wait(40003, "10.0.0.21:443", 5 * SEC)),
+                ],
+                sockets: Some(vec![]),
+                streams: vec![
+                    stream_sample(1, 1, Some(31), true, (100, read)),
+                    stream_sample(3, 3, Some(31), true, (4096, 0)),
+                    stream_sample(5, 5, None, true, (4096, 0)),
+                ],
+                stats: Default::default(),
+            }));
+        }
+        let table = table_after(inputs);
+        // 19 s after the headers: past the 10 s unread grace.
+        let v = View::build(&table, 30 * SEC, &Graces::default());
+        let on = |port: u16| {
+            v.conns
+                .iter()
+                .find(|c| c.conn.local.port() == port)
+                .expect("listed")
+        };
+        let ids = |c: &ConnRow| -> Vec<Option<u32>> {
+            c.streams.iter().map(|s| s.stream.stream_id).collect()
+        };
+        assert_eq!(ids(on(40001)), vec![Some(3), Some(1)], "leaked first");
+        assert_eq!(
+            on(40001)
+                .streams
+                .iter()
+                .map(|s| s.verdict)
+                .collect::<Vec<_>>(),
+            vec![Some(LeakReason::Unread), None],
+            "stream 1 is being read"
+        );
+        assert_eq!(on(40001).leaked_streams(), 1);
+        assert!(on(40002).streams.is_empty());
+        assert_eq!(
+            v.orphan_streams
+                .iter()
+                .map(|s| (s.host.as_str(), s.stream.stream_id))
+                .collect::<Vec<_>>(),
+            vec![(UNKNOWN_CONNECTION_HOST, Some(5))]
+        );
+        // Leaked connections first, then those carrying leaked streams, then the rest.
+        let mut ui = UiState::new();
+        let ports = |ui: &UiState| -> Vec<u16> {
+            v.listed_conns("10.0.0.21", ui)
+                .iter()
+                .map(|c| c.conn.local.port())
+                .collect()
+        };
+        assert_eq!(ports(&ui), vec![40003, 40001, 40002]);
+        ui.reason_filter = ReasonFilter::Leaked;
+        assert_eq!(ports(&ui), vec![40003, 40001]);
+        ui.reason_filter = ReasonFilter::Only(LeakReason::Unread);
+        assert_eq!(ports(&ui), vec![40001]);
+        ui.reason_filter = ReasonFilter::Only(LeakReason::Abandoned);
+        assert_eq!(ports(&ui), Vec::<u16>::new());
     }
 
     #[test]

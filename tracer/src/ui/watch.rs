@@ -179,7 +179,18 @@ fn listed(view: &View, ui: &UiState, trend: &Trend) -> Listed {
             .collect(),
         _ => Vec::new(),
     };
-    Listed { hosts, conns }
+    let streams = match (ui.page, &ui.selected_conn) {
+        (Page::Detail, Some(id)) => view
+            .conn(id)
+            .map(|c| c.streams.iter().map(|s| s.key()).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    Listed {
+        hosts,
+        conns,
+        streams,
+    }
 }
 
 /// Writes `snapshot` as one JSON line (the schema of `run --json`) to a new file in the

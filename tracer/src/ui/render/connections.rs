@@ -1,4 +1,5 @@
-//! The connections page: the open connections to one host, each with its verdict.
+//! The connections page: the open connections to one host, each with its verdict and, when
+//! the Go-aware probes see them, its open HTTP/2 streams.
 
 use ratatui::{
     layout::{Constraint, Rect},
@@ -12,12 +13,51 @@ use super::{
     Screen, DIM, HEAD, LEAK, SELECTED,
 };
 use crate::{
-    model::state_name,
+    model::{leak::LeakKind, state_name},
     ui::{state::effective, units, view::ConnRow},
 };
 
+/// Its own verdict; else `h2_stream` when streams on it leaked (the connection itself is
+/// healthy); else ok.
 fn verdict_text(row: &ConnRow) -> &'static str {
-    row.verdict.map_or("ok", |r| r.as_str())
+    match row.verdict {
+        Some(reason) => reason.as_str(),
+        None if row.leaked_streams() > 0 => LeakKind::H2Stream.as_str(),
+        None => "ok",
+    }
+}
+
+/// Open streams, and how many leaked: `4`, `4 (2!)`.
+fn streams_text(row: &ConnRow) -> String {
+    match row.leaked_streams() {
+        0 => row.streams.len().to_string(),
+        leaked => format!("{} ({leaked}!)", row.streams.len()),
+    }
+}
+
+/// What the page says instead of a list: why it is empty.
+fn why_empty(s: &Screen, host: &str) -> String {
+    let summary = s.view.host(host);
+    let orphans: Vec<_> = s
+        .view
+        .orphan_streams
+        .iter()
+        .filter(|st| st.host == host)
+        .collect();
+    if !orphans.is_empty() {
+        let leaked = orphans.iter().filter(|st| st.verdict.is_some()).count();
+        return format!(
+            "{} open HTTP/2 streams ({leaked} leaked) whose connection the Go-aware probes could not \
+             follow to a socket: they count here, and their leaks (kind h2_stream) are in the JSON \
+             snapshot (e exports it). Esc goes back to the hosts.",
+            orphans.len()
+        );
+    }
+    if summary.is_some_and(|h| h.open > 0) {
+        "No open connection of this host has that verdict (r cycles the reason filter).".to_owned()
+    } else {
+        format!("{host} has no open connection right now. Esc goes back to the hosts.")
+    }
 }
 
 pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
@@ -26,7 +66,15 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
     let summary = s.view.host(&host);
     let counts = summary.map_or_else(
         || "no open connection".to_owned(),
-        |h| format!("{} open, {} leaked", h.open, h.leaked),
+        |h| match h.open_streams {
+            0 => format!("{} open, {} leaked", h.open, h.leaked),
+            n => format!(
+                "{} open, {} leaked; {n} h2 streams, {} leaked",
+                h.open,
+                h.leaked,
+                h.by_kind.get(LeakKind::H2Stream)
+            ),
+        },
     );
     let block = titled(
         format!(" Connections to {} ({counts}) ", units::fit(&host, 40)),
@@ -36,19 +84,16 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
     let inner = block.inner(area);
     frame.render_widget(block, area);
     if conns.is_empty() {
-        let text = if summary.is_some_and(|h| h.open > 0) {
-            "No open connection of this host has that verdict (r cycles the reason filter)."
-                .to_owned()
-        } else {
-            format!("{host} has no open connection right now. Esc goes back to the hosts.")
-        };
+        let text = why_empty(s, &host);
         frame.render_widget(
             Paragraph::new(text).style(DIM).wrap(Wrap { trim: true }),
             inner,
         );
         return;
     }
-    let cols = [
+    // The streams column shows when a listed connection carries HTTP/2 streams.
+    let streams = conns.iter().any(|c| !c.streams.is_empty());
+    let mut cols = vec![
         Col {
             title: "VERDICT",
             width: 10,
@@ -85,6 +130,16 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
             drop: 1,
         },
     ];
+    if streams {
+        cols.insert(
+            2,
+            Col {
+                title: "STREAMS",
+                width: 7,
+                drop: 0,
+            },
+        );
+    }
     // LOCAL always shows; REMOTE when there is room for both.
     let avail = inner.width.saturating_sub(1);
     let (kept, flex) = fit_columns(&cols, avail, 15, 1);
@@ -117,7 +172,7 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
         .iter()
         .map(|c| {
             let k = &c.conn;
-            let values = [
+            let mut values = vec![
                 verdict_text(c).to_owned(),
                 state_name(k.state).to_owned(),
                 right(units::span(now.saturating_sub(k.opened_ns)), 6),
@@ -133,12 +188,15 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
                     12,
                 ),
             ];
+            if streams {
+                values.insert(2, right(streams_text(c), 7));
+            }
             let mut row: Vec<String> = kept.iter().map(|&i| values[i].clone()).collect();
             row.push(units::fit(&k.local.to_string(), local_w as usize));
             if show_remote {
                 row.push(units::fit(&k.remote.to_string(), remote_w as usize));
             }
-            let style = if c.verdict.is_some() {
+            let style = if c.verdict.is_some() || c.leaked_streams() > 0 {
                 LEAK
             } else {
                 Style::new()
@@ -167,8 +225,9 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
 mod tests {
     use insta::assert_snapshot;
 
+    use crate::model::{snapshot::UNKNOWN_CONNECTION_HOST, LeakReason};
     use crate::ui::render::testkit::*;
-    use crate::ui::state::Page;
+    use crate::ui::state::{Page, ReasonFilter};
 
     #[test]
     fn connections_of_a_host_80x24_and_120x40() {
@@ -176,6 +235,58 @@ mod tests {
         let ui = with_page(Page::Connections, "127.0.0.12", None);
         assert_snapshot!("connections_80x24", render(&f, &ui, 80, 24));
         assert_snapshot!("connections_120x40", render(&f, &ui, 120, 40));
+    }
+
+    #[test]
+    fn connections_carrying_leaked_http2_streams_say_so() {
+        let (conns, streams) = fixture_h2();
+        let f = session_with_streams(&conns, &streams);
+        let ui = with_page(Page::Connections, "127.0.0.21", None);
+        let frame = render(&f, &ui, 80, 24);
+        let rows: Vec<String> = frame
+            .lines()
+            .filter(|l| l.contains("10.1.0.5:"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        // The one whose streams leaked first, though the connection itself is healthy.
+        assert_eq!(rows.len(), 2, "{frame}");
+        assert!(
+            rows[0].contains("h2_stream ESTABLISHED 4 (2!)") && rows[0].contains(":40201"),
+            "{frame}"
+        );
+        assert!(
+            rows[1].contains("ok ESTABLISHED 1") && rows[1].contains(":40202"),
+            "{frame}"
+        );
+        assert!(
+            frame.contains("2 open, 2 leaked; 5 h2 streams, 2 leaked"),
+            "{frame}"
+        );
+        assert_snapshot!("h2_connections_80x24", frame);
+        // "leaked only" keeps the connection whose streams leaked; "close_wait" does not.
+        let mut ui = ui;
+        ui.reason_filter = ReasonFilter::Leaked;
+        assert!(render(&f, &ui, 80, 24).contains(":40201"));
+        ui.reason_filter = ReasonFilter::Only(LeakReason::Abandoned);
+        assert!(render(&f, &ui, 80, 24).contains(":40201"));
+        ui.reason_filter = ReasonFilter::Only(LeakReason::CloseWait);
+        assert!(!render(&f, &ui, 80, 24).contains(":40201"));
+    }
+
+    #[test]
+    fn streams_without_a_known_connection_are_explained() {
+        let (conns, streams) = fixture_h2();
+        let f = session_with_streams(&conns, &streams);
+        let ui = with_page(Page::Connections, UNKNOWN_CONNECTION_HOST, None);
+        let frame: String = render(&f, &ui, 120, 24)
+            .split(|c: char| c.is_whitespace() || c == '│' || c == '"')
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            frame.contains("1 open HTTP/2 streams (1 leaked) whose connection the Go-aware probes could not follow"),
+            "{frame}"
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The detail page: one connection's verdict, its timeline, and why (ui::explain).
+//! The detail page: one connection's verdict, its HTTP/2 streams (the selected one explained),
+//! its timeline, and why (ui::explain).
 
 use ratatui::{
     layout::Rect,
@@ -8,11 +9,114 @@ use ratatui::{
     Frame,
 };
 
-use super::{Screen, DIM, HEAD, LEAK};
+use super::{table::scroll, Screen, DIM, HEAD, LEAK};
 use crate::{
     model::table::Origin,
-    ui::{explain, units},
+    ui::{
+        explain,
+        state::effective,
+        units,
+        view::{ConnRow, StreamRow},
+    },
 };
+
+/// Stream rows shown at most; the list scrolls to the selected one.
+const STREAM_ROWS: usize = 6;
+
+/// A stream that is not leaked, in a word.
+fn stream_state(s: &StreamRow) -> &'static str {
+    let st = &s.stream;
+    if st.body_closed {
+        "body closed"
+    } else if st.responded_ns.is_none() {
+        "awaiting headers"
+    } else if st.body_done {
+        "ending"
+    } else if st.buffered_bytes.unwrap_or(0) == 0 {
+        "caught up"
+    } else {
+        "ok"
+    }
+}
+
+/// The connection's streams, the selected one marked, then why it is (not) leaked.
+fn stream_lines(row: &ConnRow, s: &Screen, width: usize) -> Vec<Line<'static>> {
+    let now = s.view.now_ns;
+    let keys: Vec<_> = row.streams.iter().map(StreamRow::key).collect();
+    let selected = effective(s.ui.selected_stream.as_ref(), &keys)
+        .and_then(|k| keys.iter().position(|x| x == k))
+        .unwrap_or(0);
+    let leaked = row.leaked_streams();
+    let mut lines = vec![
+        Line::from(""),
+        Line::styled(
+            format!(
+                " HTTP/2 streams on it: {} open, {leaked} leaked{}",
+                row.streams.len(),
+                if row.streams.len() > 1 {
+                    " (↑↓ picks one)"
+                } else {
+                    ""
+                }
+            ),
+            HEAD,
+        ),
+        Line::styled(
+            format!(
+                "   {:>6} {:>7} {:>7} {:>9} {:>9}  VERDICT",
+                "STREAM", "AGE", "IDLE", "READ", "BUFFERED"
+            ),
+            DIM,
+        ),
+    ];
+    let first = scroll(selected, STREAM_ROWS);
+    for (i, st) in row.streams.iter().enumerate().skip(first).take(STREAM_ROWS) {
+        let t = &st.stream;
+        let text = format!(
+            " {} {:>6} {:>7} {:>7} {:>9} {:>9}  {}",
+            if i == selected { "▸" } else { " " },
+            t.stream_id.map_or_else(|| "?".into(), |id| id.to_string()),
+            units::span(now.saturating_sub(t.opened_ns)),
+            units::span(now.saturating_sub(t.last_activity_ns())),
+            t.bytes_read.map_or_else(|| "?".into(), units::bytes),
+            st.buffered_bytes.map_or_else(|| "–".into(), units::bytes),
+            st.verdict.map_or_else(|| stream_state(st), |r| r.as_str()),
+        );
+        lines.push(if st.verdict.is_some() {
+            Line::styled(text, LEAK)
+        } else {
+            Line::from(text)
+        });
+    }
+    let hidden = row.streams.len().saturating_sub(first + STREAM_ROWS) + first;
+    if hidden > 0 {
+        lines.push(Line::styled(format!("   … {hidden} more"), DIM));
+    }
+    if let Some(st) = row.streams.get(selected) {
+        let why = explain::explain_stream(st, now, &s.session.graces);
+        let style = if st.verdict.is_some() {
+            LEAK
+        } else {
+            Style::new().fg(Color::Green)
+        };
+        lines.push(Line::from(vec![
+            Span::styled(" Stream ", HEAD),
+            Span::styled(
+                st.stream
+                    .stream_id
+                    .map_or_else(|| "?".into(), |id| id.to_string()),
+                HEAD,
+            ),
+            Span::raw(": "),
+            Span::styled(why.verdict.clone(), style),
+        ]));
+        lines.extend(wrap(&why.why, width, "   "));
+        if let Some(cause) = &why.cause {
+            lines.extend(wrap(cause, width, "   "));
+        }
+    }
+    lines
+}
 
 /// Words of `text` in lines of at most `width` characters, each starting with `indent`.
 fn wrap(text: &str, width: usize, indent: &str) -> Vec<Line<'static>> {
@@ -61,20 +165,29 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
     } else {
         Style::new().fg(Color::Green)
     };
-    let mut lines = vec![Line::from(vec![
-        Span::styled(why.verdict.clone(), verdict_style),
-        Span::raw(format!(
-            "   {} · pid {} ({}) fd {} · {}",
-            row.host,
-            c.pid,
-            c.comm,
-            c.fd.map_or_else(|| "?".into(), |fd| fd.to_string()),
-            match c.origin {
-                Origin::Traced => "traced from connect()",
-                Origin::PreExisting => "open before tracing",
-            }
-        )),
-    ])];
+    let mut first = vec![Span::styled(why.verdict.clone(), verdict_style)];
+    // First after the connection's own verdict, so a narrow screen cuts the rest instead.
+    if row.leaked_streams() > 0 {
+        first.push(Span::styled(
+            format!(" · {} HTTP/2 streams LEAKED", row.leaked_streams()),
+            LEAK,
+        ));
+    }
+    first.push(Span::raw(format!(
+        "   {} · pid {} ({}) fd {} · {}",
+        row.host,
+        c.pid,
+        c.comm,
+        c.fd.map_or_else(|| "?".into(), |fd| fd.to_string()),
+        match c.origin {
+            Origin::Traced => "traced from connect()",
+            Origin::PreExisting => "open before tracing",
+        }
+    )));
+    let mut lines = vec![Line::from(first)];
+    if !row.streams.is_empty() {
+        lines.extend(stream_lines(row, s, width));
+    }
     lines.push(Line::from(""));
     lines.push(Line::styled(" Timeline (t+ since tracing started)", HEAD));
     for event in explain::timeline(c) {
@@ -120,7 +233,10 @@ mod tests {
     use super::wrap;
     use crate::model::testkit::*;
     use crate::ui::render::testkit::*;
-    use crate::{model::ConnId, ui::state::Page};
+    use crate::{
+        model::ConnId,
+        ui::state::{Page, StreamKey},
+    };
 
     #[test]
     fn detail_of_a_close_wait_leak_explains_it() {
@@ -151,6 +267,89 @@ mod tests {
         };
         let ui = with_page(Page::Detail, "127.0.0.11", Some(id));
         assert_snapshot!("detail_healthy_120x40", render(&f, &ui, 120, 40));
+    }
+
+    /// The frame's words, one space apart (borders and wrapping gone).
+    fn words(frame: &str) -> String {
+        frame
+            .split(|c: char| c.is_whitespace() || c == '│' || c == '"')
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn a_connections_detail_lists_its_streams_and_explains_the_worst() {
+        let (conns, streams) = fixture_h2();
+        let f = session_with_streams(&conns, &streams);
+        let id = ConnId {
+            pid: PID,
+            local: local(40201),
+            remote: addr("127.0.0.21:443"),
+        };
+        let ui = with_page(Page::Detail, "127.0.0.21", Some(id.clone()));
+        let frame = render(&f, &ui, 80, 24);
+        let text = words(&frame);
+        assert!(
+            text.contains("healthy · 2 HTTP/2 streams LEAKED 127.0.0.21"),
+            "{frame}"
+        );
+        assert!(
+            text.contains("HTTP/2 streams on it: 4 open, 2 leaked"),
+            "{frame}"
+        );
+        // Leaked first (unread, then abandoned), then the others by id.
+        // The stream rows: a stream id first (after the selection mark).
+        let order: Vec<&str> = frame
+            .lines()
+            .filter(|l| {
+                l.trim_start_matches(['"', '│', ' ', '▸'])
+                    .starts_with(|c: char| c.is_ascii_digit())
+            })
+            .filter_map(|l| {
+                ["unread", "abandoned", "caught up", "awaiting headers"]
+                    .into_iter()
+                    .find(|v| l.trim_end_matches(['│', '"', ' ']).ends_with(v))
+            })
+            .collect();
+        assert_eq!(
+            order,
+            ["unread", "abandoned", "caught up", "awaiting headers"],
+            "{frame}"
+        );
+        // The first, the unread one, is explained.
+        assert!(
+            text.contains(
+                "Stream 7: LEAKED (unread) HTTP/2 stream 7 on 127.0.0.21: the response headers \
+                 arrived 50.0s ago and the relay has not read one byte of the body since"
+            ),
+            "{frame}"
+        );
+        assert!(
+            text.contains(
+                "an unclosed body keeps the stream (its goroutine and buffer), not the connection"
+            ),
+            "{frame}"
+        );
+        assert_snapshot!("detail_h2_unread_80x24", frame);
+
+        // Picking the abandoned one explains it instead.
+        let mut ui = ui;
+        ui.selected_stream = Some(StreamKey {
+            pid: PID,
+            stream: 0xc000_1009,
+        });
+        let frame = render(&f, &ui, 120, 40);
+        let text = words(&frame);
+        assert!(
+            text.contains(
+                "Stream 9: LEAKED (abandoned) HTTP/2 stream 9 on 127.0.0.21: the relay read 12.0 KiB \
+                 of the body, the last read seen 30.0s ago"
+            ),
+            "{frame}"
+        );
+        assert!(text.contains("SSE"), "{frame}");
+        assert_snapshot!("detail_h2_abandoned_120x40", frame);
     }
 
     #[test]

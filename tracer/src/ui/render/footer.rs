@@ -46,6 +46,16 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
                 "p pause",
                 "e export",
             ],
+            // Its streams, when it carries some, are picked with the arrows.
+            Page::Detail
+                if s.ui
+                    .selected_conn
+                    .as_ref()
+                    .and_then(|id| s.view.conn(id))
+                    .is_some_and(|c| c.streams.len() > 1) =>
+            {
+                &["↑↓ stream", "Esc back", "Tab view", "p pause", "e export"]
+            }
             Page::Detail => &["Esc back", "Tab view", "p pause", "e export"],
             Page::Trend => &["Tab view", "Esc back", "p pause", "e export"],
         };

@@ -11,7 +11,7 @@ use ratatui::{
 
 use super::{Screen, SourceLabel, DIM, HEAD, LEAK};
 use crate::{
-    model::{LeakReason, Target},
+    model::{leak::LeakKind, LeakReason, Target},
     ui::units,
 };
 
@@ -100,6 +100,11 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
         ));
     }
     let g = &s.session.graces;
+    let h2_leaks: u64 = snap
+        .hosts
+        .iter()
+        .map(|h| h.by_kind.get(LeakKind::H2Stream))
+        .sum();
     let second = Line::from(vec![
         Span::raw(" open "),
         Span::styled(snap.open_total.to_string(), HEAD),
@@ -107,6 +112,14 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
         Span::styled(
             snap.leaked_total.to_string(),
             if snap.leaked_total > 0 { LEAK } else { HEAD },
+        ),
+        // How many of them are HTTP/2 streams, when any is.
+        Span::styled(
+            match h2_leaks {
+                0 => String::new(),
+                n => format!(" ({n} h2 streams)"),
+            },
+            LEAK,
         ),
         Span::styled(
             format!(

@@ -26,6 +26,11 @@ const KEYS: &[(&str, &str)] = &[
 
 /// After the keys and each leak reason.
 const COLUMNS: &[(&str, &str)] = &[
+    (
+        "h2_stream",
+        "an HTTP/2 stream leaked; its connection is fine",
+    ),
+    ("H2LK", "leaked HTTP/2 streams, counted in LEAKED"),
     ("CL_UNRD", "closed before reading the response (no leak)"),
     ("CONN/S", "connections opened per second, last 10s"),
 ];

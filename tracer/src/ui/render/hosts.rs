@@ -1,4 +1,5 @@
-//! The hosts page: each upstream host with its open and leaked connections by reason, its
+//! The hosts page: each upstream host with its open and leaked connections by reason (and,
+//! when the Go-aware probes see HTTP/2 streams, how many of the leaks are streams), its
 //! connection rate, its oldest leak and its leaks over time, and a totals row under the list.
 
 use ratatui::{
@@ -13,7 +14,7 @@ use super::{
     Screen, DIM, HEAD, SELECTED,
 };
 use crate::{
-    model::{snapshot::HostSummary, ByReason, LeakReason},
+    model::{leak::LeakKind, snapshot::HostSummary, ByReason, LeakReason},
     ui::{state::effective, units},
 };
 
@@ -42,7 +43,15 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
         draw_why_empty(frame, inner, total_hosts);
         return;
     }
-    let columns = HostColumns::fit(inner.width);
+    // The streams column shows only when there are streams: with the probes off (the
+    // default) every leak is a connection and the column would always read 0.
+    let streams = s
+        .view
+        .snapshot
+        .hosts
+        .iter()
+        .any(|h| h.open_streams > 0 || h.by_kind.get(LeakKind::H2Stream) > 0);
+    let columns = HostColumns::fit(inner.width, streams);
     // The totals row stays at the bottom, under the scrolling rows.
     let [list_area, total_area] =
         Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(inner);
@@ -73,8 +82,10 @@ fn draw_why_empty(frame: &mut Frame, area: Rect, total_hosts: usize) {
 
 /// The figure columns that fit the width, and what is left for HOST and the trend.
 struct HostColumns {
-    /// OPEN, LEAKED, one per leak reason, CLOSED_UNREAD, CONN/S and OLDEST.
+    /// OPEN, LEAKED, (H2_LEAKED,) one per leak reason, CLOSED_UNREAD, CONN/S and OLDEST.
     cols: Vec<Col>,
+    /// Whether H2_LEAKED is among them.
+    streams: bool,
     /// Indices into `cols` of the columns shown.
     kept: Vec<usize>,
     host_w: u16,
@@ -83,7 +94,7 @@ struct HostColumns {
 }
 
 impl HostColumns {
-    fn fit(width: u16) -> Self {
+    fn fit(width: u16, streams: bool) -> Self {
         let wide = width >= 100;
         let mut cols = vec![
             Col {
@@ -97,6 +108,14 @@ impl HostColumns {
                 drop: 0,
             },
         ];
+        if streams {
+            let title = if wide { "H2_LEAKED" } else { "H2LK" };
+            cols.push(Col {
+                title,
+                width: title.len() as u16,
+                drop: 0,
+            });
+        }
         cols.extend(LeakReason::ALL.map(|reason| {
             let title = reason_title(reason, wide);
             Col {
@@ -134,6 +153,7 @@ impl HostColumns {
         let trend_w = show_trend.then(|| flex - host_w - 1);
         Self {
             cols,
+            streams,
             kept,
             host_w,
             trend_w,
@@ -203,7 +223,7 @@ fn draw_host_list(
     let rows: Vec<Row> = hosts
         .iter()
         .map(|h| {
-            let cells = columns.cells(&host_label(h), host_figures(h, s), |width| {
+            let cells = columns.cells(&host_label(h), host_figures(h, s, columns), |width| {
                 s.trend.leaked_series(&h.host, width)
             });
             let style = if h.leaked > 0 {
@@ -241,8 +261,11 @@ fn host_label(h: &HostSummary) -> String {
 }
 
 /// One host's figures, in column order.
-fn host_figures(h: &HostSummary, s: &Screen) -> Vec<String> {
+fn host_figures(h: &HostSummary, s: &Screen, columns: &HostColumns) -> Vec<String> {
     let mut figures = vec![h.open.to_string(), h.leaked.to_string()];
+    if columns.streams {
+        figures.push(h.by_kind.get(LeakKind::H2Stream).to_string());
+    }
     figures.extend(h.by_reason.iter().map(|(_, n)| n.to_string()));
     figures.extend([
         h.closed_unread_total.to_string(),
@@ -276,6 +299,9 @@ fn draw_totals(
         by_reason.merge(&h.by_reason);
     }
     let mut figures = vec![sum(|h| h.open).to_string(), sum(|h| h.leaked).to_string()];
+    if columns.streams {
+        figures.push(sum(|h| h.by_kind.get(LeakKind::H2Stream)).to_string());
+    }
     figures.extend(by_reason.iter().map(|(_, n)| n.to_string()));
     figures.extend([
         sum(|h| h.closed_unread_total).to_string(),
@@ -345,6 +371,38 @@ mod tests {
         let f = session(&fixture_relay());
         assert_snapshot!("fixture_hosts_80x24", render(&f, &UiState::new(), 80, 24));
         assert_snapshot!("fixture_hosts_120x40", render(&f, &UiState::new(), 120, 40));
+    }
+
+    #[test]
+    fn hosts_with_http2_streams_show_their_leaked_streams_apart() {
+        let (conns, streams) = fixture_h2();
+        let f = session_with_streams(&conns, &streams);
+        let frame = render(&f, &UiState::new(), 80, 24);
+        let row = |host: &str| -> String {
+            frame
+                .lines()
+                .find(|l| l.contains(host))
+                .unwrap_or_else(|| panic!("no row for {host}:\n{frame}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        // OPEN LEAKED H2LK C_WAIT UNREAD ABAND: the two leaked streams of .21 are its leaks.
+        assert!(
+            row("127.0.0.21").contains("127.0.0.21 2 2 2 0 1 1"),
+            "{frame}"
+        );
+        assert!(
+            row("127.0.0.12").contains("127.0.0.12 1 1 0 1 0 0"),
+            "{frame}"
+        );
+        assert!(
+            row("(unknown connecti").contains("(unknown connecti… 0 1 1 0 1 0"),
+            "{frame}"
+        );
+        assert!(row("TOTAL").contains("3 4 3 1 2 1"), "{frame}");
+        assert_snapshot!("h2_hosts_80x24", frame);
+        assert_snapshot!("h2_hosts_120x40", render(&f, &UiState::new(), 120, 40));
     }
 
     #[test]

@@ -76,12 +76,51 @@ pub(super) struct Fixture {
     pub(super) trend: Trend,
 }
 
+/// An HTTP/2 stream of `PID` as the Go-aware probes report it, on the connection whose
+/// socket is `fd` (None: the probes could not follow it to one).
+pub(super) struct SyntheticStream {
+    /// The client stream's address in the relay.
+    pub(super) stream: u64,
+    pub(super) fd: Option<i32>,
+    pub(super) id: u32,
+    pub(super) opened: u64,
+    /// When its response headers arrived (None: still waiting).
+    pub(super) responded: Option<u64>,
+    /// Body bytes received once the headers are in.
+    pub(super) arrived: u64,
+    /// Bytes the relay read of them, from `last_read` on.
+    pub(super) read: u64,
+    pub(super) last_read: Option<u64>,
+}
+
 pub(super) fn session(conns: &[KernelConn]) -> Fixture {
+    session_with_streams(conns, &[])
+}
+
+/// A session whose relay also has these HTTP/2 streams, with the Go layer attached.
+pub(super) fn session_with_streams(conns: &[KernelConn], streams: &[SyntheticStream]) -> Fixture {
     let mut table = ConnTable::new();
     table.apply(targets(&[PID]));
+    if !streams.is_empty() {
+        table.apply(go_layer_attached());
+    }
     let mut trend = Trend::starting_at(START);
     for at in (START..=NOW).step_by(10 * SEC as usize) {
         trend.catch_up(&table, at, &GRACES);
+        let stream_samples = streams
+            .iter()
+            .filter(|s| s.opened <= at)
+            .map(|s| {
+                let responded = s.responded.is_some_and(|t| t <= at);
+                let read = if s.last_read.is_some_and(|t| t <= at) {
+                    s.read
+                } else {
+                    0
+                };
+                let arrived = if responded { s.arrived } else { 0 };
+                stream_sample(s.stream, s.id, s.fd, responded, (arrived, read))
+            })
+            .collect();
         let kernel = conns
             .iter()
             .enumerate()
@@ -93,7 +132,7 @@ pub(super) fn session(conns: &[KernelConn]) -> Fixture {
             ..KernelStats::default()
         };
         table.apply(Input::Sample(Sample {
-            streams: Vec::new(),
+            streams: stream_samples,
             now_ns: at,
             kernel,
             sockets: Some(vec![]),
@@ -116,6 +155,70 @@ pub(super) fn fixture_relay() -> Vec<KernelConn> {
     conns.push(pooled(40101, "127.0.0.17:18080", 101 * SEC));
     conns.push(pooled(40102, "[::1]:18080", 101 * SEC));
     conns
+}
+
+/// An HTTP/2 relay: two pooled connections to 127.0.0.21 (fds 31, 32) carrying streams, one
+/// HTTP/1.1 connection to 127.0.0.12 leaked in CLOSE_WAIT (fd 33), and a stream whose
+/// connection the probes could not follow.
+pub(super) fn fixture_h2() -> (Vec<KernelConn>, Vec<SyntheticStream>) {
+    let h2 = |port: u16, fd: i32| KernelConn {
+        fd: Some(fd),
+        reads: 400,
+        bytes_read: 9_400_000,
+        last_read_ns: Some(NOW - SEC / 2),
+        ..pooled(port, "127.0.0.21:443", 101 * SEC)
+    };
+    let conns = vec![
+        h2(40201, 31),
+        h2(40202, 32),
+        KernelConn {
+            fd: Some(33),
+            ..close_wait(40203, "127.0.0.12:18080", 125 * SEC)
+        },
+    ];
+    let stream = |stream: u64, fd: Option<i32>, id: u32, opened: u64| SyntheticStream {
+        stream,
+        fd,
+        id,
+        opened,
+        responded: Some(opened + SEC / 2),
+        arrived: 4 << 20,
+        read: 0,
+        last_read: None,
+    };
+    let streams = vec![
+        // Its headers arrived and its body was never read: unread.
+        stream(0xc000_1007, Some(31), 7, 105 * SEC),
+        // Read in part, then dropped: abandoned.
+        SyntheticStream {
+            arrived: (4 << 20) + 12_288,
+            read: 12_288,
+            last_read: Some(130 * SEC),
+            ..stream(0xc000_1009, Some(31), 9, 120 * SEC)
+        },
+        // An SSE stream between events: everything that came was read.
+        SyntheticStream {
+            arrived: 2_048,
+            read: 2_048,
+            last_read: Some(150 * SEC),
+            ..stream(0xc000_100b, Some(31), 11, 145 * SEC)
+        },
+        // Waiting for its response headers.
+        SyntheticStream {
+            responded: None,
+            ..stream(0xc000_100d, Some(31), 13, 158 * SEC)
+        },
+        // On the other connection, read to its end soon: not leaked yet.
+        SyntheticStream {
+            arrived: 1_900,
+            read: 900,
+            last_read: Some(NOW - SEC),
+            ..stream(0xc000_2001, Some(32), 1, 155 * SEC)
+        },
+        // The probes did not find its connection.
+        stream(0xc000_3003, None, 3, 140 * SEC),
+    ];
+    (conns, streams)
 }
 
 pub(super) fn render(f: &Fixture, ui: &UiState, width: u16, height: u16) -> String {
