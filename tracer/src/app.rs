@@ -70,6 +70,7 @@ pub async fn main(cli: Cli) -> Result<()> {
             watch(WatchArgs {
                 targets: cli.targets,
                 graces: cli.graces,
+                sites: cli.sites,
                 metrics: MetricsArgs {
                     metrics_addr: None,
                     metrics_top_hosts: 20,
@@ -82,6 +83,7 @@ pub async fn main(cli: Cli) -> Result<()> {
             run(RunArgs {
                 targets: cli.targets,
                 graces: cli.graces,
+                sites: cli.sites,
                 json: false,
                 interval: DEFAULT_INTERVAL,
                 duration: None,
@@ -189,7 +191,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let options = Options {
         duration: args.duration,
     };
-    let driver = Driver::new(source, graces, options);
+    let driver = Driver::new(source, graces, options).site_rules(args.sites.rules());
     let driver = match (file, &args.output) {
         (Some(file), Some(path)) => driver.sink(sinks::Json {
             out: JsonLines::new(file),
@@ -267,7 +269,11 @@ async fn snapshot(args: SnapshotArgs) -> Result<()> {
     let options = Options {
         duration: Some(args.observe_for),
     };
-    Driver::new(source, graces, options).sink(last).run().await
+    Driver::new(source, graces, options)
+        .site_rules(args.sites.rules())
+        .sink(last)
+        .run()
+        .await
 }
 
 fn needs_terminal(what: &str, instead: &str) -> Result<()> {
@@ -291,7 +297,9 @@ async fn watch(args: WatchArgs) -> Result<()> {
         graces,
     };
     let tui = Tui::enter(session, source.started_ns())?;
-    let driver = Driver::new(source, graces, Options::default()).sink(sinks::TerminalUi(tui));
+    let driver = Driver::new(source, graces, Options::default())
+        .site_rules(args.sites.rules())
+        .sink(sinks::TerminalUi(tui));
     with_metrics(driver, metrics).run().await
 }
 
@@ -380,6 +388,7 @@ async fn replay(args: ReplayArgs) -> Result<()> {
             },
         };
         return Driver::new(source, graces, Options::default())
+            .site_rules(args.sites.rules())
             .sink(sink)
             .run()
             .await;
@@ -390,6 +399,7 @@ async fn replay(args: ReplayArgs) -> Result<()> {
     };
     let tui = Tui::enter(session, header.started_ns)?;
     Driver::new(source, graces, Options::default())
+        .site_rules(args.sites.rules())
         .sink(sinks::TerminalUi(tui))
         .run()
         .await

@@ -94,6 +94,8 @@ pub enum Record<'a> {
     },
     /// An HTTP/2 stream's lifecycle record from the Go-aware probes.
     Stream(StreamEvent),
+    /// A request handed to Go's transport, with its stack (call sites).
+    Site(super::gosites::RawSite),
 }
 
 /// Decodes one ring-buffer record of either kind.
@@ -105,6 +107,9 @@ pub fn record(bytes: &[u8]) -> Result<Record<'_>> {
         .ok_or_else(|| anyhow!("empty event record"))?;
     if kind == EventKind::Stream as u32 {
         return stream(bytes).map(Record::Stream);
+    }
+    if kind == EventKind::Site as u32 {
+        return super::gosites::decode(bytes).map(Record::Site);
     }
     if kind != EventKind::FirstBytes as u32 {
         return event(bytes).map(Record::Conn);
@@ -192,7 +197,7 @@ pub fn event(bytes: &[u8]) -> Result<KernelEvent> {
         Some(EventKind::Connect) => KernelEventKind::Connect,
         Some(EventKind::State) => KernelEventKind::State,
         Some(EventKind::Close) => KernelEventKind::Close,
-        Some(EventKind::FirstBytes) | Some(EventKind::Stream) | None => {
+        Some(EventKind::FirstBytes | EventKind::Stream | EventKind::Site) | None => {
             return Err(anyhow!("unknown event kind {}", raw.kind))
         }
     };

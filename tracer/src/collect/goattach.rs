@@ -27,7 +27,7 @@ use aya::{
 };
 use tracer_common::go::{map_names, GoKey, GoProcess, StreamInfo, StreamKey};
 
-use super::{batch, decode, procfs};
+use super::{batch, decode, gosites, procfs};
 use crate::{
     goprobe::{
         self,
@@ -46,23 +46,26 @@ use crate::{
 pub const ENABLE_ENV: &str = "TRACER_GO_PROBES";
 
 /// Which program goes where: the role's function entry, and each of its decoded RETs.
-const PROBES: &[(Role, &str, Option<&str>)] = &[
+const PROBES: &[(Role, Option<&str>, Option<&str>)] = &[
     (
         Role::H2WriteRequest,
-        "enter_h2_write_request",
+        Some("enter_h2_write_request"),
         Some("exit_h2_write_request"),
     ),
     (
         Role::H2RoundTrip,
-        "enter_h2_round_trip",
+        Some("enter_h2_round_trip"),
         Some("exit_h2_round_trip"),
     ),
     (
         Role::H2BodyRead,
-        "enter_h2_body_read",
+        Some("enter_h2_body_read"),
         Some("exit_h2_body_read"),
     ),
-    (Role::H2BodyClose, "enter_h2_body_close", None),
+    (Role::H2BodyClose, Some("enter_h2_body_close"), None),
+    // Call sites (gosite.rs, collect/gosites.rs): one hit per request.
+    (Role::H1RoundTrip, Some("enter_h1_site"), None),
+    (Role::H2RoundTrip, None, Some("exit_h2_site")),
 ];
 
 /// `abi.Type.Hash` of `*crypto/tls.Conn` and `*net.TCPConn` per Go minor release: the
@@ -71,7 +74,7 @@ const PROBES: &[(Role, &str, Option<&str>)] = &[
 /// Read from the runtime by tests/gotypehash with each toolchain of the matrix
 /// (`target/go-matrix/<version>/bin/go run ./tests/gotypehash`); a release missing here gets
 /// no fd for its streams (never a guess).
-const TYPE_HASHES: &[(u32, u32, u32)] = &[
+pub(super) const TYPE_HASHES: &[(u32, u32, u32)] = &[
     (21, 0xc6af_89f1, 0xbc02_0cb9),
     (22, 0xc6af_89f1, 0xbc02_0cb9),
     (23, 0xc6af_89f1, 0xbc02_0cb9),
@@ -122,6 +125,8 @@ pub struct GoProbes {
     targets: BTreeMap<u32, State>,
     results: Receiver<Inspected>,
     sender: Sender<Inspected>,
+    /// Call sites: the probed targets' symbols and the stacks named so far.
+    pub sites: gosites::Sites,
 }
 
 impl GoProbes {
@@ -137,6 +142,7 @@ impl GoProbes {
             targets: BTreeMap::new(),
             results,
             sender,
+            sites: gosites::Sites::default(),
         };
         if !std::env::var(ENABLE_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("auto")) {
             probes.off = Some(format!(
@@ -163,6 +169,7 @@ impl GoProbes {
         );
         self.streams = Some(take(ebpf, map_names::GO_STREAMS)?);
         self.inflight = Some(take(ebpf, map_names::GO_INFLIGHT)?);
+        self.sites.load(ebpf)?;
         for name in program_names() {
             program(ebpf, name)?
                 .load()
@@ -321,7 +328,7 @@ impl GoProbes {
                 let sites = binary
                     .probe(*role)
                     .ok_or_else(|| anyhow!("goprobe found no {role:?} function"))?;
-                let mut at = vec![(*entry, sites.entry)];
+                let mut at: Vec<_> = entry.iter().map(|entry| (*entry, sites.entry)).collect();
                 if let Some(ret) = ret {
                     if sites.returns.is_empty() {
                         return Err(anyhow!("{} has no RET to probe", sites.function.name));
@@ -351,6 +358,7 @@ impl GoProbes {
                     .insert(pid, *layout, 0)
                     .context("registering the process in GO_PROCS")?;
             }
+            self.sites.register(pid, binary)?;
             Ok(())
         })();
         match attached {
@@ -370,6 +378,7 @@ impl GoProbes {
         if let Some(procs) = self.procs.as_mut() {
             let _ = procs.remove(&pid);
         }
+        self.sites.forget(pid);
         detach(ebpf, pid, links);
         if let Some(streams) = self.streams.as_mut() {
             purge::<StreamKey, StreamInfo>(streams, |k| k.tgid == pid);
@@ -442,7 +451,7 @@ fn log_streams(streams: &[StreamSample]) {
 fn program_names() -> impl Iterator<Item = &'static str> {
     PROBES
         .iter()
-        .flat_map(|(_, entry, ret)| std::iter::once(*entry).chain(*ret))
+        .flat_map(|(_, entry, ret)| entry.iter().chain(ret).copied())
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
@@ -547,7 +556,8 @@ mod tests {
             );
         }
         let names: Vec<_> = program_names().collect();
-        assert_eq!(names.len(), 7);
+        assert_eq!(names.len(), 9);
         assert!(names.contains(&"exit_h2_body_read"));
+        assert!(names.contains(&"enter_h1_site") && names.contains(&"exit_h2_site"));
     }
 }

@@ -6,6 +6,7 @@ pub mod btf;
 mod check;
 mod decode;
 mod goattach;
+mod gosites;
 mod hooks;
 mod loader;
 mod names;
@@ -419,6 +420,7 @@ impl Collector {
                     log::debug!("h2 stream: {event:?}");
                     out.push(Input::Stream(event));
                 }
+                Ok(decode::Record::Site(site)) => self.go.sites.inputs(site, out),
                 Err(e) => log::warn!("skipping a kernel event: {e:#}"),
             }
         }

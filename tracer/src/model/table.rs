@@ -7,6 +7,7 @@ use std::{
 };
 
 pub use super::conn::{ConnKey, Origin, UpstreamConn};
+use super::site::{SiteRules, SiteTable};
 use super::stream::StreamTable;
 use super::{
     classify, tcp_state, ConnName, GoLayer, Input, KernelConn, KernelEvent, KernelEventKind,
@@ -57,6 +58,8 @@ pub struct ConnTable {
     unexplained: HashMap<u64, u8>,
     streams: StreamTable,
     go_layers: BTreeMap<u32, GoLayer>,
+    /// Which code obtained each connection's last response and each HTTP/2 response.
+    sites: SiteTable,
 }
 
 impl ConnTable {
@@ -84,7 +87,23 @@ impl ConnTable {
             Input::GoLayer(layer) => {
                 self.go_layers.insert(layer.pid, layer);
             }
+            Input::SiteStack(stack) => self.sites.apply_stack(stack),
+            Input::Site(event) => {
+                if !self.exited_pids.contains(&event.pid) {
+                    self.sites.apply_event(&event);
+                }
+            }
         }
+    }
+
+    /// The wrappers a call site looks through (`--site-skip`).
+    pub fn set_site_rules(&mut self, rules: SiteRules) {
+        self.sites.set_rules(rules);
+    }
+
+    /// Which code obtained the targets' responses (from the Go-aware probes).
+    pub fn sites(&self) -> &SiteTable {
+        &self.sites
     }
 
     /// The targets' open HTTP/2 streams (from the Go-aware probes).
@@ -476,6 +495,7 @@ impl ConnTable {
         // Connections (and streams) of a process that exited went with it.
         self.conns.retain(|_, c| alive.contains(&c.pid));
         self.streams.retain_pids(&alive);
+        self.sites.retain_pids(&alive);
         self.go_layers.retain(|pid, _| alive.contains(pid));
         self.targets = targets;
     }

@@ -106,6 +106,9 @@ fn recordable(input: &Input) -> bool {
         Input::Hooks(_) => true,
         // Stream addresses, counters and times; the Go layer's one line about a binary.
         Input::Stream(_) | Input::GoLayer(_) => true,
+        // Function names, file paths and lines of the relay's code, response addresses and
+        // fds: nothing the relay sent or received.
+        Input::SiteStack(_) | Input::Site(_) => true,
     }
 }
 
