@@ -135,10 +135,11 @@ fn walk(pcs: &mut [u64; MAX_SITE_FRAMES], sp: u64, mut bp: u64) -> u32 {
             // A frame pointer below the last one is no frame of this goroutine's stack.
             None
         } else {
-            let ret = read_user(bp + 8);
+            // The saved frame pointer and the return address above it, in one read.
+            let frame: Option<[u64; 2]> = read_user(bp);
             floor = bp;
-            bp = read_user(bp).unwrap_or(0);
-            ret
+            bp = frame.map_or(0, |f| f[0]);
+            frame.map(|f| f[1])
         };
         match ret {
             Some(pc) if pc != 0 => {
