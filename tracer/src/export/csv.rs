@@ -8,17 +8,36 @@ use super::provider_of;
 use crate::model::{snapshot::HostSummary, LeakReason, Snapshot};
 
 /// The columns, in order: `time`, `host`, `provider`, `open`, `leaked`, one column per leak
-/// reason (`LeakReason::ALL`), `closed_unread_total`, `connections_total`. The session totals
-/// count over the session; the others are the host's connections at `time`.
+/// reason (`LeakReason::ALL`), `closed_unread_total`, `connections_total`, `leak_sites`. The
+/// session totals count over the session; the others are the host's connections at `time`.
+/// `leak_sites` names the relay's lines that obtained the host's leaks, most first, as
+/// `function file:line=N` separated by `; ` (empty without the Go-aware probes).
 pub fn header() -> Vec<&'static str> {
     let mut columns = vec!["time", "host", "provider", "open", "leaked"];
     columns.extend(LeakReason::ALL.map(LeakReason::as_str));
-    columns.extend(["closed_unread_total", "connections_total"]);
+    columns.extend(["closed_unread_total", "connections_total", "leak_sites"]);
     columns
 }
 
+/// The call sites of `host`'s leaks with their counts, most first.
+fn leak_sites(snapshot: &Snapshot, host: &str) -> String {
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for leak in snapshot.leaks.iter().filter(|l| l.host == host) {
+        if let Some(site) = &leak.call_site {
+            *counts.entry(site.to_string()).or_default() += 1;
+        }
+    }
+    let mut sites: Vec<(String, u64)> = counts.into_iter().collect();
+    sites.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    sites
+        .iter()
+        .map(|(site, n)| format!("{site}={n}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// One row: a host's figures in one snapshot, in `header()`'s order.
-fn row(time: &str, host: &HostSummary) -> Vec<String> {
+fn row(time: &str, host: &HostSummary, sites: String) -> Vec<String> {
     let mut fields = vec![
         time.to_owned(),
         host.host.clone(),
@@ -29,6 +48,7 @@ fn row(time: &str, host: &HostSummary) -> Vec<String> {
     fields.extend(host.by_reason.iter().map(|(_, n)| n.to_string()));
     fields.push(host.closed_unread_total.to_string());
     fields.push(host.connections_total.to_string());
+    fields.push(sites);
     fields
 }
 
@@ -67,7 +87,7 @@ impl<W: Write> CsvSnapshots<W> {
         }
         for host in &snapshot.hosts {
             self.out
-                .write_record(row(time, host))
+                .write_record(row(time, host, leak_sites(snapshot, &host.host)))
                 .with_context(|| format!("writing the CSV row of host {}", host.host))?;
         }
         self.out.flush().context("flushing CSV rows")?;
@@ -95,7 +115,7 @@ mod tests {
 
     /// What a row must say for `host`.
     /// The documented columns, as scripts and spreadsheets read them.
-    const HEADER: [&str; 10] = [
+    const HEADER: [&str; 11] = [
         "time",
         "host",
         "provider",
@@ -106,6 +126,7 @@ mod tests {
         "abandoned",
         "closed_unread_total",
         "connections_total",
+        "leak_sites",
     ];
 
     /// A row read back by its column names.
@@ -121,6 +142,7 @@ mod tests {
         abandoned: u64,
         closed_unread_total: u64,
         connections_total: u64,
+        leak_sites: String,
     }
 
     fn figures(host: &HostSummary) -> (String, u64, u64, u64, u64, u64, u64, u64) {
@@ -178,10 +200,33 @@ mod tests {
         let text = write(&[&two_hosts()]);
         assert_eq!(
             text,
-            "time,host,provider,open,leaked,close_wait,unread,abandoned,closed_unread_total,connections_total\n\
-             2026-11-26T19:44:45.85Z,10.0.0.12,unknown,5,3,2,1,0,3,9\n\
-             2026-11-26T19:44:45.85Z,10.0.0.11,unknown,2,0,0,0,0,0,4\n"
+            "time,host,provider,open,leaked,close_wait,unread,abandoned,closed_unread_total,connections_total,leak_sites\n\
+             2026-11-26T19:44:45.85Z,10.0.0.12,unknown,5,3,2,1,0,3,9,\n\
+             2026-11-26T19:44:45.85Z,10.0.0.11,unknown,2,0,0,0,0,0,4,\n"
         );
+    }
+
+    #[test]
+    fn a_hosts_leak_sites_are_named_with_their_counts_most_first() {
+        use crate::model::site::CallSite;
+        let mut snapshot = two_hosts();
+        let site = |line| CallSite {
+            function: "main.relay".into(),
+            file: "relay/image.go".into(),
+            line,
+        };
+        let with_sites = [Some(site(829)), Some(site(12)), Some(site(12))];
+        for (leak, call_site) in snapshot.leaks.iter_mut().zip(with_sites) {
+            leak.call_site = call_site;
+        }
+        let text = write(&[&snapshot]);
+        let mut reader = ::csv::Reader::from_reader(text.as_bytes());
+        let rows: Vec<HostRow> = reader.deserialize().collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            rows[0].leak_sites,
+            "main.relay relay/image.go:12=2; main.relay relay/image.go:829=1"
+        );
+        assert_eq!(rows[1].leak_sites, "");
     }
 
     #[test]

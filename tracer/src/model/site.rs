@@ -61,7 +61,7 @@ impl fmt::Display for CallSite {
 }
 
 impl CallSite {
-    /// "file.go:123", for narrow columns: the file's last path element and the line.
+    /// "file.go:123", for labels and narrow columns: the file's last path element and the line.
     pub fn short(&self) -> String {
         let file = self.file.rsplit('/').next().unwrap_or(&self.file);
         format!("{file}:{}", self.line)

@@ -7,12 +7,12 @@
 //! A recording holds what the model holds: socket addresses, states, counters, times, process
 //! ids and names. Never payload bytes: `recordable` decides, per kind of input, what goes in.
 //!
-//! File format, version 2 (integers little-endian; version 1, before samples could leave the
+//! File format (integers little-endian; version 1, before samples could leave the
 //! socket table out, is refused with a message saying so):
 //!
 //! ```text
 //! magic      8 bytes  "TRCRREC\0"
-//! version    u16      2
+//! version    u16      5 (4, before call sites, still reads: 5 only added inputs)
 //! frames     each: u32 length, then that many bytes of postcard (serde) encoding
 //!   first    Header
 //!   then     Frame::Input { at_ns, input }  (at_ns: CLOCK_MONOTONIC when received)
@@ -37,7 +37,11 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Graces, Input};
 
 const MAGIC: [u8; 8] = *b"TRCRREC\0";
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
+/// The oldest version this tracer still reads: version 5 only added inputs (call sites,
+/// `Input::SiteStack` and `Input::Site`) after the others, so a version 4 recording decodes
+/// as it is (its leaks have no call site). Older ones are refused with a line saying so.
+pub const OLDEST_READABLE: u16 = 4;
 /// No frame is this large (a sample of a million sockets is ~150 MB); a larger length is
 /// corruption, not data.
 const MAX_FRAME: u32 = 1 << 30;
@@ -149,7 +153,7 @@ impl fmt::Display for RecordingError {
             ),
             Self::Version { path, version } => write!(
                 f,
-                "{} is a version {version} recording and this tracer reads version {VERSION}; replay it with the tracer that recorded it",
+                "{} is a version {version} recording and this tracer reads versions {OLDEST_READABLE} to {VERSION}; replay it with the tracer that recorded it",
                 path.display()
             ),
             Self::Truncated { path, offset } => write!(
@@ -289,7 +293,7 @@ impl<R: Read> RecordingReader<R> {
             });
         }
         let version = u16::from_le_bytes([start[MAGIC.len()], start[MAGIC.len() + 1]]);
-        if version != VERSION {
+        if !(OLDEST_READABLE..=VERSION).contains(&version) {
             return Err(RecordingError::Version {
                 path: path.to_owned(),
                 version,
@@ -535,7 +539,7 @@ mod tests {
     fn inputs_read_back_equal_with_their_times_and_the_header() {
         let inputs = inputs();
         let bytes = write_all(&inputs, 9 * SEC);
-        assert!(bytes.starts_with(b"TRCRREC\0\x04\x00"));
+        assert!(bytes.starts_with(b"TRCRREC\0\x05\x00"));
         let (h, frames) = read_all(&bytes).expect("reads");
         assert_eq!(h, header());
         let mut expected: Vec<Frame> = inputs
@@ -588,6 +592,51 @@ mod tests {
     }
 
     #[test]
+    fn call_sites_are_recorded_and_version_4_recordings_still_read() {
+        use crate::model::site::{SiteEvent, SiteFrame, SiteKey, SiteStack};
+        let mut inputs = inputs();
+        inputs.push((
+            7 * SEC,
+            Input::SiteStack(SiteStack {
+                id: 3,
+                frames: vec![SiteFrame {
+                    function: "main.relay".into(),
+                    file: "relay/image.go".into(),
+                    line: 829,
+                    library: false,
+                }],
+            }),
+        ));
+        inputs.push((
+            7 * SEC,
+            Input::Site(SiteEvent {
+                pid: 9,
+                key: SiteKey::H2Response { response: 0xc000 },
+                stack: 3,
+                at_ns: 7 * SEC,
+            }),
+        ));
+        let bytes = write_all(&inputs, 9 * SEC);
+        let (_, frames) = read_all(&bytes).expect("reads");
+        let read: Vec<Input> = frames
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Input { input, .. } => Some(input),
+                Frame::End { .. } => None,
+            })
+            .collect();
+        assert_eq!(read, inputs.into_iter().map(|(_, i)| i).collect::<Vec<_>>());
+        // Version 4 had the same inputs but these two: its files read as they are.
+        let old = write_all(&self::inputs(), 9 * SEC);
+        let mut v4 = old.clone();
+        v4[8] = 4;
+        assert_eq!(
+            read_all(&v4).expect("a version 4 recording reads").1,
+            read_all(&old).unwrap().1
+        );
+    }
+
+    #[test]
     fn foreign_newer_and_damaged_files_are_refused_clearly() {
         let bytes = write_all(&inputs(), 9 * SEC);
         assert!(matches!(
@@ -598,7 +647,7 @@ mod tests {
             read_all(b""),
             Err(RecordingError::NotARecording(_))
         ));
-        for version in [3u8, 5] {
+        for version in [3u8, 6] {
             let mut other = bytes.clone();
             other[8] = version;
             let err = read_all(&other).expect_err("version");
