@@ -221,7 +221,10 @@ mod tests {
         }
         let text = write(&[&snapshot]);
         let mut reader = ::csv::Reader::from_reader(text.as_bytes());
-        let rows: Vec<HostRow> = reader.deserialize().collect::<Result<_, _>>().unwrap();
+        let rows: Vec<HostRow> = reader
+            .deserialize()
+            .collect::<Result<_, _>>()
+            .expect("rows parse back");
         assert_eq!(
             rows[0].leak_sites,
             "main.relay relay/image.go:12=2; main.relay relay/image.go:829=1"

@@ -632,7 +632,7 @@ mod tests {
         v4[8] = 4;
         assert_eq!(
             read_all(&v4).expect("a version 4 recording reads").1,
-            read_all(&old).unwrap().1
+            read_all(&old).expect("reads").1
         );
     }
 
