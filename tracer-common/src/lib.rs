@@ -402,6 +402,8 @@ pub enum EventKind {
     FirstBytes = 4,
     // 5 was an HTTP/2 stream's lifecycle record: the Go layer now reads streams from the
     // relay's memory at each sample instead (tracer-ebpf/src/gostream.rs).
+    /// A request handed to Go's transport, with the caller's stack ([`go::SiteRecord`]).
+    Site = 6,
 }
 
 impl EventKind {
@@ -411,6 +413,7 @@ impl EventKind {
             2 => Some(Self::State),
             3 => Some(Self::Close),
             4 => Some(Self::FirstBytes),
+            6 => Some(Self::Site),
             _ => None,
         }
     }
@@ -552,6 +555,77 @@ pub mod go {
     /// Offset of `hash` in Go's itab (runtime/runtime2.go `itab`, internal/abi `ITab`:
     /// inter, _type, hash), the same in Go 1.21 to 1.27.
     pub const ITAB_HASH_OFFSET: u64 = 16;
+
+    /// Name of the call-site probes' process map: tgid -> [`SiteProcess`].
+    pub const GO_SITE_PROCS: &str = "GO_SITE_PROCS";
+
+    /// Return addresses a call-site record holds: the transport's own frames (about 7 on
+    /// HTTP/1.1, 8 on HTTP/2) plus the application's, with room for handler wrappers.
+    pub const MAX_SITE_FRAMES: usize = 24;
+
+    /// Where the call-site probes (tracer-ebpf/src/gosite.rs) find an HTTP/1.1 connection's
+    /// socket, for one process (value of `GO_SITE_PROCS`); `GoProcess::UNKNOWN` where unknown.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct SiteProcess {
+        /// persistConn.conn (net.Conn interface).
+        pub pconn_conn: u32,
+        /// tls.Conn.conn, net.TCPConn's conn.fd, netFD.pfd.Sysfd, and the type hashes of
+        /// `*crypto/tls.Conn` and `*net.TCPConn`, as in [`GoProcess`].
+        pub tls_conn: u32,
+        pub tcp_conn_fd: u32,
+        pub netfd_sysfd: u32,
+        pub tls_conn_type_hash: u32,
+        pub tcp_conn_type_hash: u32,
+    }
+    const _: () = assert!(size_of::<SiteProcess>() == 24);
+
+    /// Which hand-off a [`SiteRecord`] comes from.
+    #[repr(u32)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum SiteWhat {
+        /// Entry of `net/http.(*persistConn).roundTrip`: `fd` is the connection's socket.
+        H1 = 1,
+        /// A RET of the HTTP/2 round trip with a response: `response` is its address (what
+        /// the stream's `res` field holds).
+        H2 = 2,
+    }
+
+    impl SiteWhat {
+        pub const fn from_u32(v: u32) -> Option<Self> {
+            match v {
+                1 => Some(Self::H1),
+                2 => Some(Self::H2),
+                _ => None,
+            }
+        }
+    }
+
+    /// A request handed to the transport, with the goroutine's return addresses innermost
+    /// first (`EVENTS` record of kind [`super::EventKind::Site`]): `pcs[0]` is the caller of
+    /// the probed function, read at the stack pointer; the rest follow the frame-pointer chain.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct SiteRecord {
+        /// [`super::EventKind::Site`].
+        pub kind: u32,
+        /// A [`SiteWhat`] value.
+        pub what: u32,
+        pub tgid: u32,
+        /// The HTTP/1.1 connection's socket fd, or -1.
+        pub fd: i32,
+        /// The HTTP/2 response's address, or 0.
+        pub response: u64,
+        pub ts_ns: u64,
+        /// Where the probe fired (the instruction pointer): with the link-time address user
+        /// space knows, it checks the load bias it symbolizes with.
+        pub ip: u64,
+        /// Valid entries of `pcs`.
+        pub depth: u32,
+        pub _pad: u32,
+        pub pcs: [u64; MAX_SITE_FRAMES],
+    }
+    const _: () = assert!(size_of::<SiteRecord>() == 48 + 8 * MAX_SITE_FRAMES);
 }
 
 #[cfg(feature = "user")]
@@ -566,4 +640,6 @@ mod user {
     unsafe impl aya::Pod for super::go::GoConnKey {}
     unsafe impl aya::Pod for super::go::GoConnInfo {}
     unsafe impl aya::Pod for super::go::GoProcess {}
+    unsafe impl aya::Pod for super::go::SiteProcess {}
+    unsafe impl aya::Pod for super::go::SiteRecord {}
 }

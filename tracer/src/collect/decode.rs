@@ -89,6 +89,8 @@ pub enum Record<'a> {
         connect_ns: u64,
         bytes: &'a [u8],
     },
+    /// A request handed to Go's transport, with its stack (call sites).
+    Site(super::gosites::RawSite),
 }
 
 /// Decodes one ring-buffer record of either kind.
@@ -98,6 +100,9 @@ pub fn record(bytes: &[u8]) -> Result<Record<'_>> {
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .map(u32::from_ne_bytes)
         .ok_or_else(|| anyhow!("empty event record"))?;
+    if kind == EventKind::Site as u32 {
+        return super::gosites::decode(bytes).map(Record::Site);
+    }
     if kind != EventKind::FirstBytes as u32 {
         return event(bytes).map(Record::Conn);
     }
@@ -142,7 +147,7 @@ pub fn event(bytes: &[u8]) -> Result<KernelEvent> {
         Some(EventKind::Connect) => KernelEventKind::Connect,
         Some(EventKind::State) => KernelEventKind::State,
         Some(EventKind::Close) => KernelEventKind::Close,
-        Some(EventKind::FirstBytes) | None => {
+        Some(EventKind::FirstBytes | EventKind::Site) | None => {
             return Err(anyhow!("unknown event kind {}", raw.kind))
         }
     };

@@ -32,7 +32,7 @@ use tracer_common::go::{map_names, GoConnInfo, GoConnKey, GoProcess};
 use super::{
     batch,
     gomem::{self, ProcessMemory},
-    monotonic_ns, procfs,
+    gosites, monotonic_ns, procfs,
 };
 use crate::{
     goprobe::{
@@ -46,7 +46,13 @@ use crate::{
 };
 
 /// Which program goes where: the role's function entry, and each of its decoded RETs.
-const PROBES: &[(Role, &str, Option<&str>)] = &[(Role::H2ReadLoop, "enter_h2_read_loop", None)];
+const PROBES: &[(Role, Option<&str>, Option<&str>)] = &[
+    // HTTP/2 streams (gostream.rs): one hit per connection.
+    (Role::H2ReadLoop, Some("enter_h2_read_loop"), None),
+    // Call sites (gosite.rs, collect/gosites.rs): one hit per request.
+    (Role::H1RoundTrip, Some("enter_h1_site"), None),
+    (Role::H2RoundTrip, None, Some("exit_h2_site")),
+];
 
 /// `abi.Type.Hash` of `*crypto/tls.Conn` and `*net.TCPConn` per Go minor release: the
 /// compiler's hash of the type's link name (cmd/compile/internal/types.TypeHash), copied into
@@ -54,7 +60,7 @@ const PROBES: &[(Role, &str, Option<&str>)] = &[(Role::H2ReadLoop, "enter_h2_rea
 /// Read from the runtime by tests/gotypehash with each toolchain of the matrix
 /// (`target/go-matrix/<version>/bin/go run ./tests/gotypehash`); a release missing here gets
 /// no fd for its streams (never a guess).
-const TYPE_HASHES: &[(u32, u32, u32)] = &[
+pub(super) const TYPE_HASHES: &[(u32, u32, u32)] = &[
     (21, 0xc6af_89f1, 0xbc02_0cb9),
     (22, 0xc6af_89f1, 0xbc02_0cb9),
     (23, 0xc6af_89f1, 0xbc02_0cb9),
@@ -80,7 +86,7 @@ enum State {
     Attached {
         start: Option<u64>,
         links: Vec<(&'static str, UProbeLinkId)>,
-        reader: StreamReader,
+        reader: Box<StreamReader>,
         memory: ProcessMemory,
     },
     /// Nothing attached; the line said why.
@@ -116,6 +122,8 @@ pub struct GoProbes {
     sender: Sender<Inspected>,
     discovered: Receiver<Discovered>,
     discover: Sender<Discovered>,
+    /// Call sites: the probed targets' symbols and the stacks named so far.
+    pub sites: gosites::Sites,
 }
 
 impl GoProbes {
@@ -133,6 +141,7 @@ impl GoProbes {
             targets: BTreeMap::new(),
             results,
             sender,
+            sites: gosites::Sites::default(),
         };
         if !enabled {
             probes.off = Some("--go-probes off".to_owned());
@@ -156,6 +165,7 @@ impl GoProbes {
                 .context("opening the GO_PROCS map")?,
         );
         self.conns = Some(take(ebpf, map_names::GO_CONNS)?);
+        self.sites.load(ebpf)?;
         for name in program_names() {
             program(ebpf, name)?
                 .load()
@@ -379,7 +389,7 @@ impl GoProbes {
                     State::Attached {
                         start,
                         links,
-                        reader,
+                        reader: Box::new(reader),
                         memory,
                     },
                     say(pid, true, line),
@@ -408,7 +418,7 @@ impl GoProbes {
                 let sites = binary
                     .probe(*role)
                     .ok_or_else(|| anyhow!("goprobe found no {role:?} function"))?;
-                let mut at = vec![(*entry, sites.entry)];
+                let mut at: Vec<_> = entry.iter().map(|entry| (*entry, sites.entry)).collect();
                 if let Some(ret) = ret {
                     if sites.returns.is_empty() {
                         return Err(anyhow!("{} has no RET to probe", sites.function.name));
@@ -438,6 +448,7 @@ impl GoProbes {
                     .insert(pid, *layout, 0)
                     .context("registering the process in GO_PROCS")?;
             }
+            self.sites.register(pid, binary)?;
             Ok(())
         })();
         match attached {
@@ -457,6 +468,7 @@ impl GoProbes {
         if let Some(procs) = self.procs.as_mut() {
             let _ = procs.remove(&pid);
         }
+        self.sites.forget(pid);
         detach(ebpf, pid, links);
         if let Some(conns) = self.conns.as_mut() {
             purge::<GoConnKey, GoConnInfo>(conns, |k| k.tgid == pid);
@@ -562,7 +574,7 @@ impl GoProbes {
 fn program_names() -> impl Iterator<Item = &'static str> {
     PROBES
         .iter()
-        .flat_map(|(_, entry, ret)| std::iter::once(*entry).chain(*ret))
+        .flat_map(|(_, entry, ret)| entry.iter().chain(ret).copied())
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
@@ -664,6 +676,9 @@ mod tests {
             );
         }
         let names: Vec<_> = program_names().collect();
-        assert_eq!(names, ["enter_h2_read_loop"]);
+        assert_eq!(
+            names,
+            ["enter_h2_read_loop", "enter_h1_site", "exit_h2_site"]
+        );
     }
 }

@@ -7,6 +7,7 @@ mod check;
 mod decode;
 mod goattach;
 mod gomem;
+mod gosites;
 mod hooks;
 mod loader;
 mod names;
@@ -418,6 +419,7 @@ impl Collector {
                         });
                     }
                 }
+                Ok(decode::Record::Site(site)) => self.go.sites.inputs(site, out),
                 Err(e) => log::warn!("skipping a kernel event: {e:#}"),
             }
         }

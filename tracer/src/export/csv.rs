@@ -10,10 +10,12 @@ use crate::model::{leak::LeakKind, snapshot::HostSummary, LeakReason, Snapshot};
 /// The columns, in order: `time`, `host`, `provider`, `open`, `leaked`, one column per leak
 /// reason (`LeakReason::ALL`), `closed_unread_total`, `connections_total`, then one column per
 /// kind of leak (`leaked_connection`, `leaked_h2_stream`: `LeakKind::ALL`) and `open_streams`
-/// (open HTTP/2 streams). `leaked` and the reasons count both kinds, as JSON's `leaked` and
-/// `by_reason` do. The session totals count over the session; the others are the host's
-/// connections and streams at `time`. The kind columns come last so that scripts reading
-/// columns by position before they existed read the same figures.
+/// (open HTTP/2 streams), and `leak_sites`. `leaked` and the reasons count both kinds, as
+/// JSON's `leaked` and `by_reason` do. The session totals count over the session; the others
+/// are the host's connections and streams at `time`. The newer columns come last so that
+/// scripts reading columns by position before they existed read the same figures.
+/// `leak_sites` names the relay's lines that obtained the host's leaks, most first, as
+/// `function file:line=N` separated by `; ` (empty without the Go-aware probes).
 pub fn header() -> Vec<String> {
     let mut columns: Vec<String> = ["time", "host", "provider", "open", "leaked"]
         .map(String::from)
@@ -22,11 +24,29 @@ pub fn header() -> Vec<String> {
     columns.extend(["closed_unread_total", "connections_total"].map(String::from));
     columns.extend(LeakKind::ALL.map(|k| format!("leaked_{}", k.as_str())));
     columns.push("open_streams".to_owned());
+    columns.push("leak_sites".to_owned());
     columns
 }
 
+/// The call sites of `host`'s leaks with their counts, most first.
+fn leak_sites(snapshot: &Snapshot, host: &str) -> String {
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for leak in snapshot.leaks.iter().filter(|l| l.host == host) {
+        if let Some(site) = &leak.call_site {
+            *counts.entry(site.to_string()).or_default() += 1;
+        }
+    }
+    let mut sites: Vec<(String, u64)> = counts.into_iter().collect();
+    sites.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    sites
+        .iter()
+        .map(|(site, n)| format!("{site}={n}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// One row: a host's figures in one snapshot, in `header()`'s order.
-fn row(time: &str, host: &HostSummary) -> Vec<String> {
+fn row(time: &str, host: &HostSummary, sites: String) -> Vec<String> {
     let mut fields = vec![
         time.to_owned(),
         host.host.clone(),
@@ -39,6 +59,7 @@ fn row(time: &str, host: &HostSummary) -> Vec<String> {
     fields.push(host.connections_total.to_string());
     fields.extend(host.by_kind.iter().map(|(_, n)| n.to_string()));
     fields.push(host.open_streams.to_string());
+    fields.push(sites);
     fields
 }
 
@@ -77,7 +98,7 @@ impl<W: Write> CsvSnapshots<W> {
         }
         for host in &snapshot.hosts {
             self.out
-                .write_record(row(time, host))
+                .write_record(row(time, host, leak_sites(snapshot, &host.host)))
                 .with_context(|| format!("writing the CSV row of host {}", host.host))?;
         }
         self.out.flush().context("flushing CSV rows")?;
@@ -105,7 +126,7 @@ mod tests {
 
     /// What a row must say for `host`.
     /// The documented columns, as scripts and spreadsheets read them.
-    const HEADER: [&str; 13] = [
+    const HEADER: [&str; 14] = [
         "time",
         "host",
         "provider",
@@ -119,6 +140,7 @@ mod tests {
         "leaked_connection",
         "leaked_h2_stream",
         "open_streams",
+        "leak_sites",
     ];
 
     /// A row read back by its column names.
@@ -137,6 +159,7 @@ mod tests {
         leaked_connection: u64,
         leaked_h2_stream: u64,
         open_streams: u64,
+        leak_sites: String,
     }
 
     type Figures = (String, u64, u64, [u64; 3], u64, u64, [u64; 2], u64);
@@ -218,11 +241,37 @@ mod tests {
         assert_eq!(
             text,
             "time,host,provider,open,leaked,close_wait,unread,abandoned,closed_unread_total,connections_total,\
-             leaked_connection,leaked_h2_stream,open_streams\n\
-             2026-11-26T19:44:45.85Z,10.0.0.12,unknown,5,3,2,1,0,3,9,3,0,0\n\
-             2026-11-26T19:44:45.85Z,10.0.0.11,unknown,2,0,0,0,0,0,4,0,0,0\n\
-             2026-11-26T19:44:45.85Z,10.0.0.23,unknown,2,2,0,1,1,0,2,0,2,6\n"
+             leaked_connection,leaked_h2_stream,open_streams,leak_sites\n\
+             2026-11-26T19:44:45.85Z,10.0.0.12,unknown,5,3,2,1,0,3,9,3,0,0,\n\
+             2026-11-26T19:44:45.85Z,10.0.0.11,unknown,2,0,0,0,0,0,4,0,0,0,\n\
+             2026-11-26T19:44:45.85Z,10.0.0.23,unknown,2,2,0,1,1,0,2,0,2,6,\n"
         );
+    }
+
+    #[test]
+    fn a_hosts_leak_sites_are_named_with_their_counts_most_first() {
+        use crate::model::site::CallSite;
+        let mut snapshot = two_hosts();
+        let site = |line| CallSite {
+            function: "main.relay".into(),
+            file: "relay/image.go".into(),
+            line,
+        };
+        let with_sites = [Some(site(829)), Some(site(12)), Some(site(12))];
+        for (leak, call_site) in snapshot.leaks.iter_mut().zip(with_sites) {
+            leak.call_site = call_site;
+        }
+        let text = write(&[&snapshot]);
+        let mut reader = ::csv::Reader::from_reader(text.as_bytes());
+        let rows: Vec<HostRow> = reader
+            .deserialize()
+            .collect::<Result<_, _>>()
+            .expect("rows parse back");
+        assert_eq!(
+            rows[0].leak_sites,
+            "main.relay relay/image.go:12=2; main.relay relay/image.go:829=1"
+        );
+        assert_eq!(rows[1].leak_sites, "");
     }
 
     #[test]

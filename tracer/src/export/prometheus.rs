@@ -33,6 +33,8 @@ use crate::model::{
 pub const DEFAULT_TOP_HOSTS: usize = 20;
 /// The `host` label of the series that sum, per provider, the hosts outside the top N.
 pub const OTHER: &str = "other";
+/// Call sites with their own `site` series; the others sum as `site="other"`.
+pub const TOP_SITES: usize = 20;
 /// What `/metrics` answers with: the text format 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -305,6 +307,16 @@ impl PrometheusExporter {
                 .map(|((l, k, r), n)| (leak_labels(l, *k, *r), *n)),
         )?;
 
+        let by_site = site_series(snapshot, TOP_SITES);
+        if !by_site.is_empty() {
+            out.int_gauge(
+                "upstream_leaked_by_site",
+                "Leaked connections and HTTP/2 streams by the relay's line that obtained them (\"function file:line\"), by reason; sites beyond the top 20 sum as site=\"other\".",
+                &["site", "reason"],
+                by_site,
+            )?;
+        }
+
         let kernel = &snapshot.kernel;
         out.counter(
             "events_total",
@@ -515,6 +527,30 @@ fn sum(hosts: &[&HostSummary], figure: impl Fn(&HostSummary) -> u64) -> u64 {
     hosts.iter().map(|h| figure(h)).sum()
 }
 
+/// Leaks per call site and reason: the `top` sites with the most leaks by name, the rest
+/// summed as "other" (none without leaks).
+fn site_series(snapshot: &Snapshot, top: usize) -> Vec<(Vec<String>, u64)> {
+    let leaking: Vec<_> = snapshot.sites.iter().filter(|s| s.leaked > 0).collect();
+    let (named, rest) = leaking.split_at(leaking.len().min(top));
+    let mut series = Vec::new();
+    for site in named {
+        let label = format!("{} {}", site.call_site.function, site.call_site.short());
+        for reason in LeakReason::ALL {
+            series.push((
+                vec![label.clone(), reason.as_str().to_owned()],
+                site.by_reason.get(reason),
+            ));
+        }
+    }
+    if !rest.is_empty() {
+        for reason in LeakReason::ALL {
+            let n = rest.iter().map(|s| s.by_reason.get(reason)).sum();
+            series.push((vec![OTHER.to_owned(), reason.as_str().to_owned()], n));
+        }
+    }
+    series
+}
+
 /// One render's metric families. A fresh registry each time: the series are exactly this
 /// snapshot's (a host that left the top N leaves no stale gauge behind), and the registry
 /// sorts families by name and series by label values, so the text is deterministic.
@@ -705,6 +741,61 @@ tracer_upstream_leaks_detected_total{host="10.0.0.12",kind="h2_stream",provider=
 tracer_upstream_leaks_detected_total{host="10.0.0.12",kind="h2_stream",provider="unknown",reason="unread"} 1
 "#;
         assert_eq!(text, expected.replace("0.1.0", env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn call_sites_beyond_the_top_n_are_summed_as_other() {
+        use crate::model::{
+            leak::{ByKind, ByReason},
+            site::CallSite,
+            snapshot::SiteSummary,
+        };
+        let site = |line: u32, leaked: u64| SiteSummary {
+            call_site: CallSite {
+                function: "main.relay".into(),
+                file: "/src/relay/image.go".into(),
+                line,
+            },
+            requests_total: 10,
+            leaked,
+            by_reason: ByReason::of([leaked, 0, 0]),
+            by_kind: ByKind::connections(leaked),
+            hosts: vec![],
+            providers: vec![],
+            frames: vec![],
+            stack: vec![],
+        };
+        let mut snapshot = two_hosts();
+        snapshot.sites = vec![site(829, 3), site(12, 2), site(40, 1), site(7, 0)];
+        let series = site_series(&snapshot, 2);
+        let close_wait: Vec<(String, u64)> = series
+            .iter()
+            .filter(|(l, _)| l[1] == "close_wait")
+            .map(|(l, n)| (l[0].clone(), *n))
+            .collect();
+        assert_eq!(
+            close_wait,
+            [
+                ("main.relay image.go:829".to_owned(), 3),
+                ("main.relay image.go:12".to_owned(), 2),
+                ("other".to_owned(), 1)
+            ]
+        );
+        let text = PrometheusExporter::default()
+            .render(&snapshot, &HEALTH)
+            .expect("renders");
+        assert!(
+            text.contains(
+                r#"tracer_upstream_leaked_by_site{reason="close_wait",site="main.relay image.go:829"} 3"#
+            ),
+            "{text}"
+        );
+        // A site without leaks has no series; without sites, no family.
+        assert!(!text.contains("image.go:7"), "{text}");
+        assert!(!PrometheusExporter::default()
+            .render(&two_hosts(), &HEALTH)
+            .expect("renders")
+            .contains("by_site"));
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub fn leak(host: &str, port: u16, reason: LeakReason, age_s: f64) -> Leak {
         buffered_bytes: None,
         last_read_ret: Some(-11),
         origin: Origin::Traced,
+        call_site: None,
+        stack: Vec::new(),
     }
 }
 
@@ -133,6 +135,7 @@ pub fn snapshot(hosts: Vec<HostSummary>, leaks: Vec<Leak>) -> Snapshot {
         },
         hooks: Default::default(),
         go_layer: vec![],
+        sites: vec![],
     }
 }
 

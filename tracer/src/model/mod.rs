@@ -5,6 +5,7 @@
 pub mod classify;
 pub mod conn;
 pub mod leak;
+pub mod site;
 pub mod snapshot;
 pub mod stream;
 pub mod table;
@@ -45,6 +46,12 @@ pub enum Input {
     AddressNames(Vec<(IpAddr, ConnName)>),
     /// What the Go-aware layer makes of a target's binary: attached, or why not (one line).
     GoLayer(GoLayer),
+    /// A stack the collector named from a target's `.gopclntab`, sent once before the first
+    /// request it obtained (issue 13).
+    SiteStack(site::SiteStack),
+    /// A request handed to Go's transport by a known stack: which connection or HTTP/2
+    /// response it obtained.
+    Site(site::SiteEvent),
 }
 
 /// The Go-aware layer's state for one target process.

@@ -9,6 +9,7 @@ use std::{
 use super::{
     classify::{judge, judge_stream, Graces},
     leak::{ByKind, ByReason, LeakKind, LeakReason},
+    site::{CallSite, StackSite},
     state_name,
     stream::H2Stream,
     table::{ConnTable, Origin, UpstreamConn},
@@ -92,6 +93,33 @@ pub struct Leak {
     /// Return value of the last read (-11 is EAGAIN), when a read was seen.
     pub last_read_ret: Option<i64>,
     pub origin: Origin,
+    /// The relay's line that obtained the response that leaked (for a reused connection, its
+    /// last request's), when the Go-aware probes saw it: the innermost frame outside Go's
+    /// standard library and the `--site-skip` wrappers.
+    pub call_site: Option<CallSite>,
+    /// Up to 8 application frames from the call site outwards, "function file:line".
+    pub stack: Vec<String>,
+}
+
+/// One line of the relay that obtains responses: its leaks now and its requests in all.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SiteSummary {
+    #[serde(flatten)]
+    pub call_site: CallSite,
+    /// Requests it handed to the transport over the session (each obtained a response or
+    /// failed): the fraction that leaks is the triage signal.
+    pub requests_total: u64,
+    pub leaked: u64,
+    pub by_reason: ByReason,
+    pub by_kind: ByKind,
+    /// Hosts and providers of its leaks.
+    pub hosts: Vec<String>,
+    pub providers: Vec<String>,
+    /// Its most frequent stack, every frame (the transport's too), innermost first.
+    #[serde(skip)]
+    pub frames: Vec<String>,
+    /// Up to 8 application frames from the call site outwards.
+    pub stack: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -111,6 +139,9 @@ pub struct Snapshot {
     pub hooks: BTreeMap<String, String>,
     /// What the Go-aware layer made of each target's binary (attached, or why not).
     pub go_layer: Vec<GoLayer>,
+    /// Per call site of the relay: its leaks and requests (most leaks first). Empty without
+    /// the Go-aware probes.
+    pub sites: Vec<SiteSummary>,
 }
 
 /// The host a stream counts under when its connection is not known (the probes could not
@@ -147,6 +178,8 @@ fn stream_leak_of(
         buffered_bytes: stream.buffered_bytes,
         last_read_ret: None,
         origin: conn.map_or(Origin::Traced, |c| c.origin),
+        call_site: None,
+        stack: Vec::new(),
     }
 }
 
@@ -205,7 +238,88 @@ fn leak_of(conn: &UpstreamConn, reason: LeakReason, now_ns: u64) -> Leak {
         buffered_bytes: None,
         last_read_ret: conn.last_read_ret,
         origin: conn.origin,
+        call_site: None,
+        stack: Vec::new(),
     }
+}
+
+impl Leak {
+    fn with_site(mut self, site: Option<&StackSite>) -> Self {
+        if let Some(site) = site {
+            self.call_site = site.call_site.clone();
+            self.stack = site.stack.clone();
+        }
+        self
+    }
+}
+
+/// The site of a connection's last request.
+fn site_of_conn<'t>(table: &'t ConnTable, conn: &UpstreamConn) -> Option<&'t StackSite> {
+    let opened = (conn.origin == Origin::Traced).then_some(conn.opened_ns);
+    table.sites().for_connection(conn.pid, conn.fd?, opened)
+}
+
+/// The HTTP/2 response a stream's request obtained (its `clientStream.res`, read from the
+/// relay's memory with the stream), once its headers arrived.
+fn response_of(stream: &H2Stream) -> Option<u64> {
+    (stream.response != 0).then_some(stream.response)
+}
+
+/// Sums leaks per call site, and adds every site that obtained responses without leaking.
+fn sites_of(table: &ConnTable, leaks: &[Leak]) -> Vec<SiteSummary> {
+    let mut by_site: BTreeMap<CallSite, SiteSummary> = BTreeMap::new();
+    let new = |call_site: &CallSite| {
+        let stack = table.sites().stack_of(call_site);
+        SiteSummary {
+            call_site: call_site.clone(),
+            requests_total: 0,
+            leaked: 0,
+            by_reason: ByReason::default(),
+            by_kind: ByKind::default(),
+            hosts: Vec::new(),
+            providers: Vec::new(),
+            frames: stack.map_or_else(Vec::new, |s| {
+                s.frames.iter().map(ToString::to_string).collect()
+            }),
+            stack: stack.map_or_else(Vec::new, |s| s.stack.clone()),
+        }
+    };
+    for (call_site, requests) in table.sites().requests_by_site() {
+        let mut summary = new(&call_site);
+        summary.requests_total = requests;
+        by_site.insert(call_site, summary);
+    }
+    for leak in leaks {
+        let Some(call_site) = &leak.call_site else {
+            continue;
+        };
+        let summary = by_site
+            .entry(call_site.clone())
+            .or_insert_with(|| new(call_site));
+        summary.leaked += 1;
+        summary.by_reason.add(leak.reason);
+        summary.by_kind.add(leak.kind);
+        if !summary.hosts.contains(&leak.host) {
+            summary.hosts.push(leak.host.clone());
+        }
+        if let Some(provider) = &leak.provider {
+            if !summary.providers.contains(provider) {
+                summary.providers.push(provider.clone());
+            }
+        }
+    }
+    let mut sites: Vec<SiteSummary> = by_site.into_values().collect();
+    for site in &mut sites {
+        site.hosts.sort();
+        site.providers.sort();
+    }
+    sites.sort_by(|a, b| {
+        b.leaked
+            .cmp(&a.leaked)
+            .then(b.requests_total.cmp(&a.requests_total))
+            .then_with(|| a.call_site.cmp(&b.call_site))
+    });
+    sites
 }
 
 impl Leak {
@@ -252,7 +366,7 @@ impl Snapshot {
                     reason,
                     now_ns.saturating_sub(conn.opened_ns),
                 );
-                leaks.push(leak_of(conn, reason, now_ns));
+                leaks.push(leak_of(conn, reason, now_ns).with_site(site_of_conn(table, conn)));
             }
         }
         for stream in table.streams().open() {
@@ -273,7 +387,9 @@ impl Snapshot {
                     .iter()
                     .find(|t| t.pid == stream.pid)
                     .map_or("", |t| t.comm.as_str());
-                leaks.push(stream_leak_of(stream, conn, comm, reason, now_ns));
+                let site =
+                    response_of(stream).and_then(|res| table.sites().for_response(stream.pid, res));
+                leaks.push(stream_leak_of(stream, conn, comm, reason, now_ns).with_site(site));
             }
         }
         let mut hosts: Vec<HostSummary> = table
@@ -322,6 +438,7 @@ impl Snapshot {
                 .then(a.local.cmp(&b.local))
         });
         let providers = providers_of(&hosts);
+        let sites = sites_of(table, &leaks);
         Snapshot {
             targets: table.targets().to_vec(),
             providers,
@@ -332,6 +449,7 @@ impl Snapshot {
             kernel: table.stats(),
             hooks: table.hooks().clone(),
             go_layer: table.go_layers().cloned().collect(),
+            sites,
         }
     }
 }
@@ -605,6 +723,8 @@ mod tests {
                 buffered_bytes: None,
                 last_read_ret: Some(-11),
                 origin: Origin::Traced,
+                call_site: None,
+                stack: vec![],
             }]
         );
         // A connection has no stream buffer: the field is left out of its JSON.
@@ -784,6 +904,7 @@ mod tests {
                 kernel: stats,
                 hooks: Default::default(),
                 go_layer: vec![],
+                sites: vec![],
             }
         );
     }

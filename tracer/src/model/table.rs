@@ -7,6 +7,7 @@ use std::{
 };
 
 pub use super::conn::{ConnKey, Origin, UpstreamConn};
+use super::site::{SiteRules, SiteTable};
 use super::stream::StreamTable;
 use super::{
     classify, tcp_state, ConnName, GoLayer, Input, KernelConn, KernelEvent, KernelEventKind,
@@ -57,7 +58,12 @@ pub struct ConnTable {
     unexplained: HashMap<u64, u8>,
     streams: StreamTable,
     go_layers: BTreeMap<u32, GoLayer>,
+    /// Which code obtained each connection's last response and each HTTP/2 response.
+    sites: SiteTable,
 }
+
+/// How long the call site of an HTTP/2 response whose stream no sample has shown is kept.
+const RESPONSE_SITES_KEPT_NS: u64 = 10_000_000_000;
 
 impl ConnTable {
     pub fn new() -> Self {
@@ -79,7 +85,23 @@ impl ConnTable {
             Input::GoLayer(layer) => {
                 self.go_layers.insert(layer.pid, layer);
             }
+            Input::SiteStack(stack) => self.sites.apply_stack(stack),
+            Input::Site(event) => {
+                if !self.exited_pids.contains(&event.pid) {
+                    self.sites.apply_event(&event);
+                }
+            }
         }
+    }
+
+    /// The wrappers a call site looks through (`--site-skip`).
+    pub fn set_site_rules(&mut self, rules: SiteRules) {
+        self.sites.set_rules(rules);
+    }
+
+    /// Which code obtained the targets' responses (from the Go-aware probes).
+    pub fn sites(&self) -> &SiteTable {
+        &self.sites
     }
 
     /// The targets' open HTTP/2 streams (from the Go-aware probes).
@@ -340,6 +362,18 @@ impl ConnTable {
     fn apply_sample(&mut self, sample: &Sample) {
         self.stats = sample.stats;
         self.streams.apply_sample(&sample.streams, sample.now_ns);
+        // The call sites of HTTP/2 responses are kept while their stream is open, and for a
+        // while after they came (a response's stream shows in the samples after it).
+        let open: HashSet<(u32, u64)> = self
+            .streams
+            .open()
+            .filter(|s| s.response != 0)
+            .map(|s| (s.pid, s.response))
+            .collect();
+        self.sites.retain_responses(
+            |pid, res| open.contains(&(pid, res)),
+            sample.now_ns.saturating_sub(RESPONSE_SITES_KEPT_NS),
+        );
 
         // Kernel-tracked sockets: refresh, adopt ones whose Connect event is still queued or
         // was lost, and forget ones the kernel dropped (their Close event was lost).
@@ -470,6 +504,7 @@ impl ConnTable {
         // Connections (and streams) of a process that exited went with it.
         self.conns.retain(|_, c| alive.contains(&c.pid));
         self.streams.retain_pids(&alive);
+        self.sites.retain_pids(&alive);
         self.go_layers.retain(|pid, _| alive.contains(pid));
         self.targets = targets;
     }

@@ -87,6 +87,12 @@ impl<S: Source> Driver<S> {
         }
     }
 
+    /// The wrappers a leak's call site looks through (`--site-skip`).
+    pub fn site_rules(mut self, rules: crate::model::site::SiteRules) -> Self {
+        self.table.set_site_rules(rules);
+        self
+    }
+
     pub fn sink(mut self, sink: impl Sink + 'static) -> Self {
         let started = self.source.started_ns();
         let (next_model_ns, next_wall) = match sink.cadence() {

@@ -7,12 +7,12 @@
 //! A recording holds what the model holds: socket addresses, states, counters, times, process
 //! ids and names. Never payload bytes: `recordable` decides, per kind of input, what goes in.
 //!
-//! File format, version 2 (integers little-endian; version 1, before samples could leave the
+//! File format (integers little-endian; version 1, before samples could leave the
 //! socket table out, is refused with a message saying so):
 //!
 //! ```text
 //! magic      8 bytes  "TRCRREC\0"
-//! version    u16      2
+//! version    u16      5 (4, before call sites, still reads: 5 only added inputs)
 //! frames     each: u32 length, then that many bytes of postcard (serde) encoding
 //!   first    Header
 //!   then     Frame::Input { at_ns, input }  (at_ns: CLOCK_MONOTONIC when received)
@@ -38,6 +38,11 @@ use crate::model::{Graces, Input};
 
 const MAGIC: [u8; 8] = *b"TRCRREC\0";
 pub const VERSION: u16 = 5;
+/// The oldest version this tracer still reads. Version 5 replaced HTTP/2 stream events with
+/// streams read at each sample (an input kind removed, the sample's streams changed) and
+/// added call sites, so version 4 recordings no longer decode: refused with a line saying so.
+/// A version that only adds inputs after the others can keep this where it is.
+pub const OLDEST_READABLE: u16 = 5;
 /// No frame is this large (a sample of a million sockets is ~150 MB); a larger length is
 /// corruption, not data.
 const MAX_FRAME: u32 = 1 << 30;
@@ -106,6 +111,9 @@ fn recordable(input: &Input) -> bool {
         Input::Hooks(_) => true,
         // The Go layer's one line about a binary.
         Input::GoLayer(_) => true,
+        // Function names, file paths and lines of the relay's code, response addresses and
+        // fds: nothing the relay sent or received.
+        Input::SiteStack(_) | Input::Site(_) => true,
     }
 }
 
@@ -146,7 +154,7 @@ impl fmt::Display for RecordingError {
             ),
             Self::Version { path, version } => write!(
                 f,
-                "{} is a version {version} recording and this tracer reads version {VERSION}; replay it with the tracer that recorded it",
+                "{} is a version {version} recording and this tracer reads versions {OLDEST_READABLE} to {VERSION}; replay it with the tracer that recorded it",
                 path.display()
             ),
             Self::Truncated { path, offset } => write!(
@@ -286,7 +294,7 @@ impl<R: Read> RecordingReader<R> {
             });
         }
         let version = u16::from_le_bytes([start[MAGIC.len()], start[MAGIC.len() + 1]]);
-        if version != VERSION {
+        if !(OLDEST_READABLE..=VERSION).contains(&version) {
             return Err(RecordingError::Version {
                 path: path.to_owned(),
                 version,
@@ -582,6 +590,50 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains('\n'));
+    }
+
+    #[test]
+    fn call_sites_are_recorded_and_version_4_recordings_are_refused() {
+        use crate::model::site::{SiteEvent, SiteFrame, SiteKey, SiteStack};
+        let mut inputs = inputs();
+        inputs.push((
+            7 * SEC,
+            Input::SiteStack(SiteStack {
+                id: 3,
+                frames: vec![SiteFrame {
+                    function: "main.relay".into(),
+                    file: "relay/image.go".into(),
+                    line: 829,
+                    library: false,
+                }],
+            }),
+        ));
+        inputs.push((
+            7 * SEC,
+            Input::Site(SiteEvent {
+                pid: 9,
+                key: SiteKey::H2Response { response: 0xc000 },
+                stack: 3,
+                at_ns: 7 * SEC,
+            }),
+        ));
+        let bytes = write_all(&inputs, 9 * SEC);
+        let (_, frames) = read_all(&bytes).expect("reads");
+        let read: Vec<Input> = frames
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Input { input, .. } => Some(input),
+                Frame::End { .. } => None,
+            })
+            .collect();
+        assert_eq!(read, inputs.into_iter().map(|(_, i)| i).collect::<Vec<_>>());
+        // Version 4 had HTTP/2 stream events and other samples: refused, not misread.
+        let mut v4 = write_all(&self::inputs(), 9 * SEC);
+        v4[8] = 4;
+        assert!(matches!(
+            read_all(&v4),
+            Err(RecordingError::Version { version: 4, .. })
+        ));
     }
 
     #[test]

@@ -222,6 +222,20 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
         lines.push(Line::styled(" What usually causes it", HEAD));
         lines.extend(wrap(cause, width, "   "));
     }
+    // The relay's line that obtained the leaked response (its last request's, for a reused
+    // connection), when the Go-aware probes saw it.
+    let leak = s
+        .view
+        .snapshot
+        .leaks
+        .iter()
+        .find(|l| l.id() == row.id() && l.call_site.is_some());
+    if let Some(leak) = leak {
+        lines.push(Line::styled(" Obtained at (the relay's stack)", HEAD));
+        for frame_line in &leak.stack {
+            lines.extend(wrap(frame_line, width, "   "));
+        }
+    }
     frame.render_widget(Paragraph::new(lines), inner);
 }
 

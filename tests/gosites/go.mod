@@ -1,0 +1,3 @@
+module example.com/gosites
+
+go 1.21

@@ -1,0 +1,65 @@
+//! The socket fd behind a Go `net.Conn` interface, read from a target's memory by the Go-aware
+//! uprobes: the interface holds a `*crypto/tls.Conn` (whose `conn` field is again a net.Conn,
+//! a `*net.TCPConn` when dialed by net/http) or a `*net.TCPConn`; a TCPConn embeds
+//! `conn{fd *netFD}`, and `netFD.pfd.Sysfd` is the fd. Every interface hop checks the dynamic
+//! type's hash (the itab's copy) first; any failed read or unexpected type gives `None`.
+//!
+//! gosite.rs follows persistConn.conn with it, gostream.rs an h2 ClientConn.tconn.
+
+use aya_ebpf::helpers::bpf_probe_read_user;
+use tracer_common::go::{GoProcess, ITAB_HASH_OFFSET};
+
+/// Offsets and type hashes of the chain, per process (`GoProcess::UNKNOWN` where unknown).
+pub struct ConnChain {
+    pub tls_conn: u32,
+    pub tcp_conn_fd: u32,
+    pub netfd_sysfd: u32,
+    pub tls_conn_type_hash: u32,
+    pub tcp_conn_type_hash: u32,
+}
+
+/// Reads a `T` at `addr` in the probed process; `None` when the address is 0 or the read fails
+/// (the page is not there): never a guess, and never a fault in the process.
+#[inline(always)]
+pub fn read_user<T>(addr: u64) -> Option<T> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_user copies from the user address space with fault handling; a
+    // bad address returns an error and touches nothing.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+/// `base + offset` for an offset user space knows, else `None`.
+#[inline(always)]
+pub fn field_at(base: u64, offset: u32) -> Option<u64> {
+    (base != 0 && offset != GoProcess::UNKNOWN).then_some(base + u64::from(offset))
+}
+
+/// The data word of the interface at `at` when its dynamic type has the type hash `hash`.
+#[inline(always)]
+fn iface_data_if(at: u64, hash: u32) -> Option<u64> {
+    let itab: u64 = read_user(at)?;
+    let seen: u32 = read_user(itab + ITAB_HASH_OFFSET)?;
+    if seen != hash {
+        return None;
+    }
+    read_user(at + 8)
+}
+
+/// The fd of the `net.Conn` interface value at address `iface`.
+#[inline(always)]
+pub fn conn_fd(iface: u64, chain: &ConnChain) -> Option<i32> {
+    if chain.tls_conn_type_hash == 0 || chain.tcp_conn_type_hash == 0 {
+        return None;
+    }
+    let tcp = match iface_data_if(iface, chain.tls_conn_type_hash) {
+        Some(tls) => iface_data_if(field_at(tls, chain.tls_conn)?, chain.tcp_conn_type_hash)?,
+        None => iface_data_if(iface, chain.tcp_conn_type_hash)?,
+    };
+    let netfd: u64 = read_user(field_at(tcp, chain.tcp_conn_fd)?)?;
+    let sysfd: i64 = read_user(field_at(netfd, chain.netfd_sysfd)?)?;
+    (0..=i64::from(i32::MAX))
+        .contains(&sysfd)
+        .then_some(sysfd as i32)
+}

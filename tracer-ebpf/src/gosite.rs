@@ -1,0 +1,153 @@
+//! Call sites (issue 13): which line of the relay obtained each response. One uprobe hit per
+//! request, where the relay's goroutine hands the request to Go's transport, records the
+//! goroutine's return addresses; user space names them from `.gopclntab`.
+//!
+//! - HTTP/1.1: the entry of `net/http.(*persistConn).roundTrip` (RAX = the persistConn): its
+//!   `conn` leads to the socket's fd, by which user space finds the connection it tracks.
+//! - HTTP/2: each RET of the client connection's round trip (Role::H2RoundTrip), RAX = the
+//!   response it returns, the very pointer the stream keeps in `clientStream.res`
+//!   (net/http/h2_bundle.go 1.21-1.26 and net/http/internal/http2/transport.go 1.27:
+//!   `res := cs.res ... return res, nil`); user space joins it to the stream by that pointer.
+//!
+//! The stack: Go keeps frame pointers on amd64 (since 1.7). At a function's entry the caller's
+//! return address is at [RSP] (the callee has not pushed anything) and RBP is still the
+//! caller's frame pointer; at a RET the callee's epilogue has restored RBP and [RSP] is again
+//! the return address. From there each frame's [RBP+8] is its return address and [RBP] the
+//! next frame pointer (runtime/traceback.go, "frame pointer unwinding"), bounded by
+//! `MAX_SITE_FRAMES` and by frame pointers that must grow (stacks grow down): a stack being
+//! moved, or a frame without one, ends the walk early, never wrongly.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{map, uprobe},
+    maps::HashMap,
+    programs::ProbeContext,
+};
+use tracer_common::{
+    go::{SiteProcess, SiteRecord, SiteWhat, MAX_GO_PROCS, MAX_SITE_FRAMES},
+    EventKind, Stat,
+};
+
+use crate::{
+    goconn::{conn_fd, field_at, read_user, ConnChain},
+    maps::EVENTS,
+    sock::{count, current_ids, wakeup_flag},
+};
+
+/// tgid -> where this process's HTTP/1.1 connection leads to its socket. Filled by user space
+/// when it attaches these probes to the process, removed when it detaches them: the first
+/// lookup of every probe here.
+#[map]
+pub static GO_SITE_PROCS: HashMap<u32, SiteProcess> = HashMap::with_max_entries(MAX_GO_PROCS, 0);
+
+/// Entry of `net/http.(*persistConn).roundTrip(pc, req)`: RAX = pc.
+#[uprobe]
+pub fn enter_h1_site(ctx: ProbeContext) -> u32 {
+    try_enter_h1_site(&ctx).unwrap_or(0)
+}
+
+fn try_enter_h1_site(ctx: &ProbeContext) -> Result<u32, i64> {
+    let (tgid, _) = current_ids();
+    // SAFETY: a copy of the value out of the map entry just found.
+    let Some(layout) = GO_SITE_PROCS.get_ptr(&tgid).map(|p| unsafe { *p }) else {
+        return Ok(0);
+    };
+    // SAFETY: a uprobe program's context is the pt_regs of the probed task, which the
+    // verifier lets it read directly.
+    let pc = unsafe { (*ctx.regs).rax };
+    let chain = ConnChain {
+        tls_conn: layout.tls_conn,
+        tcp_conn_fd: layout.tcp_conn_fd,
+        netfd_sysfd: layout.netfd_sysfd,
+        tls_conn_type_hash: layout.tls_conn_type_hash,
+        tcp_conn_type_hash: layout.tcp_conn_type_hash,
+    };
+    let fd = field_at(pc, layout.pconn_conn)
+        .and_then(|iface| conn_fd(iface, &chain))
+        .unwrap_or(-1);
+    emit(ctx, SiteWhat::H1, tgid, fd, 0);
+    Ok(0)
+}
+
+/// Each RET of the HTTP/2 round trip: RAX = the response (nil on error: nothing to name).
+#[uprobe]
+pub fn exit_h2_site(ctx: ProbeContext) -> u32 {
+    try_exit_h2_site(&ctx).unwrap_or(0)
+}
+
+fn try_exit_h2_site(ctx: &ProbeContext) -> Result<u32, i64> {
+    let (tgid, _) = current_ids();
+    if GO_SITE_PROCS.get_ptr(&tgid).is_none() {
+        return Ok(0);
+    }
+    // SAFETY: as in `try_enter_h1_site`.
+    let response = unsafe { (*ctx.regs).rax };
+    if response == 0 {
+        return Ok(0);
+    }
+    emit(ctx, SiteWhat::H2, tgid, -1, response);
+    Ok(0)
+}
+
+/// Reserves a record in the ring, walks the stack into it and sends it. A full ring drops it
+/// and counts the drop (the request then has no site; nothing else depends on it).
+#[inline(always)]
+fn emit(ctx: &ProbeContext, what: SiteWhat, tgid: u32, fd: i32, response: u64) {
+    let Some(mut entry) = EVENTS.reserve::<SiteRecord>(0) else {
+        count(Stat::RingbufDrops);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: the context is the probed task's pt_regs (see `try_enter_h1_site`).
+    let (sp, bp, ip) = unsafe { ((*ctx.regs).rsp, (*ctx.regs).rbp, (*ctx.regs).rip) };
+    // SAFETY: `record` points to a reserved ring-buffer record of the right size that only we
+    // own until submit; every field is written before it is sent.
+    unsafe {
+        (*record).kind = EventKind::Site as u32;
+        (*record).what = what as u32;
+        (*record).tgid = tgid;
+        (*record).fd = fd;
+        (*record).response = response;
+        // SAFETY: bpf_ktime_get_ns takes nothing and only reads the clock.
+        (*record).ts_ns = bpf_ktime_get_ns();
+        (*record).ip = ip;
+        (*record).depth = walk(&mut (*record).pcs, sp, bp);
+        (*record)._pad = 0;
+    }
+    entry.submit(wakeup_flag());
+    count(Stat::EventsSent);
+}
+
+/// Fills `pcs` with return addresses, innermost first; returns how many. Unused slots are 0.
+#[inline(always)]
+fn walk(pcs: &mut [u64; MAX_SITE_FRAMES], sp: u64, mut bp: u64) -> u32 {
+    let mut depth = 0u32;
+    let mut floor = sp;
+    let mut done = false;
+    for (i, slot) in pcs.iter_mut().enumerate() {
+        *slot = 0;
+        if done {
+            continue;
+        }
+        let ret: Option<u64> = if i == 0 {
+            read_user(sp)
+        } else if bp <= floor {
+            // A frame pointer below the last one is no frame of this goroutine's stack.
+            None
+        } else {
+            // The saved frame pointer and the return address above it, in one read.
+            let frame: Option<[u64; 2]> = read_user(bp);
+            floor = bp;
+            bp = frame.map_or(0, |f| f[0]);
+            frame.map(|f| f[1])
+        };
+        match ret {
+            Some(pc) if pc != 0 => {
+                *slot = pc;
+                depth += 1;
+            }
+            _ => done = true,
+        }
+    }
+    depth
+}

@@ -1,0 +1,419 @@
+//! Call sites (issue 13), user side: registers each probed Go target with the call-site probes
+//! (tracer-ebpf/src/gosite.rs), and turns their records (a request handed to Go's transport,
+//! with the goroutine's return addresses) into model inputs. Each distinct stack is named once
+//! from the binary's `.gopclntab` (goprobe::Symbolizer, cached per PC, with the load bias of a
+//! PIE read from /proc/PID/maps) and sent once as `Input::SiteStack`; every request is then a
+//! small `Input::Site` naming its stack, so a request costs a hash lookup here, not a
+//! symbolization.
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData},
+    Ebpf,
+};
+use tracer_common::go::{
+    GoProcess, SiteProcess, SiteRecord, SiteWhat, GO_SITE_PROCS, MAX_SITE_FRAMES,
+};
+
+use super::goattach::TYPE_HASHES;
+use crate::{
+    goprobe::{
+        offsets::{Field, Offsets},
+        symbolize::Symbolizer,
+        GoBinary,
+    },
+    model::{
+        site::{is_library, SiteEvent, SiteFrame, SiteKey, SiteStack, MAX_STACKS},
+        Input,
+    },
+};
+
+/// A call-site record, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawSite {
+    pub what: SiteWhat,
+    pub pid: u32,
+    pub fd: Option<i32>,
+    pub response: u64,
+    pub at_ns: u64,
+    pub ip: u64,
+    /// Return addresses, innermost first.
+    pub pcs: Vec<u64>,
+}
+
+/// Decodes one `go::SiteRecord` from the ring.
+pub fn decode(bytes: &[u8]) -> Result<RawSite> {
+    if bytes.len() < size_of::<SiteRecord>() {
+        return Err(anyhow!(
+            "short call-site record: {} bytes, expected {}",
+            bytes.len(),
+            size_of::<SiteRecord>()
+        ));
+    }
+    // SAFETY: the record is at least size_of::<SiteRecord>() bytes, SiteRecord is plain data
+    // (every bit pattern valid), and read_unaligned does not require alignment.
+    let raw: SiteRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let what = SiteWhat::from_u32(raw.what)
+        .ok_or_else(|| anyhow!("unknown call-site record kind {}", raw.what))?;
+    let depth = (raw.depth as usize).min(MAX_SITE_FRAMES);
+    Ok(RawSite {
+        what,
+        pid: raw.tgid,
+        fd: (raw.fd >= 0).then_some(raw.fd),
+        response: raw.response,
+        at_ns: raw.ts_ns,
+        ip: raw.ip,
+        pcs: raw.pcs[..depth].to_vec(),
+    })
+}
+
+/// What naming one target's stacks takes.
+struct Target {
+    symbolizer: Symbolizer,
+    /// The main module's path: its packages are the application's even without a dot.
+    module: Option<String>,
+}
+
+/// The call-site layer of the Go probes: the process map the programs check, each probed
+/// target's symbols, and the stacks named so far.
+#[derive(Default)]
+pub struct Sites {
+    procs: Option<BpfHashMap<MapData, u32, SiteProcess>>,
+    targets: HashMap<u32, Target>,
+    stacks: HashMap<(u32, Vec<u64>), u32>,
+    next_stack: u32,
+}
+
+impl Sites {
+    /// Takes the programs' process map.
+    pub fn load(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        let map = ebpf.take_map(GO_SITE_PROCS).ok_or_else(|| {
+            anyhow!("the eBPF object has no map {GO_SITE_PROCS} (build mismatch)")
+        })?;
+        self.procs = Some(map.try_into().context("opening the GO_SITE_PROCS map")?);
+        Ok(())
+    }
+
+    /// Starts naming `pid`'s requests: its symbols and load bias here, its layout in the
+    /// programs' map (last: the probes do nothing for it before).
+    pub fn register(&mut self, pid: u32, binary: &GoBinary) -> Result<()> {
+        let bias = if binary.image.elf.pie {
+            load_bias(pid, binary).with_context(|| {
+                format!("finding where pid {pid} loaded its executable (/proc/{pid}/maps)")
+            })?
+        } else {
+            0
+        };
+        self.targets.insert(
+            pid,
+            Target {
+                symbolizer: Symbolizer::new(Arc::clone(&binary.image.symbols), bias),
+                module: binary.image.build.module_path.clone(),
+            },
+        );
+        let minor = binary.image.build.version.release().1;
+        let layout = site_process(&binary.offsets, minor);
+        if let Some(procs) = self.procs.as_mut() {
+            procs
+                .insert(pid, layout, 0)
+                .context("registering the process in GO_SITE_PROCS")?;
+        }
+        Ok(())
+    }
+
+    /// Stops naming `pid`'s requests (it exited, or its probes are detached).
+    pub fn forget(&mut self, pid: u32) {
+        if let Some(procs) = self.procs.as_mut() {
+            let _ = procs.remove(&pid);
+        }
+        self.targets.remove(&pid);
+        self.stacks.retain(|(p, _), _| *p != pid);
+    }
+
+    /// The inputs of one record: its stack (the first time it is seen), then the request.
+    pub fn inputs(&mut self, raw: RawSite, out: &mut Vec<Input>) {
+        let Some(target) = self.targets.get_mut(&raw.pid) else {
+            // Its process exited (or its probes went) while the record was queued.
+            return;
+        };
+        let key = match (raw.what, raw.fd) {
+            (SiteWhat::H1, Some(fd)) => SiteKey::Connection { fd },
+            // The probe could not follow the connection to its socket: nothing to join.
+            (SiteWhat::H1, None) => return,
+            (SiteWhat::H2, _) => SiteKey::H2Response {
+                response: raw.response,
+            },
+        };
+        let (pid, at_ns) = (raw.pid, raw.at_ns);
+        let stacks_key = (pid, raw.pcs);
+        let stack = match self.stacks.get(&stacks_key) {
+            Some(id) => *id,
+            None => {
+                if self.stacks.len() >= MAX_STACKS {
+                    self.stacks.clear();
+                }
+                let id = self.next_stack;
+                self.next_stack = self.next_stack.wrapping_add(1);
+                let frames = name_stack(target, &stacks_key.1);
+                log::debug!(
+                    "call-site stack {id} of pid {pid}: {}",
+                    frames
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" <- ")
+                );
+                out.push(Input::SiteStack(SiteStack { id, frames }));
+                self.stacks.insert(stacks_key, id);
+                id
+            }
+        };
+        out.push(Input::Site(SiteEvent {
+            pid,
+            key,
+            stack,
+            at_ns,
+        }));
+    }
+}
+
+/// Names every return address of a stack, inlined calls expanded, innermost first.
+fn name_stack(target: &mut Target, pcs: &[u64]) -> Vec<SiteFrame> {
+    pcs.iter()
+        .flat_map(|&pc| target.symbolizer.return_address(pc).to_vec())
+        .map(|f| SiteFrame {
+            library: is_library(&f.function, target.module.as_deref()),
+            function: f.function,
+            file: f.file,
+            line: f.line,
+        })
+        .collect()
+}
+
+/// The probes' view of where an HTTP/1.1 connection leads to its socket.
+fn site_process(offsets: &Offsets, minor: u32) -> SiteProcess {
+    let at = |field: Field| {
+        offsets
+            .get(field)
+            .and_then(|o| u32::try_from(o).ok())
+            .unwrap_or(GoProcess::UNKNOWN)
+    };
+    let hashes = TYPE_HASHES.iter().find(|(m, _, _)| *m == minor);
+    SiteProcess {
+        // Without the type hashes the connection's interface cannot be checked: no fd.
+        pconn_conn: hashes.map_or(GoProcess::UNKNOWN, |_| at(Field::H1PersistConnConn)),
+        tls_conn: at(Field::TlsConnConn),
+        tcp_conn_fd: at(Field::TcpConnFd),
+        netfd_sysfd: at(Field::NetFdSysfd),
+        tls_conn_type_hash: hashes.map_or(0, |h| h.1),
+        tcp_conn_type_hash: hashes.map_or(0, |h| h.2),
+    }
+}
+
+/// Runtime address minus link-time address of a PIE's code in `pid`: from the executable
+/// mapping of its binary (matched by inode) that holds the text segment.
+fn load_bias(pid: u32, binary: &GoBinary) -> Result<u64> {
+    let text = binary
+        .image
+        .elf
+        .loads
+        .iter()
+        .find(|l| l.executable)
+        .ok_or_else(|| anyhow!("the binary has no executable segment"))?;
+    let exe = format!("/proc/{pid}/exe");
+    let inode = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata(&exe).with_context(|| format!("reading {exe}"))?,
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .with_context(|| format!("reading /proc/{pid}/maps"))?;
+    bias_from_maps(&maps, inode, text.vaddr, text.file_offset).ok_or_else(|| {
+        anyhow!(
+            "no executable mapping of {} holds its text",
+            Path::new(&exe).display()
+        )
+    })
+}
+
+/// See `load_bias`: a mapping [start, end) of file offset `off` puts file offset `fo` at
+/// `start + fo - off`, and link-time address `v` of the text segment is at file offset
+/// `v - vaddr + file_offset`.
+fn bias_from_maps(maps: &str, inode: u64, vaddr: u64, file_offset: u64) -> Option<u64> {
+    maps.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let range = fields.next()?;
+        let perms = fields.next()?;
+        let off = u64::from_str_radix(fields.next()?, 16).ok()?;
+        let _dev = fields.next()?;
+        let ino: u64 = fields.next()?.parse().ok()?;
+        let (start, end) = range.split_once('-')?;
+        let start = u64::from_str_radix(start, 16).ok()?;
+        let end = u64::from_str_radix(end, 16).ok()?;
+        let holds = (off..off + (end - start)).contains(&file_offset);
+        (ino == inode && perms.contains('x') && holds)
+            .then(|| (start + file_offset).wrapping_sub(off).wrapping_sub(vaddr))
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_bias_comes_from_the_mapping_that_holds_the_text() {
+        // A Go PIE: text at link-time 0x1000 from file offset 0x1000, mapped at 0x5555_5540_0000
+        // with the first page (offset 0) read-only before it.
+        let maps = "\
+555555400000-555555401000 r--p 00000000 fd:01 77 /srv/relay
+555555401000-555555800000 r-xp 00001000 fd:01 77 /srv/relay
+555555800000-555555900000 r--p 00400000 fd:01 77 /srv/relay
+7f0000000000-7f0000100000 r-xp 00001000 fd:01 99 /usr/lib/libc.so.6
+";
+        assert_eq!(
+            bias_from_maps(maps, 77, 0x1000, 0x1000),
+            Some(0x5555_5540_0000)
+        );
+        // Another file's executable mapping never counts.
+        assert_eq!(bias_from_maps(maps, 78, 0x1000, 0x1000), None);
+        // Text linked at 0x401000 from offset 0x1000, mapped at 0x400000+bias.
+        let maps = "7f1234400000-7f1234800000 r-xp 00000000 fd:01 5 /x\n";
+        assert_eq!(
+            bias_from_maps(maps, 5, 0x401000, 0x1000),
+            Some(0x7f1234400000 - 0x400000)
+        );
+    }
+
+    fn record(what: u32, depth: u32) -> Vec<u8> {
+        let mut raw = SiteRecord {
+            kind: tracer_common::EventKind::Site as u32,
+            what,
+            tgid: 42,
+            fd: 9,
+            response: 0,
+            ts_ns: 5,
+            ip: 0x401000,
+            depth,
+            _pad: 0,
+            pcs: [0; MAX_SITE_FRAMES],
+        };
+        for (i, pc) in raw.pcs.iter_mut().enumerate() {
+            *pc = 0x400000 + i as u64;
+        }
+        // SAFETY: SiteRecord is plain data; its bytes are read as bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&raw as *const SiteRecord).cast::<u8>(),
+                size_of::<SiteRecord>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_records_and_keeps_only_the_frames_walked() {
+        let site = decode(&record(1, 3)).unwrap();
+        assert_eq!(site.what, SiteWhat::H1);
+        assert_eq!((site.pid, site.fd, site.at_ns), (42, Some(9), 5));
+        assert_eq!(site.pcs, vec![0x400000, 0x400001, 0x400002]);
+        // A depth past the array is cut to it; a bad kind or a short record is refused.
+        assert_eq!(decode(&record(2, 99)).unwrap().pcs.len(), MAX_SITE_FRAMES);
+        assert!(decode(&record(7, 1)).is_err());
+        assert!(decode(&record(1, 1)[..40]).is_err());
+    }
+
+    fn sites_with_target(pid: u32) -> Sites {
+        use crate::goprobe::{
+            pclntab::{tests::synthetic, Pclntab},
+            symbolize::SymbolTable,
+        };
+        let table = SymbolTable {
+            pclntab: Pclntab::parse(synthetic(0x401000), 0x401000).unwrap(),
+            gofunc: None,
+        };
+        let mut sites = Sites::default();
+        sites.targets.insert(
+            pid,
+            Target {
+                symbolizer: Symbolizer::new(Arc::new(table), 0),
+                module: None,
+            },
+        );
+        sites
+    }
+
+    fn raw(what: SiteWhat, pid: u32, fd: Option<i32>, pcs: &[u64]) -> RawSite {
+        RawSite {
+            what,
+            pid,
+            fd,
+            response: 0xc000_0100,
+            at_ns: 9,
+            ip: 0,
+            pcs: pcs.to_vec(),
+        }
+    }
+
+    #[test]
+    fn each_stack_is_named_once_and_every_request_names_its_stack() {
+        let mut sites = sites_with_target(7);
+        let mut out = Vec::new();
+        sites.inputs(
+            raw(SiteWhat::H1, 7, Some(5), &[0x401026, 0x401011]),
+            &mut out,
+        );
+        sites.inputs(
+            raw(SiteWhat::H1, 7, Some(6), &[0x401026, 0x401011]),
+            &mut out,
+        );
+        sites.inputs(raw(SiteWhat::H2, 7, None, &[0x401011]), &mut out);
+        // No socket followed, or a process not (or no longer) probed: nothing.
+        sites.inputs(raw(SiteWhat::H1, 7, None, &[0x401026]), &mut out);
+        sites.inputs(raw(SiteWhat::H1, 8, Some(5), &[0x401026]), &mut out);
+        let frames = |f: &[SiteFrame]| {
+            f.iter()
+                .map(|f| format!("{} {}", f.function, f.line))
+                .collect::<Vec<_>>()
+        };
+        match &out[..] {
+            [Input::SiteStack(first), Input::Site(a), Input::Site(b), Input::SiteStack(second), Input::Site(c)] =>
+            {
+                assert_eq!(frames(&first.frames), ["main.b 7", "main.a 12"]);
+                assert_eq!(frames(&second.frames), ["main.a 12"]);
+                assert!(!first.frames[0].library, "main is the application");
+                assert_eq!((a.stack, b.stack, c.stack), (first.id, first.id, second.id));
+                assert_eq!(a.key, SiteKey::Connection { fd: 5 });
+                assert_eq!(b.key, SiteKey::Connection { fd: 6 });
+                assert_eq!(
+                    c.key,
+                    SiteKey::H2Response {
+                        response: 0xc000_0100
+                    }
+                );
+            }
+            other => panic!("unexpected inputs: {other:#?}"),
+        }
+        // A process forgotten takes its stacks with it.
+        sites.forget(7);
+        out.clear();
+        sites.inputs(raw(SiteWhat::H1, 7, Some(5), &[0x401026]), &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_process_without_type_hashes_gets_no_connection_chain() {
+        let table = crate::goprobe::offsets::OffsetTable::embedded().unwrap();
+        let v = crate::goprobe::buildinfo::GoVersion::parse("go1.24.1").unwrap();
+        let offsets = table.lookup(&v).unwrap();
+        let known = site_process(&offsets, 24);
+        assert_eq!(
+            u64::from(known.pconn_conn),
+            offsets.get(Field::H1PersistConnConn).unwrap()
+        );
+        assert_ne!(known.tls_conn_type_hash, 0);
+        let unknown = site_process(&offsets, 99);
+        assert_eq!(unknown.pconn_conn, GoProcess::UNKNOWN);
+        assert_eq!(unknown.tcp_conn_type_hash, 0);
+    }
+}

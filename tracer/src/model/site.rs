@@ -1,0 +1,562 @@
+//! Call sites (issue 13): the line of the relay that obtained each response, so a leak names
+//! the code that leaked it. The Go-aware probes record the goroutine's stack where a request is
+//! handed to Go's transport (one record per request); the collector names the stack's frames
+//! from `.gopclntab` and sends each distinct stack once ([`SiteStack`]), then one small
+//! [`SiteEvent`] per request that says which stack obtained which response:
+//! - HTTP/1.1: the response is read on connection (pid, fd). A pooled connection carries many
+//!   requests; the one whose response was never finished is the last, so each request
+//!   replaces the site of its connection, and only the last one is a leak's site.
+//! - HTTP/2: the response's address, which its stream keeps (`clientStream.res`).
+//!
+//! The call site of a stack is its innermost frame outside Go's standard library (and
+//! golang.org/x/net/http2, which the standard library bundles) and outside the wrappers the
+//! person asked to skip (`--site-skip REGEX`, matched against the function name).
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt,
+    sync::Arc,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Application frames a leak's `stack` shows.
+pub const STACK_FRAMES: usize = 8;
+/// Responses remembered for HTTP/2 streams, all targets together: a response joins its stream
+/// at the stream's next sample, so only a leaked stream's is needed for long.
+pub const MAX_RESPONSES: usize = 65_536;
+/// Distinct stacks remembered (a relay's request paths number in the hundreds).
+pub const MAX_STACKS: usize = 65_536;
+
+/// One frame of a stack, as `.gopclntab` names it (inlined calls expanded).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SiteFrame {
+    /// The function as Go names it: `main.relay`, `github.com/x/relay/adaptor.DoRequest`,
+    /// `net/http.(*Client).Do`.
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    /// Part of Go's standard library (or the HTTP/2 client it bundles): never a call site.
+    pub library: bool,
+}
+
+impl fmt::Display for SiteFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}:{}", self.function, self.file, self.line)
+    }
+}
+
+/// A line of the relay that obtains responses.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CallSite {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+}
+
+impl fmt::Display for CallSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}:{}", self.function, self.file, self.line)
+    }
+}
+
+impl CallSite {
+    /// "file.go:123", for labels and narrow columns: the file's last path element and the line.
+    pub fn short(&self) -> String {
+        let file = self.file.rsplit('/').next().unwrap_or(&self.file);
+        format!("{file}:{}", self.line)
+    }
+}
+
+/// A stack the collector named, sent once before the first [`SiteEvent`] that uses it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteStack {
+    pub id: u32,
+    /// Innermost first: the caller of the transport's function, then its callers.
+    pub frames: Vec<SiteFrame>,
+}
+
+/// What a request's response is joined by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SiteKey {
+    /// An HTTP/1.1 request on the connection whose socket is `fd`.
+    Connection { fd: i32 },
+    /// An HTTP/2 response at this address in the process (its stream's `res`).
+    H2Response { response: u64 },
+}
+
+/// One request handed to Go's transport, by the stack `stack` ([`SiteStack::id`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteEvent {
+    pub pid: u32,
+    pub key: SiteKey,
+    pub stack: u32,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub at_ns: u64,
+}
+
+/// Wrappers to look through: `--site-skip REGEX`, matched against each frame's function name.
+#[derive(Clone, Debug, Default)]
+pub struct SiteRules {
+    skip: Vec<regex::Regex>,
+}
+
+impl SiteRules {
+    /// Compiles the patterns; the error names the one that does not compile.
+    pub fn new(patterns: &[String]) -> Result<Self, String> {
+        let skip = patterns
+            .iter()
+            .map(|p| {
+                regex::Regex::new(p)
+                    .map_err(|e| format!("--site-skip {p:?} is not a regular expression: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { skip })
+    }
+
+    pub fn skips(&self, function: &str) -> bool {
+        self.skip.iter().any(|r| r.is_match(function))
+    }
+}
+
+/// Whether a function belongs to Go's standard library (or the HTTP/2 client it bundles), by
+/// its package path: the first path element of a standard package has no dot (`net/http`,
+/// `runtime`, `vendor/golang.org/x/...`, `internal/poll`, compiler-generated `type:.eq.*`),
+/// except `main`; an application's packages live under a module path with a dot in its first
+/// element (`github.com/...`), or under `module` (the main module's own path, which may have
+/// no dot: `one-api/relay/...`).
+pub fn is_library(function: &str, module: Option<&str>) -> bool {
+    if let Some(module) = module.filter(|m| !m.is_empty()) {
+        if function
+            .strip_prefix(module)
+            .is_some_and(|rest| rest.starts_with('/') || rest.starts_with('.'))
+        {
+            return false;
+        }
+    }
+    // Compiler-generated: equality and hash functions (`type:.eq.T`), `go:` symbols.
+    if function.starts_with("type:") || function.starts_with("go:") {
+        return true;
+    }
+    if function
+        .strip_prefix("golang.org/x/net/http2")
+        .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('/'))
+    {
+        return true;
+    }
+    let first = match function.find('/') {
+        Some(slash) => &function[..slash],
+        None => function.split('.').next().unwrap_or(function),
+    };
+    first != "main" && !first.contains('.')
+}
+
+/// What a stack says about where its request came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackSite {
+    pub call_site: Option<CallSite>,
+    /// Up to `STACK_FRAMES` application frames from the call site outwards, as
+    /// "function file:line".
+    pub stack: Vec<String>,
+    /// Every frame, innermost first (the transport's own included).
+    pub frames: Arc<[SiteFrame]>,
+}
+
+impl StackSite {
+    pub fn of(frames: Arc<[SiteFrame]>, rules: &SiteRules) -> Self {
+        let mut app = frames
+            .iter()
+            .filter(|f| !f.library)
+            .skip_while(|f| rules.skips(&f.function))
+            .peekable();
+        let call_site = app.peek().map(|f| CallSite {
+            function: f.function.clone(),
+            file: f.file.clone(),
+            line: f.line,
+        });
+        let stack = app.take(STACK_FRAMES).map(ToString::to_string).collect();
+        Self {
+            call_site,
+            stack,
+            frames,
+        }
+    }
+}
+
+/// When and by which stack a response was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Obtained {
+    at_ns: u64,
+    stack: u32,
+}
+
+/// Every stack seen, the last request on each connection, and recent HTTP/2 responses.
+#[derive(Debug, Default)]
+pub struct SiteTable {
+    rules: SiteRules,
+    stacks: HashMap<u32, Arc<StackSite>>,
+    /// Requests per stack over the session.
+    requests: HashMap<u32, u64>,
+    by_conn: HashMap<(u32, i32), Obtained>,
+    by_response: HashMap<(u32, u64), Obtained>,
+}
+
+impl SiteTable {
+    /// Sets the wrappers to skip (before any input: stacks already named are renamed).
+    pub fn set_rules(&mut self, rules: SiteRules) {
+        self.rules = rules;
+        for site in self.stacks.values_mut() {
+            *site = Arc::new(StackSite::of(Arc::clone(&site.frames), &self.rules));
+        }
+    }
+
+    pub fn apply_stack(&mut self, stack: SiteStack) {
+        if self.stacks.len() >= MAX_STACKS && !self.stacks.contains_key(&stack.id) {
+            // A bound, not a working size: a relay has hundreds of request paths.
+            self.stacks.clear();
+            self.requests.clear();
+        }
+        let site = StackSite::of(stack.frames.into(), &self.rules);
+        self.stacks.insert(stack.id, Arc::new(site));
+    }
+
+    pub fn apply_event(&mut self, event: &SiteEvent) {
+        if !self.stacks.contains_key(&event.stack) {
+            // Its stack was dropped with the bound (or the recording started after it).
+            return;
+        }
+        *self.requests.entry(event.stack).or_default() += 1;
+        let obtained = Obtained {
+            at_ns: event.at_ns,
+            stack: event.stack,
+        };
+        match event.key {
+            SiteKey::Connection { fd } => {
+                self.by_conn.insert((event.pid, fd), obtained);
+            }
+            SiteKey::H2Response { response } => {
+                if self.by_response.len() >= MAX_RESPONSES {
+                    self.forget_oldest_responses();
+                }
+                self.by_response.insert((event.pid, response), obtained);
+            }
+        }
+    }
+
+    /// Keeps the newer half of the responses when the bound is reached.
+    fn forget_oldest_responses(&mut self) {
+        let mut times: Vec<u64> = self.by_response.values().map(|o| o.at_ns).collect();
+        times.sort_unstable();
+        let cut = times[times.len() / 2];
+        self.by_response.retain(|_, o| o.at_ns > cut);
+    }
+
+    /// The site of the last request on the connection `fd` of `pid` opened at `opened_ns`: a
+    /// request before that was on an older connection with the same fd. (`opened_ns` is None
+    /// for a connection open before tracing started, whose open time is not known.)
+    pub fn for_connection(&self, pid: u32, fd: i32, opened_ns: Option<u64>) -> Option<&StackSite> {
+        let obtained = self.by_conn.get(&(pid, fd))?;
+        if opened_ns.is_some_and(|opened| obtained.at_ns < opened) {
+            return None;
+        }
+        self.stacks.get(&obtained.stack).map(|s| &**s)
+    }
+
+    /// The site that obtained the HTTP/2 response at `response` in `pid`.
+    pub fn for_response(&self, pid: u32, response: u64) -> Option<&StackSite> {
+        let obtained = self.by_response.get(&(pid, response))?;
+        self.stacks.get(&obtained.stack).map(|s| &**s)
+    }
+
+    /// Drops the responses whose stream is no longer open (`open(pid, response)` false) and
+    /// that are older than `before_ns`: a response's stream shows in the sample after it.
+    pub fn retain_responses(&mut self, open: impl Fn(u32, u64) -> bool, before_ns: u64) {
+        self.by_response
+            .retain(|(pid, res), o| o.at_ns >= before_ns || open(*pid, *res));
+    }
+
+    /// Requests per call site over the session (stacks with the same call site add up).
+    pub fn requests_by_site(&self) -> BTreeMap<CallSite, u64> {
+        let mut out = BTreeMap::new();
+        for (id, n) in &self.requests {
+            if let Some(site) = self.stacks.get(id).and_then(|s| s.call_site.clone()) {
+                *out.entry(site).or_default() += n;
+            }
+        }
+        out
+    }
+
+    /// A stack of each call site (the one seen most often), for a site's full stack.
+    pub fn stack_of(&self, call_site: &CallSite) -> Option<&StackSite> {
+        self.stacks
+            .iter()
+            .filter(|(_, s)| s.call_site.as_ref() == Some(call_site))
+            .max_by_key(|(id, _)| (self.requests.get(id).copied().unwrap_or(0), **id))
+            .map(|(_, s)| &**s)
+    }
+
+    /// What exited processes obtained went with them.
+    pub fn retain_pids(&mut self, alive: &HashSet<u32>) {
+        self.by_conn.retain(|(pid, _), _| alive.contains(pid));
+        self.by_response.retain(|(pid, _), _| alive.contains(pid));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn frame(function: &str, file: &str, line: u32) -> SiteFrame {
+        SiteFrame {
+            function: function.into(),
+            file: file.into(),
+            line,
+            library: is_library(function, Some("example.com/relay")),
+        }
+    }
+
+    /// The transport's frames, then the relay's: a wrapper, the adaptor, the handler.
+    fn relay_stack() -> Vec<SiteFrame> {
+        vec![
+            frame(
+                "net/http.(*Transport).roundTrip",
+                "/go/src/net/http/transport.go",
+                590,
+            ),
+            frame(
+                "net/http.(*Transport).RoundTrip",
+                "/go/src/net/http/roundtrip.go",
+                17,
+            ),
+            frame("net/http.send", "/go/src/net/http/client.go", 259),
+            frame("net/http.(*Client).Do", "/go/src/net/http/client.go", 590),
+            frame("main.doRequest", "/src/relay/client.go", 40),
+            frame("main.relayImage", "/src/relay/image.go", 829),
+            frame("main.handle.func1", "/src/relay/main.go", 77),
+            frame(
+                "net/http.HandlerFunc.ServeHTTP",
+                "/go/src/net/http/server.go",
+                2166,
+            ),
+            frame("runtime.goexit", "/go/src/runtime/asm_amd64.s", 1700),
+        ]
+    }
+
+    fn site(function: &str, file: &str, line: u32) -> Option<CallSite> {
+        Some(CallSite {
+            function: function.into(),
+            file: file.into(),
+            line,
+        })
+    }
+
+    #[test]
+    fn the_standard_library_is_told_apart_by_the_first_path_element() {
+        for std in [
+            "net/http.(*persistConn).roundTrip",
+            "runtime.goexit",
+            "net/http/internal/http2.(*ClientConn).roundTrip",
+            "vendor/golang.org/x/net/http2/hpack.(*Decoder).Write",
+            "internal/poll.(*FD).Read",
+            "golang.org/x/net/http2.(*Transport).RoundTrip",
+            "golang.org/x/net/http2.(*ClientConn).roundTrip.func1",
+            "type:.eq.net/http.Request",
+            "sync.(*Once).doSlow",
+        ] {
+            assert!(is_library(std, None), "{std}");
+            assert!(is_library(std, Some("github.com/x/relay")), "{std}");
+        }
+        for app in [
+            "main.main",
+            "main.(*relay).do.func2",
+            "main.Do[...]",
+            "github.com/songquanpeng/one-api/relay/adaptor.DoRequestHelper",
+            "gopkg.in/yaml.v3.Unmarshal",
+            "golang.org/x/net/proxy.Dial",
+            "golang.org/x/net/http2x.Foo",
+        ] {
+            assert!(!is_library(app, None), "{app}");
+        }
+        // A main module without a dot in its path: its packages are the application's.
+        assert!(!is_library(
+            "one-api/relay/controller.RelayImage",
+            Some("one-api")
+        ));
+        assert!(is_library("one-api/relay/controller.RelayImage", None));
+        assert!(!is_library("one-api.Foo", Some("one-api")));
+        assert!(is_library("one-apix/foo.Bar", Some("one-api")));
+        assert!(is_library("runtime.main", Some("")));
+    }
+
+    #[test]
+    fn the_call_site_is_the_innermost_application_frame_and_wrappers_can_be_skipped() {
+        let frames: Arc<[SiteFrame]> = relay_stack().into();
+        let plain = StackSite::of(Arc::clone(&frames), &SiteRules::default());
+        assert_eq!(
+            plain.call_site,
+            site("main.doRequest", "/src/relay/client.go", 40)
+        );
+        assert_eq!(
+            plain.stack,
+            [
+                "main.doRequest /src/relay/client.go:40",
+                "main.relayImage /src/relay/image.go:829",
+                "main.handle.func1 /src/relay/main.go:77",
+            ]
+        );
+        let rules = SiteRules::new(&["^main\\.doRequest$".to_owned()]).unwrap();
+        let skipped = StackSite::of(Arc::clone(&frames), &rules);
+        assert_eq!(
+            skipped.call_site,
+            site("main.relayImage", "/src/relay/image.go", 829)
+        );
+        assert_eq!(skipped.stack.len(), 2);
+        // Skipping everything leaves no call site, never a library frame.
+        let all = SiteRules::new(&["^main\\.".to_owned()]).unwrap();
+        let none = StackSite::of(frames, &all);
+        assert_eq!(none.call_site, None);
+        assert!(none.stack.is_empty());
+        let err = SiteRules::new(&["(".to_owned()]).unwrap_err();
+        assert!(
+            err.starts_with("--site-skip \"(\" is not a regular expression"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_stack_shows_at_most_eight_application_frames() {
+        let mut frames = vec![frame("net/http.(*Client).Do", "/go/client.go", 1)];
+        frames.extend((0..12).map(|i| frame(&format!("main.f{i}"), "/src/a.go", i)));
+        let s = StackSite::of(frames.into(), &SiteRules::default());
+        assert_eq!(s.stack.len(), STACK_FRAMES);
+        assert_eq!(s.stack[0], "main.f0 /src/a.go:0");
+        assert_eq!(s.stack[7], "main.f7 /src/a.go:7");
+    }
+
+    fn table_with_two_stacks() -> SiteTable {
+        let mut t = SiteTable::default();
+        t.apply_stack(SiteStack {
+            id: 1,
+            frames: relay_stack(),
+        });
+        let mut other = relay_stack();
+        other[4] = frame("main.relayAudio", "/src/relay/audio.go", 12);
+        t.apply_stack(SiteStack {
+            id: 2,
+            frames: other,
+        });
+        t
+    }
+
+    fn h1(pid: u32, fd: i32, stack: u32, at_ns: u64) -> SiteEvent {
+        SiteEvent {
+            pid,
+            key: SiteKey::Connection { fd },
+            stack,
+            at_ns,
+        }
+    }
+
+    #[test]
+    fn a_connection_takes_the_site_of_its_last_request_and_not_an_older_connections() {
+        let mut t = table_with_two_stacks();
+        // Three requests on one pooled connection (fd 7 of pid 5, opened at 100): the last
+        // one's site is the connection's.
+        t.apply_event(&h1(5, 7, 1, 110));
+        t.apply_event(&h1(5, 7, 1, 120));
+        t.apply_event(&h1(5, 7, 2, 130));
+        let s = t.for_connection(5, 7, Some(100)).unwrap();
+        assert_eq!(s.call_site.as_ref().unwrap().function, "main.relayAudio");
+        // A newer connection that got fd 7 and carried no request (seen) yet has no site.
+        assert_eq!(t.for_connection(5, 7, Some(140)), None);
+        // Another process's fd 7, another fd: nothing.
+        assert_eq!(t.for_connection(6, 7, Some(100)), None);
+        assert_eq!(t.for_connection(5, 8, Some(100)), None);
+        // A connection open before tracing started takes whatever request came on its fd.
+        assert!(t.for_connection(5, 7, None).is_some());
+        // Every request counts towards its site's total.
+        let totals = t.requests_by_site();
+        let by_name: Vec<(String, u64)> = totals
+            .iter()
+            .map(|(s, n)| (s.function.clone(), *n))
+            .collect();
+        assert_eq!(
+            by_name,
+            [
+                ("main.doRequest".to_owned(), 2),
+                ("main.relayAudio".to_owned(), 1)
+            ]
+        );
+        assert_eq!(
+            t.stack_of(&CallSite {
+                function: "main.doRequest".into(),
+                file: "/src/relay/client.go".into(),
+                line: 40
+            })
+            .unwrap()
+            .frames
+            .len(),
+            9
+        );
+        t.retain_pids(&HashSet::from([6]));
+        assert_eq!(t.for_connection(5, 7, None), None);
+    }
+
+    #[test]
+    fn an_h2_response_is_found_by_its_address_and_forgotten_once_its_stream_is_gone() {
+        let mut t = table_with_two_stacks();
+        let h2 = |response, at_ns| SiteEvent {
+            pid: 5,
+            key: SiteKey::H2Response { response },
+            stack: 2,
+            at_ns,
+        };
+        t.apply_event(&h2(0xc000_1000, 10));
+        t.apply_event(&h2(0xc000_2000, 20));
+        assert_eq!(
+            t.for_response(5, 0xc000_1000)
+                .and_then(|s| s.call_site.clone())
+                .map(|c| c.line),
+            Some(12)
+        );
+        assert_eq!(t.for_response(6, 0xc000_1000), None);
+        assert_eq!(t.for_response(5, 0xc000_3000), None);
+        // The first one's stream is open, the second's ended; both are older than 15 only
+        // the first: the second is young enough that its stream may not be sampled yet.
+        t.retain_responses(|_, res| res == 0xc000_1000, 15);
+        assert!(t.for_response(5, 0xc000_1000).is_some());
+        assert!(t.for_response(5, 0xc000_2000).is_some());
+        t.retain_responses(|_, res| res == 0xc000_1000, 25);
+        assert!(t.for_response(5, 0xc000_2000).is_none());
+        assert!(t.for_response(5, 0xc000_1000).is_some());
+    }
+
+    #[test]
+    fn a_request_of_an_unknown_stack_counts_nothing_and_the_response_bound_keeps_the_newest() {
+        let mut t = table_with_two_stacks();
+        t.apply_event(&h1(5, 7, 99, 10));
+        assert_eq!(t.for_connection(5, 7, None), None);
+        assert!(t.requests_by_site().is_empty());
+        for i in 0..MAX_RESPONSES as u64 + 1 {
+            t.apply_event(&SiteEvent {
+                pid: 5,
+                key: SiteKey::H2Response { response: i },
+                stack: 1,
+                at_ns: i,
+            });
+        }
+        assert!(t.by_response.len() <= MAX_RESPONSES / 2 + 1);
+        assert!(t.for_response(5, MAX_RESPONSES as u64).is_some());
+        assert!(t.for_response(5, 0).is_none());
+    }
+
+    #[test]
+    fn rules_set_later_rename_the_stacks_already_seen() {
+        let mut t = table_with_two_stacks();
+        t.apply_event(&h1(5, 7, 1, 10));
+        t.set_rules(SiteRules::new(&["doRequest".to_owned()]).unwrap());
+        let s = t.for_connection(5, 7, None).unwrap();
+        assert_eq!(s.call_site.as_ref().unwrap().line, 829);
+    }
+}
