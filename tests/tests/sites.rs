@@ -102,56 +102,36 @@ fn mismatch(snapshot: &Value, results: &[Value]) -> Option<String> {
                 entry["requests_total"]
             ));
         }
-        if r["proto"] == "h1" {
-            if of_host.len() as u64 != expected_leaks {
+        // HTTP/1.1 leaks name the site of their connection's last request; HTTP/2 stream
+        // leaks the site whose round trip returned the stream's response.
+        if of_host.len() as u64 != expected_leaks {
+            return Some(format!(
+                "{scenario}: {} leaks on {host}, expected {expected_leaks}",
+                of_host.len()
+            ));
+        }
+        for leak in &of_host {
+            if site_of(&leak["call_site"]) != site {
                 return Some(format!(
-                    "{scenario}: {} leaks on {host}, expected {expected_leaks}",
-                    of_host.len()
+                    "{scenario}: a leak on {host} names {}, the fixture says {site:?}",
+                    leak["call_site"]
                 ));
             }
-            for leak in &of_host {
-                if site_of(&leak["call_site"]) != site {
-                    return Some(format!(
-                        "{scenario}: a leak on {host} names {}, the fixture says {site:?}",
-                        leak["call_site"]
-                    ));
-                }
-                if leak["stack"][0].as_str() != Some(&format!("{} {}:{}", site.0, site.1, site.2)) {
-                    return Some(format!(
-                        "{scenario}: stack {} does not start at the call site",
-                        leak["stack"]
-                    ));
-                }
-            }
-            if entry["leaked"].as_u64() != Some(expected_leaks) {
+            if leak["stack"][0].as_str() != Some(&format!("{} {}:{}", site.0, site.1, site.2)) {
                 return Some(format!(
-                    "{scenario}: {site:?} has leaked {}, expected {expected_leaks}",
-                    entry["leaked"]
+                    "{scenario}: stack {} does not start at the call site",
+                    leak["stack"]
                 ));
             }
-            if expected_leaks > 0 && entry["hosts"] != serde_json::json!([host]) {
-                return Some(format!("{scenario}: hosts {}", entry["hosts"]));
-            }
-        } else {
-            // HTTP/2: a stream leak names its site once the stream reports its response's
-            // address (issue 12's memory reader); any that does must name the scenario's.
-            let named: Vec<&&Value> = of_host
-                .iter()
-                .filter(|l| !l["call_site"].is_null())
-                .collect();
-            if let Some(wrong) = named.iter().find(|l| site_of(&l["call_site"]) != site) {
-                return Some(format!(
-                    "{scenario}: a stream leak names {}",
-                    wrong["call_site"]
-                ));
-            }
-            if entry["leaked"].as_u64() != Some(named.len() as u64) {
-                return Some(format!(
-                    "{scenario}: {site:?} has leaked {}, {} stream leaks name it",
-                    entry["leaked"],
-                    named.len()
-                ));
-            }
+        }
+        if entry["leaked"].as_u64() != Some(expected_leaks) {
+            return Some(format!(
+                "{scenario}: {site:?} has leaked {}, expected {expected_leaks}",
+                entry["leaked"]
+            ));
+        }
+        if expected_leaks > 0 && entry["hosts"] != serde_json::json!([host]) {
+            return Some(format!("{scenario}: hosts {}", entry["hosts"]));
         }
         if let Some(other) = r.get("other_site").filter(|o| !o.is_null()) {
             // The correct requests before the leaking one on the same pooled connection: counted
