@@ -137,15 +137,14 @@ impl Relay {
     }
 }
 
-/// The tracer on `pids` with the Go layer on (`TRACER_GO_PROBES=auto` today; the default once
-/// `--go-probes` is in).
+/// The tracer on `pids` with the Go layer on (`--go-probes auto`, the default, said anyway).
 fn start_go_tracer(pids: &[u32]) -> Proc {
     let mut cmd = Command::new(tracer_bin());
     cmd.arg("run").arg("--json").args(grace_args());
+    cmd.args(["--go-probes", "auto"]);
     for pid in pids {
         cmd.args(["--pid", &pid.to_string()]);
     }
-    cmd.env("TRACER_GO_PROBES", "auto");
     let mut p = Proc::spawn("tracer", cmd);
     p.expect_stderr("tracer: attached", Duration::from_secs(30));
     p

@@ -159,7 +159,7 @@ fn check_release(release: &str, trimpath: bool) {
     fixture.expect_line("WAITING", Duration::from_secs(20));
     let pid = fixture.pid().to_string();
     let mut cmd = Command::new(tracer_bin());
-    cmd.env("TRACER_GO_PROBES", "auto").args([
+    cmd.args([
         "run",
         "--json",
         "--close-wait-grace",

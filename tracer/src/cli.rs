@@ -109,9 +109,10 @@ pub enum GoProbes {
 /// The Go-aware layer.
 #[derive(Debug, Args, Clone, Default)]
 pub struct GoArgs {
-    /// The Go-aware layer: one uprobe per HTTP/2 connection on the relay's binary, whose open
-    /// streams are then read from the relay's memory at each sample (finds leaked HTTP/2
-    /// streams). `off` traces with kernel signals only.
+    /// The Go-aware layer on relays built by Go 1.21+: one uprobe per HTTP/2 connection on the
+    /// relay's binary, whose open streams are then read from its memory at each sample
+    /// (leaked HTTP/2 streams), and one per request where it hands the request to Go's
+    /// transport (the call site of each leak). `off` traces with kernel signals only.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = GoProbes::Auto)]
     pub go_probes: GoProbes,
 }
