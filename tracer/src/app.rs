@@ -16,7 +16,7 @@ use crate::{
         CheckArgs, Cli, Command, GoArgs, GoProbes, MetricsArgs, NamingArgs, RecordArgs, ReplayArgs,
         RunArgs, SnapshotArgs, SnapshotFormat, TargetArgs, WatchArgs,
     },
-    collect::{self, monotonic_ns, procfs, TargetSpec},
+    collect::{self, monotonic_ns, procfs, GoLayerMode, TargetSpec},
     export::{json::JsonLines, rotate::RotatingFile},
     goprobe,
     naming::catalogue::{Catalogue, ProvidersFileError},
@@ -145,7 +145,11 @@ fn spec_of(targets: &TargetArgs, go: &GoArgs) -> TargetSpec {
     TargetSpec {
         pids: targets.pids.clone(),
         comms: targets.comms.clone(),
-        go_probes: go.go_probes == GoProbes::Auto,
+        go_probes: match go.go_probes {
+            GoProbes::Off => GoLayerMode::Off,
+            GoProbes::Streams => GoLayerMode::Streams,
+            GoProbes::Auto => GoLayerMode::Full,
+        },
     }
 }
 
@@ -235,7 +239,7 @@ fn check(args: &CheckArgs) -> Result<()> {
     validate_targets(&TargetSpec {
         pids: args.pids.clone(),
         comms: Vec::new(),
-        go_probes: false,
+        go_probes: GoLayerMode::Off,
     })?;
     let lines = collect::check_host();
     let mut out = std::io::stdout().lock();

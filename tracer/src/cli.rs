@@ -100,6 +100,9 @@ pub struct CheckArgs {
 pub enum GoProbes {
     /// Nothing attached to the relay's binary: kernel signals only (no HTTP/2 stream leaks).
     Off,
+    /// HTTP/2 streams only: the one probe per connection, no call sites (nothing runs per
+    /// request).
+    Streams,
     /// On every target whose binary the Go layer knows (Go 1.21 and newer, stripped or not);
     /// the others get kernel signals only, with the reason in one line.
     #[default]
@@ -416,10 +419,33 @@ mod tests {
             &["tracer", "replay", "x.rec", "--speed", "2", "--fast"],
             &["tracer", "--close-wait-grace", "1s"],
             &["tracer", "--pid", "1", "run", "--pid", "2"],
+            &["tracer", "run", "--pid", "1", "--go-probes", "on"],
         ] {
             let err = Cli::try_parse_from(args).expect_err("rejected");
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn go_probes_default_to_auto_on_every_live_command() {
+        let run = |args: &[&str]| match Cli::try_parse_from(args).expect("parses").command {
+            Some(Command::Run(r)) => r.go.go_probes,
+            Some(Command::Snapshot(s)) => s.go.go_probes,
+            Some(Command::Watch(w)) => w.go.go_probes,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(run(&["tracer", "run", "--pid", "1"]), GoProbes::Auto);
+        assert_eq!(
+            run(&["tracer", "snapshot", "--pid", "1", "--go-probes", "streams"]),
+            GoProbes::Streams
+        );
+        assert_eq!(
+            run(&["tracer", "watch", "--pid", "1", "--go-probes", "off"]),
+            GoProbes::Off
+        );
+        let top =
+            Cli::try_parse_from(["tracer", "--pid", "1", "--go-probes", "off"]).expect("parses");
+        assert_eq!(top.go.go_probes, GoProbes::Off);
     }
 
     #[test]

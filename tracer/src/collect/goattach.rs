@@ -46,6 +46,7 @@ use crate::{
 };
 
 /// Which program goes where: the role's function entry, and each of its decoded RETs.
+/// The last `SITE_PROBES` rows are the call sites', left out by `--go-probes streams`.
 const PROBES: &[(Role, Option<&str>, Option<&str>)] = &[
     // HTTP/2 streams (gostream.rs): one hit per connection.
     (Role::H2ReadLoop, Some("enter_h2_read_loop"), None),
@@ -53,6 +54,19 @@ const PROBES: &[(Role, Option<&str>, Option<&str>)] = &[
     (Role::H1RoundTrip, Some("enter_h1_site"), None),
     (Role::H2RoundTrip, None, Some("exit_h2_site")),
 ];
+const SITE_PROBES: usize = 2;
+
+/// What the Go-aware layer attaches (`--go-probes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GoLayerMode {
+    /// Nothing.
+    Off,
+    /// The per-connection probe only: HTTP/2 streams, no call sites, nothing per request.
+    Streams,
+    /// Streams and call sites (one probe hit per request).
+    #[default]
+    Full,
+}
 
 /// `abi.Type.Hash` of `*crypto/tls.Conn` and `*net.TCPConn` per Go minor release: the
 /// compiler's hash of the type's link name (cmd/compile/internal/types.TypeHash), copied into
@@ -124,12 +138,14 @@ pub struct GoProbes {
     discover: Sender<Discovered>,
     /// Call sites: the probed targets' symbols and the stacks named so far.
     pub sites: gosites::Sites,
+    /// Whether the call-site probes are attached (`--go-probes auto`, not `streams`).
+    with_sites: bool,
 }
 
 impl GoProbes {
     /// Takes the Go layer's maps and loads its programs (attached later, per target). Never
     /// fails: a Go layer that cannot work is off, with its reason, and kernel tracing goes on.
-    pub fn new(ebpf: &mut Ebpf, enabled: bool) -> Self {
+    pub fn new(ebpf: &mut Ebpf, mode: GoLayerMode) -> Self {
         let (sender, results) = mpsc::channel();
         let (discover, discovered) = mpsc::channel();
         let mut probes = Self {
@@ -142,8 +158,9 @@ impl GoProbes {
             results,
             sender,
             sites: gosites::Sites::default(),
+            with_sites: mode == GoLayerMode::Full,
         };
-        if !enabled {
+        if mode == GoLayerMode::Off {
             probes.off = Some("--go-probes off".to_owned());
             return probes;
         }
@@ -376,9 +393,14 @@ impl GoProbes {
                     self.discover(pid, start, minor, reader.clone(), hashes);
                 }
                 let line = format!(
-                    "{} (pid {pid}): {} uprobes attached{}",
+                    "{} (pid {pid}): {} uprobes attached{}{}",
                     binary.line(),
                     links.len(),
+                    if self.with_sites {
+                        ""
+                    } else {
+                        ", no call sites (--go-probes streams)"
+                    },
                     if layout.conn_tconn == GoProcess::UNKNOWN {
                         ", streams not tied to their sockets (connection type unknown for this Go)"
                     } else {
@@ -414,7 +436,12 @@ impl GoProbes {
         );
         let mut links = Vec::new();
         let attached = (|| -> Result<()> {
-            for (role, entry, ret) in PROBES {
+            let wanted = if self.with_sites {
+                PROBES.len()
+            } else {
+                PROBES.len() - SITE_PROBES
+            };
+            for (role, entry, ret) in &PROBES[..wanted] {
                 let sites = binary
                     .probe(*role)
                     .ok_or_else(|| anyhow!("goprobe found no {role:?} function"))?;

@@ -6,6 +6,7 @@ pub mod btf;
 mod check;
 mod decode;
 mod goattach;
+pub use goattach::GoLayerMode;
 mod gomem;
 mod gosites;
 mod hooks;
@@ -53,8 +54,8 @@ pub struct TargetSpec {
     pub pids: Vec<u32>,
     /// Process names (as in /proc/PID/comm); processes started later are followed too.
     pub comms: Vec<String>,
-    /// Attach the Go-aware layer to targets whose binary it knows (`--go-probes auto`).
-    pub go_probes: bool,
+    /// What the Go-aware layer attaches to targets whose binary it knows (`--go-probes`).
+    pub go_probes: GoLayerMode,
 }
 
 /// Socket-table scans take at most 1/SCAN_COST_SHARE of one CPU (see `Collector::scan_due`).
