@@ -667,3 +667,65 @@ fn go_layer_refuses_non_go_old_and_unknown_binaries_with_one_line() {
     drop(unknown);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Processes found by `--comm` get the Go layer when adopted, and a restarted relay (a new
+/// pid, the same name) gets it again: its streams are counted as exactly as the first one's.
+#[test]
+fn a_relay_found_by_name_and_restarted_gets_the_go_layer_again() {
+    if !prerequisites_met() {
+        return;
+    }
+    let Some(bin) = go_scenarios_bin("1.27") else {
+        return;
+    };
+    // What /proc/PID/comm says: the file name, cut to 15 bytes.
+    let name = bin.file_name().unwrap().to_string_lossy();
+    let comm: String = name.chars().take(15).collect();
+    let h2_streams_exact = |s: &Value, expected: &[Expected]| {
+        expected.iter().filter(|e| e.proto == "h2").all(|e| {
+            host(s, &e.host).is_some_and(|h| {
+                h["by_kind"]["h2_stream"].as_u64() == Some(e.leaked_streams)
+                    && h["open_streams"].as_u64() == Some(e.open_streams)
+            })
+        })
+    };
+    let mut first = Relay::start(&bin, 18482, &["-scenario", "never_read,multiplex,correct"]);
+    let mut cmd = Command::new(tracer_bin());
+    cmd.args(["run", "--json", "--comm", &comm]).args(grace_args());
+    let mut tracer = Proc::spawn("tracer", cmd);
+    let mut snapshots = Snapshots { seen: Vec::new() };
+    wait_attached(&mut snapshots, &mut tracer, first.pid);
+    first.go();
+    snapshots.wait_for(
+        &mut tracer,
+        VERDICTS_WITHIN,
+        "the first relay's streams",
+        |s| h2_streams_exact(s, &first.expected),
+    );
+    first.proc.signal(libc::SIGKILL);
+    let mut second = Relay::start(&bin, 18483, &["-scenario", "never_read,multiplex,correct"]);
+    assert_ne!(first.pid, second.pid);
+    // The first relay's streams went with it.
+    snapshots.wait_for(
+        &mut tracer,
+        Duration::from_secs(20),
+        "the first relay's streams gone",
+        |s| {
+            first
+                .expected
+                .iter()
+                .filter(|e| e.proto == "h2")
+                .all(|e| host(s, &e.host).is_none_or(|h| h["open_streams"] == 0))
+        },
+    );
+    wait_attached(&mut snapshots, &mut tracer, second.pid);
+    second.go();
+    snapshots.wait_for(
+        &mut tracer,
+        VERDICTS_WITHIN,
+        "the restarted relay's streams",
+        |s| h2_streams_exact(s, &second.expected),
+    );
+    assert!(second.alive(), "the restarted relay died under the probes");
+    drop(tracer);
+}

@@ -74,7 +74,7 @@ pub enum GoLayerMode {
 /// Read from the runtime by tests/gotypehash with each toolchain of the matrix
 /// (`target/go-matrix/<version>/bin/go run ./tests/gotypehash`); a release missing here gets
 /// no fd for its streams (never a guess).
-pub(super) const TYPE_HASHES: &[(u32, u32, u32)] = &[
+const TYPE_HASHES: &[(u32, u32, u32)] = &[
     (21, 0xc6af_89f1, 0xbc02_0cb9),
     (22, 0xc6af_89f1, 0xbc02_0cb9),
     (23, 0xc6af_89f1, 0xbc02_0cb9),
@@ -670,22 +670,46 @@ fn type_hashes(minor: u32) -> Option<ConnTypeHashes> {
         })
 }
 
-fn layout_from(offsets: &Offsets, minor: u32) -> GoProcess {
+/// Where a probe finds the socket under a `net.Conn` interface at field `head` of the struct it
+/// holds (the h2 ClientConn's `tconn`, the HTTP/1.1 persistConn's `conn`), for a binary of Go
+/// 1.`minor`: the offsets of the chain and the type hashes of its interfaces. Without the type
+/// hashes the interface cannot be checked, so `head` is unknown (no fd, never a guess).
+pub(super) struct ConnChainLayout {
+    pub head: u32,
+    pub tls_conn: u32,
+    pub tcp_conn_fd: u32,
+    pub netfd_sysfd: u32,
+    pub tls_conn_type_hash: u32,
+    pub tcp_conn_type_hash: u32,
+}
+
+pub(super) fn conn_chain(offsets: &Offsets, minor: u32, head: Field) -> ConnChainLayout {
     let at = |field: Field| {
         offsets
             .get(field)
             .and_then(|o| u32::try_from(o).ok())
             .unwrap_or(GoProcess::UNKNOWN)
     };
-    let hashes = TYPE_HASHES.iter().find(|(m, _, _)| *m == minor);
-    GoProcess {
-        // Without the type hashes the connection's interface cannot be checked: no fd.
-        conn_tconn: hashes.map_or(GoProcess::UNKNOWN, |_| at(Field::H2ConnTconn)),
+    let hashes = type_hashes(minor);
+    ConnChainLayout {
+        head: hashes.map_or(GoProcess::UNKNOWN, |_| at(head)),
         tls_conn: at(Field::TlsConnConn),
         tcp_conn_fd: at(Field::TcpConnFd),
         netfd_sysfd: at(Field::NetFdSysfd),
-        tls_conn_type_hash: hashes.map_or(0, |h| h.1),
-        tcp_conn_type_hash: hashes.map_or(0, |h| h.2),
+        tls_conn_type_hash: hashes.map_or(0, |h| h.tls_conn),
+        tcp_conn_type_hash: hashes.map_or(0, |h| h.tcp_conn),
+    }
+}
+
+fn layout_from(offsets: &Offsets, minor: u32) -> GoProcess {
+    let chain = conn_chain(offsets, minor, Field::H2ConnTconn);
+    GoProcess {
+        conn_tconn: chain.head,
+        tls_conn: chain.tls_conn,
+        tcp_conn_fd: chain.tcp_conn_fd,
+        netfd_sysfd: chain.netfd_sysfd,
+        tls_conn_type_hash: chain.tls_conn_type_hash,
+        tcp_conn_type_hash: chain.tcp_conn_type_hash,
         _pad: [0; 2],
     }
 }

@@ -13,11 +13,9 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData},
     Ebpf,
 };
-use tracer_common::go::{
-    GoProcess, SiteProcess, SiteRecord, SiteWhat, GO_SITE_PROCS, MAX_SITE_FRAMES,
-};
+use tracer_common::go::{SiteProcess, SiteRecord, SiteWhat, GO_SITE_PROCS, MAX_SITE_FRAMES};
 
-use super::goattach::TYPE_HASHES;
+use super::goattach::conn_chain;
 use crate::{
     goprobe::{
         offsets::{Field, Offsets},
@@ -194,21 +192,14 @@ fn name_stack(target: &mut Target, pcs: &[u64]) -> Vec<SiteFrame> {
 
 /// The probes' view of where an HTTP/1.1 connection leads to its socket.
 fn site_process(offsets: &Offsets, minor: u32) -> SiteProcess {
-    let at = |field: Field| {
-        offsets
-            .get(field)
-            .and_then(|o| u32::try_from(o).ok())
-            .unwrap_or(GoProcess::UNKNOWN)
-    };
-    let hashes = TYPE_HASHES.iter().find(|(m, _, _)| *m == minor);
+    let chain = conn_chain(offsets, minor, Field::H1PersistConnConn);
     SiteProcess {
-        // Without the type hashes the connection's interface cannot be checked: no fd.
-        pconn_conn: hashes.map_or(GoProcess::UNKNOWN, |_| at(Field::H1PersistConnConn)),
-        tls_conn: at(Field::TlsConnConn),
-        tcp_conn_fd: at(Field::TcpConnFd),
-        netfd_sysfd: at(Field::NetFdSysfd),
-        tls_conn_type_hash: hashes.map_or(0, |h| h.1),
-        tcp_conn_type_hash: hashes.map_or(0, |h| h.2),
+        pconn_conn: chain.head,
+        tls_conn: chain.tls_conn,
+        tcp_conn_fd: chain.tcp_conn_fd,
+        netfd_sysfd: chain.netfd_sysfd,
+        tls_conn_type_hash: chain.tls_conn_type_hash,
+        tcp_conn_type_hash: chain.tcp_conn_type_hash,
     }
 }
 

@@ -1,3 +1,0 @@
-module goh2
-
-go 1.21
