@@ -404,7 +404,7 @@ mod tests {
         );
         assert_ne!(known.tls_conn_type_hash, 0);
         let unknown = site_process(&offsets, 99);
-        assert_eq!(unknown.pconn_conn, GoProcess::UNKNOWN);
+        assert_eq!(unknown.pconn_conn, tracer_common::go::GoProcess::UNKNOWN);
         assert_eq!(unknown.tcp_conn_type_hash, 0);
     }
 }
