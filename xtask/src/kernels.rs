@@ -64,7 +64,15 @@ const GUEST_SUITES: &[(&str, &[&str])] = &[
         ],
     ),
     ("fallback", &[]),
+    // The Go-aware layer (uprobes on the relay's binary, its memory read at each sample) on
+    // the older kernels too: one Go release, every scenario, exact.
+    ("h2_streams", &["go1_27_stripped_streams_are_exact"]),
 ];
+
+/// The Go release whose scenario relay (tests/goscenarios) the guests run.
+const GUEST_GO: &str = "1.27";
+/// Where the guests find it (GO_SCENARIOS_DIR).
+const GUEST_SCENARIOS_DIR: &str = "/usr/lib/goscenarios";
 
 /// Kernel modules the tests need that Debian builds as modules: sock_diag for TCP (the
 /// tracer's socket samples and `ss`). In load order.
@@ -123,8 +131,18 @@ pub fn matrix(artifacts: &Artifacts, only: Option<&str>) -> Result<()> {
         "test-kernels: the guests run the static binary {}",
         tracer.display()
     );
+    let scenarios = crate::gomatrix::ensure()
+        .context("test-kernels: the Go matrix (the guests' HTTP/2 scenario relay)")?
+        .scenarios_dir;
     let staging = kernels_dir.join("guest-root");
-    stage_guest_root(&staging, &tools, &tracer, artifacts, &test_binaries)?;
+    stage_guest_root(
+        &staging,
+        &tools,
+        &tracer,
+        artifacts,
+        &test_binaries,
+        &scenarios,
+    )?;
 
     let mut outcomes = Vec::new();
     for series in series {
@@ -320,6 +338,7 @@ fn stage_guest_root(
     tracer: &Path,
     artifacts: &Artifacts,
     test_binaries: &[(&str, PathBuf)],
+    scenarios: &Path,
 ) -> Result<()> {
     if staging.exists() {
         fs::remove_dir_all(staging)
@@ -336,6 +355,7 @@ fn stage_guest_root(
         "root",
         "etc",
         "lib/modules",
+        GUEST_SCENARIOS_DIR.trim_start_matches('/'),
     ] {
         fs::create_dir_all(staging.join(dir))
             .with_context(|| format!("cannot create {}", staging.display()))?;
@@ -351,6 +371,24 @@ fn stage_guest_root(
             .iter()
             .map(|(target, path)| (path.clone(), guest_test_path(target))),
     );
+    let relay = fs::read_dir(scenarios)
+        .with_context(|| format!("cannot read {}", scenarios.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with(&format!("goscenarios-{GUEST_GO}.")) && !name.ends_with(".built-from")
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "no goscenarios-{GUEST_GO}.* in {} (cargo xtask go-matrix builds it)",
+                scenarios.display()
+            )
+        })?;
+    let relay_name = relay
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    binaries.push((relay, format!("{GUEST_SCENARIOS_DIR}/{relay_name}")));
     let mut libraries = BTreeSet::new();
     for (from, to) in &binaries {
         install(staging, from, to)?;
@@ -409,6 +447,7 @@ mount -t tmpfs tmpfs /tmp
 ip link set lo up
 for m in {modules}; do insmod "$m" || echo "{MARK} cannot load $m"; done
 export CI=true TRACER_BIN=/usr/bin/tracer FIXTURE_BIN=/usr/bin/fixture HOME=/root TMPDIR=/tmp
+export GO_SCENARIOS_DIR={GUEST_SCENARIOS_DIR}
 release=$(uname -r)
 echo "{MARK} up kernel=$release uptime=$(cut -d' ' -f1 /proc/uptime)s"
 if tracer run --pid 1 --duration 1s >/dev/null 2>/tmp/tracer.err && grep -q 'tracer: hooks:' /tmp/tracer.err; then
