@@ -490,7 +490,14 @@ mod tests {
             (
                 8 * SEC,
                 Input::Sample(crate::model::Sample {
-                    streams: Vec::new(),
+                    // An HTTP/2 stream as read from the relay: addresses and counts only.
+                    streams: vec![crate::model::testkit::stream_sample(
+                        0xc000_1234,
+                        7,
+                        Some(9),
+                        true,
+                        (4 << 20, 512),
+                    )],
                     now_ns: 8 * SEC,
                     kernel: vec![(1, up), (2, v6)],
                     sockets: Some(vec![socket(PID, 12, local(40001), "10.0.0.12:443", 1, 300)]),
