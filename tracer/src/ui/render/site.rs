@@ -182,7 +182,8 @@ fn draw_leaks(frame: &mut Frame, area: Rect, s: &Screen, leaks: &[SiteLeakRow]) 
 }
 
 /// Every frame of the site's stack, innermost first: Go's own dimmed, the relay's plain, the
-/// call site marked.
+/// call site marked. When they do not all fit in `height` lines, Go's frames inside the call
+/// site go first (one line says how many), then the outermost.
 fn stack_lines(site: &SiteSummary, width: usize, height: usize) -> Vec<Line<'static>> {
     let mut lines = vec![Line::styled(
         " Stack (innermost first; → the call site, Go's own frames dimmed)",
@@ -201,14 +202,32 @@ fn stack_lines(site: &SiteSummary, width: usize, height: usize) -> Vec<Line<'sta
         return lines;
     }
     let call_site = site.stack.first();
-    let room = height.saturating_sub(1);
-    // The frames that fit, with a last line saying how many do not.
-    let shown = if frames.len() > room {
-        room.saturating_sub(1)
+    let room = height.saturating_sub(1).max(1);
+    let inner = call_site
+        .and_then(|c| frames.iter().position(|f| f == c))
+        .unwrap_or(0);
+    // When everything does not fit, the innermost of Go's frames inside the call site
+    // collapse to one line, as many as needed.
+    let skip = if frames.len() > room && inner > 0 {
+        let skip = inner.min(frames.len() + 1 - room);
+        lines.push(Line::styled(
+            format!("   … {skip} frames of Go's HTTP client"),
+            DIM,
+        ));
+        skip
     } else {
-        frames.len()
+        0
     };
-    for frame in frames.iter().take(shown) {
+    let left = frames.len() - skip;
+    let fit = room.saturating_sub(usize::from(skip > 0));
+    // The frames that fit, with a last line saying how many do not.
+    let shown = if left > fit {
+        // The call site at least.
+        fit.saturating_sub(1).max(1)
+    } else {
+        left
+    };
+    for frame in frames.iter().skip(skip).take(shown) {
         let (mark, style) = if Some(frame) == call_site {
             (" → ", LEAK)
         } else if site.stack.contains(frame) {
@@ -219,9 +238,9 @@ fn stack_lines(site: &SiteSummary, width: usize, height: usize) -> Vec<Line<'sta
         let label = frame_text_label(frame, width.saturating_sub(3));
         lines.push(Line::styled(format!("{mark}{label}"), style));
     }
-    if shown < frames.len() {
+    if shown < left {
         lines.push(Line::styled(
-            format!("   … {} more frames", frames.len() - shown),
+            format!("   … {} more frames", left - shown),
             DIM,
         ));
     }
@@ -254,11 +273,11 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
     let leaks = s.view.site_leaks(call_site, s.ui);
     let frames = site.frames.len().max(site.stack.len()).max(1);
     let avail = inner.height.saturating_sub(3);
-    // The leaks first, at least half of what is left when both need more; the stack gets
-    // the rest.
+    // The stack first (the call site in it must show), the leaks at least a few rows; the
+    // leaks list scrolls.
     let want_leaks = leaks.len().max(1) as u16 + u16::from(!leaks.is_empty());
     let want_stack = frames as u16 + 2;
-    let leaks_h = want_leaks.min(avail.saturating_sub(want_stack).max(avail / 2));
+    let leaks_h = want_leaks.min(avail.saturating_sub(want_stack).max(4));
     let [summary_area, leaks_area, stack_area] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Length(leaks_h),
@@ -341,7 +360,8 @@ mod tests {
             .skip_while(|l| !l.contains("Stack (innermost first"))
             .skip(1)
             .map(|l| l.trim_matches(|c: char| c == '"' || c == '│').trim())
-            .filter(|l| !l.is_empty() && !l.starts_with('└'))
+            .take_while(|l| !l.starts_with('└'))
+            .filter(|l| !l.is_empty())
             .collect();
         assert_eq!(
             stack.first().copied(),
@@ -364,6 +384,49 @@ mod tests {
         );
         assert_snapshot!("site_80x24", frame);
         assert_snapshot!("site_120x40", render(&f, &ui, 120, 40));
+    }
+
+    #[test]
+    fn when_the_stack_does_not_fit_gos_frames_inside_the_call_site_go_first() {
+        let f = site_session();
+        let ui = site_page("relayImage", "image.go", 829);
+        let frame = render(&f, &ui, 80, 19);
+        let stack: Vec<&str> = frame
+            .lines()
+            .skip_while(|l| !l.contains("Stack (innermost first"))
+            .skip(1)
+            .map(|l| l.trim_matches(|c: char| c == '"' || c == '│').trim())
+            .take_while(|l| !l.starts_with('└'))
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(
+            stack,
+            [
+                "… 5 frames of Go's HTTP client",
+                "→ controller.relayImage /build/one-api/relay/controller/image.go:829",
+                "controller.Relay /build/one-api/relay/controller/relay.go:61",
+                "gin.(*Context).Next gin-gonic/gin@v1.9.1/context.go:174",
+                "runtime.goexit /usr/lib/go/src/runtime/asm_amd64.s:1700",
+            ],
+            "{frame}"
+        );
+        // A line taller: only as many of Go's frames collapse as need to.
+        let frame = render(&f, &ui, 80, 20);
+        assert!(frame.contains("… 4 frames of Go's HTTP client"), "{frame}");
+        assert!(
+            frame.contains("net/http.(*Client).Do /usr/lib/go/src/net/http/client.go:590"),
+            "{frame}"
+        );
+        assert!(!frame.contains("net/http.(*Client).do "), "{frame}");
+        // Still shorter: the call site stays, the outer frames go.
+        let frame = render(&f, &ui, 80, 17);
+        assert!(frame.contains("→ controller.relayImage"), "{frame}");
+        assert!(frame.contains("more frames"), "{frame}");
+        assert_eq!(
+            leak_rows(&frame).len(),
+            3,
+            "the leaks keep their rows:\n{frame}"
+        );
     }
 
     #[test]

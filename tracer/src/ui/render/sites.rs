@@ -48,31 +48,62 @@ fn file_tail(file: &str, n: usize) -> &str {
     &file[cut + 1..]
 }
 
-/// "function file:line" in at most `width` characters. What goes first when it does not fit:
-/// the function's package path, the file's directories, the function's package, then the end
-/// of the function's name; the file's name and the line number stay whole while they fit.
-pub(super) fn frame_label(function: &str, file: &str, line: u32, width: usize) -> String {
+/// "function file:line", longest first: whole; without the function's package path; with
+/// the file's last three, two, one path elements; without the function's package.
+fn label_forms(function: &str, file: &str, line: u32) -> [String; 6] {
     let short = short_function(function);
     let bare = bare_function(function);
-    for (name, path) in [
+    [
         (function, file),
         (short, file),
         (short, file_tail(file, 3)),
         (short, file_tail(file, 2)),
         (short, file_tail(file, 1)),
         (bare, file_tail(file, 1)),
-    ] {
-        let label = format!("{name} {path}:{line}");
-        if label.chars().count() <= width {
-            return label;
-        }
+    ]
+    .map(|(name, path)| format!("{name} {path}:{line}"))
+}
+
+/// The first of `forms` that fits in `width`.
+fn fitting(forms: &[String], width: usize) -> Option<usize> {
+    forms.iter().position(|f| f.chars().count() <= width)
+}
+
+/// "function file:line" in at most `width` characters. What goes first when it does not fit:
+/// the function's package path, the file's directories, the function's package, then the end
+/// of the function's name; the file's name and the line number stay whole while they fit.
+pub(super) fn frame_label(function: &str, file: &str, line: u32, width: usize) -> String {
+    let mut forms = label_forms(function, file, line);
+    if let Some(i) = fitting(&forms, width) {
+        return std::mem::take(&mut forms[i]);
     }
+    let bare = bare_function(function);
     let place = format!("{}:{line}", file_tail(file, 1));
     let room = width.saturating_sub(place.chars().count() + 1);
     if room >= 6 {
         return format!("{} {place}", units::fit(bare, room));
     }
     units::fit(&format!("{bare} {place}"), width)
+}
+
+/// The sites' labels in a column of `width`, all in the same (longest) form that each fits
+/// in, so the rows read alike; those that fit in none are cut one by one.
+fn site_labels(sites: &[&SiteSummary], width: usize) -> Vec<String> {
+    let forms: Vec<[String; 6]> = sites
+        .iter()
+        .map(|s| label_forms(&s.call_site.function, &s.call_site.file, s.call_site.line))
+        .collect();
+    let common = forms
+        .iter()
+        .map(|f| fitting(f, width))
+        .try_fold(0, |most, i| i.map(|i| most.max(i)));
+    match common {
+        Some(i) => forms
+            .into_iter()
+            .map(|mut f| std::mem::take(&mut f[i]))
+            .collect(),
+        None => sites.iter().map(|s| site_label(s, width)).collect(),
+    }
 }
 
 /// A stack frame as the snapshot words it ("function file:line"), shortened as `frame_label`.
@@ -226,7 +257,7 @@ impl SiteColumns {
         Row::new(head).style(HEAD)
     }
 
-    fn cells(&self, site: &SiteSummary) -> Vec<String> {
+    fn cells(&self, site: &SiteSummary, label: String) -> Vec<String> {
         let mut figures = vec![site.leaked.to_string()];
         figures.extend(site.by_reason.iter().map(|(_, n)| n.to_string()));
         if self.kinds {
@@ -238,7 +269,7 @@ impl SiteColumns {
         }
         figures.push(site.requests_total.to_string());
         figures.push(units::percent(site.leaked, site.requests_total));
-        let mut row = vec![site_label(site, self.site_w as usize)];
+        let mut row = vec![label];
         row.extend(
             self.kept
                 .iter()
@@ -288,15 +319,17 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
         shows_kinds(s),
         u16::try_from(hosts_need).unwrap_or(u16::MAX),
     );
+    let labels = site_labels(&sites, columns.site_w as usize);
     let rows: Vec<Row> = sites
         .iter()
-        .map(|site| {
+        .zip(labels)
+        .map(|(site, label)| {
             let style = if site.leaked > 0 {
                 Style::new().fg(Color::Red)
             } else {
                 Style::new()
             };
-            Row::new(columns.cells(site)).style(style)
+            Row::new(columns.cells(site, label)).style(style)
         })
         .collect();
     let listed: Vec<_> = sites.iter().map(|site| site.call_site.clone()).collect();
@@ -320,7 +353,7 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
 mod tests {
     use insta::assert_snapshot;
 
-    use super::{frame_label, frame_text_label};
+    use super::{frame_label, frame_text_label, site_labels};
     use crate::model::LeakReason;
     use crate::ui::render::{testkit::*, Screen, Session, SourceLabel};
     use crate::ui::{
@@ -508,5 +541,35 @@ mod tests {
             "http.(*Client).Do net/http/client.go:590"
         );
         assert_eq!(frame_text_label("no location", 8), "no loca…");
+    }
+
+    #[test]
+    fn a_column_of_labels_is_shortened_alike() {
+        let f = site_session();
+        let view = View::build(&f.table, NOW, &GRACES);
+        let mut sites: Vec<_> = view.snapshot.sites.iter().collect();
+        // "controller.ListModels models.go:57" needs 34; the others fit in 33 as they are.
+        assert_eq!(
+            site_labels(&sites, 33),
+            [
+                "relayImage image.go:829",
+                "relayChat chat.go:212",
+                "ListModels models.go:57"
+            ]
+        );
+        assert_eq!(
+            site_labels(&sites, 34),
+            [
+                "controller.relayImage image.go:829",
+                "controller.relayChat chat.go:212",
+                "controller.ListModels models.go:57"
+            ]
+        );
+        // One that fits in no form is cut on its own; the others stay whole.
+        sites.truncate(2);
+        assert_eq!(
+            site_labels(&sites, 21),
+            ["relayIm… image.go:829", "relayChat chat.go:212"]
+        );
     }
 }
