@@ -146,9 +146,8 @@ fn newest_fixture() -> Result<PathBuf> {
         format!("demo: go{} build {FIXTURE_DIR}", toolchain.version),
         "a few seconds, nothing when built already",
     );
-    gomatrix::build_package(&toolchain.go, &root.join(FIXTURE_DIR), &fixture).with_context(
-        || format!("{FIXTURE_DIR} does not build with go{}", toolchain.version),
-    )?;
+    gomatrix::build_package(&toolchain.go, &root.join(FIXTURE_DIR), &fixture)
+        .with_context(|| format!("{FIXTURE_DIR} does not build with go{}", toolchain.version))?;
     progress.done();
     Ok(fixture)
 }

@@ -176,9 +176,7 @@ pub fn newest_toolchain() -> Result<GoToolchain> {
     let dir = build::target_dir(&root)?.join("go-matrix");
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("go-matrix: cannot create {}", dir.display()))?;
-    let version = VERSIONS
-        .last()
-        .context("go-matrix: VERSIONS is empty")?;
+    let version = VERSIONS.last().context("go-matrix: VERSIONS is empty")?;
     let go = install(&dir, version)?;
     Ok(GoToolchain {
         version: (*version).to_owned(),
