@@ -283,6 +283,18 @@ fn the_tui_shows_the_leaking_host_and_explains_a_leaked_connection() {
     tmux.wait_for("the trend", Duration::from_secs(5), |s| {
         s.contains("Leaked connections over time")
     });
+    // Then the call sites: this fixture is built by the system's Go, which the Go layer
+    // reads from 1.21 on; before that the page says why it is empty.
+    tmux.press("Tab");
+    let screen = tmux.wait_for("the call sites", Duration::from_secs(5), |s| {
+        s.contains("Call sites (")
+    });
+    let text = flat(&screen);
+    assert!(
+        text.contains("No call site: they come from the Go-aware probes")
+            || (text.contains("LEAK%") && text.contains("relay.go:")),
+        "the sites, or why there are none:\n{screen}"
+    );
     tmux.press("p");
     tmux.wait_for("paused", Duration::from_secs(5), |s| s.contains("PAUSED"));
     tmux.press("e");

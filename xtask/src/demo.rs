@@ -2,6 +2,13 @@
 //! fake providers in known ways. In a terminal it opens the tracer's terminal UI (`tracer
 //! watch`); otherwise, or with --duration, it prints the headless table (`tracer run`).
 //!
+//! The relay is the fixture built by the newest Go of the matrix (`cargo xtask go-matrix`;
+//! installed here when missing, that toolchain only): the tracer's Go layer reads relays built
+//! by Go 1.21 or newer, and names the line of the relay that obtained each leaked response
+//! (the Sites page). Debian's Go, which builds the fixture for the tests, is older; when the
+//! newest cannot be installed (no network, no python3-venv) the demo says so and runs that
+//! build, without call sites.
+//!
 //! Process layout: the fixtures run in their own process group, so the terminal's Ctrl-C
 //! reaches only xtask and the tracer (the foreground group). The tracer prints its final
 //! output and exits; xtask survives the same SIGINT, waits for it, then kills and reaps the
@@ -11,7 +18,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -21,8 +28,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::build::{self, Artifacts};
+use crate::gomatrix;
 use crate::setup;
-use crate::util;
+use crate::util::{self, Progress};
 
 /// How long the fixture upstream may take to print READY.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,13 +40,27 @@ const DEFAULT_DURATION: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// The relay's abandoned connections count as leaks after this grace.
 const ABANDON_GRACE: &str = "10s";
+/// The fixture relay's own wrappers, which every scenario's request goes through (getTLS over
+/// TLS): skipped, so each leak is named by its scenario's line (what `--site-skip` is for).
+const SITE_SKIP: &str = r"^main\.\(\*relay\)\.(get|getTLS)$";
+/// The fixture's main package, relative to the workspace root.
+const FIXTURE_DIR: &str = "tests/fixture";
 
 pub fn run(duration: Option<Duration>) -> Result<()> {
     if !util::is_root() {
         bail!("the demo loads eBPF programs and needs root: run: sudo -E env \"PATH=$PATH\" cargo xtask demo");
     }
     setup::ensure_for(setup::Purpose::Demo).context("demo")?;
-    let artifacts = build::build().context("demo")?;
+    let mut artifacts = build::build().context("demo")?;
+    artifacts.fixture = match newest_fixture() {
+        Ok(fixture) => fixture,
+        Err(e) => {
+            eprintln!(
+                "demo: {e:#}\ndemo: running the fixture built by the system's Go instead: the Go layer reads Go 1.21 or newer only, so with an older Go the Sites page stays empty"
+            );
+            artifacts.fixture
+        }
+    };
     let interactive = io::stdout().is_terminal() && duration.is_none();
     let duration = duration.or_else(|| (!io::stdout().is_terminal()).then_some(DEFAULT_DURATION));
     demo(&artifacts, duration, interactive).context("demo")
@@ -70,9 +92,10 @@ fn demo(artifacts: &Artifacts, duration: Option<Duration>, interactive: bool) ->
         None => "until Ctrl-C".to_string(),
     };
     println!(
-        "demo: tracing the fixture relay (pid {}) {how_long}; it sends requests forever to fake providers on 127.0.0.11-17 (fixture upstream, pid {}); expect leaks: 127.0.0.12 close_wait, 127.0.0.13 unread, 127.0.0.16 abandoned after {ABANDON_GRACE}, 127.0.0.14 closed_unread; 127.0.0.11, .15 and .17 stay healthy; fixture logs in {}",
+        "demo: tracing the fixture relay (pid {}) {how_long}; it sends requests forever to fake providers on 127.0.0.11-17 (fixture upstream, pid {}); expect leaks: 127.0.0.12 close_wait, 127.0.0.13 unread, 127.0.0.16 abandoned after {ABANDON_GRACE}, 127.0.0.14 closed_unread; 127.0.0.11, .15 and .17 stay healthy; Tab to the Sites page for the lines of {} that leaked; fixture logs in {}",
         relay.child.id(),
         upstream.child.id(),
+        FIXTURE_DIR,
         log_dir.display()
     );
 
@@ -82,7 +105,8 @@ fn demo(artifacts: &Artifacts, duration: Option<Duration>, interactive: bool) ->
     tracer
         .arg(if interactive { "watch" } else { "run" })
         .args(["--pid", &relay.child.id().to_string()])
-        .args(["--abandon-grace", ABANDON_GRACE]);
+        .args(["--abandon-grace", ABANDON_GRACE])
+        .args(["--site-skip", SITE_SKIP]);
     if let Some(duration) = duration {
         tracer.args(["--duration", &util::format_duration(duration)]);
     }
@@ -104,6 +128,28 @@ fn demo(artifacts: &Artifacts, duration: Option<Duration>, interactive: bool) ->
     drop(upstream);
     println!("demo: stopped the fixtures");
     Ok(())
+}
+
+/// The fixture built by the newest Go of the matrix, installed first when missing.
+fn newest_fixture() -> Result<PathBuf> {
+    let toolchain = gomatrix::newest_toolchain()
+        .context("cannot install the newest Go of the matrix to build the demo's relay")?;
+    let root = util::workspace_root();
+    // Named `fixture` as the other build is: the tracer shows the process's name.
+    let out_dir = build::target_dir(&root)?
+        .join("fixture")
+        .join(format!("go{}", toolchain.version));
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let fixture = out_dir.join("fixture");
+    let progress = Progress::start(
+        format!("demo: go{} build {FIXTURE_DIR}", toolchain.version),
+        "a few seconds, nothing when built already",
+    );
+    gomatrix::build_package(&toolchain.go, &root.join(FIXTURE_DIR), &fixture)
+        .with_context(|| format!("{FIXTURE_DIR} does not build with go{}", toolchain.version))?;
+    progress.done();
+    Ok(fixture)
 }
 
 /// A fixture process, killed and reaped when dropped (on success, error and unwinding alike).

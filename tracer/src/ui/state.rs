@@ -4,7 +4,7 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use crate::model::{classify::LeakReason, ConnId};
+use crate::model::{classify::LeakReason, site::CallSite, ConnId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Page {
@@ -17,6 +17,11 @@ pub enum Page {
     Detail,
     /// Leaked connections over time for the top hosts.
     Trend,
+    /// One row per call site of the relay (the line that obtained responses): its leaks by
+    /// reason and kind, its requests, the fraction that leaked.
+    Sites,
+    /// One call site: its leaks (Enter opens one's detail) and its full stack.
+    Site,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +140,20 @@ pub struct StreamKey {
     pub stream: u64,
 }
 
+/// One leak a call site's page lists: what selects it and what opening it shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedLeak {
+    /// Its connection (for an HTTP/2 stream, the one it is on).
+    pub conn: ConnId,
+    /// The host its connection counts under.
+    pub host: String,
+    /// A leaked HTTP/2 stream (None: the connection itself leaked).
+    pub stream: Option<StreamKey>,
+    /// Whether the view holds its connection: a stream the probes could not follow to a
+    /// socket has no connection to detail.
+    pub has_detail: bool,
+}
+
 /// What the loop must do after a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -156,6 +175,10 @@ pub struct Listed {
     pub conns: Vec<ConnId>,
     /// The HTTP/2 streams of the selected connection (on its detail page).
     pub streams: Vec<StreamKey>,
+    /// The call sites the sites page lists.
+    pub sites: Vec<CallSite>,
+    /// The leaks of the selected call site (on its page).
+    pub site_leaks: Vec<ListedLeak>,
 }
 
 /// How far PageUp/PageDown move.
@@ -178,6 +201,12 @@ pub struct UiState {
     pub selected_conn: Option<ConnId>,
     /// The stream explained on the detail page (its connection's worst when None).
     pub selected_stream: Option<StreamKey>,
+    pub selected_site: Option<CallSite>,
+    /// The leak highlighted on a call site's page.
+    pub selected_leak: Option<ListedLeak>,
+    /// Where Esc on the detail page goes back to: the connections it was opened from, or
+    /// the call site.
+    pub detail_from: Page,
     /// One line for the footer (an exported file's path, an error), until the next key.
     pub message: Option<String>,
 }
@@ -222,6 +251,9 @@ impl UiState {
             selected_host: None,
             selected_conn: None,
             selected_stream: None,
+            selected_site: None,
+            selected_leak: None,
+            detail_from: Page::Connections,
             message: None,
         }
     }
@@ -263,7 +295,9 @@ impl UiState {
                 match self.page {
                     Page::Hosts => self.host_sort = self.host_sort.next(),
                     Page::Connections => self.conn_sort = self.conn_sort.next(),
-                    Page::Detail | Page::Trend => return Action::Nothing,
+                    Page::Detail | Page::Trend | Page::Sites | Page::Site => {
+                        return Action::Nothing
+                    }
                 }
                 Action::Redraw
             }
@@ -327,6 +361,12 @@ impl UiState {
             Page::Detail if !listed.streams.is_empty() => {
                 self.selected_stream = moved(self.selected_stream.as_ref(), &listed.streams, delta)
             }
+            Page::Sites => {
+                self.selected_site = moved(self.selected_site.as_ref(), &listed.sites, delta)
+            }
+            Page::Site => {
+                self.selected_leak = moved(self.selected_leak.as_ref(), &listed.site_leaks, delta)
+            }
             Page::Detail | Page::Trend => return Action::Nothing,
         }
         Action::Redraw
@@ -352,6 +392,40 @@ impl UiState {
                 self.selected_conn = Some(conn);
                 // Its worst stream first.
                 self.selected_stream = None;
+                self.detail_from = Page::Connections;
+                self.page = Page::Detail;
+            }
+            Page::Sites => {
+                let Some(site) = effective(self.selected_site.as_ref(), &listed.sites).cloned()
+                else {
+                    return Action::Nothing;
+                };
+                self.selected_site = Some(site);
+                // A leak selected under another site is not listed under this one.
+                self.selected_leak = None;
+                self.page = Page::Site;
+            }
+            Page::Site => {
+                let Some(leak) =
+                    effective(self.selected_leak.as_ref(), &listed.site_leaks).cloned()
+                else {
+                    return Action::Nothing;
+                };
+                if !leak.has_detail {
+                    self.message = Some(
+                        "this HTTP/2 stream's connection is not known (the probes could not follow \
+                         it to a socket): no detail to show"
+                            .to_owned(),
+                    );
+                    self.selected_leak = Some(leak);
+                    return Action::Redraw;
+                }
+                // The detail of its connection, the leaked stream explained; Esc comes back.
+                self.selected_host = Some(leak.host.clone());
+                self.selected_conn = Some(leak.conn.clone());
+                self.selected_stream = leak.stream;
+                self.selected_leak = Some(leak);
+                self.detail_from = Page::Site;
                 self.page = Page::Detail;
             }
             Page::Detail | Page::Trend => return Action::Nothing,
@@ -361,8 +435,9 @@ impl UiState {
 
     fn back(&mut self) -> Action {
         self.page = match self.page {
-            Page::Detail => Page::Connections,
-            Page::Connections | Page::Trend => Page::Hosts,
+            Page::Detail => self.detail_from,
+            Page::Site => Page::Sites,
+            Page::Connections | Page::Trend | Page::Sites => Page::Hosts,
             Page::Hosts if !self.host_filter.is_empty() => {
                 self.host_filter.clear();
                 Page::Hosts
@@ -372,7 +447,8 @@ impl UiState {
         Action::Redraw
     }
 
-    /// Tab: Hosts -> Connections (of the highlighted host) -> Trend -> Hosts.
+    /// Tab: Hosts -> Connections (of the highlighted host) -> Trend -> Sites -> Hosts; a page
+    /// opened from one (a connection's detail, a site's leaks) counts as that one.
     fn tab(&mut self, listed: &Listed, forward: bool) -> Action {
         let host = effective(self.selected_host.as_ref(), &listed.hosts).cloned();
         let to_connections = |s: &mut Self| match host.clone() {
@@ -385,8 +461,10 @@ impl UiState {
         self.page = match (self.page, forward) {
             (Page::Hosts, true) => to_connections(self),
             (Page::Connections | Page::Detail, true) => Page::Trend,
-            (Page::Trend, true) => Page::Hosts,
-            (Page::Hosts, false) => Page::Trend,
+            (Page::Trend, true) => Page::Sites,
+            (Page::Sites | Page::Site, true) => Page::Hosts,
+            (Page::Hosts, false) => Page::Sites,
+            (Page::Sites | Page::Site, false) => Page::Trend,
             (Page::Trend, false) => {
                 if host.is_some() {
                     to_connections(self)
@@ -428,7 +506,7 @@ mod tests {
                 "127.0.0.11".into(),
             ],
             conns: vec![conn(40001), conn(40002)],
-            streams: vec![],
+            ..Listed::default()
         }
     }
 
@@ -532,7 +610,7 @@ mod tests {
         let other = Listed {
             hosts: l.hosts.clone(),
             conns: vec![conn(50001), conn(50002)],
-            streams: vec![],
+            ..Listed::default()
         };
         assert_eq!(
             effective(ui.selected_conn.as_ref(), &other.conns),
@@ -588,7 +666,7 @@ mod tests {
     }
 
     #[test]
-    fn tab_cycles_hosts_connections_trend() {
+    fn tab_cycles_hosts_connections_trend_sites() {
         let mut ui = UiState::new();
         let l = listed();
         ui.on_key(key(KeyCode::Tab), &l);
@@ -599,11 +677,22 @@ mod tests {
         ui.on_key(key(KeyCode::Tab), &l);
         assert_eq!(ui.page, Page::Trend);
         ui.on_key(key(KeyCode::Tab), &l);
+        assert_eq!(ui.page, Page::Sites);
+        ui.on_key(key(KeyCode::Tab), &l);
         assert_eq!(ui.page, Page::Hosts);
+        ui.on_key(key(KeyCode::BackTab), &l);
+        assert_eq!(ui.page, Page::Sites);
         ui.on_key(key(KeyCode::BackTab), &l);
         assert_eq!(ui.page, Page::Trend);
         ui.on_key(key(KeyCode::BackTab), &l);
         assert_eq!(ui.page, Page::Connections);
+        // A site's page counts as the sites page.
+        ui.page = Page::Site;
+        ui.on_key(key(KeyCode::Tab), &l);
+        assert_eq!(ui.page, Page::Hosts);
+        ui.page = Page::Site;
+        ui.on_key(key(KeyCode::BackTab), &l);
+        assert_eq!(ui.page, Page::Trend);
         // No host to show connections of: Tab skips to the trend.
         let mut empty = UiState::new();
         empty.on_key(key(KeyCode::Tab), &Listed::default());
@@ -629,8 +718,10 @@ mod tests {
         ui.on_key(key(KeyCode::Enter), &l);
         ui.on_key(ch('s'), &l);
         assert_eq!((ui.host_sort, ui.conn_sort), (Leaked, ConnSort::Age));
-        ui.page = Page::Trend;
-        assert_eq!(ui.on_key(ch('s'), &l), Action::Nothing);
+        for page in [Page::Trend, Page::Sites, Page::Site] {
+            ui.page = page;
+            assert_eq!(ui.on_key(ch('s'), &l), Action::Nothing, "{page:?}");
+        }
     }
 
     #[test]
@@ -690,6 +781,170 @@ mod tests {
         assert!(ReasonFilter::Leaked.admits(Some(LeakReason::Unread)));
         assert!(ReasonFilter::Only(LeakReason::Unread).admits(Some(LeakReason::Unread)));
         assert!(!ReasonFilter::Only(LeakReason::Unread).admits(Some(LeakReason::CloseWait)));
+    }
+
+    fn call_site(line: u32) -> CallSite {
+        CallSite {
+            function: "main.relayImage".into(),
+            file: "/src/relay/image.go".into(),
+            line,
+        }
+    }
+
+    fn site_leak(port: u16, stream: Option<u64>, has_detail: bool) -> ListedLeak {
+        ListedLeak {
+            conn: conn(port),
+            host: "127.0.0.12".into(),
+            stream: stream.map(|stream| StreamKey { pid: 7, stream }),
+            has_detail,
+        }
+    }
+
+    fn with_sites() -> Listed {
+        Listed {
+            sites: vec![call_site(829), call_site(900), call_site(950)],
+            site_leaks: vec![
+                site_leak(40001, None, true),
+                site_leak(40002, Some(0xc000_1007), true),
+                site_leak(40003, Some(0xc000_3003), false),
+            ],
+            ..listed()
+        }
+    }
+
+    #[test]
+    fn on_the_sites_page_the_arrows_move_among_sites_and_enter_lists_ones_leaks() {
+        let mut ui = UiState {
+            page: Page::Sites,
+            ..UiState::new()
+        };
+        let l = with_sites();
+        assert_eq!(
+            effective(ui.selected_site.as_ref(), &l.sites),
+            Some(&call_site(829)),
+            "the first (most leaks) is highlighted"
+        );
+        assert_eq!(ui.on_key(key(KeyCode::Down), &l), Action::Redraw);
+        ui.on_key(ch('j'), &l);
+        ui.on_key(ch('j'), &l);
+        assert_eq!(ui.selected_site, Some(call_site(950)), "stops at the end");
+        ui.on_key(key(KeyCode::Up), &l);
+        assert_eq!(ui.selected_site, Some(call_site(900)));
+        assert_eq!(
+            ui.selected_host, None,
+            "the hosts' selection is not touched"
+        );
+        assert_eq!(ui.on_key(key(KeyCode::Enter), &l), Action::Redraw);
+        assert_eq!(
+            (ui.page, ui.selected_site.clone(), ui.selected_leak.clone()),
+            (Page::Site, Some(call_site(900)), None)
+        );
+        // On the site's page the arrows move among its leaks.
+        ui.on_key(key(KeyCode::Down), &l);
+        assert_eq!(
+            ui.selected_leak,
+            Some(site_leak(40002, Some(0xc000_1007), true))
+        );
+        assert_eq!(ui.selected_site, Some(call_site(900)), "the site stays");
+        // Esc: back to the sites, the site still selected; Esc again: the hosts.
+        assert_eq!(ui.on_key(key(KeyCode::Esc), &l), Action::Redraw);
+        assert_eq!(
+            (ui.page, ui.selected_site.clone()),
+            (Page::Sites, Some(call_site(900)))
+        );
+        ui.on_key(key(KeyCode::Esc), &l);
+        assert_eq!(ui.page, Page::Hosts);
+        // No site listed: nothing to open.
+        let mut empty = UiState {
+            page: Page::Sites,
+            ..UiState::new()
+        };
+        assert_eq!(
+            empty.on_key(key(KeyCode::Enter), &Listed::default()),
+            Action::Nothing
+        );
+        assert_eq!(empty.page, Page::Sites);
+        assert_eq!(
+            empty.on_key(key(KeyCode::Down), &Listed::default()),
+            Action::Redraw
+        );
+        assert_eq!(empty.selected_site, None);
+    }
+
+    #[test]
+    fn enter_on_a_sites_leak_opens_its_detail_and_esc_comes_back_to_the_site() {
+        let mut ui = UiState {
+            page: Page::Site,
+            selected_site: Some(call_site(829)),
+            // Left over from an earlier connection's detail.
+            selected_stream: Some(StreamKey { pid: 7, stream: 1 }),
+            ..UiState::new()
+        };
+        let l = with_sites();
+        // A leaked connection: its detail, no stream picked (its worst first).
+        ui.on_key(key(KeyCode::Enter), &l);
+        assert_eq!(
+            (
+                ui.page,
+                ui.selected_host.as_deref(),
+                ui.selected_conn.clone(),
+                ui.selected_stream
+            ),
+            (Page::Detail, Some("127.0.0.12"), Some(conn(40001)), None)
+        );
+        assert_eq!(
+            ui.on_key(key(KeyCode::Enter), &l),
+            Action::Nothing,
+            "nothing below the detail"
+        );
+        assert_eq!(ui.on_key(key(KeyCode::Esc), &l), Action::Redraw);
+        assert_eq!(ui.page, Page::Site, "back where it was opened from");
+        // A leaked stream: its connection's detail with that stream explained.
+        ui.on_key(key(KeyCode::Down), &l);
+        ui.on_key(key(KeyCode::Enter), &l);
+        assert_eq!(
+            (ui.page, ui.selected_conn.clone(), ui.selected_stream),
+            (
+                Page::Detail,
+                Some(conn(40002)),
+                Some(StreamKey {
+                    pid: 7,
+                    stream: 0xc000_1007
+                })
+            )
+        );
+        ui.on_key(key(KeyCode::Esc), &l);
+        assert_eq!(
+            (ui.page, ui.selected_leak.clone()),
+            (Page::Site, Some(site_leak(40002, Some(0xc000_1007), true))),
+            "the leak stays selected"
+        );
+        // A stream whose connection is not known: a message, no detail.
+        ui.on_key(key(KeyCode::Down), &l);
+        assert_eq!(ui.on_key(key(KeyCode::Enter), &l), Action::Redraw);
+        assert_eq!(ui.page, Page::Site);
+        assert!(
+            ui.message
+                .as_deref()
+                .is_some_and(|m| m.contains("connection is not known")),
+            "{:?}",
+            ui.message
+        );
+        // Opened from the connections page, Esc goes back there again.
+        ui.page = Page::Connections;
+        ui.on_key(key(KeyCode::Enter), &l);
+        assert_eq!(ui.page, Page::Detail);
+        ui.on_key(key(KeyCode::Esc), &l);
+        assert_eq!(ui.page, Page::Connections);
+        // No leak listed (the filter hides them all): nothing to open.
+        ui.page = Page::Site;
+        ui.selected_leak = None;
+        let none = Listed {
+            site_leaks: vec![],
+            ..with_sites()
+        };
+        assert_eq!(ui.on_key(key(KeyCode::Enter), &none), Action::Nothing);
+        assert_eq!(ui.page, Page::Site);
     }
 
     #[test]

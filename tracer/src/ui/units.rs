@@ -80,6 +80,24 @@ pub fn fit(s: &str, width: usize) -> String {
     t
 }
 
+/// `part` of `whole` in percent, for a site's leaks over its requests: `25%`, `2.5%`, `<0.1%`,
+/// `0%`; `–` when there is no whole to speak of.
+pub fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "–".into();
+    }
+    let pct = part as f64 * 100.0 / whole as f64;
+    if part == 0 {
+        "0%".into()
+    } else if pct >= 9.95 {
+        format!("{pct:.0}%")
+    } else if pct >= 0.1 {
+        format!("{pct:.1}%")
+    } else {
+        "<0.1%".into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +124,11 @@ mod tests {
         assert_eq!(fit("127.0.0.12", 20), "127.0.0.12");
         assert_eq!(fit("api.example-provider.com", 10), "api.examp…");
         assert_eq!(fit("abc", 0), "");
+        assert_eq!(percent(3, 12), "25%");
+        assert_eq!(percent(12, 12), "100%");
+        assert_eq!(percent(1, 40), "2.5%");
+        assert_eq!(percent(1, 3000), "<0.1%");
+        assert_eq!(percent(0, 3000), "0%");
+        assert_eq!(percent(1, 0), "–");
     }
 }

@@ -7,14 +7,16 @@ use std::collections::HashMap;
 
 use crate::model::{
     classify::{judge, judge_stream, Graces, LeakReason},
-    snapshot::{HostSummary, UNKNOWN_CONNECTION_HOST},
+    leak::LeakKind,
+    site::CallSite,
+    snapshot::{HostSummary, Leak, SiteSummary, UNKNOWN_CONNECTION_HOST},
     stream::H2Stream,
     table::UpstreamConn,
     ConnId, ConnTable, Snapshot,
 };
 
 use super::{
-    state::{ConnSort, HostSort, ReasonFilter, StreamKey, UiState},
+    state::{ConnSort, HostSort, ListedLeak, ReasonFilter, StreamKey, UiState},
     trend::Trend,
 };
 
@@ -76,6 +78,28 @@ impl ConnRow {
                 .streams
                 .iter()
                 .any(|s| filter.admits(s.verdict) && s.verdict.is_some())
+    }
+}
+
+/// One leak of a call site, with the rows the view holds for it.
+#[derive(Clone, Copy, Debug)]
+pub struct SiteLeakRow<'a> {
+    pub leak: &'a Leak,
+    /// Its connection (None: a stream whose connection the probes could not follow).
+    pub conn: Option<&'a ConnRow>,
+    /// The leaked HTTP/2 stream (None for a leaked connection).
+    pub stream: Option<&'a StreamRow>,
+}
+
+impl SiteLeakRow<'_> {
+    /// What the UI state selects and opens.
+    pub fn listed(&self) -> ListedLeak {
+        ListedLeak {
+            conn: self.leak.id(),
+            host: self.leak.host.clone(),
+            stream: self.stream.map(StreamRow::key),
+            has_detail: self.conn.is_some(),
+        }
     }
 }
 
@@ -187,6 +211,58 @@ impl View {
             HostSort::Name => hosts.sort_by(by_name),
         }
         hosts
+    }
+
+    /// The call sites the sites page lists: as the snapshot sorts them (most leaks, then
+    /// most requests), those with a leak of the chosen reason.
+    pub fn listed_sites(&self, ui: &UiState) -> Vec<&SiteSummary> {
+        self.snapshot
+            .sites
+            .iter()
+            .filter(|site| match ui.reason_filter {
+                ReasonFilter::All => true,
+                ReasonFilter::Leaked => site.leaked > 0,
+                ReasonFilter::Only(reason) => site.by_reason.get(reason) > 0,
+            })
+            .collect()
+    }
+
+    pub fn site(&self, call_site: &CallSite) -> Option<&SiteSummary> {
+        self.snapshot
+            .sites
+            .iter()
+            .find(|s| &s.call_site == call_site)
+    }
+
+    /// The leaks a call site's page lists (of the chosen reason), in the snapshot's order
+    /// (by host, oldest first), each with its connection and stream when the view has them.
+    pub fn site_leaks(&self, call_site: &CallSite, ui: &UiState) -> Vec<SiteLeakRow<'_>> {
+        self.snapshot
+            .leaks
+            .iter()
+            .filter(|l| l.call_site.as_ref() == Some(call_site))
+            .filter(|l| ui.reason_filter.admits(Some(l.reason)))
+            .map(|leak| {
+                let conn = self.conn(&leak.id());
+                let stream = match leak.kind {
+                    LeakKind::Connection => None,
+                    // Stream ids are unique per connection; the streams of an unknown
+                    // connection are told apart by their fd as well.
+                    LeakKind::H2Stream => match conn {
+                        Some(c) => c
+                            .streams
+                            .iter()
+                            .find(|s| s.stream.stream_id == leak.stream_id && s.verdict.is_some()),
+                        None => self.orphan_streams.iter().find(|s| {
+                            s.stream.pid == leak.pid
+                                && s.stream.stream_id == leak.stream_id
+                                && s.stream.fd == leak.fd
+                        }),
+                    },
+                };
+                SiteLeakRow { leak, conn, stream }
+            })
+            .collect()
     }
 
     /// The open connections of `host` the connections page lists.

@@ -186,10 +186,28 @@ fn listed(view: &View, ui: &UiState, trend: &Trend) -> Listed {
             .unwrap_or_default(),
         _ => Vec::new(),
     };
+    let sites = match ui.page {
+        Page::Sites => view
+            .listed_sites(ui)
+            .into_iter()
+            .map(|s| s.call_site.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let site_leaks = match (ui.page, &ui.selected_site) {
+        (Page::Site, Some(site)) => view
+            .site_leaks(site, ui)
+            .iter()
+            .map(|l| l.listed())
+            .collect(),
+        _ => Vec::new(),
+    };
     Listed {
         hosts,
         conns,
         streams,
+        sites,
+        site_leaks,
     }
 }
 

@@ -11,7 +11,7 @@ use ratatui::{
 
 use super::{table::scroll, Screen, DIM, HEAD, LEAK};
 use crate::{
-    model::table::Origin,
+    model::{leak::LeakKind, snapshot::Leak, table::Origin},
     ui::{
         explain,
         state::effective,
@@ -114,6 +114,29 @@ fn stream_lines(row: &ConnRow, s: &Screen, width: usize) -> Vec<Line<'static>> {
         if let Some(cause) = &why.cause {
             lines.extend(wrap(cause, width, "   "));
         }
+        // The relay's line that obtained its response, when the probes saw it.
+        let leak = s.view.snapshot.leaks.iter().find(|l| {
+            l.kind == LeakKind::H2Stream
+                && l.id() == row.id()
+                && l.stream_id == st.stream.stream_id
+                && l.call_site.is_some()
+        });
+        if let Some(leak) = leak {
+            lines.extend(obtained_at(leak, width));
+        }
+    }
+    lines
+}
+
+/// The stack that obtained a leak's response (for a reused connection, its last request's):
+/// its call site first.
+fn obtained_at(leak: &Leak, width: usize) -> Vec<Line<'static>> {
+    let mut lines = vec![Line::styled(
+        " Obtained at (the relay's stack, its call site first)",
+        HEAD,
+    )];
+    for frame_line in &leak.stack {
+        lines.extend(wrap(frame_line, width, "   "));
     }
     lines
 }
@@ -222,19 +245,14 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
         lines.push(Line::styled(" What usually causes it", HEAD));
         lines.extend(wrap(cause, width, "   "));
     }
-    // The relay's line that obtained the leaked response (its last request's, for a reused
-    // connection), when the Go-aware probes saw it.
-    let leak = s
-        .view
-        .snapshot
-        .leaks
-        .iter()
-        .find(|l| l.id() == row.id() && l.call_site.is_some());
+    // The relay's line that obtained the leaked response, when the Go-aware probes saw it
+    // (a leaked stream's is under the stream).
+    let leak =
+        s.view.snapshot.leaks.iter().find(|l| {
+            l.kind == LeakKind::Connection && l.id() == row.id() && l.call_site.is_some()
+        });
     if let Some(leak) = leak {
-        lines.push(Line::styled(" Obtained at (the relay's stack)", HEAD));
-        for frame_line in &leak.stack {
-            lines.extend(wrap(frame_line, width, "   "));
-        }
+        lines.extend(obtained_at(leak, width));
     }
     frame.render_widget(Paragraph::new(lines), inner);
 }
@@ -364,6 +382,94 @@ mod tests {
         );
         assert!(text.contains("SSE"), "{frame}");
         assert_snapshot!("detail_h2_abandoned_120x40", frame);
+    }
+
+    /// The lines under the heading that starts with `heading`, up to the next blank line.
+    fn section<'a>(frame: &'a str, heading: &str) -> Vec<&'a str> {
+        frame
+            .lines()
+            .map(|l| l.trim_matches(|c: char| c == '"' || c == '│').trim())
+            .skip_while(|l| !l.starts_with(heading))
+            .skip(1)
+            .take_while(|l| !l.is_empty() && !l.starts_with('└'))
+            .collect()
+    }
+
+    #[test]
+    fn a_leaks_detail_names_the_relays_line_that_obtained_it() {
+        let f = site_session();
+        // A connection leaked in CLOSE_WAIT: its last request's stack.
+        let id = ConnId {
+            pid: PID,
+            local: local(40203),
+            remote: addr("127.0.0.12:18080"),
+        };
+        let frame = render(
+            &f,
+            &with_page(Page::Detail, "127.0.0.12", Some(id)),
+            120,
+            40,
+        );
+        assert_eq!(
+            section(&frame, "Obtained at (the relay's stack, its call site first)"),
+            [
+                "github.com/songquanpeng/one-api/relay/controller.relayImage /build/one-api/relay/controller/image.go:829",
+                "github.com/songquanpeng/one-api/relay/controller.Relay /build/one-api/relay/controller/relay.go:61",
+                "github.com/gin-gonic/gin.(*Context).Next /root/go/pkg/mod/github.com/gin-gonic/gin@v1.9.1/context.go:174",
+            ],
+            "{frame}"
+        );
+        // A healthy connection whose streams leaked: each leaked stream has its own site,
+        // under the stream; the connection itself has none.
+        let h2 = ConnId {
+            pid: PID,
+            local: local(40201),
+            remote: addr("127.0.0.21:443"),
+        };
+        let mut ui = with_page(Page::Detail, "127.0.0.21", Some(h2));
+        let frame = render(&f, &ui, 120, 40);
+        let text = words(&frame);
+        assert!(text.contains("Stream 7: LEAKED (unread)"), "{frame}");
+        let stack = section(
+            &frame,
+            "Obtained at (the relay's stack, its call site first)",
+        );
+        assert_eq!(
+            stack.first().copied(),
+            Some("github.com/songquanpeng/one-api/relay/controller.relayImage /build/one-api/relay/controller/image.go:829"),
+            "{frame}"
+        );
+        assert_eq!(
+            frame.matches("Obtained at").count(),
+            1,
+            "the stream's site only:\n{frame}"
+        );
+        let timeline = frame.find("Timeline").expect("a timeline");
+        assert!(
+            frame.find("Obtained at").is_some_and(|at| at < timeline),
+            "with the stream, above the connection's timeline:\n{frame}"
+        );
+        // Stream 9, picked: its own site.
+        ui.selected_stream = Some(StreamKey {
+            pid: PID,
+            stream: 0xc000_1009,
+        });
+        let frame = render(&f, &ui, 120, 40);
+        assert!(
+            words(&frame).contains("Stream 9: LEAKED (abandoned)"),
+            "{frame}"
+        );
+        assert_eq!(
+            section(&frame, "Obtained at").first().copied(),
+            Some("github.com/songquanpeng/one-api/relay/controller.relayChat /build/one-api/relay/controller/chat.go:212"),
+            "{frame}"
+        );
+        // A stream that is not leaked: no site is claimed for it.
+        ui.selected_stream = Some(StreamKey {
+            pid: PID,
+            stream: 0xc000_100b,
+        });
+        assert!(!render(&f, &ui, 120, 40).contains("Obtained at"));
     }
 
     #[test]

@@ -58,6 +58,24 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, s: &Screen) {
             }
             Page::Detail => &["Esc back", "Tab view", "p pause", "e export"],
             Page::Trend => &["Tab view", "Esc back", "p pause", "e export"],
+            Page::Sites => &[
+                "↑↓ move",
+                "Enter open",
+                "Esc back",
+                "r reason",
+                "Tab view",
+                "p pause",
+                "e export",
+            ],
+            Page::Site => &[
+                "↑↓ move",
+                "Enter why",
+                "Esc back",
+                "r reason",
+                "Tab view",
+                "p pause",
+                "e export",
+            ],
         };
         // Help and quit always show; the others while they fit, in order.
         let tail = " · ? help · q quit";

@@ -12,16 +12,15 @@ use crate::model::LeakReason;
 
 const KEYS: &[(&str, &str)] = &[
     ("↑ ↓  j k", "move; PgUp PgDn, g G: page, top, bottom"),
-    ("Enter", "open: host → its connections → one connection"),
+    ("Enter", "open: host → connections → one; site → its leaks"),
     ("Esc", "back (on the hosts: clear the text filter)"),
-    ("Tab", "hosts → connections → trend"),
+    ("Tab", "hosts → connections → trend → call sites"),
     ("s", "change the sort of this list"),
     ("/", "filter hosts by text (name or address)"),
     ("r", "show all / leaked / one reason"),
     ("p", "pause the display (a replay pauses its clock)"),
     ("e", "export the shown snapshot as JSON to a file"),
     ("q  Ctrl-C", "quit"),
-    ("", ""),
 ];
 
 /// After the keys and each leak reason.
@@ -33,6 +32,7 @@ const COLUMNS: &[(&str, &str)] = &[
     ("H2LK", "leaked HTTP/2 streams, counted in LEAKED"),
     ("CL_UNRD", "closed before reading the response (no leak)"),
     ("CONN/S", "connections opened per second, last 10s"),
+    ("LEAK%", "a call site's leaks now per request it made"),
 ];
 
 /// The keys, what each leak reason means, and the columns that need saying.

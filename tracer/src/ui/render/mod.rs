@@ -3,8 +3,8 @@
 //! from the state, per frame).
 //!
 //! One file per part of the screen: the `header` and `footer` every page shares, the pages
-//! (`hosts`, `connections`, `detail`, `trend`), the `help` overlay, and `table`, what the two
-//! list pages share.
+//! (`hosts`, `connections`, `detail`, `trend`, `sites`, `site`), the `help` overlay, and
+//! `table`, what the list pages share.
 
 mod connections;
 mod detail;
@@ -12,6 +12,8 @@ mod footer;
 mod header;
 mod help;
 mod hosts;
+mod site;
+mod sites;
 mod table;
 #[cfg(test)]
 mod testkit;
@@ -89,6 +91,8 @@ pub fn draw(frame: &mut Frame, s: &Screen) {
         Page::Connections => connections::draw(frame, body, s),
         Page::Detail => detail::draw(frame, body, s),
         Page::Trend => trend::draw(frame, body, s),
+        Page::Sites => sites::draw(frame, body, s),
+        Page::Site => site::draw(frame, body, s),
     }
     footer::draw(frame, footer_area, s);
     if s.ui.help {
@@ -137,7 +141,14 @@ mod tests {
             .expect("draws");
         assert_snapshot!("tiny_40x10", render(&f, &UiState::new(), 40, 10));
         // Just at the minimum, every page draws.
-        for page in [Page::Hosts, Page::Connections, Page::Detail, Page::Trend] {
+        for page in [
+            Page::Hosts,
+            Page::Connections,
+            Page::Detail,
+            Page::Trend,
+            Page::Sites,
+            Page::Site,
+        ] {
             let ui = with_page(
                 page,
                 "127.0.0.12",
@@ -150,5 +161,17 @@ mod tests {
             let frame = render(&f, &ui, MIN_WIDTH, MIN_HEIGHT);
             assert!(!frame.contains("terminal too small"), "{page:?}:\n{frame}");
         }
+        // The call sites' pages with call sites to show.
+        let f = site_session();
+        let mut ui = with_page(Page::Sites, "127.0.0.12", None);
+        let frame = render(&f, &ui, MIN_WIDTH, MIN_HEIGHT);
+        assert!(
+            frame.contains("▸relay… image.go:829"),
+            "the line stays whole:\n{frame}"
+        );
+        ui.page = Page::Site;
+        ui.selected_site = f.table.sites().requests_by_site().into_keys().next();
+        let frame = render(&f, &ui, MIN_WIDTH, MIN_HEIGHT);
+        assert!(frame.contains(" leaked of "), "{frame}");
     }
 }

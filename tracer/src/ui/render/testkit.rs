@@ -7,8 +7,11 @@ use ratatui::{backend::TestBackend, Terminal};
 
 use super::{draw, Screen, Session, SourceLabel};
 use crate::model::{
-    classify::Graces, tcp_state::CLOSE_WAIT, testkit::*, ConnId, ConnTable, Input, KernelConn,
-    KernelStats, Sample,
+    classify::Graces,
+    site::{SiteEvent, SiteFrame, SiteKey, SiteStack},
+    tcp_state::CLOSE_WAIT,
+    testkit::*,
+    ConnId, ConnTable, Input, KernelConn, KernelStats, Sample,
 };
 use crate::ui::{
     state::{Page, UiState},
@@ -99,13 +102,32 @@ pub(super) fn session(conns: &[KernelConn]) -> Fixture {
 
 /// A session whose relay also has these HTTP/2 streams, with the Go layer attached.
 pub(super) fn session_with_streams(conns: &[KernelConn], streams: &[SyntheticStream]) -> Fixture {
+    session_with_sites(conns, streams, &[], Vec::new())
+}
+
+/// A session whose relay also has these HTTP/2 streams and these stacks, each request
+/// (`SiteEvent`) arriving with the first sample at or after it.
+pub(super) fn session_with_sites(
+    conns: &[KernelConn],
+    streams: &[SyntheticStream],
+    stacks: &[SiteStack],
+    mut requests: Vec<SiteEvent>,
+) -> Fixture {
     let mut table = ConnTable::new();
     table.apply(targets(&[PID]));
-    if !streams.is_empty() {
+    if !streams.is_empty() || !stacks.is_empty() {
         table.apply(go_layer_attached());
     }
+    for stack in stacks {
+        table.apply(Input::SiteStack(stack.clone()));
+    }
+    requests.sort_by_key(|r| r.at_ns);
+    let mut requests = requests.into_iter().peekable();
     let mut trend = Trend::starting_at(START);
     for at in (START..=NOW).step_by(10 * SEC as usize) {
+        while let Some(request) = requests.next_if(|r| r.at_ns <= at) {
+            table.apply(Input::Site(request));
+        }
         trend.catch_up(&table, at, &GRACES);
         let stream_samples = streams
             .iter()
@@ -219,6 +241,154 @@ pub(super) fn fixture_h2() -> (Vec<KernelConn>, Vec<SyntheticStream>) {
         stream(0xc000_3003, None, 3, 140 * SEC),
     ];
     (conns, streams)
+}
+
+/// A frame of the relay's code, as `.gopclntab` names it.
+fn frame(function: &str, file: &str, line: u32, library: bool) -> SiteFrame {
+    SiteFrame {
+        function: function.into(),
+        file: file.into(),
+        line,
+        library,
+    }
+}
+
+/// The frames of a request of one-api's `controller.<handler>` at `file:line`, handed to
+/// Go's HTTP/1.1 transport (or its HTTP/2 client): Go's frames, then the relay's, innermost
+/// first.
+pub(super) fn relay_frames(handler: &str, file: &str, line: u32, h2: bool) -> Vec<SiteFrame> {
+    const GO: &str = "/usr/lib/go/src/net/http";
+    const APP: &str = "github.com/songquanpeng/one-api/relay/controller";
+    let mut frames = if h2 {
+        vec![
+            frame(
+                "net/http.(*http2ClientConn).RoundTrip",
+                &format!("{GO}/h2_bundle.go"),
+                8230,
+                true,
+            ),
+            frame(
+                "net/http.(*http2Transport).RoundTripOpt",
+                &format!("{GO}/h2_bundle.go"),
+                7598,
+                true,
+            ),
+        ]
+    } else {
+        vec![frame(
+            "net/http.(*Transport).roundTrip",
+            &format!("{GO}/transport.go"),
+            590,
+            true,
+        )]
+    };
+    frames.extend([
+        frame(
+            "net/http.(*Transport).RoundTrip",
+            &format!("{GO}/roundtrip.go"),
+            17,
+            true,
+        ),
+        frame("net/http.send", &format!("{GO}/client.go"), 259, true),
+        frame(
+            "net/http.(*Client).do",
+            &format!("{GO}/client.go"),
+            724,
+            true,
+        ),
+        frame(
+            "net/http.(*Client).Do",
+            &format!("{GO}/client.go"),
+            590,
+            true,
+        ),
+        frame(
+            &format!("{APP}.{handler}"),
+            &format!("/build/one-api/relay/controller/{file}"),
+            line,
+            false,
+        ),
+        frame(
+            &format!("{APP}.Relay"),
+            "/build/one-api/relay/controller/relay.go",
+            61,
+            false,
+        ),
+        frame(
+            "github.com/gin-gonic/gin.(*Context).Next",
+            "/root/go/pkg/mod/github.com/gin-gonic/gin@v1.9.1/context.go",
+            174,
+            false,
+        ),
+        frame(
+            "runtime.goexit",
+            "/usr/lib/go/src/runtime/asm_amd64.s",
+            1700,
+            true,
+        ),
+    ]);
+    frames
+}
+
+/// The HTTP/2 relay of `fixture_h2` (plus a second connection to 127.0.0.12 leaked in
+/// CLOSE_WAIT, fd 34), whose requests came from three lines of one-api:
+/// - `relayImage` (image.go:829): 12 requests; its leaks are both CLOSE_WAIT connections and
+///   stream 7 (unread) on 127.0.0.21;
+/// - `relayChat` (chat.go:212): 40 requests; stream 9 (abandoned) on 127.0.0.21 and the
+///   stream whose connection is not known (unread);
+/// - `ListModels` (models.go:57): 30 requests, two healthy streams among them.
+pub(super) fn site_session() -> Fixture {
+    let (mut conns, streams) = fixture_h2();
+    conns.push(KernelConn {
+        fd: Some(34),
+        ..close_wait(40204, "127.0.0.12:18080", 135 * SEC)
+    });
+    let stacks = [
+        (1, relay_frames("relayImage", "image.go", 829, false)),
+        (2, relay_frames("relayImage", "image.go", 829, true)),
+        (3, relay_frames("relayChat", "chat.go", 212, true)),
+        (4, relay_frames("ListModels", "models.go", 57, false)),
+        (5, relay_frames("ListModels", "models.go", 57, true)),
+    ]
+    .map(|(id, frames)| SiteStack { id, frames });
+    let request = |stack: u32, key: SiteKey, at_ns: u64| SiteEvent {
+        pid: PID,
+        key,
+        stack,
+        at_ns,
+    };
+    let conn = |fd: i32| SiteKey::Connection { fd };
+    // A stream's response, as `stream_sample` has it.
+    let response = |stream: u64| SiteKey::H2Response {
+        response: 0xd000_0000 + stream,
+    };
+    let mut requests = Vec::new();
+    // Earlier requests, on connections gone since (fds 50 on).
+    for i in 0..9 {
+        requests.push(request(
+            1,
+            conn(50 + i),
+            101 * SEC + u64::from(i as u32) * SEC,
+        ));
+    }
+    for i in 0..38 {
+        requests.push(request(3, conn(60), 101 * SEC + u64::from(i as u32) * SEC));
+    }
+    for i in 0..28 {
+        requests.push(request(4, conn(61), 101 * SEC + u64::from(i as u32) * SEC));
+    }
+    requests.extend([
+        // The leaks: the last request on each leaked connection, the leaked streams'.
+        request(1, conn(33), 125 * SEC + SEC / 2),
+        request(1, conn(34), 135 * SEC + SEC / 2),
+        request(2, response(0xc000_1007), 105 * SEC + SEC / 2),
+        request(3, response(0xc000_1009), 120 * SEC + SEC / 2),
+        request(3, response(0xc000_3003), 140 * SEC + SEC / 2),
+        // The healthy ones.
+        request(5, response(0xc000_100b), 145 * SEC + SEC / 2),
+        request(5, response(0xc000_2001), 155 * SEC + SEC / 2),
+    ]);
+    session_with_sites(&conns, &streams, &stacks, requests)
 }
 
 pub(super) fn render(f: &Fixture, ui: &UiState, width: u16, height: u16) -> String {
