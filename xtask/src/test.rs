@@ -94,7 +94,7 @@ fn end_to_end(
     let mut passed = 0;
     for run in 1..=repeat {
         println!(
-            "test: e2e run {run}/{repeat}: cargo test -p {E2E_PACKAGE} -- --test-threads=1 (about 4 minutes)..."
+            "test: e2e run {run}/{repeat}: cargo test -p {E2E_PACKAGE} -- --test-threads=1 (about 8 minutes)..."
         );
         let started = Instant::now();
         let status = util::status(&mut e2e(&["--", "--test-threads=1"]))?;
