@@ -1245,14 +1245,31 @@ fn write_layers(report: &mut String, w: &[Sample], off: &[Sample], auto: &[Sampl
         med_pair(auto, w, |a, w| a.load_us - w.load_us + a.tracer_us),
     )?;
     let go_hits = hits(auto) - hits(off);
+    let (load, relay) = (med(w, |s| s.load_us), med(w, |s| s.relay_us));
+    let accounted_go = med_pair(auto, off, |a, o| accounted(a) - accounted(o));
+    if go_hits < 0.01 {
+        // No uprobe hit: the relay's difference is the measurement's noise, not a trap.
+        writeln!(
+            report,
+            "\nWithout the tracer a request costs {load:.1} µs of the load's own CPU, {relay:.1} µs of it in the relay. The Go layer's uprobes did not run on the request path ({go_hits:.3} hits per request), so the relay's difference ({:+.2} µs) is the noise of this measurement.",
+            med_pair(auto, off, |a, o| a.relay_us - o.relay_us)
+        )?;
+        writeln!(
+            report,
+            "\nGo layer, accounted: {accounted_go:.2} µs per request (budget 2 µs). Whole tracer, accounted: {:.2} µs per request, {:.2}% of the load's own CPU per request and {:.2}% of the relay's (target below 1%).",
+            med(auto, accounted),
+            med(auto, accounted) / load * 100.0,
+            med(auto, accounted) / relay * 100.0
+        )?;
+        return Ok(());
+    }
     let trap_us = med_pair(auto, off, trap);
     let go_layer = med_pair(auto, off, |a, o| accounted(a) - accounted(o) + trap(a, o));
     let whole = med_pair(auto, off, |a, o| accounted(a) + trap(a, o));
-    let (load, relay) = (med(w, |s| s.load_us), med(w, |s| s.relay_us));
     writeln!(
         report,
         "\nWithout the tracer a request costs {load:.1} µs of the load's own CPU, {relay:.1} µs of it in the relay. The Go layer's uprobes hit {go_hits:.2} times per request; the relay's CPU outside their programs' run time, {trap_us:.2} µs per request, is about {:.1} µs per hit (the trap into the kernel and back, which bpf_stats does not see).",
-        if go_hits > 0.0 { trap_us / go_hits } else { f64::NAN }
+        trap_us / go_hits
     )?;
     writeln!(
         report,
@@ -1495,6 +1512,62 @@ mod tests {
         assert!((busy - 130.0 / hz).abs() < 1e-9, "{busy}");
         assert!(busy_s_of("intr 1 2 3\n").is_err());
         assert!(machine_busy_s().expect("reads /proc/stat") > 0.0);
+    }
+
+    /// A run's sample with these per-request figures and this many uprobe hits per request.
+    fn sample(relay_us: f64, program_us: f64, uprobe_us: f64, tracer_us: f64, hits: u64) -> Sample {
+        let mut programs = BTreeMap::new();
+        programs.insert(
+            "exit_h2_site".to_owned(),
+            ProgStat {
+                uprobe: true,
+                run_time_ns: 0,
+                run_cnt: hits * 1000,
+            },
+        );
+        Sample {
+            requests: 1000.0,
+            load_us: relay_us + 50.0,
+            relay_us,
+            program_us,
+            uprobe_us,
+            tracer_us,
+            programs,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn layers_charge_the_relay_s_extra_cpu_to_the_uprobes_trap() {
+        let without = vec![sample(90.0, 0.0, 0.0, 0.0, 0); 3];
+        let off = vec![sample(93.0, 1.0, 0.0, 0.5, 0); 3];
+        let auto = vec![sample(113.0, 2.5, 1.5, 1.0, 1); 3];
+        let mut report = String::new();
+        write_layers(&mut report, &without, &off, &auto).expect("writes");
+        // The relay's extra 20 µs less the uprobes' 1.5 µs run time.
+        assert!(
+            report.contains("18.50 µs per request, is about 18.5 µs per hit"),
+            "{report}"
+        );
+        // Go layer: (2.5 + 1.0) - (1.0 + 0.5) accounted, plus the trap.
+        assert!(
+            report.contains("Go layer, accounted plus its trap: 20.50 µs"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| uprobe hits (runs per request) | 0.00 | +1.00 | 1.00 |"),
+            "{report}"
+        );
+
+        // No hit: the relay's difference is noise, not a trap.
+        let streams = vec![sample(94.0, 1.0, 0.0, 0.6, 0); 3];
+        let mut report = String::new();
+        write_layers(&mut report, &without, &off, &streams).expect("writes");
+        assert!(
+            report.contains("is the noise of this measurement"),
+            "{report}"
+        );
+        assert!(report.contains("Go layer, accounted: 0.10 µs"), "{report}");
     }
 
     #[test]
