@@ -10,7 +10,7 @@
 //! which the Go layer refuses, so they measure the kernel layer. The Go-layer scenarios (go-h2,
 //! go-h1: tests/gobench built by the newest Go of the matrix, POSTing 4 KiB of JSON over TLS
 //! with keep-alive to its own provider, which answers 4 KiB) alternate without the tracer,
-//! `--go-probes off` and `--go-probes auto`, and set the layers apart from the runs' paired
+//! `--go-probes off`, `--go-probes streams` and `--go-probes auto`, and set the layers apart from the runs' paired
 //! differences, the relay's own CPU included: a uprobe's trap is charged to the relay's
 //! thread, not to bpf_stats. Results go to bench/RESULTS.md and
 //! bench/results.json. Last, (e) the floor: what an unrelated process pays per socket write
@@ -122,6 +122,10 @@ const GO_CONFIGS: &[Config] = &[
     Config {
         label: "tracer, --go-probes off (kernel layer alone)",
         attach: Attach::Relay(&["--go-probes", "off"]),
+    },
+    Config {
+        label: "tracer, --go-probes streams (kernel layer and HTTP/2 streams, no call sites)",
+        attach: Attach::Relay(&["--go-probes", "streams"]),
     },
     Config {
         label: "tracer, --go-probes auto (kernel and Go layers)",
@@ -426,7 +430,9 @@ impl Tracer {
             .spawn()
             .context("starting the tracer")?;
         let proc = drain_stderr(child)?;
-        let wants_go = args.windows(2).any(|w| w == ["--go-probes", "auto"]);
+        let wants_go = args
+            .windows(2)
+            .any(|w| w == ["--go-probes", "auto"] || w == ["--go-probes", "streams"]);
         // The tracer logs a few lines at start; bounded in lines and in time.
         const MAX_LINES: usize = 1000;
         let deadline = Instant::now() + ATTACH_TIMEOUT;
@@ -1155,8 +1161,16 @@ fn write_scenario(
             )?;
         }
     }
-    if let [off, auto] = on_relay[..] {
-        write_layers(report, without, &samples[off], &samples[auto])?;
+    // The first configuration on the relay is `--go-probes off`; each other one is a Go
+    // layer mode, set apart from it.
+    if let [off, ref modes @ ..] = on_relay[..] {
+        for &mode in modes {
+            let Attach::Relay(args) = configs[mode].attach else {
+                continue;
+            };
+            let name = args.last().copied().unwrap_or("?");
+            write_layers(report, name, without, &samples[off], &samples[mode])?;
+        }
     }
     writeln!(report)?;
     Ok(())
@@ -1164,7 +1178,13 @@ fn write_scenario(
 
 /// The kernel layer and the Go layer apart and together, from the runs' paired differences:
 /// without the tracer, `--go-probes off`, `--go-probes auto`.
-fn write_layers(report: &mut String, w: &[Sample], off: &[Sample], auto: &[Sample]) -> Result<()> {
+fn write_layers(
+    report: &mut String,
+    mode: &str,
+    w: &[Sample],
+    off: &[Sample],
+    auto: &[Sample],
+) -> Result<()> {
     let hits = |runs: &[Sample]| -> f64 {
         let (cnt, requests) = runs.iter().fold((0u64, 0.0), |(c, r), s| {
             (
@@ -1183,8 +1203,8 @@ fn write_layers(report: &mut String, w: &[Sample], off: &[Sample], auto: &[Sampl
     // The uprobes' cost the programs' run time does not hold (the trap, the probe's lookup,
     // the return to user space), charged to the relay: its extra CPU less the programs'.
     let trap = |a: &Sample, o: &Sample| (a.relay_us - o.relay_us) - (a.uprobe_us - o.uprobe_us);
-    writeln!(report, "\nThe two layers apart and together (µs of CPU per request; medians over the runs of each run's paired differences, so the machine's drift between runs cancels):\n")?;
-    writeln!(report, "| per request | kernel layer (off − without) | Go layer (auto − off) | whole tracer (auto − without) |")?;
+    writeln!(report, "\nThe two layers apart and together, `--go-probes {mode}` (µs of CPU per request; medians over the runs of each run's paired differences, so the machine's drift between runs cancels):\n")?;
+    writeln!(report, "| per request | kernel layer (off − without) | Go layer ({mode} − off) | whole tracer ({mode} − without) |")?;
     writeln!(report, "| --- | --- | --- | --- |")?;
     let mut row = |label: &str, k: f64, g: f64, t: f64| {
         let k = if k.is_nan() {
@@ -1543,7 +1563,7 @@ mod tests {
         let off = vec![sample(93.0, 1.0, 0.0, 0.5, 0); 3];
         let auto = vec![sample(113.0, 2.5, 1.5, 1.0, 1); 3];
         let mut report = String::new();
-        write_layers(&mut report, &without, &off, &auto).expect("writes");
+        write_layers(&mut report, "auto", &without, &off, &auto).expect("writes");
         // The relay's extra 20 µs less the uprobes' 1.5 µs run time.
         assert!(
             report.contains("18.50 µs per request, is about 18.5 µs per hit"),
@@ -1562,7 +1582,7 @@ mod tests {
         // No hit: the relay's difference is noise, not a trap.
         let streams = vec![sample(94.0, 1.0, 0.0, 0.6, 0); 3];
         let mut report = String::new();
-        write_layers(&mut report, &without, &off, &streams).expect("writes");
+        write_layers(&mut report, "streams", &without, &off, &streams).expect("writes");
         assert!(
             report.contains("is the noise of this measurement"),
             "{report}"
