@@ -6,7 +6,13 @@
 //! alternating without and with the tracer attached to the relay; (b) kernel cost per program
 //! run from kernel.bpf_stats_enabled, and runs per request; (c) the same load with the tracer
 //! attached to another process (the relay untracked); then (d) the tracer's own CPU per 100k
-//! lifecycle events and memory per 10k tracked connections. Results go to bench/RESULTS.md and
+//! lifecycle events and memory per 10k tracked connections. Those relays are built by Go 1.19,
+//! which the Go layer refuses, so they measure the kernel layer. The Go-layer scenarios (go-h2,
+//! go-h1: tests/gobench built by the newest Go of the matrix, POSTing 4 KiB of JSON over TLS
+//! with keep-alive to its own provider, which answers 4 KiB) alternate without the tracer,
+//! `--go-probes off`, `--go-probes streams` and `--go-probes auto`, and set the layers apart from the runs' paired
+//! differences, the relay's own CPU included: a uprobe's trap is charged to the relay's
+//! thread, not to bpf_stats. Results go to bench/RESULTS.md and
 //! bench/results.json. Last, (e) the floor: what an unrelated process pays per socket write
 //! and read with the tracer attached elsewhere, on each read path. A run of some scenarios only (`--scenarios`) writes
 //! target/bench/RESULTS-partial.md instead. RESULTS.md keeps what follows `HISTORY_MARK`
@@ -19,6 +25,7 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -26,11 +33,27 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::{build, setup, util};
+use crate::{build, gomatrix, setup, util};
 
 const UPSTREAM_PORT: u16 = 18310;
 const PROXY_ADDR: &str = "127.0.0.1:18311";
 const CADDY_ADDR: &str = "127.0.0.1:18312";
+/// Where the Go-layer scenarios' relay (tests/gobench) serves wrk.
+const GO_RELAY_ADDR: &str = "127.0.0.1:18313";
+/// The Go-layer scenarios' provider port (on 127.0.0.71..79, one address per scenario).
+const GO_UPSTREAM_PORT: u16 = 18320;
+/// About 4 KiB of chat-completion JSON, posted by wrk on every request of the Go-layer
+/// scenarios (the upstream answers with 4 KiB).
+const POST_SCRIPT: &str = r#"wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local parts = {'{"model":"gpt-4o","stream":false,"messages":[{"role":"user","content":"'}
+for i = 1, 340 do parts[#parts + 1] = "lorem ipsum " end
+parts[#parts + 1] = '"}]}'
+wrk.body = table.concat(parts)
+"#;
+/// The tracer's log filter in the bench: warnings, and the Go layer's attach line, which the
+/// bench waits for before it measures a configuration with the Go layer on.
+const TRACER_LOG: &str = "warn,tracer::collect::goattach=info";
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// Everything from this line on in bench/RESULTS.md is kept when the bench rewrites it.
 const HISTORY_MARK: &str = "<!-- history: kept by cargo xtask bench -->";
@@ -49,7 +72,66 @@ enum Relay {
     Fixture(&'static [&'static str]),
     /// Debian's Caddy on `CADDY_ADDR`, with this `reverse_proxy` block.
     Caddy(&'static str),
+    /// tests/gobench built by the newest Go of the matrix (which the Go layer accepts) on
+    /// `GO_RELAY_ADDR`, forwarding wrk's POSTs over TLS with keep-alive to its own upstream
+    /// (tests/gobench too) on `upstream`:`GO_UPSTREAM_PORT`, over this protocol (`h2`, `h1`).
+    Go {
+        proto: &'static str,
+        upstream: &'static str,
+    },
 }
+
+/// How the tracer is attached during one configuration's runs.
+#[derive(Clone, Copy)]
+enum Attach {
+    /// No tracer.
+    Without,
+    /// The tracer on the relay, with these extra arguments.
+    Relay(&'static [&'static str]),
+    /// The tracer on an idle process: the relay untracked.
+    Elsewhere,
+}
+
+/// One configuration a scenario's load runs under, alternating with the others.
+struct Config {
+    label: &'static str,
+    attach: Attach,
+}
+
+const WITHOUT: Config = Config {
+    label: "without the tracer",
+    attach: Attach::Without,
+};
+
+/// The scenarios whose relay the Go layer refuses (Go 1.19): the tracer on it, and elsewhere.
+const KERNEL_CONFIGS: &[Config] = &[
+    WITHOUT,
+    Config {
+        label: "tracer attached to the relay",
+        attach: Attach::Relay(&[]),
+    },
+    Config {
+        label: "tracer attached elsewhere (relay untracked)",
+        attach: Attach::Elsewhere,
+    },
+];
+
+/// The Go-layer scenarios: the kernel layer alone, and the whole tracer.
+const GO_CONFIGS: &[Config] = &[
+    WITHOUT,
+    Config {
+        label: "tracer, --go-probes off (kernel layer alone)",
+        attach: Attach::Relay(&["--go-probes", "off"]),
+    },
+    Config {
+        label: "tracer, --go-probes streams (kernel layer and HTTP/2 streams, no call sites)",
+        attach: Attach::Relay(&["--go-probes", "streams"]),
+    },
+    Config {
+        label: "tracer, --go-probes auto (kernel and Go layers)",
+        attach: Attach::Relay(&["--go-probes", "auto"]),
+    },
+];
 
 /// One load scenario: a relay and the URL wrk asks it for.
 struct Scenario {
@@ -84,7 +166,36 @@ const SCENARIOS: &[Scenario] = &[
             "reverse_proxy https://127.0.0.23:18310 {\n\t\ttransport http {\n\t\t\ttls_insecure_skip_verify\n\t\t\tversions 2\n\t\t}\n\t}",
         ),
     },
+    Scenario {
+        key: "go-h2",
+        name: "Go layer: a Go 1.21+ relay, HTTP/2 over TLS upstream, keep-alive, 4 KiB JSON each way",
+        relay: Relay::Go {
+            proto: "h2",
+            upstream: "127.0.0.71",
+        },
+    },
+    Scenario {
+        key: "go-h1",
+        name: "Go layer: a Go 1.21+ relay, HTTP/1.1 over TLS upstream, keep-alive, 4 KiB JSON each way",
+        relay: Relay::Go {
+            proto: "h1",
+            upstream: "127.0.0.72",
+        },
+    },
 ];
+
+/// A scenario's running relay, and its own upstream when it has one (else the fixture's).
+struct Running {
+    relay: Proc,
+    upstream: Option<Proc>,
+}
+
+/// What a scenario's relays are started from.
+struct Binaries<'a> {
+    fixture: &'a Path,
+    /// tests/gobench and the Go version that built it, when a Go-layer scenario runs.
+    gobench: Option<&'a (PathBuf, String)>,
+}
 
 impl Scenario {
     fn url(&self) -> String {
@@ -93,11 +204,29 @@ impl Scenario {
             Relay::Caddy(_) => {
                 format!("http://{CADDY_ADDR}/v1/chat/completions?scenario=ok")
             }
+            Relay::Go { .. } => format!("http://{GO_RELAY_ADDR}/v1/chat/completions"),
         }
     }
 
-    fn describe(&self) -> String {
+    fn configs(&self) -> &'static [Config] {
         match self.relay {
+            Relay::Go { .. } => GO_CONFIGS,
+            Relay::Fixture(_) | Relay::Caddy(_) => KERNEL_CONFIGS,
+        }
+    }
+
+    /// wrk's script: a POST body for the Go-layer scenarios, plain GETs otherwise.
+    fn wrk_script(&self) -> Option<&'static str> {
+        matches!(self.relay, Relay::Go { .. }).then_some(POST_SCRIPT)
+    }
+
+    fn describe(&self, gobench: Option<&(PathBuf, String)>) -> String {
+        match self.relay {
+            Relay::Go { proto, upstream } => format!(
+                "tests/gobench built stripped by {} (`gobench relay -proto {proto}`): every POST from wrk (4 KiB of JSON) is read whole and forwarded with one shared http.Client, keep-alive, {} over TLS to its own provider (`gobench upstream`, {upstream}:{GO_UPSTREAM_PORT}), which reads the body and answers 4 KiB of JSON; the relay reads the answer to EOF and returns it",
+                gobench.map_or("the newest Go of the matrix", |(_, v)| v.as_str()),
+                if proto == "h2" { "HTTP/2 (one multiplexed connection)" } else { "HTTP/1.1 (a pool of connections)" },
+            ),
             Relay::Fixture(args) => format!(
                 "the fixture relay (`fixture proxy{}{}`), which makes one upstream request per request to a fake provider on loopback",
                 if args.is_empty() { "" } else { " " },
@@ -114,15 +243,45 @@ impl Scenario {
     fn caddyfile_site(&self) -> String {
         match self.relay {
             Relay::Caddy(block) => format!("http://{CADDY_ADDR} {{\n\t{block}\n}}\n"),
-            Relay::Fixture(_) => String::new(),
+            Relay::Fixture(_) | Relay::Go { .. } => String::new(),
         }
     }
 
-    /// Starts the relay and waits until it serves.
-    fn start(&self, fixture: &Path, scratch: &Path) -> Result<Proc> {
+    /// Starts the relay (and its own upstream) and waits until it serves.
+    fn start(&self, bins: &Binaries, scratch: &Path) -> Result<Running> {
+        let relay = |relay| Running {
+            relay,
+            upstream: None,
+        };
         match self.relay {
+            Relay::Go { proto, upstream } => {
+                let (gobench, _) = bins
+                    .gobench
+                    .ok_or_else(|| anyhow!("the Go-layer relay was not built"))?;
+                let addr = format!("{upstream}:{GO_UPSTREAM_PORT}");
+                let provider = spawn_ready(
+                    Command::new(gobench).args(["upstream", "-addr", &addr]),
+                    "the Go-layer scenario's provider (gobench upstream)",
+                )?;
+                let relay = spawn_ready(
+                    Command::new(gobench).args([
+                        "relay",
+                        "-listen",
+                        GO_RELAY_ADDR,
+                        "-upstream",
+                        &addr,
+                        "-proto",
+                        proto,
+                    ]),
+                    "the Go-layer relay (gobench relay)",
+                )?;
+                Ok(Running {
+                    relay,
+                    upstream: Some(provider),
+                })
+            }
             Relay::Fixture(args) => {
-                let mut cmd = Command::new(fixture);
+                let mut cmd = Command::new(bins.fixture);
                 cmd.args([
                     "proxy",
                     "-listen",
@@ -131,7 +290,7 @@ impl Scenario {
                     &UPSTREAM_PORT.to_string(),
                 ])
                 .args(args);
-                spawn_ready(&mut cmd, "the relay proxy")
+                spawn_ready(&mut cmd, "the relay proxy").map(relay)
             }
             Relay::Caddy(_) => {
                 let config = scratch.join(format!("Caddyfile-{}", self.key));
@@ -160,7 +319,7 @@ impl Scenario {
                     }
                     thread::sleep(Duration::from_millis(100));
                 }
-                Ok(proc)
+                Ok(relay(proc))
             }
         }
     }
@@ -175,6 +334,34 @@ fn caddy_version() -> String {
 
 /// A child killed and reaped on drop.
 struct Proc(Child);
+
+/// A tracer child with its stderr lines, read on a thread (so the tracer never blocks on a
+/// full pipe, and a wait for a line can be bounded in time); killed and reaped on drop.
+struct TracerProc(Child, mpsc::Receiver<String>);
+
+impl Drop for TracerProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Hands a tracer's stderr lines to a channel from a thread that reads until the pipe closes
+/// (the tracer exits); the lines nobody waits for any more are dropped.
+fn drain_stderr(mut child: Child) -> Result<TracerProc> {
+    let Some(stderr) = child.stderr.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("tracer: no stderr");
+    };
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Ok(TracerProc(child, rx))
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -205,19 +392,29 @@ fn spawn_ready(cmd: &mut Command, what: &str) -> Result<Proc> {
 
 /// A tracer attached to `pid`, with its JSON snapshots going to a file.
 struct Tracer {
-    proc: Proc,
+    proc: TracerProc,
     out: PathBuf,
 }
 
 impl Tracer {
     fn start(tracer: &Path, pid: u32, out: PathBuf) -> Result<Tracer> {
-        Self::start_with(tracer, pid, out, &[])
+        Self::start_with(tracer, pid, out, &[], &[])
     }
 
-    /// As `start`, with extra environment (`TRACER_READ_HOOK` to force a read path).
-    fn start_with(tracer: &Path, pid: u32, out: PathBuf, env: &[(&str, &str)]) -> Result<Tracer> {
+    /// As `start`, with extra environment (`TRACER_READ_HOOK` to force a read path) and
+    /// arguments (`--go-probes off`). With `--go-probes auto` it also waits until the Go
+    /// layer has attached its probes to the target (or fails with the tracer's reason).
+    fn start_with(
+        tracer: &Path,
+        pid: u32,
+        out: PathBuf,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<Tracer> {
+        const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
         let file = fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-        let mut child = Command::new(tracer)
+        let child = Command::new(tracer)
+            .env("RUST_LOG", TRACER_LOG)
             .envs(env.iter().copied())
             .args([
                 "run",
@@ -227,31 +424,49 @@ impl Tracer {
                 "--pid",
                 &pid.to_string(),
             ])
+            .args(args)
             .stdout(file)
             .stderr(Stdio::piped())
             .spawn()
             .context("starting the tracer")?;
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| anyhow!("tracer: no stderr"))?;
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains("tracer: attached") => break,
-                Some(Ok(_)) => continue,
-                _ => {
-                    let _ = child.kill();
-                    bail!("the tracer did not attach (run it by hand to see why)")
-                }
+        let proc = drain_stderr(child)?;
+        let wants_go = args
+            .windows(2)
+            .any(|w| w == ["--go-probes", "auto"] || w == ["--go-probes", "streams"]);
+        // The tracer logs a few lines at start; bounded in lines and in time.
+        const MAX_LINES: usize = 1000;
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let mut attached = false;
+        let mut ready = false;
+        for _ in 0..MAX_LINES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = proc.1.recv_timeout(left) else {
+                break;
+            };
+            if line.contains("tracer: attached") {
+                attached = true;
+            } else if line.contains("Go layer off") {
+                bail!("the bench needs the Go layer on the relay, and the tracer said: {line}");
+            }
+            if attached && (!wants_go || line.contains("uprobes attached")) {
+                ready = true;
+                break;
+            }
+            if left.is_zero() {
+                break;
             }
         }
-        // Keep draining stderr so the tracer never blocks on a full pipe.
-        thread::spawn(move || for _ in lines {});
-        Ok(Tracer {
-            proc: Proc(child),
-            out,
-        })
+        if !ready {
+            bail!(
+                "the tracer did not {} within {ATTACH_TIMEOUT:?} (run it by hand to see why)",
+                if attached {
+                    "attach the Go layer"
+                } else {
+                    "attach"
+                }
+            );
+        }
+        Ok(Tracer { proc, out })
     }
 
     fn pid(&self) -> u32 {
@@ -360,7 +575,7 @@ fn unrelated_process_cost(tracer: &Path, scratch: &Path, report: &mut String) ->
                 continue;
             }
             let mut idle = Proc(Command::new("sleep").arg("3600").spawn()?);
-            let t = Tracer::start_with(tracer, idle.0.id(), scratch.join("floor.json"), env)?;
+            let t = Tracer::start_with(tracer, idle.0.id(), scratch.join("floor.json"), env, &[])?;
             samples[i].push(socket_round_ns(ROUNDS)?);
             t.stop()?;
             let _ = idle.0.kill();
@@ -456,20 +671,47 @@ fn busy_s_of(stat: &str) -> Result<f64> {
     Ok(busy as f64 / hz)
 }
 
-/// run_time_ns and run_cnt per program name, for the programs with these ids.
-fn bpf_prog_stats(ids: &[u64]) -> Result<BTreeMap<String, (u64, u64)>> {
+/// One program's counters (kernel.bpf_stats_enabled), summed over same-named instances.
+#[derive(Clone, Copy, Default)]
+struct ProgStat {
+    /// A uprobe (bpftool's type `kprobe`): the Go layer's, charged a trap per hit besides.
+    uprobe: bool,
+    run_time_ns: u64,
+    run_cnt: u64,
+}
+
+/// Counters per program name, for the programs with these ids.
+fn bpf_prog_stats(ids: &[u64]) -> Result<BTreeMap<String, ProgStat>> {
     let out = util::stdout_of(Command::new("bpftool").args(["-j", "prog", "show"]))?;
     let v: Value = serde_json::from_str(&out).context("parsing bpftool's JSON")?;
     let mut stats = BTreeMap::new();
     for p in v.as_array().into_iter().flatten() {
         if ids.contains(&p["id"].as_u64().unwrap_or(0)) {
             let name = p["name"].as_str().unwrap_or("?").to_owned();
-            let entry = stats.entry(name).or_insert((0, 0));
-            entry.0 += p["run_time_ns"].as_u64().unwrap_or(0);
-            entry.1 += p["run_cnt"].as_u64().unwrap_or(0);
+            let entry: &mut ProgStat = stats.entry(name).or_default();
+            entry.uprobe = p["type"].as_str() == Some("kprobe");
+            entry.run_time_ns += p["run_time_ns"].as_u64().unwrap_or(0);
+            entry.run_cnt += p["run_cnt"].as_u64().unwrap_or(0);
         }
     }
     Ok(stats)
+}
+
+/// kernel.bpf_stats_enabled on while it lives (it costs about 20 ns per program run, so it is
+/// on only while a tracer on the relay is measured).
+struct StatsOn;
+
+impl StatsOn {
+    fn enable() -> Result<StatsOn> {
+        fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(StatsOn)
+    }
+}
+
+impl Drop for StatsOn {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, "0");
+    }
 }
 
 /// Ids of the programs process `pid` holds (the `prog_id` of its fds' fdinfo): other
@@ -514,14 +756,19 @@ fn parse_latency(text: &str, pct: &str) -> f64 {
         })
 }
 
-fn wrk(opts: &Options, url: &str) -> Result<WrkResult> {
-    let out = util::stdout_of(Command::new("wrk").args([
+/// wrk against `url`, with a Lua script (a POST body) when given one.
+fn wrk(opts: &Options, url: &str, script: Option<&Path>) -> Result<WrkResult> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
         "-t2",
         &format!("-c{}", opts.connections),
         &format!("-d{}s", opts.duration.as_secs()),
         "--latency",
-        url,
-    ]))?;
+    ]);
+    if let Some(script) = script {
+        cmd.arg("-s").arg(script);
+    }
+    let out = util::stdout_of(cmd.arg(url))?;
     let rps = out
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -571,6 +818,488 @@ pub fn machine() -> String {
     format!("{cpus} CPUs ({cpu}), kernel {}", kernel.trim())
 }
 
+/// What one configuration's wrk run measured. CPU figures are µs per request.
+#[derive(Clone, Default)]
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: f64,
+    /// The whole machine's busy CPU (all CPUs, /proc/stat): moves with whatever else runs.
+    machine_us: f64,
+    /// The relay's, its provider's and wrk's own CPU.
+    load_us: f64,
+    /// The relay's own CPU: where a uprobe's trap is charged, besides its program.
+    relay_us: f64,
+    /// The tracer's programs' run time (kernel.bpf_stats_enabled); with the tracer on the relay.
+    program_us: f64,
+    /// The same, of the uprobes (the Go layer) only.
+    uprobe_us: f64,
+    /// The tracer process's CPU.
+    tracer_us: f64,
+    /// The tracer process's CPU as a share of one CPU over the run.
+    tracer_cpu_percent: f64,
+    /// Lifecycle events the kernel side sent over the tracer's life.
+    events: u64,
+    /// Each program's counters over the run.
+    programs: BTreeMap<String, ProgStat>,
+}
+
+/// One wrk run of `config`: the tracer started as it says, everything read around the run.
+#[allow(clippy::too_many_arguments)]
+fn measure_once(
+    opts: &Options,
+    url: &str,
+    script: Option<&Path>,
+    config: &Config,
+    relay_pid: u32,
+    load_pids: &[u32],
+    tracer: &Path,
+    out: PathBuf,
+) -> Result<Sample> {
+    let mut idle = None;
+    let traced = match config.attach {
+        Attach::Without => None,
+        Attach::Relay(args) => Some(Tracer::start_with(tracer, relay_pid, out, &[], args)?),
+        Attach::Elsewhere => {
+            let sleeper = Proc(Command::new("sleep").arg("3600").spawn()?);
+            let t = Tracer::start(tracer, sleeper.0.id(), out)?;
+            idle = Some(sleeper);
+            Some(t)
+        }
+    };
+    let ours = match (&traced, config.attach) {
+        (Some(t), Attach::Relay(_)) => prog_ids_of(t.pid())?,
+        _ => Vec::new(),
+    };
+    let stats_on = if ours.is_empty() {
+        None
+    } else {
+        Some(StatsOn::enable()?)
+    };
+    let stats0 = bpf_prog_stats(&ours)?;
+    let tracer_cpu = |t: &Option<Tracer>| -> Result<f64> {
+        t.as_ref().map_or(Ok(0.0), |t| Ok(cpu_and_rss(t.pid())?.0))
+    };
+    let tracer0 = tracer_cpu(&traced)?;
+    let relay0 = cpu_and_rss(relay_pid)?.0;
+    let load = LoadCpu::start(load_pids)?;
+    let busy0 = machine_busy_s()?;
+    let r = wrk(opts, url, script)?;
+    let busy1 = machine_busy_s()?;
+    let load_s = load.seconds()?;
+    let relay1 = cpu_and_rss(relay_pid)?.0;
+    let tracer1 = tracer_cpu(&traced)?;
+    let stats1 = bpf_prog_stats(&ours)?;
+    drop(stats_on);
+    let snapshot = traced.map(Tracer::stop).transpose()?;
+    drop(idle);
+
+    let requests = r.rps * opts.duration.as_secs_f64();
+    let per_req = |seconds: f64| seconds / requests * 1e6;
+    let mut programs = BTreeMap::new();
+    for (name, after) in stats1 {
+        let before = stats0.get(&name).copied().unwrap_or_default();
+        programs.insert(
+            name,
+            ProgStat {
+                uprobe: after.uprobe,
+                run_time_ns: after.run_time_ns.saturating_sub(before.run_time_ns),
+                run_cnt: after.run_cnt.saturating_sub(before.run_cnt),
+            },
+        );
+    }
+    let program_s = |only_uprobes: bool| -> f64 {
+        programs
+            .values()
+            .filter(|p| p.uprobe || !only_uprobes)
+            // A fold from +0.0: an empty f64 sum is -0.0, which prints as "-0.00".
+            .fold(0.0, |sum, p| sum + p.run_time_ns as f64 / 1e9)
+    };
+    Ok(Sample {
+        rps: r.rps,
+        p50_ms: r.p50_ms,
+        p99_ms: r.p99_ms,
+        requests,
+        machine_us: per_req(busy1 - busy0),
+        load_us: per_req(load_s),
+        relay_us: per_req(relay1 - relay0),
+        program_us: per_req(program_s(false)),
+        uprobe_us: per_req(program_s(true)),
+        tracer_us: per_req(tracer1 - tracer0),
+        tracer_cpu_percent: (tracer1 - tracer0) / opts.duration.as_secs_f64() * 100.0,
+        events: snapshot
+            .as_ref()
+            .and_then(|s| s["kernel"]["events_sent"].as_u64())
+            .unwrap_or(0),
+        programs,
+    })
+}
+
+/// Median over the runs of one figure of a configuration's samples.
+fn med(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
+    median(&mut samples.iter().map(f).collect::<Vec<_>>())
+}
+
+/// Median over the runs of a figure of two configurations' samples of the same run (paired).
+fn med_pair(a: &[Sample], b: &[Sample], f: impl Fn(&Sample, &Sample) -> f64) -> f64 {
+    median(&mut a.iter().zip(b).map(|(a, b)| f(a, b)).collect::<Vec<_>>())
+}
+
+/// A scenario: its relay started, warmed up, then each configuration's wrk runs, alternating
+/// (the order rotated each run); the report's section, and the raw figures.
+#[allow(clippy::too_many_arguments)]
+fn measure_scenario(
+    opts: &Options,
+    mode: &Scenario,
+    bins: &Binaries,
+    tracer: &Path,
+    fixture_upstream: u32,
+    scratch: &Path,
+    report: &mut String,
+) -> Result<Value> {
+    let url = mode.url();
+    let script = match mode.wrk_script() {
+        Some(text) => {
+            let path = scratch.join(format!("{}.lua", mode.key));
+            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
+    let running = mode.start(bins, scratch)?;
+    let relay_pid = running.relay.0.id();
+    let load_pids = [
+        relay_pid,
+        running
+            .upstream
+            .as_ref()
+            .map_or(fixture_upstream, |p| p.0.id()),
+    ];
+    // Warm-up: pools, page cache, CPU frequency.
+    let _ = wrk(
+        &Options {
+            duration: Duration::from_secs(3),
+            ..opts_copy(opts)
+        },
+        &url,
+        script.as_deref(),
+    )?;
+    let configs = mode.configs();
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
+    for run in 0..opts.runs as usize {
+        // Rotated each run, so no configuration always follows the same one.
+        for k in 0..configs.len() {
+            let i = (k + run) % configs.len();
+            println!(
+                "bench: {} — run {}/{}: {}",
+                mode.name,
+                run + 1,
+                opts.runs,
+                configs[i].label
+            );
+            let (load1, _, _) = load_average();
+            println!("bench: load average {load1:.2}");
+            samples[i].push(measure_once(
+                opts,
+                &url,
+                script.as_deref(),
+                &configs[i],
+                relay_pid,
+                &load_pids,
+                tracer,
+                scratch.join(format!("{}-{run}-{i}.json", mode.key)),
+            )?);
+        }
+    }
+    drop(running);
+    write_scenario(report, mode, bins, configs, &samples)?;
+    Ok(json!({
+        "mode": mode.name,
+        "relay": mode.describe(bins.gobench),
+        "configurations": configs.iter().zip(&samples).map(|(c, runs)| json!({
+            "config": c.label,
+            "runs": runs.iter().map(|s| json!({
+                "rps": s.rps, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms,
+                "machine_cpu_us_per_request": s.machine_us,
+                "load_cpu_us_per_request": s.load_us,
+                "relay_cpu_us_per_request": s.relay_us,
+                "program_cpu_us_per_request": s.program_us,
+                "uprobe_program_cpu_us_per_request": s.uprobe_us,
+                "tracer_cpu_us_per_request": s.tracer_us,
+                "tracer_cpu_percent": s.tracer_cpu_percent,
+                "events_sent": s.events,
+                "programs": s.programs.iter().map(|(k, p)| json!({
+                    "name": k, "uprobe": p.uprobe, "run_time_ns": p.run_time_ns, "run_cnt": p.run_cnt,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+/// A scenario's section of the report.
+fn write_scenario(
+    report: &mut String,
+    mode: &Scenario,
+    bins: &Binaries,
+    configs: &[Config],
+    samples: &[Vec<Sample>],
+) -> Result<()> {
+    let without = &samples[0];
+    let mb = med(without, |s| s.rps);
+    writeln!(report, "## {}\n", mode.name)?;
+    writeln!(report, "Relay: {}.\n", mode.describe(bins.gobench))?;
+    writeln!(report, "| configuration | median req/s | min–max req/s | median p50 / p99 latency | change vs without |")?;
+    writeln!(report, "| --- | --- | --- | --- | --- |")?;
+    for (config, runs) in configs.iter().zip(samples) {
+        let rps: Vec<f64> = runs.iter().map(|s| s.rps).collect();
+        let (lo, hi) = spread(&rps);
+        let m = med(runs, |s| s.rps);
+        writeln!(
+            report,
+            "| {} | {m:.0} | {lo:.0}–{hi:.0} | {:.2} / {:.2} ms | {:+.1}% |",
+            config.label,
+            med(runs, |s| s.p50_ms),
+            med(runs, |s| s.p99_ms),
+            (m / mb - 1.0) * 100.0
+        )?;
+    }
+    let on_relay: Vec<usize> = (0..configs.len())
+        .filter(|i| matches!(configs[*i].attach, Attach::Relay(_)))
+        .collect();
+    for &i in &on_relay {
+        let runs = &samples[i];
+        let prefix = if on_relay.len() > 1 {
+            format!("{}: ", configs[i].label)
+        } else {
+            String::new()
+        };
+        let requests: f64 = runs.iter().map(|s| s.requests).sum();
+        let mut totals: BTreeMap<&str, ProgStat> = BTreeMap::new();
+        for (name, p) in runs.iter().flat_map(|s| &s.programs) {
+            let t = totals.entry(name).or_default();
+            t.uprobe = p.uprobe;
+            t.run_time_ns += p.run_time_ns;
+            t.run_cnt += p.run_cnt;
+        }
+        writeln!(report, "\n{prefix}Kernel cost per program run (kernel.bpf_stats_enabled, summed over the traced runs{}):\n",
+            if totals.values().any(|p| p.uprobe) { "; uprobe: the Go layer's" } else { "" })?;
+        writeln!(
+            report,
+            "| program | runs | runs per request | mean ns per run |"
+        )?;
+        writeln!(report, "| --- | --- | --- | --- |")?;
+        for (name, p) in &totals {
+            let mean = if p.run_cnt > 0 {
+                p.run_time_ns as f64 / p.run_cnt as f64
+            } else {
+                0.0
+            };
+            writeln!(
+                report,
+                "| {name}{} | {} | {:.2} | {mean:.0} |",
+                if p.uprobe { " (uprobe)" } else { "" },
+                p.run_cnt,
+                p.run_cnt as f64 / requests.max(1.0)
+            )?;
+        }
+        let added: Vec<f64> = runs
+            .iter()
+            .zip(without)
+            .map(|(t, w)| (t.program_us + t.tracer_us) / w.machine_us * 100.0)
+            .collect();
+        let added_load: Vec<f64> = runs
+            .iter()
+            .zip(without)
+            .map(|(t, w)| (t.program_us + t.tracer_us) / w.load_us * 100.0)
+            .collect();
+        let a = median(&mut added.clone());
+        let (lo, hi) = spread(&added);
+        writeln!(
+            report,
+            "\n{prefix}CPU accounting (less noisy than throughput on a shared VM): without the tracer the machine spends {:.1} µs of CPU per request; attached, the tracer's programs spend {:.2} µs and its process {:.2} µs per request (medians). That is {a:.2}% more CPU per request ({lo:.2}–{hi:.2}% over the runs), so at most about {:.2}% fewer requests per second when the CPUs are saturated.",
+            med(without, |s| s.machine_us),
+            med(runs, |s| s.program_us),
+            med(runs, |s| s.tracer_us),
+            a / (1.0 + a / 100.0),
+        )?;
+        let al = median(&mut added_load.clone());
+        let (lo, hi) = spread(&added_load);
+        writeln!(
+            report,
+            "\n{prefix}Against the load's own CPU (relay, provider and wrk: {:.1} µs per request without the tracer, which the rest of the shared machine does not inflate): {al:.2}% more ({lo:.2}–{hi:.2}%).",
+            med(without, |s| s.load_us),
+        )?;
+        let (base_m, traced_m) = (med(without, |s| s.machine_us), med(runs, |s| s.machine_us));
+        writeln!(
+            report,
+            "\n{prefix}Machine busy CPU per request, measured directly: {base_m:.1} µs without, {traced_m:.1} µs with the tracer on the relay ({:+.1}%; noisy).",
+            (traced_m / base_m - 1.0) * 100.0
+        )?;
+        writeln!(
+            report,
+            "\n{prefix}Tracer user-space CPU while traced: {:.1}% of one CPU (median).",
+            med(runs, |s| s.tracer_cpu_percent)
+        )?;
+        let per_100k: Vec<f64> = runs
+            .iter()
+            .filter(|s| s.events >= 10_000)
+            .map(|s| s.tracer_us * s.requests / 1e6 / s.events as f64 * 100_000.0)
+            .collect();
+        if per_100k.is_empty() {
+            // With few events the figure is the per-second sampling, not the events.
+            writeln!(
+                report,
+                "Too few lifecycle events (under 10k a run) for a per-event CPU figure."
+            )?;
+        } else {
+            writeln!(
+                report,
+                "Tracer CPU per 100k lifecycle events: {:.3} CPU-seconds (median of {} runs).",
+                median(&mut per_100k.clone()),
+                per_100k.len()
+            )?;
+        }
+    }
+    // The first configuration on the relay is `--go-probes off`; each other one is a Go
+    // layer mode, set apart from it.
+    if let [off, ref modes @ ..] = on_relay[..] {
+        for &mode in modes {
+            let Attach::Relay(args) = configs[mode].attach else {
+                continue;
+            };
+            let name = args.last().copied().unwrap_or("?");
+            write_layers(report, name, without, &samples[off], &samples[mode])?;
+        }
+    }
+    writeln!(report)?;
+    Ok(())
+}
+
+/// The kernel layer and the Go layer apart and together, from the runs' paired differences:
+/// without the tracer, `--go-probes off`, `--go-probes auto`.
+fn write_layers(
+    report: &mut String,
+    mode: &str,
+    w: &[Sample],
+    off: &[Sample],
+    auto: &[Sample],
+) -> Result<()> {
+    let hits = |runs: &[Sample]| -> f64 {
+        let (cnt, requests) = runs.iter().fold((0u64, 0.0), |(c, r), s| {
+            (
+                c + s
+                    .programs
+                    .values()
+                    .filter(|p| p.uprobe)
+                    .map(|p| p.run_cnt)
+                    .sum::<u64>(),
+                r + s.requests,
+            )
+        });
+        cnt as f64 / requests.max(1.0)
+    };
+    let accounted = |s: &Sample| s.program_us + s.tracer_us;
+    // The uprobes' cost the programs' run time does not hold (the trap, the probe's lookup,
+    // the return to user space), charged to the relay: its extra CPU less the programs'.
+    let trap = |a: &Sample, o: &Sample| (a.relay_us - o.relay_us) - (a.uprobe_us - o.uprobe_us);
+    writeln!(report, "\nThe two layers apart and together, `--go-probes {mode}` (µs of CPU per request; medians over the runs of each run's paired differences, so the machine's drift between runs cancels):\n")?;
+    writeln!(report, "| per request | kernel layer (off − without) | Go layer ({mode} − off) | whole tracer ({mode} − without) |")?;
+    writeln!(report, "| --- | --- | --- | --- |")?;
+    let mut row = |label: &str, k: f64, g: f64, t: f64| {
+        let k = if k.is_nan() {
+            "—".to_owned()
+        } else {
+            format!("{k:.2}")
+        };
+        writeln!(report, "| {label} | {k} | {g:+.2} | {t:.2} |")
+    };
+    row(
+        "programs' run time (bpf_stats)",
+        med(off, |s| s.program_us),
+        med_pair(auto, off, |a, o| a.program_us - o.program_us),
+        med(auto, |s| s.program_us),
+    )?;
+    row(
+        "of which the Go layer's uprobes",
+        med(off, |s| s.uprobe_us),
+        med_pair(auto, off, |a, o| a.uprobe_us - o.uprobe_us),
+        med(auto, |s| s.uprobe_us),
+    )?;
+    row(
+        "uprobe hits (runs per request)",
+        hits(off),
+        hits(auto) - hits(off),
+        hits(auto),
+    )?;
+    row(
+        "tracer process",
+        med(off, |s| s.tracer_us),
+        med_pair(auto, off, |a, o| a.tracer_us - o.tracer_us),
+        med(auto, |s| s.tracer_us),
+    )?;
+    row(
+        "accounted: programs + tracer process",
+        med(off, accounted),
+        med_pair(auto, off, |a, o| accounted(a) - accounted(o)),
+        med(auto, accounted),
+    )?;
+    row(
+        "relay's CPU, measured (/proc/PID/stat)",
+        med_pair(off, w, |o, w| o.relay_us - w.relay_us),
+        med_pair(auto, off, |a, o| a.relay_us - o.relay_us),
+        med_pair(auto, w, |a, w| a.relay_us - w.relay_us),
+    )?;
+    row(
+        "relay's extra CPU outside the uprobes' run time (the trap)",
+        f64::NAN,
+        med_pair(auto, off, trap),
+        med_pair(auto, off, trap),
+    )?;
+    row(
+        "measured: load's CPU (relay, provider, wrk) + tracer process",
+        med_pair(off, w, |o, w| o.load_us - w.load_us + o.tracer_us),
+        med_pair(auto, off, |a, o| {
+            a.load_us - o.load_us + a.tracer_us - o.tracer_us
+        }),
+        med_pair(auto, w, |a, w| a.load_us - w.load_us + a.tracer_us),
+    )?;
+    let go_hits = hits(auto) - hits(off);
+    let (load, relay) = (med(w, |s| s.load_us), med(w, |s| s.relay_us));
+    let accounted_go = med_pair(auto, off, |a, o| accounted(a) - accounted(o));
+    if go_hits < 0.01 {
+        // No uprobe hit: the relay's difference is the measurement's noise, not a trap.
+        writeln!(
+            report,
+            "\nWithout the tracer a request costs {load:.1} µs of the load's own CPU, {relay:.1} µs of it in the relay. The Go layer's uprobes did not run on the request path ({go_hits:.3} hits per request), so the relay's difference ({:+.2} µs) is the noise of this measurement.",
+            med_pair(auto, off, |a, o| a.relay_us - o.relay_us)
+        )?;
+        writeln!(
+            report,
+            "\nGo layer, accounted: {accounted_go:.2} µs per request (budget 2 µs). Whole tracer, accounted: {:.2} µs per request, {:.2}% of the load's own CPU per request and {:.2}% of the relay's (target below 1%).",
+            med(auto, accounted),
+            med(auto, accounted) / load * 100.0,
+            med(auto, accounted) / relay * 100.0
+        )?;
+        return Ok(());
+    }
+    let trap_us = med_pair(auto, off, trap);
+    let go_layer = med_pair(auto, off, |a, o| accounted(a) - accounted(o) + trap(a, o));
+    let whole = med_pair(auto, off, |a, o| accounted(a) + trap(a, o));
+    writeln!(
+        report,
+        "\nWithout the tracer a request costs {load:.1} µs of the load's own CPU, {relay:.1} µs of it in the relay. The Go layer's uprobes hit {go_hits:.2} times per request; the relay's CPU outside their programs' run time, {trap_us:.2} µs per request, is about {:.1} µs per hit (the trap into the kernel and back, which bpf_stats does not see).",
+        trap_us / go_hits
+    )?;
+    writeln!(
+        report,
+        "\nGo layer, accounted plus its trap: {go_layer:.2} µs per request (budget 2 µs). Whole tracer, accounted plus the Go layer's trap: {whole:.2} µs per request, {:.2}% of the load's own CPU per request and {:.2}% of the relay's (target below 1%).",
+        whole / load * 100.0,
+        whole / relay * 100.0
+    )?;
+    Ok(())
+}
+
 pub fn run(opts: Options) -> Result<()> {
     if !util::is_root() {
         bail!("the benchmark loads eBPF programs and needs root: run: sudo -E env \"PATH=$PATH\" cargo xtask bench");
@@ -597,6 +1326,14 @@ pub fn run(opts: Options) -> Result<()> {
     if caddy_used && util::find_on_path("caddy").is_none() {
         bail!("caddy is missing after setup: run: apt-get install --no-install-recommends caddy");
     }
+    let go_used = scenarios
+        .iter()
+        .any(|s| matches!(s.relay, Relay::Go { .. }));
+    let gobench = if go_used {
+        Some(gomatrix::bench_relay().context("bench: the Go-layer relay")?)
+    } else {
+        None
+    };
     let mut artifacts = build::build().context("bench")?;
     // A tracer built elsewhere (an earlier commit, for a before/after pair).
     if let Some(bin) = std::env::var_os("TRACER_BENCH_BIN") {
@@ -639,229 +1376,20 @@ pub fn run(opts: Options) -> Result<()> {
     writeln!(report, "Load: wrk -t2 -c{} against each scenario's relay. wrk, the relay, the provider and the tracer share the machine's CPUs.\n", opts.connections)?;
     writeln!(report, "Added CPU per request is accounted: the tracer's programs' run time (kernel.bpf_stats_enabled, which itself adds about 20 ns per run) plus the tracer process's CPU, per request, against the whole machine's busy CPU per request without the tracer. The machine's own busy CPU per request with the tracer is shown too (it also holds what the accounting cannot see, the kernel's work to call each program, but moves with whatever else the shared machine runs).\n")?;
 
+    let bins = Binaries {
+        fixture: &artifacts.fixture,
+        gobench: gobench.as_ref(),
+    };
     for mode in &scenarios {
-        let url = mode.url();
-        let proxy = mode.start(&artifacts.fixture, &scratch)?;
-        let proxy_pid = proxy.0.id();
-        let load_pids = [proxy_pid, upstream.0.id()];
-        // Warm-up: pools, page cache, CPU frequency.
-        let _ = wrk(
-            &Options {
-                duration: Duration::from_secs(3),
-                ..opts_copy(&opts)
-            },
-            &url,
-        )?;
-
-        let (mut base, mut traced, mut elsewhere) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut base_p99, mut traced_p99) = (Vec::new(), Vec::new());
-        let (mut base_p50, mut traced_p50) = (Vec::new(), Vec::new());
-        let mut prog_totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        let mut cpu_per_100k = Vec::new();
-        let mut cpu_share = Vec::new();
-        let (mut base_us_per_req, mut kernel_us_per_req) = (Vec::new(), Vec::new());
-        let (mut user_us_per_req, mut added_percent) = (Vec::new(), Vec::new());
-        let (mut traced_us_per_req, mut requests_total) = (Vec::new(), 0.0);
-        let (mut load_us_per_req, mut added_load_percent) = (Vec::new(), Vec::new());
-        for run in 1..=opts.runs {
-            println!(
-                "bench: {} — run {run}/{}: without the tracer",
-                mode.name, opts.runs
-            );
-            let busy0 = machine_busy_s()?;
-            let load = LoadCpu::start(&load_pids)?;
-            let r = wrk(&opts, &url)?;
-            let load_s = load.seconds()?;
-            let busy1 = machine_busy_s()?;
-            let base_cpu_per_req = (busy1 - busy0) / (r.rps * opts.duration.as_secs_f64());
-            let load_cpu_per_req = load_s / (r.rps * opts.duration.as_secs_f64());
-            load_us_per_req.push(load_cpu_per_req * 1e6);
-            base_us_per_req.push(base_cpu_per_req * 1e6);
-            base.push(r.rps);
-            base_p50.push(r.p50_ms);
-            base_p99.push(r.p99_ms);
-
-            println!(
-                "bench: {} — run {run}/{}: tracer attached to the relay",
-                mode.name, opts.runs
-            );
-            let tracer = Tracer::start(
-                &artifacts.tracer,
-                proxy_pid,
-                scratch.join(format!("traced-{run}.json")),
-            )?;
-            let ours: Vec<u64> = prog_ids_of(tracer.pid())?;
-            fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
-            let stats0 = bpf_prog_stats(&ours)?;
-            let (cpu0, _) = cpu_and_rss(tracer.pid())?;
-            let busy0 = machine_busy_s()?;
-            let r = wrk(&opts, &url)?;
-            let busy1 = machine_busy_s()?;
-            let (cpu1, _) = cpu_and_rss(tracer.pid())?;
-            let stats1 = bpf_prog_stats(&ours)?;
-            fs::write(BPF_STATS, "0").context("disabling kernel.bpf_stats_enabled")?;
-            let snapshot = tracer.stop()?;
-            traced.push(r.rps);
-            traced_p50.push(r.p50_ms);
-            traced_p99.push(r.p99_ms);
-            for (name, (t1, c1)) in &stats1 {
-                let (t0, c0) = stats0.get(name).copied().unwrap_or((0, 0));
-                let e = prog_totals.entry(name.clone()).or_insert((0, 0));
-                e.0 += t1.saturating_sub(t0);
-                e.1 += c1.saturating_sub(c0);
-            }
-            // CPU accounting: what the programs and the tracer's own process spent per
-            // request, against what the whole machine spent per request without the tracer.
-            let requests = r.rps * opts.duration.as_secs_f64();
-            requests_total += requests;
-            traced_us_per_req.push((busy1 - busy0) / requests * 1e6);
-            let kernel_s: f64 = stats1
-                .iter()
-                .map(|(name, (t1, _))| {
-                    t1.saturating_sub(stats0.get(name).map_or(0, |s| s.0)) as f64 / 1e9
-                })
-                .sum();
-            kernel_us_per_req.push(kernel_s / requests * 1e6);
-            user_us_per_req.push((cpu1 - cpu0) / requests * 1e6);
-            added_percent.push((kernel_s + cpu1 - cpu0) / requests / base_cpu_per_req * 100.0);
-            added_load_percent.push((kernel_s + cpu1 - cpu0) / requests / load_cpu_per_req * 100.0);
-            let events = snapshot["kernel"]["events_sent"].as_u64().unwrap_or(0);
-            cpu_share.push((cpu1 - cpu0) / opts.duration.as_secs_f64() * 100.0);
-            // With few events the figure is the per-second sampling, not the events: skip it.
-            if events >= 10_000 {
-                cpu_per_100k.push((cpu1 - cpu0) / events as f64 * 100_000.0);
-            }
-
-            println!(
-                "bench: {} — run {run}/{}: tracer attached to another process",
-                mode.name, opts.runs
-            );
-            let mut idle = Proc(Command::new("sleep").arg("3600").spawn()?);
-            let tracer = Tracer::start(
-                &artifacts.tracer,
-                idle.0.id(),
-                scratch.join(format!("elsewhere-{run}.json")),
-            )?;
-            let r = wrk(&opts, &url)?;
-            tracer.stop()?;
-            let _ = idle.0.kill();
-            elsewhere.push(r.rps);
-        }
-        drop(proxy);
-
-        let (mb, mt, me) = (
-            median(&mut base.clone()),
-            median(&mut traced.clone()),
-            median(&mut elsewhere.clone()),
-        );
-        writeln!(report, "## {}\n", mode.name)?;
-        writeln!(report, "Relay: {}.\n", mode.describe())?;
-        writeln!(report, "| configuration | median req/s | min–max req/s | median p50 / p99 latency | change vs without |")?;
-        writeln!(report, "| --- | --- | --- | --- | --- |")?;
-        let row = |label: &str, v: &[f64], lat: Option<(&[f64], &[f64])>, m: f64| {
-            let (lo, hi) = spread(v);
-            format!(
-                "| {label} | {m:.0} | {lo:.0}–{hi:.0} | {} | {:+.1}% |\n",
-                lat.map_or("—".to_owned(), |(p50, p99)| format!(
-                    "{:.2} / {:.2} ms",
-                    median(&mut p50.to_vec()),
-                    median(&mut p99.to_vec())
-                )),
-                (m / mb - 1.0) * 100.0
-            )
-        };
-        report.push_str(&row(
-            "without the tracer",
-            &base,
-            Some((&base_p50, &base_p99)),
-            mb,
-        ));
-        report.push_str(&row(
-            "tracer attached to the relay",
-            &traced,
-            Some((&traced_p50, &traced_p99)),
-            mt,
-        ));
-        report.push_str(&row(
-            "tracer attached elsewhere (relay untracked)",
-            &elsewhere,
-            None,
-            me,
-        ));
-        writeln!(report, "\nKernel cost per program run (kernel.bpf_stats_enabled, summed over the traced runs):\n")?;
-        writeln!(
-            report,
-            "| program | runs | runs per request | mean ns per run |"
-        )?;
-        writeln!(report, "| --- | --- | --- | --- |")?;
-        for (name, (ns, cnt)) in &prog_totals {
-            let mean = if *cnt > 0 {
-                *ns as f64 / *cnt as f64
-            } else {
-                0.0
-            };
-            let per_req = *cnt as f64 / requests_total.max(1.0);
-            writeln!(report, "| {name} | {cnt} | {per_req:.2} | {mean:.0} |")?;
-        }
-        let added = median(&mut added_percent.clone());
-        let (lo, hi) = spread(&added_percent);
-        writeln!(
-            report,
-            "\nCPU accounting (less noisy than throughput on a shared VM): without the tracer the machine spends {:.1} µs of CPU per request; attached, the tracer's programs spend {:.2} µs and its process {:.2} µs per request (medians). That is {added:.2}% more CPU per request ({lo:.2}–{hi:.2}% over the runs), so at most about {:.2}% fewer requests per second when the CPUs are saturated.",
-            median(&mut base_us_per_req.clone()),
-            median(&mut kernel_us_per_req.clone()),
-            median(&mut user_us_per_req.clone()),
-            added / (1.0 + added / 100.0),
-        )?;
-        let added_load = median(&mut added_load_percent.clone());
-        let (lo, hi) = spread(&added_load_percent);
-        writeln!(
-            report,
-            "\nAgainst the load's own CPU (relay, provider and wrk: {:.1} µs per request without the tracer, which the rest of the shared machine does not inflate): {added_load:.2}% more ({lo:.2}–{hi:.2}%).",
-            median(&mut load_us_per_req.clone()),
-        )?;
-        let (base_m, traced_m) = (
-            median(&mut base_us_per_req.clone()),
-            median(&mut traced_us_per_req.clone()),
-        );
-        writeln!(
-            report,
-            "\nMachine busy CPU per request, measured directly: {base_m:.1} µs without, {traced_m:.1} µs with the tracer on the relay ({:+.1}%; noisy).",
-            (traced_m / base_m - 1.0) * 100.0
-        )?;
-        let share = median(&mut cpu_share.clone());
-        writeln!(
-            report,
-            "\nTracer user-space CPU while traced: {share:.1}% of one CPU (median)."
-        )?;
-        if cpu_per_100k.is_empty() {
-            writeln!(
-                report,
-                "Too few lifecycle events (under 10k a run) for a per-event CPU figure.\n"
-            )?;
-        } else {
-            let cpu = median(&mut cpu_per_100k.clone());
-            writeln!(
-                report,
-                "Tracer CPU per 100k lifecycle events: {cpu:.3} CPU-seconds (median of {} runs).\n",
-                cpu_per_100k.len()
-            )?;
-        }
-        raw.push(json!({
-            "mode": mode.name, "without": base, "traced": traced, "elsewhere": elsewhere,
-            "p99_without_ms": base_p99, "p99_traced_ms": traced_p99,
-            "programs": prog_totals.iter().map(|(k, (ns, cnt))| json!({"name": k, "run_time_ns": ns, "run_cnt": cnt})).collect::<Vec<_>>(),
-            "cpu_s_per_100k_events": cpu_per_100k,
-            "tracer_cpu_percent": cpu_share,
-            "machine_cpu_us_per_request_without": base_us_per_req,
-            "program_cpu_us_per_request": kernel_us_per_req,
-            "tracer_cpu_us_per_request": user_us_per_req,
-            "added_cpu_percent": added_percent,
-            "machine_cpu_us_per_request_traced": traced_us_per_req,
-            "load_cpu_us_per_request_without": load_us_per_req,
-            "added_cpu_percent_of_load": added_load_percent,
-            "relay": mode.describe(),
-        }));
+        raw.push(measure_scenario(
+            &opts,
+            mode,
+            &bins,
+            &artifacts.tracer,
+            upstream.0.id(),
+            &scratch,
+            &mut report,
+        )?);
     }
 
     if !partial || opts.scenarios.iter().any(|k| k == "floor") {
@@ -1004,6 +1532,62 @@ mod tests {
         assert!((busy - 130.0 / hz).abs() < 1e-9, "{busy}");
         assert!(busy_s_of("intr 1 2 3\n").is_err());
         assert!(machine_busy_s().expect("reads /proc/stat") > 0.0);
+    }
+
+    /// A run's sample with these per-request figures and this many uprobe hits per request.
+    fn sample(relay_us: f64, program_us: f64, uprobe_us: f64, tracer_us: f64, hits: u64) -> Sample {
+        let mut programs = BTreeMap::new();
+        programs.insert(
+            "exit_h2_site".to_owned(),
+            ProgStat {
+                uprobe: true,
+                run_time_ns: 0,
+                run_cnt: hits * 1000,
+            },
+        );
+        Sample {
+            requests: 1000.0,
+            load_us: relay_us + 50.0,
+            relay_us,
+            program_us,
+            uprobe_us,
+            tracer_us,
+            programs,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn layers_charge_the_relay_s_extra_cpu_to_the_uprobes_trap() {
+        let without = vec![sample(90.0, 0.0, 0.0, 0.0, 0); 3];
+        let off = vec![sample(93.0, 1.0, 0.0, 0.5, 0); 3];
+        let auto = vec![sample(113.0, 2.5, 1.5, 1.0, 1); 3];
+        let mut report = String::new();
+        write_layers(&mut report, "auto", &without, &off, &auto).expect("writes");
+        // The relay's extra 20 µs less the uprobes' 1.5 µs run time.
+        assert!(
+            report.contains("18.50 µs per request, is about 18.5 µs per hit"),
+            "{report}"
+        );
+        // Go layer: (2.5 + 1.0) - (1.0 + 0.5) accounted, plus the trap.
+        assert!(
+            report.contains("Go layer, accounted plus its trap: 20.50 µs"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| uprobe hits (runs per request) | 0.00 | +1.00 | 1.00 |"),
+            "{report}"
+        );
+
+        // No hit: the relay's difference is noise, not a trap.
+        let streams = vec![sample(94.0, 1.0, 0.0, 0.6, 0); 3];
+        let mut report = String::new();
+        write_layers(&mut report, "streams", &without, &off, &streams).expect("writes");
+        assert!(
+            report.contains("is the noise of this measurement"),
+            "{report}"
+        );
+        assert!(report.contains("Go layer, accounted: 0.10 µs"), "{report}");
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //! verdicts and call sites) built stripped (`-ldflags "-s -w"`, static) by each version; the
 //! e2e test tests/tests/h2_streams.rs reads them from GO_SCENARIOS_DIR (`scenarios_dir`).
 //!
+//! `<target>/go-matrix/bench/gobench-<version>` is the bench's Go-layer relay (tests/gobench),
+//! built stripped by the newest version only (`bench_relay`, for `cargo xtask bench`).
+//!
 //! `<target>/go-matrix/<version>/stub/goversion` is `go env GOVERSION`, and `stub/goroot` is
 //! `go env GOROOT` (the toolchain's own binaries, cmd/go among them, are large real Go programs
 //! for the test to read too). The tracer's matrix test
@@ -49,6 +52,9 @@ const STUB_DIR: &str = "tests/gostub";
 
 /// The e2e scenario relay's source, relative to the workspace root.
 const SCENARIOS_SOURCE: &str = "tests/goscenarios";
+
+/// The bench's Go-layer relay and upstream, relative to the workspace root.
+const BENCH_RELAY_SOURCE: &str = "tests/gobench";
 
 /// A way of building the stub: the flags besides `-s -w`.
 struct Form {
@@ -154,8 +160,14 @@ pub fn ensure() -> Result<GoMatrix> {
         let stub_dir = dir.join(version).join("stub");
         build_stub(&go, version, &stub_source, &stub_dir, FORMS)
             .with_context(|| format!("go-matrix: building {STUB_DIR} with go{version}"))?;
-        build_scenarios(&go, version, &root.join(SCENARIOS_SOURCE), &scenarios_dir)
-            .with_context(|| format!("go-matrix: building {SCENARIOS_SOURCE} with go{version}"))?;
+        build_relay(
+            &go,
+            version,
+            &root.join(SCENARIOS_SOURCE),
+            &scenarios_dir,
+            "goscenarios",
+        )
+        .with_context(|| format!("go-matrix: building {SCENARIOS_SOURCE} with go{version}"))?;
         toolchains.push(GoToolchain {
             version: (*version).to_owned(),
             go,
@@ -228,6 +240,31 @@ pub fn build_package(go: &Path, source: &Path, binary: &Path) -> Result<()> {
     }
     // Last, so an interrupted build is redone.
     write(&stamp, &inputs)
+}
+
+/// The bench's Go-layer relay (tests/gobench), built stripped and static by the newest
+/// toolchain of the matrix (`newest_toolchain`: installed alone if missing, without the
+/// stubs), at `<target>/go-matrix/bench/gobench-<version>`. Returns the binary and the Go
+/// version it was built with.
+pub fn bench_relay() -> Result<(PathBuf, String)> {
+    let root = util::workspace_root();
+    let toolchain = newest_toolchain()?;
+    let version = toolchain.version;
+    let out = build::target_dir(&root)?.join("go-matrix").join("bench");
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("go-matrix: cannot create {}", out.display()))?;
+    build_relay(
+        &toolchain.go,
+        &version,
+        &root.join(BENCH_RELAY_SOURCE),
+        &out,
+        "gobench",
+    )
+    .with_context(|| format!("go-matrix: building {BENCH_RELAY_SOURCE} with go{version}"))?;
+    Ok((
+        out.join(format!("gobench-{version}")),
+        format!("go{version}"),
+    ))
 }
 
 /// `cargo xtask go-offsets`: the matrix (and any `--also` patch releases), then the tracer's
@@ -417,9 +454,10 @@ fn build_stub(go: &Path, version: &str, source: &Path, out: &Path, forms: &[Form
     write(&out.join("goversion"), &format!("{goversion}\n"))
 }
 
-/// `<out>/goscenarios-<version>`, stripped and static as relays are released; rebuilt only
-/// when its inputs (the toolchain and the sources) change.
-fn build_scenarios(go: &Path, version: &str, source: &Path, out: &Path) -> Result<()> {
+/// `<out>/<name>-<version>` (the e2e scenario relay, the bench's relay), stripped and static
+/// as relays are released; rebuilt only when its inputs (the toolchain and the sources)
+/// change.
+fn build_relay(go: &Path, version: &str, source: &Path, out: &Path, name: &str) -> Result<()> {
     let goversion = go_version(go).with_context(|| format!("{} does not run", go.display()))?;
     let sources: String = ["go.mod", "main.go"]
         .iter()
@@ -429,14 +467,14 @@ fn build_scenarios(go: &Path, version: &str, source: &Path, out: &Path) -> Resul
                 .with_context(|| format!("cannot read {}", path.display()))
         })
         .collect::<Result<_>>()?;
-    let binary = out.join(format!("goscenarios-{version}"));
-    let stamp = out.join(format!("goscenarios-{version}.built-from"));
+    let binary = out.join(format!("{name}-{version}"));
+    let stamp = out.join(format!("{name}-{version}.built-from"));
     let inputs = format!("{goversion}\n{sources}");
     if binary.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|built| built == inputs) {
         return Ok(());
     }
     let progress = Progress::start(
-        format!("go-matrix: go{version} {SCENARIOS_SOURCE}"),
+        format!("go-matrix: go{version} {}", source.display()),
         "seconds",
     );
     let mut cmd = go_command(go);

@@ -56,9 +56,11 @@ enum Command {
         #[arg(long)]
         kernel: Option<String>,
     },
-    /// Measure the tracer's overhead on the fixture relay under load (wrk), with and without
-    /// the tracer, plus kernel cost per program run and the tracer's CPU and memory. Writes
-    /// bench/RESULTS.md. Needs root; takes about (3 x duration + 10s) x runs x 4 scenarios.
+    /// Measure the tracer's overhead on relays under load (wrk), with and without the tracer,
+    /// plus kernel cost per program run and the tracer's CPU and memory; on a Go 1.21+ relay
+    /// (go-h2, go-h1) the kernel layer alone (--go-probes off), with HTTP/2 streams
+    /// (--go-probes streams) and the whole tracer (--go-probes auto) apart. Writes bench/RESULTS.md. Needs root; takes about
+    /// (3 x duration + 10s) x runs x 6 scenarios.
     Bench {
         /// Length of each load run.
         #[arg(long, default_value = "20s", value_parser = util::parse_duration)]
@@ -69,8 +71,8 @@ enum Command {
         /// Concurrent wrk connections.
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10000))]
         connections: u32,
-        /// Run only these scenarios (comma-separated: keep-alive, churn, caddy, caddy-h2, and
-        /// floor: an unrelated process's cost per socket write and read);
+        /// Run only these scenarios (comma-separated: keep-alive, churn, caddy, caddy-h2,
+        /// go-h2, go-h1, and floor: an unrelated process's cost per socket write and read);
         /// results then go to target/bench/RESULTS-partial.md, not bench/RESULTS.md.
         #[arg(long, value_delimiter = ',')]
         scenarios: Vec<String>,
