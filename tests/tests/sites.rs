@@ -170,6 +170,8 @@ fn check_release(release: &str, trimpath: bool) {
         "30s",
         "--interval",
         "1s",
+        "--go-probes",
+        "sites",
         "--site-skip",
         r"^main\.doRequest$",
         "--pid",

@@ -147,8 +147,8 @@ fn spec_of(targets: &TargetArgs, go: &GoArgs) -> TargetSpec {
         comms: targets.comms.clone(),
         go_probes: match go.go_probes {
             GoProbes::Off => GoLayerMode::Off,
-            GoProbes::Streams => GoLayerMode::Streams,
-            GoProbes::Auto => GoLayerMode::Full,
+            GoProbes::Auto => GoLayerMode::Streams,
+            GoProbes::Sites => GoLayerMode::Full,
         },
     }
 }

@@ -10,7 +10,7 @@
 //! which the Go layer refuses, so they measure the kernel layer. The Go-layer scenarios (go-h2,
 //! go-h1: tests/gobench built by the newest Go of the matrix, POSTing 4 KiB of JSON over TLS
 //! with keep-alive to its own provider, which answers 4 KiB) alternate without the tracer,
-//! `--go-probes off`, `--go-probes streams` and `--go-probes auto`, and set the layers apart from the runs' paired
+//! `--go-probes off`, `--go-probes auto` (HTTP/2 streams) and `--go-probes sites` (and call sites), and set the layers apart from the runs' paired
 //! differences, the relay's own CPU included: a uprobe's trap is charged to the relay's
 //! thread, not to bpf_stats. Results go to bench/RESULTS.md and
 //! bench/results.json. Last, (e) the floor: what an unrelated process pays per socket write
@@ -124,12 +124,12 @@ const GO_CONFIGS: &[Config] = &[
         attach: Attach::Relay(&["--go-probes", "off"]),
     },
     Config {
-        label: "tracer, --go-probes streams (kernel layer and HTTP/2 streams, no call sites)",
-        attach: Attach::Relay(&["--go-probes", "streams"]),
+        label: "tracer, --go-probes auto (kernel layer and HTTP/2 streams, no call sites)",
+        attach: Attach::Relay(&["--go-probes", "auto"]),
     },
     Config {
-        label: "tracer, --go-probes auto (kernel and Go layers)",
-        attach: Attach::Relay(&["--go-probes", "auto"]),
+        label: "tracer, --go-probes sites (kernel and Go layers, call sites too)",
+        attach: Attach::Relay(&["--go-probes", "sites"]),
     },
 ];
 
@@ -432,7 +432,7 @@ impl Tracer {
         let proc = drain_stderr(child)?;
         let wants_go = args
             .windows(2)
-            .any(|w| w == ["--go-probes", "auto"] || w == ["--go-probes", "streams"]);
+            .any(|w| w == ["--go-probes", "auto"] || w == ["--go-probes", "sites"]);
         // The tracer logs a few lines at start; bounded in lines and in time.
         const MAX_LINES: usize = 1000;
         let deadline = Instant::now() + ATTACH_TIMEOUT;
@@ -1177,7 +1177,7 @@ fn write_scenario(
 }
 
 /// The kernel layer and the Go layer apart and together, from the runs' paired differences:
-/// without the tracer, `--go-probes off`, `--go-probes auto`.
+/// without the tracer, `--go-probes off`, and a Go layer mode (`auto`, `sites`).
 fn write_layers(
     report: &mut String,
     mode: &str,
@@ -1561,9 +1561,9 @@ mod tests {
     fn layers_charge_the_relay_s_extra_cpu_to_the_uprobes_trap() {
         let without = vec![sample(90.0, 0.0, 0.0, 0.0, 0); 3];
         let off = vec![sample(93.0, 1.0, 0.0, 0.5, 0); 3];
-        let auto = vec![sample(113.0, 2.5, 1.5, 1.0, 1); 3];
+        let sites = vec![sample(113.0, 2.5, 1.5, 1.0, 1); 3];
         let mut report = String::new();
-        write_layers(&mut report, "auto", &without, &off, &auto).expect("writes");
+        write_layers(&mut report, "sites", &without, &off, &sites).expect("writes");
         // The relay's extra 20 µs less the uprobes' 1.5 µs run time.
         assert!(
             report.contains("18.50 µs per request, is about 18.5 µs per hit"),
@@ -1580,9 +1580,9 @@ mod tests {
         );
 
         // No hit: the relay's difference is noise, not a trap.
-        let streams = vec![sample(94.0, 1.0, 0.0, 0.6, 0); 3];
+        let auto = vec![sample(94.0, 1.0, 0.0, 0.6, 0); 3];
         let mut report = String::new();
-        write_layers(&mut report, "streams", &without, &off, &streams).expect("writes");
+        write_layers(&mut report, "auto", &without, &off, &auto).expect("writes");
         assert!(
             report.contains("is the noise of this measurement"),
             "{report}"

@@ -106,6 +106,8 @@ fn demo(artifacts: &Artifacts, duration: Option<Duration>, interactive: bool) ->
         .arg(if interactive { "watch" } else { "run" })
         .args(["--pid", &relay.child.id().to_string()])
         .args(["--abandon-grace", ABANDON_GRACE])
+        // Call sites on: the demo is a triage session (they cost a uprobe hit per request).
+        .args(["--go-probes", "sites"])
         .args(["--site-skip", SITE_SKIP]);
     if let Some(duration) = duration {
         tracer.args(["--duration", &util::format_duration(duration)]);

@@ -46,7 +46,7 @@ use crate::{
 };
 
 /// Which program goes where: the role's function entry, and each of its decoded RETs.
-/// The last `SITE_PROBES` rows are the call sites', left out by `--go-probes streams`.
+/// The last `SITE_PROBES` rows are the call sites', attached with `--go-probes sites` only.
 const PROBES: &[(Role, Option<&str>, Option<&str>)] = &[
     // HTTP/2 streams (gostream.rs): one hit per connection.
     (Role::H2ReadLoop, Some("enter_h2_read_loop"), None),
@@ -62,9 +62,9 @@ pub enum GoLayerMode {
     /// Nothing.
     Off,
     /// The per-connection probe only: HTTP/2 streams, no call sites, nothing per request.
+    #[default]
     Streams,
     /// Streams and call sites (one probe hit per request).
-    #[default]
     Full,
 }
 
@@ -138,7 +138,7 @@ pub struct GoProbes {
     discover: Sender<Discovered>,
     /// Call sites: the probed targets' symbols and the stacks named so far.
     pub sites: gosites::Sites,
-    /// Whether the call-site probes are attached (`--go-probes auto`, not `streams`).
+    /// Whether the call-site probes are attached (`--go-probes sites`).
     with_sites: bool,
 }
 
@@ -228,6 +228,7 @@ impl GoProbes {
                 inputs.push(Input::GoLayer(GoLayer {
                     pid: *pid,
                     attached: false,
+                    call_sites: false,
                     line,
                 }));
                 self.targets.insert(*pid, State::Off { start });
@@ -355,7 +356,7 @@ impl GoProbes {
             path,
             result,
         } = inspected;
-        let off = |line: String| (State::Off { start }, say(pid, false, line));
+        let off = |line: String| (State::Off { start }, say(pid, false, false, line));
         let binary = match result {
             Ok(binary) => binary,
             Err(refusal) => return off(refusal.line(pid)),
@@ -399,7 +400,7 @@ impl GoProbes {
                     if self.with_sites {
                         ""
                     } else {
-                        ", no call sites (--go-probes streams)"
+                        ", call sites off (--go-probes sites turns them on)"
                     },
                     if layout.conn_tconn == GoProcess::UNKNOWN {
                         ", streams not tied to their sockets (connection type unknown for this Go)"
@@ -414,7 +415,7 @@ impl GoProbes {
                         reader: Box::new(reader),
                         memory,
                     },
-                    say(pid, true, line),
+                    say(pid, true, self.with_sites, line),
                 )
             }
             Err(e) => off(format!(
@@ -645,7 +646,7 @@ fn purge<K: aya::Pod + Default, V: aya::Pod>(map: &mut Map, matches: impl Fn(&K)
 /// The target's Go layer in one line: for the model (and so the outputs), and the log. Through
 /// the logger, never straight to stderr: a terminal UI may be on screen (the logger keeps the
 /// lines for it). A refusal is a warning, shown by default; an attach is info.
-fn say(pid: u32, attached: bool, line: String) -> Input {
+fn say(pid: u32, attached: bool, call_sites: bool, line: String) -> Input {
     if attached {
         log::info!("{line}");
     } else {
@@ -654,6 +655,7 @@ fn say(pid: u32, attached: bool, line: String) -> Input {
     Input::GoLayer(GoLayer {
         pid,
         attached,
+        call_sites,
         line,
     })
 }

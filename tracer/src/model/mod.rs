@@ -59,6 +59,9 @@ pub enum Input {
 pub struct GoLayer {
     pub pid: u32,
     pub attached: bool,
+    /// The call-site probes are attached too (`--go-probes sites`).
+    #[serde(default)]
+    pub call_sites: bool,
     /// What it found ("go1.27.3 (stripped, static, non-PIE): ...") or why it stays off.
     pub line: String,
 }

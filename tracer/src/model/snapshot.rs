@@ -1013,6 +1013,7 @@ mod tests {
         inputs.push(Input::GoLayer(GoLayer {
             pid: PID,
             attached: true,
+            call_sites: true,
             line: "Go layer: go1.27.3".into(),
         }));
         // Stream 3 keeps reading: its read position moves at every sample.

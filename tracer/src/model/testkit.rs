@@ -155,6 +155,7 @@ pub fn go_layer_attached() -> Input {
     Input::GoLayer(GoLayer {
         pid: PID,
         attached: true,
+        call_sites: true,
         line: "Go layer: go1.27.3 (stripped, static, non-PIE)".into(),
     })
 }

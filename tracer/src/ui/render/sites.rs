@@ -163,6 +163,12 @@ fn why_empty(s: &Screen) -> String {
         return "No call site has leaks of that reason (r cycles the reason filter).".to_owned();
     }
     let layers = &snapshot.go_layer;
+    if layers.iter().any(|l| l.attached) && !layers.iter().any(|l| l.call_sites) {
+        return "Call sites are off: the Go-aware layer follows HTTP/2 streams only (--go-probes \
+                auto, nothing per request). --go-probes sites names the line behind every leak, \
+                for a uprobe hit per request."
+            .to_owned();
+    }
     if layers.iter().any(|l| l.attached) {
         return "No request seen at Go's transport yet: a line of the relay shows here once it \
                 sends a request through net/http."
@@ -463,10 +469,29 @@ mod tests {
         );
         // Attached, but no request yet.
         let (conns, streams) = fixture_h2();
-        let f = session_with_streams(&conns, &streams);
+        let mut f = session_with_streams(&conns, &streams);
         let frame = render(&f, &sites_page(), 120, 24);
         assert!(
             frame.contains("No request seen at Go's transport yet"),
+            "{frame}"
+        );
+        // Attached for HTTP/2 streams only (the default): call sites are off, and how to turn
+        // them on.
+        f.table
+            .apply(crate::model::Input::GoLayer(crate::model::GoLayer {
+                pid: crate::model::testkit::PID,
+                attached: true,
+                call_sites: false,
+                line: "Go layer: go1.27.3 ...".into(),
+            }));
+        let frame = render(&f, &sites_page(), 120, 24);
+        let flat = frame
+            .split(|c: char| c.is_whitespace() || c == '│' || c == '"')
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            flat.contains("Call sites are off") && flat.contains("--go-probes sites"),
             "{frame}"
         );
         // Sites, but none with a leak now.
