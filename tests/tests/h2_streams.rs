@@ -456,6 +456,10 @@ fn attached_first(minor: &str, port: u16) {
         probes.iter().all(|(kind, _, _)| kind == "uprobe"),
         "the tracer holds uretprobes: {probes:?}"
     );
+    // `--go-probes auto`: the one probe per connection, nothing per request (call sites are
+    // `--go-probes sites`).
+    assert_eq!(probes.len(), 1, "{probes:?}");
+    assert!(line.contains("call sites off"), "{line}");
     snapshots.seen.clear();
     relay.go();
     assert_eq!(relay.expected.len(), 11, "{:?}", relay.expected);
