@@ -457,9 +457,12 @@ fn attached_first(minor: &str, port: u16) {
         "the tracer holds uretprobes: {probes:?}"
     );
     // `--go-probes auto`: the one probe per connection, nothing per request (call sites are
-    // `--go-probes sites`).
-    assert_eq!(probes.len(), 1, "{probes:?}");
-    assert!(line.contains("call sites off"), "{line}");
+    // `--go-probes sites`). Said by the layer's line (older kernels' fdinfo does not show
+    // the probes).
+    assert!(
+        line.contains(": 1 uprobes attached, call sites off"),
+        "{line}"
+    );
     snapshots.seen.clear();
     relay.go();
     assert_eq!(relay.expected.len(), 11, "{:?}", relay.expected);
