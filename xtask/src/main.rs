@@ -59,7 +59,8 @@ enum Command {
     /// Measure the tracer's overhead on relays under load (wrk), with and without the tracer,
     /// plus kernel cost per program run and the tracer's CPU and memory; on a Go 1.21+ relay
     /// (go-h2, go-h1) the kernel layer alone (--go-probes off), with HTTP/2 streams
-    /// (--go-probes streams) and the whole tracer (--go-probes auto) apart. Writes bench/RESULTS.md. Needs root; takes about
+    /// (--go-probes auto) and with call sites too (--go-probes sites) apart. Writes
+    /// bench/RESULTS.md. Needs root; takes about
     /// (3 x duration + 10s) x runs x 6 scenarios.
     Bench {
         /// Length of each load run.
