@@ -698,7 +698,8 @@ fn a_relay_found_by_name_and_restarted_gets_the_go_layer_again() {
     };
     let mut first = Relay::start(&bin, 18482, &["-scenario", "never_read,multiplex,correct"]);
     let mut cmd = Command::new(tracer_bin());
-    cmd.args(["run", "--json", "--comm", &comm]).args(grace_args());
+    cmd.args(["run", "--json", "--comm", &comm])
+        .args(grace_args());
     let mut tracer = Proc::spawn("tracer", cmd);
     let mut snapshots = Snapshots { seen: Vec::new() };
     wait_attached(&mut snapshots, &mut tracer, first.pid);
