@@ -327,7 +327,7 @@ impl GoProbes {
             let sockets = match gomem::epoll_sockets(pid) {
                 Ok(sockets) => sockets,
                 Err(e) => {
-                    log::warn!("Go layer: pid {pid}: cannot list its sockets for connections opened before tracing: {e}");
+                    log::warn!("Go layer: pid {pid}: cannot list its sockets for connections opened before tracing: {e:#}");
                     return;
                 }
             };

@@ -33,7 +33,9 @@ impl Memory for ProcessMemory {
 
 /// Every socket of `pid` registered with one of its epoll instances, with the registration's
 /// data word (Go's netpoller stores its per-fd pollDesc there), from `/proc/PID/fdinfo`.
-pub fn epoll_sockets(pid: u32) -> io::Result<Vec<(i32, u64)>> {
+pub fn epoll_sockets(pid: u32) -> anyhow::Result<Vec<(i32, u64)>> {
+    let sockets: std::collections::HashSet<i32> =
+        super::procfs::socket_inodes(pid)?.into_values().collect();
     let mut out = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
         let entry = entry?;
@@ -49,13 +51,11 @@ pub fn epoll_sockets(pid: u32) -> io::Result<Vec<(i32, u64)>> {
         else {
             continue;
         };
-        for (fd, data) in parse_epoll_fdinfo(&info) {
-            let is_socket = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-                .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
-            if is_socket {
-                out.push((fd, data));
-            }
-        }
+        out.extend(
+            parse_epoll_fdinfo(&info)
+                .into_iter()
+                .filter(|(fd, _)| sockets.contains(fd)),
+        );
     }
     Ok(out)
 }
