@@ -25,6 +25,7 @@
 use std::collections::HashSet;
 
 use super::offsets::{Field, Offsets};
+use super::pclntab::{u32_at, u64_at};
 
 /// Reads another process's memory (the collector's `/proc/PID/mem`; a byte array in tests).
 pub trait Memory {
@@ -375,7 +376,7 @@ impl StreamReader {
         mem.read(sp, &mut stack).ok()?;
         let words: Vec<u64> = stack
             .chunks_exact(8)
-            .map(le_u64)
+            .filter_map(|w| u64_at(w, 0))
             .filter(|w| *w >= 0x1000 && w % 8 == 0)
             .collect();
         let is_conn = |cand: u64| self.conn_fd(mem, cand, hashes) == Some(fd);
@@ -456,7 +457,7 @@ impl StreamReader {
                     mem.read(dir, &mut raw)?;
                     let mut seen = HashSet::new();
                     for chunk in raw.chunks_exact(8) {
-                        let table = le_u64(chunk);
+                        let table = u64_at(chunk, 0).unwrap_or(0);
                         // Several directory slots share a table until it splits.
                         if table == 0 || !seen.insert(table) {
                             continue;
@@ -508,7 +509,7 @@ fn read_buckets(
         let mut bucket = bucket.to_vec();
         for _ in 0..MAX_OVERFLOW {
             bucket_entries(&bucket, out);
-            let overflow = le_u64(&bucket[BUCKET_OVERFLOW..]);
+            let overflow = u64_at(&bucket, BUCKET_OVERFLOW).unwrap_or(0);
             if overflow == 0 {
                 break;
             }
@@ -523,8 +524,8 @@ fn bucket_entries(bucket: &[u8], out: &mut Vec<(u32, u64)>) {
         if bucket[i] < MIN_TOP_HASH {
             continue;
         }
-        let key = le_u32(&bucket[BUCKET_KEYS + 4 * i..]);
-        let elem = le_u64(&bucket[BUCKET_ELEMS + 8 * i..]);
+        let key = u32_at(bucket, BUCKET_KEYS + 4 * i).unwrap_or(0);
+        let elem = u64_at(bucket, BUCKET_ELEMS + 8 * i).unwrap_or(0);
         if elem != 0 {
             out.push((key, elem));
         }
@@ -550,8 +551,8 @@ fn read_groups(
                 continue;
             }
             let slot = GROUP_SLOTS + i * SLOT_SIZE;
-            let key = le_u32(&group[slot..]);
-            let elem = le_u64(&group[slot + SLOT_ELEM..]);
+            let key = u32_at(group, slot).unwrap_or(0);
+            let elem = u64_at(group, slot + SLOT_ELEM).unwrap_or(0);
             if elem != 0 {
                 out.push((key, elem));
             }
@@ -560,27 +561,13 @@ fn read_groups(
     Ok(())
 }
 
-fn le_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(a)
-}
-
-fn le_u32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    u32::from_le_bytes(a)
-}
-
 fn field_u64(raw: &[u8], at: usize) -> Result<u64, MemError> {
-    raw.get(at..at.saturating_add(8))
-        .map(le_u64)
+    u64_at(raw, at)
         .ok_or_else(|| MemError::Implausible(format!("field at {at} outside the struct read")))
 }
 
 fn field_u32(raw: &[u8], at: usize) -> Result<u32, MemError> {
-    raw.get(at..at.saturating_add(4))
-        .map(le_u32)
+    u32_at(raw, at)
         .ok_or_else(|| MemError::Implausible(format!("field at {at} outside the struct read")))
 }
 

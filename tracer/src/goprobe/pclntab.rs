@@ -100,12 +100,13 @@ pub struct Pclntab {
     text: u64,
 }
 
-fn u32_at(data: &[u8], at: usize) -> Option<u32> {
+/// Little-endian integers at a byte offset (`None` past the end); h2mem reads with them too.
+pub(super) fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     let bytes = data.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes(bytes.try_into().ok()?))
 }
 
-fn u64_at(data: &[u8], at: usize) -> Option<u64> {
+pub(super) fn u64_at(data: &[u8], at: usize) -> Option<u64> {
     let bytes = data.get(at..at.checked_add(8)?)?;
     Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
