@@ -584,10 +584,10 @@ pub mod go {
     #[repr(u32)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum SiteWhat {
-        /// Entry of `net/http.(*persistConn).roundTrip`: `fd` is the connection's socket.
+        /// A call of `net/http.(*persistConn).roundTrip`: `fd` is the connection's socket.
         H1 = 1,
-        /// A RET of the HTTP/2 round trip with a response: `response` is its address (what
-        /// the stream's `res` field holds).
+        /// Just after the HTTP/2 round trip returned a response: `response` is its address
+        /// (what the stream's `res` field holds).
         H2 = 2,
     }
 

@@ -2,23 +2,34 @@
 //! request, where the relay's goroutine hands the request to Go's transport, records the
 //! goroutine's return addresses; user space names them from `.gopclntab`.
 //!
-//! - HTTP/1.1: the entry of `net/http.(*persistConn).roundTrip` (RAX = the persistConn): its
-//!   `conn` leads to the socket's fd, by which user space finds the connection it tracks.
-//! - HTTP/2: each RET of the client connection's round trip (Role::H2RoundTrip), RAX = the
-//!   response it returns, the very pointer the stream keeps in `clientStream.res`
+//! Every probe sits on an instruction the kernel emulates (a `call` or a branch), never on a
+//! function's entry or RET in the common path: those are single-stepped, a debug trap that
+//! costs ~20 us on a VM, against ~0.6 us for an emulated one (bench/RESULTS.md). User space
+//! finds the sites by decoding net/http's callers (tracer/src/goprobe/code.rs `calls_to`).
+//!
+//! - HTTP/1.1: each `call net/http.(*persistConn).roundTrip` (RAX = the persistConn, the
+//!   receiver in Go's register ABI): its `conn` leads to the socket's fd, by which user space
+//!   finds the connection it tracks.
+//! - HTTP/2: after each call of the client connection's round trip (Role::H2RoundTrip), the
+//!   first branch with RAX untouched since the call (checked by the decoder): RAX = the
+//!   response it returned, the very pointer the stream keeps in `clientStream.res`
 //!   (net/http/h2_bundle.go 1.21-1.26 and net/http/internal/http2/transport.go 1.27:
 //!   `res := cs.res ... return res, nil`); user space joins it to the stream by that pointer.
+//!   A wrapper that returns the round trip's results at once has no such branch: its RET is
+//!   probed instead (single-stepped, but off the path net/http's Transport takes).
 //!
-//! The stack: Go keeps frame pointers on amd64 (since 1.7). At a function's entry the caller's
-//! return address is at [RSP] (the callee has not pushed anything) and RBP is still the
-//! caller's frame pointer; at a RET the callee's epilogue has restored RBP and [RSP] is again
-//! the return address. From there each frame's [RBP+8] is its return address and [RBP] the
-//! next frame pointer (runtime/traceback.go, "frame pointer unwinding"), bounded by
-//! `MAX_SITE_FRAMES` and by frame pointers that must grow (stacks grow down): a stack being
-//! moved, or a frame without one, ends the walk early, never wrongly.
+//! The stack: Go keeps frame pointers on amd64 (since 1.7). Inside a function (the call and
+//! branch sites) RBP is that function's frame pointer, so the kernel's own frame-pointer
+//! unwinder (`bpf_get_stack` with BPF_F_USER_STACK: the probed IP, then each frame's [RBP+8],
+//! following [RBP]) gives the stack in one helper call. At a RET the epilogue has restored
+//! the caller's RBP and [RSP] is the return address, which that unwinder would miss, so the
+//! RET probe walks by hand: [RSP] first, then the chain (runtime/traceback.go, "frame pointer
+//! unwinding"), bounded by `MAX_SITE_FRAMES` and by frame pointers that must grow (stacks grow
+//! down): a stack being moved, or a frame without one, ends the walk early, never wrongly.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_get_stack, bpf_ktime_get_ns},
     macros::{map, uprobe},
     maps::HashMap,
     programs::ProbeContext,
@@ -40,7 +51,21 @@ use crate::{
 #[map]
 pub static GO_SITE_PROCS: HashMap<u32, SiteProcess> = HashMap::with_max_entries(MAX_GO_PROCS, 0);
 
-/// Entry of `net/http.(*persistConn).roundTrip(pc, req)`: RAX = pc.
+/// The length of `call rel32`: the call's return address is its IP + 5 (user space probes
+/// only calls of that length, goprobe/code.rs `CALL_REL32_LEN`).
+const CALL_LEN: u64 = 5;
+
+/// How a probe's stack is read.
+#[derive(Clone, Copy)]
+enum Frames {
+    /// Inside a function: the kernel's unwinder from the registers; frame 0 (the probed IP)
+    /// is moved on by this many bytes, so a call site reads as its return address.
+    InBody { ip_to_return: u64 },
+    /// At a RET: [RSP] first, then the frame chain, by hand.
+    AtRet,
+}
+
+/// Each `call net/http.(*persistConn).roundTrip(pc, req)`: RAX = pc.
 #[uprobe]
 pub fn enter_h1_site(ctx: ProbeContext) -> u32 {
     try_enter_h1_site(&ctx).unwrap_or(0)
@@ -65,17 +90,28 @@ fn try_enter_h1_site(ctx: &ProbeContext) -> Result<u32, i64> {
     let fd = field_at(pc, layout.pconn_conn)
         .and_then(|iface| conn_fd(iface, &chain))
         .unwrap_or(-1);
-    emit(ctx, SiteWhat::H1, tgid, fd, 0);
+    let frames = Frames::InBody {
+        ip_to_return: CALL_LEN,
+    };
+    emit(ctx, SiteWhat::H1, tgid, fd, 0, frames);
     Ok(0)
 }
 
-/// Each RET of the HTTP/2 round trip: RAX = the response (nil on error: nothing to name).
+/// The first branch after a call of the HTTP/2 round trip: RAX = the response (nil on error:
+/// nothing to name).
 #[uprobe]
-pub fn exit_h2_site(ctx: ProbeContext) -> u32 {
-    try_exit_h2_site(&ctx).unwrap_or(0)
+pub fn after_h2_site(ctx: ProbeContext) -> u32 {
+    h2_site(&ctx, Frames::InBody { ip_to_return: 0 }).unwrap_or(0)
 }
 
-fn try_exit_h2_site(ctx: &ProbeContext) -> Result<u32, i64> {
+/// The RET of a wrapper that returns the HTTP/2 round trip's results: RAX = the response.
+#[uprobe]
+pub fn exit_h2_site(ctx: ProbeContext) -> u32 {
+    h2_site(&ctx, Frames::AtRet).unwrap_or(0)
+}
+
+#[inline(always)]
+fn h2_site(ctx: &ProbeContext, frames: Frames) -> Result<u32, i64> {
     let (tgid, _) = current_ids();
     if GO_SITE_PROCS.get_ptr(&tgid).is_none() {
         return Ok(0);
@@ -85,14 +121,14 @@ fn try_exit_h2_site(ctx: &ProbeContext) -> Result<u32, i64> {
     if response == 0 {
         return Ok(0);
     }
-    emit(ctx, SiteWhat::H2, tgid, -1, response);
+    emit(ctx, SiteWhat::H2, tgid, -1, response, frames);
     Ok(0)
 }
 
 /// Reserves a record in the ring, walks the stack into it and sends it. A full ring drops it
 /// and counts the drop (the request then has no site; nothing else depends on it).
 #[inline(always)]
-fn emit(ctx: &ProbeContext, what: SiteWhat, tgid: u32, fd: i32, response: u64) {
+fn emit(ctx: &ProbeContext, what: SiteWhat, tgid: u32, fd: i32, response: u64, frames: Frames) {
     let Some(mut entry) = EVENTS.reserve::<SiteRecord>(0) else {
         count(Stat::RingbufDrops);
         return;
@@ -111,11 +147,37 @@ fn emit(ctx: &ProbeContext, what: SiteWhat, tgid: u32, fd: i32, response: u64) {
         // SAFETY: bpf_ktime_get_ns takes nothing and only reads the clock.
         (*record).ts_ns = bpf_ktime_get_ns();
         (*record).ip = ip;
-        (*record).depth = walk(&mut (*record).pcs, sp, bp);
+        (*record).depth = match frames {
+            Frames::InBody { ip_to_return } => unwind(ctx, &mut (*record).pcs, ip_to_return),
+            Frames::AtRet => walk(&mut (*record).pcs, sp, bp),
+        };
         (*record)._pad = 0;
     }
     entry.submit(wakeup_flag());
     count(Stat::EventsSent);
+}
+
+/// Fills `pcs` from the kernel's frame-pointer unwinder (frame 0 = the probed IP, moved on by
+/// `ip_to_return`); returns how many. Unused slots are 0 (the helper zeroes them).
+#[inline(always)]
+fn unwind(ctx: &ProbeContext, pcs: &mut [u64; MAX_SITE_FRAMES], ip_to_return: u64) -> u32 {
+    let size = (MAX_SITE_FRAMES * 8) as u32;
+    // SAFETY: `pcs` is `size` bytes of a reserved ring record we own; the helper writes at
+    // most `size` bytes there and zeroes what it does not fill.
+    let copied = unsafe {
+        bpf_get_stack(
+            ctx.regs.cast(),
+            pcs.as_mut_ptr().cast(),
+            size,
+            u64::from(BPF_F_USER_STACK),
+        )
+    };
+    if copied <= 0 {
+        pcs[0] = 0;
+        return 0;
+    }
+    pcs[0] = pcs[0].wrapping_add(ip_to_return);
+    (copied as u32) / 8
 }
 
 /// Fills `pcs` with return addresses, innermost first; returns how many. Unused slots are 0.

@@ -40,21 +40,39 @@ use crate::{
         h2mem::{self, ConnTypeHashes, MemError, StreamReader},
         offsets::{Field, Offsets},
         symbols::Role,
-        GoBinary, GoLayerRefusal,
+        GoBinary, GoLayerRefusal, ProbeSite,
     },
     model::{GoLayer, Input, StreamSample, Target},
 };
 
-/// Which program goes where: the role's function entry, and each of its decoded RETs.
-/// The last `SITE_PROBES` rows are the call sites', attached with `--go-probes sites` only.
-const PROBES: &[(Role, Option<&str>, Option<&str>)] = &[
+/// Where in a role's code a program goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// The function's entry.
+    Entry,
+    /// Each `call` of the function from net/http (goprobe `CallerSites::calls`).
+    Calls,
+    /// After each call, the first branch that still sees its result (`branches`).
+    BranchesAfterCalls,
+    /// After a call in a wrapper, the wrapper's RET (`returns`).
+    ReturnsAfterCalls,
+}
+
+/// Which program goes where. The last `SITE_PROBES` rows are the call sites', attached with
+/// `--go-probes sites` only.
+const PROBES: &[(Role, Place, &str)] = &[
     // HTTP/2 streams (gostream.rs): one hit per connection.
-    (Role::H2ReadLoop, Some("enter_h2_read_loop"), None),
+    (Role::H2ReadLoop, Place::Entry, "enter_h2_read_loop"),
     // Call sites (gosite.rs, collect/gosites.rs): one hit per request.
-    (Role::H1RoundTrip, Some("enter_h1_site"), None),
-    (Role::H2RoundTrip, None, Some("exit_h2_site")),
+    (Role::H1RoundTrip, Place::Calls, "enter_h1_site"),
+    (
+        Role::H2RoundTrip,
+        Place::BranchesAfterCalls,
+        "after_h2_site",
+    ),
+    (Role::H2RoundTrip, Place::ReturnsAfterCalls, "exit_h2_site"),
 ];
-const SITE_PROBES: usize = 2;
+const SITE_PROBES: usize = 3;
 
 /// What the Go-aware layer attaches (`--go-probes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -388,7 +406,14 @@ impl GoProbes {
             }
         };
         let hashes = type_hashes(minor);
-        match self.attach(ebpf, pid, &path, &binary, &layout) {
+        // Call sites need their callers decoded; when that failed, streams still attach.
+        let sites_off = match (&binary.call_sites, self.with_sites) {
+            (_, false) => Some("call sites off (--go-probes sites turns them on)".to_owned()),
+            (Err(why), true) => Some(format!("call sites off: {why}")),
+            (Ok(_), true) => None,
+        };
+        let with_sites = sites_off.is_none();
+        match self.attach(ebpf, pid, &path, &binary, &layout, with_sites) {
             Ok(links) => {
                 if let Some(hashes) = hashes {
                     self.discover(pid, start, minor, reader.clone(), hashes);
@@ -397,11 +422,7 @@ impl GoProbes {
                     "{} (pid {pid}): {} uprobes attached{}{}",
                     binary.line(),
                     links.len(),
-                    if self.with_sites {
-                        ""
-                    } else {
-                        ", call sites off (--go-probes sites turns them on)"
-                    },
+                    sites_off.map_or(String::new(), |why| format!(", {why}")),
                     if layout.conn_tconn == GoProcess::UNKNOWN {
                         ", streams not tied to their sockets (connection type unknown for this Go)"
                     } else {
@@ -415,7 +436,7 @@ impl GoProbes {
                         reader: Box::new(reader),
                         memory,
                     },
-                    say(pid, true, self.with_sites, line),
+                    say(pid, true, with_sites, line),
                 )
             }
             Err(e) => off(format!(
@@ -431,29 +452,34 @@ impl GoProbes {
         path: &std::path::Path,
         binary: &GoBinary,
         layout: &GoProcess,
+        with_sites: bool,
     ) -> Result<Vec<(&'static str, UProbeLinkId)>> {
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 is not a process"))?,
         );
         let mut links = Vec::new();
         let attached = (|| -> Result<()> {
-            let wanted = if self.with_sites {
+            let wanted = if with_sites {
                 PROBES.len()
             } else {
                 PROBES.len() - SITE_PROBES
             };
-            for (role, entry, ret) in &PROBES[..wanted] {
-                let sites = binary
+            for (role, place, name) in &PROBES[..wanted] {
+                let function = binary
                     .probe(*role)
                     .ok_or_else(|| anyhow!("goprobe found no {role:?} function"))?;
-                let mut at: Vec<_> = entry.iter().map(|entry| (*entry, sites.entry)).collect();
-                if let Some(ret) = ret {
-                    if sites.returns.is_empty() {
-                        return Err(anyhow!("{} has no RET to probe", sites.function.name));
+                let at: Vec<ProbeSite> = match place {
+                    Place::Entry => vec![function.entry],
+                    _ => {
+                        let callers = binary.callers(*role).map_err(|e| anyhow!(e))?;
+                        match place {
+                            Place::Calls => callers.calls.clone(),
+                            Place::BranchesAfterCalls => callers.branches.clone(),
+                            _ => callers.returns.clone(),
+                        }
                     }
-                    at.extend(sites.returns.iter().map(|site| (*ret, *site)));
-                }
-                for (name, site) in at {
+                };
+                for site in at {
                     let link = program(ebpf, name)?
                         .attach(
                             UProbeAttachLocation::AbsoluteOffset(site.file_offset),
@@ -462,11 +488,11 @@ impl GoProbes {
                         )
                         .with_context(|| {
                             format!(
-                                "attaching {name} at {:#x} (file offset {:#x}) of {}",
-                                site.address, site.file_offset, sites.function.name
+                                "attaching {name} at {:#x} (file offset {:#x}) for {}",
+                                site.address, site.file_offset, function.function.name
                             )
                         })?;
-                    links.push((name, link));
+                    links.push((*name, link));
                 }
             }
             // Last: the probes do nothing for this process until its layout is here, so
@@ -600,9 +626,7 @@ impl GoProbes {
 }
 
 fn program_names() -> impl Iterator<Item = &'static str> {
-    PROBES
-        .iter()
-        .flat_map(|(_, entry, ret)| entry.iter().chain(ret).copied())
+    PROBES.iter().map(|(_, _, name)| *name)
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
@@ -731,7 +755,12 @@ mod tests {
         let names: Vec<_> = program_names().collect();
         assert_eq!(
             names,
-            ["enter_h2_read_loop", "enter_h1_site", "exit_h2_site"]
+            [
+                "enter_h2_read_loop",
+                "enter_h1_site",
+                "after_h2_site",
+                "exit_h2_site"
+            ]
         );
     }
 }

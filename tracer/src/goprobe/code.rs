@@ -1,4 +1,5 @@
-//! Reading a function's machine code: is its entry a Go prologue, and where are its RETs.
+//! Reading a function's machine code: is its entry a Go prologue, where are its RETs, and where
+//! do other functions call it.
 //!
 //! Uprobes go at a function's entry and at each RET found by decoding the whole function, never
 //! on uretprobes (a uretprobe rewrites the return address on the goroutine stack, which Go
@@ -54,7 +55,26 @@ pub enum CodeError {
     UnexpectedRet { at: u64 },
     #[error("the bytes at {entry:#x} are not a Go function prologue: {bytes}")]
     NotAPrologue { entry: u64, bytes: String },
+    #[error("the call at {call:#x} is {len} bytes long, not a plain call rel32 (5)")]
+    UnexpectedCall { call: u64, len: usize },
+    #[error("after the call at {call:#x}, the instruction at {at:#x} may change its result (RAX) or the frame before any branch or RET")]
+    NoSiteAfterCall { call: u64, at: u64 },
 }
+
+/// Where a probe sees what a call returned, without a probe on the callee's own RETs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCall {
+    /// The first branch (`jcc`, `jmp` or `call`) after the call, with RAX and the caller's
+    /// frame (RSP, RBP) untouched since: RAX is still the callee's first result. The kernel
+    /// emulates branches, so a uprobe here costs no single step.
+    Branch(u64),
+    /// The caller's own RET right after the call (a wrapper returning the callee's results):
+    /// RAX is the same result; the kernel single-steps a RET, so this one is dearer.
+    Ret(u64),
+}
+
+/// The length of `call rel32` in 64-bit code: the return address is the call's address + 5.
+pub const CALL_REL32_LEN: usize = 5;
 
 fn decoder(code: &[u8], entry: u64) -> Decoder<'_> {
     Decoder::with_ip(64, code, entry, DecoderOptions::NONE)
@@ -152,6 +172,103 @@ pub fn ret_sites(code: &[u8], entry: u64) -> Result<Vec<u64>, CodeError> {
     Ok(sites)
 }
 
+/// Every instruction of `code`, a whole function at `entry`; any undecodable byte fails it.
+fn decode_all(code: &[u8], entry: u64) -> Result<Vec<Instruction>, CodeError> {
+    let mut decoder = decoder(code, entry);
+    let mut all = Vec::new();
+    while decoder.can_decode() {
+        let insn = decoder.decode();
+        if insn.is_invalid() {
+            return Err(CodeError::Undecodable { at: insn.ip() });
+        }
+        all.push(insn);
+    }
+    Ok(all)
+}
+
+/// The calls to `target` in `code` (a whole function at `entry`), each with where its result
+/// can be seen ([`AfterCall`]). Only direct `call rel32`, the only form Go emits for a static
+/// call; decoding the whole caller is what makes each address an instruction boundary.
+pub fn calls_to(
+    code: &[u8],
+    entry: u64,
+    target: u64,
+) -> Result<Vec<(u64, Result<AfterCall, CodeError>)>, CodeError> {
+    let all = decode_all(code, entry)?;
+    let mut found = Vec::new();
+    for (i, insn) in all.iter().enumerate() {
+        if insn.code() != Code::Call_rel32_64 || insn.near_branch_target() != target {
+            continue;
+        }
+        if insn.len() != CALL_REL32_LEN {
+            return Err(CodeError::UnexpectedCall {
+                call: insn.ip(),
+                len: insn.len(),
+            });
+        }
+        found.push((insn.ip(), after_call(insn.ip(), &all[i + 1..])));
+    }
+    Ok(found)
+}
+
+fn touches(insn: &Instruction, register: Register) -> bool {
+    insn.op_count() > 0
+        && insn.op_kind(0) == OpKind::Register
+        && insn.op0_register().full_register() == register
+}
+
+/// What follows a call: straight-line instructions up to the first branch or RET. Only forms
+/// known not to write RAX pass (stores, compares, tests, nops, moves into other registers),
+/// and none may move RSP or RBP before a branch (the probe walks the frame chain from there);
+/// an epilogue (`add rsp, N; pop rbp`) may precede a RET, whose probe reads [RSP].
+fn after_call(call: u64, next: &[Instruction]) -> Result<AfterCall, CodeError> {
+    let mut frame_moved = false;
+    for insn in next {
+        let refuse = || CodeError::NoSiteAfterCall {
+            call,
+            at: insn.ip(),
+        };
+        if insn.code() == Code::Retnq {
+            return Ok(AfterCall::Ret(insn.ip()));
+        }
+        let branch = insn.is_jcc_short_or_near()
+            || matches!(
+                insn.code(),
+                Code::Jmp_rel8_64 | Code::Jmp_rel32_64 | Code::Call_rel32_64
+            );
+        if branch {
+            return if frame_moved {
+                Err(refuse())
+            } else {
+                Ok(AfterCall::Branch(insn.ip()))
+            };
+        }
+        let epilogue = (insn.code() == Code::Add_rm64_imm8 || insn.code() == Code::Add_rm64_imm32)
+            && touches(insn, Register::RSP)
+            || insn.code() == Code::Pop_r64 && insn.op0_register() == Register::RBP;
+        if epilogue {
+            frame_moved = true;
+            continue;
+        }
+        let harmless = match insn.mnemonic() {
+            // Flags only.
+            Mnemonic::Test | Mnemonic::Cmp | Mnemonic::Nop => true,
+            // Writes its first operand: a store, or another register.
+            Mnemonic::Mov | Mnemonic::Lea => ![Register::RAX, Register::RSP, Register::RBP]
+                .iter()
+                .any(|r| touches(insn, *r)),
+            _ => false,
+        };
+        if !harmless {
+            return Err(refuse());
+        }
+    }
+    Err(CodeError::NoSiteAfterCall {
+        call,
+        at: next.last().map_or(call, Instruction::ip),
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -226,6 +343,75 @@ mod tests {
             ret_sites(&code, ENTRY).unwrap(),
             vec![ENTRY + 11, ENTRY + 16]
         );
+    }
+
+    const CALLEE: u64 = 0x402000;
+
+    /// `call CALLEE` at ENTRY + `at`.
+    fn call_at(at: u64) -> Vec<u8> {
+        let rel = i32::try_from(CALLEE as i64 - (ENTRY + at + 5) as i64).unwrap();
+        let mut bytes = vec![0xe8];
+        bytes.extend(rel.to_le_bytes());
+        bytes
+    }
+
+    fn calls(tail: &[u8]) -> Vec<(u64, Result<AfterCall, CodeError>)> {
+        // cmp rsp,[r14+0x10]; jbe; then the call at +6 and what follows it.
+        let mut code = vec![0x49, 0x3b, 0x66, 0x10, 0x76, 0x20];
+        code.extend(call_at(6));
+        code.extend(tail);
+        calls_to(&code, ENTRY, CALLEE).unwrap()
+    }
+
+    #[test]
+    fn finds_where_a_call_s_result_is_seen_as_go_emits_it() {
+        let je = [0x0f, 0x84, 0x92, 0x02, 0x00, 0x00];
+        // go1.21 http2Transport.RoundTripOpt: call; test rbx,rbx; je
+        let mut tail = vec![0x48, 0x85, 0xdb];
+        tail.extend(je);
+        assert_eq!(
+            calls(&tail),
+            vec![(ENTRY + 6, Ok(AfterCall::Branch(ENTRY + 14)))]
+        );
+        // go1.24-1.27: call; mov [rsp+0x60],rax; test rbx,rbx; je
+        let mut tail = vec![0x48, 0x89, 0x44, 0x24, 0x60, 0x48, 0x85, 0xdb];
+        tail.extend(je);
+        assert_eq!(
+            calls(&tail),
+            vec![(ENTRY + 6, Ok(AfterCall::Branch(ENTRY + 19)))]
+        );
+        // A wrapper (ClientConn.RoundTrip from 1.23): call; add rsp,0x18; pop rbp; ret
+        assert_eq!(
+            calls(&[0x48, 0x83, 0xc4, 0x18, 0x5d, 0xc3]),
+            vec![(ENTRY + 6, Ok(AfterCall::Ret(ENTRY + 16)))]
+        );
+        // A call to another function is not one of them.
+        let mut code = vec![0x49, 0x3b, 0x66, 0x10, 0x76, 0x20];
+        code.extend(call_at(6));
+        assert!(calls_to(&code, ENTRY, CALLEE + 1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn refuses_a_site_where_the_result_or_the_frame_may_change() {
+        for (tail, at) in [
+            (&[0x48, 0x8b, 0x44, 0x24, 0x08, 0x74, 0x00][..], 11), // mov rax,[rsp+8]; je
+            (&[0x48, 0x31, 0xc0, 0x74, 0x00][..], 11),             // xor rax,rax; je
+            (&[0x48, 0x83, 0xc4, 0x18, 0x74, 0x00][..], 15),       // add rsp,0x18; je
+            (&[0x48, 0x89, 0xe5, 0x74, 0x00][..], 11),             // mov rbp,rsp; je
+            (&[0x48, 0x85, 0xdb][..], 11),                         // test rbx,rbx; (end)
+        ] {
+            assert_eq!(
+                calls(tail),
+                vec![(
+                    ENTRY + 6,
+                    Err(CodeError::NoSiteAfterCall {
+                        call: ENTRY + 6,
+                        at: ENTRY + at
+                    })
+                )],
+                "{tail:02x?}"
+            );
+        }
     }
 
     #[test]

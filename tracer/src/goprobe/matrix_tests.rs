@@ -231,6 +231,58 @@ fn check_binary(
             );
         }
     }
+    // (d') call sites: every call of the round trips from net/http is a `call rel32` to the
+    // function's entry, and where its result is seen is an instruction the kernel emulates
+    // (jcc, jmp, call) or, in a wrapper, a RET; the common path (Transport.RoundTripOpt)
+    // has a branch in every release.
+    for role in [Role::H1RoundTrip, Role::H2RoundTrip] {
+        let entry = go.probe(role).unwrap().function.entry;
+        let callers = go
+            .callers(role)
+            .unwrap_or_else(|why| panic!("{what}: {role:?} callers: {why}"));
+        assert!(!callers.calls.is_empty(), "{what}: {role:?}: no call");
+        for call in &callers.calls {
+            let at = call.file_offset as usize;
+            assert_eq!(file[at], 0xe8, "{what}: call byte at {:#x}", call.address);
+            let rel = i32::from_le_bytes(file[at + 1..at + 5].try_into().unwrap());
+            assert_eq!(
+                (call.address + 5).wrapping_add_signed(i64::from(rel)),
+                entry,
+                "{what}: the call at {:#x} calls the {role:?} function",
+                call.address
+            );
+        }
+        if role == Role::H2RoundTrip {
+            assert!(
+                !callers.branches.is_empty(),
+                "{what}: no branch after a call"
+            );
+            for branch in &callers.branches {
+                let bytes = &file[branch.file_offset as usize..][..2];
+                let emulated = matches!(bytes[0], 0x70..=0x7f | 0xe8 | 0xe9 | 0xeb)
+                    || bytes[0] == 0x0f && (0x80..=0x8f).contains(&bytes[1]);
+                assert!(emulated, "{what}: {bytes:02x?} at {:#x}", branch.address);
+            }
+            for ret in &callers.returns {
+                assert_eq!(file[ret.file_offset as usize], RET_BYTE, "{what}");
+            }
+            assert_eq!(
+                callers.calls.len(),
+                callers.branches.len() + callers.returns.len(),
+                "{what}: one site after each call"
+            );
+        } else {
+            assert!(callers.branches.is_empty() && callers.returns.is_empty());
+        }
+        if build.form == "default" && binary == "stripped" {
+            eprintln!(
+                "{what}: {role:?}: {} calls, {} branches after, {} wrapper RETs",
+                callers.calls.len(),
+                callers.branches.len(),
+                callers.returns.len()
+            );
+        }
+    }
     let found = image.find_functions(ALSO).unwrap();
     for (name, function) in ALSO.iter().zip(found) {
         let function = function.unwrap_or_else(|| panic!("{what}: {name} not found"));

@@ -129,6 +129,22 @@ pub struct CodeSites {
     pub returns: Vec<ProbeSite>,
 }
 
+/// Where the call-site probes of one role go (issue 13): each call to its function from
+/// net/http, where the kernel emulates the instruction instead of single-stepping it (a
+/// single step is a debug trap: ~20 us on a VM, against well under 1 us here).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallerSites {
+    /// Each `call` of the function: its arguments are in registers (RAX the receiver).
+    pub calls: Vec<ProbeSite>,
+    /// After each call, the first branch with RAX (the first result) untouched since.
+    pub branches: Vec<ProbeSite>,
+    /// After a call in a wrapper that returns at once: the wrapper's RET (single-stepped).
+    pub returns: Vec<ProbeSite>,
+}
+
+/// The packages whose functions call the round trips the call-site probes watch.
+const CALLER_PACKAGES: &[&str] = &["net/http.", "net/http/"];
+
 impl GoImage {
     /// Reads `path` (e.g. /proc/PID/exe). Refuses non-Go files, Go older than 1.21 and any
     /// table that does not check out; does not yet look for the probe functions.
@@ -246,6 +262,92 @@ impl GoImage {
             returns,
         })
     }
+
+    fn probe_site(&self, address: u64) -> Option<ProbeSite> {
+        self.elf.file_offset(address).map(|file_offset| ProbeSite {
+            address,
+            file_offset,
+        })
+    }
+
+    /// Every call to `callee` from net/http, and (with `results`) where each call's result is
+    /// seen (an error if one call has no such place). Callers
+    /// are found by their bytes first (an `e8` whose rel32 lands on the callee), then decoded
+    /// whole from their checked prologue, so every site is an instruction boundary.
+    pub fn callers_of(
+        &self,
+        callee: &Function,
+        results: bool,
+    ) -> Result<CallerSites, GoLayerRefusal> {
+        let refusal = |function: &str, source| GoLayerRefusal::Code {
+            version: self.version().to_owned(),
+            function: function.to_owned(),
+            source,
+        };
+        let functions = self
+            .symbols
+            .pclntab
+            .with_prefix(CALLER_PACKAGES)
+            .map_err(|source| GoLayerRefusal::Pclntab {
+                version: self.version().to_owned(),
+                source,
+            })?;
+        let mut sites = CallerSites::default();
+        for function in functions {
+            let Some(code) = self
+                .elf
+                .read(function.entry, function.end.saturating_sub(function.entry))
+                .filter(|_| self.elf.is_executable(function.entry))
+            else {
+                continue;
+            };
+            if !may_call(code, function.entry, callee.entry) {
+                continue;
+            }
+            code::check_prologue(code, function.entry)
+                .map_err(|source| refusal(&function.name, source))?;
+            let not_in_file = |at: u64| {
+                refusal(
+                    &function.name,
+                    CodeError::NotInFile {
+                        entry: at,
+                        end: at + 1,
+                    },
+                )
+            };
+            for (call, after) in code::calls_to(code, function.entry, callee.entry)
+                .map_err(|source| refusal(&function.name, source))?
+            {
+                sites
+                    .calls
+                    .push(self.probe_site(call).ok_or_else(|| not_in_file(call))?);
+                if !results {
+                    continue;
+                }
+                let after = after.map_err(|source| refusal(&function.name, source))?;
+                let (list, at) = match after {
+                    code::AfterCall::Branch(at) => (&mut sites.branches, at),
+                    code::AfterCall::Ret(at) => (&mut sites.returns, at),
+                };
+                list.push(self.probe_site(at).ok_or_else(|| not_in_file(at))?);
+            }
+        }
+        Ok(sites)
+    }
+}
+
+/// Whether `code` at `entry` holds the bytes of a `call rel32` to `target` anywhere (a cheap
+/// filter before decoding; a match inside another instruction is then told apart).
+fn may_call(code: &[u8], entry: u64, target: u64) -> bool {
+    code.windows(code::CALL_REL32_LEN)
+        .enumerate()
+        .any(|(i, w)| {
+            let rel = i32::from_le_bytes([w[1], w[2], w[3], w[4]]);
+            w[0] == 0xe8
+                && (entry + i as u64 + code::CALL_REL32_LEN as u64)
+                    .wrapping_add_signed(i64::from(rel))
+                    == target
+        })
 }
 
 fn offset_of(table: &Pclntab, index: usize) -> u32 {
@@ -267,6 +369,9 @@ pub struct GoBinary {
     pub http2: bool,
     /// The struct field offsets the probes read, and where they came from.
     pub offsets: Offsets,
+    /// Where the call-site probes go for each round trip, or why they cannot (then call
+    /// sites are off and streams still work).
+    pub call_sites: Result<Vec<(Role, CallerSites)>, String>,
 }
 
 impl GoBinary {
@@ -274,6 +379,14 @@ impl GoBinary {
         self.probes
             .iter()
             .find_map(|(r, sites)| (*r == role).then_some(sites))
+    }
+
+    /// Where `role`'s call-site probes go (its callers), or why there are none.
+    pub fn callers(&self, role: Role) -> Result<&CallerSites, String> {
+        let all = self.call_sites.as_ref().map_err(Clone::clone)?;
+        all.iter()
+            .find_map(|(r, sites)| (*r == role).then_some(sites))
+            .ok_or_else(|| format!("no {role:?} function to find the callers of"))
     }
 
     /// "Go layer: /proc/123/exe is go1.27.3 (stripped, static, non-PIE): HTTP/1.1 and HTTP/2
@@ -361,11 +474,28 @@ pub fn inspect_image_with(image: GoImage, table: &OffsetTable) -> Result<GoBinar
             version: version.raw.clone(),
             source,
         })?;
+    let call_sites = probes
+        .iter()
+        .filter(|(role, _)| matches!(role, Role::H1RoundTrip | Role::H2RoundTrip))
+        .map(|(role, sites)| {
+            let callers = image
+                .callers_of(&sites.function, *role == Role::H2RoundTrip)
+                .map_err(|e| e.to_string())?;
+            if callers.calls.is_empty() {
+                return Err(format!(
+                    "{}: no call to {} found in net/http",
+                    version.raw, sites.function.name
+                ));
+            }
+            Ok((*role, callers))
+        })
+        .collect();
     Ok(GoBinary {
         image,
         probes,
         http2,
         offsets,
+        call_sites,
     })
 }
 

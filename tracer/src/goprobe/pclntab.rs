@@ -305,6 +305,19 @@ impl Pclntab {
         Ok(found)
     }
 
+    /// Every function whose name starts with one of `prefixes`, in one pass.
+    pub fn with_prefix(&self, prefixes: &[&str]) -> Result<Vec<Function>, PclntabError> {
+        let mut found = Vec::new();
+        for i in 0..self.header.nfunc {
+            let record = self.record(i)?;
+            let name = self.name_bytes(record.name_off)?;
+            if prefixes.iter().any(|p| name.starts_with(p.as_bytes())) {
+                found.push(self.function(i)?);
+            }
+        }
+        Ok(found)
+    }
+
     /// Gives the table's bytes back, to parse them again against another text start.
     pub fn into_bytes(self) -> Vec<u8> {
         self.data
