@@ -31,11 +31,14 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{bpf_get_stack, bpf_ktime_get_ns},
     macros::{map, uprobe},
-    maps::HashMap,
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::ProbeContext,
 };
 use tracer_common::{
-    go::{SiteProcess, SiteRecord, SiteWhat, MAX_GO_PROCS, MAX_SITE_FRAMES},
+    go::{
+        stack_hash, SiteProcess, SiteRecord, SiteStackKey, SiteStackRecord, SiteWhat, MAX_GO_PROCS,
+        MAX_SITE_FRAMES, MAX_SITE_STACKS,
+    },
     EventKind, Stat,
 };
 
@@ -50,6 +53,16 @@ use crate::{
 /// lookup of every probe here.
 #[map]
 pub static GO_SITE_PROCS: HashMap<u32, SiteProcess> = HashMap::with_max_entries(MAX_GO_PROCS, 0);
+
+/// The stacks already sent whole, per process: a request on one of them sends its hash only.
+/// User space removes a key it no longer knows, so that stack comes whole again.
+#[map]
+pub static GO_SITE_STACKS: LruHashMap<SiteStackKey, u32> =
+    LruHashMap::with_max_entries(MAX_SITE_STACKS, 0);
+
+/// Where a probe reads its stack before it knows the size of its record.
+#[map]
+static SITE_SCRATCH: PerCpuArray<[u64; MAX_SITE_FRAMES]> = PerCpuArray::with_max_entries(1, 0);
 
 /// The length of `call rel32`: the call's return address is its IP + 5 (user space probes
 /// only calls of that length, goprobe/code.rs `CALL_REL32_LEN`).
@@ -125,35 +138,64 @@ fn h2_site(ctx: &ProbeContext, frames: Frames) -> Result<u32, i64> {
     Ok(0)
 }
 
-/// Reserves a record in the ring, walks the stack into it and sends it. A full ring drops it
-/// and counts the drop (the request then has no site; nothing else depends on it).
+/// Reads the stack, then sends the request: with the stack's return addresses the first time
+/// this process's stack is seen, with its hash alone after that. A full ring drops the
+/// record and counts the drop (the request then has no site; nothing else depends on it).
 #[inline(always)]
 fn emit(ctx: &ProbeContext, what: SiteWhat, tgid: u32, fd: i32, response: u64, frames: Frames) {
-    let Some(mut entry) = EVENTS.reserve::<SiteRecord>(0) else {
-        count(Stat::RingbufDrops);
+    let Some(pcs) = SITE_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let record = entry.as_mut_ptr();
+    // SAFETY: the scratch entry is this CPU's own, and a program runs to the end on its CPU.
+    let pcs = unsafe { &mut *pcs };
     // SAFETY: the context is the probed task's pt_regs (see `try_enter_h1_site`).
     let (sp, bp, ip) = unsafe { ((*ctx.regs).rsp, (*ctx.regs).rbp, (*ctx.regs).rip) };
-    // SAFETY: `record` points to a reserved ring-buffer record of the right size that only we
-    // own until submit; every field is written before it is sent.
-    unsafe {
-        (*record).kind = EventKind::Site as u32;
-        (*record).what = what as u32;
-        (*record).tgid = tgid;
-        (*record).fd = fd;
-        (*record).response = response;
-        // SAFETY: bpf_ktime_get_ns takes nothing and only reads the clock.
-        (*record).ts_ns = bpf_ktime_get_ns();
-        (*record).ip = ip;
-        (*record).depth = match frames {
-            Frames::InBody { ip_to_return } => unwind(ctx, &mut (*record).pcs, ip_to_return),
-            Frames::AtRet => walk(&mut (*record).pcs, sp, bp),
-        };
-        (*record)._pad = 0;
+    let depth = match frames {
+        Frames::InBody { ip_to_return } => unwind(ctx, pcs, ip_to_return),
+        Frames::AtRet => walk(pcs, sp, bp),
+    };
+    if depth == 0 {
+        return;
     }
-    entry.submit(wakeup_flag());
+    let key = SiteStackKey {
+        tgid,
+        _pad: 0,
+        hash: stack_hash(pcs),
+    };
+    // SAFETY: bpf_ktime_get_ns takes nothing and only reads the clock.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let head = SiteRecord {
+        kind: EventKind::Site as u32,
+        what: what as u32,
+        tgid,
+        fd,
+        response,
+        ts_ns,
+        ip,
+        stack: key.hash,
+        depth: 0,
+        _pad: 0,
+    };
+    if GO_SITE_STACKS.get_ptr(&key).is_some() {
+        let Some(mut entry) = EVENTS.reserve::<SiteRecord>(0) else {
+            count(Stat::RingbufDrops);
+            return;
+        };
+        entry.write(head);
+        entry.submit(wakeup_flag());
+    } else {
+        let Some(mut entry) = EVENTS.reserve::<SiteStackRecord>(0) else {
+            count(Stat::RingbufDrops);
+            return;
+        };
+        entry.write(SiteStackRecord {
+            site: SiteRecord { depth, ..head },
+            pcs: *pcs,
+        });
+        entry.submit(wakeup_flag());
+        // Sent whole once; a race with another CPU only sends it whole twice.
+        let _ = GO_SITE_STACKS.insert(&key, &1, 0);
+    }
     count(Stat::EventsSent);
 }
 

@@ -4,7 +4,9 @@
 //! from the binary's `.gopclntab` (goprobe::Symbolizer, cached per PC, with the load bias of a
 //! PIE read from /proc/PID/maps) and sent once as `Input::SiteStack`; every request is then a
 //! small `Input::Site` naming its stack, so a request costs a hash lookup here, not a
-//! symbolization.
+//! symbolization. The programs send a stack's frames once per process (`GO_SITE_STACKS`) and
+//! its hash after that; a hash this side does not know (its stacks were dropped at the bound)
+//! has its kernel key removed, so the next request on that stack brings the frames again.
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
@@ -13,7 +15,10 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData},
     Ebpf,
 };
-use tracer_common::go::{SiteProcess, SiteRecord, SiteWhat, GO_SITE_PROCS, MAX_SITE_FRAMES};
+use tracer_common::go::{
+    SiteProcess, SiteRecord, SiteStackKey, SiteStackRecord, SiteWhat, GO_SITE_PROCS,
+    GO_SITE_STACKS, MAX_SITE_FRAMES,
+};
 
 use super::goattach::conn_chain;
 use crate::{
@@ -37,25 +42,38 @@ pub struct RawSite {
     pub response: u64,
     pub at_ns: u64,
     pub ip: u64,
-    /// Return addresses, innermost first.
-    pub pcs: Vec<u64>,
+    /// The programs' hash of the stack.
+    pub stack: u64,
+    /// Return addresses, innermost first: only the first time the process's stack is seen.
+    pub pcs: Option<Vec<u64>>,
 }
 
-/// Decodes one `go::SiteRecord` from the ring.
-pub fn decode(bytes: &[u8]) -> Result<RawSite> {
-    if bytes.len() < size_of::<SiteRecord>() {
+/// Reads a plain-data record of type `T` from the start of `bytes`, if it is long enough.
+fn read_record<T: Copy>(bytes: &[u8]) -> Result<T> {
+    if bytes.len() < size_of::<T>() {
         return Err(anyhow!(
             "short call-site record: {} bytes, expected {}",
             bytes.len(),
-            size_of::<SiteRecord>()
+            size_of::<T>()
         ));
     }
-    // SAFETY: the record is at least size_of::<SiteRecord>() bytes, SiteRecord is plain data
-    // (every bit pattern valid), and read_unaligned does not require alignment.
-    let raw: SiteRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    // SAFETY: `bytes` holds at least size_of::<T>() bytes, T is one of the repr(C) plain-data
+    // records below (every bit pattern valid), and read_unaligned does not require alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+/// Decodes one `go::SiteRecord` (or `SiteStackRecord`, when it carries frames) from the ring.
+pub fn decode(bytes: &[u8]) -> Result<RawSite> {
+    let raw: SiteRecord = read_record(bytes)?;
     let what = SiteWhat::from_u32(raw.what)
         .ok_or_else(|| anyhow!("unknown call-site record kind {}", raw.what))?;
-    let depth = (raw.depth as usize).min(MAX_SITE_FRAMES);
+    let pcs = if raw.depth == 0 {
+        None
+    } else {
+        let full: SiteStackRecord = read_record(bytes)?;
+        let depth = (raw.depth as usize).min(MAX_SITE_FRAMES);
+        Some(full.pcs[..depth].to_vec())
+    };
     Ok(RawSite {
         what,
         pid: raw.tgid,
@@ -63,7 +81,8 @@ pub fn decode(bytes: &[u8]) -> Result<RawSite> {
         response: raw.response,
         at_ns: raw.ts_ns,
         ip: raw.ip,
-        pcs: raw.pcs[..depth].to_vec(),
+        stack: raw.stack,
+        pcs,
     })
 }
 
@@ -79,8 +98,11 @@ struct Target {
 #[derive(Default)]
 pub struct Sites {
     procs: Option<BpfHashMap<MapData, u32, SiteProcess>>,
+    /// The programs' record of the stacks they sent whole (`GO_SITE_STACKS`).
+    sent: Option<BpfHashMap<MapData, SiteStackKey, u32>>,
     targets: HashMap<u32, Target>,
-    stacks: HashMap<(u32, Vec<u64>), u32>,
+    /// (pid, the programs' stack hash) -> the id the model knows the stack by.
+    stacks: HashMap<(u32, u64), u32>,
     next_stack: u32,
 }
 
@@ -91,6 +113,10 @@ impl Sites {
             anyhow!("the eBPF object has no map {GO_SITE_PROCS} (build mismatch)")
         })?;
         self.procs = Some(map.try_into().context("opening the GO_SITE_PROCS map")?);
+        let map = ebpf.take_map(GO_SITE_STACKS).ok_or_else(|| {
+            anyhow!("the eBPF object has no map {GO_SITE_STACKS} (build mismatch)")
+        })?;
+        self.sent = Some(map.try_into().context("opening the GO_SITE_STACKS map")?);
         Ok(())
     }
 
@@ -145,16 +171,28 @@ impl Sites {
             },
         };
         let (pid, at_ns) = (raw.pid, raw.at_ns);
-        let stacks_key = (pid, raw.pcs);
-        let stack = match self.stacks.get(&stacks_key) {
-            Some(id) => *id,
-            None => {
+        let stacks_key = (pid, raw.stack);
+        let stack = match (self.stacks.get(&stacks_key), raw.pcs) {
+            (Some(id), _) => *id,
+            (None, None) => {
+                // Sent whole before this side dropped it (the bound, or a reused pid): the
+                // next request on it brings its frames again; this one goes unnamed.
+                if let Some(sent) = self.sent.as_mut() {
+                    let _ = sent.remove(&SiteStackKey {
+                        tgid: pid,
+                        _pad: 0,
+                        hash: raw.stack,
+                    });
+                }
+                return;
+            }
+            (None, Some(pcs)) => {
                 if self.stacks.len() >= MAX_STACKS {
                     self.stacks.clear();
                 }
                 let id = self.next_stack;
                 self.next_stack = self.next_stack.wrapping_add(1);
-                let frames = name_stack(target, &stacks_key.1);
+                let frames = name_stack(target, &pcs);
                 log::debug!(
                     "call-site stack {id} of pid {pid}: {}",
                     frames
@@ -277,29 +315,38 @@ mod tests {
     }
 
     fn record(what: u32, depth: u32) -> Vec<u8> {
-        let mut raw = SiteRecord {
-            kind: tracer_common::EventKind::Site as u32,
-            what,
-            tgid: 42,
-            fd: 9,
-            response: 0,
-            ts_ns: 5,
-            ip: 0x401000,
-            depth,
-            _pad: 0,
+        let mut raw = SiteStackRecord {
+            site: SiteRecord {
+                kind: tracer_common::EventKind::Site as u32,
+                what,
+                tgid: 42,
+                fd: 9,
+                response: 0,
+                ts_ns: 5,
+                ip: 0x401000,
+                stack: 0xfeed,
+                depth,
+                _pad: 0,
+            },
             pcs: [0; MAX_SITE_FRAMES],
         };
         for (i, pc) in raw.pcs.iter_mut().enumerate() {
             *pc = 0x400000 + i as u64;
         }
-        // SAFETY: SiteRecord is plain data; its bytes are read as bytes.
-        unsafe {
+        // SAFETY: SiteStackRecord is plain data; its bytes are read as bytes.
+        let bytes = unsafe {
             std::slice::from_raw_parts(
-                (&raw as *const SiteRecord).cast::<u8>(),
-                size_of::<SiteRecord>(),
+                (&raw as *const SiteStackRecord).cast::<u8>(),
+                size_of::<SiteStackRecord>(),
             )
-        }
-        .to_vec()
+        };
+        // A record without frames is only the head, as the programs send it.
+        let len = if depth == 0 {
+            size_of::<SiteRecord>()
+        } else {
+            bytes.len()
+        };
+        bytes[..len].to_vec()
     }
 
     #[test]
@@ -307,11 +354,23 @@ mod tests {
         let site = decode(&record(1, 3)).unwrap();
         assert_eq!(site.what, SiteWhat::H1);
         assert_eq!((site.pid, site.fd, site.at_ns), (42, Some(9), 5));
-        assert_eq!(site.pcs, vec![0x400000, 0x400001, 0x400002]);
-        // A depth past the array is cut to it; a bad kind or a short record is refused.
-        assert_eq!(decode(&record(2, 99)).unwrap().pcs.len(), MAX_SITE_FRAMES);
+        assert_eq!(site.stack, 0xfeed);
+        assert_eq!(site.pcs, Some(vec![0x400000, 0x400001, 0x400002]));
+        // A stack sent before: its hash alone.
+        let bare = decode(&record(2, 0)).unwrap();
+        assert_eq!(
+            (bare.what, bare.stack, bare.pcs),
+            (SiteWhat::H2, 0xfeed, None)
+        );
+        // A depth past the array is cut to it; a bad kind or a short record is refused,
+        // frames announced but missing too.
+        assert_eq!(
+            decode(&record(2, 99)).unwrap().pcs.map(|p| p.len()),
+            Some(MAX_SITE_FRAMES)
+        );
         assert!(decode(&record(7, 1)).is_err());
         assert!(decode(&record(1, 1)[..40]).is_err());
+        assert!(decode(&record(1, 1)[..size_of::<SiteRecord>()]).is_err());
     }
 
     fn sites_with_target(pid: u32) -> Sites {
@@ -334,7 +393,10 @@ mod tests {
         sites
     }
 
+    /// A record as the programs send it: the frames the first time, the hash alone after.
     fn raw(what: SiteWhat, pid: u32, fd: Option<i32>, pcs: &[u64]) -> RawSite {
+        let mut words = [0; MAX_SITE_FRAMES];
+        words[..pcs.len()].copy_from_slice(pcs);
         RawSite {
             what,
             pid,
@@ -342,8 +404,13 @@ mod tests {
             response: 0xc000_0100,
             at_ns: 9,
             ip: 0,
-            pcs: pcs.to_vec(),
+            stack: tracer_common::go::stack_hash(&words),
+            pcs: Some(pcs.to_vec()),
         }
+    }
+
+    fn bare(site: RawSite) -> RawSite {
+        RawSite { pcs: None, ..site }
     }
 
     #[test]
@@ -355,7 +422,7 @@ mod tests {
             &mut out,
         );
         sites.inputs(
-            raw(SiteWhat::H1, 7, Some(6), &[0x401026, 0x401011]),
+            bare(raw(SiteWhat::H1, 7, Some(6), &[0x401026, 0x401011])),
             &mut out,
         );
         sites.inputs(raw(SiteWhat::H2, 7, None, &[0x401011]), &mut out);
@@ -390,6 +457,14 @@ mod tests {
         out.clear();
         sites.inputs(raw(SiteWhat::H1, 7, Some(5), &[0x401026]), &mut out);
         assert!(out.is_empty());
+        // A hash this side does not know (its stacks dropped at the bound) names nothing;
+        // the same stack sent whole again is named again.
+        let mut sites = sites_with_target(7);
+        let again = raw(SiteWhat::H1, 7, Some(5), &[0x401026]);
+        sites.inputs(bare(again.clone()), &mut out);
+        assert!(out.is_empty());
+        sites.inputs(again, &mut out);
+        assert!(matches!(&out[..], [Input::SiteStack(_), Input::Site(_)]));
     }
 
     #[test]
