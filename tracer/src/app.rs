@@ -252,7 +252,11 @@ fn check(args: &CheckArgs) -> Result<()> {
     // The Go layer is an addition: when it stays off, tracing still works (kernel signals).
     for pid in &args.pids {
         let line = match goprobe::inspect(&procfs::exe_path(*pid)) {
-            Ok(binary) => format!("✓ pid {pid}: {}", binary.line()),
+            Ok(binary) => format!(
+                "✓ pid {pid}: {}\n    {}",
+                binary.line(),
+                binary.call_sites_line()
+            ),
             Err(refusal) => format!("· {}", refusal.line(*pid)),
         };
         writeln!(out, "{line}")?;

@@ -283,6 +283,12 @@ fn check_binary(
             );
         }
     }
+    let sites_line = go.call_sites_line();
+    assert!(
+        sites_line.starts_with("call sites (--go-probes sites): HTTP/1.1: 1 call(s) of the round trip; HTTP/2: 1 branch(es) after")
+            && sites_line.ends_with("on instructions the kernel emulates"),
+        "{what}: {sites_line}"
+    );
     let found = image.find_functions(ALSO).unwrap();
     for (name, function) in ALSO.iter().zip(found) {
         let function = function.unwrap_or_else(|| panic!("{what}: {name} not found"));

@@ -389,6 +389,35 @@ impl GoBinary {
             .ok_or_else(|| format!("no {role:?} function to find the callers of"))
     }
 
+    /// Where `--go-probes sites` would put the call-site probes, or why it cannot.
+    pub fn call_sites_line(&self) -> String {
+        let count = |role| {
+            self.callers(role)
+                .map(|c| (c.calls.len(), c.branches.len(), c.returns.len()))
+        };
+        match (
+            count(Role::H1RoundTrip),
+            self.http2.then(|| count(Role::H2RoundTrip)),
+        ) {
+            (Ok((h1, _, _)), h2) => {
+                let h2 = match h2 {
+                    Some(Ok((_, branches, rets))) => format!(
+                        "; HTTP/2: {branches} branch(es) after the round trip's calls{}",
+                        if rets > 0 {
+                            format!(" and {rets} wrapper RET(s) (single-stepped, off the Transport's path)")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    Some(Err(why)) => format!("; HTTP/2: none ({why})"),
+                    None => String::new(),
+                };
+                format!("call sites (--go-probes sites): HTTP/1.1: {h1} call(s) of the round trip{h2}, on instructions the kernel emulates")
+            }
+            (Err(why), _) => format!("call sites (--go-probes sites) cannot attach: {why}"),
+        }
+    }
+
     /// "Go layer: /proc/123/exe is go1.27.3 (stripped, static, non-PIE): HTTP/1.1 and HTTP/2
     /// round trips found, prologues ok, offsets from the go1.27 table".
     pub fn line(&self) -> String {
