@@ -58,6 +58,34 @@ pub struct TargetSpec {
     pub go_probes: GoLayerMode,
 }
 
+/// The collector's end of the input queue. Inputs go in batches, one per ring drain or
+/// sample, so a busy relay costs one queue operation (and at most one wake-up of the model's
+/// task) per drain, not one per kernel event.
+#[derive(Clone, Debug)]
+pub struct InputSender(mpsc::Sender<Vec<Input>>);
+
+impl InputSender {
+    pub fn new(tx: mpsc::Sender<Vec<Input>>) -> Self {
+        Self(tx)
+    }
+
+    /// Sends one input; false once the receiving end is gone.
+    pub async fn one(&self, input: Input) -> bool {
+        self.0.send(vec![input]).await.is_ok()
+    }
+
+    /// Sends `inputs` as one batch and leaves the vector empty, with room for as many (the
+    /// next drain then fills it without growing it step by step); false once the receiving
+    /// end is gone.
+    pub async fn all(&self, inputs: &mut Vec<Input>) -> bool {
+        if inputs.is_empty() {
+            return true;
+        }
+        let batch = std::mem::replace(inputs, Vec::with_capacity(inputs.len()));
+        self.0.send(batch).await.is_ok()
+    }
+}
+
 /// Socket-table scans take at most 1/SCAN_COST_SHARE of one CPU (see `Collector::scan_due`).
 const SCAN_COST_SHARE: u32 = 20;
 /// Sample ticks are not exact: a scan due "in a second" should not slip to the tick after.
@@ -426,28 +454,19 @@ impl Collector {
         }
     }
 
-    async fn send_all(tx: &mpsc::Sender<Input>, inputs: &mut Vec<Input>) -> bool {
-        for input in inputs.drain(..) {
-            if tx.send(input).await.is_err() {
-                return false;
-            }
-        }
-        true
-    }
-
     async fn sample_and_send(
         &mut self,
-        tx: &mpsc::Sender<Input>,
+        tx: &InputSender,
         sockets: Option<Vec<SocketSample>>,
     ) -> Result<bool> {
         if self.refresh_targets()? {
             let targets = self.targets.values().cloned().collect();
-            if tx.send(Input::Targets(targets)).await.is_err() {
+            if !tx.one(Input::Targets(targets)).await {
                 return Ok(false);
             }
         }
         for input in self.go.sync(&mut self.ebpf, &self.targets, &self.started) {
-            if tx.send(input).await.is_err() {
+            if !tx.one(input).await {
                 return Ok(false);
             }
         }
@@ -460,34 +479,28 @@ impl Collector {
             .chain(sample.sockets.iter().flatten().map(|s| s.remote.ip()))
             .collect();
         if let Some(names) = self.namer.address_names(&addresses) {
-            if tx.send(Input::AddressNames(names)).await.is_err() {
+            if !tx.one(Input::AddressNames(names)).await {
                 return Ok(false);
             }
         }
-        Ok(tx.send(Input::Sample(sample)).await.is_ok())
+        Ok(tx.one(Input::Sample(sample)).await)
     }
 
     /// Sends model inputs until `stop` turns true (or the receiver goes away), then sends a
     /// last drain and sample so the final snapshot is current. Detaches on return (drop).
-    pub async fn run(
-        mut self,
-        tx: mpsc::Sender<Input>,
-        mut stop: watch::Receiver<bool>,
-    ) -> Result<()> {
+    pub async fn run(mut self, tx: InputSender, mut stop: watch::Receiver<bool>) -> Result<()> {
         let hooks = self
             .hooks
             .iter()
             .map(|h| (h.role.to_owned(), h.hook.clone()))
             .collect();
         let targets = self.targets.values().cloned().collect();
-        if tx.send(Input::Hooks(hooks)).await.is_err()
-            || tx.send(Input::Targets(targets)).await.is_err()
-        {
+        if !tx.one(Input::Hooks(hooks)).await || !tx.one(Input::Targets(targets)).await {
             return Ok(());
         }
         // Start reading the targets' binaries now rather than at the first sample.
         for input in self.go.sync(&mut self.ebpf, &self.targets, &self.started) {
-            if tx.send(input).await.is_err() {
+            if !tx.one(input).await {
                 return Ok(());
             }
         }
@@ -507,7 +520,7 @@ impl Collector {
                     guard.clear_ready();
                     drop(guard);
                     self.drain_ring(&mut batch);
-                    if !Self::send_all(&tx, &mut batch).await {
+                    if !tx.all(&mut batch).await {
                         break;
                     }
                 }
@@ -525,14 +538,14 @@ impl Collector {
                     self.attach_deferred_if_needed();
                     self.drain_ring(&mut batch);
                     batch.extend(self.go.attach_inspected(&mut self.ebpf));
-                    if !Self::send_all(&tx, &mut batch).await {
+                    if !tx.all(&mut batch).await {
                         break;
                     }
                 }
                 _ = tick.tick() => {
                     // Events before the sample: the model sees them in the order they happened.
                     self.drain_ring(&mut batch);
-                    if !Self::send_all(&tx, &mut batch).await {
+                    if !tx.all(&mut batch).await {
                         break;
                     }
                     if scan.is_none() {
@@ -553,7 +566,7 @@ impl Collector {
                     let (started, sockets) = done.context("the socket scan thread failed")?;
                     self.last_scan = Some((started, started.elapsed()));
                     self.drain_ring(&mut batch);
-                    if !Self::send_all(&tx, &mut batch).await {
+                    if !tx.all(&mut batch).await {
                         break;
                     }
                     if !self.sample_and_send(&tx, Some(sockets?)).await? {
@@ -573,7 +586,7 @@ impl Collector {
                             }
                         };
                         self.drain_ring(&mut batch);
-                        if Self::send_all(&tx, &mut batch).await {
+                        if tx.all(&mut batch).await {
                             self.sample_and_send(&tx, Some(sockets)).await?;
                         }
                         break;

@@ -10,19 +10,22 @@ use tokio::{
 
 use super::{Next, Source};
 use crate::{
-    collect::{monotonic_ns, Collector, TargetSpec},
+    collect::{monotonic_ns, Collector, InputSender, TargetSpec},
     model::Input,
     naming::catalogue::Catalogue,
     ui::render::SourceLabel,
 };
 
-/// Inputs queued from the collector to the model. The collector waits when it is full, and
-/// while it waits the kernel's ring buffer is not drained: room for a burst (~200 bytes each).
-const INPUT_QUEUE: usize = 65_536;
+/// Batches of inputs queued from the collector to the model (one per ring drain or sample,
+/// a drain every 50 ms at most). The collector waits when it is full, and while it waits the
+/// kernel's ring buffer is not drained: room for a burst.
+const INPUT_QUEUE: usize = 1024;
 
 pub struct LiveSource {
     spec: TargetSpec,
-    rx: mpsc::Receiver<Input>,
+    rx: mpsc::Receiver<Vec<Input>>,
+    /// The rest of the batch being handed on.
+    batch: std::vec::IntoIter<Input>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<Result<()>>>,
     started_ns: u64,
@@ -34,12 +37,13 @@ impl LiveSource {
     pub fn start(spec: TargetSpec, catalogue: Catalogue, sample_every: Duration) -> Result<Self> {
         let collector =
             Collector::start(spec.clone(), sample_every)?.with_catalogue(Arc::new(catalogue));
-        let (tx, rx) = mpsc::channel::<Input>(INPUT_QUEUE);
+        let (tx, rx) = mpsc::channel::<Vec<Input>>(INPUT_QUEUE);
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(collector.run(tx, stop_rx));
+        let task = tokio::spawn(collector.run(InputSender::new(tx), stop_rx));
         Ok(Self {
             spec,
             rx,
+            batch: Vec::new().into_iter(),
             stop,
             task: Some(task),
             started_ns: monotonic_ns(),
@@ -53,13 +57,18 @@ impl LiveSource {
 
 impl Source for LiveSource {
     async fn next(&mut self) -> Result<Next> {
-        Ok(match self.rx.recv().await {
-            Some(input) => Next::Input {
-                at_ns: monotonic_ns(),
-                input,
-            },
-            None => Next::Closed,
-        })
+        loop {
+            if let Some(input) = self.batch.next() {
+                return Ok(Next::Input {
+                    at_ns: monotonic_ns(),
+                    input,
+                });
+            }
+            match self.rx.recv().await {
+                Some(batch) => self.batch = batch.into_iter(),
+                None => return Ok(Next::Closed),
+            }
+        }
     }
 
     fn now_ns(&self) -> u64 {
