@@ -18,18 +18,18 @@
 //!   A wrapper that returns the round trip's results at once has no such branch: its RET is
 //!   probed instead (single-stepped, but off the path net/http's Transport takes).
 //!
-//! The stack: Go keeps frame pointers on amd64 (since 1.7). Inside a function (the call and
-//! branch sites) RBP is that function's frame pointer, so the kernel's own frame-pointer
-//! unwinder (`bpf_get_stack` with BPF_F_USER_STACK: the probed IP, then each frame's [RBP+8],
-//! following [RBP]) gives the stack in one helper call. At a RET the epilogue has restored
-//! the caller's RBP and [RSP] is the return address, which that unwinder would miss, so the
-//! RET probe walks by hand: [RSP] first, then the chain (runtime/traceback.go, "frame pointer
-//! unwinding"), bounded by `MAX_SITE_FRAMES` and by frame pointers that must grow (stacks grow
-//! down): a stack being moved, or a frame without one, ends the walk early, never wrongly.
+//! The stack: Go keeps frame pointers on amd64 (since 1.7). Frame 0 is where the probed
+//! function returns to: inside a function (the call and branch sites) that is the probed IP
+//! itself (a call's + 5), and RBP is the function's frame pointer; at a RET the epilogue has
+//! restored the caller's RBP and [RSP] is the return address. From there each frame's [RBP+8]
+//! is its return address and [RBP] the next frame pointer (runtime/traceback.go, "frame
+//! pointer unwinding"), one 16-byte read per frame, bounded by `MAX_SITE_FRAMES` and by frame
+//! pointers that must grow (stacks grow down): a stack being moved, or a frame without one,
+//! ends the walk early, never wrongly. (The kernel's own unwinder, `bpf_get_stack`, reads each
+//! frame's two words apart: ~2.0 against ~1.3 us per request on the development VM.)
 
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
-    helpers::{bpf_get_stack, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::ProbeContext,
@@ -71,8 +71,8 @@ const CALL_LEN: u64 = 5;
 /// How a probe's stack is read.
 #[derive(Clone, Copy)]
 enum Frames {
-    /// Inside a function: the kernel's unwinder from the registers; frame 0 (the probed IP)
-    /// is moved on by this many bytes, so a call site reads as its return address.
+    /// Inside a function: frame 0 is the probed IP moved on by this many bytes (a call site
+    /// then reads as its return address), then the chain from RBP.
     InBody { ip_to_return: u64 },
     /// At a RET: [RSP] first, then the frame chain, by hand.
     AtRet,
@@ -151,8 +151,8 @@ fn emit(ctx: &ProbeContext, what: SiteWhat, tgid: u32, fd: i32, response: u64, f
     // SAFETY: the context is the probed task's pt_regs (see `try_enter_h1_site`).
     let (sp, bp, ip) = unsafe { ((*ctx.regs).rsp, (*ctx.regs).rbp, (*ctx.regs).rip) };
     let depth = match frames {
-        Frames::InBody { ip_to_return } => unwind(ctx, pcs, ip_to_return),
-        Frames::AtRet => walk(pcs, sp, bp),
+        Frames::InBody { ip_to_return } => walk(pcs, Some(ip.wrapping_add(ip_to_return)), sp, bp),
+        Frames::AtRet => walk(pcs, None, sp, bp),
     };
     if depth == 0 {
         return;
@@ -199,32 +199,9 @@ fn emit(ctx: &ProbeContext, what: SiteWhat, tgid: u32, fd: i32, response: u64, f
     count(Stat::EventsSent);
 }
 
-/// Fills `pcs` from the kernel's frame-pointer unwinder (frame 0 = the probed IP, moved on by
-/// `ip_to_return`); returns how many. Unused slots are 0 (the helper zeroes them).
-#[inline(always)]
-fn unwind(ctx: &ProbeContext, pcs: &mut [u64; MAX_SITE_FRAMES], ip_to_return: u64) -> u32 {
-    let size = (MAX_SITE_FRAMES * 8) as u32;
-    // SAFETY: `pcs` is `size` bytes of a reserved ring record we own; the helper writes at
-    // most `size` bytes there and zeroes what it does not fill.
-    let copied = unsafe {
-        bpf_get_stack(
-            ctx.regs.cast(),
-            pcs.as_mut_ptr().cast(),
-            size,
-            u64::from(BPF_F_USER_STACK),
-        )
-    };
-    if copied <= 0 {
-        pcs[0] = 0;
-        return 0;
-    }
-    pcs[0] = pcs[0].wrapping_add(ip_to_return);
-    (copied as u32) / 8
-}
-
 /// Fills `pcs` with return addresses, innermost first; returns how many. Unused slots are 0.
 #[inline(always)]
-fn walk(pcs: &mut [u64; MAX_SITE_FRAMES], sp: u64, mut bp: u64) -> u32 {
+fn walk(pcs: &mut [u64; MAX_SITE_FRAMES], first: Option<u64>, sp: u64, mut bp: u64) -> u32 {
     let mut depth = 0u32;
     let mut floor = sp;
     let mut done = false;
@@ -234,7 +211,7 @@ fn walk(pcs: &mut [u64; MAX_SITE_FRAMES], sp: u64, mut bp: u64) -> u32 {
             continue;
         }
         let ret: Option<u64> = if i == 0 {
-            read_user(sp)
+            first.or_else(|| read_user(sp))
         } else if bp <= floor {
             // A frame pointer below the last one is no frame of this goroutine's stack.
             None
