@@ -73,6 +73,9 @@ pub enum AfterCall {
     Ret(u64),
 }
 
+/// A call found in a caller: its address, and where its result is seen (or why nowhere).
+pub type CallSite = (u64, Result<AfterCall, CodeError>);
+
 /// The length of `call rel32` in 64-bit code: the return address is the call's address + 5.
 pub const CALL_REL32_LEN: usize = 5;
 
@@ -193,7 +196,7 @@ pub fn calls_to(
     code: &[u8],
     entry: u64,
     target: u64,
-) -> Result<Vec<(u64, Result<AfterCall, CodeError>)>, CodeError> {
+) -> Result<Vec<CallSite>, CodeError> {
     let all = decode_all(code, entry)?;
     let mut found = Vec::new();
     for (i, insn) in all.iter().enumerate() {
@@ -355,7 +358,7 @@ mod tests {
         bytes
     }
 
-    fn calls(tail: &[u8]) -> Vec<(u64, Result<AfterCall, CodeError>)> {
+    fn calls(tail: &[u8]) -> Vec<CallSite> {
         // cmp rsp,[r14+0x10]; jbe; then the call at +6 and what follows it.
         let mut code = vec![0x49, 0x3b, 0x66, 0x10, 0x76, 0x20];
         code.extend(call_at(6));
