@@ -105,8 +105,8 @@ pub enum GoProbes {
     /// signals only, with the reason in one line.
     #[default]
     Auto,
-    /// `auto` and the call site of every leak: one probe hit per request as well (a uprobe
-    /// trap costs microseconds, about 20 µs on a VM that intercepts debug exceptions).
+    /// `auto` and the call site of every leak: one probe hit per request as well, on an
+    /// instruction the kernel emulates (about 2 µs of CPU per request in all).
     Sites,
 }
 
@@ -116,8 +116,8 @@ pub struct GoArgs {
     /// The Go-aware layer on relays built by Go 1.21+. `auto`: one uprobe per HTTP/2
     /// connection on the relay's binary, whose open streams are then read from its memory at
     /// each sample (leaked HTTP/2 streams). `sites`: also one per request where the relay hands
-    /// the request to Go's transport, to name the source line behind every leak (costs a
-    /// uprobe trap per request). `off`: kernel signals only.
+    /// the request to Go's transport, to name the source line behind every leak (about 2 us
+    /// of CPU per request). `off`: kernel signals only.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = GoProbes::Auto)]
     pub go_probes: GoProbes,
 }
