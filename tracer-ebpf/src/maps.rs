@@ -102,6 +102,17 @@ pub static SOCK_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 #[map]
 pub static FD_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 
+/// Counting filter by (tgid, fd) (`sock::fd_slot`) of the tracked sockets whose first bytes
+/// are still wanted: raised with `FD_MAPPED` when tracking starts, lowered when the mapping
+/// stops wanting them (write.rs marks it `FD_NAMED`, close() or the socket's end clears it,
+/// or the fd number's next connection replaces it). The write hooks look only at this: a
+/// write on a connection already named (every write of a keep-alive connection after its
+/// first two) costs this one array load, as a write on any other fd does, instead of an
+/// `FD_SOCKS` lookup more. Its own array, not a third part of `FD_SLOTS`: a count that went
+/// one too low (see write.rs) must not borrow from another filter.
+#[map]
+pub static WANT_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
+
 /// `FD_SLOTS` halves (see there): one of each, as the amount to add.
 pub const FD_MAPPED: u32 = 1;
 pub const FD_READER: u32 = 1 << 16;

@@ -12,7 +12,9 @@ use tracer_common::{
     ConnEvent, ConnFlags, ConnInfo, EventKind, Stat, O_NONBLOCK, RING_WAKEUP_BYTES, SOCK_DONE_BIT,
 };
 
-use crate::maps::{CONNECT_SLOTS, EVENTS, SLOTS, SLOT_BITS, STATS, TARGETS};
+use crate::maps::{
+    CONNECT_SLOTS, EVENTS, FD_NAMED, FD_SOCK_MASK, SLOTS, SLOT_BITS, STATS, TARGETS,
+};
 
 /// Byte offsets of `tcp_sock.rcv_nxt` and `tcp_sock.copied_seq`, read by user space from the
 /// running kernel's BTF and set before load. 0 means unknown: unread bytes are then not sampled.
@@ -139,6 +141,14 @@ fn filter_add(filter: &Array<u32>, slot: u32, delta: u32) {
         // other CPUs only touch it through atomic adds and plain loads.
         unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(counter, delta) };
     }
+}
+
+/// True when an `FD_SOCKS` mapping's `sk` word names a socket whose first bytes are still
+/// wanted: not closed (0) and not yet `FD_NAMED`. Each path that ends this lowers the
+/// mapping's `WANT_SLOTS` count once.
+#[inline(always)]
+pub fn wants_first_bytes(bits: u64) -> bool {
+    bits & FD_SOCK_MASK != 0 && bits & FD_NAMED == 0
 }
 
 /// True when the tracked socket `conn` is the one process `tgid` holds as `fd`. An
