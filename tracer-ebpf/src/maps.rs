@@ -66,12 +66,9 @@ pub struct FdSock {
     pub connect_ns: u64,
 }
 
-/// `FdSock::sk` bit, free because socket addresses are slab objects aligned to at least 8
-/// bytes: the connection's first bytes were taken (or its share of them used up), so writes
-/// need nothing more.
-pub const FD_NAMED: u64 = 1;
-/// The socket address in `FdSock::sk`.
-pub const FD_SOCK_MASK: u64 = !7;
+/// `FdSock::sk`'s parts (the socket address, the `FD_NAMED` bit), and whether the mapping
+/// still wants first bytes: in tracer-common, where they are unit-tested.
+pub use tracer_common::fd_sock::{wants_first_bytes, FD_NAMED, FD_SOCK_MASK};
 
 /// Slots of each counting filter (a power of two). Small on purpose: a filter is only cheap
 /// while its slots stay in the cache and its pages in the TLB (at 2^17 slots, a filter load

@@ -12,9 +12,8 @@ use tracer_common::{
     ConnEvent, ConnFlags, ConnInfo, EventKind, Stat, O_NONBLOCK, RING_WAKEUP_BYTES, SOCK_DONE_BIT,
 };
 
-use crate::maps::{
-    CONNECT_SLOTS, EVENTS, FD_NAMED, FD_SOCK_MASK, SLOTS, SLOT_BITS, STATS, TARGETS,
-};
+pub use crate::maps::wants_first_bytes;
+use crate::maps::{CONNECT_SLOTS, EVENTS, SLOTS, SLOT_BITS, STATS, TARGETS};
 
 /// Byte offsets of `tcp_sock.rcv_nxt` and `tcp_sock.copied_seq`, read by user space from the
 /// running kernel's BTF and set before load. 0 means unknown: unread bytes are then not sampled.
@@ -143,14 +142,6 @@ fn filter_add(filter: &Array<u32>, slot: u32, delta: u32) {
     }
 }
 
-/// True when an `FD_SOCKS` mapping's `sk` word names a socket whose first bytes are still
-/// wanted: not closed (0) and not yet `FD_NAMED`. Each path that ends this lowers the
-/// mapping's `WANT_SLOTS` count once.
-#[inline(always)]
-pub fn wants_first_bytes(bits: u64) -> bool {
-    bits & FD_SOCK_MASK != 0 && bits & FD_NAMED == 0
-}
-
 /// True when the tracked socket `conn` is the one process `tgid` holds as `fd`. An
 /// `FD_SOCKS` mapping can outlive its socket for a moment (see there) and the address be
 /// reused by another tracked socket, so a user of a mapping checks this before touching the
@@ -201,6 +192,21 @@ pub fn sample_unread(sk: u64, conn: *mut ConnInfo, now: u64) {
             (*conn).unread_sampled_ns = now;
             (*conn).flags |= ConnFlags::UNREAD_SAMPLED;
         }
+    }
+}
+
+/// Records an unread-bytes sample of 0 taken when a read found the receive queue empty, as
+/// `sample_unread` would have (and, like it, nothing when the offsets are unknown).
+#[inline(always)]
+pub fn sample_unread_empty(conn: *mut ConnInfo, now: u64) {
+    if read_global(&RCV_NXT_OFFSET) == 0 || read_global(&COPIED_SEQ_OFFSET) == 0 {
+        return;
+    }
+    // SAFETY: `conn` points into a CONNS entry that the caller just looked up.
+    unsafe {
+        (*conn).unread_bytes = 0;
+        (*conn).unread_sampled_ns = now;
+        (*conn).flags |= ConnFlags::UNREAD_SAMPLED;
     }
 }
 
