@@ -264,8 +264,6 @@ pub const MSG_PEEK: i32 = 2;
 /// MSG_DONTWAIT (include/linux/socket.h): set on every read of a non-blocking socket
 /// (sock_read_iter adds it for O_NONBLOCK files), so the read did not wait.
 pub const MSG_DONTWAIT: i32 = 0x40;
-/// `MSG_ERRQUEUE` (include/linux/socket.h): a read of the socket's error queue.
-pub const MSG_ERRQUEUE: i32 = 0x2000;
 /// The `sk` word of the kernel side's `FD_SOCKS` values ((tgid, fd) -> socket): the socket
 /// address, with a flag in its low bits, which are free because socket addresses are slab
 /// objects aligned to at least 8 bytes. Kernel-side only; here so that it is unit-tested.
@@ -285,17 +283,6 @@ pub mod fd_sock {
     }
 }
 
-/// -EAGAIN (include/uapi/asm-generic/errno-base.h): a non-blocking read found nothing.
-pub const EAGAIN_RET: i32 = -11;
-
-/// True when a TCP recvmsg that returned `ret` with `flags` shows its socket's receive queue
-/// empty, so the unread-bytes sample is 0 without reading the socket: tcp_recvmsg fails with
-/// EAGAIN only when nothing (no data, no FIN) waits. An error-queue read fails with EAGAIN
-/// whatever waits in the receive queue, and a peek is not a read.
-#[inline(always)]
-pub fn read_found_queue_empty(ret: i32, flags: i32) -> bool {
-    ret == EAGAIN_RET && flags & (MSG_ERRQUEUE | MSG_PEEK) == 0
-}
 /// O_NONBLOCK in `file.f_flags` (include/uapi/asm-generic/fcntl.h; x86 and arm64 use the
 /// generic value).
 pub const O_NONBLOCK: u32 = 0o4000;
@@ -690,18 +677,5 @@ mod tests {
         assert!(!wants_first_bytes(0));
         assert!(!wants_first_bytes(FD_NAMED));
         assert_eq!((sk | FD_NAMED) & FD_SOCK_MASK, sk);
-    }
-
-    #[test]
-    fn only_a_plain_eagain_read_shows_the_receive_queue_empty() {
-        assert!(read_found_queue_empty(-11, 0));
-        assert!(read_found_queue_empty(-11, MSG_DONTWAIT));
-        // Data, EOF (the FIN was read) and other errors: the socket is read.
-        assert!(!read_found_queue_empty(218, MSG_DONTWAIT));
-        assert!(!read_found_queue_empty(0, MSG_DONTWAIT));
-        assert!(!read_found_queue_empty(-104, MSG_DONTWAIT));
-        // An error-queue read's EAGAIN says nothing of the receive queue.
-        assert!(!read_found_queue_empty(-11, MSG_DONTWAIT | MSG_ERRQUEUE));
-        assert!(!read_found_queue_empty(-11, MSG_PEEK));
     }
 }

@@ -25,8 +25,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    read_found_queue_empty, tp_layout, ConnFlags, ConnInfo, FdKey, Stat, IPPROTO_TCP, MSG_DONTWAIT,
-    MSG_PEEK,
+    tp_layout, ConnFlags, ConnInfo, FdKey, Stat, IPPROTO_TCP, MSG_DONTWAIT, MSG_PEEK,
 };
 
 use crate::{
@@ -36,7 +35,7 @@ use crate::{
     },
     sock::{
         count, current_ids, fd_slot, field, filter_lower, filter_raise, maybe, maybe_in, owns,
-        sample_unread, sample_unread_empty, sock_slot, tid_slot,
+        sample_unread, sock_slot, tid_slot,
     },
 };
 
@@ -116,7 +115,7 @@ fn on_recv(sk: u64, ret: i32, flags: i32) -> Result<u32, i64> {
     if nonblocking != was_nonblocking {
         note_blocking_mode(sk, conn, nonblocking);
     }
-    record_read(sk, conn, i64::from(ret), read_found_queue_empty(ret, flags));
+    record_read(sk, conn, i64::from(ret));
     Ok(0)
 }
 
@@ -159,11 +158,8 @@ fn note_blocking_mode(sk: u64, conn: *mut ConnInfo, nonblocking: bool) {
 }
 
 /// Counts one read that returned `ret` (bytes, 0 at EOF, or -errno) on a tracked socket.
-/// `queue_empty`: the read itself showed the receive queue empty (`read_found_queue_empty`:
-/// the EAGAIN that ends nearly every Go read sequence), so the
-/// unread-bytes sample is 0 with no read of the socket: two helper calls fewer.
 #[inline(always)]
-fn record_read(sk: u64, conn: *mut ConnInfo, ret: i64, queue_empty: bool) {
+fn record_read(sk: u64, conn: *mut ConnInfo, ret: i64) {
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: `conn` points into the CONNS entry the caller just looked up. Reads of one
     // socket come from one goroutine at a time in Go; a rare concurrent reader can only skew a
@@ -176,11 +172,7 @@ fn record_read(sk: u64, conn: *mut ConnInfo, ret: i64, queue_empty: bool) {
             (*conn).bytes_read += ret as u64;
         }
     }
-    if queue_empty {
-        sample_unread_empty(conn, now);
-    } else {
-        sample_unread(sk, conn, now);
-    }
+    sample_unread(sk, conn, now);
     count(Stat::ReadsSeen);
 }
 
@@ -340,8 +332,7 @@ fn try_exit_read(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     if pending & PEEK_TAG == 0 {
         let ret: i64 = field(ctx, tp_layout::SYS_EXIT_RET);
-        // The syscall's flags (MSG_ERRQUEUE) are not at hand here: always read the socket.
-        record_read(sk, conn, ret, false);
+        record_read(sk, conn, ret);
     }
     Ok(0)
 }

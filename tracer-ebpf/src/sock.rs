@@ -195,21 +195,6 @@ pub fn sample_unread(sk: u64, conn: *mut ConnInfo, now: u64) {
     }
 }
 
-/// Records an unread-bytes sample of 0 taken when a read found the receive queue empty, as
-/// `sample_unread` would have (and, like it, nothing when the offsets are unknown).
-#[inline(always)]
-pub fn sample_unread_empty(conn: *mut ConnInfo, now: u64) {
-    if read_global(&RCV_NXT_OFFSET) == 0 || read_global(&COPIED_SEQ_OFFSET) == 0 {
-        return;
-    }
-    // SAFETY: `conn` points into a CONNS entry that the caller just looked up.
-    unsafe {
-        (*conn).unread_bytes = 0;
-        (*conn).unread_sampled_ns = now;
-        (*conn).flags |= ConnFlags::UNREAD_SAMPLED;
-    }
-}
-
 /// True when the socket's file is O_NONBLOCK (`sk->sk_socket->file->f_flags`): its reads
 /// never wait in the kernel. Called in connect(), which holds the file. Three reads of structs
 /// the kernel is working on, so warm; any failure answers false (reads may wait).
