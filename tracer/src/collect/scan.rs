@@ -295,7 +295,7 @@ pub fn full(pids: &[u32]) -> Result<Vec<SocketSample>> {
         }
     }
     log::debug!(
-        "full scan: {} target sockets of {} target inodes in {:?}",
+        "scan: full, {} target sockets of {} target inodes in {:?}",
         sockets.len(),
         inode_owner.len(),
         started.elapsed()
@@ -335,7 +335,7 @@ pub fn refresh(lookups: Vec<Lookup>) -> Result<Vec<SocketSample>> {
         }
     }
     log::debug!(
-        "refresh: {} of {asked} known sockets in {:?}",
+        "scan: refresh, {} of {asked} known sockets in {:?}",
         sockets.len(),
         started.elapsed()
     );
