@@ -140,6 +140,9 @@ pub fn lookup_tcp(wanted: &[(SocketAddr, SocketAddr)]) -> Result<Vec<Option<TcpS
         return Ok(found);
     }
     let socket = open()?;
+    // Every request is answered (a reply or an error), but a refresh that waited forever for
+    // a reply that never came would stop the samples: give up after a while instead.
+    set_recv_timeout(&socket, LOOKUP_REPLY_TIMEOUT)?;
     let mut buffer = vec![0u8; RECV_BUFFER_LEN];
     let mut requests = Vec::new();
     for (chunk_index, (chunk, found)) in wanted
@@ -172,6 +175,32 @@ pub fn lookup_tcp(wanted: &[(SocketAddr, SocketAddr)]) -> Result<Vec<Option<TcpS
         }
     }
     Ok(found)
+}
+
+/// How long a lookup reply may take (the kernel answers while the request is being sent).
+const LOOKUP_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn set_recv_timeout(socket: &Socket, timeout: std::time::Duration) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
+    };
+    // SAFETY: setsockopt reads a valid timeval of the size given, on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::addr_of!(tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("setting a receive timeout on the sock_diag netlink socket");
+    }
+    Ok(())
 }
 
 /// Appends one exact-lookup request (no NLM_F_DUMP) for the socket `local` -> `remote`.
