@@ -264,6 +264,25 @@ pub const MSG_PEEK: i32 = 2;
 /// MSG_DONTWAIT (include/linux/socket.h): set on every read of a non-blocking socket
 /// (sock_read_iter adds it for O_NONBLOCK files), so the read did not wait.
 pub const MSG_DONTWAIT: i32 = 0x40;
+/// The `sk` word of the kernel side's `FD_SOCKS` values ((tgid, fd) -> socket): the socket
+/// address, with a flag in its low bits, which are free because socket addresses are slab
+/// objects aligned to at least 8 bytes. Kernel-side only; here so that it is unit-tested.
+pub mod fd_sock {
+    /// The connection's first bytes were taken (or its share of them used up), so writes
+    /// need nothing more.
+    pub const FD_NAMED: u64 = 1;
+    /// The socket address; 0 once the fd was closed.
+    pub const FD_SOCK_MASK: u64 = !7;
+
+    /// True when the mapping names a socket whose first bytes are still wanted: not closed
+    /// and not yet `FD_NAMED`. Each kernel path that ends this lowers the mapping's
+    /// `WANT_SLOTS` count once.
+    #[inline(always)]
+    pub fn wants_first_bytes(bits: u64) -> bool {
+        bits & FD_SOCK_MASK != 0 && bits & FD_NAMED == 0
+    }
+}
+
 /// O_NONBLOCK in `file.f_flags` (include/uapi/asm-generic/fcntl.h; x86 and arm64 use the
 /// generic value).
 pub const O_NONBLOCK: u32 = 0o4000;
@@ -682,4 +701,21 @@ mod user {
     unsafe impl aya::Pod for super::go::SiteRecord {}
     unsafe impl aya::Pod for super::go::SiteStackRecord {}
     unsafe impl aya::Pod for super::go::SiteStackKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mapping_wants_first_bytes_until_named_or_closed() {
+        use fd_sock::*;
+        let sk = 0xffff_8880_1234_5600_u64;
+        assert!(wants_first_bytes(sk));
+        assert!(!wants_first_bytes(sk | FD_NAMED));
+        // Closed: 0, or 0 with a stale flag.
+        assert!(!wants_first_bytes(0));
+        assert!(!wants_first_bytes(FD_NAMED));
+        assert_eq!((sk | FD_NAMED) & FD_SOCK_MASK, sk);
+    }
 }

@@ -4,8 +4,8 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{tp_layout, FdKey};
 
 use crate::{
-    maps::{CLOSING, FD_MAPPED_BITS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK},
-    sock::{current_ids, fd_slot, field, maybe_in, tid_slot},
+    maps::{CLOSING, FD_MAPPED_BITS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, WANT_SLOTS},
+    sock::{current_ids, fd_slot, field, filter_lower, maybe_in, tid_slot, wants_first_bytes},
 };
 
 /// `syscalls/sys_enter_close`: notes the socket closed by the process before tcp_close runs,
@@ -18,21 +18,27 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
 fn try_enter_close(ctx: &TracePointContext) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
     let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
+    let slot = fd_slot(tgid, fd);
     // Every close on the host passes here: the filter answers for nearly all of them.
-    if !maybe_in(&FD_SLOTS, fd_slot(tgid, fd), FD_MAPPED_BITS) {
+    if !maybe_in(&FD_SLOTS, slot, FD_MAPPED_BITS) {
         return Ok(0);
     }
     let Some(mapping) = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd }) else {
         return Ok(0);
     };
     // SAFETY: pointer from the lookup just made.
-    let sk = unsafe { (*mapping).sk } & FD_SOCK_MASK;
+    let bits = unsafe { (*mapping).sk };
+    let sk = bits & FD_SOCK_MASK;
     if sk == 0 {
         return Ok(0);
     }
     // The fd no longer names the socket; the entry stays for the fd number's next socket
     // (see `FD_SOCKS`). SAFETY: as above.
     unsafe { (*mapping).sk = 0 };
+    if wants_first_bytes(bits) {
+        // Closed before its first bytes were all taken (see `WANT_SLOTS`).
+        filter_lower(&WANT_SLOTS, slot, 1);
+    }
     // No CONNS lookup here: tcp_close runs in this thread before it returns to user space,
     // and the state change it makes (FIN_WAIT1, LAST_ACK, or TCP_CLOSE for an abort) marks
     // the socket closed by the process and takes the time, with the entry in hand (state.rs).

@@ -66,12 +66,9 @@ pub struct FdSock {
     pub connect_ns: u64,
 }
 
-/// `FdSock::sk` bit, free because socket addresses are slab objects aligned to at least 8
-/// bytes: the connection's first bytes were taken (or its share of them used up), so writes
-/// need nothing more.
-pub const FD_NAMED: u64 = 1;
-/// The socket address in `FdSock::sk`.
-pub const FD_SOCK_MASK: u64 = !7;
+/// `FdSock::sk`'s parts (the socket address, the `FD_NAMED` bit), and whether the mapping
+/// still wants first bytes: in tracer-common, where they are unit-tested.
+pub use tracer_common::fd_sock::{wants_first_bytes, FD_NAMED, FD_SOCK_MASK};
 
 /// Slots of each counting filter (a power of two). Small on purpose: a filter is only cheap
 /// while its slots stay in the cache and its pages in the TLB (at 2^17 slots, a filter load
@@ -101,6 +98,17 @@ pub static SOCK_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 /// carries into the other.
 #[map]
 pub static FD_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
+
+/// Counting filter by (tgid, fd) (`sock::fd_slot`) of the tracked sockets whose first bytes
+/// are still wanted: raised with `FD_MAPPED` when tracking starts, lowered when the mapping
+/// stops wanting them (write.rs marks it `FD_NAMED`, close() or the socket's end clears it,
+/// or the fd number's next connection replaces it). The write hooks look only at this: a
+/// write on a connection already named (every write of a keep-alive connection after its
+/// first two) costs this one array load, as a write on any other fd does, instead of an
+/// `FD_SOCKS` lookup more. Its own array, not a third part of `FD_SLOTS`: a count that went
+/// one too low (see write.rs) must not borrow from another filter.
+#[map]
+pub static WANT_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 
 /// `FD_SLOTS` halves (see there): one of each, as the amount to add.
 pub const FD_MAPPED: u32 = 1;

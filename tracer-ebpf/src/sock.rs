@@ -12,6 +12,7 @@ use tracer_common::{
     ConnEvent, ConnFlags, ConnInfo, EventKind, Stat, O_NONBLOCK, RING_WAKEUP_BYTES, SOCK_DONE_BIT,
 };
 
+pub use crate::maps::wants_first_bytes;
 use crate::maps::{CONNECT_SLOTS, EVENTS, SLOTS, SLOT_BITS, STATS, TARGETS};
 
 /// Byte offsets of `tcp_sock.rcv_nxt` and `tcp_sock.copied_seq`, read by user space from the

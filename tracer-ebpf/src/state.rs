@@ -28,13 +28,13 @@ use crate::{
     connect::adopt_by_comm,
     maps::{
         FdSock, CLOSING, CONNS, FD_MAPPED, FD_READER, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK,
-        PENDING_CONNECT, SOCK_SLOTS,
+        PENDING_CONNECT, SOCK_SLOTS, WANT_SLOTS,
     },
     read::reads_from_syscalls,
     sock::{
         connect_slot, count, current_ids, emit, fd_slot, field, filter_lower, filter_raise,
         is_target, maybe, nonblocking_file, sample_peer_fin, sample_unread, sock_slot, tid_slot,
-        zero_words,
+        wants_first_bytes, zero_words,
     },
 };
 
@@ -190,9 +190,13 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
         };
         if let Some(mapping) = FD_SOCKS.get_ptr_mut(&key) {
             // SAFETY: pointer from the lookup just made.
-            unsafe {
-                if (*mapping).sk & FD_SOCK_MASK == sk {
-                    (*mapping).sk = 0;
+            let bits = unsafe { (*mapping).sk };
+            if bits & FD_SOCK_MASK == sk {
+                // SAFETY: as above.
+                unsafe { (*mapping).sk = 0 };
+                if wants_first_bytes(bits) {
+                    // Ended before its first bytes were all taken (see `WANT_SLOTS`).
+                    filter_lower(&WANT_SLOTS, slot, 1);
                 }
             }
         }
@@ -297,11 +301,14 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
     filter_raise(&SOCK_SLOTS, sock_slot(sk), 1);
     if fd_known {
         filter_raise(&FD_SLOTS, slot, fd_filter);
+        // Its first bytes are wanted from now on (see `WANT_SLOTS`).
+        filter_raise(&WANT_SLOTS, slot, 1);
     }
     if CONNS.insert(&sk, info, 0).is_err() {
         filter_lower(&SOCK_SLOTS, sock_slot(sk), 1);
         if fd_known {
             filter_lower(&FD_SLOTS, slot, fd_filter);
+            filter_lower(&WANT_SLOTS, slot, 1);
         }
         count(Stat::ConnMapFull);
         warn!(
@@ -324,8 +331,17 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
         };
         match FD_SOCKS.get_ptr_mut(&key) {
             // The fd number's entry from an earlier connection (see `FD_SOCKS`).
-            // SAFETY: pointer from the lookup just made.
-            Some(old) => unsafe { *old = mapping },
+            Some(old) => {
+                // SAFETY: pointer from the lookup just made.
+                let old_bits = unsafe { (*old).sk };
+                // SAFETY: as above.
+                unsafe { *old = mapping };
+                if wants_first_bytes(old_bits) {
+                    // A socket whose end was not seen, still wanting first bytes: replaced
+                    // here, so its count goes (the new one's was raised above).
+                    filter_lower(&WANT_SLOTS, slot, 1);
+                }
+            }
             None => {
                 let _ = FD_SOCKS.insert(&key, &mapping, 0);
             }

@@ -1,8 +1,9 @@
 //! The first bytes a target writes on a tracked socket: the TLS ClientHello or the HTTP/1.x
 //! request head, from which user space takes the server name (SNI) or the Host header and
 //! drops the rest at once. At most FIRST_BYTES_WRITES writes and FIRST_BYTES_MAX bytes per
-//! connection are copied, once. A write on an fd that is not a tracked socket costs a filter
-//! load; one on a connection already named, one `FD_SOCKS` lookup more, whose value says so.
+//! connection are copied, once. A write on an fd that is not a tracked socket whose first
+//! bytes are still wanted costs one filter load (`WANT_SLOTS`), a connection already named
+//! included; only the first writes of a new connection look its `FD_SOCKS` mapping up.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated as gen},
@@ -16,11 +17,10 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{
-        FdSock, EVENTS, FD_MAPPED_BITS, FD_NAMED, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK,
-        FIRST_BYTES_SCRATCH,
+    maps::{FdSock, EVENTS, FD_NAMED, FD_SOCKS, FD_SOCK_MASK, FIRST_BYTES_SCRATCH, WANT_SLOTS},
+    sock::{
+        count, current_ids, fd_slot, field, filter_lower, maybe, wakeup_flag, wants_first_bytes,
     },
-    sock::{count, current_ids, fd_slot, field, maybe_in, wakeup_flag},
 };
 
 /// `struct iovec` (include/uapi/linux/uio.h).
@@ -42,12 +42,12 @@ pub fn enter_write(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter_write(ctx: &TracePointContext) -> Result<u32, i64> {
-    let Some(mapping) = unnamed_socket(ctx) else {
+    let Some((mapping, slot)) = unnamed_socket(ctx) else {
         return Ok(0);
     };
     let buf: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
     let len: u64 = field(ctx, tp_layout::SYS_ENTER_LEN);
-    capture(mapping, buf, len)
+    capture(mapping, slot, buf, len)
 }
 
 /// `syscalls/sys_enter_writev`: (fd, iovec array, count); the first iovec is looked at.
@@ -61,14 +61,14 @@ fn try_enter_writev(ctx: &TracePointContext) -> Result<u32, i64> {
     if vlen == 0 {
         return Ok(0);
     }
-    let Some(mapping) = unnamed_socket(ctx) else {
+    let Some((mapping, slot)) = unnamed_socket(ctx) else {
         return Ok(0);
     };
     let vec: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
     // SAFETY: the iovec is user memory, read with bpf_probe_read_user, which fails cleanly on
     // a bad pointer.
     let iov: Iovec = unsafe { bpf_probe_read_user(vec as *const Iovec) }.map_err(i64::from)?;
-    capture(mapping, iov.base, iov.len)
+    capture(mapping, slot, iov.base, iov.len)
 }
 
 /// `syscalls/sys_enter_sendmsg`: (fd, user_msghdr); the first iovec is looked at.
@@ -78,7 +78,7 @@ pub fn enter_sendmsg(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter_sendmsg(ctx: &TracePointContext) -> Result<u32, i64> {
-    let Some(mapping) = unnamed_socket(ctx) else {
+    let Some((mapping, slot)) = unnamed_socket(ctx) else {
         return Ok(0);
     };
     let msg: u64 = field(ctx, tp_layout::SYS_ENTER_BUF);
@@ -87,36 +87,57 @@ fn try_enter_sendmsg(ctx: &TracePointContext) -> Result<u32, i64> {
     let iov_ptr: u64 =
         unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) }.map_err(i64::from)?;
     let iov: Iovec = unsafe { bpf_probe_read_user(iov_ptr as *const Iovec) }.map_err(i64::from)?;
-    capture(mapping, iov.base, iov.len)
+    capture(mapping, slot, iov.base, iov.len)
 }
 
-/// The `FD_SOCKS` value of the written fd when it is a tracked socket whose first bytes are
-/// still wanted. This one lookup is all that any other write costs: an unrelated process's,
-/// one on an untracked fd, or one on a connection already named (`FD_NAMED`).
+/// The `FD_SOCKS` value of the written fd, and its `WANT_SLOTS` slot, when it is a tracked
+/// socket whose first bytes are still wanted. Any other write (an unrelated process's, one on
+/// an untracked fd, one on a connection already named) costs the filter load alone, or the
+/// lookup too on a false positive.
 #[inline(always)]
-fn unnamed_socket(ctx: &TracePointContext) -> Option<*mut FdSock> {
+fn unnamed_socket(ctx: &TracePointContext) -> Option<(*mut FdSock, u32)> {
     let (tgid, _) = current_ids();
     let fd = field::<u64>(ctx, tp_layout::SYS_ENTER_FD) as u32;
-    // FD_SLOTS only counts targets' tracked sockets: it is the target check too, and answers
-    // for every write on the host but those.
-    if !maybe_in(&FD_SLOTS, fd_slot(tgid, fd), FD_MAPPED_BITS) {
+    // WANT_SLOTS only counts targets' tracked sockets still to be named: it is the target
+    // check too, and answers for every write on the host but those.
+    let slot = fd_slot(tgid, fd);
+    if !maybe(&WANT_SLOTS, slot) {
         return None;
     }
     let mapping = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd })?;
     // SAFETY: pointer from the lookup just made.
-    let bits = unsafe { (*mapping).sk };
-    // 0: the fd's socket was closed (see `FD_SOCKS`).
-    if bits & FD_SOCK_MASK == 0 || bits & FD_NAMED != 0 {
+    if !wants_first_bytes(unsafe { (*mapping).sk }) {
         return None;
     }
-    Some(mapping)
+    Some((mapping, slot))
+}
+
+/// Marks the mapping `FD_NAMED` (its share of first bytes is taken) and lowers its
+/// `WANT_SLOTS` count, unless the mapping changed since `bits` was read from it: then close()
+/// or the socket's end cleared it, or the fd number's next connection replaced it, and that
+/// path lowered the count (each lowers it only for a mapping that still wants first bytes).
+/// Writes and close() of one fd do not overlap in Go (its fd mutex), but the socket's end can
+/// come from a reset on another CPU: the check narrows that window to these few
+/// instructions; a race inside them lowers the slot once too often, which can only cost a
+/// later connection in the same slot its name (and a count at 0 wraps to "maybe" for good).
+#[inline(always)]
+fn mark_named(mapping: *mut FdSock, bits: u64, slot: u32) {
+    // SAFETY: `mapping` points into the FD_SOCKS entry the caller looked up; the volatile
+    // read is a fresh load of what other paths may have stored since.
+    unsafe {
+        if core::ptr::read_volatile(&(*mapping).sk) != bits {
+            return;
+        }
+        (*mapping).sk = bits | FD_NAMED;
+    }
+    filter_lower(&WANT_SLOTS, slot, 1);
 }
 
 /// Copies the first bytes of a write on the socket `mapping` (an `FD_SOCKS` value) names, and
 /// marks the mapping `FD_NAMED` once the connection's share is taken. The counters are in the
-/// mapping, so this needs no `CONNS` lookup.
+/// mapping, so this needs no `CONNS` lookup. `slot`: the mapping's `WANT_SLOTS` slot.
 #[inline(always)]
-fn capture(mapping: *mut FdSock, buf: u64, len: u64) -> Result<u32, i64> {
+fn capture(mapping: *mut FdSock, slot: u32, buf: u64, len: u64) -> Result<u32, i64> {
     // SAFETY: `mapping` points into the FD_SOCKS entry the caller just looked up.
     let (bits, writes, taken, connect_ns) = unsafe {
         (
@@ -128,8 +149,7 @@ fn capture(mapping: *mut FdSock, buf: u64, len: u64) -> Result<u32, i64> {
     };
     let sk = bits & FD_SOCK_MASK;
     if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 {
-        // SAFETY: as above; a plain store of the flag into our own mapping.
-        unsafe { (*mapping).sk = bits | FD_NAMED };
+        mark_named(mapping, bits, slot);
         return Ok(0);
     }
     if len == 0 {
@@ -182,9 +202,9 @@ fn capture(mapping: *mut FdSock, buf: u64, len: u64) -> Result<u32, i64> {
     unsafe {
         (*mapping).captured_writes = writes;
         (*mapping).captured_bytes = taken as u32;
-        if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 {
-            (*mapping).sk = bits | FD_NAMED;
-        }
+    }
+    if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 {
+        mark_named(mapping, bits, slot);
     }
     Ok(0)
 }

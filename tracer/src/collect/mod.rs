@@ -14,6 +14,7 @@ mod loader;
 mod names;
 mod netns;
 pub mod procfs;
+mod scan;
 pub mod sockdiag;
 
 use std::{
@@ -33,9 +34,7 @@ use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
 };
-use tracer_common::{
-    map_names, tcp_state, ConnInfo, Stat, TargetFlags, COMM_LEN, RING_DRAIN_EVERY_MS,
-};
+use tracer_common::{map_names, ConnInfo, Stat, TargetFlags, COMM_LEN, RING_DRAIN_EVERY_MS};
 
 pub use check::{check_host, check_privileges};
 pub use loader::HookChoice;
@@ -86,11 +85,6 @@ impl InputSender {
     }
 }
 
-/// Socket-table scans take at most 1/SCAN_COST_SHARE of one CPU (see `Collector::scan_due`).
-const SCAN_COST_SHARE: u32 = 20;
-/// Sample ticks are not exact: a scan due "in a second" should not slip to the tick after.
-const SCAN_SLACK: Duration = Duration::from_millis(100);
-
 /// Lost kernel events are logged at most this often.
 const LOSS_REPORT_EVERY: Duration = Duration::from_secs(10);
 
@@ -104,8 +98,12 @@ pub struct Collector {
     conns: Map,
     /// False once the kernel refused a batch lookup: the map is then read entry by entry.
     batch_reads: bool,
-    /// When the socket table was last scanned and how long that took (see `scan_due`).
-    last_scan: Option<(Instant, Duration)>,
+    /// When the socket table was last read, each way (`scan`), and what it cost.
+    scans: scan::Schedule,
+    /// The sockets a refresh of the socket table looks up.
+    book: scan::Book,
+    /// Whether the kernel map lost a connection that only a full scan would find again.
+    map_watch: scan::MapWatch,
     /// Lost events already reported, and when: losses are logged at most every
     /// `LOSS_REPORT_EVERY`.
     lost_reported: (u64, Option<Instant>),
@@ -186,7 +184,9 @@ impl Collector {
             targets_map,
             conns,
             batch_reads: true,
-            last_scan: None,
+            scans: scan::Schedule::default(),
+            book: scan::Book::default(),
+            map_watch: scan::MapWatch::default(),
             lost_reported: (0, None),
             stats,
             ring,
@@ -327,20 +327,6 @@ impl Collector {
         })
     }
 
-    /// True when the socket table should be scanned for this sample. A scan dumps every TCP
-    /// socket on the host and reads every fd of every target, so its cost grows with the host
-    /// (100k connections: hundreds of milliseconds). Scans are spaced so they take at most
-    /// 1/`SCAN_COST_SHARE` of one CPU; the kernel map, which is what tracked connections are
-    /// judged from, is still read at every sample.
-    fn scan_due(&self) -> bool {
-        match self.last_scan {
-            None => true,
-            Some((at, cost)) => {
-                at.elapsed() + SCAN_SLACK >= self.sample_every.max(cost * SCAN_COST_SHARE)
-            }
-        }
-    }
-
     /// Every entry of the kernel's connection map.
     fn read_conns(&mut self) -> Result<Vec<(u64, crate::model::KernelConn)>> {
         let mut kernel = Vec::new();
@@ -380,25 +366,57 @@ impl Collector {
     fn sample(&mut self, sockets: Option<Vec<SocketSample>>) -> Result<Sample> {
         let now_ns = monotonic_ns();
         let kernel = self.read_conns()?;
+        let stats = self.kernel_stats()?;
+        self.note_map(&kernel, &stats);
         Ok(Sample {
             streams: self.go.streams()?,
             now_ns,
             kernel,
             sockets,
-            stats: self.kernel_stats()?,
+            stats,
         })
     }
 
-    /// Starts a socket-table scan on a blocking thread when one is due.
-    fn start_scan(&self) -> Option<JoinHandle<(Instant, Result<Vec<SocketSample>>)>> {
-        if !self.scan_due() {
-            return None;
+    /// Takes what the kernel map says about the socket table: the connections the next
+    /// refresh looks up, and whether a socket may exist that only a full scan would find.
+    fn note_map(&mut self, kernel: &[(u64, crate::model::KernelConn)], stats: &KernelStats) {
+        self.book.note_kernel(kernel, &self.targets);
+        let keys = kernel.iter().map(|(sk, _)| *sk);
+        if let Some(why) = self.map_watch.observe(keys, stats.conn_map_full) {
+            log::debug!("a full socket scan is due: {why}");
+            self.scans.want_full();
         }
+    }
+
+    /// Starts reading the socket table on a blocking thread when a read is due: a full scan or
+    /// a refresh of the sockets known (see `scan`).
+    fn start_scan(&mut self) -> Option<ScanTask> {
+        let kind = self.scans.next(Instant::now(), self.sample_every)?;
+        self.scans.started(kind);
         let pids: Vec<u32> = self.targets.keys().copied().collect();
+        let lookups = self.book.lookups();
         Some(tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            (started, scan_sockets(&pids))
+            let sockets = match kind {
+                scan::ScanKind::Full => scan::full(&pids),
+                scan::ScanKind::Refresh => scan::refresh(lookups),
+            };
+            (kind, started, sockets)
         }))
+    }
+
+    /// Takes a finished scan's cost and sockets.
+    fn scan_done(
+        &mut self,
+        (kind, started, sockets): (scan::ScanKind, Instant, Result<Vec<SocketSample>>),
+    ) -> Result<Vec<SocketSample>> {
+        self.scans.done(kind, started, started.elapsed());
+        let sockets = sockets?;
+        match kind {
+            scan::ScanKind::Full => self.book.after_full(&sockets),
+            scan::ScanKind::Refresh => self.book.after_refresh(&sockets),
+        }
+        Ok(sockets)
     }
 
     /// Says on the log when the kernel side dropped events (its ring buffer was full because
@@ -431,6 +449,9 @@ impl Collector {
                     ) {
                         self.namer.forget(event.sk);
                     }
+                    if event.kind == crate::model::KernelEventKind::Close {
+                        self.map_watch.closed(event.sk);
+                    }
                     out.push(Input::Kernel(event));
                 }
                 Ok(decode::Record::FirstBytes {
@@ -460,6 +481,8 @@ impl Collector {
         sockets: Option<Vec<SocketSample>>,
     ) -> Result<bool> {
         if self.refresh_targets()? {
+            // Their sockets opened before they were targets are found by a full scan only.
+            self.scans.want_full();
             let targets = self.targets.values().cloned().collect();
             if !tx.one(Input::Targets(targets)).await {
                 return Ok(false);
@@ -512,7 +535,7 @@ impl Collector {
         let mut batch = Vec::new();
         // A socket-table scan in progress on a blocking thread: the ring keeps being drained
         // meanwhile, and ticks send map-only samples.
-        let mut scan: Option<JoinHandle<(Instant, Result<Vec<SocketSample>>)>> = None;
+        let mut scan: Option<ScanTask> = None;
         loop {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
@@ -563,28 +586,26 @@ impl Collector {
                     }
                 } => {
                     scan = None;
-                    let (started, sockets) = done.context("the socket scan thread failed")?;
-                    self.last_scan = Some((started, started.elapsed()));
+                    let sockets =
+                        self.scan_done(done.context("the socket scan thread failed")?)?;
                     self.drain_ring(&mut batch);
                     if !tx.all(&mut batch).await {
                         break;
                     }
-                    if !self.sample_and_send(&tx, Some(sockets?)).await? {
+                    if !self.sample_and_send(&tx, Some(sockets)).await? {
                         break;
                     }
                 }
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
-                        // The last sample is complete: wait for a scan in progress, or scan.
-                        let sockets = match scan.take() {
-                            Some(handle) => handle.await.context("the socket scan thread failed")?.1?,
-                            None => {
-                                let pids: Vec<u32> = self.targets.keys().copied().collect();
-                                tokio::task::spawn_blocking(move || scan_sockets(&pids))
-                                    .await
-                                    .context("the socket scan thread failed")??
-                            }
-                        };
+                        // The last sample is complete: a full scan, after any in progress.
+                        if let Some(handle) = scan.take() {
+                            let _ = handle.await;
+                        }
+                        let pids: Vec<u32> = self.targets.keys().copied().collect();
+                        let sockets = tokio::task::spawn_blocking(move || scan::full(&pids))
+                            .await
+                            .context("the socket scan thread failed")??;
                         self.drain_ring(&mut batch);
                         if tx.all(&mut batch).await {
                             self.sample_and_send(&tx, Some(sockets)).await?;
@@ -600,61 +621,8 @@ impl Collector {
     }
 }
 
-/// Every TCP socket the targets `pids` hold, from sock_diag matched to their fds. Blocking,
-/// and long on a host with many sockets: it runs on a thread of its own.
-fn scan_sockets(pids: &[u32]) -> Result<Vec<SocketSample>> {
-    let started = Instant::now();
-    let mut sockets = Vec::new();
-    // Listeners tell accepted (inbound) connections apart; TIME_WAIT and other closing
-    // states, often the bulk of a busy host's sockets, are not needed.
-    let states = sockdiag::StateMask::CONNECTED
-        .with(tcp_state::SYN_SENT as u8)
-        .with(tcp_state::LISTEN as u8);
-    let mut inode_owner = std::collections::HashMap::new();
-    for pid in pids {
-        // A target may exit between the scan and now; it is dropped at the next refresh.
-        if let Ok(inodes) = procfs::socket_inodes(*pid) {
-            for (inode, fd) in inodes {
-                inode_owner.insert(inode, (*pid, fd));
-            }
-        }
-    }
-    // Only the targets' sockets are kept from the dumps (the fds were listed first, so a
-    // socket opened in between waits for the next scan). One dump per network namespace the
-    // targets are in (a relay in a container has its own); the addresses are the ones the
-    // relay itself sees. Inodes are unique across namespaces, so the same addresses in two
-    // containers never mix.
-    let inodes: std::collections::HashSet<u64> = inode_owner.keys().copied().collect();
-    let mut all = Vec::new();
-    for (ns, pid) in netns::group(pids) {
-        match netns::dump_in_namespace_of(pid, states, inodes.clone()) {
-            Ok(found) => all.extend(found),
-            // One namespace that cannot be entered (a target exiting now, a missing
-            // capability) must not blind the scan of the others.
-            Err(e) => netns::warn_once(ns, &e),
-        }
-    }
-    for s in all {
-        if let Some((pid, fd)) = inode_owner.get(&s.inode).filter(|_| s.inode != 0) {
-            sockets.push(SocketSample {
-                pid: *pid,
-                fd: *fd,
-                local: s.local,
-                remote: s.remote,
-                state: u32::from(s.state),
-                recv_q: s.recv_q,
-                inode: s.inode,
-            });
-        }
-    }
-    log::debug!(
-        "scan: {} target sockets of {} target inodes in {:?}",
-        sockets.len(),
-        inode_owner.len(),
-        started.elapsed()
-    );
-    Ok(sockets)
-}
+/// A read of the socket table in progress: its kind, start and result.
+type ScanTask = JoinHandle<(scan::ScanKind, Instant, Result<Vec<SocketSample>>)>;
 
 /// The file descriptor of a hash map, for batch reads.
 fn conns_fd(map: &Map) -> Option<BorrowedFd<'_>> {

@@ -52,8 +52,27 @@ pub fn dump_in_namespace_of(
     inodes: HashSet<u64>,
 ) -> Result<Vec<TcpSockInfo>> {
     let keep = move |s: &TcpSockInfo| s.inode != 0 && inodes.contains(&s.inode);
+    in_namespace_of(pid, move || sockdiag::dump_tcp_where(states, keep))
+}
+
+/// The TCP sockets among `wanted` (local, remote) that exist now in the network namespace `pid`
+/// is in, by exact lookups (`sockdiag::lookup_tcp`), each at its request's place.
+pub fn lookup_in_namespace_of(
+    pid: u32,
+    wanted: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
+) -> Result<Vec<Option<TcpSockInfo>>> {
+    in_namespace_of(pid, move || sockdiag::lookup_tcp(&wanted))
+}
+
+/// Runs `ask` (a sock_diag query, which answers for the namespace of the thread that opens its
+/// netlink socket) in the network namespace `pid` is in: here when that is the tracer's, else
+/// on a thread of its own that enters it.
+fn in_namespace_of<T: Send + 'static>(
+    pid: u32,
+    ask: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     if of_pid(pid).is_some_and(|ns| Some(ns) == own()) {
-        return sockdiag::dump_tcp_where(states, keep);
+        return ask();
     }
     // Opened here, before the thread: a process that exits meanwhile is an error now, not a
     // namespace entered half-way.
@@ -63,7 +82,7 @@ pub fn dump_in_namespace_of(
         .name(format!("netns-{pid}"))
         .spawn(move || {
             // SAFETY: setns on a valid, open namespace fd with CLONE_NEWNET changes only this
-            // thread's network namespace; the thread ends after the dump and shares no state.
+            // thread's network namespace; the thread ends after the query and shares no state.
             let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
             if entered != 0 {
                 return Err(std::io::Error::last_os_error()).with_context(|| {
@@ -72,7 +91,7 @@ pub fn dump_in_namespace_of(
                     )
                 });
             }
-            sockdiag::dump_tcp_where(states, keep)
+            ask()
         })
         .context("starting the namespace scan thread")?
         .join()

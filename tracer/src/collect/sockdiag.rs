@@ -2,6 +2,11 @@
 //! interface `ss` uses. It gives us, per socket, the inode (to tie it to a process's
 //! fds), the socket cookie (to tie it to what the eBPF side sees) and the receive
 //! queue (unread bytes, the tell-tale of a connection nobody reads any more).
+//!
+//! Two ways to ask: a dump (`dump_tcp_where`), which walks the whole TCP hash table of the
+//! namespace (both families, every bucket, every socket in the states asked for), and exact
+//! lookups (`lookup_tcp`), which find each socket asked for by its addresses in that table, so
+//! they cost in proportion to the sockets asked for, not to the host's.
 
 use std::net::SocketAddr;
 
@@ -47,7 +52,6 @@ impl StateMask {
         StateMask(self.0 | bit(state))
     }
 
-    #[cfg(test)]
     pub const fn contains(self, state: u8) -> bool {
         self.0 & bit(state) != 0
     }
@@ -94,15 +98,7 @@ pub fn dump_tcp_where(
     states: StateMask,
     mut keep: impl FnMut(&TcpSockInfo) -> bool,
 ) -> Result<Vec<TcpSockInfo>> {
-    let mut socket =
-        Socket::new(NETLINK_SOCK_DIAG).context("opening a NETLINK_SOCK_DIAG netlink socket")?;
-    socket
-        .bind_auto()
-        .context("binding the sock_diag netlink socket")?;
-    socket
-        .connect(&NetlinkAddr::new(0, 0))
-        .context("connecting the sock_diag netlink socket to the kernel")?;
-
+    let socket = open()?;
     let mut sockets = Vec::new();
     // inet_diag answers one address family per request; AF_INET6 also covers
     // dual-stack sockets (they show up with IPv4-mapped addresses).
@@ -111,6 +107,201 @@ pub fn dump_tcp_where(
             .with_context(|| format!("dumping {family_name} TCP sockets through sock_diag"))?;
     }
     Ok(sockets)
+}
+
+fn open() -> Result<Socket> {
+    let mut socket =
+        Socket::new(NETLINK_SOCK_DIAG).context("opening a NETLINK_SOCK_DIAG netlink socket")?;
+    socket
+        .bind_auto()
+        .context("binding the sock_diag netlink socket")?;
+    socket
+        .connect(&NetlinkAddr::new(0, 0))
+        .context("connecting the sock_diag netlink socket to the kernel")?;
+    Ok(socket)
+}
+
+/// Exact lookups sent in one datagram. The kernel answers each request of a datagram in turn
+/// while the send is in progress (netlink_rcv_skb), queueing one reply per request on our
+/// socket; a reply is an skb of about 1-2 KiB of truesize (inet_sk_attr_size), so 32 of them
+/// stay well inside the default receive buffer (net.core.rmem_default, 208 KiB), past which
+/// the kernel would drop replies.
+const LOOKUPS_PER_SEND: usize = 32;
+
+/// The TCP sockets among `wanted` (local, remote address) that exist now in the current network
+/// namespace, in any state, each found by an exact sock_diag lookup (inet_diag_find_one_icsk:
+/// a hash lookup, no walk of the table). A tuple no socket holds is left out: the kernel
+/// answers ENOENT, or with the listener on that local address, which is not the socket asked
+/// for. IPv4 tuples are looked up as AF_INET, IPv6 ones (IPv4-mapped included) as AF_INET6,
+/// which is how a dump reports them.
+pub fn lookup_tcp(wanted: &[(SocketAddr, SocketAddr)]) -> Result<Vec<Option<TcpSockInfo>>> {
+    let mut found = vec![None; wanted.len()];
+    if wanted.is_empty() {
+        return Ok(found);
+    }
+    let socket = open()?;
+    // Every request is answered (a reply or an error), but a refresh that waited forever for
+    // a reply that never came would stop the samples: give up after a while instead.
+    set_recv_timeout(&socket, LOOKUP_REPLY_TIMEOUT)?;
+    let mut buffer = vec![0u8; RECV_BUFFER_LEN];
+    let mut requests = Vec::new();
+    for (chunk_index, (chunk, found)) in wanted
+        .chunks(LOOKUPS_PER_SEND)
+        .zip(found.chunks_mut(LOOKUPS_PER_SEND))
+        .enumerate()
+    {
+        // Sequence numbers say which request a reply answers; 0 is never used.
+        let first = u32::try_from(chunk_index * LOOKUPS_PER_SEND + 1)
+            .context("too many sock_diag lookups")?;
+        requests.clear();
+        for (i, (local, remote)) in chunk.iter().enumerate() {
+            append_lookup(&mut requests, first + i as u32, *local, *remote);
+        }
+        socket
+            .send(&requests, 0)
+            .context("sending sock_diag lookup requests")?;
+        let mut answered = 0;
+        while answered < chunk.len() {
+            let received = socket
+                .recv(&mut &mut buffer[..], libc::MSG_TRUNC)
+                .context("receiving a sock_diag lookup reply")?;
+            if received > buffer.len() {
+                bail!(
+                    "a sock_diag reply of {received} bytes did not fit the {} byte buffer",
+                    buffer.len()
+                );
+            }
+            answered += parse_lookup_replies(&buffer[..received], first, chunk, found)?;
+        }
+    }
+    Ok(found)
+}
+
+/// How long a lookup reply may take (the kernel answers while the request is being sent).
+const LOOKUP_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn set_recv_timeout(socket: &Socket, timeout: std::time::Duration) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
+    };
+    // SAFETY: setsockopt reads a valid timeval of the size given, on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::addr_of!(tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("setting a receive timeout on the sock_diag netlink socket");
+    }
+    Ok(())
+}
+
+/// Appends one exact-lookup request (no NLM_F_DUMP) for the socket `local` -> `remote`.
+fn append_lookup(out: &mut Vec<u8>, sequence: u32, local: SocketAddr, remote: SocketAddr) {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = sequence;
+    let v4 = local.is_ipv4() && remote.is_ipv4();
+    let (family, (local_ip, remote_ip)) = if v4 {
+        (AF_INET, (local.ip(), remote.ip()))
+    } else {
+        (AF_INET6, (as_v6(local.ip()), as_v6(remote.ip())))
+    };
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            // Ignored by lookups.
+            states: StateFlags::empty(),
+            socket_id: SocketId {
+                source_port: local.port(),
+                destination_port: remote.port(),
+                source_address: local_ip,
+                destination_address: remote_ip,
+                interface_id: 0,
+                // INET_DIAG_NOCOOKIE: match by addresses alone.
+                cookie: [0xff; 8],
+            },
+        })
+        .into(),
+    );
+    request.finalize();
+    let start = out.len();
+    out.resize(start + align(request.buffer_len()), 0);
+    request.serialize(&mut out[start..]);
+}
+
+fn as_v6(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(v4) => std::net::IpAddr::V6(v4.to_ipv6_mapped()),
+        v6 => v6,
+    }
+}
+
+/// Parses the replies in one datagram to the lookups `chunk`, numbered from `first`, putting
+/// each socket found at its request's place in `found`; returns how many requests they
+/// answered.
+fn parse_lookup_replies(
+    mut data: &[u8],
+    first: u32,
+    chunk: &[(SocketAddr, SocketAddr)],
+    found: &mut [Option<TcpSockInfo>],
+) -> Result<usize> {
+    let mut answered = 0;
+    while data.len() >= NLMSG_HDRLEN {
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(data)
+            .context("decoding a sock_diag lookup reply")?;
+        let length = message.header.length as usize;
+        if length < NLMSG_HDRLEN {
+            bail!("sock_diag reply message claims a length of {length} bytes, shorter than its header");
+        }
+        let index = message
+            .header
+            .sequence_number
+            .checked_sub(first)
+            .map(|i| i as usize)
+            .filter(|i| *i < chunk.len() && *i < found.len());
+        if let Some(index) = index {
+            let (local, remote) = chunk[index];
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    answered += 1;
+                    let info = to_info(&response);
+                    let same = |a: SocketAddr, b: SocketAddr| {
+                        a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+                    };
+                    if same(info.local, local) && same(info.remote, remote) {
+                        found[index] = Some(info);
+                    }
+                }
+                NetlinkPayload::Error(error) => {
+                    answered += 1;
+                    if let Some(code) = error.code {
+                        let io = std::io::Error::from_raw_os_error(code.get().saturating_abs());
+                        if io.kind() != std::io::ErrorKind::NotFound {
+                            return Err(io).context("the kernel refused a sock_diag lookup");
+                        }
+                    }
+                }
+                NetlinkPayload::Overrun(_) => {
+                    bail!("the sock_diag lookups overran their netlink buffer (NLMSG_OVERRUN)")
+                }
+                _ => {}
+            }
+        }
+        let advance = align(length).min(data.len());
+        data = &data[advance..];
+    }
+    Ok(answered)
 }
 
 // The kernel sizes dump replies to the reader's buffer, capped at 32 KiB
@@ -366,7 +557,33 @@ mod tests {
         assert!(!connected
             .iter()
             .any(|s| s.local == listen_addr && s.state == (tcp_state::LISTEN as u8)));
+
+        // An exact lookup finds the same socket as the dump, and only sockets that exist: the
+        // kernel would answer a tuple nobody holds on a listening port with the listener.
+        let server_local = server.local_addr().unwrap();
+        let nobody = SocketAddr::new(client_remote.ip(), 1);
+        let looked_up = lookup_tcp(&[
+            (client_local, client_remote),
+            (listen_addr, nobody),
+            (server_local, client_local),
+        ])
+        .unwrap();
+        assert_eq!(looked_up[0].as_ref(), Some(&found));
+        assert_eq!(
+            looked_up[1], None,
+            "the listener answered for {listen_addr} -> {nobody}"
+        );
+        let accepted = looked_up[2].as_ref().expect("the accepted socket");
+        assert_eq!(accepted.local, server_local);
+        assert_eq!(accepted.recv_q, 0);
         drop(server);
+        let closing = lookup_tcp(&[(server_local, client_local)]).unwrap();
+        assert!(
+            closing[0]
+                .as_ref()
+                .is_none_or(|s| u32::from(s.state) != tcp_state::ESTABLISHED),
+            "{closing:?}"
+        );
     }
 
     #[test]

@@ -192,11 +192,7 @@ fn decode_all(code: &[u8], entry: u64) -> Result<Vec<Instruction>, CodeError> {
 /// The calls to `target` in `code` (a whole function at `entry`), each with where its result
 /// can be seen ([`AfterCall`]). Only direct `call rel32`, the only form Go emits for a static
 /// call; decoding the whole caller is what makes each address an instruction boundary.
-pub fn calls_to(
-    code: &[u8],
-    entry: u64,
-    target: u64,
-) -> Result<Vec<CallSite>, CodeError> {
+pub fn calls_to(code: &[u8], entry: u64, target: u64) -> Result<Vec<CallSite>, CodeError> {
     let all = decode_all(code, entry)?;
     let mut found = Vec::new();
     for (i, insn) in all.iter().enumerate() {

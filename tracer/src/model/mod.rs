@@ -208,16 +208,18 @@ pub struct RecvQ {
 
 /// A periodic observation. Sockets are read before the kernel map, so any socket of a
 /// target that the kernel tracks is guaranteed to be in `kernel` too. The kernel map is read
-/// at every sample; the socket table only when the collector scanned it this time (a scan
-/// costs in proportion to every socket on the host and every fd of the targets, so the
-/// collector paces scans by what the last one cost).
+/// at every sample; the socket table only when the collector read it this time (it paces
+/// those reads by what the last one cost).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sample {
     pub now_ns: u64,
     /// Every entry of the kernel's connection map.
     pub kernel: Vec<(u64, KernelConn)>,
-    /// Every TCP socket the targets hold (from sock_diag, matched to /proc/PID/fd); `None`
-    /// when the socket table was not scanned for this sample.
+    /// The targets' TCP sockets as the socket table has them: every one (a full scan, from
+    /// sock_diag matched to /proc/PID/fd), or every one already known (a refresh: the kernel
+    /// map's open connections and those the last full scan found, looked up by address; a
+    /// socket nobody knew of waits for the next full scan). `None` when the socket table was
+    /// not read for this sample.
     pub sockets: Option<Vec<SocketSample>>,
     /// Every open HTTP/2 stream the Go-aware probes follow (empty without them).
     #[serde(default)]
