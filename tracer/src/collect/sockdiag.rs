@@ -162,15 +162,7 @@ pub fn lookup_tcp(wanted: &[(SocketAddr, SocketAddr)]) -> Result<Vec<Option<TcpS
             .context("sending sock_diag lookup requests")?;
         let mut answered = 0;
         while answered < chunk.len() {
-            let received = socket
-                .recv(&mut &mut buffer[..], libc::MSG_TRUNC)
-                .context("receiving a sock_diag lookup reply")?;
-            if received > buffer.len() {
-                bail!(
-                    "a sock_diag reply of {received} bytes did not fit the {} byte buffer",
-                    buffer.len()
-                );
-            }
+            let received = recv_datagram(&socket, &mut buffer, "a sock_diag lookup reply")?;
             answered += parse_lookup_replies(&buffer[..received], first, chunk, found)?;
         }
     }
@@ -351,21 +343,26 @@ fn dump_family(
 
     let mut buffer = vec![0u8; RECV_BUFFER_LEN];
     loop {
-        // MSG_TRUNC makes recv return the real datagram size, so a reply too big for
-        // the buffer is caught instead of being silently cut.
-        let received = socket
-            .recv(&mut &mut buffer[..], libc::MSG_TRUNC)
-            .context("receiving the sock_diag dump reply")?;
-        if received > buffer.len() {
-            bail!(
-                "a sock_diag reply of {received} bytes did not fit the {} byte buffer",
-                buffer.len()
-            );
-        }
+        let received = recv_datagram(socket, &mut buffer, "the sock_diag dump reply")?;
         if parse_datagram(&buffer[..received], sequence, keep, out)? == Dump::Done {
             return Ok(());
         }
     }
+}
+
+/// Receives one datagram into `buffer`. MSG_TRUNC makes recv return the real datagram size,
+/// so a reply too big for the buffer is caught instead of being silently cut.
+fn recv_datagram(socket: &Socket, buffer: &mut [u8], what: &str) -> Result<usize> {
+    let received = socket
+        .recv(&mut &mut buffer[..], libc::MSG_TRUNC)
+        .with_context(|| format!("receiving {what}"))?;
+    if received > buffer.len() {
+        bail!(
+            "a sock_diag reply of {received} bytes did not fit the {} byte buffer",
+            buffer.len()
+        );
+    }
+    Ok(received)
 }
 
 #[derive(Debug, PartialEq, Eq)]
