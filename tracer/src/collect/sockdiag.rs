@@ -197,32 +197,51 @@ fn set_recv_timeout(socket: &Socket, timeout: std::time::Duration) -> Result<()>
 
 /// Appends one exact-lookup request (no NLM_F_DUMP) for the socket `local` -> `remote`.
 fn append_lookup(out: &mut Vec<u8>, sequence: u32, local: SocketAddr, remote: SocketAddr) {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST;
-    header.sequence_number = sequence;
     let v4 = local.is_ipv4() && remote.is_ipv4();
     let (family, (local_ip, remote_ip)) = if v4 {
         (AF_INET, (local.ip(), remote.ip()))
     } else {
         (AF_INET6, (as_v6(local.ip()), as_v6(remote.ip())))
     };
+    append_request(
+        out,
+        NLM_F_REQUEST,
+        sequence,
+        family,
+        // Ignored by lookups.
+        StateFlags::empty(),
+        SocketId {
+            source_port: local.port(),
+            destination_port: remote.port(),
+            source_address: local_ip,
+            destination_address: remote_ip,
+            interface_id: 0,
+            // INET_DIAG_NOCOOKIE: match by addresses alone.
+            cookie: [0xff; 8],
+        },
+    );
+}
+
+/// Appends one inet_diag TCP request, padded to netlink's alignment, to `out`.
+fn append_request(
+    out: &mut Vec<u8>,
+    flags: u16,
+    sequence: u32,
+    family: u8,
+    states: StateFlags,
+    socket_id: SocketId,
+) {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = sequence;
     let mut request = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::empty(),
-            // Ignored by lookups.
-            states: StateFlags::empty(),
-            socket_id: SocketId {
-                source_port: local.port(),
-                destination_port: remote.port(),
-                source_address: local_ip,
-                destination_address: remote_ip,
-                interface_id: 0,
-                // INET_DIAG_NOCOOKIE: match by addresses alone.
-                cookie: [0xff; 8],
-            },
+            states,
+            socket_id,
         })
         .into(),
     );
@@ -314,31 +333,23 @@ fn dump_family(
     keep: &mut impl FnMut(&TcpSockInfo) -> bool,
     out: &mut Vec<TcpSockInfo>,
 ) -> Result<()> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = sequence;
     let socket_id = if family == AF_INET {
         SocketId::new_v4()
     } else {
         SocketId::new_v6()
     };
-    let mut request = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
-            // from_bits_retain keeps states the crate has no flag for (NEW_SYN_RECV...).
-            states: StateFlags::from_bits_retain(states.0),
-            socket_id,
-        })
-        .into(),
+    let mut request = Vec::new();
+    append_request(
+        &mut request,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        sequence,
+        family,
+        // from_bits_retain keeps states the crate has no flag for (NEW_SYN_RECV...).
+        StateFlags::from_bits_retain(states.0),
+        socket_id,
     );
-    request.finalize();
-    let mut request_bytes = vec![0u8; request.buffer_len()];
-    request.serialize(&mut request_bytes);
     socket
-        .send(&request_bytes, 0)
+        .send(&request, 0)
         .context("sending the sock_diag dump request")?;
 
     let mut buffer = vec![0u8; RECV_BUFFER_LEN];
