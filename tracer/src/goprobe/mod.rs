@@ -236,21 +236,9 @@ impl GoImage {
             entry: function.entry,
             end: function.end,
         };
-        let code = self
-            .elf
-            .read(function.entry, function.end.saturating_sub(function.entry))
-            .filter(|_| self.elf.is_executable(function.entry))
-            .ok_or(not_in_file.clone())?;
+        let code = self.code_of(function).ok_or(not_in_file.clone())?;
         let prologue = code::check_prologue(code, function.entry)?;
-        let site = |address: u64| {
-            self.elf
-                .file_offset(address)
-                .map(|file_offset| ProbeSite {
-                    address,
-                    file_offset,
-                })
-                .ok_or(not_in_file.clone())
-        };
+        let site = |address: u64| self.probe_site(address).ok_or(not_in_file.clone());
         let returns = code::ret_sites(code, function.entry)?
             .into_iter()
             .map(site)
@@ -263,6 +251,24 @@ impl GoImage {
         })
     }
 
+    /// A function's machine code as the file holds it, if it lies in an executable segment.
+    fn code_of(&self, function: &Function) -> Option<&[u8]> {
+        self.elf
+            .read(function.entry, function.end.saturating_sub(function.entry))
+            .filter(|_| self.elf.is_executable(function.entry))
+    }
+
+    /// The functions of net/http (and its internal packages): the round trips' callers.
+    pub fn net_http_functions(&self) -> Result<Vec<Function>, GoLayerRefusal> {
+        self.symbols
+            .pclntab
+            .with_prefix(CALLER_PACKAGES)
+            .map_err(|source| GoLayerRefusal::Pclntab {
+                version: self.version().to_owned(),
+                source,
+            })
+    }
+
     fn probe_site(&self, address: u64) -> Option<ProbeSite> {
         self.elf.file_offset(address).map(|file_offset| ProbeSite {
             address,
@@ -270,12 +276,13 @@ impl GoImage {
         })
     }
 
-    /// Every call to `callee` from net/http, and (with `results`) where each call's result is
-    /// seen (an error if one call has no such place). Callers
+    /// Every call to `callee` from `functions` (`net_http_functions`), and (with `results`)
+    /// where each call's result is seen (an error if one call has no such place). Callers
     /// are found by their bytes first (an `e8` whose rel32 lands on the callee), then decoded
     /// whole from their checked prologue, so every site is an instruction boundary.
     pub fn callers_of(
         &self,
+        functions: &[Function],
         callee: &Function,
         results: bool,
     ) -> Result<CallerSites, GoLayerRefusal> {
@@ -284,21 +291,9 @@ impl GoImage {
             function: function.to_owned(),
             source,
         };
-        let functions = self
-            .symbols
-            .pclntab
-            .with_prefix(CALLER_PACKAGES)
-            .map_err(|source| GoLayerRefusal::Pclntab {
-                version: self.version().to_owned(),
-                source,
-            })?;
         let mut sites = CallerSites::default();
         for function in functions {
-            let Some(code) = self
-                .elf
-                .read(function.entry, function.end.saturating_sub(function.entry))
-                .filter(|_| self.elf.is_executable(function.entry))
-            else {
+            let Some(code) = self.code_of(function) else {
                 continue;
             };
             if !may_call(code, function.entry, callee.entry) {
@@ -503,12 +498,15 @@ pub fn inspect_image_with(image: GoImage, table: &OffsetTable) -> Result<GoBinar
             version: version.raw.clone(),
             source,
         })?;
+    // One pass over the function table for both round trips' callers.
+    let callers = image.net_http_functions().map_err(|e| e.to_string());
     let call_sites = probes
         .iter()
         .filter(|(role, _)| matches!(role, Role::H1RoundTrip | Role::H2RoundTrip))
         .map(|(role, sites)| {
+            let functions = callers.as_ref().map_err(Clone::clone)?;
             let callers = image
-                .callers_of(&sites.function, *role == Role::H2RoundTrip)
+                .callers_of(functions, &sites.function, *role == Role::H2RoundTrip)
                 .map_err(|e| e.to_string())?;
             if callers.calls.is_empty() {
                 return Err(format!(
