@@ -131,18 +131,24 @@ pub fn record(bytes: &[u8]) -> Result<Record<'_>> {
     })
 }
 
-/// Decodes one connection lifecycle record.
-pub fn event(bytes: &[u8]) -> Result<KernelEvent> {
-    if bytes.len() < size_of::<ConnEvent>() {
+/// Reads a plain-data record of type `T` (a `what` record) from the start of `bytes`, if it
+/// is long enough.
+pub fn plain<T: aya::Pod>(bytes: &[u8], what: &str) -> Result<T> {
+    if bytes.len() < size_of::<T>() {
         return Err(anyhow!(
-            "short event record: {} bytes, expected {}",
+            "short {what} record: {} bytes, expected {}",
             bytes.len(),
-            size_of::<ConnEvent>()
+            size_of::<T>()
         ));
     }
-    // SAFETY: the record is at least size_of::<ConnEvent>() bytes, ConnEvent is plain data
-    // (every bit pattern valid), and read_unaligned does not require alignment.
-    let raw: ConnEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    // SAFETY: `bytes` holds at least size_of::<T>() bytes, T is Pod (plain data: every bit
+    // pattern valid), and read_unaligned does not require alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+/// Decodes one connection lifecycle record.
+pub fn event(bytes: &[u8]) -> Result<KernelEvent> {
+    let raw: ConnEvent = plain(bytes, "event")?;
     let kind = match EventKind::from_u32(raw.kind) {
         Some(EventKind::Connect) => KernelEventKind::Connect,
         Some(EventKind::State) => KernelEventKind::State,

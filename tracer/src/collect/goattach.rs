@@ -468,16 +468,12 @@ impl GoProbes {
                 let function = binary
                     .probe(*role)
                     .ok_or_else(|| anyhow!("goprobe found no {role:?} function"))?;
+                let callers = || binary.callers(*role).map_err(|e| anyhow!(e));
                 let at: Vec<ProbeSite> = match place {
                     Place::Entry => vec![function.entry],
-                    _ => {
-                        let callers = binary.callers(*role).map_err(|e| anyhow!(e))?;
-                        match place {
-                            Place::Calls => callers.calls.clone(),
-                            Place::BranchesAfterCalls => callers.branches.clone(),
-                            _ => callers.returns.clone(),
-                        }
-                    }
+                    Place::Calls => callers()?.calls.clone(),
+                    Place::BranchesAfterCalls => callers()?.branches.clone(),
+                    Place::ReturnsAfterCalls => callers()?.returns.clone(),
                 };
                 for site in at {
                     let link = program(ebpf, name)?

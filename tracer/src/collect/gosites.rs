@@ -48,29 +48,15 @@ pub struct RawSite {
     pub pcs: Option<Vec<u64>>,
 }
 
-/// Reads a plain-data record of type `T` from the start of `bytes`, if it is long enough.
-fn read_record<T: Copy>(bytes: &[u8]) -> Result<T> {
-    if bytes.len() < size_of::<T>() {
-        return Err(anyhow!(
-            "short call-site record: {} bytes, expected {}",
-            bytes.len(),
-            size_of::<T>()
-        ));
-    }
-    // SAFETY: `bytes` holds at least size_of::<T>() bytes, T is one of the repr(C) plain-data
-    // records below (every bit pattern valid), and read_unaligned does not require alignment.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
-}
-
 /// Decodes one `go::SiteRecord` (or `SiteStackRecord`, when it carries frames) from the ring.
 pub fn decode(bytes: &[u8]) -> Result<RawSite> {
-    let raw: SiteRecord = read_record(bytes)?;
+    let raw: SiteRecord = super::decode::plain(bytes, "call-site")?;
     let what = SiteWhat::from_u32(raw.what)
         .ok_or_else(|| anyhow!("unknown call-site record kind {}", raw.what))?;
     let pcs = if raw.depth == 0 {
         None
     } else {
-        let full: SiteStackRecord = read_record(bytes)?;
+        let full: SiteStackRecord = super::decode::plain(bytes, "call-site")?;
         let depth = (raw.depth as usize).min(MAX_SITE_FRAMES);
         Some(full.pcs[..depth].to_vec())
     };
