@@ -149,7 +149,7 @@ impl<S: Source> Driver<S> {
             tokio::select! {
                 next = self.source.next(), if !ended => match next? {
                     Next::Input { at_ns, input } => {
-                        if self.take_input(at_ns, input)? {
+                        if self.take_input(at_ns, input)? || self.take_ready()? {
                             break Ending::Stopped;
                         }
                     }
@@ -220,6 +220,16 @@ impl<S: Source> Driver<S> {
                 Next::End { .. } | Next::Closed => return Ok(()),
             }
         }
+    }
+
+    /// Takes the inputs the source has at hand (the rest of a batch). True as `take_input`.
+    fn take_ready(&mut self) -> Result<bool> {
+        while let Some((at_ns, input)) = self.source.ready() {
+            if self.take_input(at_ns, input)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Hands `input` to the sinks, then to the model. True when it says every target exited

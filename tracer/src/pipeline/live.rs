@@ -28,6 +28,9 @@ pub struct LiveSource {
     rx: mpsc::Receiver<Vec<Input>>,
     /// The rest of the batch being handed on.
     batch: std::vec::IntoIter<Input>,
+    /// When that batch arrived: the time of each of its inputs (one clock read a batch, not
+    /// one an input; the batch is handed on at once).
+    batch_ns: u64,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<Result<()>>>,
     started_ns: u64,
@@ -46,6 +49,7 @@ impl LiveSource {
             spec,
             rx,
             batch: Vec::new().into_iter(),
+            batch_ns: 0,
             stop,
             task: Some(task),
             started_ns: monotonic_ns(),
@@ -62,15 +66,22 @@ impl Source for LiveSource {
         loop {
             if let Some(input) = self.batch.next() {
                 return Ok(Next::Input {
-                    at_ns: monotonic_ns(),
+                    at_ns: self.batch_ns,
                     input,
                 });
             }
             match self.rx.recv().await {
-                Some(batch) => self.batch = batch.into_iter(),
+                Some(batch) => {
+                    self.batch = batch.into_iter();
+                    self.batch_ns = monotonic_ns();
+                }
                 None => return Ok(Next::Closed),
             }
         }
+    }
+
+    fn ready(&mut self) -> Option<(u64, Input)> {
+        self.batch.next().map(|input| (self.batch_ns, input))
     }
 
     fn now_ns(&self) -> u64 {

@@ -48,6 +48,13 @@ pub trait Source {
     /// The next input when it is due. Must be cancel-safe: it is raced against the other
     /// branches of the driver's loop.
     fn next(&mut self) -> impl Future<Output = Result<Next>>;
+    /// An input already at hand, with its time: the rest of a live batch, taken by the driver
+    /// in the same turn of its loop instead of a select (and a poll of every signal) per
+    /// input. `None` when nothing is buffered, and always for a source that paces its inputs
+    /// (a replay).
+    fn ready(&mut self) -> Option<(u64, Input)> {
+        None
+    }
     /// The source's clock now (CLOCK_MONOTONIC live, the recorded clock in a replay).
     fn now_ns(&self) -> u64;
     /// When the session started, on the same clock.
