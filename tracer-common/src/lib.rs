@@ -408,8 +408,9 @@ impl ConnInfo {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// A target's connection got established (tracked since its connect(); the record now has
-    /// the source port). A connect that fails before that only has a Close event.
+    /// A target's connection got established. The kernel side no longer sends it: an open
+    /// connection reaches user space through the `CONNS` sample, a short one through its
+    /// Close. Kept so the numbering and decoding (and recordings that hold it) stay.
     Connect = 1,
     /// A tracked socket changed TCP state (not to CLOSE). The kernel side no longer sends it:
     /// a change between connect and close reaches user space through the `CONNS` sample, and

@@ -1,8 +1,8 @@
 //! TCP state changes: a target's connect starts tracking (SYN_SENT), the upstream's FIN shows
 //! as CLOSE_WAIT, the process's close as FIN_WAIT1/LAST_ACK, and TCP_CLOSE ends tracking.
-//! Only the establishment (Connect) and the end (Close) are ring-buffer events, each with the
-//! whole record; the other changes are written to `CONNS`, which user space samples every
-//! second. A connection that never gets established only has its Close event.
+//! Only the end (Close) is a ring-buffer event, with the whole record; the other changes are
+//! written to `CONNS`, which user space samples every second, so a connection shows at the
+//! first sample after its connect or at its Close, whichever comes first.
 //!
 //! State changes caused by incoming packets run in softirq context, where the current task
 //! is unrelated: those are matched by socket (`CONNS`), never by pid.
@@ -90,15 +90,17 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     // queue tells something (the upstream's FIN, the process's close, the end) sample it.
     match new_state {
         tcp_state::ESTABLISHED => {
+            // No event: user space takes an open connection from the map at its next sample
+            // (every second) and a short one from its Close, which carries the whole record.
+            // A Connect event here cost a ring record in the kernel and a model input in the
+            // tracer for every connection (a third of the tracer's CPU with a new upstream
+            // connection per request).
             let now = unsafe { bpf_ktime_get_ns() };
             // SAFETY: as above.
-            let first = unsafe { core::mem::replace(&mut (*conn).established_ns, now) == 0 };
-            if first {
-                // The Connect event goes out here rather than at SYN_SENT: only now does the
-                // record have the source port, by which user space matches the connection to
-                // the socket table's view of it (with no State events, a record without it
-                // could stay its only one until the next sample).
-                emit(EventKind::Connect, old_state, new_state, sk, now, conn);
+            unsafe {
+                if (*conn).established_ns == 0 {
+                    (*conn).established_ns = now;
+                }
             }
         }
         tcp_state::CLOSE_WAIT => {
@@ -347,6 +349,5 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
             }
         }
     }
-    // The Connect event waits for ESTABLISHED, which knows the source port (see there).
     Ok(0)
 }

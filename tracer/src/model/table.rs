@@ -32,16 +32,21 @@ pub struct ConnTable {
     /// Fallback names per address, from resolving the catalogue's hostnames.
     address_names: HashMap<IpAddr, ConnName>,
     /// Names of sockets not (yet) in the table, for when they arrive: by address, with the
-    /// connect time of the socket they belong to.
+    /// connect time of the socket they belong to. The kernel sends no event at connect, so a
+    /// connection's name comes before it: its Close or the next sample's map read brings it.
     early_names: HashMap<u64, (u64, ConnName)>,
+    /// When the last sample read the kernel map: names of sockets opened before it that
+    /// neither it nor a Close claimed are dropped at the next sample.
+    last_sample_ns: u64,
     /// The kernel hook used for each role.
     hooks: BTreeMap<String, String>,
     targets: Vec<Target>,
     stats: KernelStats,
     scans_seen: u64,
-    /// Sockets closed by TCP while their Connect event may still be queued: late events for
-    /// them must not resurrect the connection.
-    closed_sockets: HashSet<u64>,
+    /// Sockets closed by TCP, with their connect time: late events and map entries of them
+    /// must not resurrect the connection (a newer connect time is a new socket at the
+    /// address).
+    closed_sockets: HashMap<u64, u64>,
     /// Per address, the last older socket a newer one displaced there (`refresh_from_kernel`):
     /// its connect time and the host it counts under. Its events still queued then count it
     /// once, judge its end under that host, and touch nothing else.
@@ -261,7 +266,7 @@ impl ConnTable {
                     self.closed_sockets.remove(&event.sk);
                     self.drop_early_name(event.sk, |opened| opened < event.conn.connect_ns);
                 }
-                if self.closed_sockets.contains(&event.sk)
+                if self.closed_sockets.contains_key(&event.sk)
                     || self.exited_pids.contains(&event.conn.pid)
                 {
                     return;
@@ -269,8 +274,16 @@ impl ConnTable {
                 self.refresh_from_kernel(event.sk, &event.conn);
             }
             KernelEventKind::Close => {
-                // A name waiting for this socket, or an older one, goes with it.
-                self.drop_early_name(event.sk, |opened| opened <= event.conn.connect_ns);
+                // A name waiting for this socket (its name came before it: see `early_names`),
+                // or for an older one, goes with it; a newer socket's stays.
+                let name = match self.early_names.remove(&event.sk) {
+                    Some((opened, name)) if opened == event.conn.connect_ns => Some(name),
+                    Some(waiting) if waiting.0 > event.conn.connect_ns => {
+                        self.early_names.insert(event.sk, waiting);
+                        None
+                    }
+                    _ => None,
+                };
                 let remote = event.conn.remote;
                 let held = self.conns.get(&key).map(|c| c.opened_ns);
                 if held.is_some_and(|opened| opened > event.conn.connect_ns) {
@@ -292,7 +305,7 @@ impl ConnTable {
                 let (host, provider) = match held {
                     Some(conn) => (conn.host, conn.provider),
                     None => {
-                        let (host, provider) = self.label(None, remote);
+                        let (host, provider) = self.label(name.as_ref(), remote);
                         if !self.exited_pids.contains(&event.conn.pid) {
                             // Opened and closed between two looks, or its Connect event was lost.
                             self.count_host(&host, provider.clone(), remote, |t| {
@@ -306,7 +319,7 @@ impl ConnTable {
                 if self.closed_sockets.len() > 65_536 {
                     self.closed_sockets.clear();
                 }
-                self.closed_sockets.insert(event.sk);
+                self.closed_sockets.insert(event.sk, event.conn.connect_ns);
                 if classify::closed_unread(ending_of(event)) {
                     self.count_host(&host, provider, remote, |t| t.closed_unread_total += 1);
                 }
@@ -394,15 +407,27 @@ impl ConnTable {
             if self.exited_pids.contains(&conn.pid) {
                 continue;
             }
+            // The entry of a socket whose Close came while the map was read (the kernel sends
+            // the Close, then deletes the entry) is not a new connection.
+            if self
+                .closed_sockets
+                .get(sk)
+                .is_some_and(|closed| conn.connect_ns <= *closed)
+            {
+                continue;
+            }
             in_kernel.insert(*sk);
             // A live entry at a recently closed address is a new socket.
             self.closed_sockets.remove(sk);
             self.refresh_from_kernel(*sk, conn);
         }
-        // A name that came before its connection was either for one adopted just now or for
-        // a socket gone before the map was read: it must not wait for the next socket that
-        // reuses the address.
-        self.early_names.clear();
+        // A name that came before its connection was for one adopted just now, for one whose
+        // Close is still queued (closed after the map was read), or for a socket gone
+        // unseen: names older than the previous sample had their chance and go, so none
+        // waits for the next socket that reuses the address.
+        let previous = std::mem::replace(&mut self.last_sample_ns, sample.now_ns);
+        self.early_names
+            .retain(|_, (opened_ns, _)| *opened_ns >= previous);
         self.conns.retain(|key, conn| match key {
             ConnKey::Socket(sk) if !in_kernel.contains(sk) => {
                 conn.missing_samples += 1;
@@ -1644,14 +1669,15 @@ mod tests {
         });
         assert_eq!(only(&table).host, "10.0.0.13");
         // A Close of a socket newer than the one held: the held one's Close was lost; the
-        // newer one opened and closed between two looks, and its name goes with it.
+        // newer one opened and closed between two looks, counted under the name it had.
         let newest = KernelConn {
             state: CLOSE,
             ..established(kconn(40003, UP, 5 * SEC), 5 * SEC)
         };
         table.apply(close(sk, ESTABLISHED, OTHER_PID, newest));
         assert!(locals(&table).is_empty());
-        assert_eq!(totals(&table, UP_HOST).connections_total, 2);
+        assert_eq!(totals(&table, UP_HOST).connections_total, 1);
+        assert_eq!(totals(&table, "api.openai.com").connections_total, 1);
         assert_eq!(totals(&table, "10.0.0.13").connections_total, 1);
         table.apply(sample(
             6 * SEC,
@@ -1741,6 +1767,77 @@ mod tests {
         assert_eq!(totals(&table, UP_HOST).connections_total, 1);
         assert!(table.hosts().get("api.anthropic.com").is_none());
         assert_eq!(totals(&table, "api.openai.com").connections_total, 1);
+    }
+
+    #[test]
+    fn a_connection_named_and_closed_between_samples_counts_under_its_name() {
+        // No Connect event: the name comes first, then the Close with the whole record.
+        let mut table = table_after([]);
+        table.apply(Input::Named {
+            sk: 5,
+            opened_ns: SEC,
+            name: named("api.openai.com", Some("openai"), NameSource::Sni),
+        });
+        let closed = KernelConn {
+            state: CLOSE,
+            closed_by_process: true,
+            ..up()
+        };
+        table.apply(close(5, FIN_WAIT2, OTHER_PID, closed));
+        assert_eq!(table.conns().count(), 0);
+        assert_eq!(totals(&table, "api.openai.com").connections_total, 1);
+        assert_eq!(
+            totals(&table, "api.openai.com").provider.as_deref(),
+            Some("openai")
+        );
+        assert!(table.hosts().get(UP_HOST).is_none());
+    }
+
+    #[test]
+    fn a_name_waits_through_one_sample_for_a_close_still_queued() {
+        let mut table = table_after([]);
+        table.apply(Input::Named {
+            sk: 5,
+            opened_ns: SEC,
+            name: named("api.openai.com", None, NameSource::Sni),
+        });
+        // Closed after the name and before this sample read the map; its Close comes after.
+        table.apply(sample(2 * SEC, vec![], vec![]));
+        let closed = KernelConn {
+            state: CLOSE,
+            ..up()
+        };
+        table.apply(close(5, FIN_WAIT2, OTHER_PID, closed));
+        assert_eq!(totals(&table, "api.openai.com").connections_total, 1);
+        assert!(table.hosts().get(UP_HOST).is_none());
+
+        // A name no Close and no map entry claims is gone after the next sample.
+        table.apply(Input::Named {
+            sk: 6,
+            opened_ns: 3 * SEC,
+            name: named("gone.example", None, NameSource::Sni),
+        });
+        table.apply(sample(4 * SEC, vec![], vec![]));
+        table.apply(sample(5 * SEC, vec![], vec![]));
+        assert!(table.early_names.is_empty());
+    }
+
+    #[test]
+    fn a_map_entry_read_after_its_close_is_not_a_new_connection() {
+        let closed = KernelConn {
+            state: CLOSE,
+            ..up()
+        };
+        let mut table = table_after([close(1, FIN_WAIT2, OTHER_PID, closed)]);
+        // The kernel sends the Close, then deletes the entry: a map read in between sees it.
+        table.apply(sample(3 * SEC, vec![(1, up())], vec![]));
+        assert_eq!(table.conns().count(), 0);
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
+        // A newer socket at that address is new.
+        let reused = established(kconn(40002, UP, 4 * SEC), 4 * SEC);
+        table.apply(sample(5 * SEC, vec![(1, reused)], vec![]));
+        assert_eq!(only(&table).opened_ns, 4 * SEC);
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 2, 0));
     }
 
     #[test]
