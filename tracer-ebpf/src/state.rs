@@ -93,8 +93,8 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
             // No event: user space takes an open connection from the map at its next sample
             // (every second) and a short one from its Close, which carries the whole record.
             // A Connect event here cost a ring record in the kernel and a model input in the
-            // tracer for every connection (a third of the tracer's CPU with a new upstream
-            // connection per request).
+            // tracer for every connection (about a quarter of the tracer's CPU with a new
+            // upstream connection per request).
             let now = unsafe { bpf_ktime_get_ns() };
             // SAFETY: as above.
             unsafe {
