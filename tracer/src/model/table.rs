@@ -171,13 +171,8 @@ impl ConnTable {
 
     fn track_new(&mut self, key: ConnKey, mut conn: UpstreamConn) {
         if let ConnKey::Socket(sk) = key {
-            match self.early_names.remove(&sk) {
-                Some((opened, name)) if opened == conn.opened_ns => conn.name = Some(name),
-                // A newer socket's, whose record is still to come.
-                Some(waiting) if waiting.0 > conn.opened_ns => {
-                    self.early_names.insert(sk, waiting);
-                }
-                _ => {}
+            if let Some(name) = self.take_early_name(sk, conn.opened_ns) {
+                conn.name = Some(name);
             }
         }
         (conn.host, conn.provider) = self.label(conn.name.as_ref(), conn.remote);
@@ -237,6 +232,19 @@ impl ConnTable {
         self.relabel(key);
     }
 
+    /// Takes the name waiting at address `sk` for the socket connected at `opened_ns`. A name
+    /// of a newer socket there stays for it (its record is still to come); an older one's goes.
+    fn take_early_name(&mut self, sk: u64, opened_ns: u64) -> Option<ConnName> {
+        match self.early_names.remove(&sk) {
+            Some((opened, name)) if opened == opened_ns => Some(name),
+            Some(waiting) if waiting.0 > opened_ns => {
+                self.early_names.insert(sk, waiting);
+                None
+            }
+            _ => None,
+        }
+    }
+
     /// Drops the name waiting at address `sk` when the connect time of its socket passes
     /// `belongs_to_older`.
     fn drop_early_name(&mut self, sk: u64, belongs_to_older: impl Fn(u64) -> bool) {
@@ -274,16 +282,8 @@ impl ConnTable {
                 self.refresh_from_kernel(event.sk, &event.conn);
             }
             KernelEventKind::Close => {
-                // A name waiting for this socket (its name came before it: see `early_names`),
-                // or for an older one, goes with it; a newer socket's stays.
-                let name = match self.early_names.remove(&event.sk) {
-                    Some((opened, name)) if opened == event.conn.connect_ns => Some(name),
-                    Some(waiting) if waiting.0 > event.conn.connect_ns => {
-                        self.early_names.insert(event.sk, waiting);
-                        None
-                    }
-                    _ => None,
-                };
+                // Its name came before it (see `early_names`).
+                let name = self.take_early_name(event.sk, event.conn.connect_ns);
                 let remote = event.conn.remote;
                 let held = self.conns.get(&key).map(|c| c.opened_ns);
                 if held.is_some_and(|opened| opened > event.conn.connect_ns) {

@@ -64,11 +64,8 @@ impl LiveSource {
 impl Source for LiveSource {
     async fn next(&mut self) -> Result<Next> {
         loop {
-            if let Some(input) = self.batch.next() {
-                return Ok(Next::Input {
-                    at_ns: self.batch_ns,
-                    input,
-                });
+            if let Some((at_ns, input)) = self.ready() {
+                return Ok(Next::Input { at_ns, input });
             }
             match self.rx.recv().await {
                 Some(batch) => {
