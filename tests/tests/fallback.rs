@@ -25,7 +25,14 @@ fn start_tracer_reading_from_syscalls(args: &[String]) -> Proc {
         .env("TRACER_READ_HOOK", "syscalls");
     let mut tracer = Proc::spawn("tracer", cmd);
     // The whole read=... word: `read=sock/sock_recv_length` would not match.
-    tracer.expect_stderr(" read=syscalls/sys_exit_read ", Duration::from_secs(30));
+    // `syscalls` forces every role that has a syscall path onto it (a kernel before 5.15),
+    // so the connect, close and first-write syscall programs are tested here too.
+    tracer.expect_stderr(
+        "connect=syscalls/sys_enter_connect state=sock/inet_sock_set_state \
+         read=syscalls/sys_exit_read close=syscalls/sys_enter_close \
+         first_write=syscalls/sys_enter_write",
+        Duration::from_secs(30),
+    );
     tracer.expect_stderr("tracer: attached", Duration::from_secs(30));
     eprintln!(
         "tracer: hooks: ... read=syscalls/sys_exit_read ... (forced by TRACER_READ_HOOK=syscalls)"

@@ -46,6 +46,27 @@ pub mod global_names {
     /// Non-zero when reads are counted at the read syscalls' exits instead of by
     /// `sock/sock_recv_length` (kernels before 6.3, or forced for tests).
     pub const READS_FROM_SYSCALLS: &str = "READS_FROM_SYSCALLS";
+    /// Non-zero when the syscall a state change runs in is read from the thread's saved user
+    /// registers (`bpf_task_pt_regs`, Linux 5.15; x86-64): connect()'s fd at SYN_SENT and
+    /// close()'s at the process's close, with no syscall tracepoint attached.
+    pub const SYSCALL_FROM_REGS: &str = "SYSCALL_FROM_REGS";
+    /// Byte offsets of the syscall number and the first argument in `struct pt_regs` (from
+    /// its BTF: `orig_ax` and `di` on x86-64).
+    pub const PT_REGS_NR_OFFSET: &str = "PT_REGS_NR_OFFSET";
+    pub const PT_REGS_ARG0_OFFSET: &str = "PT_REGS_ARG0_OFFSET";
+    /// Non-zero when first bytes are copied at `tcp/tcp_sendmsg_locked` (keyed by socket)
+    /// rather than at the write syscalls (keyed by fd).
+    pub const WRITES_FROM_SOCK: &str = "WRITES_FROM_SOCK";
+    /// Byte offsets of `msghdr.msg_iter` and of `iov_iter`'s `iter_type`, `iov_offset`,
+    /// `ubuf` (the same place as `__iov`) and `count` (from the kernel's BTF), and the values
+    /// of `ITER_UBUF` and `ITER_IOVEC` in `enum iter_type`.
+    pub const MSG_ITER_OFFSET: &str = "MSG_ITER_OFFSET";
+    pub const ITER_TYPE_OFFSET: &str = "ITER_TYPE_OFFSET";
+    pub const ITER_IOV_OFFSET_OFFSET: &str = "ITER_IOV_OFFSET_OFFSET";
+    pub const ITER_UBUF_OFFSET: &str = "ITER_UBUF_OFFSET";
+    pub const ITER_COUNT_OFFSET: &str = "ITER_COUNT_OFFSET";
+    pub const ITER_UBUF: &str = "ITER_UBUF";
+    pub const ITER_IOVEC: &str = "ITER_IOVEC";
 }
 
 /// Field offsets of the tracepoint records the eBPF side reads, as
@@ -92,11 +113,23 @@ pub mod tp_layout {
     /// not its record, so the user side checks the kernel's prototype (its BTF
     /// `btf_trace_<event>` typedef) instead of a format file: (program, event, argument types
     /// after the leading `void *`, as C spells them).
-    pub const RAW_ARGS: &[(&str, &str, &[&str])] = &[(
-        "sock_recv",
-        "sock_recv_length",
-        &["struct sock *", "int", "int"],
-    )];
+    pub const RAW_ARGS: &[(&str, &str, &[&str])] = &[
+        (
+            "sock_recv",
+            "sock_recv_length",
+            &["struct sock *", "int", "int"],
+        ),
+        (
+            "sock_send",
+            "tcp_sendmsg_locked",
+            &[
+                "struct sock *",
+                "struct msghdr *",
+                "struct sk_buff *",
+                "int",
+            ],
+        ),
+    ];
 
     /// (group, event, field, offset) for every field above, for the user side's check.
     pub const CHECKS: &[(&str, &str, &str, usize)] = &[
@@ -314,6 +347,9 @@ impl ConnFlags {
     /// The kernel side counts this socket's reads in progress (its fd is in the filter that
     /// `enter_read` checks). Kernel-side bookkeeping.
     pub const READS_COUNTED: u32 = 32;
+    /// First bytes are copied at `tcp_sendmsg_locked` and this socket's share is taken (or it
+    /// never wanted any). Kernel-side bookkeeping.
+    pub const NAMED: u32 = 64;
 }
 
 /// Key of `FD_SOCKS`.
@@ -342,8 +378,10 @@ pub struct ConnInfo {
     pub family: u16,
     pub sport: u16,
     pub dport: u16,
-    /// Explicit padding (the naming counters live in the kernel side's fd map now).
-    pub _pad0: u16,
+    /// Writes whose first bytes went to user space for naming, at most FIRST_BYTES_WRITES
+    /// (when they are copied at `tcp_sendmsg_locked`; on the syscall path the counters are in
+    /// the kernel side's fd map). Kernel-side bookkeeping.
+    pub captured_writes: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub comm: [u8; COMM_LEN],
@@ -367,8 +405,8 @@ pub struct ConnInfo {
     pub unread_sampled_ns: u64,
     /// [`ConnFlags`] bits.
     pub flags: u32,
-    /// Explicit padding.
-    pub _pad1: u32,
+    /// Bytes of those writes, at most FIRST_BYTES_MAX. Kernel-side bookkeeping.
+    pub captured_bytes: u32,
 }
 const _: () = assert!(size_of::<ConnInfo>() == 160);
 
@@ -383,7 +421,7 @@ impl ConnInfo {
             family: 0,
             sport: 0,
             dport: 0,
-            _pad0: 0,
+            captured_writes: 0,
             saddr: [0; 16],
             daddr: [0; 16],
             comm: [0; COMM_LEN],
@@ -399,7 +437,7 @@ impl ConnInfo {
             reads_inflight: 0,
             unread_sampled_ns: 0,
             flags: 0,
-            _pad1: 0,
+            captured_bytes: 0,
         }
     }
 }

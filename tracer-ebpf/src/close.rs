@@ -1,12 +1,27 @@
-//! close(): the process let go of a tracked socket's fd.
+//! close(): the process let go of a tracked socket's fd. On kernels where the state change
+//! tcp_close makes can read the syscall's fd from the thread's registers (state.rs), this
+//! tracepoint is not attached.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{tp_layout, FdKey};
 
 use crate::{
-    maps::{CLOSING, FD_MAPPED_BITS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, WANT_SLOTS},
+    maps::{FdSock, CLOSING, FD_MAPPED_BITS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, WANT_SLOTS},
     sock::{current_ids, fd_slot, field, filter_lower, maybe_in, tid_slot, wants_first_bytes},
 };
+
+/// The fd no longer names the socket: clears its `FD_SOCKS` mapping (`mapping`, whose value
+/// was `bits`; `slot` its filter slot). The entry stays for the fd number's next socket (see
+/// `FD_SOCKS`).
+#[inline(always)]
+pub fn release_mapping(mapping: *mut FdSock, bits: u64, slot: u32) {
+    // SAFETY: `mapping` points into the FD_SOCKS entry the caller just looked up.
+    unsafe { (*mapping).sk = 0 };
+    if wants_first_bytes(bits) {
+        // Released before its first bytes were all taken (see `WANT_SLOTS`).
+        filter_lower(&WANT_SLOTS, slot, 1);
+    }
+}
 
 /// `syscalls/sys_enter_close`: notes the socket closed by the process before tcp_close runs,
 /// so the TCP_CLOSE that follows is known to be ours and not the upstream's reset.
@@ -32,13 +47,7 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<u32, i64> {
     if sk == 0 {
         return Ok(0);
     }
-    // The fd no longer names the socket; the entry stays for the fd number's next socket
-    // (see `FD_SOCKS`). SAFETY: as above.
-    unsafe { (*mapping).sk = 0 };
-    if wants_first_bytes(bits) {
-        // Closed before its first bytes were all taken (see `WANT_SLOTS`).
-        filter_lower(&WANT_SLOTS, slot, 1);
-    }
+    release_mapping(mapping, bits, slot);
     // No CONNS lookup here: tcp_close runs in this thread before it returns to user space,
     // and the state change it makes (FIN_WAIT1, LAST_ACK, or TCP_CLOSE for an abort) marks
     // the socket closed by the process and takes the time, with the entry in hand (state.rs).

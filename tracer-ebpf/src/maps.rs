@@ -110,6 +110,14 @@ pub static FD_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 #[map]
 pub static WANT_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 
+/// Counting filter of the tracked sockets whose first bytes are still wanted, by socket address
+/// (`sock::sock_slot`), when they are copied at `tcp_sendmsg_locked` (write.rs): raised when
+/// tracking starts, lowered once, when the socket's share is taken (`ConnFlags::NAMED`) or its
+/// tracking ends. A send on any other socket, or on a connection already named, costs this
+/// one array load.
+#[map]
+pub static WANT_SOCK_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
+
 /// `FD_SLOTS` halves (see there): one of each, as the amount to add.
 pub const FD_MAPPED: u32 = 1;
 pub const FD_READER: u32 = 1 << 16;

@@ -3,7 +3,7 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated as gen},
     maps::Array,
     programs::TracePointContext,
     EbpfContext as _,
@@ -32,6 +32,24 @@ static SK_SOCKET_OFFSET: u32 = 0;
 static SOCKET_FILE_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static FILE_FLAGS_OFFSET: u32 = 0;
+
+/// Non-zero when connect()'s and close()'s fds are read from the thread's saved user
+/// registers at the state changes they cause (`in_syscall`), instead of from syscall
+/// tracepoints (connect.rs, close.rs), which would put every syscall of every process on the
+/// host through the kernel's slow syscall path. Set by the loader (x86-64, Linux 5.15+).
+#[unsafe(no_mangle)]
+static SYSCALL_FROM_REGS: u32 = 0;
+/// Byte offsets of the syscall number and first argument in `struct pt_regs` (`orig_ax`,
+/// `di`), from the running kernel's BTF.
+#[unsafe(no_mangle)]
+static PT_REGS_NR_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static PT_REGS_ARG0_OFFSET: u32 = 0;
+
+/// x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl): the loader chooses the
+/// registers path on x86-64 only.
+pub const NR_CONNECT: u64 = 42;
+pub const NR_CLOSE: u64 = 3;
 
 /// Reads a field of the tracepoint record the program was called with. A tracepoint
 /// program's context is that record, which the verifier lets it load from directly: no helper
@@ -161,6 +179,40 @@ pub fn count(stat: Stat) {
         // SAFETY: a per-CPU slot is only touched by programs on this CPU, which do not preempt
         // each other, so this plain increment cannot race.
         unsafe { *slot += 1 };
+    }
+}
+
+/// True when connect()'s and close()'s fds come from the registers (`in_syscall`).
+#[inline(always)]
+pub fn syscall_from_regs() -> bool {
+    read_global(&SYSCALL_FROM_REGS) != 0
+}
+
+/// The first argument of the syscall the current thread is in, when that syscall is `nr`:
+/// read from the user registers the kernel saved at syscall entry (`bpf_task_pt_regs`, Linux
+/// 5.15), which stay as they were until the syscall returns. A state change that connect()
+/// or close() makes runs in the calling thread before it returns, so this gives the fd they
+/// were called with, with no hook on the syscall itself. In softirq context the registers are
+/// those of whatever thread was interrupted: callers match the result against the socket's
+/// own process and fd.
+#[inline(always)]
+pub fn in_syscall(nr: u64) -> Option<u64> {
+    let nr_off = read_global(&PT_REGS_NR_OFFSET);
+    let arg0_off = read_global(&PT_REGS_ARG0_OFFSET);
+    // SAFETY: helpers without memory arguments; the task pointer is the verifier-checked
+    // current task, and the registers are read with bpf_probe_read_kernel, which checks the
+    // address and fails cleanly.
+    unsafe {
+        let task = gen::bpf_get_current_task_btf();
+        let regs = gen::bpf_task_pt_regs(task) as u64;
+        if regs == 0 {
+            return None;
+        }
+        let called = bpf_probe_read_kernel((regs + u64::from(nr_off)) as *const u64).ok()?;
+        if called != nr {
+            return None;
+        }
+        bpf_probe_read_kernel((regs + u64::from(arg0_off)) as *const u64).ok()
     }
 }
 

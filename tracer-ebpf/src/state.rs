@@ -25,17 +25,19 @@ use tracer_common::{
 };
 
 use crate::{
+    close::release_mapping,
     connect::adopt_by_comm,
     maps::{
-        FdSock, CLOSING, CONNS, FD_MAPPED, FD_READER, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK,
-        PENDING_CONNECT, SOCK_SLOTS, WANT_SLOTS,
+        FdSock, CLOSING, CONNS, FD_MAPPED, FD_NAMED, FD_READER, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK,
+        PENDING_CONNECT, SOCK_SLOTS, WANT_SLOTS, WANT_SOCK_SLOTS,
     },
     read::reads_from_syscalls,
     sock::{
         connect_slot, count, current_ids, emit, fd_slot, field, filter_lower, filter_raise,
-        is_target, maybe, nonblocking_file, sample_peer_fin, sample_unread, sock_slot, tid_slot,
-        wants_first_bytes, zero_words,
+        in_syscall, is_target, maybe, nonblocking_file, sample_peer_fin, sample_unread, sock_slot,
+        syscall_from_regs, tid_slot, wants_first_bytes, zero_words, NR_CLOSE, NR_CONNECT,
     },
+    write::writes_from_sock,
 };
 
 /// `sock/inet_sock_set_state` (Linux 4.16).
@@ -130,11 +132,42 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
 }
 
 /// Marks the socket closed by the process when this change comes from the close() the
-/// current thread just made on it (`CLOSING`, noted by close.rs): tcp_close runs in the
-/// closing thread before it returns to user space.
+/// current thread is making on it: tcp_close runs in the closing thread before it returns to
+/// user space. That close() is known from the thread's saved registers (`in_syscall`), or,
+/// where those are not read, from `CLOSING`, noted by close.rs at the syscall's entry.
 #[inline(always)]
 fn note_closed_by_process(sk: u64, conn: *mut ConnInfo) {
-    let (_, tid) = current_ids();
+    // SAFETY: `conn` points into the CONNS entry the caller holds.
+    let (flags, tgid, fd) = unsafe { ((*conn).flags, (*conn).tgid, (*conn).fd) };
+    if flags & ConnFlags::CLOSED_BY_PROCESS != 0 {
+        return;
+    }
+    let (current, tid) = current_ids();
+    if syscall_from_regs() {
+        // Another process's thread (this change runs in softirq), or an fd never learned.
+        if current != tgid || flags & ConnFlags::FD_KNOWN == 0 {
+            return;
+        }
+        // The fd as close() took it (an int): compared as 32 bits.
+        if in_syscall(NR_CLOSE).is_none_or(|arg| arg as u32 != fd as u32) {
+            return;
+        }
+        // SAFETY: as above.
+        unsafe { (*conn).flags |= ConnFlags::CLOSED_BY_PROCESS };
+        // What close.rs does at the syscall's entry: the fd no longer names the socket.
+        let key = FdKey {
+            tgid,
+            fd: fd as u32,
+        };
+        if let Some(mapping) = FD_SOCKS.get_ptr_mut(&key) {
+            // SAFETY: pointer from the lookup just made.
+            let bits = unsafe { (*mapping).sk };
+            if bits & FD_SOCK_MASK == sk {
+                release_mapping(mapping, bits, fd_slot(tgid, fd as u32));
+            }
+        }
+        return;
+    }
     let Some(slot) = CLOSING.get_ptr_mut(tid_slot(tid)) else {
         return;
     };
@@ -173,6 +206,10 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
     // all the same.
     let _ = CONNS.remove(&sk);
     filter_lower(&SOCK_SLOTS, sock_slot(sk), 1);
+    if flags & ConnFlags::NAMED == 0 {
+        // Ended before its first bytes were all taken (see `WANT_SOCK_SLOTS`).
+        filter_lower(&WANT_SOCK_SLOTS, sock_slot(sk), 1);
+    }
     if flags & ConnFlags::FD_KNOWN == 0 {
         return;
     }
@@ -194,12 +231,7 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
             // SAFETY: pointer from the lookup just made.
             let bits = unsafe { (*mapping).sk };
             if bits & FD_SOCK_MASK == sk {
-                // SAFETY: as above.
-                unsafe { (*mapping).sk = 0 };
-                if wants_first_bytes(bits) {
-                    // Ended before its first bytes were all taken (see `WANT_SLOTS`).
-                    filter_lower(&WANT_SLOTS, slot, 1);
-                }
+                release_mapping(mapping, bits, slot);
             }
         }
     }
@@ -217,7 +249,13 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
     // undefined payload from a register the verifier knows as never written, which it refuses
     // ("R3 !read_ok").
     let mut fd: i64 = -1;
-    if let Some(slot) = PENDING_CONNECT.get_ptr_mut(connect_slot(tid)) {
+    if syscall_from_regs() {
+        // The fd connect() was called with, from this thread's registers: SYN_SENT runs in
+        // connect() (`in_syscall`).
+        if let Some(arg) = in_syscall(NR_CONNECT) {
+            fd = i64::from(arg as i32);
+        }
+    } else if let Some(slot) = PENDING_CONNECT.get_ptr_mut(connect_slot(tid)) {
         // SAFETY: pointer from the lookup just made, to an aligned u64 that threads store
         // whole (see `PENDING_CONNECT`).
         let pending = unsafe { *slot };
@@ -279,6 +317,12 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
     if nonblocking {
         info.flags |= ConnFlags::NONBLOCKING_READS;
     }
+    // First bytes are wanted from the socket's first send (write.rs) when they are copied
+    // there; on the syscall path through the fd's mapping below, so nothing is pending here.
+    let by_sock = writes_from_sock();
+    if !by_sock {
+        info.flags |= ConnFlags::NAMED;
+    }
     if fd >= 0 {
         info.fd = fd as i32;
         info.flags |= ConnFlags::FD_KNOWN;
@@ -300,17 +344,30 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
         // Tells user space to attach the read syscalls' entries, if it has not (see there).
         count(Stat::ReadersCounted);
     }
+    // The write hooks' filter of sockets whose first bytes are wanted: by socket at
+    // tcp_sendmsg_locked, by fd at the write syscalls.
+    let (want, want_slot) = if by_sock {
+        (Some(&WANT_SOCK_SLOTS), sock_slot(sk))
+    } else if fd_known {
+        (Some(&WANT_SLOTS), slot)
+    } else {
+        (None, 0)
+    };
     filter_raise(&SOCK_SLOTS, sock_slot(sk), 1);
     if fd_known {
         filter_raise(&FD_SLOTS, slot, fd_filter);
-        // Its first bytes are wanted from now on (see `WANT_SLOTS`).
-        filter_raise(&WANT_SLOTS, slot, 1);
+    }
+    if let Some(want) = want {
+        // Its first bytes are wanted from now on.
+        filter_raise(want, want_slot, 1);
     }
     if CONNS.insert(&sk, info, 0).is_err() {
         filter_lower(&SOCK_SLOTS, sock_slot(sk), 1);
         if fd_known {
             filter_lower(&FD_SLOTS, slot, fd_filter);
-            filter_lower(&WANT_SLOTS, slot, 1);
+        }
+        if let Some(want) = want {
+            filter_lower(want, want_slot, 1);
         }
         count(Stat::ConnMapFull);
         warn!(
@@ -325,7 +382,9 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
             fd: info.fd as u32,
         };
         let mapping = FdSock {
-            sk,
+            // Named from the start when first bytes are taken by socket: the write syscalls'
+            // programs are not attached then, and nothing lowers `WANT_SLOTS` for it.
+            sk: if by_sock { sk | FD_NAMED } else { sk },
             captured_bytes: 0,
             captured_writes: 0,
             nonblocking: u16::from(nonblocking),

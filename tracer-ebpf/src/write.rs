@@ -1,25 +1,35 @@
 //! The first bytes a target writes on a tracked socket: the TLS ClientHello or the HTTP/1.x
 //! request head, from which user space takes the server name (SNI) or the Host header and
 //! drops the rest at once. At most FIRST_BYTES_WRITES writes and FIRST_BYTES_MAX bytes per
-//! connection are copied, once. A write on an fd that is not a tracked socket whose first
-//! bytes are still wanted costs one filter load (`WANT_SLOTS`), a connection already named
-//! included; only the first writes of a new connection look its `FD_SOCKS` mapping up.
+//! connection are copied, once.
+//!
+//! Two ways, chosen per kernel by the loader:
+//! - `tcp/tcp_sendmsg_locked` (`sock_send`): every TCP send, keyed by socket. A send on a
+//!   socket whose first bytes are not wanted costs one filter load (`WANT_SOCK_SLOTS`).
+//! - the write syscalls' entries (any kernel with syscall tracepoints), keyed by fd: a write on
+//!   an fd that is not a tracked socket whose first bytes are still wanted costs one filter load
+//!   (`WANT_SLOTS`), a connection already named included; only the first writes of a new
+//!   connection look its `FD_SOCKS` mapping up.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, generated as gen},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_user, generated as gen},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use core::{ffi::c_void, mem::size_of};
 use tracer_common::{
-    tp_layout, EventKind, FdKey, FirstBytesEvent, Stat, FIRST_BYTES_HEADER, FIRST_BYTES_MAX,
-    FIRST_BYTES_WRITES,
+    tp_layout, ConnFlags, EventKind, FdKey, FirstBytesEvent, Stat, FIRST_BYTES_HEADER,
+    FIRST_BYTES_MAX, FIRST_BYTES_WRITES,
 };
 
 use crate::{
-    maps::{FdSock, EVENTS, FD_NAMED, FD_SOCKS, FD_SOCK_MASK, FIRST_BYTES_SCRATCH, WANT_SLOTS},
+    maps::{
+        FdSock, CONNS, EVENTS, FD_NAMED, FD_SOCKS, FD_SOCK_MASK, FIRST_BYTES_SCRATCH, WANT_SLOTS,
+        WANT_SOCK_SLOTS,
+    },
     sock::{
-        count, current_ids, fd_slot, field, filter_lower, maybe, wakeup_flag, wants_first_bytes,
+        count, current_ids, fd_slot, field, filter_lower, maybe, sock_slot, wakeup_flag,
+        wants_first_bytes,
     },
 };
 
@@ -143,19 +153,39 @@ fn capture(mapping: *mut FdSock, slot: u32, buf: u64, len: u64) -> Result<u32, i
         (
             (*mapping).sk,
             (*mapping).captured_writes,
-            u64::from((*mapping).captured_bytes),
+            (*mapping).captured_bytes,
             (*mapping).connect_ns,
         )
     };
     let sk = bits & FD_SOCK_MASK;
-    if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 {
+    if writes >= FIRST_BYTES_WRITES || taken as usize >= FIRST_BYTES_MAX {
         mark_named(mapping, bits, slot);
         return Ok(0);
     }
-    if len == 0 {
+    let Some(copied) = send_first_bytes(sk, connect_ns, taken, buf, len) else {
         return Ok(0);
+    };
+    let (writes, taken) = (writes + 1, taken + copied);
+    // SAFETY: as above.
+    unsafe {
+        (*mapping).captured_writes = writes;
+        (*mapping).captured_bytes = taken;
     }
-    let room = FIRST_BYTES_MAX as u64 - taken;
+    if writes >= FIRST_BYTES_WRITES || taken as usize >= FIRST_BYTES_MAX {
+        mark_named(mapping, bits, slot);
+    }
+    Ok(0)
+}
+
+/// Sends up to `len` bytes at user address `buf` (the next bytes a tracked socket `sk`
+/// sends, after the `taken` already sent) to user space as a first-bytes record; returns how
+/// many went, or None when nothing did (an empty write, a full ring).
+#[inline(always)]
+fn send_first_bytes(sk: u64, connect_ns: u64, taken: u32, buf: u64, len: u64) -> Option<u32> {
+    if len == 0 || taken as usize >= FIRST_BYTES_MAX {
+        return None;
+    }
+    let room = (FIRST_BYTES_MAX - taken as usize) as u64;
     let n = if len < room { len } else { room };
     // Restated so the verifier sees the bound on the size it checks against the record. The
     // volatile read keeps LLVM from dropping the check as redundant: verifiers before Linux
@@ -166,9 +196,7 @@ fn capture(mapping: *mut FdSock, slot: u32, buf: u64, len: u64) -> Result<u32, i
     if n > FIRST_BYTES_MAX as u64 {
         n = FIRST_BYTES_MAX as u64;
     }
-    let Some(event) = FIRST_BYTES_SCRATCH.get_ptr_mut(0) else {
-        return Ok(0);
-    };
+    let event = FIRST_BYTES_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: `event` is this CPU's scratch record (programs on one CPU do not preempt each
     // other); the copy size is at most the size of `data`; bpf_probe_read_user fails cleanly
     // (and zero-fills) on a bad pointer.
@@ -195,16 +223,133 @@ fn capture(mapping: *mut FdSock, slot: u32, buf: u64, len: u64) -> Result<u32, i
     let record = unsafe { core::slice::from_raw_parts(event as *const u8, used as usize) };
     if EVENTS.output::<[u8]>(record, wakeup_flag()).is_err() {
         count(Stat::FirstBytesDrops);
+        return None;
+    }
+    Some(copied)
+}
+
+/// Non-zero when the loader attached `sock_send` (first bytes by socket, at
+/// `tcp_sendmsg_locked`) instead of the write syscalls' programs.
+#[unsafe(no_mangle)]
+static WRITES_FROM_SOCK: u32 = 0;
+
+/// Where the bytes a `struct msghdr` sends start, from the running kernel's BTF (see
+/// `tracer_common::global_names`).
+#[unsafe(no_mangle)]
+static MSG_ITER_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static ITER_TYPE_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static ITER_IOV_OFFSET_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static ITER_UBUF_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static ITER_COUNT_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static ITER_UBUF: u32 = 0;
+#[unsafe(no_mangle)]
+static ITER_IOVEC: u32 = 0;
+
+/// True when first bytes are taken by socket at `tcp_sendmsg_locked`.
+#[inline(always)]
+pub fn writes_from_sock() -> bool {
+    read_global(&WRITES_FROM_SOCK) != 0
+}
+
+#[inline(always)]
+fn read_global(global: &u32) -> u32 {
+    // SAFETY: the global is a valid, aligned u32; the volatile read keeps the compiler from
+    // folding in the pre-load value 0 instead of what the loader wrote.
+    unsafe { core::ptr::read_volatile(global) }
+}
+
+/// `tcp/tcp_sendmsg_locked` as a raw tracepoint: `(struct sock *sk, struct msghdr *msg,
+/// struct sk_buff *skb, int size_goal)` (user space checks that prototype in the kernel's
+/// BTF), called in tcp_sendmsg_locked's copy loop before each chunk of the message is copied,
+/// with the socket locked. Every TCP send on the host, whatever syscall made it, and nothing
+/// else: unlike the write syscalls' tracepoints, attaching it does not send every syscall of
+/// every process through the kernel's slow syscall path.
+#[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
+pub fn sock_send(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let msg: u64 = ctx.arg(1);
+    let _ = try_sock_send(sk, msg);
+    0
+}
+
+fn try_sock_send(sk: u64, msg: u64) -> Result<u32, i64> {
+    // The one load nearly every send on the host costs: only a target's tracked socket still
+    // to be named passes.
+    let slot = sock_slot(sk);
+    if !maybe(&WANT_SOCK_SLOTS, slot) {
         return Ok(0);
     }
-    let (writes, taken) = (writes + 1, taken + u64::from(copied));
+    let conn = CONNS.get_ptr_mut(&sk).ok_or(0)?;
+    // SAFETY: `conn` points into the CONNS entry just looked up; the socket is locked, so its
+    // state changes (and the entry's removal at TCP_CLOSE) wait for this send.
+    let (flags, writes, taken, connect_ns) = unsafe {
+        (
+            (*conn).flags,
+            (*conn).captured_writes,
+            (*conn).captured_bytes,
+            (*conn).connect_ns,
+        )
+    };
+    if flags & ConnFlags::NAMED != 0 {
+        return Ok(0);
+    }
+    let (buf, len) = unsent_bytes(msg).ok_or(0)?;
+    let copied = send_first_bytes(sk, connect_ns, taken, buf, len).unwrap_or(0);
+    let (writes, taken) = (writes + 1, taken + copied);
     // SAFETY: as above.
     unsafe {
-        (*mapping).captured_writes = writes;
-        (*mapping).captured_bytes = taken as u32;
-    }
-    if writes >= FIRST_BYTES_WRITES || taken >= FIRST_BYTES_MAX as u64 {
-        mark_named(mapping, bits, slot);
+        (*conn).captured_writes = writes;
+        (*conn).captured_bytes = taken;
+        if writes >= FIRST_BYTES_WRITES || taken as usize >= FIRST_BYTES_MAX {
+            (*conn).flags |= ConnFlags::NAMED;
+            filter_lower(&WANT_SOCK_SLOTS, slot, 1);
+        }
     }
     Ok(0)
+}
+
+/// The user memory the next chunk of `msg` comes from: (address, length), for a message from
+/// a write, send or sendmsg of user memory (`ITER_UBUF`, or the current iovec of an
+/// `ITER_IOVEC`); None for kernel memory (kTLS, splice) or a failed read.
+#[inline(always)]
+fn unsent_bytes(msg: u64) -> Option<(u64, u64)> {
+    let iter = msg + u64::from(read_global(&MSG_ITER_OFFSET));
+    // SAFETY: kernel memory read with bpf_probe_read_kernel, which checks the address and
+    // fails cleanly; `msg` is the message tcp_sendmsg_locked is copying from.
+    unsafe {
+        let kind: u8 =
+            bpf_probe_read_kernel((iter + u64::from(read_global(&ITER_TYPE_OFFSET))) as *const u8)
+                .ok()?;
+        let offset: u64 = bpf_probe_read_kernel(
+            (iter + u64::from(read_global(&ITER_IOV_OFFSET_OFFSET))) as *const u64,
+        )
+        .ok()?;
+        let count: u64 = bpf_probe_read_kernel(
+            (iter + u64::from(read_global(&ITER_COUNT_OFFSET))) as *const u64,
+        )
+        .ok()?;
+        let base: u64 =
+            bpf_probe_read_kernel((iter + u64::from(read_global(&ITER_UBUF_OFFSET))) as *const u64)
+                .ok()?;
+        let kind = u32::from(kind);
+        if kind == read_global(&ITER_UBUF) {
+            // `ubuf` is the whole buffer, `iov_offset` how far the copy has come.
+            return Some((base + offset, count));
+        }
+        if kind != read_global(&ITER_IOVEC) {
+            return None;
+        }
+        // `__iov` (where `ubuf` is) points at the current iovec, `iov_offset` into it.
+        let iov: Iovec = bpf_probe_read_kernel(base as *const Iovec).ok()?;
+        if offset >= iov.len {
+            return None;
+        }
+        let left = iov.len - offset;
+        Some((iov.base + offset, if left < count { left } else { count }))
+    }
 }

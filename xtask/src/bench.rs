@@ -14,7 +14,7 @@
 //! differences, the relay's own CPU included: a uprobe's trap is charged to the relay's
 //! thread, not to bpf_stats. Results go to bench/RESULTS.md and
 //! bench/results.json. Last, (e) the floor: what an unrelated process pays per socket write
-//! and read with the tracer attached elsewhere, on each read path. A run of some scenarios only (`--scenarios`) writes
+//! and read, and per syscall, with the tracer attached elsewhere, on each path. A run of some scenarios only (`--scenarios`) writes
 //! target/bench/RESULTS-partial.md instead. RESULTS.md keeps what follows `HISTORY_MARK`
 //! (the hand-written before/after of each change) from one run to the next.
 
@@ -545,15 +545,36 @@ fn socket_round_ns(rounds: u32) -> Result<f64> {
     Ok((thread_cpu_ns() - start) / f64::from(rounds))
 }
 
-/// The per-event floor: CPU per write-and-read round of a process the tracer does not trace,
-/// without the tracer and with it attached elsewhere on each read path, alternating.
-fn unrelated_process_cost(tracer: &Path, scratch: &Path, report: &mut String) -> Result<Value> {
+/// CPU nanoseconds this thread spends per `getppid` syscall: what any syscall of any process
+/// pays for the syscall tracepoints attached on the host (while one is, every syscall takes
+/// the kernel's slow syscall-work path).
+fn syscall_ns(rounds: u32) -> f64 {
+    let start = thread_cpu_ns();
+    for _ in 0..rounds {
+        // SAFETY: getppid has no arguments and cannot fail; the raw syscall keeps libc from
+        // answering from a cache.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    (thread_cpu_ns() - start) / f64::from(rounds)
+}
+
+/// The per-event floor: CPU per write-and-read round, and per syscall, of a process the
+/// tracer does not trace, without the tracer and with it attached elsewhere (to `elsewhere`,
+/// an idle Go program, as a relay is: nothing is attached for blocking reads) on each path,
+/// alternating.
+fn unrelated_process_cost(
+    tracer: &Path,
+    elsewhere: u32,
+    scratch: &Path,
+    report: &mut String,
+) -> Result<Value> {
     const ROUNDS: u32 = 200_000;
+    const SYSCALLS: u32 = 2_000_000;
     const REPEATS: usize = 5;
     let configs: [(&str, &[(&str, &str)]); 4] = [
         ("without the tracer", &[]),
         (
-            "tracer attached elsewhere, read=raw_tp/sock_recv_length (default)",
+            "tracer attached elsewhere, default hooks (no syscall tracepoint where the kernel allows)",
             &[],
         ),
         (
@@ -561,39 +582,50 @@ fn unrelated_process_cost(tracer: &Path, scratch: &Path, report: &mut String) ->
             &[("TRACER_READ_HOOK", "sock_recv_length")],
         ),
         (
-            "tracer attached elsewhere, read=syscalls/sys_exit_read (pre-6.3 path, forced)",
+            "tracer attached elsewhere, every role on its syscalls (a kernel before 5.15, forced)",
             &[("TRACER_READ_HOOK", "syscalls")],
         ),
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut syscalls: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     let _ = socket_round_ns(ROUNDS / 4)?; // warm-up
     for _ in 0..REPEATS {
         for (i, (label, env)) in configs.iter().enumerate() {
-            println!("bench: unrelated process's socket round: {label}");
+            println!("bench: unrelated process's socket round and syscall: {label}");
             if i == 0 {
                 samples[i].push(socket_round_ns(ROUNDS)?);
+                syscalls[i].push(syscall_ns(SYSCALLS));
                 continue;
             }
-            let mut idle = Proc(Command::new("sleep").arg("3600").spawn()?);
-            let t = Tracer::start_with(tracer, idle.0.id(), scratch.join("floor.json"), env, &[])?;
+            let t = Tracer::start_with(tracer, elsewhere, scratch.join("floor.json"), env, &[])?;
             samples[i].push(socket_round_ns(ROUNDS)?);
+            syscalls[i].push(syscall_ns(SYSCALLS));
             t.stop()?;
-            let _ = idle.0.kill();
         }
     }
-    writeln!(report, "## An unrelated process's socket write and read\n")?;
-    writeln!(report, "CPU time of one thread per round of a 1-byte write and a 1-byte read on its own loopback TCP connection ({ROUNDS} rounds, {REPEATS} alternating repeats, medians), the tracer attached to another process. This includes what bpf_stats cannot see: the kernel's work to call each program (a classic tracepoint fills a trace record first; a raw one passes its arguments).\n")?;
     writeln!(
         report,
-        "| configuration | ns per round | added ns per round |"
+        "## An unrelated process's socket write and read, and its syscalls\n"
     )?;
-    writeln!(report, "| --- | --- | --- |")?;
+    writeln!(report, "CPU time of one thread per round of a 1-byte write and a 1-byte read on its own loopback TCP connection ({ROUNDS} rounds), and per `getppid` syscall ({SYSCALLS} calls), {REPEATS} alternating repeats, medians, the tracer attached to another process (an idle Go program). This includes what bpf_stats cannot see: the kernel's work to call each program (a classic tracepoint fills a trace record first; a raw one passes its arguments), and the slow syscall path every syscall on the host takes while any syscall tracepoint is attached.\n")?;
+    writeln!(
+        report,
+        "| configuration | ns per round | added ns per round | ns per getppid | added ns per getppid |"
+    )?;
+    writeln!(report, "| --- | --- | --- | --- | --- |")?;
     let base = median(&mut samples[0].clone());
+    let base_sys = median(&mut syscalls[0].clone());
     let mut raw = Vec::new();
-    for ((label, _), v) in configs.iter().zip(&samples) {
+    for (((label, _), v), sys) in configs.iter().zip(&samples).zip(&syscalls) {
         let m = median(&mut v.clone());
-        writeln!(report, "| {label} | {m:.0} | {:+.0} |", m - base)?;
-        raw.push(json!({"config": label, "ns_per_round": v}));
+        let ms = median(&mut sys.clone());
+        writeln!(
+            report,
+            "| {label} | {m:.0} | {:+.0} | {ms:.0} | {:+.0} |",
+            m - base,
+            ms - base_sys
+        )?;
+        raw.push(json!({"config": label, "ns_per_round": v, "ns_per_getppid": sys}));
     }
     writeln!(report)?;
     Ok(json!({"unrelated_process_socket_round": raw}))
@@ -1395,6 +1427,7 @@ pub fn run(opts: Options) -> Result<()> {
     if !partial || opts.scenarios.iter().any(|k| k == "floor") {
         raw.push(unrelated_process_cost(
             &artifacts.tracer,
+            upstream.0.id(),
             &scratch,
             &mut report,
         )?);

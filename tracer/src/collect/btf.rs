@@ -26,6 +26,8 @@ pub struct KernelBtf {
     composites: HashMap<String, u32>,
     /// `btf_trace_<event>` typedefs (the prototypes raw tracepoints are called with), by event.
     trace_protos: HashMap<String, u32>,
+    /// Enumerators' values by name (C gives every enumerator a name unique in the program).
+    enumerators: HashMap<String, i64>,
 }
 
 struct Type {
@@ -143,6 +145,7 @@ impl KernelBtf {
             strings,
             composites: HashMap::new(),
             trace_protos: HashMap::new(),
+            enumerators: HashMap::new(),
         };
         let mut pos = 0;
         while pos < type_data.len() {
@@ -188,7 +191,15 @@ impl KernelBtf {
                     vlen * 12
                 }
                 BTF_KIND_ARRAY => 12,
-                BTF_KIND_ENUM => vlen * 8,
+                BTF_KIND_ENUM => {
+                    for i in 0..vlen {
+                        let at = pos + i * 8;
+                        let name = btf.string(read_u32(type_data, at)?)?.to_owned();
+                        let value = i64::from(read_u32(type_data, at + 4)? as i32);
+                        btf.enumerators.entry(name).or_insert(value);
+                    }
+                    vlen * 8
+                }
                 BTF_KIND_FUNC_PROTO => {
                     let first = btf.members.len();
                     for i in 0..vlen {
@@ -205,7 +216,18 @@ impl KernelBtf {
                 BTF_KIND_VAR => 4,
                 BTF_KIND_DATASEC => vlen * 12,
                 BTF_KIND_DECL_TAG => 4,
-                BTF_KIND_ENUM64 => vlen * 12,
+                BTF_KIND_ENUM64 => {
+                    for i in 0..vlen {
+                        let at = pos + i * 12;
+                        let name = btf.string(read_u32(type_data, at)?)?.to_owned();
+                        let lo = u64::from(read_u32(type_data, at + 4)?);
+                        let hi = u64::from(read_u32(type_data, at + 8)?);
+                        btf.enumerators
+                            .entry(name)
+                            .or_insert((hi << 32 | lo) as i64);
+                    }
+                    vlen * 12
+                }
                 BTF_KIND_TYPEDEF => {
                     if let Some(event) = btf.string(name_off)?.strip_prefix("btf_trace_") {
                         btf.trace_protos.insert(event.to_owned(), id);
@@ -246,6 +268,12 @@ impl KernelBtf {
             .skip(1)
             .map(|p| self.c_type(p.type_id, 0))
             .collect()
+    }
+
+    /// The value of enumerator `name` (`ITER_UBUF`, `BPF_FUNC_task_pt_regs`), if the kernel's
+    /// BTF has it: which helpers the kernel knows is an enum there (`enum bpf_func_id`).
+    pub fn enumerator(&self, name: &str) -> Option<i64> {
+        self.enumerators.get(name).copied()
     }
 
     /// A type as C spells it, without qualifiers: `struct sock *`, `int`, `void *`.
@@ -464,6 +492,24 @@ mod tests {
         // sock_recv_length exists from Linux 6.3.
         if let Some(args) = btf.raw_tracepoint_args("sock_recv_length") {
             assert_eq!(args, ["struct sock *", "int", "int"]);
+        }
+    }
+
+    #[test]
+    fn enumerators_come_from_btf() {
+        let Some(btf) = vmlinux() else { return };
+        // Helper ids are UAPI (include/uapi/linux/bpf.h): the kernel's own enum must agree.
+        assert_eq!(btf.enumerator("BPF_FUNC_map_lookup_elem"), Some(1));
+        assert_eq!(btf.enumerator("BPF_FUNC_get_current_task_btf"), Some(158));
+        assert_eq!(btf.enumerator("BPF_FUNC_task_pt_regs"), Some(175));
+        assert_eq!(btf.enumerator("TCP_CLOSE_WAIT"), Some(8));
+        assert_eq!(btf.enumerator("NO_SUCH_ENUMERATOR_XYZ"), None);
+        // ITER_UBUF (Linux 6.0) and ITER_IOVEC differ and sit in one small enum.
+        if let (Some(ubuf), Some(iovec)) =
+            (btf.enumerator("ITER_UBUF"), btf.enumerator("ITER_IOVEC"))
+        {
+            assert_ne!(ubuf, iovec);
+            assert!((0..8).contains(&ubuf) && (0..8).contains(&iovec));
         }
     }
 

@@ -5,15 +5,23 @@
 //! expects (tracer_common::tp_layout); for a raw tracepoint program, whose arguments are the
 //! tracepoint's prototype rather than its record, when the kernel's BTF gives that prototype
 //! the argument types it expects (`tp_layout::RAW_ARGS`). The first present way is chosen,
-//! unless a test forces another (`TRACER_READ_HOOK`). Only the read role has fallbacks today:
-//! everything else has been a tracepoint since Linux 4.16 or earlier, and the BPF ring buffer
-//! (5.8) sets the floor anyway.
+//! unless a test forces another (`TRACER_READ_HOOK`; `syscalls` there forces every role that
+//! has a syscall path onto it, as a kernel before 5.15 would be). A path may also need things
+//! of the kernel's BTF or of the machine (`Need`): the connect and close roles read the
+//! syscall's fd from the thread's saved registers at the state change the syscall makes
+//! (x86-64, `bpf_task_pt_regs`: Linux 5.15), and the first-write role copies first bytes at
+//! `tcp/tcp_sendmsg_locked`, whose message layout comes from BTF; both fall back to syscall
+//! tracepoints, which put every syscall of every process on the host through the kernel's
+//! slow syscall path while attached. The state role has been a tracepoint since Linux 4.16,
+//! and the BPF ring buffer (5.8) sets the floor anyway.
 
 use anyhow::{anyhow, bail, Result};
 use tracer_common::tp_layout;
 
 /// Forces the read hook (`syscalls`, `sock_recv_length` or `raw_sock_recv_length`), so the
-/// fallback paths are tested on kernels that have the better one. Not a CLI flag: it exists for tests.
+/// fallback paths are tested on kernels that have the better one; `syscalls` forces the
+/// connect, close and first-write roles onto their syscall paths too. Not a CLI flag: it
+/// exists for tests.
 pub const READ_HOOK_ENV: &str = "TRACER_READ_HOOK";
 
 /// A program and the tracepoints (group, event) it attaches to. Whether it is a classic or a
@@ -28,7 +36,46 @@ pub(super) trait KernelView {
     /// The argument types of `event`'s raw tracepoint prototype (see `KernelBtf`); None when
     /// unknown.
     fn raw_args(&self, event: &str) -> Option<Vec<String>>;
+    /// Whether the kernel's BTF has this member or enumerator.
+    fn btf_has(&self, need: &Need) -> bool;
 }
+
+/// What a path needs besides its tracepoints.
+#[derive(Debug)]
+pub(super) enum Need {
+    /// A member of a struct in the kernel's BTF (struct, member).
+    Member(&'static str, &'static str),
+    /// An enumerator in the kernel's BTF: the helpers a kernel has are `enum bpf_func_id`'s.
+    Enumerator(&'static str),
+    /// The machine's architecture (`std::env::consts::ARCH`): syscall numbers and registers.
+    Arch(&'static str),
+}
+
+/// Reading connect()'s and close()'s fd from the thread's saved user registers at the state
+/// change they make (eBPF `sock::in_syscall`).
+const SYSCALL_REGS: &[Need] = &[
+    Need::Arch("x86_64"),
+    Need::Enumerator("BPF_FUNC_get_current_task_btf"),
+    Need::Enumerator("BPF_FUNC_task_pt_regs"),
+    Need::Member("pt_regs", "orig_ax"),
+    Need::Member("pt_regs", "di"),
+];
+
+/// What `sock_send` reads of the message tcp_sendmsg_locked copies from (eBPF
+/// `write::unsent_bytes`).
+const MSG_LAYOUT: &[Need] = &[
+    Need::Member("msghdr", "msg_iter"),
+    Need::Member("iov_iter", "iter_type"),
+    Need::Member("iov_iter", "iov_offset"),
+    Need::Member("iov_iter", "ubuf"),
+    Need::Member("iov_iter", "__iov"),
+    Need::Member("iov_iter", "count"),
+    Need::Enumerator("ITER_UBUF"),
+    Need::Enumerator("ITER_IOVEC"),
+];
+
+const NEEDS_SYSCALL_REGS: &str =
+    "bpf_task_pt_regs (Linux 5.15 or newer) and the kernel's struct pt_regs in BTF, on x86-64";
 
 /// The read syscalls' entries: they map (tgid, fd) to the socket and count reads in progress
 /// (a thread blocked in read() is listening). On the syscall path from the start; with
@@ -77,6 +124,8 @@ pub(super) struct HookPath {
     pub(super) needs: &'static str,
     /// Reads are counted at the read syscalls' exits (`READS_FROM_SYSCALLS`).
     pub(super) reads_from_syscalls: bool,
+    /// What else the path needs of the kernel or the machine.
+    pub(super) requires: &'static [Need],
 }
 
 #[derive(Debug)]
@@ -89,7 +138,19 @@ pub(super) struct Role {
 pub(super) const ROLES: &[Role] = &[
     Role {
         name: "connect",
-        paths: &[HookPath {
+        paths: &[
+            // connect()'s fd read at SYN_SENT, which connect() reaches before it returns: no
+            // hook on the syscall.
+            HookPath {
+                key: "regs",
+                hook: "sock/inet_sock_set_state+task_pt_regs",
+                attachments: &[],
+                on_blocking_reads: &[],
+                needs: NEEDS_SYSCALL_REGS,
+                reads_from_syscalls: false,
+                requires: SYSCALL_REGS,
+            },
+            HookPath {
             key: "syscalls",
             hook: "syscalls/sys_enter_connect",
             attachments: &[&[
@@ -99,7 +160,9 @@ pub(super) const ROLES: &[Role] = &[
             on_blocking_reads: &[],
             needs: NEEDS_SYSCALL_TRACEPOINTS,
             reads_from_syscalls: false,
-        }],
+            requires: &[],
+        },
+        ],
     },
     Role {
         name: "state",
@@ -110,6 +173,7 @@ pub(super) const ROLES: &[Role] = &[
             on_blocking_reads: &[],
             needs: "the sock/inet_sock_set_state tracepoint (Linux 4.16 or newer)",
             reads_from_syscalls: false,
+            requires: &[],
         }],
     },
     Role {
@@ -125,6 +189,7 @@ pub(super) const ROLES: &[Role] = &[
                 on_blocking_reads: &[SYSCALL_READ_ENTRIES],
                 needs: "the sock/sock_recv_length tracepoint (Linux 6.3 or newer) with its prototype in the kernel's BTF",
                 reads_from_syscalls: false,
+                requires: &[],
             },
             HookPath {
                 key: "sock_recv_length",
@@ -133,6 +198,7 @@ pub(super) const ROLES: &[Role] = &[
                 on_blocking_reads: &[SYSCALL_READ_ENTRIES],
                 needs: "the sock/sock_recv_length tracepoint (Linux 6.3 or newer)",
                 reads_from_syscalls: false,
+                requires: &[],
             },
             HookPath {
                 key: "syscalls",
@@ -141,23 +207,48 @@ pub(super) const ROLES: &[Role] = &[
                 on_blocking_reads: &[],
                 needs: NEEDS_SYSCALL_TRACEPOINTS,
                 reads_from_syscalls: true,
+                requires: &[],
             },
         ],
     },
     Role {
         name: "close",
-        paths: &[HookPath {
-            key: "syscalls",
-            hook: "syscalls/sys_enter_close",
-            attachments: &[&[("enter_close", &[("syscalls", "sys_enter_close")])]],
-            on_blocking_reads: &[],
-            needs: NEEDS_SYSCALL_TRACEPOINTS,
-            reads_from_syscalls: false,
-        }],
+        paths: &[
+            // close()'s fd read at the state change tcp_close makes before close() returns.
+            HookPath {
+                key: "regs",
+                hook: "sock/inet_sock_set_state+task_pt_regs",
+                attachments: &[],
+                on_blocking_reads: &[],
+                needs: NEEDS_SYSCALL_REGS,
+                reads_from_syscalls: false,
+                requires: SYSCALL_REGS,
+            },
+            HookPath {
+                key: "syscalls",
+                hook: "syscalls/sys_enter_close",
+                attachments: &[&[("enter_close", &[("syscalls", "sys_enter_close")])]],
+                on_blocking_reads: &[],
+                needs: NEEDS_SYSCALL_TRACEPOINTS,
+                reads_from_syscalls: false,
+                requires: &[],
+            },
+        ],
     },
     Role {
         name: "first_write",
-        paths: &[HookPath {
+        paths: &[
+            // Every TCP send, keyed by socket, before its bytes are copied.
+            HookPath {
+                key: "raw_tcp_sendmsg_locked",
+                hook: "raw_tp/tcp_sendmsg_locked",
+                attachments: &[&[("sock_send", &[("tcp", "tcp_sendmsg_locked")])]],
+                on_blocking_reads: &[],
+                needs: "the tcp/tcp_sendmsg_locked tracepoint (Linux 6.16 or newer) with its prototype and struct iov_iter in the kernel's BTF",
+                reads_from_syscalls: false,
+                requires: MSG_LAYOUT,
+            },
+            HookPath {
             key: "syscalls",
             hook: "syscalls/sys_enter_write",
             attachments: &[&[
@@ -174,7 +265,9 @@ pub(super) const ROLES: &[Role] = &[
             on_blocking_reads: &[],
             needs: NEEDS_SYSCALL_TRACEPOINTS,
             reads_from_syscalls: false,
-        }],
+            requires: &[],
+        },
+        ],
     },
 ];
 
@@ -207,6 +300,8 @@ pub(super) enum Absent {
         expected: usize,
         actual: Option<usize>,
     },
+    /// Something the path needs of the kernel's BTF or of the machine is not there.
+    Lacks(String),
     /// A raw tracepoint's prototype is not the one its program reads (or is unknown).
     Prototype {
         tracepoint: String,
@@ -218,6 +313,21 @@ pub(super) enum Absent {
 /// Checks that every tracepoint of `path` exists and has the layout (or, for a raw tracepoint
 /// program, the prototype) the eBPF side reads.
 pub(super) fn probe(path: &HookPath, kernel: &dyn KernelView) -> Result<(), Absent> {
+    for need in path.requires {
+        let present = match need {
+            Need::Arch(arch) => std::env::consts::ARCH == *arch,
+            Need::Member(..) | Need::Enumerator(_) => kernel.btf_has(need),
+        };
+        if !present {
+            return Err(Absent::Lacks(match need {
+                Need::Arch(arch) => format!("runs on {arch} only"),
+                Need::Member(strct, member) => {
+                    format!("needs {strct}.{member} in the kernel's BTF")
+                }
+                Need::Enumerator(name) => format!("needs {name} in the kernel's BTF"),
+            }));
+        }
+    }
     let all = path.attachments.iter().chain(path.on_blocking_reads);
     for (program, tracepoints) in all.flat_map(|set| set.iter()) {
         for (group, event) in *tracepoints {
@@ -264,6 +374,12 @@ pub(super) fn absent_error(
     release: &str,
 ) -> anyhow::Error {
     match why {
+        Absent::Lacks(what) => anyhow!(
+            "tracer's {} hook {} {what}, which this kernel ({release}) lacks: it needs {}",
+            role.name,
+            path.hook,
+            path.needs
+        ),
         Absent::Missing(tracepoint) => anyhow!(
             "this kernel ({release}) has no {tracepoint} tracepoint, which tracer's {} hook \
              needs: {}",
@@ -322,6 +438,19 @@ pub(super) fn choose<'a>(
             chosen.push((role, path));
             continue;
         }
+        // `syscalls` stands for a kernel before 5.15: every role that has a syscall path
+        // takes it, so those paths are tested on any kernel.
+        let syscall_path = role.paths.iter().find(|p| p.key == "syscalls");
+        if let (Some("syscalls"), Some(path)) = (forced_read, syscall_path) {
+            probe(path, kernel).map_err(|why| absent_error(role, path, why, release))?;
+            log::info!(
+                "{} hook forced by {READ_HOOK_ENV}=syscalls: {}",
+                role.name,
+                path.hook
+            );
+            chosen.push((role, path));
+            continue;
+        }
         let mut last_absent = None;
         let mut found = None;
         for path in role.paths {
@@ -334,6 +463,9 @@ pub(super) fn choose<'a>(
                     match &why {
                         Absent::Missing(tp) => {
                             log::info!("{} hook {}: this kernel has no {tp}", role.name, path.hook)
+                        }
+                        Absent::Lacks(what) => {
+                            log::info!("{} hook {} not used: {what}", role.name, path.hook)
                         }
                         Absent::Layout { .. } | Absent::Prototype { .. } => log::warn!(
                             "{} hook {} not used: {}",
@@ -403,10 +535,12 @@ format:
         text
     }
 
-    /// A kernel's tracefs formats, and whether its BTF has the raw tracepoints' prototypes.
+    /// A kernel's tracefs formats, whether its BTF has the raw tracepoints' prototypes, and
+    /// the members and enumerators it lacks (all others are there).
     struct FakeKernel<F> {
         format: F,
         prototypes: bool,
+        btf_lacks: &'static [&'static str],
     }
 
     impl<F: Fn(&str, &str) -> Option<String>> KernelView for FakeKernel<F> {
@@ -414,13 +548,24 @@ format:
             (self.format)(group, event)
         }
         fn raw_args(&self, event: &str) -> Option<Vec<String>> {
-            if !self.prototypes || (self.format)("sock", event).is_none() {
+            let exists = ["sock", "tcp"]
+                .iter()
+                .any(|group| (self.format)(group, event).is_some());
+            if !self.prototypes || !exists {
                 return None;
             }
             tp_layout::RAW_ARGS
                 .iter()
                 .find(|(_, e, _)| *e == event)
                 .map(|(_, _, args)| args.iter().map(|a| (*a).to_owned()).collect())
+        }
+        fn btf_has(&self, need: &Need) -> bool {
+            let name = match need {
+                Need::Member(_, member) => *member,
+                Need::Enumerator(name) => *name,
+                Need::Arch(_) => return false,
+            };
+            !self.btf_lacks.contains(&name)
         }
     }
 
@@ -433,6 +578,7 @@ format:
                 (!missing.contains(&event)).then(|| good_format(group, event))
             },
             prototypes: true,
+            btf_lacks: &[],
         }
     }
 
@@ -445,13 +591,59 @@ format:
     }
 
     #[test]
-    fn a_kernel_with_sock_recv_length_reads_through_it() {
+    #[cfg(target_arch = "x86_64")]
+    fn a_new_kernel_hooks_no_syscall() {
         let chosen = choose(ROLES, None, &kernel_without(&[]), "6.18").unwrap();
         assert_eq!(
             hooks_of(&chosen),
-            "connect=syscalls/sys_enter_connect state=sock/inet_sock_set_state \
-             read=raw_tp/sock_recv_length close=syscalls/sys_enter_close first_write=syscalls/sys_enter_write"
+            "connect=sock/inet_sock_set_state+task_pt_regs state=sock/inet_sock_set_state \
+             read=raw_tp/sock_recv_length close=sock/inet_sock_set_state+task_pt_regs \
+             first_write=raw_tp/tcp_sendmsg_locked"
         );
+        let programs: Vec<&str> = chosen
+            .iter()
+            .flat_map(|(_, p)| p.attachments.iter().flat_map(|set| set.iter()))
+            .flat_map(|(_, tps)| tps.iter().map(|(group, _)| *group))
+            .collect();
+        assert!(!programs.contains(&"syscalls"), "{programs:?}");
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn each_socket_path_falls_back_to_its_syscalls_alone() {
+        // 6.12: no tcp_sendmsg_locked tracepoint; registers as on 6.18.
+        let chosen = choose(
+            ROLES,
+            None,
+            &kernel_without(&["tcp_sendmsg_locked"]),
+            "6.12",
+        )
+        .unwrap();
+        assert_eq!(
+            hooks_of(&chosen),
+            "connect=sock/inet_sock_set_state+task_pt_regs state=sock/inet_sock_set_state \
+             read=raw_tp/sock_recv_length close=sock/inet_sock_set_state+task_pt_regs \
+             first_write=syscalls/sys_enter_write"
+        );
+        // A kernel before 5.15 has no bpf_task_pt_regs; one whose iov_iter moved its buffer
+        // elsewhere cannot be read at tcp_sendmsg_locked.
+        let kernel = FakeKernel {
+            format: |group: &str, event: &str| Some(good_format(group, event)),
+            prototypes: true,
+            btf_lacks: &["BPF_FUNC_task_pt_regs", "ubuf"],
+        };
+        let chosen = choose(ROLES, None, &kernel, "5.10").unwrap();
+        assert_eq!(
+            hooks_of(&chosen),
+            "connect=syscalls/sys_enter_connect state=sock/inet_sock_set_state \
+             read=raw_tp/sock_recv_length close=syscalls/sys_enter_close \
+             first_write=syscalls/sys_enter_write"
+        );
+    }
+
+    #[test]
+    fn a_kernel_with_sock_recv_length_reads_through_it() {
+        let chosen = choose(ROLES, None, &kernel_without(&[]), "6.18").unwrap();
         assert!(chosen.iter().all(|(_, p)| !p.reads_from_syscalls));
         // sock_recv ends each read: the syscall exits are not hooked at all.
         let read = chosen.iter().find(|(r, _)| r.name == "read").unwrap().1;
@@ -518,12 +710,14 @@ format:
         let kernel = FakeKernel {
             format: moved,
             prototypes: true,
+            btf_lacks: &[],
         };
         assert_eq!(read_key(&kernel), "raw_sock_recv_length");
         // Without the prototype in BTF the record is read, and a moved field rules it out.
         let kernel = FakeKernel {
             format: moved,
             prototypes: false,
+            btf_lacks: &[],
         };
         assert_eq!(read_key(&kernel), "syscalls");
     }
@@ -537,6 +731,9 @@ format:
             }
             fn raw_args(&self, _: &str) -> Option<Vec<String>> {
                 Some(vec!["struct sock *".into(), "int".into()])
+            }
+            fn btf_has(&self, _: &Need) -> bool {
+                true
             }
         }
         let chosen = choose(ROLES, None, &Changed, "7.0").unwrap();
@@ -558,6 +755,13 @@ format:
         assert!(chosen
             .iter()
             .any(|(r, p)| r.name == "read" && p.reads_from_syscalls));
+        // `syscalls` is the picture of a kernel before 5.15: every role that can, on syscalls.
+        assert_eq!(
+            hooks_of(&chosen),
+            "connect=syscalls/sys_enter_connect state=sock/inet_sock_set_state \
+             read=syscalls/sys_exit_read close=syscalls/sys_enter_close \
+             first_write=syscalls/sys_enter_write"
+        );
         let err = choose(
             ROLES,
             Some("sock_recv_length"),
@@ -591,7 +795,15 @@ format:
             "this kernel (4.14.0) has no sock/inet_sock_set_state tracepoint, which tracer's state \
              hook needs: the sock/inet_sock_set_state tracepoint (Linux 4.16 or newer)"
         );
-        let err = choose(ROLES, None, &kernel_without(&["sys_enter_connect"]), "5.10")
+        // Without bpf_task_pt_regs (before 5.15), connect() needs its syscall tracepoint.
+        let kernel = FakeKernel {
+            format: |group: &str, event: &str| {
+                (event != "sys_enter_connect").then(|| good_format(group, event))
+            },
+            prototypes: true,
+            btf_lacks: &["BPF_FUNC_task_pt_regs"],
+        };
+        let err = choose(ROLES, None, &kernel, "5.10")
             .unwrap_err()
             .to_string();
         assert!(err.contains("CONFIG_FTRACE_SYSCALLS"), "{err}");

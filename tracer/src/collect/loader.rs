@@ -11,7 +11,7 @@ use tracer_common::global_names;
 use super::{
     btf::KernelBtf,
     check::{check_kernel_features, check_privileges, kernel_release, tracefs_root, BTF_PATH},
-    hooks::{choose, forced_read_hook, Attachment, KernelView, ROLES},
+    hooks::{choose, forced_read_hook, Attachment, KernelView, Need, ROLES},
 };
 
 /// The running kernel as the hook choice sees it: tracefs format files and, for raw
@@ -34,6 +34,17 @@ impl KernelView for LiveKernel<'_> {
 
     fn raw_args(&self, event: &str) -> Option<Vec<String>> {
         self.btf?.raw_tracepoint_args(event)
+    }
+
+    fn btf_has(&self, need: &Need) -> bool {
+        let Some(btf) = self.btf else {
+            return false;
+        };
+        match need {
+            Need::Member(strct, member) => btf.member_offset(strct, member).is_ok(),
+            Need::Enumerator(name) => btf.enumerator(name).is_some(),
+            Need::Arch(_) => false,
+        }
     }
 }
 
@@ -174,6 +185,25 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>, Def
     let socket_file = optional("socket", "file");
     let file_flags = optional("file", "f_flags");
     let follow = u32::from(follow_comms);
+    let role_key = |name: &str| {
+        chosen
+            .iter()
+            .find(|(role, _)| role.name == name)
+            .map(|(_, path)| path.key)
+    };
+    // Members and enumerators of a path not chosen stay 0: its programs never read them. A
+    // chosen path's are present (the choice checked its `Need`s).
+    let offset = |strct: &str, member: &str| btf.member_offset(strct, member).unwrap_or(0);
+    let value = |name: &str| btf.enumerator(name).map_or(0, |v| v as u32);
+    let from_regs = u32::from(role_key("connect") == Some("regs"));
+    let writes_from_sock = u32::from(role_key("first_write") == Some("raw_tcp_sendmsg_locked"));
+    let (regs_nr, regs_arg0) = (offset("pt_regs", "orig_ax"), offset("pt_regs", "di"));
+    let msg_iter = offset("msghdr", "msg_iter");
+    let iter_type = offset("iov_iter", "iter_type");
+    let iter_iov_offset = offset("iov_iter", "iov_offset");
+    let iter_ubuf = offset("iov_iter", "ubuf");
+    let iter_count = offset("iov_iter", "count");
+    let (ubuf, iovec) = (value("ITER_UBUF"), value("ITER_IOVEC"));
 
     let mut ebpf = EbpfLoader::new()
         .override_global(global_names::RCV_NXT_OFFSET, &rcv_nxt, true)
@@ -184,6 +214,17 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>, Def
         .override_global(global_names::FILE_FLAGS_OFFSET, &file_flags, true)
         .override_global(global_names::FOLLOW_COMMS, &follow, true)
         .override_global(global_names::READS_FROM_SYSCALLS, &reads_from_syscalls, true)
+        .override_global(global_names::SYSCALL_FROM_REGS, &from_regs, true)
+        .override_global(global_names::PT_REGS_NR_OFFSET, &regs_nr, true)
+        .override_global(global_names::PT_REGS_ARG0_OFFSET, &regs_arg0, true)
+        .override_global(global_names::WRITES_FROM_SOCK, &writes_from_sock, true)
+        .override_global(global_names::MSG_ITER_OFFSET, &msg_iter, true)
+        .override_global(global_names::ITER_TYPE_OFFSET, &iter_type, true)
+        .override_global(global_names::ITER_IOV_OFFSET_OFFSET, &iter_iov_offset, true)
+        .override_global(global_names::ITER_UBUF_OFFSET, &iter_ubuf, true)
+        .override_global(global_names::ITER_COUNT_OFFSET, &iter_count, true)
+        .override_global(global_names::ITER_UBUF, &ubuf, true)
+        .override_global(global_names::ITER_IOVEC, &iovec, true)
         .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
         .context("loading the eBPF programs into the kernel failed (the kernel's verifier or BPF support refused them)")?;
 
