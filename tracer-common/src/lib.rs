@@ -67,6 +67,17 @@ pub mod global_names {
     pub const ITER_COUNT_OFFSET: &str = "ITER_COUNT_OFFSET";
     pub const ITER_UBUF: &str = "ITER_UBUF";
     pub const ITER_IOVEC: &str = "ITER_IOVEC";
+    /// Byte offsets in `struct sock` of what the raw `inet_sock_set_state` program reads of
+    /// the socket (`sk_protocol`, and `__sk_common`'s `skc_family`, `skc_num`, `skc_dport`,
+    /// `skc_rcv_saddr`, `skc_daddr`, `skc_v6_rcv_saddr`, `skc_v6_daddr`), from its BTF.
+    pub const SK_PROTOCOL_OFFSET: &str = "SK_PROTOCOL_OFFSET";
+    pub const SKC_FAMILY_OFFSET: &str = "SKC_FAMILY_OFFSET";
+    pub const SKC_NUM_OFFSET: &str = "SKC_NUM_OFFSET";
+    pub const SKC_DPORT_OFFSET: &str = "SKC_DPORT_OFFSET";
+    pub const SKC_RCV_SADDR_OFFSET: &str = "SKC_RCV_SADDR_OFFSET";
+    pub const SKC_DADDR_OFFSET: &str = "SKC_DADDR_OFFSET";
+    pub const SKC_V6_RCV_SADDR_OFFSET: &str = "SKC_V6_RCV_SADDR_OFFSET";
+    pub const SKC_V6_DADDR_OFFSET: &str = "SKC_V6_DADDR_OFFSET";
 }
 
 /// Field offsets of the tracepoint records the eBPF side reads, as
@@ -114,6 +125,11 @@ pub mod tp_layout {
     /// `btf_trace_<event>` typedef) instead of a format file: (program, event, argument types
     /// after the leading `void *`, as C spells them).
     pub const RAW_ARGS: &[(&str, &str, &[&str])] = &[
+        (
+            "sock_set_state_raw",
+            "inet_sock_set_state",
+            &["struct sock *", "int", "int"],
+        ),
         (
             "sock_recv",
             "sock_recv_length",

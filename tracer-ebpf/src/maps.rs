@@ -82,8 +82,17 @@ pub const SLOTS: u32 = 1 << SLOT_BITS;
 /// ids are equal modulo this collide.
 pub const CONNECT_SLOTS: u32 = 1 << 16;
 
-/// Counting filter of `CONNS` by socket address (`sock::sock_slot`): raised when tracking
-/// starts, lowered when it ends (state.rs).
+/// Two counting filters by socket address (`sock::sock_slot`) in one array, so that the
+/// state, read and send hooks of one socket share the slot's cache line: the low 16 bits
+/// (`SOCK_TRACKED`) count `CONNS` entries, raised when tracking starts and lowered when it
+/// ends (state.rs); the high 16 bits (`SOCK_WANT`) count those whose first bytes are still
+/// wanted when they are copied at `tcp_sendmsg_locked` (write.rs), raised with the low half
+/// and lowered once, when the socket's share is taken (`ConnFlags::NAMED`) or its tracking
+/// ends. Both change under the socket's lock (sendmsg holds it; state changes wait for it),
+/// so neither count can go one too low. A send on any other socket, or on a connection
+/// already named, costs the load of this slot. Each half holds at most the tracked sockets in
+/// its slot, far below 2^16 (MAX_CONNS / SLOTS is 16), so neither carries into the other;
+/// the tracked check reads the whole slot (a wanted socket is a tracked one).
 #[map]
 pub static SOCK_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 
@@ -110,13 +119,11 @@ pub static FD_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 #[map]
 pub static WANT_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 
-/// Counting filter of the tracked sockets whose first bytes are still wanted, by socket address
-/// (`sock::sock_slot`), when they are copied at `tcp_sendmsg_locked` (write.rs): raised when
-/// tracking starts, lowered once, when the socket's share is taken (`ConnFlags::NAMED`) or its
-/// tracking ends. A send on any other socket, or on a connection already named, costs this
-/// one array load.
-#[map]
-pub static WANT_SOCK_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
+/// `SOCK_SLOTS` halves (see there): one of each, as the amount to add, and the high half's
+/// bits.
+pub const SOCK_TRACKED: u32 = 1;
+pub const SOCK_WANT: u32 = 1 << 16;
+pub const SOCK_WANT_BITS: u32 = 0xffff_0000;
 
 /// `FD_SLOTS` halves (see there): one of each, as the amount to add.
 pub const FD_MAPPED: u32 = 1;

@@ -14,9 +14,10 @@ use core::{
 };
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, generated as gen},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated as gen},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+    EbpfContext,
 };
 use aya_log_ebpf::warn;
 use tracer_common::{
@@ -29,7 +30,7 @@ use crate::{
     connect::adopt_by_comm,
     maps::{
         FdSock, CLOSING, CONNS, FD_MAPPED, FD_NAMED, FD_READER, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK,
-        PENDING_CONNECT, SOCK_SLOTS, WANT_SLOTS, WANT_SOCK_SLOTS,
+        PENDING_CONNECT, SOCK_SLOTS, SOCK_TRACKED, SOCK_WANT, WANT_SLOTS,
     },
     read::reads_from_syscalls,
     sock::{
@@ -40,21 +41,178 @@ use crate::{
     write::writes_from_sock,
 };
 
-/// `sock/inet_sock_set_state` (Linux 4.16).
+/// `sock/inet_sock_set_state` (Linux 4.16), the classic tracepoint: its record carries the
+/// socket's addresses and ports. The fallback where the kernel's BTF lacks what the raw one
+/// reads.
 #[tracepoint]
 pub fn sock_set_state(ctx: TracePointContext) -> u32 {
-    try_sock_set_state(&ctx).unwrap_or(0)
+    let change = Record(&ctx);
+    if !change.is_tcp() {
+        return 0;
+    }
+    let sk: u64 = field(&ctx, tp::SKADDR);
+    let old_state: i32 = field(&ctx, tp::OLDSTATE);
+    let new_state: i32 = field(&ctx, tp::NEWSTATE);
+    on_change(&ctx, &change, sk, old_state as u32, new_state as u32).unwrap_or(0)
 }
 
-fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
-    let protocol: u16 = field(ctx, tp::PROTOCOL);
-    if protocol != IPPROTO_TCP {
-        return Ok(0);
+/// `sock/inet_sock_set_state` as a raw tracepoint: called with the kernel's own `(struct sock
+/// *sk, int oldstate, int newstate)` (user space checks that prototype in the kernel's BTF),
+/// so no trace record is filled for the state changes of every TCP socket on the host; the
+/// few fields a tracked connection needs are read from the socket (`Socket`).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    // Each argument is a u64 slot; the ints are its low 32 bits.
+    let old_state = ctx.arg::<u64>(1) as u32;
+    let new_state = ctx.arg::<u64>(2) as u32;
+    let _ = on_change(&ctx, &Socket(sk), sk, old_state, new_state);
+    0
+}
+
+/// What a state change tells of its socket beyond its address and states: from the classic
+/// tracepoint's record (`Record`) or read from the socket itself (`Socket`).
+trait Change {
+    /// Reading the protocol costs nothing (a record field): checked before anything else.
+    /// Otherwise it is checked only where tracking would start; every other path passes the
+    /// socket filter, which only TCP sockets are in.
+    const FREE_PROTOCOL: bool;
+    fn is_tcp(&self) -> bool;
+    fn family(&self) -> u16;
+    /// Local port, host order; 0 until connect() has picked one.
+    fn sport(&self) -> u16;
+    /// Remote port, host order.
+    fn dport(&self) -> u16;
+    /// Stores the local and remote addresses into `info` (4 bytes each for AF_INET, 16 for
+    /// AF_INET6).
+    fn addresses(&self, family: u16, info: &mut ConnInfo);
+}
+
+/// The classic tracepoint's record.
+struct Record<'a>(&'a TracePointContext);
+
+impl Change for Record<'_> {
+    const FREE_PROTOCOL: bool = true;
+    fn is_tcp(&self) -> bool {
+        field::<u16>(self.0, tp::PROTOCOL) == IPPROTO_TCP
     }
-    let sk: u64 = field(ctx, tp::SKADDR);
-    let old_state: i32 = field(ctx, tp::OLDSTATE);
-    let new_state: i32 = field(ctx, tp::NEWSTATE);
-    let (old_state, new_state) = (old_state as u32, new_state as u32);
+    fn family(&self) -> u16 {
+        field(self.0, tp::FAMILY)
+    }
+    fn sport(&self) -> u16 {
+        field(self.0, tp::SPORT)
+    }
+    fn dport(&self) -> u16 {
+        field(self.0, tp::DPORT)
+    }
+    fn addresses(&self, family: u16, info: &mut ConnInfo) {
+        let (saddr, daddr) = (info.saddr.as_mut_ptr(), info.daddr.as_mut_ptr());
+        let ctx = self.0;
+        // SAFETY: 4 or 16 bytes stored into 16-byte arrays, which sit at 8-byte aligned
+        // offsets of the record (the size check in tracer-common pins the layout).
+        unsafe {
+            if family == AF_INET {
+                write_unaligned(saddr.cast::<u32>(), field::<u32>(ctx, tp::SADDR));
+                write_unaligned(daddr.cast::<u32>(), field::<u32>(ctx, tp::DADDR));
+            } else {
+                write_unaligned(saddr.cast::<u64>(), field::<u64>(ctx, tp::SADDR_V6));
+                write_unaligned(
+                    saddr.cast::<u64>().add(1),
+                    field::<u64>(ctx, tp::SADDR_V6 + 8),
+                );
+                write_unaligned(daddr.cast::<u64>(), field::<u64>(ctx, tp::DADDR_V6));
+                write_unaligned(
+                    daddr.cast::<u64>().add(1),
+                    field::<u64>(ctx, tp::DADDR_V6 + 8),
+                );
+            }
+        }
+    }
+}
+
+/// The socket, read at the running kernel's offsets (from its BTF, set by the loader): what
+/// the classic record's `TP_fast_assign` reads, read only when it is used.
+struct Socket(u64);
+
+/// Byte offsets in `struct sock` (its `__sk_common` included) of `sk_protocol`,
+/// `skc_family`, `skc_num`, `skc_dport`, `skc_rcv_saddr`, `skc_daddr`, `skc_v6_rcv_saddr` and
+/// `skc_v6_daddr`, from the running kernel's BTF; set by the loader when it attaches
+/// `sock_set_state_raw`.
+#[unsafe(no_mangle)]
+static SK_PROTOCOL_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_FAMILY_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_NUM_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_DPORT_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_RCV_SADDR_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_DADDR_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_V6_RCV_SADDR_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_V6_DADDR_OFFSET: u32 = 0;
+
+impl Socket {
+    /// The `T` at the offset in `global`, or zeroes when the read fails.
+    #[inline(always)]
+    fn read<T: Copy + Default>(&self, global: &u32) -> T {
+        // SAFETY: the global is a valid, aligned u32 (volatile: the loader's value, not 0).
+        let offset = unsafe { core::ptr::read_volatile(global) };
+        // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly; the socket is
+        // the one the kernel is changing the state of.
+        unsafe { bpf_probe_read_kernel((self.0 + u64::from(offset)) as *const T) }
+            .unwrap_or_default()
+    }
+}
+
+impl Change for Socket {
+    const FREE_PROTOCOL: bool = false;
+    fn is_tcp(&self) -> bool {
+        // One byte: `sk_protocol` is a u16 since Linux 5.6 and a byte-aligned 8-bit field
+        // before; the protocol numbers fit, and x86-64 keeps the low byte first.
+        u16::from(self.read::<u8>(&SK_PROTOCOL_OFFSET)) == IPPROTO_TCP
+    }
+    fn family(&self) -> u16 {
+        self.read(&SKC_FAMILY_OFFSET)
+    }
+    fn sport(&self) -> u16 {
+        // `skc_num` is in host order (`inet_num`).
+        self.read(&SKC_NUM_OFFSET)
+    }
+    fn dport(&self) -> u16 {
+        u16::from_be(self.read::<u16>(&SKC_DPORT_OFFSET))
+    }
+    fn addresses(&self, family: u16, info: &mut ConnInfo) {
+        let (saddr, daddr) = (info.saddr.as_mut_ptr(), info.daddr.as_mut_ptr());
+        // SAFETY: 4 or 16 bytes stored into 16-byte arrays; the addresses are in network
+        // order in the socket, as in the record.
+        unsafe {
+            if family == AF_INET {
+                write_unaligned(saddr.cast::<u32>(), self.read(&SKC_RCV_SADDR_OFFSET));
+                write_unaligned(daddr.cast::<u32>(), self.read(&SKC_DADDR_OFFSET));
+            } else {
+                write_unaligned(
+                    saddr.cast::<[u64; 2]>(),
+                    self.read(&SKC_V6_RCV_SADDR_OFFSET),
+                );
+                write_unaligned(daddr.cast::<[u64; 2]>(), self.read(&SKC_V6_DADDR_OFFSET));
+            }
+        }
+    }
+}
+
+/// A TCP state change of socket `sk`, from either program.
+#[inline(always)]
+fn on_change<C: EbpfContext, A: Change>(
+    ctx: &C,
+    change: &A,
+    sk: u64,
+    old_state: u32,
+    new_state: u32,
+) -> Result<u32, i64> {
     // After the process's close (FIN_WAIT1, which recorded it) nothing in these changes is
     // used: the connection is no longer open, and TCP_CLOSE reports the state it ended from.
     // So they cost no lookup, and the record keeps saying FIN_WAIT1 until the end.
@@ -64,7 +222,7 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
 
     if new_state == tcp_state::SYN_SENT && old_state == tcp_state::CLOSE {
         // connect() runs this in the connecting thread's context, so the pid is meaningful.
-        return start_tracking(ctx, sk);
+        return start_tracking(ctx, change, sk);
     }
 
     // Every TCP socket on the host passes here: an untracked one costs a filter load, or
@@ -77,12 +235,11 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, i64> {
     };
     // tcp_v4_connect enters SYN_SENT before inet_hash_connect picks the source port, so the
     // port is learned from the first change after it.
-    let sport: u16 = field(ctx, tp::SPORT);
     // SAFETY: `conn` points into the CONNS entry just looked up; entries are only removed below
     // on this socket's own TCP_CLOSE, which the kernel serialises under the socket lock.
     unsafe {
         if (*conn).sport == 0 {
-            (*conn).sport = sport;
+            (*conn).sport = change.sport();
         }
         (*conn).state = new_state;
     }
@@ -205,10 +362,10 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
     // Fails only when LRU evicted the entry since the lookup; the filters were raised for it
     // all the same.
     let _ = CONNS.remove(&sk);
-    filter_lower(&SOCK_SLOTS, sock_slot(sk), 1);
+    filter_lower(&SOCK_SLOTS, sock_slot(sk), SOCK_TRACKED);
     if flags & ConnFlags::NAMED == 0 {
-        // Ended before its first bytes were all taken (see `WANT_SOCK_SLOTS`).
-        filter_lower(&WANT_SOCK_SLOTS, sock_slot(sk), 1);
+        // Ended before its first bytes were all taken (see `SOCK_SLOTS`).
+        filter_lower(&SOCK_SLOTS, sock_slot(sk), SOCK_WANT);
     }
     if flags & ConnFlags::FD_KNOWN == 0 {
         return;
@@ -239,9 +396,12 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
 
 /// A target thread is connecting this socket: start tracking it.
 #[inline(always)]
-fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
+fn start_tracking<C: EbpfContext, A: Change>(ctx: &C, change: &A, sk: u64) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
     if !is_target(tgid) && !adopt_by_comm(tgid) {
+        return Ok(0);
+    }
+    if !A::FREE_PROTOCOL && !change.is_tcp() {
         return Ok(0);
     }
     // The fd of this thread's connect() (enter_connect), or -1: none for a SYN_SENT outside
@@ -266,7 +426,7 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
             unsafe { *slot = 0 };
         }
     }
-    let family: u16 = field(ctx, tp::FAMILY);
+    let family = change.family();
     if family != AF_INET && family != AF_INET6 {
         return Ok(0);
     }
@@ -289,28 +449,9 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
         gen::bpf_get_current_comm(info.comm.as_mut_ptr().cast::<c_void>(), COMM_LEN as u32)
     };
     info.family = family;
-    info.sport = field(ctx, tp::SPORT);
-    info.dport = field(ctx, tp::DPORT);
-    let (saddr, daddr) = (info.saddr.as_mut_ptr(), info.daddr.as_mut_ptr());
-    // SAFETY: 4 or 16 bytes stored into 16-byte arrays, which sit at 8-byte aligned offsets
-    // of the record (the size check in tracer-common pins the layout).
-    unsafe {
-        if family == AF_INET {
-            write_unaligned(saddr.cast::<u32>(), field::<u32>(ctx, tp::SADDR));
-            write_unaligned(daddr.cast::<u32>(), field::<u32>(ctx, tp::DADDR));
-        } else {
-            write_unaligned(saddr.cast::<u64>(), field::<u64>(ctx, tp::SADDR_V6));
-            write_unaligned(
-                saddr.cast::<u64>().add(1),
-                field::<u64>(ctx, tp::SADDR_V6 + 8),
-            );
-            write_unaligned(daddr.cast::<u64>(), field::<u64>(ctx, tp::DADDR_V6));
-            write_unaligned(
-                daddr.cast::<u64>().add(1),
-                field::<u64>(ctx, tp::DADDR_V6 + 8),
-            );
-        }
-    }
+    info.sport = change.sport();
+    info.dport = change.dport();
+    change.addresses(family, info);
     // Go's sockets are non-blocking from the start: their reads never wait, so enter_read
     // has nothing to count for them (the syscall read path notes every read all the same).
     let nonblocking = nonblocking_file(sk);
@@ -344,30 +485,28 @@ fn start_tracking(ctx: &TracePointContext, sk: u64) -> Result<u32, i64> {
         // Tells user space to attach the read syscalls' entries, if it has not (see there).
         count(Stat::ReadersCounted);
     }
-    // The write hooks' filter of sockets whose first bytes are wanted: by socket at
-    // tcp_sendmsg_locked, by fd at the write syscalls.
-    let (want, want_slot) = if by_sock {
-        (Some(&WANT_SOCK_SLOTS), sock_slot(sk))
-    } else if fd_known {
-        (Some(&WANT_SLOTS), slot)
+    // Its first bytes are wanted from now on: by socket at tcp_sendmsg_locked (the high half
+    // of its `SOCK_SLOTS` slot), by fd at the write syscalls (`WANT_SLOTS`).
+    let sock_filter = if by_sock {
+        SOCK_TRACKED + SOCK_WANT
     } else {
-        (None, 0)
+        SOCK_TRACKED
     };
-    filter_raise(&SOCK_SLOTS, sock_slot(sk), 1);
+    let want_fd = !by_sock && fd_known;
+    filter_raise(&SOCK_SLOTS, sock_slot(sk), sock_filter);
     if fd_known {
         filter_raise(&FD_SLOTS, slot, fd_filter);
     }
-    if let Some(want) = want {
-        // Its first bytes are wanted from now on.
-        filter_raise(want, want_slot, 1);
+    if want_fd {
+        filter_raise(&WANT_SLOTS, slot, 1);
     }
     if CONNS.insert(&sk, info, 0).is_err() {
-        filter_lower(&SOCK_SLOTS, sock_slot(sk), 1);
+        filter_lower(&SOCK_SLOTS, sock_slot(sk), sock_filter);
         if fd_known {
             filter_lower(&FD_SLOTS, slot, fd_filter);
         }
-        if let Some(want) = want {
-            filter_lower(want, want_slot, 1);
+        if want_fd {
+            filter_lower(&WANT_SLOTS, slot, 1);
         }
         count(Stat::ConnMapFull);
         warn!(

@@ -5,7 +5,8 @@
 //!
 //! Two ways, chosen per kernel by the loader:
 //! - `tcp/tcp_sendmsg_locked` (`sock_send`): every TCP send, keyed by socket. A send on a
-//!   socket whose first bytes are not wanted costs one filter load (`WANT_SOCK_SLOTS`).
+//!   socket whose first bytes are not wanted costs one filter load (the high half of
+//!   `SOCK_SLOTS`, whose slot the socket's read and state hooks load too).
 //! - the write syscalls' entries (any kernel with syscall tracepoints), keyed by fd: a write on
 //!   an fd that is not a tracked socket whose first bytes are still wanted costs one filter load
 //!   (`WANT_SLOTS`), a connection already named included; only the first writes of a new
@@ -24,11 +25,11 @@ use tracer_common::{
 
 use crate::{
     maps::{
-        FdSock, CONNS, EVENTS, FD_NAMED, FD_SOCKS, FD_SOCK_MASK, FIRST_BYTES_SCRATCH, WANT_SLOTS,
-        WANT_SOCK_SLOTS,
+        FdSock, CONNS, EVENTS, FD_NAMED, FD_SOCKS, FD_SOCK_MASK, FIRST_BYTES_SCRATCH, SOCK_SLOTS,
+        SOCK_WANT, SOCK_WANT_BITS, WANT_SLOTS,
     },
     sock::{
-        count, current_ids, fd_slot, field, filter_lower, maybe, sock_slot, wakeup_flag,
+        count, current_ids, fd_slot, field, filter_lower, maybe, maybe_in, sock_slot, wakeup_flag,
         wants_first_bytes,
     },
 };
@@ -281,7 +282,7 @@ fn try_sock_send(sk: u64, msg: u64) -> Result<u32, i64> {
     // The one load nearly every send on the host costs: only a target's tracked socket still
     // to be named passes.
     let slot = sock_slot(sk);
-    if !maybe(&WANT_SOCK_SLOTS, slot) {
+    if !maybe_in(&SOCK_SLOTS, slot, SOCK_WANT_BITS) {
         return Ok(0);
     }
     let conn = CONNS.get_ptr_mut(&sk).ok_or(0)?;
@@ -307,7 +308,7 @@ fn try_sock_send(sk: u64, msg: u64) -> Result<u32, i64> {
         (*conn).captured_bytes = taken;
         if writes >= FIRST_BYTES_WRITES || taken as usize >= FIRST_BYTES_MAX {
             (*conn).flags |= ConnFlags::NAMED;
-            filter_lower(&WANT_SOCK_SLOTS, slot, 1);
+            filter_lower(&SOCK_SLOTS, slot, SOCK_WANT);
         }
     }
     Ok(0)

@@ -5,22 +5,23 @@
 //! expects (tracer_common::tp_layout); for a raw tracepoint program, whose arguments are the
 //! tracepoint's prototype rather than its record, when the kernel's BTF gives that prototype
 //! the argument types it expects (`tp_layout::RAW_ARGS`). The first present way is chosen,
-//! unless a test forces another (`TRACER_READ_HOOK`; `syscalls` there forces every role that
-//! has a syscall path onto it, as a kernel before 5.15 would be). A path may also need things
+//! unless a test forces another (`TRACER_READ_HOOK`; `syscalls` there puts every role on its
+//! last resort, as a kernel before 5.15 without the BTF the better paths read would be). A path may also need things
 //! of the kernel's BTF or of the machine (`Need`): the connect and close roles read the
 //! syscall's fd from the thread's saved registers at the state change the syscall makes
 //! (x86-64, `bpf_task_pt_regs`: Linux 5.15), and the first-write role copies first bytes at
 //! `tcp/tcp_sendmsg_locked`, whose message layout comes from BTF; both fall back to syscall
 //! tracepoints, which put every syscall of every process on the host through the kernel's
-//! slow syscall path while attached. The state role has been a tracepoint since Linux 4.16,
-//! and the BPF ring buffer (5.8) sets the floor anyway.
+//! slow syscall path while attached. The state role is a raw tracepoint where the kernel's
+//! BTF has its prototype and the socket fields it reads, else the classic one (Linux 4.16);
+//! the BPF ring buffer (5.8) sets the floor anyway.
 
 use anyhow::{anyhow, bail, Result};
 use tracer_common::tp_layout;
 
 /// Forces the read hook (`syscalls`, `sock_recv_length` or `raw_sock_recv_length`), so the
-/// fallback paths are tested on kernels that have the better one; `syscalls` forces the
-/// connect, close and first-write roles onto their syscall paths too. Not a CLI flag: it
+/// fallback paths are tested on kernels that have the better one; `syscalls` puts every role
+/// on its last resort (the syscall paths, the classic state tracepoint). Not a CLI flag: it
 /// exists for tests.
 pub const READ_HOOK_ENV: &str = "TRACER_READ_HOOK";
 
@@ -72,6 +73,18 @@ const MSG_LAYOUT: &[Need] = &[
     Need::Member("iov_iter", "count"),
     Need::Enumerator("ITER_UBUF"),
     Need::Enumerator("ITER_IOVEC"),
+];
+
+/// What `sock_set_state_raw` reads of the socket (eBPF `state::Socket`).
+pub(super) const SOCK_FIELDS: &[Need] = &[
+    Need::Member("sock", "sk_protocol"),
+    Need::Member("sock_common", "skc_family"),
+    Need::Member("sock_common", "skc_num"),
+    Need::Member("sock_common", "skc_dport"),
+    Need::Member("sock_common", "skc_rcv_saddr"),
+    Need::Member("sock_common", "skc_daddr"),
+    Need::Member("sock_common", "skc_v6_rcv_saddr"),
+    Need::Member("sock_common", "skc_v6_daddr"),
 ];
 
 const NEEDS_SYSCALL_REGS: &str =
@@ -166,7 +179,19 @@ pub(super) const ROLES: &[Role] = &[
     },
     Role {
         name: "state",
-        paths: &[HookPath {
+        paths: &[
+            // The same tracepoint, called directly with the kernel's own arguments: no trace
+            // record is filled for the state changes of every TCP socket on the host.
+            HookPath {
+                key: "raw_inet_sock_set_state",
+                hook: "raw_tp/inet_sock_set_state",
+                attachments: &[&[("sock_set_state_raw", &[("sock", "inet_sock_set_state")])]],
+                on_blocking_reads: &[],
+                needs: "the sock/inet_sock_set_state tracepoint (Linux 4.16 or newer) with its prototype and struct sock_common in the kernel's BTF",
+                reads_from_syscalls: false,
+                requires: SOCK_FIELDS,
+            },
+            HookPath {
             key: "inet_sock_set_state",
             hook: "sock/inet_sock_set_state",
             attachments: &[&[("sock_set_state", &[("sock", "inet_sock_set_state")])]],
@@ -174,7 +199,8 @@ pub(super) const ROLES: &[Role] = &[
             needs: "the sock/inet_sock_set_state tracepoint (Linux 4.16 or newer)",
             reads_from_syscalls: false,
             requires: &[],
-        }],
+        },
+        ],
     },
     Role {
         name: "read",
@@ -438,10 +464,10 @@ pub(super) fn choose<'a>(
             chosen.push((role, path));
             continue;
         }
-        // `syscalls` stands for a kernel before 5.15: every role that has a syscall path
-        // takes it, so those paths are tested on any kernel.
-        let syscall_path = role.paths.iter().find(|p| p.key == "syscalls");
-        if let (Some("syscalls"), Some(path)) = (forced_read, syscall_path) {
+        // `syscalls` stands for a kernel where nothing better is usable: every role takes its
+        // last resort (the syscall paths, the classic state tracepoint), so those paths are
+        // tested on any kernel.
+        if let (Some("syscalls"), Some(path)) = (forced_read, role.paths.last()) {
             probe(path, kernel).map_err(|why| absent_error(role, path, why, release))?;
             log::info!(
                 "{} hook forced by {READ_HOOK_ENV}=syscalls: {}",
@@ -596,7 +622,7 @@ format:
         let chosen = choose(ROLES, None, &kernel_without(&[]), "6.18").unwrap();
         assert_eq!(
             hooks_of(&chosen),
-            "connect=sock/inet_sock_set_state+task_pt_regs state=sock/inet_sock_set_state \
+            "connect=sock/inet_sock_set_state+task_pt_regs state=raw_tp/inet_sock_set_state \
              read=raw_tp/sock_recv_length close=sock/inet_sock_set_state+task_pt_regs \
              first_write=raw_tp/tcp_sendmsg_locked"
         );
@@ -621,16 +647,17 @@ format:
         .unwrap();
         assert_eq!(
             hooks_of(&chosen),
-            "connect=sock/inet_sock_set_state+task_pt_regs state=sock/inet_sock_set_state \
+            "connect=sock/inet_sock_set_state+task_pt_regs state=raw_tp/inet_sock_set_state \
              read=raw_tp/sock_recv_length close=sock/inet_sock_set_state+task_pt_regs \
              first_write=syscalls/sys_enter_write"
         );
         // A kernel before 5.15 has no bpf_task_pt_regs; one whose iov_iter moved its buffer
-        // elsewhere cannot be read at tcp_sendmsg_locked.
+        // elsewhere cannot be read at tcp_sendmsg_locked, nor one without IPv6 (no
+        // skc_v6_daddr) the socket by the raw state program.
         let kernel = FakeKernel {
             format: |group: &str, event: &str| Some(good_format(group, event)),
             prototypes: true,
-            btf_lacks: &["BPF_FUNC_task_pt_regs", "ubuf"],
+            btf_lacks: &["BPF_FUNC_task_pt_regs", "ubuf", "skc_v6_daddr"],
         };
         let chosen = choose(ROLES, None, &kernel, "5.10").unwrap();
         assert_eq!(

@@ -204,6 +204,18 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>, Def
     let iter_ubuf = offset("iov_iter", "ubuf");
     let iter_count = offset("iov_iter", "count");
     let (ubuf, iovec) = (value("ITER_UBUF"), value("ITER_IOVEC"));
+    // `struct sock` begins with its `__sk_common` (include/net/sock.h), whose members the raw
+    // state program reads through the socket pointer.
+    let common = offset("sock", "__sk_common");
+    let sk_common = |member: &str| common + offset("sock_common", member);
+    let sk_protocol = offset("sock", "sk_protocol");
+    let (skc_family, skc_num, skc_dport) = (
+        sk_common("skc_family"),
+        sk_common("skc_num"),
+        sk_common("skc_dport"),
+    );
+    let (skc_saddr, skc_daddr) = (sk_common("skc_rcv_saddr"), sk_common("skc_daddr"));
+    let (skc_v6_saddr, skc_v6_daddr) = (sk_common("skc_v6_rcv_saddr"), sk_common("skc_v6_daddr"));
 
     let mut ebpf = EbpfLoader::new()
         .override_global(global_names::RCV_NXT_OFFSET, &rcv_nxt, true)
@@ -225,6 +237,14 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>, Def
         .override_global(global_names::ITER_COUNT_OFFSET, &iter_count, true)
         .override_global(global_names::ITER_UBUF, &ubuf, true)
         .override_global(global_names::ITER_IOVEC, &iovec, true)
+        .override_global(global_names::SK_PROTOCOL_OFFSET, &sk_protocol, true)
+        .override_global(global_names::SKC_FAMILY_OFFSET, &skc_family, true)
+        .override_global(global_names::SKC_NUM_OFFSET, &skc_num, true)
+        .override_global(global_names::SKC_DPORT_OFFSET, &skc_dport, true)
+        .override_global(global_names::SKC_RCV_SADDR_OFFSET, &skc_saddr, true)
+        .override_global(global_names::SKC_DADDR_OFFSET, &skc_daddr, true)
+        .override_global(global_names::SKC_V6_RCV_SADDR_OFFSET, &skc_v6_saddr, true)
+        .override_global(global_names::SKC_V6_DADDR_OFFSET, &skc_v6_daddr, true)
         .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer")))
         .context("loading the eBPF programs into the kernel failed (the kernel's verifier or BPF support refused them)")?;
 
