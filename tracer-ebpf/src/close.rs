@@ -23,6 +23,19 @@ pub fn release_mapping(mapping: *mut FdSock, bits: u64, slot: u32) {
     }
 }
 
+/// Releases the mapping of process `tgid`'s fd `fd` if it still names socket `sk` (another
+/// tracked socket may have taken the fd number since).
+#[inline(always)]
+pub fn release_own_mapping(tgid: u32, fd: u32, sk: u64) {
+    if let Some(mapping) = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd }) {
+        // SAFETY: pointer from the lookup just made.
+        let bits = unsafe { (*mapping).sk };
+        if bits & FD_SOCK_MASK == sk {
+            release_mapping(mapping, bits, fd_slot(tgid, fd));
+        }
+    }
+}
+
 /// `syscalls/sys_enter_close`: notes the socket closed by the process before tcp_close runs,
 /// so the TCP_CLOSE that follows is known to be ours and not the upstream's reset.
 #[tracepoint]

@@ -26,10 +26,10 @@ use tracer_common::{
 };
 
 use crate::{
-    close::release_mapping,
+    close::release_own_mapping,
     connect::adopt_by_comm,
     maps::{
-        FdSock, CLOSING, CONNS, FD_MAPPED, FD_NAMED, FD_READER, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK,
+        FdSock, CLOSING, CONNS, FD_MAPPED, FD_NAMED, FD_READER, FD_SLOTS, FD_SOCKS,
         PENDING_CONNECT, SOCK_SLOTS, SOCK_TRACKED, SOCK_WANT, WANT_SLOTS,
     },
     read::reads_from_syscalls,
@@ -312,17 +312,7 @@ fn note_closed_by_process(sk: u64, conn: *mut ConnInfo) {
         // SAFETY: as above.
         unsafe { (*conn).flags |= ConnFlags::CLOSED_BY_PROCESS };
         // What close.rs does at the syscall's entry: the fd no longer names the socket.
-        let key = FdKey {
-            tgid,
-            fd: fd as u32,
-        };
-        if let Some(mapping) = FD_SOCKS.get_ptr_mut(&key) {
-            // SAFETY: pointer from the lookup just made.
-            let bits = unsafe { (*mapping).sk };
-            if bits & FD_SOCK_MASK == sk {
-                release_mapping(mapping, bits, fd_slot(tgid, fd as u32));
-            }
-        }
+        release_own_mapping(tgid, fd as u32, sk);
         return;
     }
     let Some(slot) = CLOSING.get_ptr_mut(tid_slot(tid)) else {
@@ -380,17 +370,7 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
     // connect): clear the mapping, or the address, once reused by another tracked socket,
     // would be found through this fd.
     if flags & ConnFlags::CLOSED_BY_PROCESS == 0 {
-        let key = FdKey {
-            tgid,
-            fd: fd as u32,
-        };
-        if let Some(mapping) = FD_SOCKS.get_ptr_mut(&key) {
-            // SAFETY: pointer from the lookup just made.
-            let bits = unsafe { (*mapping).sk };
-            if bits & FD_SOCK_MASK == sk {
-                release_mapping(mapping, bits, slot);
-            }
-        }
+        release_own_mapping(tgid, fd as u32, sk);
     }
 }
 

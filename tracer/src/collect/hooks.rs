@@ -148,21 +148,25 @@ pub(super) struct Role {
     pub(super) paths: &'static [HookPath],
 }
 
+/// The connect and close roles' better path: the syscall's fd read from the thread's saved
+/// registers by the state program, at the state change the syscall makes before it returns;
+/// nothing attached of its own, no hook on the syscall.
+const SYSCALL_REGS_PATH: HookPath = HookPath {
+    key: "regs",
+    hook: "inet_sock_set_state+task_pt_regs",
+    attachments: &[],
+    on_blocking_reads: &[],
+    needs: NEEDS_SYSCALL_REGS,
+    reads_from_syscalls: false,
+    requires: SYSCALL_REGS,
+};
+
 pub(super) const ROLES: &[Role] = &[
     Role {
         name: "connect",
         paths: &[
-            // connect()'s fd read at SYN_SENT, which connect() reaches before it returns: no
-            // hook on the syscall.
-            HookPath {
-                key: "regs",
-                hook: "sock/inet_sock_set_state+task_pt_regs",
-                attachments: &[],
-                on_blocking_reads: &[],
-                needs: NEEDS_SYSCALL_REGS,
-                reads_from_syscalls: false,
-                requires: SYSCALL_REGS,
-            },
+            // connect()'s fd read at SYN_SENT, which connect() reaches before it returns.
+            SYSCALL_REGS_PATH,
             HookPath {
             key: "syscalls",
             hook: "syscalls/sys_enter_connect",
@@ -241,15 +245,7 @@ pub(super) const ROLES: &[Role] = &[
         name: "close",
         paths: &[
             // close()'s fd read at the state change tcp_close makes before close() returns.
-            HookPath {
-                key: "regs",
-                hook: "sock/inet_sock_set_state+task_pt_regs",
-                attachments: &[],
-                on_blocking_reads: &[],
-                needs: NEEDS_SYSCALL_REGS,
-                reads_from_syscalls: false,
-                requires: SYSCALL_REGS,
-            },
+            SYSCALL_REGS_PATH,
             HookPath {
                 key: "syscalls",
                 hook: "syscalls/sys_enter_close",
@@ -622,8 +618,8 @@ format:
         let chosen = choose(ROLES, None, &kernel_without(&[]), "6.18").unwrap();
         assert_eq!(
             hooks_of(&chosen),
-            "connect=sock/inet_sock_set_state+task_pt_regs state=raw_tp/inet_sock_set_state \
-             read=raw_tp/sock_recv_length close=sock/inet_sock_set_state+task_pt_regs \
+            "connect=inet_sock_set_state+task_pt_regs state=raw_tp/inet_sock_set_state \
+             read=raw_tp/sock_recv_length close=inet_sock_set_state+task_pt_regs \
              first_write=raw_tp/tcp_sendmsg_locked"
         );
         let programs: Vec<&str> = chosen
@@ -647,8 +643,8 @@ format:
         .unwrap();
         assert_eq!(
             hooks_of(&chosen),
-            "connect=sock/inet_sock_set_state+task_pt_regs state=raw_tp/inet_sock_set_state \
-             read=raw_tp/sock_recv_length close=sock/inet_sock_set_state+task_pt_regs \
+            "connect=inet_sock_set_state+task_pt_regs state=raw_tp/inet_sock_set_state \
+             read=raw_tp/sock_recv_length close=inet_sock_set_state+task_pt_regs \
              first_write=syscalls/sys_enter_write"
         );
         // A kernel before 5.15 has no bpf_task_pt_regs; one whose iov_iter moved its buffer
