@@ -215,8 +215,9 @@ pub fn in_syscall(nr: u64) -> Option<u64> {
     }
 }
 
+/// A global the loader sets (an offset, a flag).
 #[inline(always)]
-fn read_global(global: &u32) -> u32 {
+pub fn read_global(global: &u32) -> u32 {
     // SAFETY: the global is a valid, aligned u32; the volatile read keeps the compiler from
     // folding in the pre-load value 0 instead of what the loader wrote.
     unsafe { core::ptr::read_volatile(global) }

@@ -35,8 +35,9 @@ use crate::{
     read::reads_from_syscalls,
     sock::{
         connect_slot, count, current_ids, emit, fd_slot, field, filter_lower, filter_raise,
-        in_syscall, is_target, maybe, nonblocking_file, sample_peer_fin, sample_unread, sock_slot,
-        syscall_from_regs, tid_slot, wants_first_bytes, zero_words, NR_CLOSE, NR_CONNECT,
+        in_syscall, is_target, maybe, nonblocking_file, read_global, sample_peer_fin,
+        sample_unread, sock_slot, syscall_from_regs, tid_slot, wants_first_bytes, zero_words,
+        NR_CLOSE, NR_CONNECT,
     },
     write::writes_from_sock,
 };
@@ -159,8 +160,7 @@ impl Socket {
     /// The `T` at the offset in `global`, or zeroes when the read fails.
     #[inline(always)]
     fn read<T: Copy + Default>(&self, global: &u32) -> T {
-        // SAFETY: the global is a valid, aligned u32 (volatile: the loader's value, not 0).
-        let offset = unsafe { core::ptr::read_volatile(global) };
+        let offset = read_global(global);
         // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly; the socket is
         // the one the kernel is changing the state of.
         unsafe { bpf_probe_read_kernel((self.0 + u64::from(offset)) as *const T) }

@@ -29,8 +29,8 @@ use crate::{
         SOCK_WANT, SOCK_WANT_BITS, WANT_SLOTS,
     },
     sock::{
-        count, current_ids, fd_slot, field, filter_lower, maybe, maybe_in, sock_slot, wakeup_flag,
-        wants_first_bytes,
+        count, current_ids, fd_slot, field, filter_lower, maybe, maybe_in, read_global, sock_slot,
+        wakeup_flag, wants_first_bytes,
     },
 };
 
@@ -257,13 +257,6 @@ pub fn writes_from_sock() -> bool {
     read_global(&WRITES_FROM_SOCK) != 0
 }
 
-#[inline(always)]
-fn read_global(global: &u32) -> u32 {
-    // SAFETY: the global is a valid, aligned u32; the volatile read keeps the compiler from
-    // folding in the pre-load value 0 instead of what the loader wrote.
-    unsafe { core::ptr::read_volatile(global) }
-}
-
 /// `tcp/tcp_sendmsg_locked` as a raw tracepoint: `(struct sock *sk, struct msghdr *msg,
 /// struct sk_buff *skb, int size_goal)` (user space checks that prototype in the kernel's
 /// BTF), called in tcp_sendmsg_locked's copy loop before each chunk of the message is copied,
@@ -300,7 +293,8 @@ fn try_sock_send(sk: u64, msg: u64) -> Result<u32, i64> {
         return Ok(0);
     }
     let (buf, len) = unsent_bytes(msg).ok_or(0)?;
-    let copied = send_first_bytes(sk, connect_ns, taken, buf, len).unwrap_or(0);
+    // Not counted when nothing went (an empty chunk, a full ring): the next send tries again.
+    let copied = send_first_bytes(sk, connect_ns, taken, buf, len).ok_or(0)?;
     let (writes, taken) = (writes + 1, taken + copied);
     // SAFETY: as above.
     unsafe {
