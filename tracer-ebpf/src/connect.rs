@@ -8,7 +8,7 @@ use tracer_common::{tp_layout, TargetFlags, COMM_LEN};
 
 use crate::{
     maps::{PENDING_CONNECT, TARGETS, TARGET_COMMS},
-    sock::{connect_slot, current_ids, field},
+    sock::{connect_slot, current_ids, field, read_global},
 };
 
 /// Non-zero when user space asked to follow processes by name (`--comm`).
@@ -38,8 +38,7 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, i64> {
 /// A process whose name the user follows becomes a target at its first TCP connect.
 #[inline(always)]
 pub fn adopt_by_comm(tgid: u32) -> bool {
-    // SAFETY: a valid, aligned u32 global; volatile so the loader's value is read.
-    if unsafe { core::ptr::read_volatile(&FOLLOW_COMMS) } == 0 {
+    if read_global(&FOLLOW_COMMS) == 0 {
         return false;
     }
     let mut comm = MaybeUninit::<[u8; COMM_LEN]>::uninit();

@@ -35,7 +35,7 @@ use crate::{
     },
     sock::{
         count, current_ids, fd_slot, field, filter_lower, filter_raise, maybe, maybe_in, owns,
-        sample_unread, sock_slot, tid_slot,
+        read_global, sample_unread, sock_slot, tid_slot,
     },
 };
 
@@ -286,8 +286,7 @@ fn note_pending_read(
 
 #[inline(always)]
 pub fn reads_from_syscalls() -> bool {
-    // SAFETY: a valid, aligned u32 global; volatile so the loader's value is read.
-    unsafe { core::ptr::read_volatile(&READS_FROM_SYSCALLS) != 0 }
+    read_global(&READS_FROM_SYSCALLS) != 0
 }
 
 /// `syscalls/sys_exit_{read,readv,recvfrom,recvmsg}`: the read syscall returned. Attached only

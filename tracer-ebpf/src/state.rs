@@ -352,11 +352,14 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
     // Fails only when LRU evicted the entry since the lookup; the filters were raised for it
     // all the same.
     let _ = CONNS.remove(&sk);
-    filter_lower(&SOCK_SLOTS, sock_slot(sk), SOCK_TRACKED);
-    if flags & ConnFlags::NAMED == 0 {
-        // Ended before its first bytes were all taken (see `SOCK_SLOTS`).
-        filter_lower(&SOCK_SLOTS, sock_slot(sk), SOCK_WANT);
-    }
+    // Both halves in one add, as start_tracking raised them; the high half too when it ended
+    // before its first bytes were all taken (see `SOCK_SLOTS`).
+    let sock_filter = if flags & ConnFlags::NAMED == 0 {
+        SOCK_TRACKED + SOCK_WANT
+    } else {
+        SOCK_TRACKED
+    };
+    filter_lower(&SOCK_SLOTS, sock_slot(sk), sock_filter);
     if flags & ConnFlags::FD_KNOWN == 0 {
         return;
     }
@@ -384,8 +387,8 @@ fn start_tracking<C: EbpfContext, A: Change>(ctx: &C, change: &A, sk: u64) -> Re
     if !A::FREE_PROTOCOL && !change.is_tcp() {
         return Ok(0);
     }
-    // The fd of this thread's connect() (enter_connect), or -1: none for a SYN_SENT outside
-    // connect() (TCP Fast Open's sendmsg, io_uring). Not an Option: LLVM may spill a None's
+    // The fd of this thread's connect() (from its registers, or noted by enter_connect), or
+    // -1: none for a SYN_SENT outside connect() (TCP Fast Open's sendmsg, io_uring). Not an Option: LLVM may spill a None's
     // undefined payload from a register the verifier knows as never written, which it refuses
     // ("R3 !read_ok").
     let mut fd: i64 = -1;

@@ -6,8 +6,8 @@
 //! tracepoint's prototype rather than its record, when the kernel's BTF gives that prototype
 //! the argument types it expects (`tp_layout::RAW_ARGS`). The first present way is chosen,
 //! unless a test forces another (`TRACER_READ_HOOK`; `syscalls` there puts every role on its
-//! last resort, as a kernel before 5.15 without the BTF the better paths read would be). A path may also need things
-//! of the kernel's BTF or of the machine (`Need`): the connect and close roles read the
+//! last resort, as a kernel before 5.15 without the BTF the better paths read would be). A
+//! path may also need things of the kernel's BTF or of the machine (`Need`): the connect and close roles read the
 //! syscall's fd from the thread's saved registers at the state change the syscall makes
 //! (x86-64, `bpf_task_pt_regs`: Linux 5.15), and the first-write role copies first bytes at
 //! `tcp/tcp_sendmsg_locked`, whose message layout comes from BTF; both fall back to syscall
@@ -76,7 +76,7 @@ const MSG_LAYOUT: &[Need] = &[
 ];
 
 /// What `sock_set_state_raw` reads of the socket (eBPF `state::Socket`).
-pub(super) const SOCK_FIELDS: &[Need] = &[
+const SOCK_FIELDS: &[Need] = &[
     Need::Member("sock", "sk_protocol"),
     Need::Member("sock_common", "skc_family"),
     Need::Member("sock_common", "skc_num"),

@@ -195,6 +195,8 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>, Def
     // chosen path's are present (the choice checked its `Need`s).
     let offset = |strct: &str, member: &str| btf.member_offset(strct, member).unwrap_or(0);
     let value = |name: &str| btf.enumerator(name).map_or(0, |v| v as u32);
+    // One flag for connect and close: both roles take `SYSCALL_REGS_PATH` or neither (the
+    // same needs, the same forcing).
     let from_regs = u32::from(role_key("connect") == Some("regs"));
     let writes_from_sock = u32::from(role_key("first_write") == Some("raw_tcp_sendmsg_locked"));
     let (regs_nr, regs_arg0) = (offset("pt_regs", "orig_ax"), offset("pt_regs", "di"));
