@@ -49,7 +49,7 @@ pub fn judge(conn: &UpstreamConn, now_ns: u64, graces: &Graces) -> Option<LeakRe
         return None;
     }
     let idle_since = conn.last_activity_ns();
-    if conn.unread_bytes() > 0 && held_for(idle_since, now_ns, graces.unread) {
+    if conn.unread_bytes() > 0 && held_for(conn.unread_since_ns(), now_ns, graces.unread) {
         return Some(LeakReason::Unread);
     }
     let last_read_returned_data = conn.last_read_ret.is_some_and(|ret| ret > 0);
@@ -345,6 +345,44 @@ mod tests {
         c.last_read_ns = Some(14 * SEC);
         assert_eq!(judge(&c, 19 * SEC - 1, &g), None);
         assert_eq!(judge(&c, 19 * SEC, &g), Some(LeakReason::CloseWait));
+    }
+
+    #[test]
+    fn bytes_caught_on_their_way_to_a_live_reader_are_not_unread() {
+        // An SSE stream open before tracing started (no read history): its events arrive
+        // every 200 ms and are read at once. A sample that catches one in the queue finds
+        // bytes that arrived after the previous sample saw the queue empty.
+        let g = Graces::default();
+        let mut c = established(0);
+        c.origin = Origin::PreExisting;
+        for t in 0..20 {
+            c.set_recv_q(0, t * SEC);
+        }
+        c.set_recv_q(41, 20 * SEC);
+        assert_eq!(judge(&c, 20 * SEC, &g), None);
+        // Left there, they are a leak one grace after the queue was last seen empty.
+        c.set_recv_q(41, 25 * SEC);
+        assert_eq!(judge(&c, 29 * SEC - 1, &g), None);
+        assert_eq!(judge(&c, 29 * SEC, &g), Some(LeakReason::Unread));
+        // Bytes queued since the first sample are judged from it, as before.
+        let mut never_empty = established(0);
+        never_empty.origin = Origin::PreExisting;
+        never_empty.set_recv_q(5000, 0);
+        assert_eq!(judge(&never_empty, 10 * SEC, &g), Some(LeakReason::Unread));
+    }
+
+    #[test]
+    fn an_empty_queue_does_not_delay_an_unread_leak_after_the_last_read() {
+        // The headers read at 10 s, the body left in the queue: the queue was last seen
+        // empty before the response came, so the grace runs from the read, as without it.
+        let g = Graces::default();
+        let mut c = established(0);
+        c.set_recv_q(0, 9 * SEC);
+        c.last_read_ns = Some(10 * SEC);
+        c.last_read_ret = Some(512);
+        c.set_recv_q(90_000, 11 * SEC);
+        assert_eq!(judge(&c, 20 * SEC - 1, &g), None);
+        assert_eq!(judge(&c, 20 * SEC, &g), Some(LeakReason::Unread));
     }
 
     #[test]

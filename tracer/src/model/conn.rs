@@ -63,6 +63,9 @@ pub struct UpstreamConn {
     pub reads_inflight: u32,
     /// Freshest receive-queue sample, from the kernel side or sock_diag.
     pub recv_q: Option<RecvQ>,
+    /// When a receive-queue sample last showed nothing unread: every byte queued now arrived
+    /// after it, so none of them has waited longer than since then.
+    pub queue_empty_ns: Option<u64>,
     /// Consecutive samples in which the kernel side no longer had this socket.
     pub(super) missing_samples: u8,
 }
@@ -107,7 +110,19 @@ impl UpstreamConn {
     pub fn set_recv_q(&mut self, bytes: u32, at_ns: u64) {
         if self.recv_q.is_none_or(|q| q.at_ns <= at_ns) {
             self.recv_q = Some(RecvQ { bytes, at_ns });
+            if unread_data(bytes, self.state) == 0 {
+                self.queue_empty_ns = Some(at_ns);
+            }
         }
+    }
+
+    /// Since when the bytes in the receive queue have waited at most: the last sign of a
+    /// reader, or the last sample that saw the queue empty when that came later (an SSE event
+    /// caught in the instant between its arrival and its read is not a response left unread
+    /// since the stream's previous read).
+    pub fn unread_since_ns(&self) -> u64 {
+        self.last_activity_ns()
+            .max(self.queue_empty_ns.unwrap_or(0))
     }
 
     /// A connection with nothing observed yet but who it is and when it was first seen.
@@ -144,6 +159,7 @@ impl UpstreamConn {
             bytes_read: 0,
             reads_inflight: 0,
             recv_q: None,
+            queue_empty_ns: None,
             missing_samples: 0,
         }
     }
@@ -199,10 +215,7 @@ impl UpstreamConn {
         c.established_ns = (s.state == tcp_state::ESTABLISHED || s.state == tcp_state::CLOSE_WAIT)
             .then_some(now_ns);
         c.peer_fin_ns = (s.state == tcp_state::CLOSE_WAIT).then_some(now_ns);
-        c.recv_q = Some(RecvQ {
-            bytes: s.recv_q,
-            at_ns: now_ns,
-        });
+        c.set_recv_q(s.recv_q, now_ns);
         c
     }
 

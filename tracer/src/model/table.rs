@@ -899,6 +899,7 @@ mod tests {
             bytes_read: 0,
             reads_inflight: 0,
             recv_q: None,
+            queue_empty_ns: None,
             missing_samples: 0,
         };
         assert_eq!(
@@ -1296,6 +1297,7 @@ mod tests {
             bytes_read: 0,
             reads_inflight: 0,
             recv_q: recv_q(17, 10 * SEC),
+            queue_empty_ns: None,
             missing_samples: 0,
         };
         assert_eq!(conn_at(&table, local(50001)), &established);
@@ -1305,6 +1307,8 @@ mod tests {
             state: CLOSE_WAIT,
             peer_fin_ns: Some(10 * SEC),
             recv_q: recv_q(1, 10 * SEC),
+            // Its FIN alone is queued: nothing unread.
+            queue_empty_ns: Some(10 * SEC),
             ..established
         };
         assert_eq!(conn_at(&table, local(50002)), &close_wait);
