@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod demo;
 mod dist;
+mod emptyprog;
 mod gomatrix;
 mod kernels;
 mod setup;
