@@ -618,6 +618,7 @@ fn unrelated_process_cost(
     const RECVS: u32 = 2_000_000;
     const SYSCALLS: u32 = 2_000_000;
     const REPEATS: usize = 5;
+    const SETTLE: Duration = Duration::from_secs(3);
     /// What runs beside the measuring thread: nothing, empty programs, or the tracer (with
     /// this environment).
     enum Beside {
@@ -657,10 +658,11 @@ fn unrelated_process_cost(
                 Beside::Empty => (None, Some(EmptyPrograms::attach()?)),
                 Beside::Tracer(env) => {
                     let out = scratch.join("floor.json");
-                    (
-                        Some(Tracer::start_with(tracer, elsewhere, out, env, &[])?),
-                        None,
-                    )
+                    let t = Tracer::start_with(tracer, elsewhere, out, env, &[])?;
+                    // Its steady state, not its start (the first full socket scan, the
+                    // target's binary read) on the other CPU.
+                    thread::sleep(SETTLE);
+                    (Some(t), None)
                 }
             };
             samples[i].push(socket_round_ns(ROUNDS)?);
