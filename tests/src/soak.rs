@@ -112,16 +112,28 @@ pub struct Report {
 }
 
 impl Report {
-    /// Resident memory growth during the churn: from the first point a quarter of the way in
-    /// (allocator pools have grown by then) to the last churn point, in MiB.
+    /// Resident memory growth during the churn, in MiB: the median of the last quarter's
+    /// points against the median of the second quarter's (allocator pools have grown by
+    /// then). Medians, because the resident size swings by 20-25 MiB from one snapshot to the
+    /// next under churn as the allocator returns and takes pages (two single points read
+    /// -4 and +18 MiB in runs with the same code); a leak moves the whole quarter.
     pub fn churn_rss_growth_mib(&self) -> f64 {
-        let churn: Vec<&Point> = self.points.iter().filter(|p| p.phase == "churn").collect();
+        let churn: Vec<f64> = self
+            .points
+            .iter()
+            .filter(|p| p.phase == "churn")
+            .map(|p| p.rss_mib)
+            .collect();
         if churn.len() < 4 {
             return 0.0;
         }
-        let start = churn[churn.len() / 4].rss_mib;
-        let end = churn[churn.len() - 1].rss_mib;
-        end - start
+        let quarter = churn.len() / 4;
+        let median = |points: &[f64]| {
+            let mut v = points.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        median(&churn[churn.len() - quarter..]) - median(&churn[quarter..2 * quarter])
     }
 
     /// Prints the report and fails unless the verdicts became exact and stayed so. No snapshot
@@ -681,5 +693,31 @@ mod tests {
     #[should_panic(expected = "never exact")]
     fn snapshots_never_exact_fail_even_without_a_reason() {
         report(vec![point(false)], f64::NAN).assert_exact_throughout();
+    }
+
+    fn churn(rss: &[f64]) -> Report {
+        let points = rss
+            .iter()
+            .map(|&rss_mib| Point {
+                phase: "churn",
+                rss_mib,
+                ..point(true)
+            })
+            .collect();
+        report(points, 1.0)
+    }
+
+    #[test]
+    fn memory_growth_is_the_quarters_medians_not_two_swinging_points() {
+        // The allocator's swing: a low point a quarter in, a high one at the end, no growth.
+        let swinging = [
+            210.0, 230.0, 200.0, 225.0, 201.0, 224.0, 200.0, 226.0, 212.0, 222.0, 205.0, 224.0,
+        ];
+        let growth = churn(&swinging).churn_rss_growth_mib();
+        assert!(growth.abs() < 5.0, "{growth}");
+        // A leak lifts every point of the last quarter.
+        let leaking: Vec<f64> = (0..12).map(|i| 200.0 + 5.0 * f64::from(i)).collect();
+        assert_eq!(churn(&leaking).churn_rss_growth_mib(), 30.0);
+        assert_eq!(churn(&[1.0, 2.0, 3.0]).churn_rss_growth_mib(), 0.0);
     }
 }
