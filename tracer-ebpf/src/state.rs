@@ -388,9 +388,9 @@ fn start_tracking<C: EbpfContext, A: Change>(ctx: &C, change: &A, sk: u64) -> Re
         return Ok(0);
     }
     // The fd of this thread's connect() (from its registers, or noted by enter_connect), or
-    // -1: none for a SYN_SENT outside connect() (TCP Fast Open's sendmsg, io_uring). Not an Option: LLVM may spill a None's
-    // undefined payload from a register the verifier knows as never written, which it refuses
-    // ("R3 !read_ok").
+    // -1: none for a SYN_SENT outside connect() (TCP Fast Open's sendmsg, io_uring). Not an
+    // Option: LLVM may spill a None's undefined payload from a register the verifier knows as
+    // never written, which it refuses ("R3 !read_ok").
     let mut fd: i64 = -1;
     if syscall_from_regs() {
         // The fd connect() was called with, from this thread's registers: SYN_SENT runs in

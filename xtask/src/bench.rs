@@ -33,7 +33,10 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::{build, emptyprog::EmptyPrograms, gomatrix, setup, util};
+use crate::{build, gomatrix, setup, util};
+
+mod emptyprog;
+use emptyprog::EmptyPrograms;
 
 const UPSTREAM_PORT: u16 = 18310;
 /// The port of the idle Go program the tracer attaches to in "tracer attached elsewhere".
@@ -778,7 +781,7 @@ fn busy_s_of(stat: &str) -> Result<f64> {
 }
 
 /// One program's counters (kernel.bpf_stats_enabled), summed over same-named instances.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
 struct ProgStat {
     /// A uprobe (bpftool's type `kprobe`): the Go layer's, charged a trap per hit besides.
     uprobe: bool,
@@ -991,18 +994,7 @@ fn measure_once(
     };
     let stats_of = |ours: &[u64]| -> Result<BTreeMap<String, ProgStat>> {
         match &empty {
-            Some(programs) => Ok(programs
-                .counters()?
-                .into_iter()
-                .map(|(name, c)| {
-                    let stat = ProgStat {
-                        uprobe: false,
-                        run_time_ns: c.run_time_ns,
-                        run_cnt: c.run_cnt,
-                    };
-                    (name, stat)
-                })
-                .collect()),
+            Some(programs) => programs.counters(),
             None => bpf_prog_stats(ours),
         }
     };

@@ -7,7 +7,6 @@ mod bench;
 mod build;
 mod demo;
 mod dist;
-mod emptyprog;
 mod gomatrix;
 mod kernels;
 mod setup;

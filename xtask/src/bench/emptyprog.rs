@@ -18,6 +18,8 @@ use std::{
 
 use anyhow::{bail, Result};
 
+use super::ProgStat;
+
 /// (raw tracepoint, the tracer's program on it) for each per-event hook.
 const HOOKS: &[(&str, &str)] = &[
     ("sock_recv_length", "sock_recv"),
@@ -37,13 +39,6 @@ pub struct EmptyPrograms {
     progs: Vec<(&'static str, OwnedFd, OwnedFd)>,
 }
 
-/// One empty program's counters (kernel.bpf_stats_enabled), from its fd's fdinfo.
-#[derive(Clone, Copy, Default, Debug, PartialEq)]
-pub struct Counters {
-    pub run_time_ns: u64,
-    pub run_cnt: u64,
-}
-
 impl EmptyPrograms {
     /// Attaches one empty program to each hook this kernel has (a hook it lacks, the tracer
     /// does not use either: it falls back to another path, which has no calibration).
@@ -60,8 +55,9 @@ impl EmptyPrograms {
         Ok(EmptyPrograms { progs })
     }
 
-    /// Counters of the empty program on each hook, keyed by the tracer's program there.
-    pub fn counters(&self) -> Result<BTreeMap<String, Counters>> {
+    /// Counters of the empty program on each hook (kernel.bpf_stats_enabled, from its fd's
+    /// fdinfo), keyed by the tracer's program there.
+    pub fn counters(&self) -> Result<BTreeMap<String, ProgStat>> {
         let mut out = BTreeMap::new();
         for (name, prog, _) in &self.progs {
             let text = fs::read_to_string(format!("/proc/self/fdinfo/{}", prog.as_raw_fd()))?;
@@ -72,14 +68,15 @@ impl EmptyPrograms {
 }
 
 /// `run_time_ns` and `run_cnt` of a program fd's fdinfo.
-fn parse_fdinfo(text: &str) -> Counters {
+fn parse_fdinfo(text: &str) -> ProgStat {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     };
-    Counters {
+    ProgStat {
+        uprobe: false,
         run_time_ns: field("run_time_ns:"),
         run_cnt: field("run_cnt:"),
     }
@@ -138,11 +135,12 @@ mod tests {
         let text = "pos:\t0\nflags:\t02000002\nprog_type:\t17\nprog_jited:\t1\nprog_tag:\t59f4a931744dcdc6\nmemlock:\t4096\nprog_id:\t12326\nrun_time_ns:\t35401226\nrun_cnt:\t400000\nrecursion_misses:\t0\n";
         assert_eq!(
             parse_fdinfo(text),
-            Counters {
+            ProgStat {
+                uprobe: false,
                 run_time_ns: 35_401_226,
                 run_cnt: 400_000
             }
         );
-        assert_eq!(parse_fdinfo("prog_type:\t17\n"), Counters::default());
+        assert_eq!(parse_fdinfo("prog_type:\t17\n"), ProgStat::default());
     }
 }
