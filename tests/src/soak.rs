@@ -104,6 +104,9 @@ pub struct Report {
     pub points: Vec<Point>,
     /// Snapshots taken during and after the churn that were not exact (must be none).
     pub inexact_after_exact: Vec<String>,
+    /// What was wrong at each snapshot before the first exact one (the time to exact varies
+    /// from run to run: this says with what).
+    pub before_exact: Vec<String>,
     /// Set when the verdicts never became exact within the settle time: what was wrong.
     pub never_exact: Option<String>,
     pub final_summary: String,
@@ -260,6 +263,15 @@ impl Report {
                 );
             }
         }
+        if !self.before_exact.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nWhat was wrong at each snapshot before the first exact one:\n"
+            );
+            for line in &self.before_exact {
+                let _ = writeln!(s, "- {line}");
+            }
+        }
         s
     }
 }
@@ -359,6 +371,39 @@ pub fn mismatches(
         }
     }
     out
+}
+
+/// The snapshot's leaks of `reason` grouped by what tells a real leak from a false one
+/// (state, reads seen, the last read's return, whether bytes wait, how the connection was
+/// found), most common first: "count×(...)" for the five largest groups.
+pub fn leak_profile(snapshot: &Value, reason: &str) -> String {
+    let mut groups: BTreeMap<String, u64> = BTreeMap::new();
+    for leak in snapshot["leaks"].as_array().into_iter().flatten() {
+        if leak["reason"] != reason {
+            continue;
+        }
+        let key = format!(
+            "{}, {} reads, last {}, Recv-Q {}, {}",
+            leak["state"].as_str().unwrap_or("?"),
+            leak["reads"],
+            leak["last_read_ret"],
+            if leak["recv_q"].as_u64().unwrap_or(0) > 0 {
+                ">0"
+            } else {
+                "0"
+            },
+            leak["origin"]
+        );
+        *groups.entry(key).or_default() += 1;
+    }
+    let mut groups: Vec<(String, u64)> = groups.into_iter().collect();
+    groups.sort_by_key(|g| std::cmp::Reverse(g.1));
+    groups
+        .iter()
+        .take(5)
+        .map(|(k, n)| format!("{n}×({k})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// File descriptors one fixture process may use here: a sandbox without CAP_SYS_RESOURCE
@@ -517,6 +562,7 @@ pub fn run(plan: &Plan) -> Report {
     let mut points = Vec::new();
     let mut seconds_to_exact = None;
     let mut inexact_after_exact = Vec::new();
+    let mut before_exact = Vec::new();
     let mut last_snapshot = Value::Null;
     // Verdicts must be exact within the graces plus a few scans; then the churn runs.
     // Unread verdicts need a socket-table scan, which the tracer paces by its cost (about a
@@ -560,6 +606,12 @@ pub fn run(plan: &Plan) -> Report {
             seconds_to_exact = Some(t);
         } else if !bad.is_empty() && seconds_to_exact.is_some() {
             inexact_after_exact.push(format!("t={t:.0}s: {}", bad.join("; ")));
+        } else if !bad.is_empty() {
+            before_exact.push(format!(
+                "t={t:.1}s ({phase}): {}; unread leaks by (state, reads, last read, Recv-Q, origin): {}",
+                bad.join("; "),
+                leak_profile(&snapshot, "unread")
+            ));
         }
         let gave_up = seconds_to_exact.is_none() && all_held.elapsed() > settle;
         if gave_up {
@@ -616,6 +668,7 @@ pub fn run(plan: &Plan) -> Report {
         churn_seconds: churned("seconds").into_iter().fold(0.0, f64::max),
         points,
         inexact_after_exact,
+        before_exact,
         never_exact,
         final_summary: crate::summary(&last_snapshot),
         tracer_warnings: Vec::new(),
@@ -656,6 +709,7 @@ mod tests {
             churn_seconds: 0.0,
             points,
             inexact_after_exact: Vec::new(),
+            before_exact: Vec::new(),
             never_exact: None,
             final_summary: String::new(),
             tracer_warnings: Vec::new(),

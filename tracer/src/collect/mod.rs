@@ -321,7 +321,9 @@ impl Collector {
         };
         Ok(KernelStats {
             events_sent: sum(Stat::EventsSent)?,
-            events_lost: sum(Stat::RingbufDrops)?,
+            // Lifecycle records and first-bytes records alike: both travel in the ring, and a
+            // lost first-bytes record costs its connection its name.
+            events_lost: sum(Stat::RingbufDrops)? + sum(Stat::FirstBytesDrops)?,
             conn_map_full: sum(Stat::ConnMapFull)?,
             reads_seen: sum(Stat::ReadsSeen)?,
         })
@@ -361,19 +363,24 @@ impl Collector {
         Ok(kernel)
     }
 
-    /// A sample: `sockets` (a scan finished just now, if any) first, then the kernel map, so a
-    /// socket the kernel tracks is always in the map sample too (see `Sample`).
-    fn sample(&mut self, sockets: Option<Vec<SocketSample>>) -> Result<Sample> {
+    /// A sample: `scanned` (a scan finished just now, if any) first, then the kernel map, so
+    /// a socket the kernel tracks is always in the map sample too (see `Sample`).
+    fn sample(&mut self, scanned: Option<Scanned>) -> Result<Sample> {
         let now_ns = monotonic_ns();
         let kernel = self.read_conns()?;
         let stats = self.kernel_stats()?;
         self.note_map(&kernel, &stats);
+        let (sockets, scanned_ns) = match scanned {
+            Some(s) => (Some(s.sockets), Some(s.started_ns)),
+            None => (None, None),
+        };
         Ok(Sample {
             streams: self.go.streams()?,
             now_ns,
             kernel,
             sockets,
             stats,
+            scanned_ns,
         })
     }
 
@@ -397,26 +404,27 @@ impl Collector {
         let lookups = self.book.lookups();
         Some(tokio::task::spawn_blocking(move || {
             let started = Instant::now();
+            let started_ns = monotonic_ns();
             let sockets = match kind {
                 scan::ScanKind::Full => scan::full(&pids),
                 scan::ScanKind::Refresh => scan::refresh(lookups),
             };
-            (kind, started, sockets)
+            (kind, started, started_ns, sockets)
         }))
     }
 
     /// Takes a finished scan's cost and sockets.
-    fn scan_done(
-        &mut self,
-        (kind, started, sockets): (scan::ScanKind, Instant, Result<Vec<SocketSample>>),
-    ) -> Result<Vec<SocketSample>> {
+    fn scan_done(&mut self, (kind, started, started_ns, sockets): ScanResult) -> Result<Scanned> {
         self.scans.done(kind, started, started.elapsed());
         let sockets = sockets?;
         match kind {
             scan::ScanKind::Full => self.book.after_full(&sockets),
             scan::ScanKind::Refresh => self.book.after_refresh(&sockets),
         }
-        Ok(sockets)
+        Ok(Scanned {
+            sockets,
+            started_ns,
+        })
     }
 
     /// Says on the log when the kernel side dropped events (its ring buffer was full because
@@ -427,7 +435,7 @@ impl Collector {
             return;
         }
         log::warn!(
-            "{} kernel events lost ({lost} in all): the ring buffer filled up because the tracer fell behind. Open connections and verdicts re-sync from the kernel map and socket table within seconds; connections that opened and closed meanwhile may be missing from the totals",
+            "{} kernel events lost ({lost} in all): the ring buffer filled up because the tracer fell behind. Open connections and verdicts re-sync from the kernel map and socket table within seconds; connections that opened and closed meanwhile may be missing from the totals, and those whose first bytes were lost count under their address, not their name",
             lost - reported
         );
         self.lost_reported = (lost, Some(Instant::now()));
@@ -478,7 +486,7 @@ impl Collector {
     async fn sample_and_send(
         &mut self,
         tx: &InputSender,
-        sockets: Option<Vec<SocketSample>>,
+        scanned: Option<Scanned>,
     ) -> Result<bool> {
         if self.refresh_targets()? {
             // Their sockets opened before they were targets are found by a full scan only.
@@ -493,7 +501,7 @@ impl Collector {
                 return Ok(false);
             }
         }
-        let sample = self.sample(sockets)?;
+        let sample = self.sample(scanned)?;
         self.report_losses(sample.stats.events_lost);
         let addresses: std::collections::HashSet<std::net::IpAddr> = sample
             .kernel
@@ -586,13 +594,13 @@ impl Collector {
                     }
                 } => {
                     scan = None;
-                    let sockets =
+                    let scanned =
                         self.scan_done(done.context("the socket scan thread failed")?)?;
                     self.drain_ring(&mut batch);
                     if !tx.all(&mut batch).await {
                         break;
                     }
-                    if !self.sample_and_send(&tx, Some(sockets)).await? {
+                    if !self.sample_and_send(&tx, Some(scanned)).await? {
                         break;
                     }
                 }
@@ -603,12 +611,17 @@ impl Collector {
                             let _ = handle.await;
                         }
                         let pids: Vec<u32> = self.targets.keys().copied().collect();
+                        let started_ns = monotonic_ns();
                         let sockets = tokio::task::spawn_blocking(move || scan::full(&pids))
                             .await
                             .context("the socket scan thread failed")??;
                         self.drain_ring(&mut batch);
                         if tx.all(&mut batch).await {
-                            self.sample_and_send(&tx, Some(sockets)).await?;
+                            let scanned = Scanned {
+                                sockets,
+                                started_ns,
+                            };
+                            self.sample_and_send(&tx, Some(scanned)).await?;
                         }
                         break;
                     }
@@ -621,8 +634,21 @@ impl Collector {
     }
 }
 
-/// A read of the socket table in progress: its kind, start and result.
-type ScanTask = JoinHandle<(scan::ScanKind, Instant, Result<Vec<SocketSample>>)>;
+/// A read of the socket table in progress.
+type ScanTask = JoinHandle<ScanResult>;
+
+/// A read of the socket table: its kind, its start (for its cost, and as CLOCK_MONOTONIC ns)
+/// and its sockets.
+type ScanResult = (scan::ScanKind, Instant, u64, Result<Vec<SocketSample>>);
+
+/// A finished read of the socket table: its sockets, and when it started (CLOCK_MONOTONIC
+/// ns). Each socket was read at that time or later: with many sockets a second or more
+/// later, which is why the sample carries this time apart from its own (see
+/// `Sample::scanned_ns`).
+struct Scanned {
+    sockets: Vec<SocketSample>,
+    started_ns: u64,
+}
 
 /// The file descriptor of a hash map, for batch reads.
 fn conns_fd(map: &Map) -> Option<BorrowedFd<'_>> {

@@ -225,6 +225,14 @@ pub struct Sample {
     #[serde(default)]
     pub streams: Vec<StreamSample>,
     pub stats: KernelStats,
+    /// When the read of the socket table in `sockets` started (CLOCK_MONOTONIC ns), if not at
+    /// `now_ns`. Each queue in it was read at that time or later, and a read of many sockets
+    /// takes a second or more: a read that the kernel map shows during it is newer than what
+    /// the scan says of that socket, which is why the scan's queues are dated from here and
+    /// not from `now_ns`. `None` in recordings before version 6, where they were dated
+    /// `now_ns`. Last in the struct: recordings of version 5 end a sample's frame before it
+    /// (see record/mod.rs).
+    pub scanned_ns: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

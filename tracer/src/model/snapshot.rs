@@ -998,6 +998,7 @@ mod tests {
                 sockets: None,
                 streams,
                 stats: KernelStats::default(),
+                scanned_ns: None,
             })
         };
         let at = |_now: u64, reading: u64| {

@@ -437,7 +437,13 @@ impl ConnTable {
         });
 
         if let Some(sockets) = &sample.sockets {
-            self.apply_socket_scan(sockets, sample.now_ns);
+            // Dated from when the read of the socket table began, not from this sample: a
+            // socket read late in a long scan may have been read by the process, and sampled
+            // empty by the kernel, after the scan saw bytes waiting in it.
+            let scanned_ns = sample
+                .scanned_ns
+                .map_or(sample.now_ns, |at| at.min(sample.now_ns));
+            self.apply_socket_scan(sockets, scanned_ns);
         }
     }
 
@@ -1254,6 +1260,44 @@ mod tests {
             ..Sample::default()
         })]);
         assert_eq!(table.stats(), stats);
+    }
+
+    #[test]
+    fn a_long_scan_does_not_outrank_a_read_the_kernel_saw_during_it() {
+        // The relay read the response (3000 bytes) at 9.5 s, to EAGAIN, and the kernel
+        // record sampled the queue empty then. The socket-table read that carries this socket
+        // began at 9.2 s and saw the bytes before that read; its sample is taken at 10 s.
+        let read = KernelConn {
+            last_read_ns: Some(9 * SEC + SEC / 2),
+            last_read_ret: -11,
+            reads: 3,
+            bytes_read: 3000,
+            recv_q: recv_q(0, 9 * SEC + SEC / 2),
+            ..up()
+        };
+        let scan = Sample {
+            now_ns: 10 * SEC,
+            kernel: vec![(1, read)],
+            sockets: Some(vec![socket(PID, 12, local(40001), UP, ESTABLISHED, 3000)]),
+            scanned_ns: Some(9 * SEC + SEC / 5),
+            ..Sample::default()
+        };
+        let graces = crate::model::Graces::default();
+        let later = 10 * SEC + 10 * graces.unread.as_nanos() as u64;
+        let table = table_after([Input::Sample(scan.clone())]);
+        assert_eq!(only(&table).recv_q, recv_q(0, 9 * SEC + SEC / 2));
+        assert_eq!(classify::judge(only(&table), later, &graces), None);
+        // Dated from the sample instead (recordings before version 6), the scan's older view
+        // wins, and a healthy pooled connection is a leak until its next scan.
+        let table = table_after([Input::Sample(Sample {
+            scanned_ns: None,
+            ..scan
+        })]);
+        assert_eq!(only(&table).recv_q, recv_q(3000, 10 * SEC));
+        assert_eq!(
+            classify::judge(only(&table), later, &graces),
+            Some(crate::model::LeakReason::Unread)
+        );
     }
 
     // ---- pre-existing connections ----

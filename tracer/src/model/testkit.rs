@@ -124,6 +124,7 @@ pub fn sample(now_ns: u64, kernel: Vec<(u64, KernelConn)>, sockets: Vec<SocketSa
         kernel,
         sockets: Some(sockets),
         stats: KernelStats::default(),
+        scanned_ns: None,
     })
 }
 
@@ -135,6 +136,7 @@ pub fn map_only_sample(now_ns: u64, kernel: Vec<(u64, KernelConn)>) -> Input {
         kernel,
         sockets: None,
         stats: KernelStats::default(),
+        scanned_ns: None,
     })
 }
 

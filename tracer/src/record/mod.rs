@@ -12,7 +12,8 @@
 //!
 //! ```text
 //! magic      8 bytes  "TRCRREC\0"
-//! version    u16      5 (4, before call sites, still reads: 5 only added inputs)
+//! version    u16      6 (5 still reads: 6 added the sample's last field, `scanned_ns`;
+//!                     4, before call sites, does not)
 //! frames     each: u32 length, then that many bytes of postcard (serde) encoding
 //!   first    Header
 //!   then     Frame::Input { at_ns, input }  (at_ns: CLOCK_MONOTONIC when received)
@@ -37,11 +38,13 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Graces, Input};
 
 const MAGIC: [u8; 8] = *b"TRCRREC\0";
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// The oldest version this tracer still reads. Version 5 replaced HTTP/2 stream events with
 /// streams read at each sample (an input kind removed, the sample's streams changed) and
 /// added call sites, so version 4 recordings no longer decode: refused with a line saying so.
-/// A version that only adds inputs after the others can keep this where it is.
+/// A version that only adds inputs after the others can keep this where it is. Version 6 added
+/// a last field to the sample (`Sample::scanned_ns`), which ends its frame: a version 5
+/// frame reads with that field absent (`RecordingReader::next_frame`).
 pub const OLDEST_READABLE: u16 = 5;
 /// No frame is this large (a sample of a million sockets is ~150 MB); a larger length is
 /// corruption, not data.
@@ -243,6 +246,8 @@ pub struct RecordingReader<R: Read> {
     offset: u64,
     header: Header,
     ended: bool,
+    /// The recording's format version.
+    version: u16,
 }
 
 impl RecordingReader<BufReader<File>> {
@@ -313,6 +318,7 @@ impl<R: Read> RecordingReader<R> {
                 graces: Graces::default().into(),
             },
             ended: false,
+            version,
         };
         let header_at = reader.offset;
         let Some(bytes) = reader.read_frame_bytes()? else {
@@ -384,12 +390,18 @@ impl<R: Read> RecordingReader<R> {
             return Ok(None);
         }
         let at = self.offset;
-        let Some(bytes) = self.read_frame_bytes()? else {
+        let Some(mut bytes) = self.read_frame_bytes()? else {
             return Err(RecordingError::Truncated {
                 path: self.path.clone(),
                 offset: at,
             });
         };
+        if self.version < 6 {
+            // A version 5 sample ends before its last field, `scanned_ns`: the byte of an
+            // absent Option completes it. Any other frame ends before this byte, and a
+            // frame's trailing bytes are not read.
+            bytes.push(0);
+        }
         let frame: Frame = postcard::from_bytes(&bytes).map_err(|e| RecordingError::Corrupt {
             path: self.path.clone(),
             offset: at,
@@ -507,6 +519,8 @@ mod tests {
                         conn_map_full: 0,
                         reads_seen: 99,
                     },
+                    // The socket scan began half a second before the sample.
+                    scanned_ns: Some(8 * SEC - SEC / 2),
                 }),
             ),
         ]
@@ -547,7 +561,7 @@ mod tests {
     fn inputs_read_back_equal_with_their_times_and_the_header() {
         let inputs = inputs();
         let bytes = write_all(&inputs, 9 * SEC);
-        assert!(bytes.starts_with(b"TRCRREC\0\x05\x00"));
+        assert!(bytes.starts_with(b"TRCRREC\0\x06\x00"));
         let (h, frames) = read_all(&bytes).expect("reads");
         assert_eq!(h, header());
         let mut expected: Vec<Frame> = inputs
@@ -643,6 +657,67 @@ mod tests {
         ));
     }
 
+    /// A version 5 recording: `inputs` written as version 5 did, each sample's frame ending
+    /// before its last field (`scanned_ns`, which must be absent: one zero byte).
+    fn write_version_5(inputs: &[(u64, Input)]) -> Vec<u8> {
+        let v6 = write_all(inputs, 9 * SEC);
+        let mut v5 = v6[..10].to_vec();
+        v5[8] = 5;
+        let mut at = 10;
+        let mut first = true;
+        while at < v6.len() {
+            let len = u32::from_le_bytes([v6[at], v6[at + 1], v6[at + 2], v6[at + 3]]) as usize;
+            let mut frame = v6[at + 4..at + 4 + len].to_vec();
+            if !first {
+                if let Ok(Frame::Input {
+                    input: Input::Sample(sample),
+                    ..
+                }) = postcard::from_bytes::<Frame>(&frame)
+                {
+                    assert_eq!(sample.scanned_ns, None, "version 5 had no scan time");
+                    assert_eq!(frame.pop(), Some(0));
+                }
+            }
+            first = false;
+            v5.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            v5.extend_from_slice(&frame);
+            at += 4 + len;
+        }
+        v5
+    }
+
+    #[test]
+    fn version_5_recordings_still_read_their_samples_without_a_scan_time() {
+        let inputs: Vec<(u64, Input)> = inputs()
+            .into_iter()
+            .map(|(at, input)| match input {
+                Input::Sample(sample) => (
+                    at,
+                    Input::Sample(crate::model::Sample {
+                        scanned_ns: None,
+                        ..sample
+                    }),
+                ),
+                other => (at, other),
+            })
+            .collect();
+        let v5 = write_version_5(&inputs);
+        assert_ne!(
+            v5,
+            write_all(&inputs, 9 * SEC),
+            "a sample frame is a byte shorter"
+        );
+        let (_, frames) = read_all(&v5).expect("version 5 reads");
+        let read: Vec<(u64, Input)> = frames
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Input { at_ns, input } => Some((at_ns, input)),
+                Frame::End { .. } => None,
+            })
+            .collect();
+        assert_eq!(read, inputs);
+    }
+
     #[test]
     fn foreign_newer_and_damaged_files_are_refused_clearly() {
         let bytes = write_all(&inputs(), 9 * SEC);
@@ -654,7 +729,7 @@ mod tests {
             read_all(b""),
             Err(RecordingError::NotARecording(_))
         ));
-        for version in [4u8, 6] {
+        for version in [4u8, 7] {
             let mut other = bytes.clone();
             other[8] = version;
             let err = read_all(&other).expect_err("version");
@@ -725,6 +800,7 @@ mod tests {
             kernel: (0..100).map(|i| (i, conn.clone())).collect(),
             sockets: None,
             stats: Default::default(),
+            scanned_ns: None,
         });
         let size = postcard::to_stdvec(&sample).expect("encodes").len();
         assert!(size < 100 * 80, "{size} bytes for 100 sockets");

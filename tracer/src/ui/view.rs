@@ -428,6 +428,7 @@ mod tests {
                     stream_sample(5, 5, None, true, (4096, 0)),
                 ],
                 stats: Default::default(),
+                scanned_ns: None,
             }));
         }
         let table = table_after(inputs);

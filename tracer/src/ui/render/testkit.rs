@@ -159,6 +159,7 @@ pub(super) fn session_with_sites(
             kernel,
             sockets: Some(vec![]),
             stats,
+            scanned_ns: None,
         }));
     }
     trend.catch_up(&table, NOW, &GRACES);
