@@ -278,8 +278,10 @@ pub const EVENTS_RING_BYTES: u32 = 8 << 20;
 /// the reader is not woken per event (a wakeup costs more than the event) and drains the ring
 /// on its own short timer instead (see `RING_DRAIN_EVERY_MS`).
 pub const RING_WAKEUP_BYTES: u64 = (EVENTS_RING_BYTES / 8) as u64;
-/// How often user space drains the ring buffer without being woken.
+/// How often user space drains the ring buffer without being woken, while records come.
 pub const RING_DRAIN_EVERY_MS: u64 = 50;
+/// The longest it waits between two drains when nothing comes.
+pub const RING_DRAIN_IDLE_MS: u64 = 1000;
 
 /// Length of a task's comm, including the NUL (the kernel's TASK_COMM_LEN).
 pub const COMM_LEN: usize = 16;

@@ -154,6 +154,10 @@ pub struct GoProbes {
     sender: Sender<Inspected>,
     discovered: Receiver<Discovered>,
     discover: Sender<Discovered>,
+    /// Discoveries sent to a blocking thread and not yet taken (`discover`). One that fails
+    /// sends nothing and stays counted: the collector then drains as often as it can, which
+    /// costs a little CPU and loses nothing.
+    discovering: usize,
     /// Call sites: the probed targets' symbols and the stacks named so far.
     pub sites: gosites::Sites,
     /// Whether the call-site probes are attached (`--go-probes sites`).
@@ -169,6 +173,7 @@ impl GoProbes {
         let mut probes = Self {
             discovered,
             discover,
+            discovering: 0,
             off: None,
             procs: None,
             conns: None,
@@ -293,6 +298,7 @@ impl GoProbes {
             inputs.push(input);
         }
         while let Ok(found) = self.discovered.try_recv() {
+            self.discovering = self.discovering.saturating_sub(1);
             let current = matches!(
                 self.targets.get(&found.pid),
                 Some(State::Attached { start, .. }) if *start == found.start
@@ -333,7 +339,7 @@ impl GoProbes {
     /// was attached: the goroutine parked reading each socket, and on its stack the
     /// connection (see `h2mem::StreamReader::conn_parked_on`).
     fn discover(
-        &self,
+        &mut self,
         pid: u32,
         start: Option<u64>,
         minor: u32,
@@ -341,6 +347,7 @@ impl GoProbes {
         hashes: ConnTypeHashes,
     ) {
         let sender = self.discover.clone();
+        self.discovering += 1;
         tokio::task::spawn_blocking(move || {
             let sockets = match gomem::epoll_sockets(pid) {
                 Ok(sockets) => sockets,
@@ -364,6 +371,16 @@ impl GoProbes {
                 .collect();
             let _ = sender.send(Discovered { pid, start, conns });
         });
+    }
+
+    /// Whether work on a blocking thread (a binary read, a discovery) waits to be taken by
+    /// `attach_inspected`: the collector keeps calling it often meanwhile.
+    pub fn busy(&self) -> bool {
+        self.discovering > 0
+            || self
+                .targets
+                .values()
+                .any(|s| matches!(s, State::Inspecting { .. }))
     }
 
     /// Attaches the probes to an inspected binary, or says why not.

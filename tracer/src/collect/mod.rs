@@ -34,7 +34,9 @@ use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
 };
-use tracer_common::{map_names, ConnInfo, Stat, TargetFlags, COMM_LEN, RING_DRAIN_EVERY_MS};
+use tracer_common::{
+    map_names, ConnInfo, Stat, TargetFlags, COMM_LEN, RING_DRAIN_EVERY_MS, RING_DRAIN_IDLE_MS,
+};
 
 pub use check::{check_host, check_privileges};
 pub use loader::HookChoice;
@@ -441,9 +443,12 @@ impl Collector {
         self.lost_reported = (lost, Some(Instant::now()));
     }
 
-    fn drain_ring(&mut self, out: &mut Vec<Input>) {
+    /// Takes every record in the ring buffer; returns how many there were.
+    fn drain_ring(&mut self, out: &mut Vec<Input>) -> usize {
         let ring = self.ring.get_mut();
+        let mut records = 0;
         while let Some(record) = ring.next() {
+            records += 1;
             match decode::record(&record) {
                 Ok(decode::Record::Conn(event)) => {
                     log::trace!("kernel event: {event:?}");
@@ -481,6 +486,7 @@ impl Collector {
                 Err(e) => log::warn!("skipping a kernel event: {e:#}"),
             }
         }
+        records
     }
 
     async fn sample_and_send(
@@ -537,9 +543,11 @@ impl Collector {
         }
         let mut tick = tokio::time::interval(self.sample_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The kernel side wakes us only when the ring fills up; drain it on a timer too.
-        let mut drain = tokio::time::interval(Duration::from_millis(RING_DRAIN_EVERY_MS));
-        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // The kernel side wakes us only when the ring fills up; drain it on a timer too, whose
+        // period grows while nothing comes (see `next_drain_period`).
+        let mut drain_every = Duration::from_millis(RING_DRAIN_EVERY_MS);
+        let drain = tokio::time::sleep(drain_every);
+        tokio::pin!(drain);
         let mut batch = Vec::new();
         // A socket-table scan in progress on a blocking thread: the ring keeps being drained
         // meanwhile, and ticks send map-only samples.
@@ -565,10 +573,18 @@ impl Collector {
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
-                _ = drain.tick() => {
+                _ = &mut drain => {
                     self.attach_deferred_if_needed();
-                    self.drain_ring(&mut batch);
+                    let records = self.drain_ring(&mut batch);
                     batch.extend(self.go.attach_inspected(&mut self.ebpf));
+                    // The deferred read entries wait on a Go target for as long as none of
+                    // its sockets blocks (for ever, usually): that is checked at every drain,
+                    // however far apart, and keeps no pace of its own.
+                    let busy = records > 0 || self.go.busy();
+                    drain_every = next_drain_period(drain_every, busy);
+                    drain
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + drain_every);
                     if !tx.all(&mut batch).await {
                         break;
                     }
@@ -634,6 +650,20 @@ impl Collector {
     }
 }
 
+/// The ring drain timer's next period: `RING_DRAIN_EVERY_MS` while records come (or the Go
+/// layer's work waits to be taken), doubling after each drain that found nothing, up to
+/// `RING_DRAIN_IDLE_MS`. An idle tracer woke 20 times a second for nothing: three quarters
+/// of its CPU. Events are never older than that at a sample (each sample drains first), and
+/// a ring filling up wakes the reader at once.
+fn next_drain_period(current: Duration, busy: bool) -> Duration {
+    let fastest = Duration::from_millis(RING_DRAIN_EVERY_MS);
+    if busy {
+        fastest
+    } else {
+        (current * 2).clamp(fastest, Duration::from_millis(RING_DRAIN_IDLE_MS))
+    }
+}
+
 /// A read of the socket table in progress.
 type ScanTask = JoinHandle<ScanResult>;
 
@@ -669,4 +699,23 @@ pub fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drain_period_doubles_while_nothing_comes_and_snaps_back_when_something_does() {
+        let fastest = Duration::from_millis(RING_DRAIN_EVERY_MS);
+        let mut period = fastest;
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            period = next_drain_period(period, false);
+            seen.push(period.as_millis());
+        }
+        assert_eq!(seen, [100, 200, 400, 800, 1000, 1000, 1000, 1000]);
+        assert_eq!(next_drain_period(period, true), fastest);
+        assert_eq!(next_drain_period(fastest, true), fastest);
+    }
 }
