@@ -46,6 +46,8 @@ pub const VERSION: u16 = 6;
 /// a last field to the sample (`Sample::scanned_ns`), which ends its frame: a version 5
 /// frame reads with that field absent (`RecordingReader::next_frame`).
 pub const OLDEST_READABLE: u16 = 5;
+/// The first version whose samples end with `Sample::scanned_ns`.
+const SCAN_TIME_SINCE: u16 = 6;
 /// No frame is this large (a sample of a million sockets is ~150 MB); a larger length is
 /// corruption, not data.
 const MAX_FRAME: u32 = 1 << 30;
@@ -396,7 +398,7 @@ impl<R: Read> RecordingReader<R> {
                 offset: at,
             });
         };
-        if self.version < 6 {
+        if self.version < SCAN_TIME_SINCE {
             // A version 5 sample ends before its last field, `scanned_ns`: the byte of an
             // absent Option completes it. Any other frame ends before this byte, and a
             // frame's trailing bytes are not read.
