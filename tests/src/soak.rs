@@ -762,6 +762,26 @@ mod tests {
     }
 
     #[test]
+    fn leak_profiles_group_one_reason_most_common_first() {
+        let leak = |reason: &str, reads: u64, last: Option<i64>, recv_q: u64| {
+            serde_json::json!({"reason": reason, "state": "ESTABLISHED", "reads": reads,
+                "last_read_ret": last, "recv_q": recv_q, "origin": "traced"})
+        };
+        let snapshot = serde_json::json!({"leaks": [
+            leak("unread", 3, Some(-11), 120),
+            leak("unread", 0, None, 4000),
+            leak("close_wait", 0, None, 1),
+            leak("unread", 0, None, 9000),
+        ]});
+        assert_eq!(
+            leak_profile(&snapshot, "unread"),
+            "2×(ESTABLISHED, 0 reads, last null, Recv-Q >0, \"traced\"), \
+             1×(ESTABLISHED, 3 reads, last -11, Recv-Q >0, \"traced\")"
+        );
+        assert_eq!(leak_profile(&serde_json::json!({}), "unread"), "");
+    }
+
+    #[test]
     fn memory_growth_is_the_quarters_medians_not_two_swinging_points() {
         // The allocator's swing: a low point a quarter in, a high one at the end, no growth.
         let swinging = [
