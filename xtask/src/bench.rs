@@ -568,8 +568,9 @@ fn socket_round_ns(rounds: u32) -> Result<f64> {
 }
 
 /// Loopback TCP connections `empty_recv_ns` spreads its calls over: what one call costs moves
-/// with where its socket sits in memory (one socket read 40 ns more than another under the
-/// same tracer, standalone), so a figure from a single socket is that socket's luck.
+/// from one socket to the next (standalone, with the same program on the hook or the tracer,
+/// most sockets within a few ns and one in five 30-100 ns dearer), so a figure from a single
+/// socket is that socket's luck.
 const RECV_SOCKETS: u32 = 8;
 
 /// CPU nanoseconds this thread spends per `recv` on a loopback TCP socket with nothing to

@@ -372,10 +372,7 @@ impl Collector {
         let kernel = self.read_conns()?;
         let stats = self.kernel_stats()?;
         self.note_map(&kernel, &stats);
-        let (sockets, scanned_ns) = match scanned {
-            Some(s) => (Some(s.sockets), Some(s.started_ns)),
-            None => (None, None),
-        };
+        let (sockets, scanned_ns) = scanned.map(|s| (s.sockets, s.started_ns)).unzip();
         Ok(Sample {
             streams: self.go.streams()?,
             now_ns,
