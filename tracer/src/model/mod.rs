@@ -4,6 +4,8 @@
 
 pub mod classify;
 pub mod conn;
+#[cfg(test)]
+mod counting_sim;
 pub mod leak;
 pub mod site;
 pub mod snapshot;

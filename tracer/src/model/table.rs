@@ -42,7 +42,6 @@ pub struct ConnTable {
     hooks: BTreeMap<String, String>,
     targets: Vec<Target>,
     stats: KernelStats,
-    scans_seen: u64,
     /// Sockets closed by TCP, with their connect time: late events and map entries of them
     /// must not resurrect the connection (a newer connect time is a new socket at the
     /// address).
@@ -61,10 +60,44 @@ pub struct ConnTable {
     /// By inode, not addresses: under churn the same addresses come back on other short-lived
     /// sockets, which two scans in a row would otherwise take for one long-lived socket.
     unexplained: HashMap<u64, u8>,
+    /// The first scan's look at what was open before the tracer (see `FirstLook`).
+    first_look: FirstLook,
     streams: StreamTable,
     go_layers: BTreeMap<u32, GoLayer>,
     /// Which code obtained each connection's last response and each HTTP/2 response.
     sites: SiteTable,
+}
+
+/// The first scan adopts the sockets no kernel record explains at once, as open before the
+/// tracer (later scans want a second look), so the first snapshot shows them. One of them may
+/// be a traced socket that closed after the scan saw it and before that sample read the
+/// kernel map, its Close (the only event of a short connection) still to come: counted twice
+/// then. So until the next sample (a drain later, when every Close from before that map read
+/// has come), Closes are noted by addresses, and the adoptions they explain are undone.
+#[derive(Debug)]
+enum FirstLook {
+    /// No scan yet: the addresses of the traced sockets closed so far.
+    Before(HashSet<(SocketAddr, SocketAddr)>),
+    /// The first scan's adoptions (inode, addresses), and the addresses closed so far.
+    Adopted(
+        Vec<(u64, (SocketAddr, SocketAddr))>,
+        HashSet<(SocketAddr, SocketAddr)>,
+    ),
+    Done,
+}
+
+impl Default for FirstLook {
+    fn default() -> Self {
+        Self::Before(HashSet::new())
+    }
+}
+
+impl FirstLook {
+    fn note_closed(&mut self, local: SocketAddr, remote: SocketAddr) {
+        if let Self::Before(closed) | Self::Adopted(_, closed) = self {
+            closed.insert((local, remote));
+        }
+    }
 }
 
 /// How long the call site of an HTTP/2 response whose stream no sample has shown is kept.
@@ -182,6 +215,16 @@ impl ConnTable {
         self.conns.insert(key, conn);
     }
 
+    /// Takes one connection off `host`'s count (it counts elsewhere, or was never one).
+    fn uncount(&mut self, host: &str) {
+        if let Some(totals) = self.hosts.get_mut(host) {
+            totals.connections_total = totals.connections_total.saturating_sub(1);
+            if totals.connections_total == 0 && totals.closed_unread_total == 0 {
+                self.hosts.remove(host);
+            }
+        }
+    }
+
     /// Moves a connection (and its count) to the host its best name now says.
     fn relabel(&mut self, key: ConnKey) {
         let Some(conn) = self.conns.get(&key) else {
@@ -192,12 +235,7 @@ impl ConnTable {
             return;
         }
         let (old, remote) = (conn.host.clone(), conn.remote);
-        if let Some(totals) = self.hosts.get_mut(&old) {
-            totals.connections_total = totals.connections_total.saturating_sub(1);
-            if totals.connections_total == 0 && totals.closed_unread_total == 0 {
-                self.hosts.remove(&old);
-            }
-        }
+        self.uncount(&old);
         self.count_host(&host, provider.clone(), remote, |t| {
             t.connections_total += 1
         });
@@ -282,6 +320,8 @@ impl ConnTable {
                 self.refresh_from_kernel(event.sk, &event.conn);
             }
             KernelEventKind::Close => {
+                self.first_look
+                    .note_closed(event.conn.local, event.conn.remote);
                 // Its name came before it (see `early_names`).
                 let name = self.take_early_name(event.sk, event.conn.connect_ns);
                 let remote = event.conn.remote;
@@ -443,16 +483,66 @@ impl ConnTable {
             let scanned_ns = sample
                 .scanned_ns
                 .map_or(sample.now_ns, |at| at.min(sample.now_ns));
+            self.review_first_look();
             self.apply_socket_scan(sockets, scanned_ns);
+        } else {
+            self.review_first_look();
         }
+    }
+
+    /// Undoes the first scan's adoptions of traced sockets: those a Close or a kernel record
+    /// has explained since (see `FirstLook`).
+    fn review_first_look(&mut self) {
+        if !matches!(self.first_look, FirstLook::Adopted(..)) {
+            return;
+        }
+        let FirstLook::Adopted(adopted, closed) =
+            std::mem::replace(&mut self.first_look, FirstLook::Done)
+        else {
+            return;
+        };
+        let traced: HashSet<(SocketAddr, SocketAddr)> = self
+            .conns
+            .iter()
+            .filter(|(key, _)| matches!(key, ConnKey::Socket(_)))
+            .map(|(_, c)| (c.local, c.remote))
+            .collect();
+        for (inode, tuple) in adopted {
+            if !closed.contains(&tuple) && !traced.contains(&tuple) {
+                continue;
+            }
+            if let Some(conn) = self.conns.remove(&ConnKey::Inode(inode)) {
+                self.uncount(&conn.host);
+            }
+        }
+    }
+
+    /// Takes socket `s` as open before the tracer (or its process's targeting, or with its
+    /// kernel record lost): judged from socket samples from now on.
+    fn adopt_pre_existing(&mut self, s: &SocketSample, now_ns: u64) {
+        let comm = self
+            .targets
+            .iter()
+            .find(|t| t.pid == s.pid)
+            .map(|t| std::sync::Arc::from(t.comm.as_str()))
+            .unwrap_or_default();
+        let conn = UpstreamConn::from_socket(s, now_ns, comm);
+        self.track_new(ConnKey::Inode(s.inode), conn);
     }
 
     /// The targets' sockets as the kernel's socket table saw them at `now_ns`: the receive
     /// queues of tracked connections, pre-existing connections, and sockets no kernel record
     /// explains. Counts of "samples in a row" below count scans, not samples.
     fn apply_socket_scan(&mut self, sockets: &[SocketSample], now_ns: u64) {
-        let first_scan = self.scans_seen == 0;
-        self.scans_seen += 1;
+        // The first scan's: the addresses closed before it, and what it adopts.
+        let closed_before = match std::mem::replace(&mut self.first_look, FirstLook::Done) {
+            FirstLook::Before(closed) => Some(closed),
+            other => {
+                self.first_look = other;
+                None
+            }
+        };
+        let mut first_look = Vec::new();
         let listening: HashSet<(u32, u16)> = sockets
             .iter()
             .filter(|s| s.state == tcp_state::LISTEN)
@@ -496,25 +586,31 @@ impl ConnTable {
                 }
                 None if is_connected(s.state) => {
                     // Open before we attached (or before its process became a target, or its
-                    // kernel record was lost): judge it from socket samples from now on.
-                    let seen = self.unexplained.get(&s.inode).copied().unwrap_or(0) + 1;
-                    if !first_scan && seen < 2 {
-                        unexplained.insert(s.inode, seen);
-                        continue;
+                    // kernel record was lost): judged from socket samples from now on. The
+                    // first scan's at once (reviewed at the next sample, see `FirstLook`),
+                    // later ones' at a second look.
+                    if let Some(closed) = &closed_before {
+                        if closed.contains(&(s.local, s.remote)) {
+                            // Seen before its Close, which came first here.
+                            continue;
+                        }
+                        first_look.push((s.inode, (s.local, s.remote)));
+                    } else {
+                        let seen = self.unexplained.get(&s.inode).copied().unwrap_or(0) + 1;
+                        if seen < 2 {
+                            unexplained.insert(s.inode, seen);
+                            continue;
+                        }
                     }
-                    let comm = self
-                        .targets
-                        .iter()
-                        .find(|t| t.pid == s.pid)
-                        .map(|t| std::sync::Arc::from(t.comm.as_str()))
-                        .unwrap_or_default();
-                    let conn = UpstreamConn::from_socket(s, now_ns, comm);
-                    self.track_new(ConnKey::Inode(s.inode), conn);
+                    self.adopt_pre_existing(s, now_ns);
                 }
                 None => {}
             }
         }
         self.unexplained = unexplained;
+        if let Some(closed) = closed_before {
+            self.first_look = FirstLook::Adopted(first_look, closed);
+        }
         // A pre-existing connection gone from the socket table was closed. A socket dump is
         // not atomic (sockets that come and go while it runs can hide others), so it takes
         // two samples in a row without it.
@@ -1301,6 +1397,39 @@ mod tests {
     }
 
     // ---- pre-existing connections ----
+
+    #[test]
+    fn a_traced_socket_the_first_scan_saw_before_its_close_counts_once() {
+        // CI's kernel matrix counted a short connection twice: the first scan (slow under
+        // emulation) saw it open, and its Close came before that scan's sample.
+        let closed = KernelConn {
+            state: CLOSE,
+            ..up()
+        };
+        let mut table = table_after([close(1, ESTABLISHED, PID, closed.clone())]);
+        table.apply(sample(
+            3 * SEC,
+            vec![],
+            vec![socket(PID, 12, local(40001), UP, ESTABLISHED, 0)],
+        ));
+        assert_eq!(table.conns().count(), 0);
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 1, 0));
+
+        // Its Close after that sample (it closed after the drain, before the map read, and
+        // a newer socket took the address): adopted at first, undone at the next sample.
+        let newer = established(kconn(40002, UP, 2 * SEC), 2 * SEC);
+        let mut table = table_after([]);
+        table.apply(sample(
+            3 * SEC,
+            vec![(1, newer.clone())],
+            vec![socket(PID, 12, local(40001), UP, ESTABLISHED, 0)],
+        ));
+        assert_eq!(locals(&table), vec![local(40001), local(40002)]);
+        table.apply(close(1, ESTABLISHED, PID, closed));
+        table.apply(map_only_sample(4 * SEC, vec![(1, newer)]));
+        assert_eq!(locals(&table), vec![local(40002)]);
+        assert_eq!(totals(&table, UP_HOST), host(&[UP], 2, 0));
+    }
 
     #[test]
     fn first_sample_sockets_without_a_kernel_entry_are_pre_existing() {
