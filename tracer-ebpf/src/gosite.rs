@@ -25,11 +25,11 @@
 //! is its return address and [RBP] the next frame pointer (runtime/traceback.go, "frame
 //! pointer unwinding"), bounded by `MAX_SITE_FRAMES` and by frame pointers that must grow
 //! (stacks grow down): a stack being moved, or a frame without one, ends the walk early, never
-//! wrongly. The frame records are read from a page of the stack copied at once (`Window`),
-//! copied again from a frame beyond it: a user read costs about as much for a page as for 16
-//! bytes, so a read per frame was most of the probe's run time (go-h2: 2.4 us per hit against
-//! 1.6 us, bench/RESULTS.md L). (The kernel's own unwinder, `bpf_get_stack`, reads each frame's
-//! two words apart: slower still.)
+//! wrongly. The frame records are read from 2 KiB of the stack copied at once (`Window`),
+//! copied again from a frame beyond it: a user read's fixed cost (about 100 ns here) made a
+//! read per frame most of the probe's run time (go-h2: 2.4 against 1.8 us per hit, go-h1: 2.5
+//! against 2.4; bench/RESULTS.md L2). (The kernel's own unwinder, `bpf_get_stack`, reads each
+//! frame's two words apart: slower still.)
 
 use core::ffi::c_void;
 
@@ -69,18 +69,16 @@ pub static GO_SITE_STACKS: LruHashMap<SiteStackKey, u32> =
 #[map]
 static SITE_SCRATCH: PerCpuArray<[u64; MAX_SITE_FRAMES]> = PerCpuArray::with_max_entries(1, 0);
 
-/// The bytes of a goroutine's stack above the probed SP, read in one copy: the frames whose
-/// frame pointer falls inside are walked here (a read of the user stack per frame cost most
-/// of the probe's run time). Zeroed again before the program ends: the copy holds the
-/// relay's locals, which nothing may keep.
+/// A copy of the probed goroutine's stack from a frame record up, read at once: the frame
+/// records inside are walked here (see the module's notes). Zeroed again before the program
+/// ends: the copy holds the relay's locals, which nothing may keep.
 #[map]
 static STACK_WINDOW: PerCpuArray<[u64; WINDOW_WORDS]> = PerCpuArray::with_max_entries(1, 0);
 
-/// `STACK_WINDOW`'s size in 8-byte words: a page.
-const WINDOW_WORDS: usize = 512;
+/// `STACK_WINDOW`'s size in 8-byte words. 512 B to 4 KiB measured alike (L2); a goroutine's
+/// frames from the transport to `goexit` span about 3 KiB.
+const WINDOW_WORDS: usize = 256;
 const PAGE: u64 = 4096;
-// `Window::load` falls back to the rest of a page, which must fit.
-const _: () = assert!(WINDOW_WORDS * 8 >= PAGE as usize);
 
 /// A copy of part of the probed goroutine's stack (`STACK_WINDOW`): the frame records inside
 /// it are read from it, and a frame beyond it moves it there.
@@ -107,15 +105,15 @@ impl<'a> Window<'a> {
     }
 
     /// Copies the stack from `at` up: a window's worth, or, where that runs into memory not
-    /// mapped (past the top of a goroutine's stack), up to the end of `at`'s page.
+    /// mapped (past the top of a goroutine's stack), up to the end of `at`'s page at most.
     #[inline(always)]
     fn load(&mut self, at: u64) -> bool {
         self.used = true;
-        let to_page_end = (PAGE - (at & (PAGE - 1))) as u32;
-        for size in [(WINDOW_WORDS * 8) as u32, to_page_end] {
+        let window = (WINDOW_WORDS * 8) as u32;
+        let to_page_end = ((PAGE - (at & (PAGE - 1))) as u32).min(window);
+        for size in [window, to_page_end] {
             // SAFETY: bpf_probe_read_user copies with fault handling into the entry, at most
-            // its size (a page, and `to_page_end` is at most a page); on a fault it zeroes
-            // what it was given and returns an error.
+            // its size; on a fault it zeroes what it was given and returns an error.
             let read = unsafe {
                 gen::bpf_probe_read_user(
                     self.words.as_mut_ptr().cast::<c_void>(),
