@@ -159,8 +159,12 @@ impl<'a> Window<'a> {
         // offset in bytes, a bound the verifier cannot narrow to whole words.
         // SAFETY: a read of a local.
         let i = unsafe { core::ptr::read_volatile(&((at - self.base) / 8)) } as usize;
-        if i + 1 < self.len && i < WINDOW_WORDS - 1 {
-            Some([self.words[i], self.words[i + 1]])
+        // Both words through one pointer, and no `i + 1` compared: 6.12's verifier, linking a
+        // register to another at a constant offset, loses the bound of the first at such a
+        // comparison ("math between map_value pointer and register with unbounded min value").
+        if i < self.len.saturating_sub(1) && i < WINDOW_WORDS - 1 {
+            // SAFETY: `i + 1` is below `WINDOW_WORDS`: both words are in the array.
+            Some(unsafe { core::ptr::read(self.words.as_ptr().add(i).cast::<[u64; 2]>()) })
         } else {
             None
         }

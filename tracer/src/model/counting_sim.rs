@@ -130,15 +130,7 @@ impl Sim {
             }
             2 => {
                 if let Some(i) = self.nth_in(&[Stage::Connecting, Stage::Established], pick) {
-                    let s = &mut self.socks[i];
-                    let old = if s.stage == Stage::Established {
-                        tcp_state::ESTABLISHED
-                    } else {
-                        tcp_state::SYN_SENT
-                    };
-                    s.stage = Stage::Closing;
-                    self.log.push(format!("close port={}", s.port));
-                    self.ring.push_back(close(s.sk, old, PID, s.record()));
+                    self.step_close(i);
                 }
             }
             3 => {
@@ -239,8 +231,10 @@ impl Sim {
         }
     }
 
+    /// Socket `i` reaches TCP_CLOSE: its Close is queued; its map entry goes later.
     fn step_close(&mut self, i: usize) {
         let s = &mut self.socks[i];
+        self.log.push(format!("close port={}", s.port));
         let old = if s.stage == Stage::Established {
             tcp_state::ESTABLISHED
         } else {
