@@ -28,7 +28,7 @@
 //! wrongly. The frame records are read from 2 KiB of the stack copied at once (`Window`),
 //! copied again from a frame beyond it: a user read's fixed cost (about 100 ns here) made a
 //! read per frame most of the probe's run time (go-h2: 2.4 against 1.8 us per hit, go-h1: 2.5
-//! against 2.4; bench/RESULTS.md L2). (The kernel's own unwinder, `bpf_get_stack`, reads each
+//! against 2.4; bench/RESULTS.md L). (The kernel's own unwinder, `bpf_get_stack`, reads each
 //! frame's two words apart: slower still.)
 
 use core::ffi::c_void;
@@ -75,10 +75,12 @@ static SITE_SCRATCH: PerCpuArray<[u64; MAX_SITE_FRAMES]> = PerCpuArray::with_max
 #[map]
 static STACK_WINDOW: PerCpuArray<[u64; WINDOW_WORDS]> = PerCpuArray::with_max_entries(1, 0);
 
-/// `STACK_WINDOW`'s size in 8-byte words. 512 B to 4 KiB measured alike (L2); a goroutine's
-/// frames from the transport to `goexit` span about 3 KiB.
+/// `STACK_WINDOW`'s size in 8-byte words. 512 B to 4 KiB measured alike (bench/RESULTS.md
+/// L); a goroutine's frames from the transport to `goexit` span about 3 KiB.
 const WINDOW_WORDS: usize = 256;
 const PAGE: u64 = 4096;
+// `Window::load` masks a size below the window's, which is at most a page.
+const _: () = assert!(WINDOW_WORDS.is_power_of_two() && WINDOW_WORDS * 8 <= PAGE as usize);
 
 /// A copy of part of the probed goroutine's stack (`STACK_WINDOW`): the frame records inside
 /// it are read from it, and a frame beyond it moves it there.
@@ -105,31 +107,47 @@ impl<'a> Window<'a> {
     }
 
     /// Copies the stack from `at` up: a window's worth, or, where that runs into memory not
-    /// mapped (past the top of a goroutine's stack), up to the end of `at`'s page at most.
+    /// mapped (past the top of a goroutine's stack), the rest of `at`'s page if shorter.
     #[inline(always)]
     fn load(&mut self, at: u64) -> bool {
         self.used = true;
         let window = (WINDOW_WORDS * 8) as u32;
-        let to_page_end = ((PAGE - (at & (PAGE - 1))) as u32).min(window);
-        for size in [window, to_page_end] {
-            // SAFETY: bpf_probe_read_user copies with fault handling into the entry, at most
-            // its size; on a fault it zeroes what it was given and returns an error.
-            let read = unsafe {
-                gen::bpf_probe_read_user(
-                    self.words.as_mut_ptr().cast::<c_void>(),
-                    size,
-                    at as *const c_void,
-                )
-            };
-            if read == 0 {
-                self.base = at;
-                self.len = size as usize / 8;
+        if self.copy(at, window) {
+            return true;
+        }
+        let off = at & (PAGE - 1);
+        // Within a window of the page's end (else the window above was inside the page). The
+        // rest is below the window's size here: the mask changes nothing but shows every
+        // kernel's verifier the bound (6.1 lost a `min` in a spill).
+        if off > PAGE - u64::from(window) {
+            let rest = ((PAGE - off) as u32) & (window - 1);
+            if rest > 0 && self.copy(at, rest) {
                 return true;
             }
         }
         self.len = 0;
         self.failed = true;
         false
+    }
+
+    /// Copies `size` bytes (at most the window's) of the stack from `at` into the words.
+    #[inline(always)]
+    fn copy(&mut self, at: u64, size: u32) -> bool {
+        // SAFETY: bpf_probe_read_user copies with fault handling into the entry, at most its
+        // size; on a fault it zeroes what it was given and returns an error.
+        let read = unsafe {
+            gen::bpf_probe_read_user(
+                self.words.as_mut_ptr().cast::<c_void>(),
+                size,
+                at as *const c_void,
+            )
+        };
+        if read != 0 {
+            return false;
+        }
+        self.base = at;
+        self.len = size as usize / 8;
+        true
     }
 
     /// The two words at `at` (a frame record: the saved frame pointer, the return address).
@@ -349,8 +367,9 @@ fn walk(
             continue;
         }
         let ret: Option<u64> = if i == 0 {
-            // At a RET: the return address is at SP.
-            first.or_else(|| window.pair(sp).map(|p| p[0]))
+            // At a RET: the return address is at SP (read alone if SP is a page's last word
+            // and the next page is not mapped).
+            first.or_else(|| window.pair(sp).map(|p| p[0]).or_else(|| read_user(sp)))
         } else if bp <= floor {
             // A frame pointer below the last one is no frame of this goroutine's stack.
             None

@@ -95,6 +95,11 @@ impl Default for FirstLook {
 impl FirstLook {
     fn note_closed(&mut self, local: SocketAddr, remote: SocketAddr) {
         if let Self::Before(closed) | Self::Adopted(_, closed) = self {
+            // Bounded for a replay whose recording has no scan (live, the first comes
+            // within a second): the review then sees less, nothing worse.
+            if closed.len() >= 65_536 {
+                closed.clear();
+            }
             closed.insert((local, remote));
         }
     }
