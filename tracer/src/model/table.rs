@@ -481,6 +481,7 @@ impl ConnTable {
             _ => true,
         });
 
+        self.review_first_look();
         if let Some(sockets) = &sample.sockets {
             // Dated from when the read of the socket table began, not from this sample: a
             // socket read late in a long scan may have been read by the process, and sampled
@@ -488,38 +489,38 @@ impl ConnTable {
             let scanned_ns = sample
                 .scanned_ns
                 .map_or(sample.now_ns, |at| at.min(sample.now_ns));
-            self.review_first_look();
             self.apply_socket_scan(sockets, scanned_ns);
-        } else {
-            self.review_first_look();
         }
     }
 
     /// Undoes the first scan's adoptions of traced sockets: those a Close or a kernel record
     /// has explained since (see `FirstLook`).
     fn review_first_look(&mut self) {
-        if !matches!(self.first_look, FirstLook::Adopted(..)) {
-            return;
-        }
-        let FirstLook::Adopted(adopted, closed) =
-            std::mem::replace(&mut self.first_look, FirstLook::Done)
-        else {
-            return;
+        let (adopted, closed) = match std::mem::replace(&mut self.first_look, FirstLook::Done) {
+            FirstLook::Adopted(adopted, closed) => (adopted, closed),
+            other => {
+                self.first_look = other;
+                return;
+            }
         };
-        let traced: HashSet<(SocketAddr, SocketAddr)> = self
-            .conns
-            .iter()
-            .filter(|(key, _)| matches!(key, ConnKey::Socket(_)))
-            .map(|(_, c)| (c.local, c.remote))
-            .collect();
+        let traced = self.traced_by_addresses();
         for (inode, tuple) in adopted {
-            if !closed.contains(&tuple) && !traced.contains(&tuple) {
+            if !closed.contains(&tuple) && !traced.contains_key(&tuple) {
                 continue;
             }
             if let Some(conn) = self.conns.remove(&ConnKey::Inode(inode)) {
                 self.uncount(&conn.host);
             }
         }
+    }
+
+    /// The kernel-tracked connections, by their addresses.
+    fn traced_by_addresses(&self) -> HashMap<(SocketAddr, SocketAddr), ConnKey> {
+        self.conns
+            .iter()
+            .filter(|(key, _)| matches!(key, ConnKey::Socket(_)))
+            .map(|(key, c)| ((c.local, c.remote), *key))
+            .collect()
     }
 
     /// Takes socket `s` as open before the tracer (or its process's targeting, or with its
@@ -553,12 +554,7 @@ impl ConnTable {
             .filter(|s| s.state == tcp_state::LISTEN)
             .map(|s| (s.pid, s.local.port()))
             .collect();
-        let by_tuple: HashMap<(SocketAddr, SocketAddr), ConnKey> = self
-            .conns
-            .iter()
-            .filter(|(key, _)| matches!(key, ConnKey::Socket(_)))
-            .map(|(key, c)| ((c.local, c.remote), *key))
-            .collect();
+        let by_tuple = self.traced_by_addresses();
         let mut seen_inodes = HashSet::new();
         let mut unexplained = HashMap::new();
         for s in sockets {
