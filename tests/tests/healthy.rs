@@ -244,11 +244,13 @@ fn tens_of_hosts_at_once_get_exact_counts_per_host() {
                 s["time"]
             );
         }
-        // And exact at the end. A correct request may reuse a connection another one pooled
-        // (the requests race), so only the leaks' connections are certain.
+        // And exact at the end. The requests race: a correct request may reuse a connection
+        // another one pooled, and a leak may take the one a correct request finished on
+        // (then no connection is the correct requests' own), so only the leaks' connections,
+        // or one where there are none, are certain.
         let total = count(last, &ip, &["connections_total"]);
         assert!(
-            (status + large + 1..=ok + status + large).contains(&total),
+            ((status + large).max(1)..=ok + status + large).contains(&total),
             "{ip}: {total} connections\n{ctx}"
         );
         assert_eq!(
