@@ -278,3 +278,64 @@ fn tens_of_hosts_at_once_get_exact_counts_per_host() {
         "{ctx}"
     );
 }
+
+/// A blocking client (tests/src/bin/blocking-client.rs, not a Go program) reading the SSE
+/// stream with long silences: the `late` one is non-blocking through connect, as Go's sockets
+/// are, and blocking from its first read.
+fn blocking_client(port: u16, late: bool) -> Proc {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_blocking-client"));
+    cmd.args([
+        format!("127.0.0.44:{port}"),
+        "/v1/chat/completions?scenario=sse-silent".to_string(),
+    ]);
+    if late {
+        cmd.arg("--late");
+    }
+    let name = if late {
+        "late blocking client"
+    } else {
+        "blocking client"
+    };
+    let mut p = Proc::spawn(name, cmd);
+    p.expect_line("WAITING", Duration::from_secs(10));
+    p
+}
+
+#[test]
+fn readers_blocked_in_read_through_sse_silences_are_not_leaks() {
+    if !prerequisites_met() {
+        return;
+    }
+    let sse = "127.0.0.44";
+    let port = 18255;
+    let _upstreams = start_upstreams(port);
+    let mut clients = [blocking_client(port, false), blocking_client(port, true)];
+    let mut args = args(clients[0].pid());
+    args.extend(["--pid".to_string(), clients[1].pid().to_string()]);
+    let tracer = start_tracer(&args);
+    for c in &mut clients {
+        c.send_line("go");
+    }
+    // An event, 8 s of silence (more than the 3 s grace) in a blocked read, an event, 8 s, an
+    // event: about 16 s.
+    for c in &mut clients {
+        c.expect_line("DONE", Duration::from_secs(40));
+    }
+    thread::sleep(AFTER);
+    let snapshots = stop_tracer_all(tracer);
+    let last = snapshots.last().unwrap();
+    let ctx = summary(last);
+    let both_open = snapshots
+        .iter()
+        .filter(|s| count_if_present(s, sse, &["open"]) == Some(2))
+        .count();
+    assert!(
+        both_open >= 12,
+        "only {both_open} snapshots saw both streams open\n{ctx}"
+    );
+    // The reads that wait are counted in progress: on the socket blocking from connect, and on
+    // the one that turned blocking at its first read (mapped to its fd then).
+    assert_healthy_throughout(&snapshots, &[sse]);
+    assert_eq!(count(last, sse, &["connections_total"]), 2, "{ctx}");
+    assert_eq!(count(last, sse, &["open"]), 0, "{ctx}");
+}

@@ -368,6 +368,10 @@ impl ConnFlags {
     /// First bytes are copied at `tcp_sendmsg_locked` and this socket's share is taken (or it
     /// never wanted any). Kernel-side bookkeeping.
     pub const NAMED: u32 = 64;
+    /// The fd has an `FD_SOCKS` mapping (and its `FD_MAPPED` count) naming this socket: made
+    /// only where an fd-keyed hook will look it up (the write syscalls, the read syscalls'
+    /// entries, close()'s entry). Kernel-side bookkeeping.
+    pub const FD_MAPPED: u32 = 128;
 }
 
 /// Key of `FD_SOCKS`.

@@ -38,7 +38,10 @@ pub static TARGET_COMMS: HashMap<[u8; COMM_LEN], u8> =
 pub static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
 /// (tgid, fd) -> the socket and what the fd-based syscalls (read, write, close) need about it.
-/// close() sets `sk` to 0 rather than deleting the entry, and the next tracked connect on that
+/// Made only for a socket that one of those hooks will look up (`state::fd_mapping_wanted`,
+/// `ConnFlags::FD_MAPPED`): none for a Go relay's sockets on a kernel that takes first bytes
+/// and reads by socket and close()'s fd from the registers. close() sets `sk` to 0 rather
+/// than deleting the entry, and the next tracked connect on that
 /// fd number (Go reuses the lowest free one) overwrites it in place: a store instead of a
 /// delete and an insert per connection. A socket that ends while its fd is still open clears
 /// its own mapping at TCP_CLOSE. Stale entries cost nothing but their slot, and LRU reclaims
@@ -98,7 +101,8 @@ pub static SOCK_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 
 /// Two counting filters by (tgid, fd) (`sock::fd_slot`) in one array, so that the read, write
 /// and close hooks of one fd share the slot's cache line: the low 16 bits (`FD_MAPPED`) count
-/// the tracked sockets whose fd is known, raised when tracking starts and lowered when it ends
+/// the tracked sockets whose fd is mapped (`FD_SOCKS`), raised when the mapping is made (at
+/// connect, or at the first read that waits, read.rs) and lowered when tracking ends
 /// (state.rs), so they never depend on seeing close(), and guard `FD_SOCKS` for writes and
 /// close(); the high 16 bits (`FD_READER`) count those whose reads `enter_read` counts in
 /// progress (`ConnFlags::READS_COUNTED`): sockets whose reads may wait, and every one on the

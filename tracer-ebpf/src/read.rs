@@ -30,13 +30,15 @@ use tracer_common::{
 
 use crate::{
     maps::{
-        CONNS, FD_READER, FD_READER_BITS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK, PENDING_READ,
-        PENDING_READ_SLOTS, SOCK_SLOTS,
+        CONNS, FD_MAPPED, FD_READER, FD_READER_BITS, FD_SLOTS, FD_SOCKS, FD_SOCK_MASK,
+        PENDING_READ, PENDING_READ_SLOTS, SOCK_SLOTS,
     },
     sock::{
         count, current_ids, fd_slot, field, filter_lower, filter_raise, maybe, maybe_in, owns,
         read_global, sample_unread, sock_slot, tid_slot,
     },
+    state::map_fd,
+    write::writes_from_sock,
 };
 
 /// Non-zero when the loader attached `exit_read` instead of `sock_recv` (a kernel before 6.3,
@@ -145,6 +147,21 @@ fn note_blocking_mode(sk: u64, conn: *mut ConnInfo, nonblocking: bool) {
         filter_raise(&FD_SLOTS, fd_slot(tgid, fd), FD_READER);
         // Tells user space to attach the read syscalls' entries, if it has not.
         count(Stat::ReadersCounted);
+        if flags & ConnFlags::FD_MAPPED == 0 {
+            // Not mapped at connect, where no fd-keyed hook wanted it (state.rs,
+            // `fd_mapping_wanted`): `enter_read` finds the socket through it from now on.
+            // SAFETY: as above.
+            let connect_ns = unsafe {
+                (*conn).flags |= ConnFlags::FD_MAPPED;
+                (*conn).connect_ns
+            };
+            filter_raise(&FD_SLOTS, fd_slot(tgid, fd), FD_MAPPED);
+            map_fd(tgid, fd, sk, writes_from_sock(), false, connect_ns);
+            return;
+        }
+    }
+    if flags & ConnFlags::FD_MAPPED == 0 {
+        return;
     }
     if let Some(mapping) = FD_SOCKS.get_ptr_mut(&FdKey { tgid, fd }) {
         // SAFETY: pointer from the lookup just made; a stale mapping (another socket) is

@@ -311,8 +311,10 @@ fn note_closed_by_process(sk: u64, conn: *mut ConnInfo) {
         }
         // SAFETY: as above.
         unsafe { (*conn).flags |= ConnFlags::CLOSED_BY_PROCESS };
-        // What close.rs does at the syscall's entry: the fd no longer names the socket.
-        release_own_mapping(tgid, fd as u32, sk);
+        if flags & ConnFlags::FD_MAPPED != 0 {
+            // What close.rs does at the syscall's entry: the fd no longer names the socket.
+            release_own_mapping(tgid, fd as u32, sk);
+        }
         return;
     }
     let Some(slot) = CLOSING.get_ptr_mut(tid_slot(tid)) else {
@@ -360,20 +362,71 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
         SOCK_TRACKED
     };
     filter_lower(&SOCK_SLOTS, sock_slot(sk), sock_filter);
-    if flags & ConnFlags::FD_KNOWN == 0 {
+    let mapped = flags & ConnFlags::FD_MAPPED != 0;
+    let reads_counted = flags & ConnFlags::READS_COUNTED != 0;
+    if !mapped && !reads_counted {
         return;
     }
     let slot = fd_slot(tgid, fd as u32);
-    filter_lower(&FD_SLOTS, slot, FD_MAPPED);
-    if flags & ConnFlags::READS_COUNTED != 0 {
+    if mapped {
+        filter_lower(&FD_SLOTS, slot, FD_MAPPED);
+    }
+    if reads_counted {
         filter_lower(&FD_SLOTS, slot, FD_READER);
     }
     // CLOSED_BY_PROCESS means close() found this socket through its fd and cleared the
     // mapping then (the usual end). Otherwise the fd is still open (a reset, a failed
     // connect): clear the mapping, or the address, once reused by another tracked socket,
     // would be found through this fd.
-    if flags & ConnFlags::CLOSED_BY_PROCESS == 0 {
+    if mapped && flags & ConnFlags::CLOSED_BY_PROCESS == 0 {
         release_own_mapping(tgid, fd as u32, sk);
+    }
+}
+
+/// Whether a tracked socket's fd gets an `FD_SOCKS` mapping (and its `FD_MAPPED` count): only
+/// where an fd-keyed hook looks it up. The write syscalls' entries take first bytes by fd
+/// (`by_sock` false), the read syscalls' entries count the reads in progress of a socket
+/// whose reads are counted, and close()'s entry finds the socket by its fd where the state
+/// change cannot read close()'s fd from the registers. A Go relay on a kernel that takes
+/// first bytes by socket and reads the registers needs none: per connection, two lookups
+/// of cold map memory and two atomic adds less (bench/RESULTS.md M). A socket whose reads
+/// start waiting later is mapped then (read.rs).
+#[inline(always)]
+pub fn fd_mapping_wanted(by_sock: bool, reads_counted: bool) -> bool {
+    !by_sock || reads_counted || !syscall_from_regs()
+}
+
+/// Maps process `tgid`'s fd `fd` to the tracked socket `sk` in `FD_SOCKS` (its `FD_MAPPED`
+/// count raised by the caller). `by_sock`: first bytes are taken by socket, so the fd path
+/// never wants them.
+#[inline(always)]
+pub fn map_fd(tgid: u32, fd: u32, sk: u64, by_sock: bool, nonblocking: bool, connect_ns: u64) {
+    let key = FdKey { tgid, fd };
+    let mapping = FdSock {
+        // Named from the start when first bytes are taken by socket: the write syscalls'
+        // programs are not attached then, and nothing lowers `WANT_SLOTS` for it.
+        sk: if by_sock { sk | FD_NAMED } else { sk },
+        captured_bytes: 0,
+        captured_writes: 0,
+        nonblocking: u16::from(nonblocking),
+        connect_ns,
+    };
+    match FD_SOCKS.get_ptr_mut(&key) {
+        // The fd number's entry from an earlier connection (see `FD_SOCKS`).
+        Some(old) => {
+            // SAFETY: pointer from the lookup just made.
+            let old_bits = unsafe { (*old).sk };
+            // SAFETY: as above.
+            unsafe { *old = mapping };
+            if wants_first_bytes(old_bits) {
+                // A socket whose end was not seen, still wanting first bytes: replaced
+                // here, so its count goes (the new one's was raised by the caller).
+                filter_lower(&WANT_SLOTS, fd_slot(tgid, fd), 1);
+            }
+        }
+        None => {
+            let _ = FD_SOCKS.insert(&key, &mapping, 0);
+        }
     }
 }
 
@@ -450,13 +503,17 @@ fn start_tracking<C: EbpfContext, A: Change>(ctx: &C, change: &A, sk: u64) -> Re
     if fd >= 0 {
         info.fd = fd as i32;
         info.flags |= ConnFlags::FD_KNOWN;
-        if !nonblocking || reads_from_syscalls() {
+        let reads_counted = !nonblocking || reads_from_syscalls();
+        if reads_counted {
             info.flags |= ConnFlags::READS_COUNTED;
+        }
+        if fd_mapping_wanted(by_sock, reads_counted) {
+            info.flags |= ConnFlags::FD_MAPPED;
         }
     }
     let info: &ConnInfo = info;
     // Raised before the entries exist, so a filter never hides them (see maps.rs).
-    let fd_known = info.flags & ConnFlags::FD_KNOWN != 0;
+    let fd_mapped = info.flags & ConnFlags::FD_MAPPED != 0;
     let reads_counted = info.flags & ConnFlags::READS_COUNTED != 0;
     let fd_filter = if reads_counted {
         FD_MAPPED + FD_READER
@@ -475,9 +532,10 @@ fn start_tracking<C: EbpfContext, A: Change>(ctx: &C, change: &A, sk: u64) -> Re
     } else {
         SOCK_TRACKED
     };
-    let want_fd = !by_sock && fd_known;
+    // Not taken by socket: the fd is mapped (`fd_mapping_wanted`) when it is known.
+    let want_fd = !by_sock && fd_mapped;
     filter_raise(&SOCK_SLOTS, sock_slot(sk), sock_filter);
-    if fd_known {
+    if fd_mapped {
         filter_raise(&FD_SLOTS, slot, fd_filter);
     }
     if want_fd {
@@ -485,7 +543,7 @@ fn start_tracking<C: EbpfContext, A: Change>(ctx: &C, change: &A, sk: u64) -> Re
     }
     if CONNS.insert(&sk, info, 0).is_err() {
         filter_lower(&SOCK_SLOTS, sock_slot(sk), sock_filter);
-        if fd_known {
+        if fd_mapped {
             filter_lower(&FD_SLOTS, slot, fd_filter);
         }
         if want_fd {
@@ -498,37 +556,8 @@ fn start_tracking<C: EbpfContext, A: Change>(ctx: &C, change: &A, sk: u64) -> Re
         );
         return Ok(0);
     }
-    if fd_known {
-        let key = FdKey {
-            tgid,
-            fd: info.fd as u32,
-        };
-        let mapping = FdSock {
-            // Named from the start when first bytes are taken by socket: the write syscalls'
-            // programs are not attached then, and nothing lowers `WANT_SLOTS` for it.
-            sk: if by_sock { sk | FD_NAMED } else { sk },
-            captured_bytes: 0,
-            captured_writes: 0,
-            nonblocking: u16::from(nonblocking),
-            connect_ns: now,
-        };
-        match FD_SOCKS.get_ptr_mut(&key) {
-            // The fd number's entry from an earlier connection (see `FD_SOCKS`).
-            Some(old) => {
-                // SAFETY: pointer from the lookup just made.
-                let old_bits = unsafe { (*old).sk };
-                // SAFETY: as above.
-                unsafe { *old = mapping };
-                if wants_first_bytes(old_bits) {
-                    // A socket whose end was not seen, still wanting first bytes: replaced
-                    // here, so its count goes (the new one's was raised above).
-                    filter_lower(&WANT_SLOTS, slot, 1);
-                }
-            }
-            None => {
-                let _ = FD_SOCKS.insert(&key, &mapping, 0);
-            }
-        }
+    if fd_mapped {
+        map_fd(tgid, info.fd as u32, sk, by_sock, nonblocking, now);
     }
     Ok(0)
 }
