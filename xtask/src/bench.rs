@@ -16,7 +16,8 @@
 //! bench/results.json. Last, (e) the floor: what an unrelated process pays per socket write
 //! and read, and per syscall, with the tracer attached elsewhere, on each path. A run of some scenarios only (`--scenarios`) writes
 //! target/bench/RESULTS-partial.md instead. RESULTS.md keeps what follows `HISTORY_MARK`
-//! (the hand-written before/after of each change) from one run to the next.
+//! (the hand-written before/after of each change) from one run to the next. `--ab` sets
+//! tracer builds against each other instead (ab.rs).
 
 use std::{
     collections::BTreeMap,
@@ -35,6 +36,7 @@ use serde_json::{json, Value};
 
 use crate::{build, gomatrix, setup, util};
 
+mod ab;
 mod emptyprog;
 use emptyprog::EmptyPrograms;
 
@@ -69,6 +71,10 @@ pub struct Options {
     pub connections: u32,
     /// Scenario keys to run (`Scenario::key`); empty: all of them.
     pub scenarios: Vec<String>,
+    /// Tracer binaries to set against each other (ab.rs); empty: the usual bench.
+    pub ab: Vec<PathBuf>,
+    /// `--go-probes` for every build of an A/B (off, auto, sites); None: the tracer's default.
+    pub ab_go_probes: Option<String>,
 }
 
 /// The relay under load in a scenario.
@@ -1530,6 +1536,14 @@ pub fn run(opts: Options) -> Result<()> {
         .filter(|s| opts.scenarios.is_empty() || opts.scenarios.iter().any(|k| k == s.key))
         .collect();
     let partial = !opts.scenarios.is_empty();
+    let ab_args = ab::go_probes_args(opts.ab_go_probes.as_deref())?;
+    if !opts.ab.is_empty() {
+        ab::check_builds(&opts.ab)?;
+        if scenarios.is_empty() || opts.scenarios.iter().any(|k| k == "floor") {
+            let keys: Vec<&str> = SCENARIOS.iter().map(|s| s.key).collect();
+            bail!("--ab needs --scenarios, one or more of {}", keys.join(", "));
+        }
+    }
     setup::ensure_for(setup::Purpose::Bench).context("bench")?;
     if util::find_on_path("wrk").is_none() {
         bail!("wrk is missing after setup: run: apt-get install --no-install-recommends wrk");
@@ -1592,6 +1606,38 @@ pub fn run(opts: Options) -> Result<()> {
         fixture: &artifacts.fixture,
         gobench: gobench.as_ref(),
     };
+    if !opts.ab.is_empty() {
+        let mut report = format!(
+            "# tracer A/B\n\nMachine: {}; load average {load1:.2} at the start. Command: `cargo xtask bench --ab {} --scenarios {} --duration {}s --runs {}{}`. Load: wrk -t2 -c{}. Accounted CPU per request: the programs' run time (kernel.bpf_stats_enabled) plus the tracer process's CPU.\n\n",
+            machine(),
+            opts.ab.iter().map(|b| b.display().to_string()).collect::<Vec<_>>().join(","),
+            opts.scenarios.join(","),
+            opts.duration.as_secs(),
+            opts.runs,
+            opts.ab_go_probes.as_ref().map_or(String::new(), |m| format!(" --ab-go-probes {m}")),
+            opts.connections,
+        );
+        for mode in &scenarios {
+            ab::measure(
+                &opts,
+                mode,
+                &opts.ab,
+                ab_args,
+                &bins,
+                upstream.0.id(),
+                &scratch,
+                &mut report,
+            )?;
+        }
+        let _ = fs::write(BPF_STATS, stats_before.trim());
+        let _ = fs::remove_dir_all(&scratch);
+        let dir = root.join("target").join("bench");
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("AB.md"), &report)?;
+        println!("{report}");
+        println!("bench: wrote target/bench/AB.md");
+        return Ok(());
+    }
     for mode in &scenarios {
         raw.push(measure_scenario(
             &opts,
@@ -1706,6 +1752,8 @@ fn opts_copy(o: &Options) -> Options {
         runs: o.runs,
         connections: o.connections,
         scenarios: o.scenarios.clone(),
+        ab: o.ab.clone(),
+        ab_go_probes: o.ab_go_probes.clone(),
     }
 }
 

@@ -14,6 +14,7 @@ mod soak;
 mod test;
 mod util;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -77,6 +78,15 @@ enum Command {
         /// results then go to target/bench/RESULTS-partial.md, not bench/RESULTS.md.
         #[arg(long, value_delimiter = ',')]
         scenarios: Vec<String>,
+        /// Set tracer builds against each other instead (comma-separated paths of tracer
+        /// binaries, each a copy of target/release/tracer): each attached to the relay of
+        /// --scenarios in turn, alternating run by run; medians and paired differences in
+        /// target/bench/AB.md.
+        #[arg(long, value_delimiter = ',')]
+        ab: Vec<PathBuf>,
+        /// `--go-probes` for every build of an --ab (off, auto, sites; default: the tracer's).
+        #[arg(long, requires = "ab")]
+        ab_go_probes: Option<String>,
     },
     /// Build a static (musl) release binary of the tracer, for hosts without a Rust toolchain:
     /// target/dist/tracer-VERSION-x86_64-linux-musl.
@@ -147,11 +157,15 @@ fn main() -> ExitCode {
             runs,
             connections,
             scenarios,
+            ab,
+            ab_go_probes,
         } => bench::run(bench::Options {
             duration,
             runs,
             connections,
             scenarios,
+            ab,
+            ab_go_probes,
         }),
     };
     match result {
