@@ -1097,6 +1097,104 @@ fn med_pair(a: &[Sample], b: &[Sample], f: impl Fn(&Sample, &Sample) -> f64) -> 
     median(&mut a.iter().zip(b).map(|(a, b)| f(a, b)).collect::<Vec<_>>())
 }
 
+/// A scenario's relay started and warmed up, with what its wrk runs need.
+struct Loaded {
+    url: String,
+    /// wrk's Lua script (a POST body), when the scenario has one.
+    script: Option<PathBuf>,
+    /// The relay (and its own provider): stopped when this is dropped.
+    _running: Running,
+    relay_pid: u32,
+    /// The relay's and its provider's: the load's own CPU besides wrk's.
+    load_pids: [u32; 2],
+}
+
+impl Loaded {
+    fn start(
+        opts: &Options,
+        mode: &Scenario,
+        bins: &Binaries,
+        fixture_upstream: u32,
+        scratch: &Path,
+    ) -> Result<Loaded> {
+        let url = mode.url();
+        let script = match mode.wrk_script() {
+            Some(text) => {
+                let path = scratch.join(format!("{}.lua", mode.key));
+                fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
+        let running = mode.start(bins, scratch)?;
+        let relay_pid = running.relay.0.id();
+        let load_pids = [
+            relay_pid,
+            running
+                .upstream
+                .as_ref()
+                .map_or(fixture_upstream, |p| p.0.id()),
+        ];
+        // Warm-up: pools, page cache, CPU frequency.
+        let _ = wrk(
+            &Options {
+                duration: Duration::from_secs(3),
+                ..opts_copy(opts)
+            },
+            &url,
+            script.as_deref(),
+        )?;
+        Ok(Loaded {
+            url,
+            script,
+            _running: running,
+            relay_pid,
+            load_pids,
+        })
+    }
+
+    /// `opts.runs` wrk runs of each of `n` configurations, the order rotated each run so that
+    /// none always follows the same one; `what(i)` is the i-th's label, how the tracer is
+    /// attached, and which tracer binary.
+    fn alternate<'a>(
+        &self,
+        opts: &Options,
+        mode: &Scenario,
+        bins: &Binaries,
+        scratch: &Path,
+        n: usize,
+        what: impl Fn(usize) -> (&'a str, &'a Config, &'a Path),
+    ) -> Result<Vec<Vec<Sample>>> {
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); n];
+        for run in 0..opts.runs as usize {
+            for k in 0..n {
+                let i = (k + run) % n;
+                let (label, config, tracer) = what(i);
+                println!(
+                    "bench: {} — run {}/{}: {label}",
+                    mode.name,
+                    run + 1,
+                    opts.runs,
+                );
+                let (load1, _, _) = load_average();
+                println!("bench: load average {load1:.2}");
+                samples[i].push(measure_once(
+                    opts,
+                    &self.url,
+                    self.script.as_deref(),
+                    config,
+                    self.relay_pid,
+                    &self.load_pids,
+                    bins,
+                    tracer,
+                    scratch.join(format!("{}-{run}-{i}.json", mode.key)),
+                )?);
+            }
+        }
+        Ok(samples)
+    }
+}
+
 /// A scenario: its relay started, warmed up, then each configuration's wrk runs, alternating
 /// (the order rotated each run); the report's section, and the raw figures.
 #[allow(clippy::too_many_arguments)]
@@ -1109,62 +1207,12 @@ fn measure_scenario(
     scratch: &Path,
     report: &mut String,
 ) -> Result<Value> {
-    let url = mode.url();
-    let script = match mode.wrk_script() {
-        Some(text) => {
-            let path = scratch.join(format!("{}.lua", mode.key));
-            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            Some(path)
-        }
-        None => None,
-    };
-    let running = mode.start(bins, scratch)?;
-    let relay_pid = running.relay.0.id();
-    let load_pids = [
-        relay_pid,
-        running
-            .upstream
-            .as_ref()
-            .map_or(fixture_upstream, |p| p.0.id()),
-    ];
-    // Warm-up: pools, page cache, CPU frequency.
-    let _ = wrk(
-        &Options {
-            duration: Duration::from_secs(3),
-            ..opts_copy(opts)
-        },
-        &url,
-        script.as_deref(),
-    )?;
+    let loaded = Loaded::start(opts, mode, bins, fixture_upstream, scratch)?;
     let configs = mode.configs();
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
-    for run in 0..opts.runs as usize {
-        // Rotated each run, so no configuration always follows the same one.
-        for k in 0..configs.len() {
-            let i = (k + run) % configs.len();
-            println!(
-                "bench: {} — run {}/{}: {}",
-                mode.name,
-                run + 1,
-                opts.runs,
-                configs[i].label
-            );
-            let (load1, _, _) = load_average();
-            println!("bench: load average {load1:.2}");
-            samples[i].push(measure_once(
-                opts,
-                &url,
-                script.as_deref(),
-                &configs[i],
-                relay_pid,
-                &load_pids,
-                bins,
-                tracer,
-                scratch.join(format!("{}-{run}-{i}.json", mode.key)),
-            )?);
-        }
-    }
-    drop(running);
+    let samples = loaded.alternate(opts, mode, bins, scratch, configs.len(), |i| {
+        (configs[i].label, &configs[i], tracer)
+    })?;
+    drop(loaded);
     write_scenario(report, mode, bins, configs, &samples)?;
     Ok(json!({
         "mode": mode.name,
@@ -1629,14 +1677,7 @@ pub fn run(opts: Options) -> Result<()> {
                 &mut report,
             )?;
         }
-        let _ = fs::write(BPF_STATS, stats_before.trim());
-        let _ = fs::remove_dir_all(&scratch);
-        let dir = root.join("target").join("bench");
-        fs::create_dir_all(&dir)?;
-        fs::write(dir.join("AB.md"), &report)?;
-        println!("{report}");
-        println!("bench: wrote target/bench/AB.md");
-        return Ok(());
+        return write_aside(&root, "AB.md", &report, &stats_before, &scratch);
     }
     for mode in &scenarios {
         raw.push(measure_scenario(
@@ -1659,14 +1700,13 @@ pub fn run(opts: Options) -> Result<()> {
         )?);
     }
     if partial {
-        let _ = fs::write(BPF_STATS, stats_before.trim());
-        let _ = fs::remove_dir_all(&scratch);
-        let dir = root.join("target").join("bench");
-        fs::create_dir_all(&dir)?;
-        fs::write(dir.join("RESULTS-partial.md"), &report)?;
-        println!("{report}");
-        println!("bench: wrote target/bench/RESULTS-partial.md (some scenarios only)");
-        return Ok(());
+        return write_aside(
+            &root,
+            "RESULTS-partial.md",
+            &report,
+            &stats_before,
+            &scratch,
+        );
     }
     // (d) memory per 10k tracked connections: a relay that leaks 10k connections.
     println!("bench: memory with 10k leaked connections");
@@ -1743,6 +1783,25 @@ pub fn run(opts: Options) -> Result<()> {
     )?;
     println!("{report}");
     println!("bench: wrote bench/RESULTS.md and bench/results.json");
+    Ok(())
+}
+
+/// Ends a run whose report is not bench/RESULTS.md (some scenarios only, an A/B): the stats
+/// setting put back, the scratch directory gone, the report in target/bench/`name`.
+fn write_aside(
+    root: &Path,
+    name: &str,
+    report: &str,
+    stats_before: &str,
+    scratch: &Path,
+) -> Result<()> {
+    let _ = fs::write(BPF_STATS, stats_before.trim());
+    let _ = fs::remove_dir_all(scratch);
+    let dir = root.join("target").join("bench");
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join(name), report)?;
+    println!("{report}");
+    println!("bench: wrote target/bench/{name}");
     Ok(())
 }
 

@@ -72,63 +72,16 @@ pub(super) fn measure(
     scratch: &Path,
     report: &mut String,
 ) -> Result<()> {
-    let url = mode.url();
-    let script = match mode.wrk_script() {
-        Some(text) => {
-            let path = scratch.join(format!("{}.lua", mode.key));
-            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            Some(path)
-        }
-        None => None,
-    };
-    let running = mode.start(bins, scratch)?;
-    let relay_pid = running.relay.0.id();
-    let load_pids = [
-        relay_pid,
-        running
-            .upstream
-            .as_ref()
-            .map_or(fixture_upstream, |p| p.0.id()),
-    ];
-    // Warm-up: pools, page cache, CPU frequency.
-    let _ = wrk(
-        &Options {
-            duration: Duration::from_secs(3),
-            ..opts_copy(opts)
-        },
-        &url,
-        script.as_deref(),
-    )?;
+    let loaded = Loaded::start(opts, mode, bins, fixture_upstream, scratch)?;
     let labels = labels(builds);
     let config = Config {
         label: "A/B",
         attach: Attach::Relay(args),
     };
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); builds.len()];
-    for run in 0..opts.runs as usize {
-        for k in 0..builds.len() {
-            let i = (k + run) % builds.len();
-            println!(
-                "bench --ab: {} — run {}/{}: {}",
-                mode.name,
-                run + 1,
-                opts.runs,
-                labels[i]
-            );
-            samples[i].push(measure_once(
-                opts,
-                &url,
-                script.as_deref(),
-                &config,
-                relay_pid,
-                &load_pids,
-                bins,
-                &builds[i],
-                scratch.join(format!("ab-{}-{run}-{i}.json", mode.key)),
-            )?);
-        }
-    }
-    drop(running);
+    let samples = loaded.alternate(opts, mode, bins, scratch, builds.len(), |i| {
+        (labels[i].as_str(), &config, builds[i].as_path())
+    })?;
+    drop(loaded);
     write_section(report, mode, &labels, &samples)
 }
 
