@@ -100,19 +100,20 @@ fn write_section(
     writeln!(report, "## {} ({runs} runs per build)\n", mode.name)?;
     writeln!(report, "| build | median req/s | programs µs/request | tracer process µs/request | accounted µs/request (min–max) | vs {}: paired median difference, runs lower |", labels[0])?;
     writeln!(report, "| --- | --- | --- | --- | --- | --- |")?;
-    for (label, runs) in labels.iter().zip(samples) {
+    let first = &samples[0];
+    for (i, (label, runs)) in labels.iter().zip(samples).enumerate() {
         let accounted: Vec<f64> = runs.iter().map(accounted_us).collect();
         let (lo, hi) = spread(&accounted);
-        let versus = if std::ptr::eq(runs, &samples[0]) {
+        let versus = if i == 0 {
             "–".to_owned()
         } else {
             let lower = runs
                 .iter()
-                .zip(&samples[0])
+                .zip(first)
                 .filter(|(b, a)| accounted_us(b) < accounted_us(a))
                 .count();
-            let diff = med_pair(runs, &samples[0], |b, a| accounted_us(b) - accounted_us(a));
-            let base = med(&samples[0], accounted_us);
+            let diff = med_pair(runs, first, |b, a| accounted_us(b) - accounted_us(a));
+            let base = med(first, accounted_us);
             format!(
                 "{diff:+.2} µs ({:+.1}%), {lower} of {runs}",
                 diff / base * 100.0,
