@@ -684,8 +684,11 @@ pub mod go {
         pub netfd_sysfd: u32,
         pub tls_conn_type_hash: u32,
         pub tcp_conn_type_hash: u32,
+        /// The itabs of `*crypto/tls.Conn` and `*net.TCPConn` as `net.Conn`, learned by the
+        /// probes from their type hashes (0 until then; user space writes 0).
+        pub itabs: [u64; 2],
     }
-    const _: () = assert!(size_of::<SiteProcess>() == 24);
+    const _: () = assert!(size_of::<SiteProcess>() == 40);
 
     /// Which hand-off a [`SiteRecord`] comes from.
     #[repr(u32)]

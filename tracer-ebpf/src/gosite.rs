@@ -225,10 +225,11 @@ pub fn enter_h1_site(ctx: ProbeContext) -> u32 {
 
 fn try_enter_h1_site(ctx: &ProbeContext) -> Result<u32, i64> {
     let (tgid, _) = current_ids();
-    // SAFETY: a copy of the value out of the map entry just found.
-    let Some(layout) = GO_SITE_PROCS.get_ptr(&tgid).map(|p| unsafe { *p }) else {
+    let Some(entry) = GO_SITE_PROCS.get_ptr_mut(&tgid) else {
         return Ok(0);
     };
+    // SAFETY: a copy of the value out of the map entry just found.
+    let layout = unsafe { *entry };
     // SAFETY: a uprobe program's context is the pt_regs of the probed task, which the
     // verifier lets it read directly.
     let pc = unsafe { (*ctx.regs).rax };
@@ -239,9 +240,16 @@ fn try_enter_h1_site(ctx: &ProbeContext) -> Result<u32, i64> {
         tls_conn_type_hash: layout.tls_conn_type_hash,
         tcp_conn_type_hash: layout.tcp_conn_type_hash,
     };
+    // The itabs seen go back to the process's entry for its next requests (two CPUs writing
+    // the same address at once is harmless).
+    let mut known = layout.itabs;
     let fd = field_at(pc, layout.pconn_conn)
-        .and_then(|iface| conn_fd(iface, &chain))
+        .and_then(|iface| conn_fd(iface, &chain, &mut known))
         .unwrap_or(-1);
+    if known != layout.itabs {
+        // SAFETY: a store into the map entry just found, which lives while the program runs.
+        unsafe { (*entry).itabs = known };
+    }
     let frames = Frames::InBody {
         ip_to_return: CALL_LEN,
     };

@@ -79,8 +79,10 @@ fn conn_fd(layout: &GoProcess, cc: u64) -> i32 {
         tls_conn_type_hash: layout.tls_conn_type_hash,
         tcp_conn_type_hash: layout.tcp_conn_type_hash,
     };
+    // Once per HTTP/2 connection: no itabs kept between hits.
+    let mut known = [0; 2];
     field_at(cc, layout.conn_tconn)
-        .and_then(|tconn| goconn::conn_fd(tconn, &chain))
+        .and_then(|tconn| goconn::conn_fd(tconn, &chain, &mut known))
         .unwrap_or(-1)
 }
 

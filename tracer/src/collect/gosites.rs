@@ -224,6 +224,7 @@ fn site_process(offsets: &Offsets, minor: u32) -> SiteProcess {
         netfd_sysfd: chain.netfd_sysfd,
         tls_conn_type_hash: chain.tls_conn_type_hash,
         tcp_conn_type_hash: chain.tcp_conn_type_hash,
+        itabs: [0; 2],
     }
 }
 
