@@ -70,7 +70,11 @@ pub fn conn_fd(iface: u64, chain: &ConnChain, known: &mut [u64; 2]) -> Option<i3
     }
     // An interface value is two words: the itab, then the data pointer. One read for both.
     let [itab, data] = read_user::<[u64; 2]>(iface)?;
-    let tcp = if is_type(itab, chain.tls_conn_type_hash, &mut known[0]) {
+    // A cleartext connection's itab, once known, is taken before the TLS check, which would
+    // read its hash again at every hit.
+    let tcp = if itab != 0 && itab == known[1] {
+        data
+    } else if is_type(itab, chain.tls_conn_type_hash, &mut known[0]) {
         let [inner_itab, inner] = read_user::<[u64; 2]>(field_at(data, chain.tls_conn)?)?;
         if !is_type(inner_itab, chain.tcp_conn_type_hash, &mut known[1]) {
             return None;
