@@ -2,7 +2,8 @@
 //! tests/gosites makes HTTP/1.1 and HTTP/2 requests from distinct lines and reports each
 //! scenario's line itself (runtime.Callers next to the call); it is built stripped
 //! (`-ldflags "-s -w"`) by toolchains of the Go matrix (`cargo xtask go-matrix`, found at
-//! `GO_MATRIX_DIR`, else target/go-matrix). Each leak's `call_site` must equal its scenario's
+//! `GO_MATRIX_DIR`, else target/go-matrix; the kernel matrix's guests, which have no Go, run
+//! the Go 1.27 test on a fixture built ahead, `GO_SITES_DIR`). Each leak's `call_site` must equal its scenario's
 //! line exactly, and the snapshot's `sites` must count each scenario's requests and leaks;
 //! a connection reused by correct requests before a leaking one is the leaking line's, and
 //! the wrapper scenario is named by the wrapper's caller through `--site-skip`.
@@ -150,11 +151,36 @@ fn mismatch(snapshot: &Value, results: &[Value]) -> Option<String> {
     None
 }
 
+/// The fixture built ahead for `release`, where there is no toolchain to build it (the kernel
+/// matrix's guests): `$GO_SITES_DIR/gosites-<release>`, stripped, `-trimpath`, static
+/// (xtask/src/kernels.rs). None when GO_SITES_DIR is not set.
+fn prebuilt_fixture(release: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("GO_SITES_DIR")?;
+    let binary = PathBuf::from(dir).join(format!("gosites-{release}"));
+    assert!(
+        binary.is_file(),
+        "GO_SITES_DIR is set but has no {}",
+        binary.display()
+    );
+    Some(binary)
+}
+
 fn check_release(release: &str, trimpath: bool) {
-    let Some(go) = go_of(release) else {
-        return;
+    // The prebuilt fixture is built with -trimpath, which changes the names it reports.
+    let prebuilt = if trimpath {
+        prebuilt_fixture(release)
+    } else {
+        None
     };
-    let binary = build_fixture(&go, release, trimpath);
+    let binary = match prebuilt {
+        Some(binary) => binary,
+        None => {
+            let Some(go) = go_of(release) else {
+                return;
+            };
+            build_fixture(&go, release, trimpath)
+        }
+    };
     let mut fixture = Proc::spawn(&format!("gosites {release}"), Command::new(&binary));
     fixture.expect_line("WAITING", Duration::from_secs(20));
     let pid = fixture.pid().to_string();

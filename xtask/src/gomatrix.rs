@@ -202,6 +202,16 @@ pub fn newest_toolchain() -> Result<GoToolchain> {
 /// its files are named by module path (`tracerfixture/relay.go`), not this machine's paths.
 /// Rebuilt only when the toolchain or the package's `.go` files and go.mod change.
 pub fn build_package(go: &Path, source: &Path, binary: &Path) -> Result<()> {
+    build_package_with(go, source, binary, &[])
+}
+
+/// As `build_package`, stripped as release builds are (`-ldflags=-s -w`: no symbol table, no
+/// DWARF).
+pub fn build_stripped_package(go: &Path, source: &Path, binary: &Path) -> Result<()> {
+    build_package_with(go, source, binary, &["-ldflags=-s -w"])
+}
+
+fn build_package_with(go: &Path, source: &Path, binary: &Path, flags: &[&str]) -> Result<()> {
     let goversion = go_version(go).with_context(|| format!("{} does not run", go.display()))?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(source)
         .with_context(|| format!("cannot list {}", source.display()))?
@@ -213,7 +223,12 @@ pub fn build_package(go: &Path, source: &Path, binary: &Path) -> Result<()> {
         })
         .collect();
     files.sort();
-    let mut inputs = format!("{goversion}\n");
+    // The flags count among the inputs (none: the stamp as it always was).
+    let mut inputs = if flags.is_empty() {
+        format!("{goversion}\n")
+    } else {
+        format!("{goversion} {}\n", flags.join(" "))
+    };
     for file in &files {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
@@ -226,7 +241,9 @@ pub fn build_package(go: &Path, source: &Path, binary: &Path) -> Result<()> {
     let mut cmd = go_command(go);
     cmd.current_dir(source)
         .env("CGO_ENABLED", "0")
-        .args(["build", "-trimpath", "-o"])
+        .args(["build", "-trimpath"])
+        .args(flags)
+        .arg("-o")
         .arg(binary)
         .arg(".");
     let output = util::capture(&mut cmd)?;

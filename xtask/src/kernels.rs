@@ -4,8 +4,10 @@
 //! For each kernel series (Debian's 6.1, which has no `sock_recv_length`, and 6.12): the newest
 //! Debian package is downloaded and unpacked once into target/kernels/ (not installed), an
 //! initramfs is built from busybox-static, the release tracer, the Go fixture, the tests
-//! crate's `verdicts` test binary, `ss`, the libraries `ldd` lists for them and the kernel's
-//! sock_diag modules, and the guest's /init runs the verdict tests and powers off. The host
+//! crate's test binaries of `GUEST_SUITES` (verdicts, fallback paths, HTTP/2 streams, call
+//! sites) with the Go relays they drive (tests/goscenarios and tests/gosites, built by the
+//! Go matrix's 1.27), `ss`, the libraries `ldd` lists for them and the kernel's sock_diag
+//! modules, and the guest's /init runs those tests and powers off. The host
 //! reads the serial console, bounds each boot in time, and prints per kernel the hooks the
 //! tracer chose and the result.
 
@@ -67,12 +69,23 @@ const GUEST_SUITES: &[(&str, &[&str])] = &[
     // The Go-aware layer (uprobes on the relay's binary, its memory read at each sample) on
     // the older kernels too: one Go release, every scenario, exact.
     ("h2_streams", &["go1_27_stripped_streams_are_exact"]),
+    // The call-site probes (`--go-probes sites`), whose programs the kernel's verifier checks
+    // only when they attach: one Go release, every scenario's line.
+    (
+        "sites",
+        &["every_leak_names_its_scenarios_line_go_1_27_trimpath"],
+    ),
 ];
 
 /// The Go release whose scenario relay (tests/goscenarios) the guests run.
 const GUEST_GO: &str = "1.27";
 /// Where the guests find it (GO_SCENARIOS_DIR).
 const GUEST_SCENARIOS_DIR: &str = "/usr/lib/goscenarios";
+/// Where the guests find the call-site test's fixture (tests/gosites, built by the matrix's
+/// newest toolchain as tests/tests/sites.rs builds it on the host; GO_SITES_DIR).
+const GUEST_SITES_DIR: &str = "/usr/lib/gosites";
+/// tests/gosites, from the workspace's root.
+const SITES_SOURCE: &str = "tests/gosites";
 
 /// Kernel modules the tests need that Debian builds as modules: sock_diag for TCP (the
 /// tracer's socket samples and `ss`). In load order.
@@ -131,9 +144,9 @@ pub fn matrix(artifacts: &Artifacts, only: Option<&str>) -> Result<()> {
         "test-kernels: the guests run the static binary {}",
         tracer.display()
     );
-    let scenarios = crate::gomatrix::ensure()
-        .context("test-kernels: the Go matrix (the guests' HTTP/2 scenario relay)")?
-        .scenarios_dir;
+    let matrix = crate::gomatrix::ensure()
+        .context("test-kernels: the Go matrix (the guests' HTTP/2 scenario relay)")?;
+    let sites = guest_sites_fixture(&matrix, &root, &kernels_dir)?;
     let staging = kernels_dir.join("guest-root");
     stage_guest_root(
         &staging,
@@ -141,7 +154,8 @@ pub fn matrix(artifacts: &Artifacts, only: Option<&str>) -> Result<()> {
         &tracer,
         artifacts,
         &test_binaries,
-        &scenarios,
+        &matrix.scenarios_dir,
+        &sites,
     )?;
 
     let mut outcomes = Vec::new();
@@ -339,6 +353,7 @@ fn stage_guest_root(
     artifacts: &Artifacts,
     test_binaries: &[(&str, PathBuf)],
     scenarios: &Path,
+    sites: &Path,
 ) -> Result<()> {
     if staging.exists() {
         fs::remove_dir_all(staging)
@@ -356,6 +371,7 @@ fn stage_guest_root(
         "etc",
         "lib/modules",
         GUEST_SCENARIOS_DIR.trim_start_matches('/'),
+        GUEST_SITES_DIR.trim_start_matches('/'),
     ] {
         fs::create_dir_all(staging.join(dir))
             .with_context(|| format!("cannot create {}", staging.display()))?;
@@ -389,6 +405,14 @@ fn stage_guest_root(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     binaries.push((relay, format!("{GUEST_SCENARIOS_DIR}/{relay_name}")));
+    let sites_name = sites
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    binaries.push((
+        sites.to_path_buf(),
+        format!("{GUEST_SITES_DIR}/{sites_name}"),
+    ));
     let mut libraries = BTreeSet::new();
     for (from, to) in &binaries {
         install(staging, from, to)?;
@@ -408,6 +432,31 @@ fn stage_guest_root(
     fs::write(&init, guest_init()).context("writing the guest's /init")?;
     set_executable(&init)?;
     Ok(())
+}
+
+/// tests/gosites built by the matrix's `GUEST_GO` toolchain, stripped and with `-trimpath`
+/// (what tests/tests/sites.rs's test of that release builds on the host), static: the
+/// guests have no Go toolchain. `<kernels>/gosites-<version>`, rebuilt when its sources or
+/// the toolchain change.
+fn guest_sites_fixture(
+    matrix: &crate::gomatrix::GoMatrix,
+    root: &Path,
+    kernels_dir: &Path,
+) -> Result<PathBuf> {
+    let toolchain = matrix
+        .toolchains
+        .iter()
+        .find(|t| t.version.starts_with(&format!("{GUEST_GO}.")))
+        .ok_or_else(|| anyhow!("the Go matrix has no go{GUEST_GO} toolchain"))?;
+    let binary = kernels_dir.join(format!("gosites-{}", toolchain.version));
+    crate::gomatrix::build_stripped_package(&toolchain.go, &root.join(SITES_SOURCE), &binary)
+        .with_context(|| {
+            format!(
+                "test-kernels: building {SITES_SOURCE} with go{}",
+                toolchain.version
+            )
+        })?;
+    Ok(binary)
 }
 
 fn set_executable(path: &Path) -> Result<()> {
@@ -447,7 +496,7 @@ mount -t tmpfs tmpfs /tmp
 ip link set lo up
 for m in {modules}; do insmod "$m" || echo "{MARK} cannot load $m"; done
 export CI=true TRACER_BIN=/usr/bin/tracer FIXTURE_BIN=/usr/bin/fixture HOME=/root TMPDIR=/tmp
-export GO_SCENARIOS_DIR={GUEST_SCENARIOS_DIR}
+export GO_SCENARIOS_DIR={GUEST_SCENARIOS_DIR} GO_SITES_DIR={GUEST_SITES_DIR}
 release=$(uname -r)
 echo "{MARK} up kernel=$release uptime=$(cut -d' ' -f1 /proc/uptime)s"
 if tracer run --pid 1 --duration 1s >/dev/null 2>/tmp/tracer.err && grep -q 'tracer: hooks:' /tmp/tracer.err; then
