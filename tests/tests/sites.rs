@@ -3,10 +3,11 @@
 //! scenario's line itself (runtime.Callers next to the call); it is built stripped
 //! (`-ldflags "-s -w"`) by toolchains of the Go matrix (`cargo xtask go-matrix`, found at
 //! `GO_MATRIX_DIR`, else target/go-matrix; the kernel matrix's guests, which have no Go, run
-//! the Go 1.27 test on a fixture built ahead, `GO_SITES_DIR`). Each leak's `call_site` must equal its scenario's
-//! line exactly, and the snapshot's `sites` must count each scenario's requests and leaks;
-//! a connection reused by correct requests before a leaking one is the leaking line's, and
-//! the wrapper scenario is named by the wrapper's caller through `--site-skip`.
+//! the Go 1.27 test on a fixture built ahead, `GO_SITES_DIR`). Each leak's `call_site` must
+//! equal its scenario's line exactly, and the snapshot's `sites` must count each scenario's
+//! requests and leaks; a connection reused by correct requests before a leaking one is the
+//! leaking line's, and the wrapper scenario is named by the wrapper's caller through
+//! `--site-skip`.
 //! Real eBPF, one test at a time (`--test-threads=1`).
 #![allow(clippy::unwrap_used)]
 
