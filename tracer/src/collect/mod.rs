@@ -89,6 +89,9 @@ impl InputSender {
 
 /// Lost kernel events are logged at most this often.
 const LOSS_REPORT_EVERY: Duration = Duration::from_secs(10);
+/// How often a Go target's sockets are checked for reads that can wait, which the deferred
+/// read entries then count: a Go program's sockets never block, so for ever, usually.
+const READERS_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// The kernel keeps 15 bytes of a process name (TASK_COMM_LEN 16 with the NUL).
 pub const MAX_COMM: usize = COMM_LEN - 1;
@@ -127,6 +130,9 @@ pub struct Collector {
     deferred: loader::DeferredHooks,
     /// Targets known to run Go programs (whose sockets never block).
     go_targets: std::collections::BTreeSet<u32>,
+    /// When the kernel's count of sockets whose reads can wait was last read (see
+    /// `attach_deferred_if_needed`).
+    readers_checked: Option<Instant>,
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
@@ -200,6 +206,7 @@ impl Collector {
             sample_every,
             hooks,
             deferred,
+            readers_checked: None,
             go_targets: Default::default(),
         };
         collector.refresh_targets()?;
@@ -298,6 +305,16 @@ impl Collector {
         let why = if let Some(pid) = not_go {
             format!("target {pid} is not a Go program")
         } else {
+            // A read of a per-CPU map is a syscall: at most every `READERS_CHECK_EVERY`, not at
+            // every drain (20 a second under load; bench/RESULTS.md P).
+            let now = Instant::now();
+            if self
+                .readers_checked
+                .is_some_and(|at| now.duration_since(at) < READERS_CHECK_EVERY)
+            {
+                return;
+            }
+            self.readers_checked = Some(now);
             let counted: u64 = self
                 .stats
                 .get(&(Stat::ReadersCounted as u32), 0)
@@ -575,8 +592,8 @@ impl Collector {
                     let records = self.drain_ring(&mut batch);
                     batch.extend(self.go.attach_inspected(&mut self.ebpf));
                     // The deferred read entries wait on a Go target for as long as none of
-                    // its sockets blocks (for ever, usually): that is checked at every drain,
-                    // however far apart, and keeps no pace of its own.
+                    // its sockets blocks (for ever, usually): that is checked at the drains
+                    // (at most every `READERS_CHECK_EVERY`), and keeps no pace of its own.
                     let busy = records > 0 || self.go.busy();
                     drain_every = next_drain_period(drain_every, busy);
                     drain

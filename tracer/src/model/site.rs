@@ -13,7 +13,7 @@
 //! person asked to skip (`--site-skip REGEX`, matched against the function name).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     fmt,
     sync::Arc,
 };
@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 
 /// Application frames a leak's `stack` shows.
 pub const STACK_FRAMES: usize = 8;
-/// Responses remembered for HTTP/2 streams, all targets together: a response joins its stream
-/// at the stream's next sample, so only a leaked stream's is needed for long.
+/// HTTP/2 responses remembered before their stream is sampled, all targets together: a
+/// response joins its stream at the stream's next sample, so only a leaked stream's is needed
+/// for long.
 pub const MAX_RESPONSES: usize = 65_536;
 /// Distinct stacks remembered (a relay's request paths number in the hundreds).
 pub const MAX_STACKS: usize = 65_536;
@@ -198,7 +199,20 @@ pub struct SiteTable {
     /// Requests per stack over the session.
     requests: HashMap<u32, u64>,
     by_conn: HashMap<(u32, i32), Obtained>,
+    /// HTTP/2 responses (pid, response) in the order they came, until they are older than the
+    /// samples look back. Nearly every stream ends before a sample shows it, so a response is
+    /// kept in this list, an append, and joined to its stream only at a sample
+    /// ([`SiteTable::match_responses`]): one insert into a map per request was most of what
+    /// the tracer process spent per request with call sites on (bench/RESULTS.md P).
+    recent: VecDeque<(u32, u64, Obtained)>,
+    /// How many of `recent`'s newest entries came after the last sample.
+    fresh: usize,
+    /// The responses of the streams open at the last sample.
     by_response: HashMap<(u32, u64), Obtained>,
+    /// Open streams whose response all of `recent` was searched for in vain: only responses
+    /// that come later can be theirs (a stream whose request was sent before tracing began,
+    /// or took a path with no probe).
+    searched: HashSet<(u32, u64)>,
 }
 
 impl SiteTable {
@@ -235,20 +249,13 @@ impl SiteTable {
                 self.by_conn.insert((event.pid, fd), obtained);
             }
             SiteKey::H2Response { response } => {
-                if self.by_response.len() >= MAX_RESPONSES {
-                    self.forget_oldest_responses();
+                if self.recent.len() >= MAX_RESPONSES {
+                    self.recent.pop_front();
                 }
-                self.by_response.insert((event.pid, response), obtained);
+                self.recent.push_back((event.pid, response, obtained));
+                self.fresh = (self.fresh + 1).min(self.recent.len());
             }
         }
-    }
-
-    /// Keeps the newer half of the responses when the bound is reached.
-    fn forget_oldest_responses(&mut self) {
-        let mut times: Vec<u64> = self.by_response.values().map(|o| o.at_ns).collect();
-        times.sort_unstable();
-        let cut = times[times.len() / 2];
-        self.by_response.retain(|_, o| o.at_ns > cut);
     }
 
     /// The site of the last request on the connection `fd` of `pid` opened at `opened_ns`: a
@@ -262,17 +269,52 @@ impl SiteTable {
         self.stacks.get(&obtained.stack).map(|s| &**s)
     }
 
-    /// The site that obtained the HTTP/2 response at `response` in `pid`.
+    /// The site that obtained the HTTP/2 response at `response` in `pid`, whose stream was
+    /// open at the last sample.
     pub fn for_response(&self, pid: u32, response: u64) -> Option<&StackSite> {
         let obtained = self.by_response.get(&(pid, response))?;
         self.stacks.get(&obtained.stack).map(|s| &**s)
     }
 
-    /// Drops the responses whose stream is no longer open (`open(pid, response)` false) and
-    /// that are older than `before_ns`: a response's stream shows in the sample after it.
-    pub fn retain_responses(&mut self, open: impl Fn(u32, u64) -> bool, before_ns: u64) {
-        self.by_response
-            .retain(|(pid, res), o| o.at_ns >= before_ns || open(*pid, *res));
+    /// Joins the responses to the streams open at a sample (`open`: their (pid, response)),
+    /// forgets the sites of streams no longer open, and the responses older than `before_ns`
+    /// (a response's stream shows in the sample after it). Each response is compared once
+    /// with the open streams, at the first sample after it came; all of them are searched
+    /// only for an open stream none of them matched yet (one the sample after its response
+    /// shows first), once.
+    pub fn match_responses(&mut self, open: &HashSet<(u32, u64)>, before_ns: u64) {
+        self.by_response.retain(|key, _| open.contains(key));
+        self.searched.retain(|key| open.contains(key));
+        let older = self.recent.len() - self.fresh;
+        if !open.is_empty() {
+            // Oldest first: of two responses at one address, the newer is the stream's.
+            for &(pid, res, obtained) in self.recent.range(older..) {
+                if open.contains(&(pid, res)) {
+                    self.by_response.insert((pid, res), obtained);
+                }
+            }
+            let missing: HashSet<(u32, u64)> = open
+                .iter()
+                .filter(|key| !self.by_response.contains_key(key) && !self.searched.contains(key))
+                .copied()
+                .collect();
+            if !missing.is_empty() {
+                for &(pid, res, obtained) in self.recent.range(..older) {
+                    if missing.contains(&(pid, res)) {
+                        self.by_response.insert((pid, res), obtained);
+                    }
+                }
+                self.searched.extend(missing);
+            }
+        }
+        self.fresh = 0;
+        while self
+            .recent
+            .front()
+            .is_some_and(|(_, _, o)| o.at_ns < before_ns)
+        {
+            self.recent.pop_front();
+        }
     }
 
     /// Requests per call site over the session (stacks with the same call site add up).
@@ -299,6 +341,16 @@ impl SiteTable {
     pub fn retain_pids(&mut self, alive: &HashSet<u32>) {
         self.by_conn.retain(|(pid, _), _| alive.contains(pid));
         self.by_response.retain(|(pid, _), _| alive.contains(pid));
+        self.searched.retain(|(pid, _)| alive.contains(pid));
+        let older = self.recent.len() - self.fresh;
+        let (mut at, mut fresh) = (0, 0);
+        self.recent.retain(|(pid, _, _)| {
+            let keep = alive.contains(pid);
+            fresh += usize::from(keep && at >= older);
+            at += 1;
+            keep
+        });
+        self.fresh = fresh;
     }
 }
 
@@ -503,17 +555,27 @@ mod tests {
         assert_eq!(t.for_connection(5, 7, None), None);
     }
 
-    #[test]
-    fn an_h2_response_is_found_by_its_address_and_forgotten_once_its_stream_is_gone() {
-        let mut t = table_with_two_stacks();
-        let h2 = |response, at_ns| SiteEvent {
+    fn h2(response: u64, at_ns: u64) -> SiteEvent {
+        SiteEvent {
             pid: 5,
             key: SiteKey::H2Response { response },
             stack: 2,
             at_ns,
-        };
+        }
+    }
+
+    fn open(keys: &[(u32, u64)]) -> HashSet<(u32, u64)> {
+        keys.iter().copied().collect()
+    }
+
+    #[test]
+    fn an_h2_response_joins_its_stream_at_a_sample_and_is_forgotten_once_the_stream_is_gone() {
+        let mut t = table_with_two_stacks();
         t.apply_event(&h2(0xc000_1000, 10));
         t.apply_event(&h2(0xc000_2000, 20));
+        // Joined at a sample, to the streams open then.
+        assert_eq!(t.for_response(5, 0xc000_1000), None);
+        t.match_responses(&open(&[(5, 0xc000_1000)]), 0);
         assert_eq!(
             t.for_response(5, 0xc000_1000)
                 .and_then(|s| s.call_site.clone())
@@ -522,14 +584,93 @@ mod tests {
         );
         assert_eq!(t.for_response(6, 0xc000_1000), None);
         assert_eq!(t.for_response(5, 0xc000_3000), None);
-        // The first one's stream is open, the second's ended; both are older than 15 only
-        // the first: the second is young enough that its stream may not be sampled yet.
-        t.retain_responses(|_, res| res == 0xc000_1000, 15);
-        assert!(t.for_response(5, 0xc000_1000).is_some());
+        // The second one's stream shows a sample later: still young enough to be found.
+        t.match_responses(&open(&[(5, 0xc000_1000), (5, 0xc000_2000)]), 15);
         assert!(t.for_response(5, 0xc000_2000).is_some());
-        t.retain_responses(|_, res| res == 0xc000_1000, 25);
-        assert!(t.for_response(5, 0xc000_2000).is_none());
         assert!(t.for_response(5, 0xc000_1000).is_some());
+        // The first one's stream ended: its site goes; the second's stays while it is open,
+        // however old.
+        t.match_responses(&open(&[(5, 0xc000_2000)]), 25);
+        assert!(t.for_response(5, 0xc000_1000).is_none());
+        assert!(t.for_response(5, 0xc000_2000).is_some());
+        // A response older than the samples look back is not found for a stream shown later.
+        t.apply_event(&h2(0xc000_3000, 30));
+        t.match_responses(&open(&[(5, 0xc000_2000)]), 31);
+        t.match_responses(&open(&[(5, 0xc000_2000), (5, 0xc000_3000)]), 31);
+        assert!(t.for_response(5, 0xc000_3000).is_none());
+        assert!(t.for_response(5, 0xc000_2000).is_some());
+    }
+
+    #[test]
+    fn of_two_responses_at_one_address_the_newer_is_the_streams() {
+        let mut t = table_with_two_stacks();
+        let stack_line = |t: &SiteTable| {
+            t.for_response(5, 0xc000_1000)
+                .and_then(|s| s.call_site.clone())
+                .map(|c| c.line)
+        };
+        // Both came before the stream was shown: in one sample's new responses...
+        t.apply_event(&SiteEvent {
+            stack: 1,
+            ..h2(0xc000_1000, 10)
+        });
+        t.apply_event(&h2(0xc000_1000, 20));
+        t.match_responses(&open(&[(5, 0xc000_1000)]), 0);
+        assert_eq!(stack_line(&t), Some(12));
+        // ... and in the older ones, searched for a stream the sample after them shows.
+        let mut t = table_with_two_stacks();
+        t.apply_event(&SiteEvent {
+            stack: 1,
+            ..h2(0xc000_1000, 10)
+        });
+        t.apply_event(&h2(0xc000_1000, 20));
+        t.match_responses(&open(&[]), 0);
+        t.match_responses(&open(&[(5, 0xc000_1000)]), 0);
+        assert_eq!(stack_line(&t), Some(12));
+        // A later response at the address replaces the site of the stream matched before.
+        t.apply_event(&SiteEvent {
+            stack: 1,
+            ..h2(0xc000_1000, 30)
+        });
+        t.match_responses(&open(&[(5, 0xc000_1000)]), 0);
+        assert_eq!(stack_line(&t), Some(40));
+    }
+
+    #[test]
+    fn a_stream_searched_in_vain_finds_a_response_that_comes_later() {
+        let mut t = table_with_two_stacks();
+        t.apply_event(&h2(0xc000_1000, 10));
+        t.match_responses(&open(&[(5, 0xc000_9000)]), 0);
+        assert!(t.for_response(5, 0xc000_9000).is_none());
+        assert!(t.searched.contains(&(5, 0xc000_9000)));
+        t.apply_event(&h2(0xc000_9000, 20));
+        t.match_responses(&open(&[(5, 0xc000_9000)]), 0);
+        assert!(t.for_response(5, 0xc000_9000).is_some());
+        // Gone with its stream.
+        t.match_responses(&open(&[]), 0);
+        assert!(t.searched.is_empty() && t.by_response.is_empty());
+    }
+
+    #[test]
+    fn an_exited_process_takes_its_responses_with_it() {
+        let mut t = table_with_two_stacks();
+        t.apply_event(&h2(0xc000_1000, 10));
+        t.match_responses(&open(&[]), 0);
+        t.apply_event(&SiteEvent {
+            pid: 6,
+            ..h2(0xc000_2000, 20)
+        });
+        t.apply_event(&h2(0xc000_3000, 30));
+        t.retain_pids(&HashSet::from([5]));
+        assert_eq!(t.recent.len(), 2);
+        assert_eq!(t.fresh, 1);
+        t.match_responses(
+            &open(&[(5, 0xc000_1000), (5, 0xc000_3000), (6, 0xc000_2000)]),
+            0,
+        );
+        assert!(t.for_response(5, 0xc000_1000).is_some());
+        assert!(t.for_response(5, 0xc000_3000).is_some());
+        assert!(t.for_response(6, 0xc000_2000).is_none());
     }
 
     #[test]
@@ -546,7 +687,9 @@ mod tests {
                 at_ns: i,
             });
         }
-        assert!(t.by_response.len() <= MAX_RESPONSES / 2 + 1);
+        assert_eq!(t.recent.len(), MAX_RESPONSES);
+        assert_eq!(t.fresh, MAX_RESPONSES);
+        t.match_responses(&open(&[(5, 0), (5, MAX_RESPONSES as u64)]), 0);
         assert!(t.for_response(5, MAX_RESPONSES as u64).is_some());
         assert!(t.for_response(5, 0).is_none());
     }

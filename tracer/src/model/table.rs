@@ -432,18 +432,17 @@ impl ConnTable {
     fn apply_sample(&mut self, sample: &Sample) {
         self.stats = sample.stats;
         self.streams.apply_sample(&sample.streams, sample.now_ns);
-        // The call sites of HTTP/2 responses are kept while their stream is open, and for a
-        // while after they came (a response's stream shows in the samples after it).
+        // HTTP/2 responses join the streams open now (their call sites are kept while the
+        // stream stays open); one no open stream has is kept for a while after it came (a
+        // response's stream shows in the samples after it).
         let open: HashSet<(u32, u64)> = self
             .streams
             .open()
             .filter(|s| s.response != 0)
             .map(|s| (s.pid, s.response))
             .collect();
-        self.sites.retain_responses(
-            |pid, res| open.contains(&(pid, res)),
-            sample.now_ns.saturating_sub(RESPONSE_SITES_KEPT_NS),
-        );
+        self.sites
+            .match_responses(&open, sample.now_ns.saturating_sub(RESPONSE_SITES_KEPT_NS));
 
         // Kernel-tracked sockets: refresh, adopt ones whose Connect event is still queued or
         // was lost, and forget ones the kernel dropped (their Close event was lost).
