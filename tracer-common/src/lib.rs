@@ -667,7 +667,8 @@ pub mod go {
 
     /// Return addresses a call-site record holds: the transport's own frames (6 on HTTP/1.1,
     /// 8 on HTTP/2, from the probe to `(*Client).Do`) plus the 8 application frames a leak's
-    /// stack shows. Each frame costs a user-memory read (~90 ns on the development VM).
+    /// stack shows. The frames are read from a copy of the stack (tracer-ebpf/src/gosite.rs),
+    /// so their number costs little beyond the walk.
     pub const MAX_SITE_FRAMES: usize = 16;
 
     /// Where the call-site probes (tracer-ebpf/src/gosite.rs) find an HTTP/1.1 connection's
