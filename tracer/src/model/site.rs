@@ -184,6 +184,9 @@ impl StackSite {
     }
 }
 
+/// An HTTP/2 response: (pid, its address).
+type Response = (u32, u64);
+
 /// When and by which stack a response was obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Obtained {
@@ -209,6 +212,8 @@ pub struct SiteTable {
     fresh: usize,
     /// The responses of the streams open at the last sample.
     by_response: HashMap<(u32, u64), Obtained>,
+    /// Open streams that no response matched at the last sample, for the first time.
+    missed: HashSet<(u32, u64)>,
     /// Open streams whose response all of `recent` was searched for in vain: only responses
     /// that come later can be theirs (a stream whose request was sent before tracing began,
     /// or took a path with no probe).
@@ -278,10 +283,11 @@ impl SiteTable {
 
     /// Joins the responses to the streams open at a sample (`open`: their (pid, response)),
     /// forgets the sites of streams no longer open, and the responses older than `before_ns`
-    /// (a response's stream shows in the sample after it). Each response is compared once
-    /// with the open streams, at the first sample after it came; all of them are searched
-    /// only for an open stream none of them matched yet (one the sample after its response
-    /// shows first), once.
+    /// (a response's stream shows in the sample after it). Each response is compared with
+    /// the open streams once, at the first sample after it came. An open stream still
+    /// without one is either one whose response came after this sample's drain (the next
+    /// sample's new responses have it) or one that no sample showed before (its connection
+    /// found late): a stream so at two samples in a row is searched for in all of them, once.
     pub fn match_responses(&mut self, open: &HashSet<(u32, u64)>, before_ns: u64) {
         self.by_response.retain(|key, _| open.contains(key));
         self.searched.retain(|key| open.contains(key));
@@ -293,20 +299,20 @@ impl SiteTable {
                     self.by_response.insert((pid, res), obtained);
                 }
             }
-            let missing: HashSet<(u32, u64)> = open
-                .iter()
-                .filter(|key| !self.by_response.contains_key(key) && !self.searched.contains(key))
-                .copied()
-                .collect();
-            if !missing.is_empty() {
-                for &(pid, res, obtained) in self.recent.range(..older) {
-                    if missing.contains(&(pid, res)) {
-                        self.by_response.insert((pid, res), obtained);
-                    }
-                }
-                self.searched.extend(missing);
-            }
         }
+        let (search, missed): (HashSet<Response>, HashSet<Response>) = open
+            .iter()
+            .filter(|key| !self.by_response.contains_key(key) && !self.searched.contains(key))
+            .partition(|key| self.missed.contains(key));
+        if !search.is_empty() {
+            for &(pid, res, obtained) in self.recent.range(..older) {
+                if search.contains(&(pid, res)) {
+                    self.by_response.insert((pid, res), obtained);
+                }
+            }
+            self.searched.extend(search);
+        }
+        self.missed = missed;
         self.fresh = 0;
         while self
             .recent
@@ -342,6 +348,7 @@ impl SiteTable {
         self.by_conn.retain(|(pid, _), _| alive.contains(pid));
         self.by_response.retain(|(pid, _), _| alive.contains(pid));
         self.searched.retain(|(pid, _)| alive.contains(pid));
+        self.missed.retain(|(pid, _)| alive.contains(pid));
         let older = self.recent.len() - self.fresh;
         let (mut at, mut fresh) = (0, 0);
         self.recent.retain(|(pid, _, _)| {
@@ -584,7 +591,10 @@ mod tests {
         );
         assert_eq!(t.for_response(6, 0xc000_1000), None);
         assert_eq!(t.for_response(5, 0xc000_3000), None);
-        // The second one's stream shows a sample later: still young enough to be found.
+        // The second one's stream shows a sample later, and again at the next: searched for
+        // then, still young enough to be found.
+        t.match_responses(&open(&[(5, 0xc000_1000), (5, 0xc000_2000)]), 15);
+        assert!(t.for_response(5, 0xc000_2000).is_none());
         t.match_responses(&open(&[(5, 0xc000_1000), (5, 0xc000_2000)]), 15);
         assert!(t.for_response(5, 0xc000_2000).is_some());
         assert!(t.for_response(5, 0xc000_1000).is_some());
@@ -596,7 +606,9 @@ mod tests {
         // A response older than the samples look back is not found for a stream shown later.
         t.apply_event(&h2(0xc000_3000, 30));
         t.match_responses(&open(&[(5, 0xc000_2000)]), 31);
-        t.match_responses(&open(&[(5, 0xc000_2000), (5, 0xc000_3000)]), 31);
+        for _ in 0..2 {
+            t.match_responses(&open(&[(5, 0xc000_2000), (5, 0xc000_3000)]), 31);
+        }
         assert!(t.for_response(5, 0xc000_3000).is_none());
         assert!(t.for_response(5, 0xc000_2000).is_some());
     }
@@ -626,6 +638,8 @@ mod tests {
         t.apply_event(&h2(0xc000_1000, 20));
         t.match_responses(&open(&[]), 0);
         t.match_responses(&open(&[(5, 0xc000_1000)]), 0);
+        assert_eq!(stack_line(&t), None);
+        t.match_responses(&open(&[(5, 0xc000_1000)]), 0);
         assert_eq!(stack_line(&t), Some(12));
         // A later response at the address replaces the site of the stream matched before.
         t.apply_event(&SiteEvent {
@@ -637,10 +651,26 @@ mod tests {
     }
 
     #[test]
+    fn a_response_that_came_after_a_samples_drain_joins_at_the_next_sample_without_a_search() {
+        let mut t = table_with_two_stacks();
+        t.apply_event(&h2(0xc000_1000, 10));
+        t.match_responses(&open(&[]), 0);
+        // The stream shows with a response whose record is still in the ring.
+        t.match_responses(&open(&[(5, 0xc000_2000)]), 0);
+        assert!(t.missed.contains(&(5, 0xc000_2000)));
+        t.apply_event(&h2(0xc000_2000, 20));
+        t.match_responses(&open(&[(5, 0xc000_2000)]), 0);
+        assert!(t.for_response(5, 0xc000_2000).is_some());
+        assert!(t.missed.is_empty() && t.searched.is_empty());
+    }
+
+    #[test]
     fn a_stream_searched_in_vain_finds_a_response_that_comes_later() {
         let mut t = table_with_two_stacks();
         t.apply_event(&h2(0xc000_1000, 10));
-        t.match_responses(&open(&[(5, 0xc000_9000)]), 0);
+        for _ in 0..2 {
+            t.match_responses(&open(&[(5, 0xc000_9000)]), 0);
+        }
         assert!(t.for_response(5, 0xc000_9000).is_none());
         assert!(t.searched.contains(&(5, 0xc000_9000)));
         t.apply_event(&h2(0xc000_9000, 20));
@@ -648,7 +678,7 @@ mod tests {
         assert!(t.for_response(5, 0xc000_9000).is_some());
         // Gone with its stream.
         t.match_responses(&open(&[]), 0);
-        assert!(t.searched.is_empty() && t.by_response.is_empty());
+        assert!(t.searched.is_empty() && t.missed.is_empty() && t.by_response.is_empty());
     }
 
     #[test]
@@ -664,10 +694,10 @@ mod tests {
         t.retain_pids(&HashSet::from([5]));
         assert_eq!(t.recent.len(), 2);
         assert_eq!(t.fresh, 1);
-        t.match_responses(
-            &open(&[(5, 0xc000_1000), (5, 0xc000_3000), (6, 0xc000_2000)]),
-            0,
-        );
+        let streams = open(&[(5, 0xc000_1000), (5, 0xc000_3000), (6, 0xc000_2000)]);
+        t.match_responses(&streams, 0);
+        assert!(t.for_response(5, 0xc000_3000).is_some());
+        t.match_responses(&streams, 0);
         assert!(t.for_response(5, 0xc000_1000).is_some());
         assert!(t.for_response(5, 0xc000_3000).is_some());
         assert!(t.for_response(6, 0xc000_2000).is_none());
@@ -689,7 +719,9 @@ mod tests {
         }
         assert_eq!(t.recent.len(), MAX_RESPONSES);
         assert_eq!(t.fresh, MAX_RESPONSES);
-        t.match_responses(&open(&[(5, 0), (5, MAX_RESPONSES as u64)]), 0);
+        for _ in 0..2 {
+            t.match_responses(&open(&[(5, 0), (5, MAX_RESPONSES as u64)]), 0);
+        }
         assert!(t.for_response(5, MAX_RESPONSES as u64).is_some());
         assert!(t.for_response(5, 0).is_none());
     }
