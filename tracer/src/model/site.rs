@@ -184,8 +184,8 @@ impl StackSite {
     }
 }
 
-/// An HTTP/2 response: (pid, its address).
-type Response = (u32, u64);
+/// An HTTP/2 response: (pid, its address), as the streams a sample shows name it.
+pub type Response = (u32, u64);
 
 /// When and by which stack a response was obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,13 +211,13 @@ pub struct SiteTable {
     /// How many of `recent`'s newest entries came after the last sample.
     fresh: usize,
     /// The responses of the streams open at the last sample.
-    by_response: HashMap<(u32, u64), Obtained>,
+    by_response: HashMap<Response, Obtained>,
     /// Open streams that no response matched at the last sample, for the first time.
-    missed: HashSet<(u32, u64)>,
+    missed: HashSet<Response>,
     /// Open streams whose response all of `recent` was searched for in vain: only responses
     /// that come later can be theirs (a stream whose request was sent before tracing began,
     /// or took a path with no probe).
-    searched: HashSet<(u32, u64)>,
+    searched: HashSet<Response>,
 }
 
 impl SiteTable {
@@ -288,7 +288,7 @@ impl SiteTable {
     /// without one is either one whose response came after this sample's drain (the next
     /// sample's new responses have it) or one that no sample showed before (its connection
     /// found late): a stream so at two samples in a row is searched for in all of them, once.
-    pub fn match_responses(&mut self, open: &HashSet<(u32, u64)>, before_ns: u64) {
+    pub fn match_responses(&mut self, open: &HashSet<Response>, before_ns: u64) {
         self.by_response.retain(|key, _| open.contains(key));
         self.searched.retain(|key| open.contains(key));
         let older = self.recent.len() - self.fresh;
