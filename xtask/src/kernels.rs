@@ -400,19 +400,9 @@ fn stage_guest_root(
                 scenarios.display()
             )
         })?;
-    let relay_name = relay
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    binaries.push((relay, format!("{GUEST_SCENARIOS_DIR}/{relay_name}")));
-    let sites_name = sites
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    binaries.push((
-        sites.to_path_buf(),
-        format!("{GUEST_SITES_DIR}/{sites_name}"),
-    ));
+    let relay_in_guest = in_guest_dir(GUEST_SCENARIOS_DIR, &relay);
+    binaries.push((relay, relay_in_guest));
+    binaries.push((sites.to_path_buf(), in_guest_dir(GUEST_SITES_DIR, sites)));
     let mut libraries = BTreeSet::new();
     for (from, to) in &binaries {
         install(staging, from, to)?;
@@ -432,6 +422,15 @@ fn stage_guest_root(
     fs::write(&init, guest_init()).context("writing the guest's /init")?;
     set_executable(&init)?;
     Ok(())
+}
+
+/// Where a binary goes in the guest: its own name in `dir`.
+fn in_guest_dir(dir: &str, binary: &Path) -> String {
+    let name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{dir}/{name}")
 }
 
 /// tests/gosites built by the matrix's `GUEST_GO` toolchain, stripped and with `-trimpath`

@@ -207,7 +207,7 @@ pub struct SiteTable {
     /// kept in this list, an append, and joined to its stream only at a sample
     /// ([`SiteTable::match_responses`]): one insert into a map per request was most of what
     /// the tracer process spent per request with call sites on (bench/RESULTS.md P).
-    recent: VecDeque<(u32, u64, Obtained)>,
+    recent: VecDeque<(Response, Obtained)>,
     /// How many of `recent`'s newest entries came after the last sample.
     fresh: usize,
     /// The responses of the streams open at the last sample.
@@ -257,7 +257,7 @@ impl SiteTable {
                 if self.recent.len() >= MAX_RESPONSES {
                     self.recent.pop_front();
                 }
-                self.recent.push_back((event.pid, response, obtained));
+                self.recent.push_back(((event.pid, response), obtained));
                 self.fresh = (self.fresh + 1).min(self.recent.len());
             }
         }
@@ -294,9 +294,9 @@ impl SiteTable {
         let older = self.recent.len() - self.fresh;
         if !open.is_empty() {
             // Oldest first: of two responses at one address, the newer is the stream's.
-            for &(pid, res, obtained) in self.recent.range(older..) {
-                if open.contains(&(pid, res)) {
-                    self.by_response.insert((pid, res), obtained);
+            for &(key, obtained) in self.recent.range(older..) {
+                if open.contains(&key) {
+                    self.by_response.insert(key, obtained);
                 }
             }
         }
@@ -305,9 +305,9 @@ impl SiteTable {
             .filter(|key| !self.by_response.contains_key(key) && !self.searched.contains(key))
             .partition(|key| self.missed.contains(key));
         if !search.is_empty() {
-            for &(pid, res, obtained) in self.recent.range(..older) {
-                if search.contains(&(pid, res)) {
-                    self.by_response.insert((pid, res), obtained);
+            for &(key, obtained) in self.recent.range(..older) {
+                if search.contains(&key) {
+                    self.by_response.insert(key, obtained);
                 }
             }
             self.searched.extend(search);
@@ -317,7 +317,7 @@ impl SiteTable {
         while self
             .recent
             .front()
-            .is_some_and(|(_, _, o)| o.at_ns < before_ns)
+            .is_some_and(|(_, o)| o.at_ns < before_ns)
         {
             self.recent.pop_front();
         }
@@ -351,7 +351,7 @@ impl SiteTable {
         self.missed.retain(|(pid, _)| alive.contains(pid));
         let older = self.recent.len() - self.fresh;
         let (mut at, mut fresh) = (0, 0);
-        self.recent.retain(|(pid, _, _)| {
+        self.recent.retain(|((pid, _), _)| {
             let keep = alive.contains(pid);
             fresh += usize::from(keep && at >= older);
             at += 1;
