@@ -640,6 +640,10 @@ pub mod go {
     pub const GO_SITE_PROCS: &str = "GO_SITE_PROCS";
     /// The stacks whose frames user space has been sent, per process (`GO_SITE_STACKS`).
     pub const GO_SITE_STACKS: &str = "GO_SITE_STACKS";
+    /// Each CPU's last stack found in `GO_SITE_STACKS` (a per-CPU array of one
+    /// [`SiteStackKey`]): a request on the same stack skips the lookup. User space zeroes it
+    /// with any key it removes from `GO_SITE_STACKS`.
+    pub const GO_SITE_LAST: &str = "GO_SITE_LAST";
     /// Bound of `GO_SITE_STACKS` (an LRU: an evicted stack is only sent whole again).
     pub const MAX_SITE_STACKS: u32 = 4096;
 

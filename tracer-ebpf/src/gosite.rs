@@ -65,6 +65,12 @@ pub static GO_SITE_PROCS: HashMap<u32, SiteProcess> = HashMap::with_max_entries(
 pub static GO_SITE_STACKS: LruHashMap<SiteStackKey, u32> =
     LruHashMap::with_max_entries(MAX_SITE_STACKS, 0);
 
+/// This CPU's last stack found sent whole (tracer-common `GO_SITE_LAST`): most requests repeat
+/// the stack of the one before, and the key's compare is cheaper than `GO_SITE_STACKS`'s
+/// lookup. Zeroed by user space with any key it removes there.
+#[map]
+pub static GO_SITE_LAST: PerCpuArray<SiteStackKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// Where a probe reads its stack before it knows the size of its record.
 #[map]
 static SITE_SCRATCH: PerCpuArray<[u64; MAX_SITE_FRAMES]> = PerCpuArray::with_max_entries(1, 0);
@@ -281,12 +287,13 @@ pub fn exit_h2_site(ctx: ProbeContext) -> u32 {
     h2_site(&ctx, Frames::AtRet).unwrap_or(0)
 }
 
+///
+/// No process check: the probes are attached to the target process alone (the uprobe's pid
+/// filter), and user space registers the process before it attaches them (a lookup in
+/// `GO_SITE_PROCS` was about 5% of the probe's run time; bench/RESULTS.md Q).
 #[inline(always)]
 fn h2_site(ctx: &ProbeContext, frames: Frames) -> Result<u32, i64> {
     let (tgid, _) = current_ids();
-    if GO_SITE_PROCS.get_ptr(&tgid).is_none() {
-        return Ok(0);
-    }
     // SAFETY: as in `try_enter_h1_site`.
     let response = unsafe { (*ctx.regs).rax };
     if response == 0 {
@@ -344,7 +351,16 @@ fn emit(ctx: &ProbeContext, what: SiteWhat, tgid: u32, fd: i32, response: u64, f
         depth: 0,
         _pad: 0,
     };
-    if GO_SITE_STACKS.get_ptr(&key).is_some() {
+    let last = GO_SITE_LAST.get_ptr_mut(0);
+    // SAFETY: this CPU's own entry (as `pcs`), read whole.
+    let repeat = last.is_some_and(|l| unsafe { (*l).tgid == tgid && (*l).hash == key.hash });
+    if repeat || GO_SITE_STACKS.get_ptr(&key).is_some() {
+        if !repeat {
+            if let Some(l) = last {
+                // SAFETY: as above.
+                unsafe { *l = key };
+            }
+        }
         let Some(mut entry) = EVENTS.reserve::<SiteRecord>(0) else {
             count(Stat::RingbufDrops);
             return;

@@ -474,6 +474,9 @@ impl GoProbes {
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 is not a process"))?,
         );
+        // Known to the call-site layer before any probe fires: its HTTP/2 probes check no
+        // process map (the uprobes' pid filter is theirs).
+        self.sites.register(pid, binary)?;
         let mut links = Vec::new();
         let attached = (|| -> Result<()> {
             let wanted = if with_sites {
@@ -508,19 +511,19 @@ impl GoProbes {
                     links.push((*name, link));
                 }
             }
-            // Last: the probes do nothing for this process until its layout is here, so
-            // they start together.
+            // Last: the stream probes do nothing for this process until its layout is here,
+            // so they start together.
             if let Some(procs) = self.procs.as_mut() {
                 procs
                     .insert(pid, *layout, 0)
                     .context("registering the process in GO_PROCS")?;
             }
-            self.sites.register(pid, binary)?;
             Ok(())
         })();
         match attached {
             Ok(()) => Ok(links),
             Err(e) => {
+                self.sites.forget(pid);
                 detach(ebpf, pid, links);
                 Err(e)
             }

@@ -12,11 +12,12 @@ use std::{collections::HashMap, path::Path, sync::Arc};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
+    util::nr_cpus,
     Ebpf,
 };
 use tracer_common::go::{
-    SiteProcess, SiteRecord, SiteStackKey, SiteStackRecord, SiteWhat, GO_SITE_PROCS,
+    SiteProcess, SiteRecord, SiteStackKey, SiteStackRecord, SiteWhat, GO_SITE_LAST, GO_SITE_PROCS,
     GO_SITE_STACKS, MAX_SITE_FRAMES,
 };
 
@@ -86,6 +87,8 @@ pub struct Sites {
     procs: Option<BpfHashMap<MapData, u32, SiteProcess>>,
     /// The programs' record of the stacks they sent whole (`GO_SITE_STACKS`).
     sent: Option<BpfHashMap<MapData, SiteStackKey, u32>>,
+    /// Each CPU's last stack found in `sent` (`GO_SITE_LAST`), zeroed with a key removed there.
+    last: Option<PerCpuArray<MapData, SiteStackKey>>,
     targets: HashMap<u32, Target>,
     /// (pid, the programs' stack hash) -> the id the model knows the stack by.
     stacks: HashMap<(u32, u64), u32>,
@@ -103,11 +106,17 @@ impl Sites {
             anyhow!("the eBPF object has no map {GO_SITE_STACKS} (build mismatch)")
         })?;
         self.sent = Some(map.try_into().context("opening the GO_SITE_STACKS map")?);
+        let map = ebpf
+            .take_map(GO_SITE_LAST)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {GO_SITE_LAST} (build mismatch)"))?;
+        self.last = Some(map.try_into().context("opening the GO_SITE_LAST map")?);
         Ok(())
     }
 
     /// Starts naming `pid`'s requests: its symbols and load bias here, its layout in the
-    /// programs' map (last: the probes do nothing for it before).
+    /// programs' map. Called before the probes are attached: the HTTP/1.1 probe does nothing
+    /// for a process without a layout, the HTTP/2 ones check no map (their uprobes' pid
+    /// filter is their process check).
     pub fn register(&mut self, pid: u32, binary: &GoBinary) -> Result<()> {
         let bias = if binary.image.elf.pie {
             load_bias(pid, binary).with_context(|| {
@@ -163,13 +172,7 @@ impl Sites {
             (None, None) => {
                 // Sent whole before this side dropped it (the bound, or a reused pid): the
                 // next request on it brings its frames again; this one goes unnamed.
-                if let Some(sent) = self.sent.as_mut() {
-                    let _ = sent.remove(&SiteStackKey {
-                        tgid: pid,
-                        _pad: 0,
-                        hash: raw.stack,
-                    });
-                }
+                self.resend(pid, raw.stack);
                 return;
             }
             (None, Some(pcs)) => {
@@ -198,6 +201,35 @@ impl Sites {
             stack,
             at_ns,
         }));
+    }
+
+    /// Makes the programs send the stack `hash` of `pid` whole again: out of their record of
+    /// the stacks sent, and out of each CPU's last one (all of them zeroed: a CPU holding
+    /// another stack only looks it up once more).
+    fn resend(&mut self, pid: u32, hash: u64) {
+        if let Some(sent) = self.sent.as_mut() {
+            let _ = sent.remove(&SiteStackKey {
+                tgid: pid,
+                _pad: 0,
+                hash,
+            });
+        }
+        let Some(last) = self.last.as_mut() else {
+            return;
+        };
+        let zero = SiteStackKey {
+            tgid: 0,
+            _pad: 0,
+            hash: 0,
+        };
+        let zeroed = nr_cpus()
+            .map_err(|(_, e)| e)
+            .and_then(|n| PerCpuValues::try_from(vec![zero; n]))
+            .and_then(|values| last.set(0, values, 0).map_err(std::io::Error::other));
+        if let Err(e) = zeroed {
+            // Only a CPU still holding that stack keeps sending its hash alone.
+            log::debug!("zeroing GO_SITE_LAST: {e}");
+        }
     }
 }
 
