@@ -311,9 +311,15 @@ pub fn refresh(lookups: Vec<Lookup>) -> Result<Vec<SocketSample>> {
     let asked = lookups.len();
     // One lookup batch per network namespace, entered through one of its pids.
     let mut by_ns: BTreeMap<netns::NetNs, (u32, Vec<Lookup>)> = BTreeMap::new();
+    // Each pid's namespace read once (a `stat` of /proc/PID/ns/net), not once per socket: a
+    // relay that leaked 10k connections has 10k lookups and one pid.
+    let mut ns_of: BTreeMap<u32, Option<netns::NetNs>> = BTreeMap::new();
     for lookup in lookups {
+        let ns = *ns_of
+            .entry(lookup.pid)
+            .or_insert_with(|| netns::of_pid(lookup.pid));
         // A target that exited has no namespace: its sockets went with it.
-        if let Some(ns) = netns::of_pid(lookup.pid) {
+        if let Some(ns) = ns {
             by_ns
                 .entry(ns)
                 .or_insert_with(|| (lookup.pid, Vec::new()))
