@@ -33,8 +33,11 @@ pub struct RefreshPolicy {
     pub min_refresh: Duration,
     /// A TTL is lowered to at most this.
     pub max_refresh: Duration,
-    /// The wait before trying a hostname again after its resolution failed.
+    /// The wait before trying a hostname again after its resolution failed, doubled with each
+    /// failure in a row up to `max_retry_after_failure`: a name that never resolves (a host
+    /// without outside DNS, a catalogue entry gone) is not asked for every minute all day.
     pub retry_after_failure: Duration,
+    pub max_retry_after_failure: Duration,
     /// How long an address stays mapped to a hostname after the last answer that had it.
     pub keep_addresses_for: Duration,
 }
@@ -46,6 +49,7 @@ impl Default for RefreshPolicy {
             min_refresh: Duration::from_secs(30),
             max_refresh: Duration::from_secs(60 * 60),
             retry_after_failure: Duration::from_secs(60),
+            max_retry_after_failure: Duration::from_secs(10 * 60),
             keep_addresses_for: Duration::from_secs(24 * 60 * 60),
         }
     }
@@ -162,6 +166,8 @@ struct Schedule {
 struct HostRecord {
     name: String,
     next_due: Instant,
+    /// Resolutions failed in a row.
+    failures: u32,
     /// Address -> when an answer last had it.
     addresses: HashMap<IpAddr, Instant>,
 }
@@ -174,6 +180,7 @@ impl Schedule {
             .map(|name| HostRecord {
                 name,
                 next_due: now,
+                failures: 0,
                 addresses: HashMap::new(),
             })
             .collect();
@@ -200,6 +207,7 @@ impl Schedule {
         };
         let wait = match answer {
             Ok(resolution) => {
+                host.failures = 0;
                 for ip in resolution.addresses {
                     host.addresses.insert(canonical(ip), now);
                 }
@@ -211,7 +219,12 @@ impl Schedule {
             }
             Err(error) => {
                 log::debug!("resolving {} failed: {error}", host.name);
-                policy.retry_after_failure
+                let doublings = host.failures.min(16);
+                host.failures = host.failures.saturating_add(1);
+                policy
+                    .retry_after_failure
+                    .saturating_mul(1 << doublings)
+                    .min(policy.max_retry_after_failure)
             }
         };
         host.next_due = now + wait;

@@ -90,6 +90,25 @@ fn ttls_are_clamped_and_failures_retried() {
         ["a.example"],
         "a failure forgets nothing"
     );
+
+    // Failures in a row wait twice as long each time, up to the bound; an answer resets it.
+    let waits: Vec<u64> = (0..6)
+        .map(|_| {
+            schedule.record(0, Err(io::Error::other("SERVFAIL")), later);
+            schedule
+                .next_due()
+                .map(|due| (due - later).as_secs())
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(waits, [120, 240, 480, 600, 600, 600]);
+    schedule.record(0, answer(&["192.0.2.1"], Some(60)), later);
+    schedule.record(0, Err(io::Error::other("SERVFAIL")), later);
+    assert_eq!(
+        schedule.next_due(),
+        Some(later + policy.retry_after_failure),
+        "an answer starts the doubling again"
+    );
 }
 
 #[test]
