@@ -166,25 +166,23 @@ fn prebuilt_fixture(release: &str) -> Option<PathBuf> {
     Some(binary)
 }
 
-fn check_release(release: &str, trimpath: bool) {
+/// The fixture built by `release` (`None`: that Go is not here, outside CI).
+fn fixture_binary(release: &str, trimpath: bool) -> Option<PathBuf> {
     // The prebuilt fixture is built with -trimpath, which changes the names it reports.
     let prebuilt = if trimpath {
         prebuilt_fixture(release)
     } else {
         None
     };
-    let binary = match prebuilt {
-        Some(binary) => binary,
-        None => {
-            let Some(go) = go_of(release) else {
-                return;
-            };
-            build_fixture(&go, release, trimpath)
-        }
-    };
-    let mut fixture = Proc::spawn(&format!("gosites {release}"), Command::new(&binary));
-    fixture.expect_line("WAITING", Duration::from_secs(20));
-    let pid = fixture.pid().to_string();
+    match prebuilt {
+        Some(binary) => Some(binary),
+        None => go_of(release).map(|go| build_fixture(&go, release, trimpath)),
+    }
+}
+
+/// Starts the tracer on `pid` with call sites, graces of 2 s and a snapshot a second, and
+/// waits until a snapshot says the Go layer is attached.
+fn trace_sites(pid: &str, what: &str) -> Proc {
     let mut cmd = Command::new(tracer_bin());
     cmd.args([
         "run",
@@ -202,7 +200,7 @@ fn check_release(release: &str, trimpath: bool) {
         "--site-skip",
         r"^main\.doRequest$",
         "--pid",
-        &pid,
+        pid,
     ]);
     let mut tracer = Proc::spawn("tracer", cmd);
     tracer.expect_stderr("tracer: attached", Duration::from_secs(30));
@@ -211,28 +209,58 @@ fn check_release(release: &str, trimpath: bool) {
     loop {
         let line = tracer
             .next_line(Duration::from_secs(5))
-            .unwrap_or_else(|| panic!("go{release}: the tracer printed no snapshot"));
+            .unwrap_or_else(|| panic!("{what}: the tracer printed no snapshot"));
         let snapshot: Value = serde_json::from_str(&line).unwrap();
         let layer = &snapshot["go_layer"][0];
         if layer["attached"] == true {
-            break;
+            return tracer;
         }
         assert!(
             Instant::now() < deadline,
-            "go{release}: the Go layer did not attach: {layer}"
+            "{what}: the Go layer did not attach: {layer}"
         );
     }
+}
+
+/// Lets `fixture` run its scenarios; returns the lines it reported, one per scenario.
+fn run_scenarios(fixture: &mut Proc, what: &str) -> Vec<Value> {
     fixture.send_line("go");
     let mut results = Vec::new();
     loop {
         let line = fixture
             .next_line(Duration::from_secs(60))
-            .unwrap_or_else(|| panic!("go{release}: the fixture did not finish its scenarios"));
+            .unwrap_or_else(|| panic!("{what}: the fixture did not finish its scenarios"));
         if line == "DONE" {
-            break;
+            return results;
         }
         results.push(serde_json::from_str::<Value>(&line).unwrap());
     }
+}
+
+/// The snapshot `tracer` prints after `after`.
+fn snapshot_after(tracer: &mut Proc, after: Instant, what: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = tracer
+            .next_line(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{what}: the tracer printed no snapshot"));
+        if Instant::now() > after + Duration::from_millis(1500) {
+            return serde_json::from_str(&line).unwrap();
+        }
+        assert!(Instant::now() < deadline, "{what}: no snapshot came");
+    }
+}
+
+fn check_release(release: &str, trimpath: bool) {
+    let Some(binary) = fixture_binary(release, trimpath) else {
+        return;
+    };
+    let mut fixture = Proc::spawn(&format!("gosites {release}"), Command::new(&binary));
+    fixture.expect_line("WAITING", Duration::from_secs(20));
+    let pid = fixture.pid().to_string();
+    let what = format!("go{release}");
+    let mut tracer = trace_sites(&pid, &what);
+    let results = run_scenarios(&mut fixture, &what);
     assert_eq!(results.len(), 7, "{results:?}");
     // Graces of 2 s, a sample a second: every leak is judged within a few seconds.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -271,4 +299,55 @@ fn every_leak_names_its_scenarios_line_go_1_27_trimpath() {
         return;
     }
     check_release(RELEASES[1], true);
+}
+
+/// The HTTP/2 call-site probes check no process map: the uprobes' pid filter keeps them to
+/// the target. Another process of the same binary, not traced, runs all its scenarios; no
+/// probe of the tracer may send anything for it (the kernel side's count of records sent
+/// stays still), while the target's own run is named as usual.
+#[test]
+fn another_process_of_the_same_binary_is_not_probed() {
+    if !prerequisites_met() {
+        return;
+    }
+    let release = RELEASES[1];
+    let Some(binary) = fixture_binary(release, true) else {
+        return;
+    };
+    let mut target = Proc::spawn("gosites (traced)", Command::new(&binary));
+    target.expect_line("WAITING", Duration::from_secs(20));
+    let mut other = Proc::spawn("gosites (not traced)", Command::new(&binary));
+    other.expect_line("WAITING", Duration::from_secs(20));
+    let what = "two processes of one binary";
+    let mut tracer = trace_sites(&target.pid().to_string(), what);
+    let before = snapshot_after(&mut tracer, Instant::now(), what);
+    let other_results = run_scenarios(&mut other, what);
+    assert_eq!(other_results.len(), 7, "{other_results:?}");
+    let after_other = snapshot_after(&mut tracer, Instant::now(), what);
+    let sent = |s: &Value| s["kernel"]["events_sent"].as_u64().unwrap();
+    assert_eq!(
+        sent(&after_other),
+        sent(&before),
+        "records were sent while only the untraced process made requests; sites: {:#}",
+        after_other["sites"]
+    );
+    let results = run_scenarios(&mut target, what);
+    assert_eq!(results.len(), 7, "{results:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    while Instant::now() < deadline {
+        let snapshot = snapshot_after(&mut tracer, Instant::now(), what);
+        match mismatch(&snapshot, &results) {
+            None => {
+                stop_tracer(tracer);
+                return;
+            }
+            Some(why) => last = Some((why, snapshot)),
+        }
+    }
+    let (why, snapshot) = last.unwrap_or_default();
+    panic!(
+        "{what}: the traced process: {why}\nlast snapshot sites: {:#}",
+        snapshot["sites"]
+    );
 }
