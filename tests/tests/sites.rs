@@ -259,10 +259,16 @@ fn check_release(release: &str, trimpath: bool) {
     fixture.expect_line("WAITING", Duration::from_secs(20));
     let pid = fixture.pid().to_string();
     let what = format!("go{release}");
-    let mut tracer = trace_sites(&pid, &what);
+    let tracer = trace_sites(&pid, &what);
     let results = run_scenarios(&mut fixture, &what);
     assert_eq!(results.len(), 7, "{results:?}");
-    // Graces of 2 s, a sample a second: every leak is judged within a few seconds.
+    expect_named(tracer, &results, &what);
+}
+
+/// Waits until a snapshot of `tracer` names every leak of `results` by its scenario's line
+/// and counts each scenario's requests (graces of 2 s, a sample a second: within a few
+/// seconds), then stops the tracer; panics with the last snapshot's sites if none does.
+fn expect_named(mut tracer: Proc, results: &[Value], what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = None;
     while Instant::now() < deadline {
@@ -270,7 +276,7 @@ fn check_release(release: &str, trimpath: bool) {
             continue;
         };
         let snapshot: Value = serde_json::from_str(&line).unwrap();
-        match mismatch(&snapshot, &results) {
+        match mismatch(&snapshot, results) {
             None => {
                 stop_tracer(tracer);
                 return;
@@ -280,7 +286,7 @@ fn check_release(release: &str, trimpath: bool) {
     }
     let (why, snapshot) = last.unwrap_or_default();
     panic!(
-        "go{release}: {why}\nfixture: {results:#?}\nlast snapshot sites: {:#}\nleaks: {:#}",
+        "{what}: {why}\nfixture: {results:#?}\nlast snapshot sites: {:#}\nleaks: {:#}",
         snapshot["sites"], snapshot["leaks"]
     );
 }
@@ -333,21 +339,5 @@ fn another_process_of_the_same_binary_is_not_probed() {
     );
     let results = run_scenarios(&mut target, what);
     assert_eq!(results.len(), 7, "{results:?}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = None;
-    while Instant::now() < deadline {
-        let snapshot = snapshot_after(&mut tracer, Instant::now(), what);
-        match mismatch(&snapshot, &results) {
-            None => {
-                stop_tracer(tracer);
-                return;
-            }
-            Some(why) => last = Some((why, snapshot)),
-        }
-    }
-    let (why, snapshot) = last.unwrap_or_default();
-    panic!(
-        "{what}: the traced process: {why}\nlast snapshot sites: {:#}",
-        snapshot["sites"]
-    );
+    expect_named(tracer, &results, "the traced process of two");
 }

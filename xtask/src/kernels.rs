@@ -70,10 +70,14 @@ const GUEST_SUITES: &[(&str, &[&str])] = &[
     // the older kernels too: one Go release, every scenario, exact.
     ("h2_streams", &["go1_27_stripped_streams_are_exact"]),
     // The call-site probes (`--go-probes sites`), whose programs the kernel's verifier checks
-    // only when they attach: one Go release, every scenario's line.
+    // only when they attach: one Go release, every scenario's line; and the uprobes' pid
+    // filter, which the HTTP/2 probes rely on as their process check.
     (
         "sites",
-        &["every_leak_names_its_scenarios_line_go_1_27_trimpath"],
+        &[
+            "every_leak_names_its_scenarios_line_go_1_27_trimpath",
+            "another_process_of_the_same_binary_is_not_probed",
+        ],
     ),
 ];
 
