@@ -287,10 +287,10 @@ pub fn exit_h2_site(ctx: ProbeContext) -> u32 {
     h2_site(&ctx, Frames::AtRet).unwrap_or(0)
 }
 
-///
-/// No process check: the probes are attached to the target process alone (the uprobe's pid
-/// filter), and user space registers the process before it attaches them (a lookup in
-/// `GO_SITE_PROCS` was about 5% of the probe's run time; bench/RESULTS.md Q).
+/// An HTTP/2 hit: no process check. The probes are attached to the target process alone (the
+/// uprobe's pid filter), and user space registers the process before it attaches them (the
+/// `GO_SITE_PROCS` lookup was one of the two that took 13.5% of the probe's time;
+/// bench/RESULTS.md P and Q).
 #[inline(always)]
 fn h2_site(ctx: &ProbeContext, frames: Frames) -> Result<u32, i64> {
     let (tgid, _) = current_ids();

@@ -37,6 +37,7 @@ pub struct RefreshPolicy {
     /// failure in a row up to `max_retry_after_failure`: a name that never resolves (a host
     /// without outside DNS, a catalogue entry gone) is not asked for every minute all day.
     pub retry_after_failure: Duration,
+    /// The longest of those waits.
     pub max_retry_after_failure: Duration,
     /// How long an address stays mapped to a hostname after the last answer that had it.
     pub keep_addresses_for: Duration,
