@@ -205,21 +205,10 @@ fn trace_sites(pid: &str, what: &str) -> Proc {
     let mut tracer = Proc::spawn("tracer", cmd);
     tracer.expect_stderr("tracer: attached", Duration::from_secs(30));
     // The probes are attached once a snapshot says so.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = tracer
-            .next_line(Duration::from_secs(5))
-            .unwrap_or_else(|| panic!("{what}: the tracer printed no snapshot"));
-        let snapshot: Value = serde_json::from_str(&line).unwrap();
-        let layer = &snapshot["go_layer"][0];
-        if layer["attached"] == true {
-            return tracer;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: the Go layer did not attach: {layer}"
-        );
-    }
+    snapshot_where(&mut tracer, what, "the Go layer attached", |s| {
+        s["go_layer"][0]["attached"] == true
+    });
+    tracer
 }
 
 /// Lets `fixture` run its scenarios; returns the lines it reported, one per scenario.
@@ -237,18 +226,37 @@ fn run_scenarios(fixture: &mut Proc, what: &str) -> Vec<Value> {
     }
 }
 
-/// The snapshot `tracer` prints after `after`.
-fn snapshot_after(tracer: &mut Proc, after: Instant, what: &str) -> Value {
+/// The first snapshot of `tracer` for which `until` holds, within 20 s; panics naming
+/// `wanted` (and the last snapshot) if none does.
+fn snapshot_where(
+    tracer: &mut Proc,
+    what: &str,
+    wanted: &str,
+    until: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let line = tracer
             .next_line(Duration::from_secs(5))
             .unwrap_or_else(|| panic!("{what}: the tracer printed no snapshot"));
-        if Instant::now() > after + Duration::from_millis(1500) {
-            return serde_json::from_str(&line).unwrap();
+        let snapshot: Value = serde_json::from_str(&line).unwrap();
+        if until(&snapshot) {
+            return snapshot;
         }
-        assert!(Instant::now() < deadline, "{what}: no snapshot came");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no snapshot with {wanted}; the last: {snapshot}"
+        );
     }
+}
+
+/// The first snapshot `tracer` prints 1.5 s from now or later: one taken after what the
+/// test did until now (a sample a second).
+fn snapshot_from_now(tracer: &mut Proc, what: &str) -> Value {
+    let after = Instant::now() + Duration::from_millis(1500);
+    snapshot_where(tracer, what, "a sample 1.5 s on", |_| {
+        Instant::now() > after
+    })
 }
 
 fn check_release(release: &str, trimpath: bool) {
@@ -326,10 +334,10 @@ fn another_process_of_the_same_binary_is_not_probed() {
     other.expect_line("WAITING", Duration::from_secs(20));
     let what = "two processes of one binary";
     let mut tracer = trace_sites(&target.pid().to_string(), what);
-    let before = snapshot_after(&mut tracer, Instant::now(), what);
+    let before = snapshot_from_now(&mut tracer, what);
     let other_results = run_scenarios(&mut other, what);
     assert_eq!(other_results.len(), 7, "{other_results:?}");
-    let after_other = snapshot_after(&mut tracer, Instant::now(), what);
+    let after_other = snapshot_from_now(&mut tracer, what);
     let sent = |s: &Value| s["kernel"]["events_sent"].as_u64().unwrap();
     assert_eq!(
         sent(&after_other),

@@ -1790,11 +1790,7 @@ pub fn run(opts: Options) -> Result<()> {
         tracked = tracked.max(open);
         raw.push(json!({"memory": {"rss_idle": rss0, "rss_loaded": rss1, "tracked": open}}));
     }
-    let (low, high) = per_10k
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
-            (l.min(*v), h.max(*v))
-        });
+    let (low, high) = spread(&per_10k);
     writeln!(
         report,
         "## Memory\n\nTracer resident memory: {:.1} MiB idle, {:.2} MiB per 10k tracked connections ({tracked} tracked; median of {} samples, {low:.2}–{high:.2}).\n",
