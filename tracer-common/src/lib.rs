@@ -636,7 +636,14 @@ pub mod go {
     /// inter, _type, hash), the same in Go 1.21 to 1.27.
     pub const ITAB_HASH_OFFSET: u64 = 16;
 
-    /// Name of the call-site probes' process map: tgid -> [`SiteProcess`].
+    /// Name of the call-site probes' process table: slot `tgid % SITE_PROC_SLOTS` ->
+    /// [`SiteProcess`] of that tgid (an array: the HTTP/1.1 probe finds its process with a
+    /// load and a compare, no hash lookup).
+    pub const GO_SITE_SLOTS: &str = "GO_SITE_SLOTS";
+    /// Slots of `GO_SITE_SLOTS` (a power of two).
+    pub const SITE_PROC_SLOTS: u32 = 1024;
+    /// Name of the call-site probes' overflow map: tgid -> [`SiteProcess`], for a process
+    /// whose `GO_SITE_SLOTS` slot another target holds.
     pub const GO_SITE_PROCS: &str = "GO_SITE_PROCS";
     /// The stacks whose frames user space has been sent, per process (`GO_SITE_STACKS`).
     pub const GO_SITE_STACKS: &str = "GO_SITE_STACKS";
@@ -676,10 +683,13 @@ pub mod go {
     pub const MAX_SITE_FRAMES: usize = 16;
 
     /// Where the call-site probes (tracer-ebpf/src/gosite.rs) find an HTTP/1.1 connection's
-    /// socket, for one process (value of `GO_SITE_PROCS`); `GoProcess::UNKNOWN` where unknown.
+    /// socket, for one process (value of `GO_SITE_SLOTS` and `GO_SITE_PROCS`);
+    /// `GoProcess::UNKNOWN` where unknown.
     #[repr(C)]
     #[derive(Clone, Copy, Debug)]
     pub struct SiteProcess {
+        /// The process (0: a free `GO_SITE_SLOTS` slot).
+        pub tgid: u32,
         /// persistConn.conn (net.Conn interface).
         pub pconn_conn: u32,
         /// tls.Conn.conn, net.TCPConn's conn.fd, netFD.pfd.Sysfd, and the type hashes of
@@ -689,11 +699,13 @@ pub mod go {
         pub netfd_sysfd: u32,
         pub tls_conn_type_hash: u32,
         pub tcp_conn_type_hash: u32,
+        pub _pad: u32,
         /// The itabs of `*crypto/tls.Conn` and `*net.TCPConn` as `net.Conn`, learned by the
         /// probes from their type hashes (0 until then; user space writes 0).
         pub itabs: [u64; 2],
     }
-    const _: () = assert!(size_of::<SiteProcess>() == 40);
+    const _: () = assert!(size_of::<SiteProcess>() == 48);
+    const _: () = assert!(SITE_PROC_SLOTS.is_power_of_two());
 
     /// Which hand-off a [`SiteRecord`] comes from.
     #[repr(u32)]

@@ -12,13 +12,13 @@ use std::{collections::HashMap, path::Path, sync::Arc};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array as BpfArray, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
     Ebpf,
 };
 use tracer_common::go::{
     SiteProcess, SiteRecord, SiteStackKey, SiteStackRecord, SiteWhat, GO_SITE_LAST, GO_SITE_PROCS,
-    GO_SITE_STACKS, MAX_SITE_FRAMES,
+    GO_SITE_SLOTS, GO_SITE_STACKS, MAX_SITE_FRAMES, SITE_PROC_SLOTS,
 };
 
 use super::goattach::conn_chain;
@@ -84,7 +84,11 @@ struct Target {
 /// target's symbols, and the stacks named so far.
 #[derive(Default)]
 pub struct Sites {
+    /// The programs' process table (`GO_SITE_SLOTS`) and its overflow (`GO_SITE_PROCS`).
+    slots: Option<BpfArray<MapData, SiteProcess>>,
     procs: Option<BpfHashMap<MapData, u32, SiteProcess>>,
+    /// Which target holds each `GO_SITE_SLOTS` slot this side filled.
+    slot_owners: HashMap<u32, u32>,
     /// The programs' record of the stacks they sent whole (`GO_SITE_STACKS`).
     sent: Option<BpfHashMap<MapData, SiteStackKey, u32>>,
     /// Each CPU's last stack found in `sent` (`GO_SITE_LAST`), zeroed with a key removed there.
@@ -96,8 +100,12 @@ pub struct Sites {
 }
 
 impl Sites {
-    /// Takes the programs' process map.
+    /// Takes the programs' process maps.
     pub fn load(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        let map = ebpf.take_map(GO_SITE_SLOTS).ok_or_else(|| {
+            anyhow!("the eBPF object has no map {GO_SITE_SLOTS} (build mismatch)")
+        })?;
+        self.slots = Some(map.try_into().context("opening the GO_SITE_SLOTS map")?);
         let map = ebpf.take_map(GO_SITE_PROCS).ok_or_else(|| {
             anyhow!("the eBPF object has no map {GO_SITE_PROCS} (build mismatch)")
         })?;
@@ -114,9 +122,10 @@ impl Sites {
     }
 
     /// Starts naming `pid`'s requests: its symbols and load bias here, its layout in the
-    /// programs' map. Called before the probes are attached: the HTTP/1.1 probe does nothing
-    /// for a process without a layout, the HTTP/2 ones check no map (their uprobes' pid
-    /// filter is their process check).
+    /// programs' table (its slot, or the overflow map when another target holds the slot).
+    /// Called before the probes are attached: the HTTP/1.1 probe does nothing for a process
+    /// without a layout, the HTTP/2 ones check no map (their uprobes' pid filter is their
+    /// process check).
     pub fn register(&mut self, pid: u32, binary: &GoBinary) -> Result<()> {
         let bias = if binary.image.elf.pie {
             load_bias(pid, binary).with_context(|| {
@@ -133,18 +142,32 @@ impl Sites {
             },
         );
         let minor = binary.image.build.version.release().1;
-        let layout = site_process(&binary.offsets, minor);
-        if let Some(procs) = self.procs.as_mut() {
-            procs
+        let layout = site_process(pid, &binary.offsets, minor);
+        let slot = slot_of(pid);
+        match (self.slots.as_mut(), self.procs.as_mut()) {
+            (Some(slots), _) if slot_free_for(&self.slot_owners, pid) => {
+                slots
+                    .set(slot, layout, 0)
+                    .context("registering the process in GO_SITE_SLOTS")?;
+                self.slot_owners.insert(slot, pid);
+            }
+            (_, Some(procs)) => procs
                 .insert(pid, layout, 0)
-                .context("registering the process in GO_SITE_PROCS")?;
+                .context("registering the process in GO_SITE_PROCS")?,
+            _ => {}
         }
         Ok(())
     }
 
     /// Stops naming `pid`'s requests (it exited, or its probes are detached).
     pub fn forget(&mut self, pid: u32) {
-        if let Some(procs) = self.procs.as_mut() {
+        let slot = slot_of(pid);
+        if self.slot_owners.get(&slot) == Some(&pid) {
+            self.slot_owners.remove(&slot);
+            if let Some(slots) = self.slots.as_mut() {
+                let _ = slots.set(slot, site_process_free(), 0);
+            }
+        } else if let Some(procs) = self.procs.as_mut() {
             let _ = procs.remove(&pid);
         }
         self.targets.remove(&pid);
@@ -246,16 +269,44 @@ fn name_stack(target: &mut Target, pcs: &[u64]) -> Vec<SiteFrame> {
         .collect()
 }
 
-/// The probes' view of where an HTTP/1.1 connection leads to its socket.
-fn site_process(offsets: &Offsets, minor: u32) -> SiteProcess {
+/// `pid`'s slot in `GO_SITE_SLOTS`, as the HTTP/1.1 probe computes it.
+fn slot_of(pid: u32) -> u32 {
+    pid & (SITE_PROC_SLOTS - 1)
+}
+
+/// Whether `pid` may have its slot (`owners`: slot -> the target holding it): it is free or
+/// already `pid`'s. Otherwise `pid` goes to the overflow map.
+fn slot_free_for(owners: &HashMap<u32, u32>, pid: u32) -> bool {
+    owners.get(&slot_of(pid)).is_none_or(|owner| *owner == pid)
+}
+
+/// A free `GO_SITE_SLOTS` slot (tgid 0, which no process has).
+fn site_process_free() -> SiteProcess {
+    SiteProcess {
+        tgid: 0,
+        pconn_conn: 0,
+        tls_conn: 0,
+        tcp_conn_fd: 0,
+        netfd_sysfd: 0,
+        tls_conn_type_hash: 0,
+        tcp_conn_type_hash: 0,
+        _pad: 0,
+        itabs: [0; 2],
+    }
+}
+
+/// The probes' view of where `pid`'s HTTP/1.1 connections lead to their sockets.
+fn site_process(pid: u32, offsets: &Offsets, minor: u32) -> SiteProcess {
     let chain = conn_chain(offsets, minor, Field::H1PersistConnConn);
     SiteProcess {
+        tgid: pid,
         pconn_conn: chain.head,
         tls_conn: chain.tls_conn,
         tcp_conn_fd: chain.tcp_conn_fd,
         netfd_sysfd: chain.netfd_sysfd,
         tls_conn_type_hash: chain.tls_conn_type_hash,
         tcp_conn_type_hash: chain.tcp_conn_type_hash,
+        _pad: 0,
         itabs: [0; 2],
     }
 }
@@ -487,17 +538,33 @@ mod tests {
     }
 
     #[test]
+    fn a_process_whose_slot_another_target_holds_goes_to_the_overflow_map() {
+        let mut owners = HashMap::new();
+        let (first, same_slot, other) = (4097, 4097 + SITE_PROC_SLOTS, 4098);
+        assert_eq!(slot_of(first), slot_of(same_slot));
+        assert!(slot_free_for(&owners, first));
+        owners.insert(slot_of(first), first);
+        // Registering again keeps the slot; a pid of the same slot does not get it.
+        assert!(slot_free_for(&owners, first));
+        assert!(!slot_free_for(&owners, same_slot));
+        assert!(slot_free_for(&owners, other));
+        owners.remove(&slot_of(first));
+        assert!(slot_free_for(&owners, same_slot));
+    }
+
+    #[test]
     fn a_process_without_type_hashes_gets_no_connection_chain() {
         let table = crate::goprobe::offsets::OffsetTable::embedded().unwrap();
         let v = crate::goprobe::buildinfo::GoVersion::parse("go1.24.1").unwrap();
         let offsets = table.lookup(&v).unwrap();
-        let known = site_process(&offsets, 24);
+        let known = site_process(7, &offsets, 24);
+        assert_eq!(known.tgid, 7);
         assert_eq!(
             u64::from(known.pconn_conn),
             offsets.get(Field::H1PersistConnConn).unwrap()
         );
         assert_ne!(known.tls_conn_type_hash, 0);
-        let unknown = site_process(&offsets, 99);
+        let unknown = site_process(7, &offsets, 99);
         assert_eq!(unknown.pconn_conn, tracer_common::go::GoProcess::UNKNOWN);
         assert_eq!(unknown.tcp_conn_type_hash, 0);
     }
