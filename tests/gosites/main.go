@@ -20,6 +20,11 @@
 //	                          connection: 1 leak, whose site is the last request's line
 //	h1_wrapper    127.0.0.65  through doRequest, a wrapper: the site is the wrapper's caller
 //	                          with --site-skip 'main\.doRequest$' (printed as the scenario's line)
+//	h1_churned    127.0.0.68  a request read to EOF, its connection closed and its persistConn
+//	                          collected, then one never read on a new connection (whose
+//	                          persistConn may take the old one's address, and whose fd differs
+//	                          from the old one's): each leak names the second line, the closed
+//	                          connections' requests stay the first line's, unleaked
 //	h2_never_read 127.0.0.66  HTTP/2 over TLS, 16 MiB never read: one leaked stream per request
 //	h2_correct    127.0.0.67  HTTP/2 over TLS, read to EOF and closed: 0 leaks
 package main
@@ -95,6 +100,7 @@ func main() {
 	correct := serveH1("127.0.0.63:0", bigHandler(64<<10))
 	reused := serveH1("127.0.0.64:0", bigHandler(1<<20))
 	wrapped := serveH1("127.0.0.65:0", bigHandler(1<<20))
+	churned := serveH1("127.0.0.68:0", bigHandler(1<<20))
 	h2big := serveH2("127.0.0.66:0", bigHandler(16<<20))
 	h2correct := serveH2("127.0.0.67:0", bigHandler(64<<10))
 
@@ -106,6 +112,7 @@ func main() {
 		h1Correct(h1, correct),
 		h1Reused(h1, reused),
 		h1Wrapper(h1, wrapped),
+		h1Churned(h1, churned),
 		h2NeverRead(h2, h2big),
 		h2Correct(h2, h2correct),
 	}
@@ -181,6 +188,31 @@ func h1Wrapper(c *http.Client, url string) Result {
 	r := Result{Scenario: "h1_wrapper", Proto: "h1", Host: "127.0.0.65", Requests: *n, Leaks: *n}
 	for i := 0; i < *n; i++ {
 		_ = doRequest(c, url+mark(&r.Site))
+	}
+	return r
+}
+
+// h1Churned makes the HTTP/1.1 call-site probe's remembered fds go stale: the connection of a
+// request read to EOF is closed and its persistConn collected (the next one may be allocated
+// at its address), and a file holds the closed connection's fd number while the next request
+// dials, so the new connection's fd differs from the one the probe remembered for that
+// address. A probe that trusted what it remembered would give the leak the closed fd.
+func h1Churned(c *http.Client, url string) Result {
+	var first Site
+	r := Result{Scenario: "h1_churned", Proto: "h1", Host: "127.0.0.68", Requests: *n, Leaks: *n, OtherRequests: *n, OtherSite: &first}
+	for i := 0; i < *n; i++ {
+		drain(must(c.Get(url + mark(&first))))
+		c.CloseIdleConnections()
+		// Its read and write loops end, then two collections free its persistConn.
+		time.Sleep(20 * time.Millisecond)
+		runtime.GC()
+		runtime.GC()
+		hold, err := os.Open(os.DevNull)
+		if err != nil {
+			log.Fatal(err)
+		}
+		_ = must(c.Get(url + mark(&r.Site)))
+		hold.Close()
 	}
 	return r
 }

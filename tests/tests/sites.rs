@@ -269,7 +269,7 @@ fn check_release(release: &str, trimpath: bool) {
     let what = format!("go{release}");
     let tracer = trace_sites(&pid, &what);
     let results = run_scenarios(&mut fixture, &what);
-    assert_eq!(results.len(), 7, "{results:?}");
+    assert_eq!(results.len(), 8, "{results:?}");
     expect_named(tracer, &results, &what);
 }
 
@@ -336,7 +336,7 @@ fn another_process_of_the_same_binary_is_not_probed() {
     let mut tracer = trace_sites(&target.pid().to_string(), what);
     let before = snapshot_from_now(&mut tracer, what);
     let other_results = run_scenarios(&mut other, what);
-    assert_eq!(other_results.len(), 7, "{other_results:?}");
+    assert_eq!(other_results.len(), 8, "{other_results:?}");
     let after_other = snapshot_from_now(&mut tracer, what);
     let sent = |s: &Value| s["kernel"]["events_sent"].as_u64().unwrap();
     assert_eq!(
@@ -346,6 +346,6 @@ fn another_process_of_the_same_binary_is_not_probed() {
         after_other["sites"]
     );
     let results = run_scenarios(&mut target, what);
-    assert_eq!(results.len(), 7, "{results:?}");
+    assert_eq!(results.len(), 8, "{results:?}");
     expect_named(tracer, &results, "the traced process of two");
 }

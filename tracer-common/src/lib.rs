@@ -41,6 +41,10 @@ pub mod global_names {
     pub const SK_SOCKET_OFFSET: &str = "SK_SOCKET_OFFSET";
     pub const SOCKET_FILE_OFFSET: &str = "SOCKET_FILE_OFFSET";
     pub const FILE_FLAGS_OFFSET: &str = "FILE_FLAGS_OFFSET";
+    /// Non-zero when the call-site probes are loaded (`--go-probes sites`): the state program
+    /// then counts each tracked connect and close in `FD_GENS`, by which the HTTP/1.1 probe
+    /// knows that a connection's fd it remembered may name another socket now.
+    pub const SITE_FD_GENS: &str = "SITE_FD_GENS";
     /// Non-zero when `TARGET_COMMS` holds names, so untargeted connects skip the comm lookup.
     pub const FOLLOW_COMMS: &str = "FOLLOW_COMMS";
     /// Non-zero when reads are counted at the read syscalls' exits instead of by
@@ -706,6 +710,34 @@ pub mod go {
     }
     const _: () = assert!(size_of::<SiteProcess>() == 48);
     const _: () = assert!(SITE_PROC_SLOTS.is_power_of_two());
+
+    /// Connections whose fd the HTTP/1.1 call-site probe remembers (`GO_SITE_CONNS`, an LRU),
+    /// all targets together: far above the connections a relay keeps to its providers.
+    pub const MAX_SITE_CONNS: u32 = 16_384;
+    /// How long the HTTP/1.1 probe trusts an fd it remembered, in ns: it follows the
+    /// connection again after this, whatever the fd's generation says.
+    pub const SITE_CONN_TTL_NS: u64 = 1_000_000_000;
+
+    /// Key of `GO_SITE_CONNS`: a `*persistConn` of a process.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct SiteConnKey {
+        pub tgid: u32,
+        pub _pad: u32,
+        pub pconn: u64,
+    }
+    const _: () = assert!(size_of::<SiteConnKey>() == 16);
+
+    /// Value of `GO_SITE_CONNS`: the connection's fd as followed from its `persistConn`, the
+    /// fd's generation in `FD_GENS` then, and when.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct SiteConnFd {
+        pub fd: i32,
+        pub gen: u32,
+        pub at_ns: u64,
+    }
+    const _: () = assert!(size_of::<SiteConnFd>() == 16);
 
     /// Which hand-off a [`SiteRecord`] comes from.
     #[repr(u32)]

@@ -9,7 +9,9 @@
 //!
 //! - HTTP/1.1: each `call net/http.(*persistConn).roundTrip` (RAX = the persistConn, the
 //!   receiver in Go's register ABI): its `conn` leads to the socket's fd, by which user space
-//!   finds the connection it tracks.
+//!   finds the connection it tracks. Followed once per connection (and again each second, or
+//!   when the fd's connects and closes say it may name another socket: `GO_SITE_CONNS`), not
+//!   once per request: four user reads, a quarter of the hit (bench/RESULTS.md R).
 //! - HTTP/2: after each call of the client connection's round trip (Role::H2RoundTrip), the
 //!   first branch with RAX untouched since the call (checked by the decoder): RAX = the
 //!   response it returned, the very pointer the stream keeps in `clientStream.res`
@@ -41,8 +43,9 @@ use aya_ebpf::{
 };
 use tracer_common::{
     go::{
-        stack_hash, SiteProcess, SiteRecord, SiteStackKey, SiteStackRecord, SiteWhat, MAX_GO_PROCS,
-        MAX_SITE_FRAMES, MAX_SITE_STACKS, SITE_PROC_SLOTS,
+        stack_hash, SiteConnFd, SiteConnKey, SiteProcess, SiteRecord, SiteStackKey,
+        SiteStackRecord, SiteWhat, MAX_GO_PROCS, MAX_SITE_CONNS, MAX_SITE_FRAMES, MAX_SITE_STACKS,
+        SITE_CONN_TTL_NS, SITE_PROC_SLOTS,
     },
     EventKind, Stat,
 };
@@ -50,7 +53,7 @@ use tracer_common::{
 use crate::{
     goconn::{conn_fd, field_at, read_user, ConnChain},
     maps::EVENTS,
-    sock::{count, current_ids, wakeup_flag},
+    sock::{count, current_ids, fd_gen, wakeup_flag},
 };
 
 /// Slot `tgid % SITE_PROC_SLOTS` -> where that process's HTTP/1.1 connection leads to its
@@ -65,6 +68,21 @@ pub static GO_SITE_SLOTS: Array<SiteProcess> = Array::with_max_entries(SITE_PROC
 /// instead): looked up only when the slot names another process.
 #[map]
 pub static GO_SITE_PROCS: HashMap<u32, SiteProcess> = HashMap::with_max_entries(MAX_GO_PROCS, 0);
+
+/// (tgid, `*persistConn`) -> the socket fd the HTTP/1.1 probe followed it to, with that fd's
+/// generation (`FD_GENS`) and when: the next requests on the connection take the fd from here
+/// instead of four user reads. Trusted while the fd's generation holds (the state program
+/// counts every tracked connect and close of it: a closed connection's `persistConn` can only
+/// be freed and its address reused after its close, and its fd number only reused by a new
+/// connect) and for at most `SITE_CONN_TTL_NS`, which bounds what a close no program saw (a
+/// socket reset before the fd was remembered) could leave wrong: a request joined to no
+/// connection, or to one opened after it, which the model refuses (`for_connection`).
+#[map]
+static GO_SITE_CONNS: LruHashMap<SiteConnKey, SiteConnFd> =
+    LruHashMap::with_max_entries(MAX_SITE_CONNS, NO_COMMON_LRU);
+
+/// BPF_F_NO_COMMON_LRU (as in gostream.rs): each CPU keeps its own LRU list.
+const NO_COMMON_LRU: u32 = 1 << 1;
 
 /// The stacks already sent whole, per process: a request on one of them sends its hash only.
 /// User space removes a key it no longer knows, so that stack comes whole again.
@@ -249,19 +267,60 @@ pub fn enter_h1_site(ctx: ProbeContext) -> u32 {
 
 fn try_enter_h1_site(ctx: &ProbeContext) -> Result<u32, i64> {
     let (tgid, _) = current_ids();
-    let entry = match GO_SITE_SLOTS.get_ptr_mut(tgid & (SITE_PROC_SLOTS - 1)) {
-        // SAFETY: a load from the array entry just found.
-        Some(slot) if unsafe { (*slot).tgid } == tgid => slot,
-        _ => match GO_SITE_PROCS.get_ptr_mut(&tgid) {
-            Some(entry) => entry,
-            None => return Ok(0),
-        },
-    };
-    // SAFETY: a copy of the value out of the map entry just found.
-    let layout = unsafe { *entry };
     // SAFETY: a uprobe program's context is the pt_regs of the probed task, which the
     // verifier lets it read directly.
     let pc = unsafe { (*ctx.regs).rax };
+    // SAFETY: bpf_ktime_get_ns takes nothing and only reads the clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = SiteConnKey {
+        tgid,
+        _pad: 0,
+        pconn: pc,
+    };
+    // The fd this persistConn led to before, while nothing says it may name another socket
+    // now: no tracked connect or close of that fd since (`FD_GENS`), and not older than
+    // `SITE_CONN_TTL_NS`. Else the connection is followed again.
+    // SAFETY: a copy out of the entry just found.
+    let known = GO_SITE_CONNS.get_ptr(&key).map(|c| unsafe { *c });
+    let fd = match known {
+        Some(c) if now.wrapping_sub(c.at_ns) < SITE_CONN_TTL_NS && fd_gen(tgid, c.fd) == c.gen => {
+            c.fd
+        }
+        _ => match follow(tgid, pc) {
+            Some(fd) => {
+                if fd >= 0 {
+                    let remembered = SiteConnFd {
+                        fd,
+                        gen: fd_gen(tgid, fd),
+                        at_ns: now,
+                    };
+                    let _ = GO_SITE_CONNS.insert(&key, &remembered, 0);
+                }
+                fd
+            }
+            // Not a process these probes know (yet, or any more).
+            None => return Ok(0),
+        },
+    };
+    let frames = Frames::InBody {
+        ip_to_return: CALL_LEN,
+    };
+    emit(ctx, SiteWhat::H1, tgid, fd, 0, now, frames);
+    Ok(0)
+}
+
+/// The socket fd of the persistConn `pc` of process `tgid`, followed through its `conn` in
+/// four user reads (goconn.rs), or -1 where that fails; `None` for a process with no layout
+/// here.
+#[inline(always)]
+fn follow(tgid: u32, pc: u64) -> Option<i32> {
+    let entry = match GO_SITE_SLOTS.get_ptr_mut(tgid & (SITE_PROC_SLOTS - 1)) {
+        // SAFETY: a load from the array entry just found.
+        Some(slot) if unsafe { (*slot).tgid } == tgid => slot,
+        _ => GO_SITE_PROCS.get_ptr_mut(&tgid)?,
+    };
+    // SAFETY: a copy of the value out of the map entry just found.
+    let layout = unsafe { *entry };
     let chain = ConnChain {
         tls_conn: layout.tls_conn,
         tcp_conn_fd: layout.tcp_conn_fd,
@@ -279,11 +338,7 @@ fn try_enter_h1_site(ctx: &ProbeContext) -> Result<u32, i64> {
         // SAFETY: a store into the map entry just found, which lives while the program runs.
         unsafe { (*entry).itabs = known };
     }
-    let frames = Frames::InBody {
-        ip_to_return: CALL_LEN,
-    };
-    emit(ctx, SiteWhat::H1, tgid, fd, 0, frames);
-    Ok(0)
+    Some(fd)
 }
 
 /// The first branch after a call of the HTTP/2 round trip: RAX = the response (nil on error:
@@ -311,7 +366,9 @@ fn h2_site(ctx: &ProbeContext, frames: Frames) -> Result<u32, i64> {
     if response == 0 {
         return Ok(0);
     }
-    emit(ctx, SiteWhat::H2, tgid, -1, response, frames);
+    // SAFETY: bpf_ktime_get_ns takes nothing and only reads the clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit(ctx, SiteWhat::H2, tgid, -1, response, now, frames);
     Ok(0)
 }
 
@@ -319,7 +376,15 @@ fn h2_site(ctx: &ProbeContext, frames: Frames) -> Result<u32, i64> {
 /// this process's stack is seen, with its hash alone after that. A full ring drops the
 /// record and counts the drop (the request then has no site; nothing else depends on it).
 #[inline(always)]
-fn emit(ctx: &ProbeContext, what: SiteWhat, tgid: u32, fd: i32, response: u64, frames: Frames) {
+fn emit(
+    ctx: &ProbeContext,
+    what: SiteWhat,
+    tgid: u32,
+    fd: i32,
+    response: u64,
+    ts_ns: u64,
+    frames: Frames,
+) {
     let Some(pcs) = SITE_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -349,8 +414,6 @@ fn emit(ctx: &ProbeContext, what: SiteWhat, tgid: u32, fd: i32, response: u64, f
         _pad: 0,
         hash: stack_hash(pcs),
     };
-    // SAFETY: bpf_ktime_get_ns takes nothing and only reads the clock.
-    let ts_ns = unsafe { bpf_ktime_get_ns() };
     let head = SiteRecord {
         kind: EventKind::Site as u32,
         what: what as u32,

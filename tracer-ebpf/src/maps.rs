@@ -123,6 +123,14 @@ pub static FD_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 #[map]
 pub static WANT_SLOTS: Array<u32> = Array::with_max_entries(SLOTS, 0);
 
+/// Slot `fd_slot(tgid, fd)`: how many tracked connects and closes of the fds in that slot the
+/// state program has seen (wrapping), counted only with the call-site probes loaded
+/// (`sock::bump_fd_gen`). The HTTP/1.1 call-site probe keeps the fd it followed a
+/// `persistConn` to with the count then (gosite.rs `GO_SITE_CONNS`): a count that moved
+/// means that fd may name another socket now, and the probe follows the connection again.
+#[map]
+pub static FD_GENS: Array<u32> = Array::with_max_entries(SLOTS, 0);
+
 /// `SOCK_SLOTS` halves (see there): one of each, as the amount to add, and the high half's
 /// bits.
 pub const SOCK_TRACKED: u32 = 1;

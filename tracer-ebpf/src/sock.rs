@@ -13,7 +13,7 @@ use tracer_common::{
 };
 
 pub use crate::maps::wants_first_bytes;
-use crate::maps::{CONNECT_SLOTS, EVENTS, SLOTS, SLOT_BITS, STATS, TARGETS};
+use crate::maps::{CONNECT_SLOTS, EVENTS, FD_GENS, SLOTS, SLOT_BITS, STATS, TARGETS};
 
 /// Byte offsets of `tcp_sock.rcv_nxt` and `tcp_sock.copied_seq`, read by user space from the
 /// running kernel's BTF and set before load. 0 means unknown: unread bytes are then not sampled.
@@ -45,6 +45,11 @@ static SYSCALL_FROM_REGS: u32 = 0;
 static PT_REGS_NR_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static PT_REGS_ARG0_OFFSET: u32 = 0;
+
+/// Non-zero when the call-site probes are loaded: tracked connects and closes count in
+/// `FD_GENS` (`bump_fd_gen`). Set by the loader.
+#[unsafe(no_mangle)]
+static SITE_FD_GENS: u32 = 0;
 
 /// x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl): the loader chooses the
 /// registers path on x86-64 only.
@@ -158,6 +163,24 @@ fn filter_add(filter: &Array<u32>, slot: u32, delta: u32) {
         // other CPUs only touch it through atomic adds and plain loads.
         unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(counter, delta) };
     }
+}
+
+/// Counts a tracked connect or close of process `tgid`'s fd `fd` in `FD_GENS`, when the
+/// call-site probes are loaded (one atomic add; nothing otherwise).
+#[inline(always)]
+pub fn bump_fd_gen(tgid: u32, fd: i32) {
+    if fd >= 0 && read_global(&SITE_FD_GENS) != 0 {
+        filter_add(&FD_GENS, fd_slot(tgid, fd as u32), 1);
+    }
+}
+
+/// The count `bump_fd_gen` keeps for process `tgid`'s fd `fd` (and the fds in its slot).
+#[inline(always)]
+pub fn fd_gen(tgid: u32, fd: i32) -> u32 {
+    FD_GENS
+        .get(fd_slot(tgid, fd as u32))
+        // SAFETY: a plain load of an aligned u32 that other CPUs change only by atomic adds.
+        .map_or(0, |n| unsafe { core::ptr::read_volatile(n) })
 }
 
 /// True when the tracked socket `conn` is the one process `tgid` holds as `fd`. An

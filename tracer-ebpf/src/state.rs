@@ -34,8 +34,8 @@ use crate::{
     },
     read::reads_from_syscalls,
     sock::{
-        connect_slot, count, current_ids, emit, fd_slot, field, filter_lower, filter_raise,
-        in_syscall, is_target, maybe, nonblocking_file, read_global, sample_peer_fin,
+        bump_fd_gen, connect_slot, count, current_ids, emit, fd_slot, field, filter_lower,
+        filter_raise, in_syscall, is_target, maybe, nonblocking_file, read_global, sample_peer_fin,
         sample_unread, sock_slot, syscall_from_regs, tid_slot, wants_first_bytes, zero_words,
         NR_CLOSE, NR_CONNECT,
     },
@@ -311,6 +311,7 @@ fn note_closed_by_process(sk: u64, conn: *mut ConnInfo) {
         }
         // SAFETY: as above.
         unsafe { (*conn).flags |= ConnFlags::CLOSED_BY_PROCESS };
+        bump_fd_gen(tgid, fd);
         if flags & ConnFlags::FD_MAPPED != 0 {
             // What close.rs does at the syscall's entry: the fd no longer names the socket.
             release_own_mapping(tgid, fd as u32, sk);
@@ -326,6 +327,7 @@ fn note_closed_by_process(sk: u64, conn: *mut ConnInfo) {
         if (*slot).tid == tid && (*slot).sk == sk {
             (*slot).sk = 0;
             (*conn).flags |= ConnFlags::CLOSED_BY_PROCESS;
+            bump_fd_gen(tgid, fd);
         }
     }
 }
@@ -351,6 +353,10 @@ fn end_tracking(sk: u64, conn: *mut ConnInfo, old_state: u32) {
         }
     }
     emit(EventKind::Close, old_state, tcp_state::CLOSE, sk, now, conn);
+    if flags & ConnFlags::FD_KNOWN != 0 {
+        // A reset ends a socket whose fd is still open: its fd may come to name another.
+        bump_fd_gen(tgid, fd);
+    }
     // Fails only when LRU evicted the entry since the lookup; the filters were raised for it
     // all the same.
     let _ = CONNS.remove(&sk);
@@ -503,6 +509,8 @@ fn start_tracking<C: EbpfContext, A: Change>(ctx: &C, change: &A, sk: u64) -> Re
     if fd >= 0 {
         info.fd = fd as i32;
         info.flags |= ConnFlags::FD_KNOWN;
+        // The fd names a new socket: a call-site probe that remembered it follows it again.
+        bump_fd_gen(tgid, info.fd);
         let reads_counted = !nonblocking || reads_from_syscalls();
         if reads_counted {
             info.flags |= ConnFlags::READS_COUNTED;

@@ -154,8 +154,13 @@ fn raise_memlock_rlimit() {
 }
 
 /// Checks the host, picks a hook per role, loads the programs with this kernel's offsets, and
-/// attaches the chosen ones. Returns the hooks chosen, in role order.
-pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>, DeferredHooks)> {
+/// attaches the chosen ones. Returns the hooks chosen, in role order. `sites`: the call-site
+/// probes will be attached (`--go-probes sites`), so the state program counts each tracked
+/// fd's connects and closes for them (`SITE_FD_GENS`).
+pub fn load_and_attach(
+    follow_comms: bool,
+    sites: bool,
+) -> Result<(Ebpf, Vec<HookChoice>, DeferredHooks)> {
     check_privileges()?;
     let tracefs = tracefs_root()?;
     let release = kernel_release();
@@ -185,6 +190,7 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>, Def
     let socket_file = optional("socket", "file");
     let file_flags = optional("file", "f_flags");
     let follow = u32::from(follow_comms);
+    let fd_gens = u32::from(sites);
     let role_key = |name: &str| {
         chosen
             .iter()
@@ -227,6 +233,7 @@ pub fn load_and_attach(follow_comms: bool) -> Result<(Ebpf, Vec<HookChoice>, Def
         .override_global(global_names::SOCKET_FILE_OFFSET, &socket_file, true)
         .override_global(global_names::FILE_FLAGS_OFFSET, &file_flags, true)
         .override_global(global_names::FOLLOW_COMMS, &follow, true)
+        .override_global(global_names::SITE_FD_GENS, &fd_gens, true)
         .override_global(global_names::READS_FROM_SYSCALLS, &reads_from_syscalls, true)
         .override_global(global_names::SYSCALL_FROM_REGS, &from_regs, true)
         .override_global(global_names::PT_REGS_NR_OFFSET, &regs_nr, true)

@@ -144,7 +144,8 @@ impl Collector {
     /// Checks the host, loads and attaches the programs, and registers the targets. Must run
     /// inside a tokio runtime (the ring buffer is polled through it).
     pub fn start(spec: TargetSpec, sample_every: Duration) -> Result<Self> {
-        let (mut ebpf, hooks, deferred) = loader::load_and_attach(!spec.comms.is_empty())?;
+        let (mut ebpf, hooks, deferred) =
+            loader::load_and_attach(!spec.comms.is_empty(), spec.go_probes == GoLayerMode::Full)?;
         // Which kernel path serves each role differs by kernel: say it once (tests read it).
         eprintln!("tracer: hooks: {}", loader::describe_hooks(&hooks));
         let mut comm_map: BpfHashMap<MapData, [u8; COMM_LEN], u8> =
