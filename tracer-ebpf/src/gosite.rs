@@ -75,8 +75,9 @@ pub static GO_SITE_PROCS: HashMap<u32, SiteProcess> = HashMap::with_max_entries(
 /// counts every tracked connect and close of it: a closed connection's `persistConn` can only
 /// be freed and its address reused after its close, and its fd number only reused by a new
 /// connect) and for at most `SITE_CONN_TTL_NS`, which bounds what a close no program saw (a
-/// socket reset before the fd was remembered) could leave wrong: a request joined to no
-/// connection, or to one opened after it, which the model refuses (`for_connection`).
+/// socket reset before the fd was remembered, a connection open before tracing started)
+/// could leave wrong: a request joined to no connection, or to one opened after it, which
+/// the model refuses (`for_connection`).
 #[map]
 static GO_SITE_CONNS: LruHashMap<SiteConnKey, SiteConnFd> =
     LruHashMap::with_max_entries(MAX_SITE_CONNS, NO_COMMON_LRU);
