@@ -646,6 +646,12 @@ pub mod go {
     pub const GO_SITE_SLOTS: &str = "GO_SITE_SLOTS";
     /// Slots of `GO_SITE_SLOTS` (a power of two).
     pub const SITE_PROC_SLOTS: u32 = 1024;
+
+    /// Process `tgid`'s slot in `GO_SITE_SLOTS`: the probe reads it there, user space fills it.
+    pub const fn site_proc_slot(tgid: u32) -> u32 {
+        tgid & (SITE_PROC_SLOTS - 1)
+    }
+
     /// Name of the call-site probes' overflow map: tgid -> [`SiteProcess`], for a process
     /// whose `GO_SITE_SLOTS` slot another target holds.
     pub const GO_SITE_PROCS: &str = "GO_SITE_PROCS";
@@ -690,7 +696,7 @@ pub mod go {
     /// socket, for one process (value of `GO_SITE_SLOTS` and `GO_SITE_PROCS`);
     /// `GoProcess::UNKNOWN` where unknown.
     #[repr(C)]
-    #[derive(Clone, Copy, Debug)]
+    #[derive(Clone, Copy, Debug, Default)]
     pub struct SiteProcess {
         /// The process (0: a free `GO_SITE_SLOTS` slot).
         pub tgid: u32,

@@ -43,7 +43,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     go::{
-        stack_hash, SiteConnFd, SiteConnKey, SiteProcess, SiteRecord, SiteStackKey,
+        site_proc_slot, stack_hash, SiteConnFd, SiteConnKey, SiteProcess, SiteRecord, SiteStackKey,
         SiteStackRecord, SiteWhat, MAX_GO_PROCS, MAX_SITE_CONNS, MAX_SITE_FRAMES, MAX_SITE_STACKS,
         SITE_CONN_TTL_NS, SITE_PROC_SLOTS,
     },
@@ -315,7 +315,7 @@ fn try_enter_h1_site(ctx: &ProbeContext) -> Result<u32, i64> {
 /// here.
 #[inline(always)]
 fn follow(tgid: u32, pc: u64) -> Option<i32> {
-    let entry = match GO_SITE_SLOTS.get_ptr_mut(tgid & (SITE_PROC_SLOTS - 1)) {
+    let entry = match GO_SITE_SLOTS.get_ptr_mut(site_proc_slot(tgid)) {
         // SAFETY: a load from the array entry just found.
         Some(slot) if unsafe { (*slot).tgid } == tgid => slot,
         _ => GO_SITE_PROCS.get_ptr_mut(&tgid)?,

@@ -17,8 +17,8 @@ use aya::{
     Ebpf,
 };
 use tracer_common::go::{
-    SiteProcess, SiteRecord, SiteStackKey, SiteStackRecord, SiteWhat, GO_SITE_LAST, GO_SITE_PROCS,
-    GO_SITE_SLOTS, GO_SITE_STACKS, MAX_SITE_FRAMES, SITE_PROC_SLOTS,
+    site_proc_slot, SiteProcess, SiteRecord, SiteStackKey, SiteStackRecord, SiteWhat, GO_SITE_LAST,
+    GO_SITE_PROCS, GO_SITE_SLOTS, GO_SITE_STACKS, MAX_SITE_FRAMES,
 };
 
 use super::goattach::conn_chain;
@@ -143,7 +143,7 @@ impl Sites {
         );
         let minor = binary.image.build.version.release().1;
         let layout = site_process(pid, &binary.offsets, minor);
-        let slot = slot_of(pid);
+        let slot = site_proc_slot(pid);
         match (self.slots.as_mut(), self.procs.as_mut()) {
             (Some(slots), _) if slot_free_for(&self.slot_owners, pid) => {
                 slots
@@ -161,11 +161,12 @@ impl Sites {
 
     /// Stops naming `pid`'s requests (it exited, or its probes are detached).
     pub fn forget(&mut self, pid: u32) {
-        let slot = slot_of(pid);
+        let slot = site_proc_slot(pid);
         if self.slot_owners.get(&slot) == Some(&pid) {
             self.slot_owners.remove(&slot);
             if let Some(slots) = self.slots.as_mut() {
-                let _ = slots.set(slot, site_process_free(), 0);
+                // All zeroes: tgid 0, which no process has, is a free slot.
+                let _ = slots.set(slot, SiteProcess::default(), 0);
             }
         } else if let Some(procs) = self.procs.as_mut() {
             let _ = procs.remove(&pid);
@@ -269,30 +270,12 @@ fn name_stack(target: &mut Target, pcs: &[u64]) -> Vec<SiteFrame> {
         .collect()
 }
 
-/// `pid`'s slot in `GO_SITE_SLOTS`, as the HTTP/1.1 probe computes it.
-fn slot_of(pid: u32) -> u32 {
-    pid & (SITE_PROC_SLOTS - 1)
-}
-
 /// Whether `pid` may have its slot (`owners`: slot -> the target holding it): it is free or
 /// already `pid`'s. Otherwise `pid` goes to the overflow map.
 fn slot_free_for(owners: &HashMap<u32, u32>, pid: u32) -> bool {
-    owners.get(&slot_of(pid)).is_none_or(|owner| *owner == pid)
-}
-
-/// A free `GO_SITE_SLOTS` slot (tgid 0, which no process has).
-fn site_process_free() -> SiteProcess {
-    SiteProcess {
-        tgid: 0,
-        pconn_conn: 0,
-        tls_conn: 0,
-        tcp_conn_fd: 0,
-        netfd_sysfd: 0,
-        tls_conn_type_hash: 0,
-        tcp_conn_type_hash: 0,
-        _pad: 0,
-        itabs: [0; 2],
-    }
+    owners
+        .get(&site_proc_slot(pid))
+        .is_none_or(|owner| *owner == pid)
 }
 
 /// The probes' view of where `pid`'s HTTP/1.1 connections lead to their sockets.
@@ -540,15 +523,15 @@ mod tests {
     #[test]
     fn a_process_whose_slot_another_target_holds_goes_to_the_overflow_map() {
         let mut owners = HashMap::new();
-        let (first, same_slot, other) = (4097, 4097 + SITE_PROC_SLOTS, 4098);
-        assert_eq!(slot_of(first), slot_of(same_slot));
+        let (first, same_slot, other) = (4097, 4097 + tracer_common::go::SITE_PROC_SLOTS, 4098);
+        assert_eq!(site_proc_slot(first), site_proc_slot(same_slot));
         assert!(slot_free_for(&owners, first));
-        owners.insert(slot_of(first), first);
+        owners.insert(site_proc_slot(first), first);
         // Registering again keeps the slot; a pid of the same slot does not get it.
         assert!(slot_free_for(&owners, first));
         assert!(!slot_free_for(&owners, same_slot));
         assert!(slot_free_for(&owners, other));
-        owners.remove(&slot_of(first));
+        owners.remove(&site_proc_slot(first));
         assert!(slot_free_for(&owners, same_slot));
     }
 
