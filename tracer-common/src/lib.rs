@@ -45,6 +45,9 @@ pub mod global_names {
     /// then counts each tracked connect and close in `FD_GENS`, by which the HTTP/1.1 probe
     /// knows that a connection's fd it remembered may name another socket now.
     pub const SITE_FD_GENS: &str = "SITE_FD_GENS";
+    /// Slots of each CPU's part of `GO_SITE_LOG` minus one (a power of two minus one): the
+    /// loader sizes the log for the CPUs (`go::site_log_per_cpu`), 0 without call sites.
+    pub const SITE_LOG_MASK: &str = "SITE_LOG_MASK";
     /// Non-zero when `TARGET_COMMS` holds names, so untargeted connects skip the comm lookup.
     pub const FOLLOW_COMMS: &str = "FOLLOW_COMMS";
     /// Non-zero when reads are counted at the read syscalls' exits instead of by
@@ -655,18 +658,31 @@ pub mod go {
     /// Name of the call-site probes' overflow map: tgid -> [`SiteProcess`], for a process
     /// whose `GO_SITE_SLOTS` slot another target holds.
     pub const GO_SITE_PROCS: &str = "GO_SITE_PROCS";
-    /// The stacks whose frames user space has been sent, per process (`GO_SITE_STACKS`).
+    /// The stacks whose frames user space has been sent, per process, each with the requests
+    /// counted on it (`GO_SITE_STACKS`: [`SiteStackKey`] -> u64), apart from those a CPU still
+    /// holds in `GO_SITE_LAST`.
     pub const GO_SITE_STACKS: &str = "GO_SITE_STACKS";
-    /// Each CPU's last stack found in `GO_SITE_STACKS` (a per-CPU array of one
-    /// [`SiteStackKey`]): a request on the same stack skips the lookup. User space zeroes it
+    /// Each CPU's last stack found in `GO_SITE_STACKS` and the requests it counted on it since
+    /// (a per-CPU array of one [`SiteLast`]): a request on the same stack skips the lookup and
+    /// adds one here; another stack adds them to `GO_SITE_STACKS` first. User space zeroes it
     /// with any key it removes from `GO_SITE_STACKS`.
     pub const GO_SITE_LAST: &str = "GO_SITE_LAST";
     /// Bound of `GO_SITE_STACKS` (an LRU: an evicted stack is only sent whole again).
     pub const MAX_SITE_STACKS: u32 = 4096;
 
+    /// Value of `GO_SITE_LAST`: a CPU's last stack and the requests it counted on it that are
+    /// not yet in `GO_SITE_STACKS`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SiteLast {
+        pub key: SiteStackKey,
+        pub pending: u64,
+    }
+    const _: () = assert!(size_of::<SiteLast>() == 24);
+
     /// A stack sent whole once (key of `GO_SITE_STACKS`): the process and the stack's hash.
     #[repr(C)]
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub struct SiteStackKey {
         pub tgid: u32,
         pub _pad: u32,
@@ -717,6 +733,9 @@ pub mod go {
     const _: () = assert!(size_of::<SiteProcess>() == 48);
     const _: () = assert!(SITE_PROC_SLOTS.is_power_of_two());
 
+    /// Name of the HTTP/1.1 call-site probe's map of connections: (tgid, `*persistConn`) ->
+    /// [`SiteConnFd`], the fd the probe followed the connection to and its last request.
+    pub const GO_SITE_CONNS: &str = "GO_SITE_CONNS";
     /// Connections whose fd the HTTP/1.1 call-site probe remembers (`GO_SITE_CONNS`, an LRU),
     /// all targets together: far above the connections a relay keeps to its providers.
     pub const MAX_SITE_CONNS: u32 = 16_384;
@@ -724,35 +743,83 @@ pub mod go {
     /// connection again after this, whatever the fd's generation says.
     pub const SITE_CONN_TTL_NS: u64 = 1_000_000_000;
 
-    /// Key of `GO_SITE_CONNS`: a `*persistConn` of a process.
+    /// Name of the HTTP/2 call-site probes' log of responses (an array, mmapable): each CPU
+    /// writes its part in turn, [`SiteLogged`] per response, and user space reads what was
+    /// written since its last drain. A hash map insert per request cost the probe more than
+    /// the rest of its hit (bench/RESULTS.md S).
+    pub const GO_SITE_LOG: &str = "GO_SITE_LOG";
+    /// Name of the log's write counts (a per-CPU array of one u64: responses each CPU wrote).
+    pub const GO_SITE_LOG_NEXT: &str = "GO_SITE_LOG_NEXT";
+    /// `GO_SITE_LOG` slots in all, at most (each CPU's part a power of two of at least
+    /// `SITE_LOG_MIN_PER_CPU`): user space reads the log at every drain (50 ms while
+    /// requests come, at most a second after a pause), so a CPU overwrites entries not read
+    /// only past 16k responses a second on 2 CPUs.
+    pub const SITE_LOG_SLOTS: u32 = 32_768;
+    pub const SITE_LOG_MIN_PER_CPU: u32 = 1024;
+
+    /// Slots of each CPU's part of `GO_SITE_LOG` on a machine of `cpus` CPUs: `SITE_LOG_SLOTS`
+    /// shared out, a power of two, at least `SITE_LOG_MIN_PER_CPU`.
+    pub const fn site_log_per_cpu(cpus: u32) -> u32 {
+        let share = SITE_LOG_SLOTS / if cpus == 0 { 1 } else { cpus };
+        let mut per_cpu = SITE_LOG_MIN_PER_CPU;
+        while per_cpu * 2 <= share {
+            per_cpu *= 2;
+        }
+        per_cpu
+    }
+
+    /// An HTTP/2 response and the request that obtained it (`GO_SITE_LOG`).
     #[repr(C)]
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-    pub struct SiteConnKey {
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SiteLogged {
         pub tgid: u32,
         pub _pad: u32,
-        pub pconn: u64,
+        /// The response's address (what its stream's `res` field holds).
+        pub response: u64,
+        pub obtained: SiteObtained,
     }
-    const _: () = assert!(size_of::<SiteConnKey>() == 16);
+    const _: () = assert!(size_of::<SiteLogged>() == 32);
+
+    /// Key of `GO_SITE_CONNS`: a `*persistConn` of a process.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct SiteAddrKey {
+        pub tgid: u32,
+        pub _pad: u32,
+        pub addr: u64,
+    }
+    const _: () = assert!(size_of::<SiteAddrKey>() == 16);
+
+    /// A request handed to the transport: its stack's [`stack_hash`] and when (CLOCK_MONOTONIC
+    /// ns): a connection's last request in `GO_SITE_CONNS`, a response's in `GO_SITE_LOG`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SiteObtained {
+        pub stack: u64,
+        pub at_ns: u64,
+    }
+    const _: () = assert!(size_of::<SiteObtained>() == 16);
 
     /// Value of `GO_SITE_CONNS`: the connection's fd as followed from its `persistConn`, the
-    /// fd's generation in `FD_GENS` then, and when.
+    /// fd's generation in `FD_GENS` then, and when; and the last request on the connection
+    /// (`stack` 0 before the first whose stack was sent).
     #[repr(C)]
     #[derive(Clone, Copy, Debug)]
     pub struct SiteConnFd {
         pub fd: i32,
         pub gen: u32,
-        pub at_ns: u64,
+        pub followed_ns: u64,
+        pub last: SiteObtained,
     }
-    const _: () = assert!(size_of::<SiteConnFd>() == 16);
+    const _: () = assert!(size_of::<SiteConnFd>() == 32);
 
     /// Which hand-off a [`SiteRecord`] comes from.
     #[repr(u32)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum SiteWhat {
-        /// A call of `net/http.(*persistConn).roundTrip`: `fd` is the connection's socket.
+        /// A call of `net/http.(*persistConn).roundTrip`.
         H1 = 1,
-        /// Just after the HTTP/2 round trip returned a response: `response` is its address
-        /// (what the stream's `res` field holds).
+        /// Just after the HTTP/2 round trip returned a response.
         H2 = 2,
     }
 
@@ -766,32 +833,31 @@ pub mod go {
         }
     }
 
-    /// A request handed to the transport (`EVENTS` record of kind [`super::EventKind::Site`]).
-    /// The first time a process's stack is seen the record carries its return addresses
-    /// ([`SiteStackRecord`], `depth` > 0); after that only its hash (`depth` 0), which user
-    /// space maps to the stack it named: a request then costs ~56 bytes of ring, not 250.
+    /// A stack seen for the first time in a process (`EVENTS` record of kind
+    /// [`super::EventKind::Site`]), sent once with its return addresses
+    /// ([`SiteStackRecord`]). Requests send nothing: the programs count them per stack
+    /// (`GO_SITE_STACKS`, `GO_SITE_LAST`), keep each connection's last one in a map user
+    /// space reads at its samples (`GO_SITE_CONNS`) and log each HTTP/2 response's, which it
+    /// reads at its drains (`GO_SITE_LOG`).
     #[repr(C)]
     #[derive(Clone, Copy, Debug)]
     pub struct SiteRecord {
         /// [`super::EventKind::Site`].
         pub kind: u32,
-        /// A [`SiteWhat`] value.
+        /// A [`SiteWhat`] value: where the stack was seen.
         pub what: u32,
         pub tgid: u32,
-        /// The HTTP/1.1 connection's socket fd, or -1.
-        pub fd: i32,
-        /// The HTTP/2 response's address, or 0.
-        pub response: u64,
+        pub _pad0: u32,
         pub ts_ns: u64,
         /// Where the probe fired (the instruction pointer).
         pub ip: u64,
         /// [`stack_hash`] of the stack.
         pub stack: u64,
-        /// Return addresses that follow in a [`SiteStackRecord`]; 0 in a bare record.
+        /// Return addresses that follow in the [`SiteStackRecord`].
         pub depth: u32,
         pub _pad: u32,
     }
-    const _: () = assert!(size_of::<SiteRecord>() == 56);
+    const _: () = assert!(size_of::<SiteRecord>() == 48);
 
     /// A [`SiteRecord`] with its stack: return addresses innermost first (frame 0 the
     /// probed function's caller, as a return address), zeros past `depth`.
@@ -801,7 +867,7 @@ pub mod go {
         pub site: SiteRecord,
         pub pcs: [u64; MAX_SITE_FRAMES],
     }
-    const _: () = assert!(size_of::<SiteStackRecord>() == 56 + 8 * MAX_SITE_FRAMES);
+    const _: () = assert!(size_of::<SiteStackRecord>() == 48 + 8 * MAX_SITE_FRAMES);
 }
 
 #[cfg(feature = "user")]
@@ -820,6 +886,11 @@ mod user {
     unsafe impl aya::Pod for super::go::SiteRecord {}
     unsafe impl aya::Pod for super::go::SiteStackRecord {}
     unsafe impl aya::Pod for super::go::SiteStackKey {}
+    unsafe impl aya::Pod for super::go::SiteLast {}
+    unsafe impl aya::Pod for super::go::SiteAddrKey {}
+    unsafe impl aya::Pod for super::go::SiteObtained {}
+    unsafe impl aya::Pod for super::go::SiteConnFd {}
+    unsafe impl aya::Pod for super::go::SiteLogged {}
 }
 
 #[cfg(test)]

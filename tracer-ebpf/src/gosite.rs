@@ -1,6 +1,11 @@
 //! Call sites (issue 13): which line of the relay obtained each response. One uprobe hit per
-//! request, where the relay's goroutine hands the request to Go's transport, records the
-//! goroutine's return addresses; user space names them from `.gopclntab`.
+//! request, where the relay's goroutine hands the request to Go's transport, reads the
+//! goroutine's return addresses and hashes them. A stack is sent to user space once per
+//! process (which names it from `.gopclntab`); a request sends nothing: it is counted on its
+//! stack (`GO_SITE_STACKS`, `GO_SITE_LAST`) and left where user space reads it at its
+//! samples, as its connection's last request (`GO_SITE_CONNS`), or logged with its response
+//! (`GO_SITE_LOG`), which user space reads at its drains through a mapping. A ring record per
+//! request cost the tracer process 0.5-0.7 us per request (bench/RESULTS.md S).
 //!
 //! Every probe sits on an instruction the kernel emulates (a `call` or a branch), never on a
 //! function's entry or RET in the common path: those are single-stepped, a debug trap that
@@ -43,9 +48,10 @@ use aya_ebpf::{
 };
 use tracer_common::{
     go::{
-        site_proc_slot, stack_hash, SiteConnFd, SiteConnKey, SiteProcess, SiteRecord, SiteStackKey,
-        SiteStackRecord, SiteWhat, MAX_GO_PROCS, MAX_SITE_CONNS, MAX_SITE_FRAMES, MAX_SITE_STACKS,
-        SITE_CONN_TTL_NS, SITE_PROC_SLOTS,
+        site_proc_slot, stack_hash, SiteAddrKey, SiteConnFd, SiteLast, SiteLogged, SiteObtained,
+        SiteProcess, SiteRecord, SiteStackKey, SiteStackRecord, SiteWhat, MAX_GO_PROCS,
+        MAX_SITE_CONNS, MAX_SITE_FRAMES, MAX_SITE_STACKS, SITE_CONN_TTL_NS, SITE_LOG_SLOTS,
+        SITE_PROC_SLOTS,
     },
     EventKind, Stat,
 };
@@ -53,7 +59,7 @@ use tracer_common::{
 use crate::{
     goconn::{conn_fd, field_at, read_user, ConnChain},
     maps::EVENTS,
-    sock::{count, current_ids, fd_gen, wakeup_flag},
+    sock::{add_u64, count, current_ids, fd_gen, read_global, wakeup_flag},
 };
 
 /// Slot `tgid % SITE_PROC_SLOTS` -> where that process's HTTP/1.1 connection leads to its
@@ -70,32 +76,56 @@ pub static GO_SITE_SLOTS: Array<SiteProcess> = Array::with_max_entries(SITE_PROC
 pub static GO_SITE_PROCS: HashMap<u32, SiteProcess> = HashMap::with_max_entries(MAX_GO_PROCS, 0);
 
 /// (tgid, `*persistConn`) -> the socket fd the HTTP/1.1 probe followed it to, with that fd's
-/// generation (`FD_GENS`) and when: the next requests on the connection take the fd from here
-/// instead of four user reads. Trusted while the fd's generation holds (the state program
-/// counts every tracked connect and close of it: a closed connection's `persistConn` can only
-/// be freed and its address reused after its close, and its fd number only reused by a new
+/// generation (`FD_GENS`) and when, and the connection's last request: the next requests on
+/// the connection take the fd from here instead of four user reads, and user space reads the
+/// last request of each connection here at its samples (the request a leaked connection
+/// still holds). The fd is trusted while its generation holds (the state program counts
+/// every tracked connect and close of it: a closed connection's `persistConn` can only be
+/// freed and its address reused after its close, and its fd number only reused by a new
 /// connect) and for at most `SITE_CONN_TTL_NS`, which bounds what a close no program saw (a
 /// socket reset before the fd was remembered, a connection open before tracing started)
 /// could leave wrong: a request joined to no connection, or to one opened after it, which
 /// the model refuses (`for_connection`).
 #[map]
-static GO_SITE_CONNS: LruHashMap<SiteConnKey, SiteConnFd> =
+pub static GO_SITE_CONNS: LruHashMap<SiteAddrKey, SiteConnFd> =
     LruHashMap::with_max_entries(MAX_SITE_CONNS, NO_COMMON_LRU);
+
+/// The HTTP/2 responses and the requests that obtained them, each CPU writing its part of
+/// `SITE_LOG_MASK + 1` slots in turn (tracer-common `GO_SITE_LOG`; sized by the loader): user
+/// space reads what was written since its last drain through a mapping of the array, no
+/// syscall per response. An LRU hash map insert per response cost 1.5 us more per hit than
+/// this store (bench/RESULTS.md S).
+#[map]
+pub static GO_SITE_LOG: Array<SiteLogged> = Array::with_max_entries(SITE_LOG_SLOTS, MMAPABLE);
+
+/// How many responses this CPU wrote to `GO_SITE_LOG`: the next one goes to slot `count &
+/// SITE_LOG_MASK` of its part. Raised after the entry is written.
+#[map]
+pub static GO_SITE_LOG_NEXT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// BPF_F_MMAPABLE (uapi/linux/bpf.h, Linux 5.5): user space maps the array's memory.
+const MMAPABLE: u32 = 1 << 10;
+
+/// Slots of each CPU's part of `GO_SITE_LOG` minus one; 0 without call sites (set by the
+/// loader, tracer-common `site_log_per_cpu`).
+#[unsafe(no_mangle)]
+static SITE_LOG_MASK: u32 = 0;
 
 /// BPF_F_NO_COMMON_LRU (as in gostream.rs): each CPU keeps its own LRU list.
 const NO_COMMON_LRU: u32 = 1 << 1;
 
-/// The stacks already sent whole, per process: a request on one of them sends its hash only.
-/// User space removes a key it no longer knows, so that stack comes whole again.
+/// The stacks already sent whole, per process, with the requests counted on each (but those
+/// a CPU still holds in `GO_SITE_LAST`). User space removes a key it no longer knows, so that
+/// stack comes whole again.
 #[map]
-pub static GO_SITE_STACKS: LruHashMap<SiteStackKey, u32> =
+pub static GO_SITE_STACKS: LruHashMap<SiteStackKey, u64> =
     LruHashMap::with_max_entries(MAX_SITE_STACKS, 0);
 
-/// This CPU's last stack found sent whole (tracer-common `GO_SITE_LAST`): most requests repeat
-/// the stack of the one before, and the key's compare is cheaper than `GO_SITE_STACKS`'s
-/// lookup. Zeroed by user space with any key it removes there.
+/// This CPU's last stack found sent whole and the requests on it counted since (tracer-common
+/// `GO_SITE_LAST`): most requests repeat the stack of the one before, and the key's compare is
+/// cheaper than `GO_SITE_STACKS`'s lookup. Zeroed by user space with any key it removes there.
 #[map]
-pub static GO_SITE_LAST: PerCpuArray<SiteStackKey> = PerCpuArray::with_max_entries(1, 0);
+pub static GO_SITE_LAST: PerCpuArray<SiteLast> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where a probe reads its stack before it knows the size of its record.
 #[map]
@@ -273,40 +303,48 @@ fn try_enter_h1_site(ctx: &ProbeContext) -> Result<u32, i64> {
     let pc = unsafe { (*ctx.regs).rax };
     // SAFETY: bpf_ktime_get_ns takes nothing and only reads the clock.
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = SiteConnKey {
+    let key = SiteAddrKey {
         tgid,
         _pad: 0,
-        pconn: pc,
+        addr: pc,
     };
     // The fd this persistConn led to before, while nothing says it may name another socket
     // now: no tracked connect or close of that fd since (`FD_GENS`), and not older than
     // `SITE_CONN_TTL_NS`. Else the connection is followed again.
-    // SAFETY: a copy out of the entry just found.
-    let known = GO_SITE_CONNS.get_ptr(&key).map(|c| unsafe { *c });
-    let fd = match known {
-        Some(c) if now.wrapping_sub(c.at_ns) < SITE_CONN_TTL_NS && fd_gen(tgid, c.fd) == c.gen => {
-            c.fd
-        }
-        _ => match follow(tgid, pc) {
-            Some(fd) => {
-                if fd >= 0 {
-                    let remembered = SiteConnFd {
-                        fd,
-                        gen: fd_gen(tgid, fd),
-                        at_ns: now,
-                    };
-                    let _ = GO_SITE_CONNS.insert(&key, &remembered, 0);
-                }
-                fd
-            }
-            // Not a process these probes know (yet, or any more).
-            None => return Ok(0),
-        },
+    let known = GO_SITE_CONNS.get_ptr_mut(&key).filter(|&c| {
+        // SAFETY: loads from the entry just found.
+        let (fd, gen, followed) = unsafe { ((*c).fd, (*c).gen, (*c).followed_ns) };
+        now.wrapping_sub(followed) < SITE_CONN_TTL_NS && fd_gen(tgid, fd) == gen
+    });
+    let followed = match known {
+        Some(_) => None,
+        // None: not a process these probes know (yet, or any more).
+        None => Some(follow(tgid, pc).ok_or(0)?),
     };
     let frames = Frames::InBody {
         ip_to_return: CALL_LEN,
     };
-    emit(ctx, SiteWhat::H1, tgid, fd, 0, now, frames);
+    let stack = stack_of(ctx, SiteWhat::H1, tgid, now, frames).ok_or(0)?;
+    let last = SiteObtained { stack, at_ns: now };
+    match (known, followed) {
+        (Some(entry), _) => {
+            // SAFETY: a store into the entry found above (an LRU entry stays valid while the
+            // program runs; evicted meanwhile, the store is lost like the entry).
+            unsafe { (*entry).last = last };
+        }
+        (None, Some(fd)) if fd >= 0 => {
+            let remembered = SiteConnFd {
+                fd,
+                gen: fd_gen(tgid, fd),
+                followed_ns: now,
+                last,
+            };
+            let _ = GO_SITE_CONNS.insert(&key, &remembered, 0);
+        }
+        // The connection could not be followed to its socket: the request is counted on its
+        // stack, with no connection to join.
+        _ => {}
+    }
     Ok(0)
 }
 
@@ -369,26 +407,55 @@ fn h2_site(ctx: &ProbeContext, frames: Frames) -> Result<u32, i64> {
     }
     // SAFETY: bpf_ktime_get_ns takes nothing and only reads the clock.
     let now = unsafe { bpf_ktime_get_ns() };
-    emit(ctx, SiteWhat::H2, tgid, -1, response, now, frames);
+    let stack = stack_of(ctx, SiteWhat::H2, tgid, now, frames).ok_or(0)?;
+    log_response(SiteLogged {
+        tgid,
+        _pad: 0,
+        response,
+        obtained: SiteObtained { stack, at_ns: now },
+    });
     Ok(0)
 }
 
-/// Reads the stack, then sends the request: with the stack's return addresses the first time
-/// this process's stack is seen, with its hash alone after that. A full ring drops the
-/// record and counts the drop (the request then has no site; nothing else depends on it).
+/// Writes `entry` to this CPU's next slot of `GO_SITE_LOG`, then counts it: user space reads
+/// the count first and the slots below it after, so it never reads a slot being written
+/// (unless it fell a whole part behind, which it notices by the count and skips).
 #[inline(always)]
-fn emit(
+fn log_response(entry: SiteLogged) {
+    let mask = read_global(&SITE_LOG_MASK);
+    let Some(next) = GO_SITE_LOG_NEXT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: takes nothing.
+    let cpu = unsafe { gen::bpf_get_smp_processor_id() };
+    // SAFETY: this CPU's own entry; user space only reads it.
+    let count = unsafe { *next };
+    let slot = cpu
+        .wrapping_mul(mask.wrapping_add(1))
+        .wrapping_add(count as u32 & mask);
+    let Some(at) = GO_SITE_LOG.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: a slot of the array just found (in bounds, aligned); volatile, so that the
+    // count below is stored after it.
+    unsafe { core::ptr::write_volatile(at, entry) };
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(next, count.wrapping_add(1)) };
+}
+
+/// Reads the stack and counts the request on it; returns the stack's hash. The first time
+/// this process's stack is seen its return addresses go to user space (a full ring drops the
+/// record and counts the drop: the request then has no site, and the next one on the stack
+/// tries again).
+#[inline(always)]
+fn stack_of(
     ctx: &ProbeContext,
     what: SiteWhat,
     tgid: u32,
-    fd: i32,
-    response: u64,
     ts_ns: u64,
     frames: Frames,
-) {
-    let Some(pcs) = SITE_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
+) -> Option<u64> {
+    let pcs = SITE_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the scratch entry is this CPU's own, and a program runs to the end on its CPU.
     let pcs = unsafe { &mut *pcs };
     // SAFETY: the context is the probed task's pt_regs (see `try_enter_h1_site`).
@@ -397,66 +464,63 @@ fn emit(
         Frames::InBody { ip_to_return } => Some(ip.wrapping_add(ip_to_return)),
         Frames::AtRet => None,
     };
-    let depth = match STACK_WINDOW.get_ptr_mut(0) {
-        Some(words) => {
-            // SAFETY: this CPU's own entry, as `pcs` above.
-            let mut window = Window::new(unsafe { &mut *words });
-            let depth = walk(pcs, first, sp, bp, &mut window);
-            window.wipe();
-            depth
-        }
-        None => 0,
-    };
+    let words = STACK_WINDOW.get_ptr_mut(0)?;
+    // SAFETY: this CPU's own entry, as `pcs` above.
+    let mut window = Window::new(unsafe { &mut *words });
+    let depth = walk(pcs, first, sp, bp, &mut window);
+    window.wipe();
     if depth == 0 {
-        return;
+        return None;
     }
     let key = SiteStackKey {
         tgid,
         _pad: 0,
         hash: stack_hash(pcs),
     };
-    let head = SiteRecord {
-        kind: EventKind::Site as u32,
-        what: what as u32,
-        tgid,
-        fd,
-        response,
-        ts_ns,
-        ip,
-        stack: key.hash,
-        depth: 0,
-        _pad: 0,
-    };
-    let last = GO_SITE_LAST.get_ptr_mut(0);
-    // SAFETY: this CPU's own entry (as `pcs`), read whole.
-    let repeat = last.is_some_and(|l| unsafe { (*l).tgid == tgid && (*l).hash == key.hash });
-    if repeat || GO_SITE_STACKS.get_ptr(&key).is_some() {
-        if !repeat {
-            if let Some(l) = last {
-                // SAFETY: as above.
-                unsafe { *l = key };
+    let last = GO_SITE_LAST.get_ptr_mut(0)?;
+    // SAFETY: this CPU's own entry (as `pcs`): no other program touches it meanwhile, and
+    // user space only zeroes it.
+    let last = unsafe { &mut *last };
+    if last.key == key {
+        last.pending += 1;
+        return Some(key.hash);
+    }
+    if GO_SITE_STACKS.get_ptr(&key).is_none() {
+        let mut entry = match EVENTS.reserve::<SiteStackRecord>(0) {
+            Some(entry) => entry,
+            None => {
+                count(Stat::RingbufDrops);
+                return None;
             }
-        }
-        let Some(mut entry) = EVENTS.reserve::<SiteRecord>(0) else {
-            count(Stat::RingbufDrops);
-            return;
-        };
-        entry.write(head);
-        entry.submit(wakeup_flag());
-    } else {
-        let Some(mut entry) = EVENTS.reserve::<SiteStackRecord>(0) else {
-            count(Stat::RingbufDrops);
-            return;
         };
         entry.write(SiteStackRecord {
-            site: SiteRecord { depth, ..head },
+            site: SiteRecord {
+                kind: EventKind::Site as u32,
+                what: what as u32,
+                tgid,
+                _pad0: 0,
+                ts_ns,
+                ip,
+                stack: key.hash,
+                depth,
+                _pad: 0,
+            },
             pcs: *pcs,
         });
         entry.submit(wakeup_flag());
+        count(Stat::EventsSent);
         // Sent whole once; a race with another CPU only sends it whole twice.
-        let _ = GO_SITE_STACKS.insert(&key, &1, 0);
+        let _ = GO_SITE_STACKS.insert(&key, &0, 0);
     }
-    count(Stat::EventsSent);
+    // The requests this CPU counted on its last stack go to that stack's count (an evicted
+    // or removed stack loses them, as it loses its name).
+    if last.pending > 0 {
+        if let Some(requests) = GO_SITE_STACKS.get_ptr_mut(&last.key) {
+            add_u64(requests, last.pending);
+        }
+    }
+    *last = SiteLast { key, pending: 1 };
+    Some(key.hash)
 }
 
 /// Fills `pcs` with return addresses, innermost first; returns how many. Unused slots are 0.

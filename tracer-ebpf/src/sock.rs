@@ -165,6 +165,15 @@ fn filter_add(filter: &Array<u32>, slot: u32, delta: u32) {
     }
 }
 
+/// Adds `delta` to a u64 counter in a map value that several CPUs add to: BPF_XADD, as
+/// `filter_add`.
+#[inline(always)]
+pub fn add_u64(counter: *mut u64, delta: u64) {
+    // SAFETY: the caller's pointer is an aligned u64 inside a map value found by a lookup in
+    // this program run; other CPUs only touch it through atomic adds and plain loads.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, delta) };
+}
+
 /// Counts a tracked connect or close of process `tgid`'s fd `fd` in `FD_GENS`, when the
 /// call-site probes are loaded (one atomic add; nothing otherwise).
 #[inline(always)]

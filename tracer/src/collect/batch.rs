@@ -5,10 +5,14 @@
 use std::{
     io,
     mem::{size_of, MaybeUninit},
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd as _, AsRawFd, BorrowedFd},
 };
 
-use aya::Pod;
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{HashMap, Map, MapData},
+    Pod,
+};
 
 /// `BPF_MAP_LOOKUP_BATCH` (uapi/linux/bpf.h, enum bpf_cmd).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -100,6 +104,36 @@ pub fn for_each<K: Pod + Default, V: Pod>(
         }
         first = false;
     }
+}
+
+/// Every entry of a hash map (`HashMap` or `LruHashMap` of keys `K` and values `V`, checked
+/// against the map's sizes): in batches, or entry by entry on kernels without batch lookups
+/// (before 5.6). `what` names the map in an error.
+pub fn entries<K: Pod + Default, V: Pod>(map: &Map, what: &str) -> Result<Vec<(K, V)>> {
+    let typed: HashMap<&MapData, K, V> = map
+        .try_into()
+        .with_context(|| format!("opening the {what} map"))?;
+    let mut out = Vec::new();
+    let data = match map {
+        Map::LruHashMap(data) | Map::HashMap(data) => data,
+        _ => return Err(anyhow!("the {what} map is not a hash map")),
+    };
+    match for_each(data.fd().as_fd(), |key: K, value: &V| {
+        out.push((key, *value))
+    }) {
+        Ok(()) => return Ok(out),
+        Err(BatchError::Unsupported) => out.clear(),
+        Err(BatchError::Io(e)) => return Err(e).with_context(|| format!("reading the {what} map")),
+    }
+    for item in typed.iter() {
+        match item {
+            Ok(entry) => out.push(entry),
+            // Removed while we iterate.
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading the {what} map")),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@
 use std::{
     collections::BTreeMap,
     num::NonZeroU32,
-    os::fd::AsFd as _,
     path::PathBuf,
     sync::mpsc::{self, Receiver, Sender},
 };
@@ -205,7 +204,13 @@ impl GoProbes {
                 .context("opening the GO_PROCS map")?,
         );
         self.conns = Some(take(ebpf, map_names::GO_CONNS)?);
-        self.sites.load(ebpf)?;
+        // The HTTP/2 call-site log has a part per CPU only with call sites (the loader's size).
+        let log_per_cpu = if self.with_sites {
+            Some(super::loader::site_log_per_cpu()?)
+        } else {
+            None
+        };
+        self.sites.load(ebpf, log_per_cpu)?;
         for name in program_names() {
             program(ebpf, name)?
                 .load()
@@ -561,32 +566,7 @@ impl GoProbes {
         let Some(map) = self.conns.as_mut() else {
             return Ok(out);
         };
-        let mut conns: Vec<(GoConnKey, GoConnInfo)> = Vec::new();
-        let batched = match &*map {
-            Map::LruHashMap(data) | Map::HashMap(data) => {
-                batch::for_each(data.fd().as_fd(), |key: GoConnKey, info: &GoConnInfo| {
-                    conns.push((key, *info))
-                })
-            }
-            _ => Err(batch::BatchError::Unsupported),
-        };
-        match batched {
-            Ok(()) => {}
-            Err(batch::BatchError::Unsupported) => {
-                // Kernels without batch lookups (before 5.6): entry by entry.
-                conns.clear();
-                let typed: BpfHashMap<&MapData, GoConnKey, GoConnInfo> =
-                    (&*map).try_into().context("opening the GO_CONNS map")?;
-                for item in typed.iter() {
-                    match item {
-                        Ok(entry) => conns.push(entry),
-                        Err(aya::maps::MapError::KeyNotFound) => continue,
-                        Err(e) => return Err(e).context("reading the GO_CONNS map"),
-                    }
-                }
-            }
-            Err(batch::BatchError::Io(e)) => return Err(e).context("reading the GO_CONNS map"),
-        }
+        let conns: Vec<(GoConnKey, GoConnInfo)> = batch::entries(map, "GO_CONNS")?;
         let mut done = Vec::new();
         for (key, info) in conns {
             let Some(State::Attached { reader, memory, .. }) = self.targets.get(&key.tgid) else {

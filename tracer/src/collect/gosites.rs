@@ -1,27 +1,36 @@
 //! Call sites (issue 13), user side: registers each probed Go target with the call-site probes
-//! (tracer-ebpf/src/gosite.rs), and turns their records (a request handed to Go's transport,
-//! with the goroutine's return addresses) into model inputs. Each distinct stack is named once
-//! from the binary's `.gopclntab` (goprobe::Symbolizer, cached per PC, with the load bias of a
-//! PIE read from /proc/PID/maps) and sent once as `Input::SiteStack`; every request is then a
-//! small `Input::Site` naming its stack, so a request costs a hash lookup here, not a
-//! symbolization. The programs send a stack's frames once per process (`GO_SITE_STACKS`) and
-//! its hash after that; a hash this side does not know (its stacks were dropped at the bound)
-//! has its kernel key removed, so the next request on that stack brings the frames again.
+//! (tracer-ebpf/src/gosite.rs), names the stacks they send, and reads at each sample what they
+//! kept. The programs send a stack's return addresses once per process (`GO_SITE_STACKS`
+//! holds the stacks sent); this side names it from the binary's `.gopclntab`
+//! (goprobe::Symbolizer, cached per PC, with the load bias of a PIE read from /proc/PID/maps)
+//! and sends it once as `Input::SiteStack`. Requests send nothing: at each sample this side
+//! reads the requests the programs counted per stack (`Input::SiteRequests`), each
+//! connection's last request (`GO_SITE_CONNS`) and the request of each open HTTP/2 stream's
+//! response (`GO_SITE_RESPONSES`), as `Input::SiteSeen`. Sending a record per request cost
+//! the tracer process 0.5-0.9 us per request (bench/RESULTS.md S). A stack this side does
+//! not know (its record was lost, or dropped at the bound) has its kernel key removed, so
+//! the next request on it brings its frames again.
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+    sync::Arc,
+};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{Array as BpfArray, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array as BpfArray, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
     Ebpf,
 };
 use tracer_common::go::{
-    site_proc_slot, SiteProcess, SiteRecord, SiteStackKey, SiteStackRecord, SiteWhat, GO_SITE_LAST,
-    GO_SITE_PROCS, GO_SITE_SLOTS, GO_SITE_STACKS, MAX_SITE_FRAMES,
+    site_proc_slot, SiteAddrKey, SiteConnFd, SiteLast, SiteLogged, SiteProcess, SiteRecord,
+    SiteStackKey, SiteStackRecord, SiteWhat, GO_SITE_CONNS, GO_SITE_LAST, GO_SITE_LOG,
+    GO_SITE_LOG_NEXT, GO_SITE_PROCS, GO_SITE_SLOTS, GO_SITE_STACKS, MAX_SITE_FRAMES,
 };
 
-use super::goattach::conn_chain;
+use super::{batch, goattach::conn_chain};
 use crate::{
     goprobe::{
         offsets::{Field, Offsets},
@@ -29,47 +38,41 @@ use crate::{
         GoBinary,
     },
     model::{
-        site::{is_library, SiteEvent, SiteFrame, SiteKey, SiteStack, MAX_STACKS},
+        site::{
+            is_library, SiteEvent, SiteFrame, SiteKey, SiteRequests, SiteResponse, SiteStack,
+            MAX_STACKS,
+        },
         Input,
     },
 };
 
-/// A call-site record, decoded.
+/// A stack record, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawSite {
     pub what: SiteWhat,
     pub pid: u32,
-    pub fd: Option<i32>,
-    pub response: u64,
     pub at_ns: u64,
     pub ip: u64,
     /// The programs' hash of the stack.
     pub stack: u64,
-    /// Return addresses, innermost first: only the first time the process's stack is seen.
-    pub pcs: Option<Vec<u64>>,
+    /// Return addresses, innermost first.
+    pub pcs: Vec<u64>,
 }
 
-/// Decodes one `go::SiteRecord` (or `SiteStackRecord`, when it carries frames) from the ring.
+/// Decodes one `go::SiteStackRecord` from the ring.
 pub fn decode(bytes: &[u8]) -> Result<RawSite> {
-    let raw: SiteRecord = super::decode::plain(bytes, "call-site")?;
+    let full: SiteStackRecord = super::decode::plain(bytes, "call-site")?;
+    let raw: SiteRecord = full.site;
     let what = SiteWhat::from_u32(raw.what)
         .ok_or_else(|| anyhow!("unknown call-site record kind {}", raw.what))?;
-    let pcs = if raw.depth == 0 {
-        None
-    } else {
-        let full: SiteStackRecord = super::decode::plain(bytes, "call-site")?;
-        let depth = (raw.depth as usize).min(MAX_SITE_FRAMES);
-        Some(full.pcs[..depth].to_vec())
-    };
+    let depth = (raw.depth as usize).min(MAX_SITE_FRAMES);
     Ok(RawSite {
         what,
         pid: raw.tgid,
-        fd: (raw.fd >= 0).then_some(raw.fd),
-        response: raw.response,
         at_ns: raw.ts_ns,
         ip: raw.ip,
         stack: raw.stack,
-        pcs,
+        pcs: full.pcs[..depth].to_vec(),
     })
 }
 
@@ -81,7 +84,7 @@ struct Target {
 }
 
 /// The call-site layer of the Go probes: the process map the programs check, each probed
-/// target's symbols, and the stacks named so far.
+/// target's symbols, the stacks named so far, and what was read of the programs' maps.
 #[derive(Default)]
 pub struct Sites {
     /// The programs' process table (`GO_SITE_SLOTS`) and its overflow (`GO_SITE_PROCS`).
@@ -89,35 +92,75 @@ pub struct Sites {
     procs: Option<BpfHashMap<MapData, u32, SiteProcess>>,
     /// Which target holds each `GO_SITE_SLOTS` slot this side filled.
     slot_owners: HashMap<u32, u32>,
-    /// The programs' record of the stacks they sent whole (`GO_SITE_STACKS`).
-    sent: Option<BpfHashMap<MapData, SiteStackKey, u32>>,
-    /// Each CPU's last stack found in `sent` (`GO_SITE_LAST`), zeroed with a key removed there.
-    last: Option<PerCpuArray<MapData, SiteStackKey>>,
+    /// The stacks the programs sent whole and the requests counted on each
+    /// (`GO_SITE_STACKS`), and each CPU's last stack with the requests it holds back
+    /// (`GO_SITE_LAST`, zeroed with a key removed there).
+    sent: Option<Map>,
+    last: Option<PerCpuArray<MapData, SiteLast>>,
+    /// Each connection's fd and last request (`GO_SITE_CONNS`).
+    conns: Option<Map>,
+    /// The HTTP/2 responses logged (`GO_SITE_LOG`), or, without call sites, its maps
+    /// unread.
+    log: Option<SiteLog>,
+    unread_log: Option<(Map, PerCpuArray<MapData, u64>)>,
     targets: HashMap<u32, Target>,
-    /// (pid, the programs' stack hash) -> the id the model knows the stack by.
-    stacks: HashMap<(u32, u64), u32>,
+    /// (pid, the programs' stack hash) -> the id the model knows the stack by, and the
+    /// requests on it the model was told of.
+    stacks: HashMap<(u32, u64), Named>,
     next_stack: u32,
+    /// Stacks of `GO_SITE_STACKS` this side did not know at the last sample.
+    unknown: HashSet<(u32, u64)>,
+    /// Each connection's last request the model was told of (its time).
+    conns_seen: HashMap<SiteAddrKey, u64>,
+}
+
+/// A stack named and sent to the model.
+#[derive(Clone, Copy, Debug)]
+struct Named {
+    id: u32,
+    /// Requests on it sent to the model (`SiteRequests`).
+    counted: u64,
 }
 
 impl Sites {
-    /// Takes the programs' process maps.
-    pub fn load(&mut self, ebpf: &mut Ebpf) -> Result<()> {
-        let map = ebpf.take_map(GO_SITE_SLOTS).ok_or_else(|| {
-            anyhow!("the eBPF object has no map {GO_SITE_SLOTS} (build mismatch)")
-        })?;
-        self.slots = Some(map.try_into().context("opening the GO_SITE_SLOTS map")?);
-        let map = ebpf.take_map(GO_SITE_PROCS).ok_or_else(|| {
-            anyhow!("the eBPF object has no map {GO_SITE_PROCS} (build mismatch)")
-        })?;
-        self.procs = Some(map.try_into().context("opening the GO_SITE_PROCS map")?);
-        let map = ebpf.take_map(GO_SITE_STACKS).ok_or_else(|| {
-            anyhow!("the eBPF object has no map {GO_SITE_STACKS} (build mismatch)")
-        })?;
-        self.sent = Some(map.try_into().context("opening the GO_SITE_STACKS map")?);
-        let map = ebpf
-            .take_map(GO_SITE_LAST)
-            .ok_or_else(|| anyhow!("the eBPF object has no map {GO_SITE_LAST} (build mismatch)"))?;
-        self.last = Some(map.try_into().context("opening the GO_SITE_LAST map")?);
+    /// Takes the programs' maps (`log_per_cpu`: slots of each CPU's part of `GO_SITE_LOG`, as
+    /// the loader sized it with call sites on; None: the log is not read).
+    pub fn load(&mut self, ebpf: &mut Ebpf, log_per_cpu: Option<u32>) -> Result<()> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no map {name} (build mismatch)"))
+        };
+        self.slots = Some(
+            take(GO_SITE_SLOTS)?
+                .try_into()
+                .context("opening the GO_SITE_SLOTS map")?,
+        );
+        self.procs = Some(
+            take(GO_SITE_PROCS)?
+                .try_into()
+                .context("opening the GO_SITE_PROCS map")?,
+        );
+        self.last = Some(
+            take(GO_SITE_LAST)?
+                .try_into()
+                .context("opening the GO_SITE_LAST map")?,
+        );
+        let sent = take(GO_SITE_STACKS)?;
+        BpfHashMap::<&MapData, SiteStackKey, u64>::try_from(&sent)
+            .context("opening the GO_SITE_STACKS map")?;
+        let conns = take(GO_SITE_CONNS)?;
+        BpfHashMap::<&MapData, SiteAddrKey, SiteConnFd>::try_from(&conns)
+            .context("opening the GO_SITE_CONNS map")?;
+        let log = take(GO_SITE_LOG)?;
+        let next = take(GO_SITE_LOG_NEXT)?
+            .try_into()
+            .context("opening the GO_SITE_LOG_NEXT map")?;
+        (self.sent, self.conns) = (Some(sent), Some(conns));
+        match log_per_cpu {
+            Some(per_cpu) => self.log = Some(SiteLog::map(log, next, per_cpu)?),
+            // Kept open all the same: the programs loaded after this refer to them.
+            None => self.unread_log = Some((log, next)),
+        }
         Ok(())
     }
 
@@ -173,79 +216,251 @@ impl Sites {
         }
         self.targets.remove(&pid);
         self.stacks.retain(|(p, _), _| *p != pid);
+        self.unknown.retain(|(p, _)| *p != pid);
+        self.conns_seen.retain(|k, _| k.tgid != pid);
     }
 
-    /// The inputs of one record: its stack (the first time it is seen), then the request.
+    /// A stack the programs sent: named and sent to the model the first time.
     pub fn inputs(&mut self, raw: RawSite, out: &mut Vec<Input>) {
         let Some(target) = self.targets.get_mut(&raw.pid) else {
             // Its process exited (or its probes went) while the record was queued.
             return;
         };
-        let key = match (raw.what, raw.fd) {
-            (SiteWhat::H1, Some(fd)) => SiteKey::Connection { fd },
-            // The probe could not follow the connection to its socket: nothing to join.
-            (SiteWhat::H1, None) => return,
-            (SiteWhat::H2, _) => SiteKey::H2Response {
-                response: raw.response,
-            },
+        let key = (raw.pid, raw.stack);
+        if self.stacks.contains_key(&key) {
+            // Sent twice (two CPUs at once, or again after this side removed it).
+            return;
+        }
+        if self.stacks.len() >= MAX_STACKS {
+            self.stacks.clear();
+        }
+        let id = self.next_stack;
+        self.next_stack = self.next_stack.wrapping_add(1);
+        let frames = name_stack(target, &raw.pcs);
+        log::debug!(
+            "call-site stack {id} of pid {}: {}",
+            raw.pid,
+            frames
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" <- ")
+        );
+        out.push(Input::SiteStack(SiteStack { id, frames }));
+        self.stacks.insert(key, Named { id, counted: 0 });
+        self.unknown.remove(&key);
+    }
+
+    /// What the programs kept since the last sample: the requests counted per stack, each
+    /// connection's last request if it changed. Read after the ring was drained, so the
+    /// stacks sent before are known.
+    pub fn sample_inputs(&mut self, out: &mut Vec<Input>) {
+        if self.targets.is_empty() {
+            return;
+        }
+        if let Err(e) = self.counts(out) {
+            log::debug!("reading the call-site counts: {e:#}");
+        }
+        if let Err(e) = self.connections(out) {
+            log::debug!("reading the call sites of connections: {e:#}");
+        }
+    }
+
+    /// The HTTP/2 responses logged since the last drain, with the requests that obtained them
+    /// (one input). Called after the ring's records, so their stacks are known. Returns
+    /// whether the log wants the drains at their fastest: a CPU filled more than a quarter
+    /// of its part since the last one. Otherwise the drains may slow down to one a second
+    /// (`next_drain_period`): a drain wakes two threads, which at 20 a second cost the
+    /// tracer process more than the responses read (bench/RESULTS.md S).
+    pub fn drain_log(&mut self, out: &mut Vec<Input>) -> bool {
+        let Some(log) = self.log.as_mut() else {
+            return false;
         };
-        let (pid, at_ns) = (raw.pid, raw.at_ns);
-        let stacks_key = (pid, raw.stack);
-        let stack = match (self.stacks.get(&stacks_key), raw.pcs) {
-            (Some(id), _) => *id,
-            (None, None) => {
-                // Sent whole before this side dropped it (the bound, or a reused pid): the
-                // next request on it brings its frames again; this one goes unnamed.
-                self.resend(pid, raw.stack);
-                return;
-            }
-            (None, Some(pcs)) => {
-                if self.stacks.len() >= MAX_STACKS {
-                    self.stacks.clear();
+        let mut logged = Vec::new();
+        let busy = match log.read_new(&mut logged) {
+            Ok(read) => {
+                if read.lost > 0 {
+                    log::debug!(
+                        "{} HTTP/2 responses were logged over before this side read them: their streams have no call site",
+                        read.lost
+                    );
                 }
-                let id = self.next_stack;
-                self.next_stack = self.next_stack.wrapping_add(1);
-                let frames = name_stack(target, &pcs);
-                log::debug!(
-                    "call-site stack {id} of pid {pid}: {}",
-                    frames
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" <- ")
-                );
-                out.push(Input::SiteStack(SiteStack { id, frames }));
-                self.stacks.insert(stacks_key, id);
-                id
+                read.most > u64::from(log.per_cpu / 4)
+            }
+            Err(e) => {
+                log::debug!("reading GO_SITE_LOG: {e:#}");
+                false
             }
         };
-        out.push(Input::Site(SiteEvent {
-            pid,
-            key,
-            stack,
-            at_ns,
-        }));
+        let responses = self.responses_of(&logged);
+        if !responses.is_empty() {
+            out.push(Input::SiteResponses(responses));
+        }
+        busy
+    }
+
+    /// The logged responses of targets, by the ids of their stacks (one not known yet, whose
+    /// record was lost, goes: its stream has no call site).
+    fn responses_of(&self, logged: &[SiteLogged]) -> Vec<SiteResponse> {
+        let mut last: Option<((u32, u64), u32)> = None;
+        let mut out = Vec::with_capacity(logged.len());
+        for entry in logged {
+            let key = (entry.tgid, entry.obtained.stack);
+            // Most responses repeat the stack of the one before.
+            let stack = match last {
+                Some((k, id)) if k == key => id,
+                _ => match self.stacks.get(&key) {
+                    Some(named) => {
+                        last = Some((key, named.id));
+                        named.id
+                    }
+                    None => continue,
+                },
+            };
+            out.push(SiteResponse {
+                pid: entry.tgid,
+                response: entry.response,
+                stack,
+                at_ns: entry.obtained.at_ns,
+            });
+        }
+        out
+    }
+
+    /// The requests counted per stack: `GO_SITE_STACKS` first, then each CPU's pending ones
+    /// (`GO_SITE_LAST`). A CPU that moves its pending requests into the map between the two
+    /// reads makes this sample count fewer, never more: the next one counts them.
+    fn counts(&mut self, out: &mut Vec<Input>) -> Result<()> {
+        let Some(sent) = self.sent.as_ref() else {
+            return Ok(());
+        };
+        let stacks: Vec<(SiteStackKey, u64)> = batch::entries(sent, GO_SITE_STACKS)?;
+        let pending = match self.last.as_ref() {
+            Some(last) => last
+                .get(&0, 0)
+                .context("reading GO_SITE_LAST")?
+                .iter()
+                .copied()
+                .collect(),
+            None => Vec::new(),
+        };
+        for (pid, hash) in self.requests_added(&stacks, &pending, out) {
+            self.resend(pid, hash);
+        }
+        Ok(())
+    }
+
+    /// The requests added on each stack since the last sample, from the programs' counts
+    /// (`stacks`) and each CPU's pending ones (`pending`); returns the stacks to bring again:
+    /// those this side did not know at two samples in a row (their record was lost, or
+    /// dropped at the bound; a record sent just after this sample's drain is known at the
+    /// next).
+    fn requests_added(
+        &mut self,
+        stacks: &[(SiteStackKey, u64)],
+        pending: &[SiteLast],
+        out: &mut Vec<Input>,
+    ) -> Vec<(u32, u64)> {
+        let mut totals: HashMap<(u32, u64), u64> = stacks
+            .iter()
+            .map(|(key, requests)| ((key.tgid, key.hash), *requests))
+            .collect();
+        for cpu in pending {
+            if let Some(total) = totals.get_mut(&(cpu.key.tgid, cpu.key.hash)) {
+                *total += cpu.pending;
+            }
+        }
+        let mut unknown = HashSet::new();
+        for ((pid, hash), total) in totals {
+            if !self.targets.contains_key(&pid) {
+                continue;
+            }
+            match self.stacks.get_mut(&(pid, hash)) {
+                Some(named) => {
+                    // Lower than before only while a CPU's pending requests were in neither
+                    // read (see `counts`).
+                    if total > named.counted {
+                        out.push(Input::SiteRequests(SiteRequests {
+                            pid,
+                            stack: named.id,
+                            requests: total - named.counted,
+                        }));
+                        named.counted = total;
+                    }
+                }
+                None => {
+                    unknown.insert((pid, hash));
+                }
+            }
+        }
+        let mut again: Vec<(u32, u64)> = unknown.intersection(&self.unknown).copied().collect();
+        again.sort_unstable();
+        for key in &again {
+            unknown.remove(key);
+        }
+        self.unknown = unknown;
+        again
+    }
+
+    /// Each connection's last request (`GO_SITE_CONNS`), where it changed since the last
+    /// sample.
+    fn connections(&mut self, out: &mut Vec<Input>) -> Result<()> {
+        let Some(conns) = self.conns.as_ref() else {
+            return Ok(());
+        };
+        let entries: Vec<(SiteAddrKey, SiteConnFd)> = batch::entries(conns, GO_SITE_CONNS)?;
+        self.connections_changed(&entries, out);
+        Ok(())
+    }
+
+    /// See `connections`: oldest first, so that of two connections that had the same fd the
+    /// newer names it.
+    fn connections_changed(&mut self, entries: &[(SiteAddrKey, SiteConnFd)], out: &mut Vec<Input>) {
+        let mut seen = Vec::new();
+        let mut alive = HashSet::with_capacity(entries.len());
+        for (key, conn) in entries {
+            alive.insert(*key);
+            let last = conn.last;
+            if last.stack == 0 || conn.fd < 0 || self.conns_seen.get(key) == Some(&last.at_ns) {
+                continue;
+            }
+            if !self.targets.contains_key(&key.tgid) {
+                continue;
+            }
+            // A stack not yet known (its record comes with the next drain): the next sample.
+            let Some(named) = self.stacks.get(&(key.tgid, last.stack)) else {
+                continue;
+            };
+            self.conns_seen.insert(*key, last.at_ns);
+            seen.push(SiteEvent {
+                pid: key.tgid,
+                key: SiteKey::Connection { fd: conn.fd },
+                stack: named.id,
+                at_ns: last.at_ns,
+            });
+        }
+        self.conns_seen.retain(|key, _| alive.contains(key));
+        seen.sort_by_key(|e| e.at_ns);
+        out.extend(seen.into_iter().map(Input::SiteSeen));
     }
 
     /// Makes the programs send the stack `hash` of `pid` whole again: out of their record of
     /// the stacks sent, and out of each CPU's last one (all of them zeroed: a CPU holding
-    /// another stack only looks it up once more).
+    /// another stack only looks it up once more, and the requests it held back on it are lost).
     fn resend(&mut self, pid: u32, hash: u64) {
         if let Some(sent) = self.sent.as_mut() {
-            let _ = sent.remove(&SiteStackKey {
-                tgid: pid,
-                _pad: 0,
-                hash,
-            });
+            if let Ok(mut sent) = BpfHashMap::<&mut MapData, SiteStackKey, u64>::try_from(sent) {
+                let _ = sent.remove(&SiteStackKey {
+                    tgid: pid,
+                    _pad: 0,
+                    hash,
+                });
+            }
         }
         let Some(last) = self.last.as_mut() else {
             return;
         };
-        let zero = SiteStackKey {
-            tgid: 0,
-            _pad: 0,
-            hash: 0,
-        };
+        let zero = SiteLast::default();
         let zeroed = nr_cpus()
             .map_err(|(_, e)| e)
             .and_then(|n| PerCpuValues::try_from(vec![zero; n]))
@@ -253,6 +468,119 @@ impl Sites {
         if let Err(e) = zeroed {
             // Only a CPU still holding that stack keeps sending its hash alone.
             log::debug!("zeroing GO_SITE_LAST: {e}");
+        }
+    }
+}
+
+/// The programs' log of HTTP/2 responses (`GO_SITE_LOG`), mapped read-only into this process:
+/// each CPU writes its part of `per_cpu` slots in turn and counts what it wrote
+/// (`GO_SITE_LOG_NEXT`); this side reads the slots written since its last read.
+struct SiteLog {
+    /// The map, kept open for the mapping's sake.
+    _map: Map,
+    next: PerCpuArray<MapData, u64>,
+    base: *const SiteLogged,
+    len: usize,
+    per_cpu: u32,
+    /// Per CPU, the count read up to.
+    read: Vec<u64>,
+}
+
+// SAFETY: the mapping is plain shared memory, read only through `SiteLog`'s methods, which
+// take it by `&mut self`; it belongs to this value and is unmapped when it drops.
+unsafe impl Send for SiteLog {}
+
+impl SiteLog {
+    /// Maps `map` (an array of `SiteLogged`, `per_cpu` slots per CPU).
+    fn map(map: Map, next: PerCpuArray<MapData, u64>, per_cpu: u32) -> Result<Self> {
+        let array: BpfArray<&MapData, SiteLogged> =
+            (&map).try_into().context("opening the GO_SITE_LOG map")?;
+        let slots = array.len() as usize;
+        let len = slots * size_of::<SiteLogged>();
+        let fd = match &map {
+            Map::Array(data) => data.fd().as_fd().as_raw_fd(),
+            _ => return Err(anyhow!("GO_SITE_LOG is not an array")),
+        };
+        // SAFETY: a shared read-only mapping of the whole array (created mmapable, BPF_F_
+        // MMAPABLE) from its start: the kernel refuses a length past it or a map without the
+        // flag; the pointer is only read inside `len` and unmapped on drop.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error())
+                .context("mapping GO_SITE_LOG into memory (Linux 5.5+)");
+        }
+        let cpus = (slots / per_cpu.max(1) as usize).max(1);
+        Ok(Self {
+            _map: map,
+            next,
+            base: base.cast_const().cast(),
+            len: slots,
+            per_cpu,
+            read: vec![0; cpus],
+        })
+    }
+
+    /// Appends the entries written since the last read, each CPU's oldest first. Of a CPU
+    /// more than three quarters of its part behind, only the last three quarters are read:
+    /// the CPU may be writing the slots before them meanwhile.
+    fn read_new(&mut self, out: &mut Vec<SiteLogged>) -> Result<LogRead> {
+        let counts = self.next.get(&0, 0).context("reading GO_SITE_LOG_NEXT")?;
+        let per_cpu = u64::from(self.per_cpu);
+        let mut read_now = LogRead::default();
+        for (cpu, (&count, read)) in counts.iter().zip(self.read.iter_mut()).enumerate() {
+            let (from, over) = unread(count, *read, per_cpu);
+            read_now.lost += over;
+            read_now.most = read_now.most.max(count.saturating_sub(*read));
+            for i in from..count {
+                let slot = cpu * self.per_cpu as usize + (i % per_cpu) as usize;
+                if slot >= self.len {
+                    break;
+                }
+                // SAFETY: `slot` is inside the mapping (checked above), which holds `len`
+                // aligned entries of plain data; volatile, as a program may write it.
+                out.push(unsafe { std::ptr::read_volatile(self.base.add(slot)) });
+            }
+            *read = count;
+        }
+        Ok(read_now)
+    }
+}
+
+/// What one read of the log found.
+#[derive(Clone, Copy, Debug, Default)]
+struct LogRead {
+    /// Entries written over before they were read, all CPUs together.
+    lost: u64,
+    /// The most entries one CPU wrote since the last read.
+    most: u64,
+}
+
+/// Of a CPU's entries from `read` (read up to) to `count` (written), in a part of `per_cpu`
+/// slots: the first to read, and how many before it were (or may be being) written over.
+fn unread(count: u64, read: u64, per_cpu: u64) -> (u64, u64) {
+    let behind = count.saturating_sub(read);
+    let safe = per_cpu - per_cpu / 4;
+    let from = count - behind.min(safe);
+    (from, behind - (count - from))
+}
+
+impl Drop for SiteLog {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, of this length, not used after this.
+        unsafe {
+            libc::munmap(
+                self.base.cast_mut().cast(),
+                self.len * size_of::<SiteLogged>(),
+            );
         }
     }
 }
@@ -342,6 +670,7 @@ fn bias_from_maps(maps: &str, inode: u64, vaddr: u64, file_offset: u64) -> Optio
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use tracer_common::go::SiteObtained;
 
     #[test]
     fn the_load_bias_comes_from_the_mapping_that_holds_the_text() {
@@ -373,8 +702,7 @@ mod tests {
                 kind: tracer_common::EventKind::Site as u32,
                 what,
                 tgid: 42,
-                fd: 9,
-                response: 0,
+                _pad0: 0,
                 ts_ns: 5,
                 ip: 0x401000,
                 stack: 0xfeed,
@@ -393,34 +721,19 @@ mod tests {
                 size_of::<SiteStackRecord>(),
             )
         };
-        // A record without frames is only the head, as the programs send it.
-        let len = if depth == 0 {
-            size_of::<SiteRecord>()
-        } else {
-            bytes.len()
-        };
-        bytes[..len].to_vec()
+        bytes.to_vec()
     }
 
     #[test]
     fn decodes_records_and_keeps_only_the_frames_walked() {
         let site = decode(&record(1, 3)).unwrap();
         assert_eq!(site.what, SiteWhat::H1);
-        assert_eq!((site.pid, site.fd, site.at_ns), (42, Some(9), 5));
-        assert_eq!(site.stack, 0xfeed);
-        assert_eq!(site.pcs, Some(vec![0x400000, 0x400001, 0x400002]));
-        // A stack sent before: its hash alone.
-        let bare = decode(&record(2, 0)).unwrap();
-        assert_eq!(
-            (bare.what, bare.stack, bare.pcs),
-            (SiteWhat::H2, 0xfeed, None)
-        );
-        // A depth past the array is cut to it; a bad kind or a short record is refused,
-        // frames announced but missing too.
-        assert_eq!(
-            decode(&record(2, 99)).unwrap().pcs.map(|p| p.len()),
-            Some(MAX_SITE_FRAMES)
-        );
+        assert_eq!((site.pid, site.at_ns, site.stack), (42, 5, 0xfeed));
+        assert_eq!(site.pcs, vec![0x400000, 0x400001, 0x400002]);
+        assert_eq!(decode(&record(2, 1)).unwrap().what, SiteWhat::H2);
+        // A depth past the array is cut to it; a bad kind or a short record is refused, the
+        // head without its frames too.
+        assert_eq!(decode(&record(2, 99)).unwrap().pcs.len(), MAX_SITE_FRAMES);
         assert!(decode(&record(7, 1)).is_err());
         assert!(decode(&record(1, 1)[..40]).is_err());
         assert!(decode(&record(1, 1)[..size_of::<SiteRecord>()]).is_err());
@@ -446,78 +759,249 @@ mod tests {
         sites
     }
 
-    /// A record as the programs send it: the frames the first time, the hash alone after.
-    fn raw(what: SiteWhat, pid: u32, fd: Option<i32>, pcs: &[u64]) -> RawSite {
-        let mut words = [0; MAX_SITE_FRAMES];
-        words[..pcs.len()].copy_from_slice(pcs);
+    /// A stack record as the programs send it.
+    fn raw(what: SiteWhat, pid: u32, pcs: &[u64]) -> RawSite {
         RawSite {
             what,
             pid,
-            fd,
-            response: 0xc000_0100,
             at_ns: 9,
             ip: 0,
-            stack: tracer_common::go::stack_hash(&words),
-            pcs: Some(pcs.to_vec()),
+            stack: hash_of(pcs),
+            pcs: pcs.to_vec(),
         }
     }
 
-    fn bare(site: RawSite) -> RawSite {
-        RawSite { pcs: None, ..site }
+    fn hash_of(pcs: &[u64]) -> u64 {
+        let mut words = [0; MAX_SITE_FRAMES];
+        words[..pcs.len()].copy_from_slice(pcs);
+        tracer_common::go::stack_hash(&words)
+    }
+
+    const STACK_B: [u64; 2] = [0x401026, 0x401011];
+    const STACK_A: [u64; 1] = [0x401011];
+
+    /// `sites_with_target(7)` with STACK_B and STACK_A named (ids 0 and 1).
+    fn sites_with_stacks() -> Sites {
+        let mut sites = sites_with_target(7);
+        let mut out = Vec::new();
+        sites.inputs(raw(SiteWhat::H1, 7, &STACK_B), &mut out);
+        sites.inputs(raw(SiteWhat::H2, 7, &STACK_A), &mut out);
+        assert_eq!(out.len(), 2);
+        sites
+    }
+
+    fn stack_key(pid: u32, pcs: &[u64]) -> SiteStackKey {
+        SiteStackKey {
+            tgid: pid,
+            _pad: 0,
+            hash: hash_of(pcs),
+        }
     }
 
     #[test]
-    fn each_stack_is_named_once_and_every_request_names_its_stack() {
+    fn each_stack_is_named_once() {
         let mut sites = sites_with_target(7);
         let mut out = Vec::new();
-        sites.inputs(
-            raw(SiteWhat::H1, 7, Some(5), &[0x401026, 0x401011]),
-            &mut out,
-        );
-        sites.inputs(
-            bare(raw(SiteWhat::H1, 7, Some(6), &[0x401026, 0x401011])),
-            &mut out,
-        );
-        sites.inputs(raw(SiteWhat::H2, 7, None, &[0x401011]), &mut out);
-        // No socket followed, or a process not (or no longer) probed: nothing.
-        sites.inputs(raw(SiteWhat::H1, 7, None, &[0x401026]), &mut out);
-        sites.inputs(raw(SiteWhat::H1, 8, Some(5), &[0x401026]), &mut out);
+        sites.inputs(raw(SiteWhat::H1, 7, &STACK_B), &mut out);
+        // Sent twice (two CPUs at once): named once.
+        sites.inputs(raw(SiteWhat::H1, 7, &STACK_B), &mut out);
+        sites.inputs(raw(SiteWhat::H2, 7, &STACK_A), &mut out);
+        // A process not (or no longer) probed: nothing.
+        sites.inputs(raw(SiteWhat::H1, 8, &STACK_B), &mut out);
         let frames = |f: &[SiteFrame]| {
             f.iter()
                 .map(|f| format!("{} {}", f.function, f.line))
                 .collect::<Vec<_>>()
         };
         match &out[..] {
-            [Input::SiteStack(first), Input::Site(a), Input::Site(b), Input::SiteStack(second), Input::Site(c)] =>
-            {
+            [Input::SiteStack(first), Input::SiteStack(second)] => {
                 assert_eq!(frames(&first.frames), ["main.b 7", "main.a 12"]);
                 assert_eq!(frames(&second.frames), ["main.a 12"]);
                 assert!(!first.frames[0].library, "main is the application");
-                assert_eq!((a.stack, b.stack, c.stack), (first.id, first.id, second.id));
-                assert_eq!(a.key, SiteKey::Connection { fd: 5 });
-                assert_eq!(b.key, SiteKey::Connection { fd: 6 });
-                assert_eq!(
-                    c.key,
-                    SiteKey::H2Response {
-                        response: 0xc000_0100
-                    }
-                );
+                assert_ne!(first.id, second.id);
             }
             other => panic!("unexpected inputs: {other:#?}"),
         }
-        // A process forgotten takes its stacks with it.
+        // A process forgotten takes its stacks with it: named again if it comes back.
         sites.forget(7);
         out.clear();
-        sites.inputs(raw(SiteWhat::H1, 7, Some(5), &[0x401026]), &mut out);
+        sites.inputs(raw(SiteWhat::H1, 7, &STACK_B), &mut out);
         assert!(out.is_empty());
-        // A hash this side does not know (its stacks dropped at the bound) names nothing;
-        // the same stack sent whole again is named again.
-        let mut sites = sites_with_target(7);
-        let again = raw(SiteWhat::H1, 7, Some(5), &[0x401026]);
-        sites.inputs(bare(again.clone()), &mut out);
+    }
+
+    #[test]
+    fn requests_are_counted_from_the_map_and_each_cpus_pending_ones() {
+        let mut sites = sites_with_stacks();
+        let (b, a) = (stack_key(7, &STACK_B), stack_key(7, &STACK_A));
+        let pending = |key: SiteStackKey, n: u64| SiteLast { key, pending: n };
+        let counted = |out: &[Input]| {
+            let mut v: Vec<(u32, u64)> = out
+                .iter()
+                .map(|i| match i {
+                    Input::SiteRequests(r) => (r.stack, r.requests),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let mut out = Vec::new();
+        // B: 10 in the map, 3 + 2 pending on two CPUs; A: 4 in the map; another process's
+        // stack and a CPU's pending ones on a stack not in the map count nothing.
+        let other = stack_key(8, &STACK_B);
+        let again = sites.requests_added(
+            &[(b, 10), (a, 4), (other, 50)],
+            &[pending(b, 3), pending(b, 2), pending(stack_key(7, &[1]), 9)],
+            &mut out,
+        );
+        assert!(again.is_empty());
+        assert_eq!(counted(&out), [(0, 15), (1, 4)]);
+        // Next sample: only what was added. A CPU moved its 3 into the map and took A.
+        out.clear();
+        sites.requests_added(
+            &[(b, 13), (a, 4)],
+            &[pending(a, 1), pending(b, 4)],
+            &mut out,
+        );
+        assert_eq!(counted(&out), [(0, 2), (1, 1)]);
+        // Fewer than before (a CPU's pending ones in neither read): nothing, and nothing twice
+        // when they show again.
+        out.clear();
+        sites.requests_added(&[(b, 13), (a, 4)], &[pending(a, 1)], &mut out);
         assert!(out.is_empty());
-        sites.inputs(again, &mut out);
-        assert!(matches!(&out[..], [Input::SiteStack(_), Input::Site(_)]));
+        sites.requests_added(&[(b, 17), (a, 5)], &[], &mut out);
+        assert!(out.is_empty());
+        sites.requests_added(&[(b, 18), (a, 5)], &[], &mut out);
+        assert_eq!(counted(&out), [(0, 1)]);
+        // A stack this side does not know: brought again when still unknown at the next
+        // sample, not at the first (its record may come with the next drain).
+        let lost = stack_key(7, &[0x401026]);
+        out.clear();
+        assert!(sites.requests_added(&[(lost, 5)], &[], &mut out).is_empty());
+        assert_eq!(
+            sites.requests_added(&[(lost, 6)], &[], &mut out),
+            [(7, lost.hash)]
+        );
+        assert!(out.is_empty());
+        // Once named, it counts from what the programs hold then.
+        sites.inputs(raw(SiteWhat::H1, 7, &[0x401026]), &mut out);
+        out.clear();
+        assert!(sites.requests_added(&[(lost, 2)], &[], &mut out).is_empty());
+        assert_eq!(counted(&out), [(2, 2)]);
+    }
+
+    fn conn(pid: u32, pconn: u64, fd: i32, stack: u64, at_ns: u64) -> (SiteAddrKey, SiteConnFd) {
+        (
+            SiteAddrKey {
+                tgid: pid,
+                _pad: 0,
+                addr: pconn,
+            },
+            SiteConnFd {
+                fd,
+                gen: 0,
+                followed_ns: 1,
+                last: SiteObtained { stack, at_ns },
+            },
+        )
+    }
+
+    fn seen(out: &[Input]) -> Vec<(SiteKey, u32, u64)> {
+        out.iter()
+            .map(|i| match i {
+                Input::SiteSeen(e) => (e.key, e.stack, e.at_ns),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_connections_last_request_is_sent_when_it_changed() {
+        let mut sites = sites_with_stacks();
+        let (b, a) = (hash_of(&STACK_B), hash_of(&STACK_A));
+        let mut out = Vec::new();
+        // Oldest first; no request yet, no fd, an unknown stack or another process: nothing.
+        sites.connections_changed(
+            &[
+                conn(7, 0xc1, 5, b, 30),
+                conn(7, 0xc2, 5, a, 20),
+                conn(7, 0xc3, 6, 0, 0),
+                conn(7, 0xc4, -1, b, 10),
+                conn(7, 0xc5, 8, 0x5eed, 10),
+                conn(8, 0xc1, 5, b, 10),
+            ],
+            &mut out,
+        );
+        let fd = |fd| SiteKey::Connection { fd };
+        assert_eq!(seen(&out), [(fd(5), 1, 20), (fd(5), 0, 30)]);
+        // Unchanged: nothing; a new request on one: that one.
+        out.clear();
+        sites.connections_changed(
+            &[conn(7, 0xc1, 5, b, 30), conn(7, 0xc2, 5, a, 20)],
+            &mut out,
+        );
+        assert!(out.is_empty());
+        sites.connections_changed(
+            &[conn(7, 0xc1, 5, a, 40), conn(7, 0xc2, 5, a, 20)],
+            &mut out,
+        );
+        assert_eq!(seen(&out), [(fd(5), 1, 40)]);
+        // An entry gone (evicted) and back with the same request is sent again.
+        out.clear();
+        sites.connections_changed(&[conn(7, 0xc1, 5, a, 40)], &mut out);
+        sites.connections_changed(
+            &[conn(7, 0xc1, 5, a, 40), conn(7, 0xc2, 5, a, 20)],
+            &mut out,
+        );
+        assert_eq!(seen(&out), [(fd(5), 1, 20)]);
+    }
+
+    #[test]
+    fn logged_responses_go_to_the_model_by_their_stacks_ids() {
+        let sites = sites_with_stacks();
+        let logged = |pid: u32, response: u64, stack: u64, at_ns: u64| SiteLogged {
+            tgid: pid,
+            _pad: 0,
+            response,
+            obtained: SiteObtained { stack, at_ns },
+        };
+        let (b, a) = (hash_of(&STACK_B), hash_of(&STACK_A));
+        let responses = sites.responses_of(&[
+            logged(7, 0xc100, a, 10),
+            logged(7, 0xc200, a, 11),
+            // A stack not known (its record lost), another process: left out.
+            logged(7, 0xc300, 0x5eed, 12),
+            logged(8, 0xc400, a, 13),
+            logged(7, 0xc500, b, 14),
+        ]);
+        let got: Vec<(u64, u32, u64)> = responses
+            .iter()
+            .map(|r| (r.response, r.stack, r.at_ns))
+            .collect();
+        assert_eq!(got, [(0xc100, 1, 10), (0xc200, 1, 11), (0xc500, 0, 14)]);
+    }
+
+    #[test]
+    fn a_cpus_log_is_read_from_where_it_was_left_and_never_where_it_may_be_written() {
+        // Nothing new; new entries; a part of 1024 wrapped: the last three quarters are read,
+        // the rest counted as written over.
+        assert_eq!(unread(10, 10, 1024), (10, 0));
+        assert_eq!(unread(30, 10, 1024), (10, 0));
+        assert_eq!(unread(778, 10, 1024), (10, 0));
+        assert_eq!(unread(779, 10, 1024), (11, 1));
+        assert_eq!(unread(5000, 10, 1024), (5000 - 768, 5000 - 768 - 10));
+        // A count below what was read (the map was made again): nothing.
+        assert_eq!(unread(3, 10, 1024), (3, 0));
+        // The loader's sizes: a power of two, within the bound, at least the minimum.
+        use tracer_common::go::{site_log_per_cpu, SITE_LOG_MIN_PER_CPU, SITE_LOG_SLOTS};
+        for cpus in [0, 1, 2, 3, 7, 8, 31, 32, 33, 1024] {
+            let per_cpu = site_log_per_cpu(cpus);
+            assert!(per_cpu.is_power_of_two(), "{cpus}");
+            assert!(per_cpu >= SITE_LOG_MIN_PER_CPU, "{cpus}");
+            assert!(per_cpu * cpus.max(1) <= SITE_LOG_SLOTS || per_cpu == SITE_LOG_MIN_PER_CPU);
+        }
+        assert_eq!(site_log_per_cpu(2), SITE_LOG_SLOTS / 2);
+        assert_eq!(site_log_per_cpu(3), SITE_LOG_SLOTS / 4);
     }
 
     #[test]

@@ -153,6 +153,20 @@ fn raise_memlock_rlimit() {
     }
 }
 
+/// The CPUs the kernel may run programs on (what per-CPU maps hold a value for).
+fn cpu_count() -> Result<u32> {
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))
+        .context("counting this machine's CPUs")?;
+    Ok(u32::try_from(cpus).unwrap_or(u32::MAX))
+}
+
+/// Slots of each CPU's part of the HTTP/2 call-site log (`GO_SITE_LOG`) on this machine: the
+/// loader sizes the map with it, the collector reads it by it.
+pub fn site_log_per_cpu() -> Result<u32> {
+    Ok(tracer_common::go::site_log_per_cpu(cpu_count()?))
+}
+
 /// Checks the host, picks a hook per role, loads the programs with this kernel's offsets, and
 /// attaches the chosen ones. Returns the hooks chosen, in role order. `sites`: the call-site
 /// probes will be attached (`--go-probes sites`), so the state program counts each tracked
@@ -191,6 +205,13 @@ pub fn load_and_attach(
     let file_flags = optional("file", "f_flags");
     let follow = u32::from(follow_comms);
     let fd_gens = u32::from(sites);
+    // The HTTP/2 call-site log: a part per CPU, allocated only with call sites.
+    let log_per_cpu = site_log_per_cpu()?;
+    let (log_mask, log_slots) = if sites {
+        (log_per_cpu - 1, log_per_cpu * cpu_count()?)
+    } else {
+        (0, 1)
+    };
     let role_key = |name: &str| {
         chosen
             .iter()
@@ -234,6 +255,8 @@ pub fn load_and_attach(
         .override_global(global_names::FILE_FLAGS_OFFSET, &file_flags, true)
         .override_global(global_names::FOLLOW_COMMS, &follow, true)
         .override_global(global_names::SITE_FD_GENS, &fd_gens, true)
+        .override_global(global_names::SITE_LOG_MASK, &log_mask, true)
+        .map_max_entries(tracer_common::go::GO_SITE_LOG, log_slots)
         .override_global(global_names::READS_FROM_SYSCALLS, &reads_from_syscalls, true)
         .override_global(global_names::SYSCALL_FROM_REGS, &from_regs, true)
         .override_global(global_names::PT_REGS_NR_OFFSET, &regs_nr, true)

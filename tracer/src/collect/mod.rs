@@ -458,7 +458,8 @@ impl Collector {
         self.lost_reported = (lost, Some(Instant::now()));
     }
 
-    /// Takes every record in the ring buffer; returns how many there were.
+    /// Takes every record in the ring buffer, then the call-site log; returns how many records
+    /// there were (one more when the log is filling up).
     fn drain_ring(&mut self, out: &mut Vec<Input>) -> usize {
         let ring = self.ring.get_mut();
         let mut records = 0;
@@ -501,7 +502,9 @@ impl Collector {
                 Err(e) => log::warn!("skipping a kernel event: {e:#}"),
             }
         }
-        records
+        // The HTTP/2 responses logged meanwhile, after the ring (their stacks come there): a
+        // log filling up keeps the drains fast, as records do.
+        records + usize::from(self.go.sites.drain_log(out))
     }
 
     async fn sample_and_send(
@@ -524,6 +527,12 @@ impl Collector {
         }
         let sample = self.sample(scanned)?;
         self.report_losses(sample.stats.events_lost);
+        // The call sites read at this sample go before it.
+        let mut sites = Vec::new();
+        self.go.sites.sample_inputs(&mut sites);
+        if !tx.all(&mut sites).await {
+            return Ok(false);
+        }
         let addresses: std::collections::HashSet<std::net::IpAddr> = sample
             .kernel
             .iter()

@@ -52,8 +52,17 @@ pub enum Input {
     /// request it obtained (issue 13).
     SiteStack(site::SiteStack),
     /// A request handed to Go's transport by a known stack: which connection or HTTP/2
-    /// response it obtained.
+    /// response it obtained. Counts one request on the stack. (Recordings before version 7
+    /// had one per request; the collector now sends `SiteRequests` and `SiteSeen`.)
     Site(site::SiteEvent),
+    /// Requests the programs counted on a stack since the last such input.
+    SiteRequests(site::SiteRequests),
+    /// The request a connection last carried, as the collector read it at a sample: counts
+    /// no request (`SiteRequests` does).
+    SiteSeen(site::SiteEvent),
+    /// HTTP/2 responses and the requests that obtained them, as the programs logged them
+    /// since the last such input: counts no request.
+    SiteResponses(Vec<site::SiteResponse>),
 }
 
 /// The Go-aware layer's state for one target process.

@@ -1,8 +1,10 @@
 //! Call sites (issue 13): the line of the relay that obtained each response, so a leak names
-//! the code that leaked it. The Go-aware probes record the goroutine's stack where a request is
-//! handed to Go's transport (one record per request); the collector names the stack's frames
-//! from `.gopclntab` and sends each distinct stack once ([`SiteStack`]), then one small
-//! [`SiteEvent`] per request that says which stack obtained which response:
+//! the code that leaked it. The Go-aware probes read the goroutine's stack where a request is
+//! handed to Go's transport; the collector names each distinct stack's frames from
+//! `.gopclntab` once ([`SiteStack`]). Requests send nothing: the programs count them per
+//! stack ([`SiteRequests`] at each sample), keep the last request of each connection, which
+//! the collector reads at its samples ([`SiteEvent`], as `Input::SiteSeen`), and log each
+//! HTTP/2 response with its request, which it hands over at its drains ([`SiteResponse`]):
 //! - HTTP/1.1: the response is read on connection (pid, fd). A pooled connection carries many
 //!   requests; the one whose response was never finished is the last, so each request
 //!   replaces the site of its connection, and only the last one is a leak's site.
@@ -93,6 +95,26 @@ pub struct SiteEvent {
     pub key: SiteKey,
     pub stack: u32,
     /// CLOCK_MONOTONIC nanoseconds.
+    pub at_ns: u64,
+}
+
+/// Requests handed to Go's transport by the stack `stack` ([`SiteStack::id`]) since the last
+/// such count: the programs count them (tracer-ebpf/src/gosite.rs), the collector sends what
+/// was added at each sample.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRequests {
+    pub pid: u32,
+    pub stack: u32,
+    pub requests: u64,
+}
+
+/// An HTTP/2 response at `response` in process `pid`, obtained by the stack `stack` at `at_ns`
+/// (the programs log them; the collector hands them over in batches).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteResponse {
+    pub pid: u32,
+    pub response: u64,
+    pub stack: u32,
     pub at_ns: u64,
 }
 
@@ -239,28 +261,65 @@ impl SiteTable {
         self.stacks.insert(stack.id, Arc::new(site));
     }
 
+    /// One request (a recording's per-request input, before version 7): counted on its stack,
+    /// and joined as [`SiteTable::apply_seen`] joins.
     pub fn apply_event(&mut self, event: &SiteEvent) {
         if !self.stacks.contains_key(&event.stack) {
             // Its stack was dropped with the bound (or the recording started after it).
             return;
         }
         *self.requests.entry(event.stack).or_default() += 1;
+        self.apply_seen(event);
+    }
+
+    /// Requests counted on a stack.
+    pub fn apply_requests(&mut self, counted: &SiteRequests) {
+        if self.stacks.contains_key(&counted.stack) {
+            *self.requests.entry(counted.stack).or_default() += counted.requests;
+        }
+    }
+
+    /// A request that obtained a connection's or a response's: a connection keeps its
+    /// latest, a response waits for the next sample's streams.
+    pub fn apply_seen(&mut self, event: &SiteEvent) {
+        if !self.stacks.contains_key(&event.stack) {
+            return;
+        }
         let obtained = Obtained {
             at_ns: event.at_ns,
             stack: event.stack,
         };
         match event.key {
             SiteKey::Connection { fd } => {
-                self.by_conn.insert((event.pid, fd), obtained);
-            }
-            SiteKey::H2Response { response } => {
-                if self.recent.len() >= MAX_RESPONSES {
-                    self.recent.pop_front();
+                let last = self.by_conn.entry((event.pid, fd)).or_insert(obtained);
+                if last.at_ns <= obtained.at_ns {
+                    *last = obtained;
                 }
-                self.recent.push_back(((event.pid, response), obtained));
-                self.fresh = (self.fresh + 1).min(self.recent.len());
+            }
+            SiteKey::H2Response { response } => self.push_response((event.pid, response), obtained),
+        }
+    }
+
+    /// HTTP/2 responses and the requests that obtained them: each waits for the next sample's
+    /// streams.
+    pub fn apply_responses(&mut self, responses: &[SiteResponse]) {
+        for r in responses {
+            if self.stacks.contains_key(&r.stack) {
+                let obtained = Obtained {
+                    at_ns: r.at_ns,
+                    stack: r.stack,
+                };
+                self.push_response((r.pid, r.response), obtained);
             }
         }
+    }
+
+    fn push_response(&mut self, key: Response, obtained: Obtained) {
+        if self.recent.len() >= MAX_RESPONSES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((key, obtained));
+        self.fresh = (self.fresh + 1).min(self.recent.len());
     }
 
     /// The site of the last request on the connection `fd` of `pid` opened at `opened_ns`: a
@@ -560,6 +619,36 @@ mod tests {
         );
         t.retain_pids(&HashSet::from([6]));
         assert_eq!(t.for_connection(5, 7, None), None);
+    }
+
+    #[test]
+    fn requests_read_at_samples_count_apart_from_the_sites_they_leave() {
+        let mut t = table_with_two_stacks();
+        // A connection's last request as a sample reads it: no request counted.
+        t.apply_seen(&h1(5, 7, 1, 120));
+        assert!(t.requests_by_site().is_empty());
+        assert_eq!(
+            t.for_connection(5, 7, Some(100))
+                .and_then(|s| s.call_site.clone())
+                .map(|c| c.line),
+            Some(40)
+        );
+        // An older request on the same fd (read late, an older connection's) never replaces
+        // a newer one; a newer one does.
+        t.apply_seen(&h1(5, 7, 2, 110));
+        assert_eq!(t.by_conn[&(5, 7)].stack, 1);
+        t.apply_seen(&h1(5, 7, 2, 130));
+        assert_eq!(t.by_conn[&(5, 7)].stack, 2);
+        // Counts add up per stack; a stack not known counts nothing.
+        for (stack, requests) in [(1, 40), (2, 2), (1, 3), (9, 100)] {
+            t.apply_requests(&SiteRequests {
+                pid: 5,
+                stack,
+                requests,
+            });
+        }
+        let totals: Vec<u64> = t.requests_by_site().into_values().collect();
+        assert_eq!(totals, [43, 2]);
     }
 
     fn h2(response: u64, at_ns: u64) -> SiteEvent {

@@ -134,6 +134,13 @@ impl ConnTable {
                     self.sites.apply_event(&event);
                 }
             }
+            Input::SiteSeen(event) => {
+                if !self.exited_pids.contains(&event.pid) {
+                    self.sites.apply_seen(&event);
+                }
+            }
+            Input::SiteRequests(counted) => self.sites.apply_requests(&counted),
+            Input::SiteResponses(responses) => self.sites.apply_responses(&responses),
         }
     }
 

@@ -12,8 +12,9 @@
 //!
 //! ```text
 //! magic      8 bytes  "TRCRREC\0"
-//! version    u16      6 (5 still reads: 6 added the sample's last field, `scanned_ns`;
-//!                     4, before call sites, does not)
+//! version    u16      7 (5 and 6 still read: 6 added the sample's last field, `scanned_ns`,
+//!                     7 the call-site inputs read at samples; 4, before call sites, does
+//!                     not)
 //! frames     each: u32 length, then that many bytes of postcard (serde) encoding
 //!   first    Header
 //!   then     Frame::Input { at_ns, input }  (at_ns: CLOCK_MONOTONIC when received)
@@ -38,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Graces, Input};
 
 const MAGIC: [u8; 8] = *b"TRCRREC\0";
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 /// The oldest version this tracer still reads. Version 5 replaced HTTP/2 stream events with
 /// streams read at each sample (an input kind removed, the sample's streams changed) and
 /// added call sites, so version 4 recordings no longer decode: refused with a line saying so.
@@ -118,7 +119,11 @@ fn recordable(input: &Input) -> bool {
         Input::GoLayer(_) => true,
         // Function names, file paths and lines of the relay's code, response addresses and
         // fds: nothing the relay sent or received.
-        Input::SiteStack(_) | Input::Site(_) => true,
+        Input::SiteStack(_)
+        | Input::Site(_)
+        | Input::SiteSeen(_)
+        | Input::SiteRequests(_)
+        | Input::SiteResponses(_) => true,
     }
 }
 
@@ -563,7 +568,7 @@ mod tests {
     fn inputs_read_back_equal_with_their_times_and_the_header() {
         let inputs = inputs();
         let bytes = write_all(&inputs, 9 * SEC);
-        assert!(bytes.starts_with(b"TRCRREC\0\x06\x00"));
+        assert!(bytes.starts_with(b"TRCRREC\0\x07\x00"));
         let (h, frames) = read_all(&bytes).expect("reads");
         assert_eq!(h, header());
         let mut expected: Vec<Frame> = inputs
@@ -617,7 +622,9 @@ mod tests {
 
     #[test]
     fn call_sites_are_recorded_and_version_4_recordings_are_refused() {
-        use crate::model::site::{SiteEvent, SiteFrame, SiteKey, SiteStack};
+        use crate::model::site::{
+            SiteEvent, SiteFrame, SiteKey, SiteRequests, SiteResponse, SiteStack,
+        };
         let mut inputs = inputs();
         inputs.push((
             7 * SEC,
@@ -638,6 +645,32 @@ mod tests {
                 key: SiteKey::H2Response { response: 0xc000 },
                 stack: 3,
                 at_ns: 7 * SEC,
+            }),
+        ));
+        inputs.push((
+            8 * SEC,
+            Input::SiteRequests(SiteRequests {
+                pid: 9,
+                stack: 3,
+                requests: 41,
+            }),
+        ));
+        inputs.push((
+            8 * SEC,
+            Input::SiteResponses(vec![SiteResponse {
+                pid: 9,
+                response: 0xc000_0200,
+                stack: 3,
+                at_ns: 8 * SEC,
+            }]),
+        ));
+        inputs.push((
+            8 * SEC,
+            Input::SiteSeen(SiteEvent {
+                pid: 9,
+                key: SiteKey::Connection { fd: 12 },
+                stack: 3,
+                at_ns: 8 * SEC,
             }),
         ));
         let bytes = write_all(&inputs, 9 * SEC);
@@ -731,7 +764,7 @@ mod tests {
             read_all(b""),
             Err(RecordingError::NotARecording(_))
         ));
-        for version in [4u8, 7] {
+        for version in [4u8, 8] {
             let mut other = bytes.clone();
             other[8] = version;
             let err = read_all(&other).expect_err("version");
