@@ -329,7 +329,10 @@ fn try_enter_h1_site(ctx: &ProbeContext) -> Result<u32, i64> {
     match (known, followed) {
         (Some(entry), _) => {
             // SAFETY: a store into the entry found above (an LRU entry stays valid while the
-            // program runs; evicted meanwhile, the store is lost like the entry).
+            // program runs; evicted meanwhile, the store is lost like the entry). Not under
+            // the bucket's lock: user space may read the stack of one request with the time
+            // of the next on the same connection, never another connection's; a leaked
+            // connection carries no request after its last.
             unsafe { (*entry).last = last };
         }
         (None, Some(fd)) if fd >= 0 => {
@@ -419,7 +422,8 @@ fn h2_site(ctx: &ProbeContext, frames: Frames) -> Result<u32, i64> {
 
 /// Writes `entry` to this CPU's next slot of `GO_SITE_LOG`, then counts it: user space reads
 /// the count first and the slots below it after, so it never reads a slot being written
-/// (unless it fell a whole part behind, which it notices by the count and skips).
+/// (unless it fell most of a part behind, which it notices by the count and skips). The
+/// order of the two stores is the compiler's (volatile) and x86-64's (stores stay in order).
 #[inline(always)]
 fn log_response(entry: SiteLogged) {
     let mask = read_global(&SITE_LOG_MASK);
