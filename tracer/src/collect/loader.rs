@@ -206,9 +206,9 @@ pub fn load_and_attach(
     let follow = u32::from(follow_comms);
     let fd_gens = u32::from(sites);
     // The HTTP/2 call-site log: a part per CPU, allocated only with call sites.
-    let log_per_cpu = site_log_per_cpu()?;
     let (log_mask, log_slots) = if sites {
-        (log_per_cpu - 1, log_per_cpu * cpu_count()?)
+        let per_cpu = site_log_per_cpu()?;
+        (per_cpu - 1, per_cpu.saturating_mul(cpu_count()?))
     } else {
         (0, 1)
     };
