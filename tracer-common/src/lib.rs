@@ -783,12 +783,12 @@ pub mod go {
     /// Key of `GO_SITE_CONNS`: a `*persistConn` of a process.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-    pub struct SiteAddrKey {
+    pub struct SiteConnKey {
         pub tgid: u32,
         pub _pad: u32,
-        pub addr: u64,
+        pub pconn: u64,
     }
-    const _: () = assert!(size_of::<SiteAddrKey>() == 16);
+    const _: () = assert!(size_of::<SiteConnKey>() == 16);
 
     /// A request handed to the transport: its stack's [`stack_hash`] and when (CLOCK_MONOTONIC
     /// ns): a connection's last request in `GO_SITE_CONNS`, a response's in `GO_SITE_LOG`.
@@ -887,7 +887,7 @@ mod user {
     unsafe impl aya::Pod for super::go::SiteStackRecord {}
     unsafe impl aya::Pod for super::go::SiteStackKey {}
     unsafe impl aya::Pod for super::go::SiteLast {}
-    unsafe impl aya::Pod for super::go::SiteAddrKey {}
+    unsafe impl aya::Pod for super::go::SiteConnKey {}
     unsafe impl aya::Pod for super::go::SiteObtained {}
     unsafe impl aya::Pod for super::go::SiteConnFd {}
     unsafe impl aya::Pod for super::go::SiteLogged {}

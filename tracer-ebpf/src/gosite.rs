@@ -48,7 +48,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     go::{
-        site_proc_slot, stack_hash, SiteAddrKey, SiteConnFd, SiteLast, SiteLogged, SiteObtained,
+        site_proc_slot, stack_hash, SiteConnFd, SiteConnKey, SiteLast, SiteLogged, SiteObtained,
         SiteProcess, SiteRecord, SiteStackKey, SiteStackRecord, SiteWhat, MAX_GO_PROCS,
         MAX_SITE_CONNS, MAX_SITE_FRAMES, MAX_SITE_STACKS, SITE_CONN_TTL_NS, SITE_LOG_SLOTS,
         SITE_PROC_SLOTS,
@@ -87,7 +87,7 @@ pub static GO_SITE_PROCS: HashMap<u32, SiteProcess> = HashMap::with_max_entries(
 /// could leave wrong: a request joined to no connection, or to one opened after it, which
 /// the model refuses (`for_connection`).
 #[map]
-pub static GO_SITE_CONNS: LruHashMap<SiteAddrKey, SiteConnFd> =
+pub static GO_SITE_CONNS: LruHashMap<SiteConnKey, SiteConnFd> =
     LruHashMap::with_max_entries(MAX_SITE_CONNS, NO_COMMON_LRU);
 
 /// The HTTP/2 responses and the requests that obtained them, each CPU writing its part of
@@ -303,10 +303,10 @@ fn try_enter_h1_site(ctx: &ProbeContext) -> Result<u32, i64> {
     let pc = unsafe { (*ctx.regs).rax };
     // SAFETY: bpf_ktime_get_ns takes nothing and only reads the clock.
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = SiteAddrKey {
+    let key = SiteConnKey {
         tgid,
         _pad: 0,
-        addr: pc,
+        pconn: pc,
     };
     // The fd this persistConn led to before, while nothing says it may name another socket
     // now: no tracked connect or close of that fd since (`FD_GENS`), and not older than

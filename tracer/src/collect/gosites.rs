@@ -3,13 +3,15 @@
 //! kept. The programs send a stack's return addresses once per process (`GO_SITE_STACKS`
 //! holds the stacks sent); this side names it from the binary's `.gopclntab`
 //! (goprobe::Symbolizer, cached per PC, with the load bias of a PIE read from /proc/PID/maps)
-//! and sends it once as `Input::SiteStack`. Requests send nothing: at each sample this side
-//! reads the requests the programs counted per stack (`Input::SiteRequests`), each
-//! connection's last request (`GO_SITE_CONNS`) and the request of each open HTTP/2 stream's
-//! response (`GO_SITE_RESPONSES`), as `Input::SiteSeen`. Sending a record per request cost
-//! the tracer process 0.5-0.9 us per request (bench/RESULTS.md S). A stack this side does
-//! not know (its record was lost, or dropped at the bound) has its kernel key removed, so
-//! the next request on it brings its frames again.
+//! and sends it once as `Input::SiteStack`. Requests send nothing through the ring: at each
+//! sample this side reads the requests the programs counted per stack (`Input::SiteRequests`)
+//! and each connection's last request (`GO_SITE_CONNS`, as `Input::SiteSeen`); at each drain
+//! it reads the HTTP/2 responses the programs logged (`GO_SITE_LOG`, mapped into this
+//! process) and hands them to the model in one `Input::SiteResponses`, which joins them to
+//! their streams at the next sample. A ring record per request cost the tracer process
+//! 0.5-0.7 us per request (bench/RESULTS.md S). A stack this side does not know (its record
+//! was lost, or dropped at the bound) has its kernel key removed, so the next request on it
+//! brings its frames again.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,7 +27,7 @@ use aya::{
     Ebpf,
 };
 use tracer_common::go::{
-    site_proc_slot, SiteAddrKey, SiteConnFd, SiteLast, SiteLogged, SiteProcess, SiteRecord,
+    site_proc_slot, SiteConnFd, SiteConnKey, SiteLast, SiteLogged, SiteProcess, SiteRecord,
     SiteStackKey, SiteStackRecord, SiteWhat, GO_SITE_CONNS, GO_SITE_LAST, GO_SITE_LOG,
     GO_SITE_LOG_NEXT, GO_SITE_PROCS, GO_SITE_SLOTS, GO_SITE_STACKS, MAX_SITE_FRAMES,
 };
@@ -111,7 +113,7 @@ pub struct Sites {
     /// Stacks of `GO_SITE_STACKS` this side did not know at the last sample.
     unknown: HashSet<(u32, u64)>,
     /// Each connection's last request the model was told of (its time).
-    conns_seen: HashMap<SiteAddrKey, u64>,
+    conns_seen: HashMap<SiteConnKey, u64>,
 }
 
 /// A stack named and sent to the model.
@@ -149,7 +151,7 @@ impl Sites {
         BpfHashMap::<&MapData, SiteStackKey, u64>::try_from(&sent)
             .context("opening the GO_SITE_STACKS map")?;
         let conns = take(GO_SITE_CONNS)?;
-        BpfHashMap::<&MapData, SiteAddrKey, SiteConnFd>::try_from(&conns)
+        BpfHashMap::<&MapData, SiteConnKey, SiteConnFd>::try_from(&conns)
             .context("opening the GO_SITE_CONNS map")?;
         let log = take(GO_SITE_LOG)?;
         let next = take(GO_SITE_LOG_NEXT)?
@@ -408,14 +410,14 @@ impl Sites {
         let Some(conns) = self.conns.as_ref() else {
             return Ok(());
         };
-        let entries: Vec<(SiteAddrKey, SiteConnFd)> = batch::entries(conns, GO_SITE_CONNS)?;
+        let entries: Vec<(SiteConnKey, SiteConnFd)> = batch::entries(conns, GO_SITE_CONNS)?;
         self.connections_changed(&entries, out);
         Ok(())
     }
 
     /// See `connections`: oldest first, so that of two connections that had the same fd the
     /// newer names it.
-    fn connections_changed(&mut self, entries: &[(SiteAddrKey, SiteConnFd)], out: &mut Vec<Input>) {
+    fn connections_changed(&mut self, entries: &[(SiteConnKey, SiteConnFd)], out: &mut Vec<Input>) {
         let mut seen = Vec::new();
         let mut alive = HashSet::with_capacity(entries.len());
         for (key, conn) in entries {
@@ -890,12 +892,12 @@ mod tests {
         assert_eq!(counted(&out), [(2, 2)]);
     }
 
-    fn conn(pid: u32, pconn: u64, fd: i32, stack: u64, at_ns: u64) -> (SiteAddrKey, SiteConnFd) {
+    fn conn(pid: u32, pconn: u64, fd: i32, stack: u64, at_ns: u64) -> (SiteConnKey, SiteConnFd) {
         (
-            SiteAddrKey {
+            SiteConnKey {
                 tgid: pid,
                 _pad: 0,
-                addr: pconn,
+                pconn,
             },
             SiteConnFd {
                 fd,
