@@ -32,11 +32,12 @@
 //! is its return address and [RBP] the next frame pointer (runtime/traceback.go, "frame
 //! pointer unwinding"), bounded by `MAX_SITE_FRAMES` and by frame pointers that must grow
 //! (stacks grow down): a stack being moved, or a frame without one, ends the walk early, never
-//! wrongly. The frame records are read from 2 KiB of the stack copied at once (`Window`),
-//! copied again from a frame beyond it: a user read's fixed cost (about 100 ns here) made a
-//! read per frame most of the probe's run time (go-h2: 2.4 against 1.8 us per hit, go-h1: 2.5
-//! against 2.4; bench/RESULTS.md L). (The kernel's own unwinder, `bpf_get_stack`, reads each
-//! frame's two words apart: slower still.)
+//! wrongly. The frame records are read from a copy of the stack made at once (`Window`), as
+//! long as this CPU's last walk found the frames to span (`STACK_SPAN`), copied again from a
+//! frame beyond it: a user read's fixed cost (about 170 ns here) made a read per frame most
+//! of the probe's run time (go-h2: 2.4 against 1.8 us per hit, go-h1: 2.5 against 2.4;
+//! bench/RESULTS.md L), and two copies of a fixed 2 KiB a fifth of it (T). (The kernel's own
+//! unwinder, `bpf_get_stack`, reads each frame's two words apart: slower still.)
 
 use core::ffi::c_void;
 
@@ -137,10 +138,23 @@ static SITE_SCRATCH: PerCpuArray<[u64; MAX_SITE_FRAMES]> = PerCpuArray::with_max
 #[map]
 static STACK_WINDOW: PerCpuArray<[u64; WINDOW_WORDS]> = PerCpuArray::with_max_entries(1, 0);
 
-/// `STACK_WINDOW`'s size in 8-byte words. 512 B to 4 KiB measured alike (bench/RESULTS.md
-/// L); a goroutine's frames from the transport to `goexit` span about 3 KiB.
-const WINDOW_WORDS: usize = 256;
+/// How far this CPU's last walk read above its first frame record, in `SPAN_UNIT`s short of
+/// the window (0, the start: the whole window): the next walk copies that much at once. A
+/// request's stack mostly repeats the one before, and a copy costs about 170 ns plus 0.08 ns
+/// a byte here, so one copy of what the frames span beats both a fixed 2 KiB window (two
+/// copies for a 3 KiB stack) and a whole page each time (bench/RESULTS.md T).
+#[map]
+static STACK_SPAN: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// `STACK_WINDOW`'s size in 8-byte words: a page. A goroutine's frames from the transport to
+/// `goexit` span about 3 KiB.
+const WINDOW_WORDS: usize = 512;
 const PAGE: u64 = 4096;
+/// The granule of a first copy's size, in bytes; `WINDOW_BYTES / SPAN_UNIT` must be a power
+/// of two (`Window::first_size`'s mask).
+const SPAN_UNIT: u32 = 256;
+const WINDOW_BYTES: u32 = (WINDOW_WORDS * 8) as u32;
+const SPAN_UNITS: u32 = WINDOW_BYTES / SPAN_UNIT;
 /// Words `Window::wipe` zeroes per turn of its loop.
 const WIPE_UNROLL: usize = 8;
 // `Window::load` masks a size below the window's, which is at most a page.
@@ -148,6 +162,8 @@ const _: () = assert!(
     WINDOW_WORDS.is_power_of_two()
         && WINDOW_WORDS * 8 <= PAGE as usize
         && WINDOW_WORDS % WIPE_UNROLL == 0
+        && SPAN_UNITS.is_power_of_two()
+        && SPAN_UNIT as usize % (WIPE_UNROLL * 8) == 0
 );
 
 /// A copy of part of the probed goroutine's stack (`STACK_WINDOW`): the frame records inside
@@ -157,38 +173,79 @@ struct Window<'a> {
     /// The user address of `words[0]`, and how many words from there were read.
     base: u64,
     len: usize,
-    /// A copy was made (the words must be wiped), and one failed (frames beyond are read
-    /// one by one).
+    /// The first copy's size in `SPAN_UNIT`s short of the window (`STACK_SPAN`).
+    short: u32,
+    /// Where the first copy started: from there to the highest frame record the walk read
+    /// (`short_after`) is what the next walk copies.
+    first: u64,
+    /// A copy was made, a copy was made after the first (the window may be written whole),
+    /// and one failed (frames beyond are read one by one).
     used: bool,
+    again: bool,
     failed: bool,
 }
 
 impl<'a> Window<'a> {
-    fn new(words: &'a mut [u64; WINDOW_WORDS]) -> Self {
+    fn new(words: &'a mut [u64; WINDOW_WORDS], short: u32) -> Self {
         Self {
             words,
             base: 0,
             len: 0,
+            short,
+            first: 0,
             used: false,
+            again: false,
             failed: false,
         }
     }
 
-    /// Copies the stack from `at` up: a window's worth, or, where that runs into memory not
-    /// mapped (past the top of a goroutine's stack), the rest of `at`'s page if shorter.
+    /// The size of the first copy: the last walk's span, rounded up to `SPAN_UNIT`s (256 B
+    /// to the window, by construction, which every kernel's verifier follows).
+    #[inline(always)]
+    fn first_size(short: u32) -> u32 {
+        (SPAN_UNITS - (short & (SPAN_UNITS - 1))) * SPAN_UNIT
+    }
+
+    /// `STACK_SPAN`'s next value from a walk whose highest frame record was at `top`: the
+    /// window less the span it read (from the first copy's start to the end of that record)
+    /// in whole units; the whole window again if it copied nothing or read more than a
+    /// window.
+    #[inline(always)]
+    fn short_after(&self, top: u64) -> u32 {
+        if !self.used || top < self.first {
+            return 0;
+        }
+        let span = top - self.first + 16;
+        let units = span.div_ceil(u64::from(SPAN_UNIT));
+        if units >= u64::from(SPAN_UNITS) {
+            0
+        } else {
+            SPAN_UNITS - units as u32
+        }
+    }
+
+    /// Copies the stack from `at` up: the last walk's span the first time, a window's worth
+    /// after (a frame beyond the first copy), or, where that runs into memory not mapped
+    /// (past the top of a goroutine's stack), the rest of `at`'s page if shorter.
     #[inline(always)]
     fn load(&mut self, at: u64) -> bool {
+        let size = if self.used {
+            self.again = true;
+            WINDOW_BYTES
+        } else {
+            self.first = at;
+            Self::first_size(self.short)
+        };
         self.used = true;
-        let window = (WINDOW_WORDS * 8) as u32;
-        if self.copy(at, window) {
+        if self.copy(at, size) {
             return true;
         }
         let off = at & (PAGE - 1);
         // Within a window of the page's end (else the window above was inside the page). The
         // rest is below the window's size here: the mask changes nothing but shows every
         // kernel's verifier the bound (6.1 lost a `min` in a spill).
-        if off > PAGE - u64::from(window) {
-            let rest = ((PAGE - off) as u32) & (window - 1);
+        if off > PAGE - u64::from(size) {
+            let rest = ((PAGE - off) as u32) & (WINDOW_BYTES - 1);
             if rest > 0 && self.copy(at, rest) {
                 return true;
             }
@@ -256,16 +313,26 @@ impl<'a> Window<'a> {
         }
     }
 
-    /// Zeroes the copy: it holds the relay's locals, which nothing may keep. (A copy from a
-    /// map of zeroes, `bpf_probe_read_kernel`, was no cheaper than these stores.)
+    /// Zeroes what the copies wrote: they hold the relay's locals, which nothing may keep. (A
+    /// copy from a map of zeroes, `bpf_probe_read_kernel`, was no cheaper than these stores.)
     #[inline(always)]
     fn wipe(self) {
         if !self.used {
             return;
         }
+        // The first copy's size, or the whole window after another copy (a copy at the end
+        // of a page is shorter than either).
+        let words = if self.again {
+            WINDOW_WORDS
+        } else {
+            Self::first_size(self.short) as usize / 8
+        };
         // Eight stores per turn: a loop of one store per word spent four more instructions
         // on each (bench/RESULTS.md P).
-        for chunk in self.words.chunks_exact_mut(WIPE_UNROLL) {
+        for (i, chunk) in self.words.chunks_exact_mut(WIPE_UNROLL).enumerate() {
+            if i * WIPE_UNROLL >= words {
+                break;
+            }
             for word in chunk {
                 // Volatile: a plain loop of stores may become a memset call, which BPF has
                 // not.
@@ -469,9 +536,12 @@ fn stack_of(
         Frames::AtRet => None,
     };
     let words = STACK_WINDOW.get_ptr_mut(0)?;
-    // SAFETY: this CPU's own entry, as `pcs` above.
-    let mut window = Window::new(unsafe { &mut *words });
-    let depth = walk(pcs, first, sp, bp, &mut window);
+    let span = STACK_SPAN.get_ptr_mut(0)?;
+    // SAFETY: this CPU's own entries, as `pcs` above.
+    let (words, span) = unsafe { (&mut *words, &mut *span) };
+    let mut window = Window::new(words, *span);
+    let (depth, top) = walk(pcs, first, sp, bp, &mut window);
+    *span = window.short_after(top);
     window.wipe();
     if depth == 0 {
         return None;
@@ -527,8 +597,9 @@ fn stack_of(
     Some(key.hash)
 }
 
-/// Fills `pcs` with return addresses, innermost first; returns how many. Unused slots are 0.
-/// Frame records are read from `window`'s copies of the stack.
+/// Fills `pcs` with return addresses, innermost first; returns how many, and the address of
+/// the highest frame record read (SP for a RET's alone). Unused slots are 0. Frame records
+/// are read from `window`'s copies of the stack.
 #[inline(always)]
 fn walk(
     pcs: &mut [u64; MAX_SITE_FRAMES],
@@ -536,7 +607,7 @@ fn walk(
     sp: u64,
     mut bp: u64,
     window: &mut Window,
-) -> u32 {
+) -> (u32, u64) {
     let mut depth = 0u32;
     let mut floor = sp;
     let mut done = false;
@@ -567,5 +638,5 @@ fn walk(
             _ => done = true,
         }
     }
-    depth
+    (depth, floor)
 }
