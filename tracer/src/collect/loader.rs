@@ -207,8 +207,9 @@ pub fn load_and_attach(
     let fd_gens = u32::from(sites);
     // The HTTP/2 call-site log: a part per CPU, allocated only with call sites.
     let (log_mask, log_slots) = if sites {
-        let per_cpu = site_log_per_cpu()?;
-        (per_cpu - 1, per_cpu.saturating_mul(cpu_count()?))
+        let cpus = cpu_count()?;
+        let per_cpu = tracer_common::go::site_log_per_cpu(cpus);
+        (per_cpu - 1, per_cpu.saturating_mul(cpus))
     } else {
         (0, 1)
     };
