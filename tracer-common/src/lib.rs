@@ -352,6 +352,10 @@ impl TargetFlags {
     pub const EXPLICIT: u32 = 1;
     /// Added by the kernel side because its comm matched `TARGET_COMMS`.
     pub const BY_COMM: u32 = 2;
+    /// A Go program (its executable has Go's build-info section), set by the user side: Go's
+    /// runtime opens every socket non-blocking, so the kernel side takes that as known at
+    /// connect instead of reading it from the socket's file.
+    pub const GO: u32 = 4;
 }
 
 /// Bits of [`ConnInfo::flags`].

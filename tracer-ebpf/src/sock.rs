@@ -89,11 +89,12 @@ pub fn current_ids() -> (u32, u32) {
     ((id >> 32) as u32, id as u32)
 }
 
-/// True when the thread group is one we trace. This lookup is the whole cost an unrelated
-/// process pays on the syscall and read hooks.
+/// The `TargetFlags` of the thread group when it is one we trace. This lookup is the whole
+/// cost an unrelated process pays where tracking starts.
 #[inline(always)]
-pub fn is_target(tgid: u32) -> bool {
-    TARGETS.get_ptr(&tgid).is_some()
+pub fn target_flags(tgid: u32) -> Option<u32> {
+    // SAFETY: pointer from the lookup just made, to the entry's aligned u32.
+    TARGETS.get_ptr(&tgid).map(|flags| unsafe { *flags })
 }
 
 /// Slot of a counting filter (see maps.rs) for a 64-bit key: Fibonacci hashing, one multiply.

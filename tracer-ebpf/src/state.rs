@@ -10,7 +10,7 @@
 use core::{
     ffi::c_void,
     mem::{size_of, MaybeUninit},
-    ptr::write_unaligned,
+    ptr::{read_unaligned, write_unaligned},
 };
 
 use aya_ebpf::{
@@ -22,7 +22,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use tracer_common::{
     tcp_state, tp_layout::inet_sock_set_state as tp, ConnFlags, ConnInfo, EventKind, FdKey, Stat,
-    AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP,
+    TargetFlags, AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP,
 };
 
 use crate::{
@@ -35,9 +35,9 @@ use crate::{
     read::reads_from_syscalls,
     sock::{
         bump_fd_gen, connect_slot, count, current_ids, emit, fd_slot, field, filter_lower,
-        filter_raise, in_syscall, is_target, maybe, nonblocking_file, read_global, sample_peer_fin,
-        sample_unread, sock_slot, syscall_from_regs, tid_slot, wants_first_bytes, zero_words,
-        NR_CLOSE, NR_CONNECT,
+        filter_raise, in_syscall, maybe, nonblocking_file, read_global, sample_peer_fin,
+        sample_unread, sock_slot, syscall_from_regs, target_flags, tid_slot, wants_first_bytes,
+        zero_words, NR_CLOSE, NR_CONNECT,
     },
     write::writes_from_sock,
 };
@@ -79,14 +79,12 @@ trait Change {
     /// socket filter, which only TCP sockets are in.
     const FREE_PROTOCOL: bool;
     fn is_tcp(&self) -> bool;
-    fn family(&self) -> u16;
     /// Local port, host order; 0 until connect() has picked one.
     fn sport(&self) -> u16;
-    /// Remote port, host order.
-    fn dport(&self) -> u16;
-    /// Stores the local and remote addresses into `info` (4 bytes each for AF_INET, 16 for
-    /// AF_INET6).
-    fn addresses(&self, family: u16, info: &mut ConnInfo);
+    /// Stores the family, the ports (host order) and the local and remote addresses into
+    /// `info` (4 bytes each for AF_INET, 16 for AF_INET6), and returns the family; the rest is
+    /// left as it was when the family is neither.
+    fn endpoints(&self, info: &mut ConnInfo) -> u16;
 }
 
 /// The classic tracepoint's record.
@@ -97,18 +95,19 @@ impl Change for Record<'_> {
     fn is_tcp(&self) -> bool {
         field::<u16>(self.0, tp::PROTOCOL) == IPPROTO_TCP
     }
-    fn family(&self) -> u16 {
-        field(self.0, tp::FAMILY)
-    }
     fn sport(&self) -> u16 {
         field(self.0, tp::SPORT)
     }
-    fn dport(&self) -> u16 {
-        field(self.0, tp::DPORT)
-    }
-    fn addresses(&self, family: u16, info: &mut ConnInfo) {
-        let (saddr, daddr) = (info.saddr.as_mut_ptr(), info.daddr.as_mut_ptr());
+    fn endpoints(&self, info: &mut ConnInfo) -> u16 {
         let ctx = self.0;
+        let family: u16 = field(ctx, tp::FAMILY);
+        if family != AF_INET && family != AF_INET6 {
+            return family;
+        }
+        info.family = family;
+        info.sport = self.sport();
+        info.dport = field(ctx, tp::DPORT);
+        let (saddr, daddr) = (info.saddr.as_mut_ptr(), info.daddr.as_mut_ptr());
         // SAFETY: 4 or 16 bytes stored into 16-byte arrays, which sit at 8-byte aligned
         // offsets of the record (the size check in tracer-common pins the layout).
         unsafe {
@@ -128,6 +127,7 @@ impl Change for Record<'_> {
                 );
             }
         }
+        family
     }
 }
 
@@ -156,6 +156,13 @@ static SKC_V6_RCV_SADDR_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static SKC_V6_DADDR_OFFSET: u32 = 0;
 
+/// Words read in one go from the start of `struct sock` (its `__sk_common`) where tracking
+/// starts: the family, both ports and both families' addresses lie in its first 88 bytes on
+/// the kernels the tests boot (6.1, 6.12, 6.18); a field the loader's BTF offset puts beyond
+/// is read on its own. One 96-byte read costs about what a 2-byte one does; the fields one by
+/// one took five (bench/RESULTS.md U).
+const COMMON_WORDS: usize = 12;
+
 impl Socket {
     /// The `T` at the offset in `global`, or zeroes when the read fails.
     #[inline(always)]
@@ -166,6 +173,30 @@ impl Socket {
         unsafe { bpf_probe_read_kernel((self.0 + u64::from(offset)) as *const T) }
             .unwrap_or_default()
     }
+
+    /// The socket's first `COMMON_WORDS` words, or zeroes when the read fails (family 0,
+    /// which no caller tracks).
+    #[inline(always)]
+    fn common(&self) -> [u64; COMMON_WORDS] {
+        // SAFETY: as in `read`.
+        unsafe { bpf_probe_read_kernel(self.0 as *const [u64; COMMON_WORDS]) }
+            .unwrap_or([0; COMMON_WORDS])
+    }
+
+    /// The `T` at the offset in `global`, from `common` when it lies there, else read on
+    /// its own. The offsets are constants to the verifier (frozen .rodata), so it sees a
+    /// fixed place in the stack copy.
+    #[inline(always)]
+    fn in_common<T: Copy + Default>(&self, common: &[u64; COMMON_WORDS], global: &u32) -> T {
+        let offset = read_global(global) as usize;
+        if offset + size_of::<T>() <= COMMON_WORDS * 8 {
+            // SAFETY: `size_of::<T>()` bytes at `offset` lie inside `common`, checked above;
+            // the read is unaligned-safe.
+            unsafe { read_unaligned(common.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+        } else {
+            self.read(global)
+        }
+    }
 }
 
 impl Change for Socket {
@@ -175,32 +206,45 @@ impl Change for Socket {
         // before; the protocol numbers fit, and x86-64 keeps the low byte first.
         u16::from(self.read::<u8>(&SK_PROTOCOL_OFFSET)) == IPPROTO_TCP
     }
-    fn family(&self) -> u16 {
-        self.read(&SKC_FAMILY_OFFSET)
-    }
     fn sport(&self) -> u16 {
         // `skc_num` is in host order (`inet_num`).
         self.read(&SKC_NUM_OFFSET)
     }
-    fn dport(&self) -> u16 {
-        u16::from_be(self.read::<u16>(&SKC_DPORT_OFFSET))
-    }
-    fn addresses(&self, family: u16, info: &mut ConnInfo) {
+    fn endpoints(&self, info: &mut ConnInfo) -> u16 {
+        let common = self.common();
+        let family: u16 = self.in_common(&common, &SKC_FAMILY_OFFSET);
+        if family != AF_INET && family != AF_INET6 {
+            return family;
+        }
+        info.family = family;
+        // `skc_num` is in host order (`inet_num`), `skc_dport` in network order.
+        info.sport = self.in_common(&common, &SKC_NUM_OFFSET);
+        info.dport = u16::from_be(self.in_common::<u16>(&common, &SKC_DPORT_OFFSET));
         let (saddr, daddr) = (info.saddr.as_mut_ptr(), info.daddr.as_mut_ptr());
         // SAFETY: 4 or 16 bytes stored into 16-byte arrays; the addresses are in network
         // order in the socket, as in the record.
         unsafe {
             if family == AF_INET {
-                write_unaligned(saddr.cast::<u32>(), self.read(&SKC_RCV_SADDR_OFFSET));
-                write_unaligned(daddr.cast::<u32>(), self.read(&SKC_DADDR_OFFSET));
+                write_unaligned(
+                    saddr.cast::<u32>(),
+                    self.in_common(&common, &SKC_RCV_SADDR_OFFSET),
+                );
+                write_unaligned(
+                    daddr.cast::<u32>(),
+                    self.in_common(&common, &SKC_DADDR_OFFSET),
+                );
             } else {
                 write_unaligned(
                     saddr.cast::<[u64; 2]>(),
-                    self.read(&SKC_V6_RCV_SADDR_OFFSET),
+                    self.in_common(&common, &SKC_V6_RCV_SADDR_OFFSET),
                 );
-                write_unaligned(daddr.cast::<[u64; 2]>(), self.read(&SKC_V6_DADDR_OFFSET));
+                write_unaligned(
+                    daddr.cast::<[u64; 2]>(),
+                    self.in_common(&common, &SKC_V6_DADDR_OFFSET),
+                );
             }
         }
+        family
     }
 }
 
@@ -440,9 +484,11 @@ pub fn map_fd(tgid: u32, fd: u32, sk: u64, by_sock: bool, nonblocking: bool, con
 #[inline(always)]
 fn start_tracking<C: EbpfContext, A: Change>(ctx: &C, change: &A, sk: u64) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
-    if !is_target(tgid) && !adopt_by_comm(tgid) {
+    let Some(target) =
+        target_flags(tgid).or_else(|| adopt_by_comm(tgid).then_some(TargetFlags::BY_COMM))
+    else {
         return Ok(0);
-    }
+    };
     if !A::FREE_PROTOCOL && !change.is_tcp() {
         return Ok(0);
     }
@@ -468,10 +514,6 @@ fn start_tracking<C: EbpfContext, A: Change>(ctx: &C, change: &A, sk: u64) -> Re
             unsafe { *slot = 0 };
         }
     }
-    let family = change.family();
-    if family != AF_INET && family != AF_INET6 {
-        return Ok(0);
-    }
     let now = unsafe { bpf_ktime_get_ns() };
     let mut info = MaybeUninit::<ConnInfo>::uninit();
     // SAFETY: ConnInfo is plain integers and byte arrays (all zeroes is a valid value), and
@@ -490,13 +532,16 @@ fn start_tracking<C: EbpfContext, A: Change>(ctx: &C, change: &A, sk: u64) -> Re
     let _ = unsafe {
         gen::bpf_get_current_comm(info.comm.as_mut_ptr().cast::<c_void>(), COMM_LEN as u32)
     };
-    info.family = family;
-    info.sport = change.sport();
-    info.dport = change.dport();
-    change.addresses(family, info);
+    let family = change.endpoints(info);
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(0);
+    }
     // Go's sockets are non-blocking from the start: their reads never wait, so enter_read
     // has nothing to count for them (the syscall read path notes every read all the same).
-    let nonblocking = nonblocking_file(sk);
+    // A Go target's are known to be (Go's runtime opens every socket with SOCK_NONBLOCK):
+    // three chained reads less per connection. A socket one makes blocking later shows at
+    // its first read that waits (read.rs, `note_blocking_mode`).
+    let nonblocking = target & TargetFlags::GO != 0 || nonblocking_file(sk);
     if nonblocking {
         info.flags |= ConnFlags::NONBLOCKING_READS;
     }

@@ -257,6 +257,8 @@ impl Collector {
                 if self.targets.remove(&pid).is_some() || self.targets_map.get(&pid, 0).is_ok() {
                     let _ = self.targets_map.remove(&pid);
                     self.started.remove(&pid);
+                    // A reused pid may run another program: checked again when it is added.
+                    self.go_targets.remove(&pid);
                     changed = true;
                 }
                 if start.is_none() || !self.spec.pids.contains(&pid) {
@@ -266,8 +268,17 @@ impl Collector {
             if !self.targets.contains_key(&pid) {
                 let comm = procfs::comm(pid).unwrap_or_default();
                 if self.targets_map.get(&pid, 0).is_err() {
+                    // The kernel side skips reading whether a Go program's sockets block:
+                    // they never do (see `TargetFlags::GO`). One read of the executable's
+                    // section headers per target, which the deferred read programs need too.
+                    let flags = if procfs::is_go_program(pid) {
+                        self.go_targets.insert(pid);
+                        TargetFlags::EXPLICIT | TargetFlags::GO
+                    } else {
+                        TargetFlags::EXPLICIT
+                    };
                     self.targets_map
-                        .insert(pid, TargetFlags::EXPLICIT, 0)
+                        .insert(pid, flags, 0)
                         .with_context(|| format!("adding pid {pid} to the targets map"))?;
                 }
                 self.targets.insert(pid, Target { pid, comm });
