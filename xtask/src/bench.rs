@@ -522,6 +522,58 @@ impl Tracer {
     }
 }
 
+/// How long a tracer is left to finish its start (the first full socket scan, the target's
+/// binary read) before its CPU is measured: its steady state, not its start, is per request.
+/// About 25 ms of CPU in the first half second after "attached" (session 20), which the runs'
+/// windows used to include.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// A process's CPU time so far, two ways: its threads' run time from
+/// `/proc/PID/task/*/schedstat` (nanoseconds; None where the kernel has no schedstats), and
+/// utime + stime from `/proc/PID/stat` (10 ms ticks, but counting threads that have exited).
+struct ProcCpu {
+    ticks_s: f64,
+    threads: Option<BTreeMap<u32, u64>>,
+}
+
+fn proc_cpu(pid: u32) -> Result<ProcCpu> {
+    let ticks_s = cpu_and_rss(pid)?.0;
+    let threads = (|| -> Option<BTreeMap<u32, u64>> {
+        let mut threads = BTreeMap::new();
+        for entry in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let tid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+            threads.insert(tid, text.split_whitespace().next()?.parse().ok()?);
+        }
+        Some(threads)
+    })();
+    Ok(ProcCpu { ticks_s, threads })
+}
+
+/// Seconds of CPU between two readings of one process: the threads' run time when every
+/// thread of the first is still there and the ticks do not say more was spent (a thread
+/// that came and went in between), else the ticks.
+fn cpu_between(before: &ProcCpu, after: &ProcCpu) -> f64 {
+    let ticks = after.ticks_s - before.ticks_s;
+    let (Some(t0), Some(t1)) = (&before.threads, &after.threads) else {
+        return ticks;
+    };
+    if !t0.keys().all(|tid| t1.contains_key(tid)) {
+        return ticks;
+    }
+    let ns: u64 = t1
+        .iter()
+        .map(|(tid, ns)| ns.saturating_sub(t0.get(tid).copied().unwrap_or(0)))
+        .sum();
+    let precise = ns as f64 / 1e9;
+    // Each tick reading is truncated to 10 ms: two readings are within 20 ms of the truth.
+    if ticks > precise + 0.02 {
+        ticks
+    } else {
+        precise
+    }
+}
+
 /// (utime + stime) in seconds and VmRSS in bytes of a process.
 fn cpu_and_rss(pid: u32) -> Result<(f64, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -639,7 +691,6 @@ fn unrelated_process_cost(
     const RECVS: u32 = 2_000_000;
     const SYSCALLS: u32 = 2_000_000;
     const REPEATS: usize = 5;
-    const SETTLE: Duration = Duration::from_secs(3);
     /// What runs beside the measuring thread: nothing, empty programs, or the tracer (with
     /// this environment).
     enum Beside {
@@ -1078,6 +1129,10 @@ fn measure_once(
             None
         }
     };
+    if traced.is_some() {
+        // Its steady state, not its start (see `SETTLE`).
+        thread::sleep(SETTLE);
+    }
     let ours = match (&traced, config.attach) {
         (Some(t), Attach::Relay(_)) => prog_ids_of(t.pid())?,
         _ => Vec::new(),
@@ -1094,8 +1149,8 @@ fn measure_once(
         }
     };
     let stats0 = stats_of(&ours)?;
-    let tracer_cpu = |t: &Option<Tracer>| -> Result<f64> {
-        t.as_ref().map_or(Ok(0.0), |t| Ok(cpu_and_rss(t.pid())?.0))
+    let tracer_cpu = |t: &Option<Tracer>| -> Result<Option<ProcCpu>> {
+        t.as_ref().map(|t| proc_cpu(t.pid())).transpose()
     };
     let tracer0 = tracer_cpu(&traced)?;
     let relay0 = cpu_and_rss(relay_pid)?.0;
@@ -1106,6 +1161,10 @@ fn measure_once(
     let load_s = load.seconds()?;
     let relay1 = cpu_and_rss(relay_pid)?.0;
     let tracer1 = tracer_cpu(&traced)?;
+    let tracer_s = match (&tracer0, &tracer1) {
+        (Some(before), Some(after)) => cpu_between(before, after),
+        _ => 0.0,
+    };
     let stats1 = stats_of(&ours)?;
     drop(stats_on);
     let snapshot = traced.map(Tracer::stop).transpose()?;
@@ -1143,8 +1202,8 @@ fn measure_once(
         relay_us: per_req(relay1 - relay0),
         program_us: per_req(program_s(false)),
         uprobe_us: per_req(program_s(true)),
-        tracer_us: per_req(tracer1 - tracer0),
-        tracer_cpu_percent: (tracer1 - tracer0) / opts.duration.as_secs_f64() * 100.0,
+        tracer_us: per_req(tracer_s),
+        tracer_cpu_percent: tracer_s / opts.duration.as_secs_f64() * 100.0,
         events: snapshot
             .as_ref()
             .and_then(|s| s["kernel"]["events_sent"].as_u64())
@@ -1873,6 +1932,41 @@ mod tests {
         assert!((parse_latency(out, "75%") - 1.2).abs() < 1e-9);
         assert!((parse_latency(out, "99%") - 2500.0).abs() < 1e-9);
         assert!(parse_latency(out, "90%").is_nan());
+    }
+
+    #[test]
+    fn process_cpu_is_the_threads_run_time_unless_a_thread_went() {
+        let reading = |ticks_s: f64, threads: &[(u32, u64)]| ProcCpu {
+            ticks_s,
+            threads: Some(threads.iter().copied().collect()),
+        };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        // Same threads, one new: the run times' differences, the new one whole (21 ms), not
+        // the ticks' 30 ms.
+        let before = reading(1.00, &[(10, 500_000_000), (11, 7_000_000)]);
+        let after = reading(1.03, &[(10, 515_000_000), (11, 9_000_000), (12, 4_000_000)]);
+        assert!(close(cpu_between(&before, &after), 0.021));
+        // A thread of the first reading is gone: its time in between is unknown, so ticks.
+        let gone = reading(1.05, &[(10, 515_000_000)]);
+        assert!(close(cpu_between(&before, &gone), 0.05));
+        // A thread came and went in between (the ticks say 60 ms more): ticks.
+        let missed = reading(1.10, &[(10, 515_000_000), (11, 9_000_000)]);
+        assert!(close(cpu_between(&before, &missed), 0.10));
+        // No schedstats in this kernel: ticks.
+        let bare = ProcCpu {
+            ticks_s: 1.02,
+            threads: None,
+        };
+        assert!(close(cpu_between(&before, &bare), 0.02));
+        // This process, read for real: its threads are there and time only goes forward.
+        let me = proc_cpu(std::process::id()).unwrap();
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {
+            std::hint::black_box(thread_cpu_ns());
+        }
+        let later = proc_cpu(std::process::id()).unwrap();
+        let spent = cpu_between(&me, &later);
+        assert!(spent >= 0.02, "30 ms of spinning read as {spent} s");
     }
 
     #[test]

@@ -62,7 +62,7 @@ enum Command {
     /// (go-h2, go-h1) the kernel layer alone (--go-probes off), with HTTP/2 streams
     /// (--go-probes auto) and with call sites too (--go-probes sites) apart. Writes
     /// bench/RESULTS.md. Needs root; takes about
-    /// (3 x duration + 10s) x runs x 6 scenarios.
+    /// (3 x duration + 20s) x runs x 6 scenarios.
     Bench {
         /// Length of each load run.
         #[arg(long, default_value = "20s", value_parser = util::parse_duration)]
