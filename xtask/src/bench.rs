@@ -1959,12 +1959,12 @@ mod tests {
         };
         assert!(close(cpu_between(&before, &bare), 0.02));
         // This process, read for real: its threads are there and time only goes forward.
-        let me = proc_cpu(std::process::id()).unwrap();
+        let me = proc_cpu(std::process::id()).expect("this process's CPU");
         let spin = Instant::now();
         while spin.elapsed() < Duration::from_millis(30) {
             std::hint::black_box(thread_cpu_ns());
         }
-        let later = proc_cpu(std::process::id()).unwrap();
+        let later = proc_cpu(std::process::id()).expect("this process's CPU");
         let spent = cpu_between(&me, &later);
         assert!(spent >= 0.02, "30 ms of spinning read as {spent} s");
     }
